@@ -1,0 +1,1 @@
+"""Thin click CLI over the mfaf Python API. No torch import at module level anywhere here."""

@@ -1,0 +1,126 @@
+"""Root ``mfaf`` command group: logging, error-to-exit-code mapping, lazy subcommands.
+
+Exit codes (documented in README): 0 success, 1 data/runtime error, 2 usage error,
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import signal
+import sys
+from typing import Any
+
+import click
+
+from mfaf_cli import __version__
+from mfaf_cli.errors import MfafError
+
+log = logging.getLogger("mfaf")
+
+#: subcommand name -> "module:attribute"; imported only when the command runs or --help is
+#: asked of it, so ``mfaf --help`` stays instant and never imports torch.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "predict": ("mfaf_cli.cli.predict", "Predict a land-use map from co-registered modalities."),
+    "coregister": ("mfaf_cli.cli.coregister", "Warp all inputs onto one grid and write them."),
+    "vectorize": ("mfaf_cli.cli.vectorize", "Polygonise a label raster to GPKG/GeoJSON/..."),
+    "info": ("mfaf_cli.cli.info", "Describe rasters (CRS, size, bands, overlap) or models."),
+    "models": ("mfaf_cli.cli.models", "List the model registry and shipped weights."),
+    "export": ("mfaf_cli.cli.export", "Export a model to ONNX with its metadata."),
+    "train": ("mfaf_cli.cli.train", "Train a fusion network on a dataset."),
+    "evaluate": ("mfaf_cli.cli.evaluate", "Score a model on a dataset, or a map against truth."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, _ = COMMANDS[cmd_name]
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name == module:
+                return None  # command not implemented in this build
+            raise
+        cmd: click.Command = mod.command
+        return cmd
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Short help from the static table, so listing commands imports nothing.
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+EPILOG = """\b
+Examples:
+  mfaf predict --optical s2.tif --sar s1.tif -o landuse.tif --vector landuse.gpkg
+  mfaf evaluate landuse.tif --truth labels.tif --json
+  mfaf info s2.tif s1.tif
+\b
+Exit codes: 0 success, 1 data/runtime error, 2 usage error, 130 interrupted.
+"""
+
+
+@click.group(cls=LazyGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mfaf")
+@click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
+    """mfaf: multimodal (optical+SAR, HSI+LiDAR) land-use mapping.
+
+    Co-registers inputs window by window, runs a trained fusion network over overlapping
+    tiles, blends them seamlessly and writes a georeferenced, colour-coded GeoTIFF.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug or verbose > 0
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
+    logging.basicConfig(level=level, format="mfaf: %(levelname)s: %(message)s", stream=sys.stderr)
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    # Turn SIGTERM into an exception so context managers remove temporary outputs.
+    raise SystemExit(143)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: runs the group and maps errors to exit codes."""
+    debug = "--debug" in sys.argv or any(a.startswith("-v") for a in sys.argv[1:2])
+    try:
+        signal.signal(signal.SIGTERM, _sigterm)
+    except ValueError:  # not in main thread (e.g. embedded)
+        pass
+    try:
+        cli.main(args=argv, prog_name="mfaf", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.Abort:
+        click.echo("mfaf: interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("mfaf: interrupted", err=True)
+        sys.exit(130)
+    except MfafError as e:
+        if debug:
+            raise
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except SystemExit:
+        raise
+    except Exception as e:  # an mfaf bug, not a user mistake: say so, keep it short
+        if debug:
+            raise
+        click.echo(f"Error: internal error: {type(e).__name__}: {e} (rerun with --debug)", err=True)
+        sys.exit(1)
+    sys.exit(0)
