@@ -1,0 +1,567 @@
+"""Georeferenced outputs of predict: label, probability and confidence GeoTIFFs, written atomically.
+
+Rows arrive from :class:`~mfaf_cli.stitch.merger.StreamingMerger` band by band. Each writer
+buffers one stripe of full GeoTIFF blocks (512 rows by default) and writes it in one call, so
+every compressed block is written exactly once: letting GDAL flush partial blocks and rewrite
+them later would append a second copy of each block to the file.
+
+Outputs are written to hidden temp files next to their targets (unique per process, so
+``xargs -P`` runs into one folder are safe) and renamed into place only when everything
+succeeded; on any error, Ctrl-C or SystemExit the temp files are removed. ``--cog`` converts
+the finished tiled GeoTIFF with GDAL's COG driver (overviews by mode for labels, average for
+probabilities) before the rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+
+from mfaf_cli.errors import OutputExistsError, OutputPathError, UsageError
+from mfaf_cli.metadata import NODATA_LABEL, ModelMeta
+
+log = logging.getLogger("mfaf")
+
+PathLike = str | os.PathLike[str]
+ProbDtype = Literal["uint8", "float32"]
+
+#: Compression codecs accepted for ``--compress`` (GDAL names, case-insensitive).
+COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
+BLOCK_SIZE = 512
+#: uint8 probabilities: 0..254 maps to 0..1, 255 is nodata.
+PROB_SCALE = 254
+PROB_NODATA_U8 = 255
+#: Sidecars GDAL may create next to a dataset (the COG driver's own temporaries included);
+#: removed with a failed temp file.
+_SIDECARS = (".aux.xml", ".ovr", ".msk", ".ovr.tmp", ".msk.ovr.tmp", ".msk.tmp")
+#: GTiff creation options the COG driver spells differently or does not take.
+_COG_RENAME = {"BLOCKXSIZE": "BLOCKSIZE", "ZLEVEL": "LEVEL", "ZSTD_LEVEL": "LEVEL"}
+_COG_DROP = {"TILED", "BLOCKYSIZE", "INTERLEAVE", "PHOTOMETRIC"}
+
+
+# ---- creation options --------------------------------------------------------------------
+def parse_creation_options(items: Iterable[str]) -> dict[str, str]:
+    """``["COMPRESS=ZSTD", "ZSTD_LEVEL=9"]`` -> ``{"COMPRESS": "ZSTD", "ZSTD_LEVEL": "9"}``."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise UsageError(f"--co expects KEY=VALUE, got {item!r}; e.g. --co ZSTD_LEVEL=9")
+        out[key.strip().upper()] = value.strip()
+    return out
+
+
+def gtiff_options(
+    compress: str = "deflate", creation_options: Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """Creation options for a tiled output GeoTIFF; ``creation_options`` override the defaults."""
+    codec = str(compress).lower()
+    if codec not in COMPRESSIONS:
+        raise UsageError(f"unknown compression {compress!r}; use one of {', '.join(COMPRESSIONS)}")
+    opts = {
+        "TILED": "YES",
+        "BLOCKXSIZE": str(BLOCK_SIZE),
+        "BLOCKYSIZE": str(BLOCK_SIZE),
+        "COMPRESS": codec.upper(),
+        "BIGTIFF": "IF_SAFER",
+    }
+    for key, value in (creation_options or {}).items():
+        opts[str(key).upper()] = str(value)
+    return opts
+
+
+def cog_options(gtiff: Mapping[str, str], resampling: str) -> dict[str, str]:
+    """Translate GTiff creation options to the COG driver's, with overview resampling."""
+    opts: dict[str, str] = {}
+    for key, value in gtiff.items():
+        if key in _COG_DROP:
+            continue
+        opts[_COG_RENAME.get(key, key)] = value
+    opts["OVERVIEW_RESAMPLING"] = resampling.upper()
+    opts.setdefault("OVERVIEWS", "AUTO")
+    return opts
+
+
+# ---- pixel conversions (pure) ------------------------------------------------------------
+def argmax_max(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel: index of the most probable class (first on ties) and its probability.
+
+    One pass over the planes gives both the label and the confidence, and is faster than
+    ``np.argmax(axis=0)``, which reduces along the slowest axis.
+    """
+    best = probs[0].astype(np.float32, copy=True)
+    idx = np.zeros(best.shape, dtype=np.uint8 if len(probs) <= 256 else np.int64)
+    for k in range(1, len(probs)):
+        better = probs[k] > best
+        np.copyto(idx, k, where=better, casting="unsafe")
+        np.maximum(best, probs[k], out=best)
+    return idx, best
+
+
+def ids_to_labels(
+    idx: np.ndarray, valid: np.ndarray, class_ids: np.ndarray | None = None
+) -> np.ndarray:
+    """Class-plane indexes -> uint8 class ids, :data:`NODATA_LABEL` where not valid."""
+    labels = (idx if class_ids is None else class_ids[idx]).astype(np.uint8)
+    labels[~valid] = NODATA_LABEL
+    return labels
+
+
+def labels_from_probs(
+    probs: np.ndarray, valid: np.ndarray, class_ids: np.ndarray | None = None
+) -> np.ndarray:
+    """Arg-max class id per pixel as uint8, :data:`NODATA_LABEL` where not valid.
+
+    ``class_ids[k]`` is the id written for probability plane ``k`` (default: ``k``).
+    """
+    return ids_to_labels(argmax_max(probs)[0], valid, class_ids)
+
+
+def scale_probs(probs: np.ndarray, valid: np.ndarray, dtype: ProbDtype) -> np.ndarray:
+    """Probabilities (C, r, W) as stored: uint8 ``floor(p*254 + 0.5)`` / 255 nodata, or
+    float32 / NaN nodata."""
+    if dtype == "uint8":
+        tmp = np.multiply(probs, np.float32(PROB_SCALE), dtype=np.float32)
+        tmp += np.float32(0.5)
+        np.clip(tmp, 0.0, PROB_SCALE + 0.5, out=tmp)
+        out = tmp.astype(np.uint8)
+        out[:, ~valid] = PROB_NODATA_U8
+    elif dtype == "float32":
+        out = probs.astype(np.float32, copy=True)
+        out[:, ~valid] = np.nan
+    else:
+        raise UsageError(f"probability dtype must be uint8 or float32, got {dtype!r}")
+    return out
+
+
+# ---- atomic outputs ----------------------------------------------------------------------
+def _temp_name(final: Path, tag: str = "") -> Path:
+    rand = secrets.token_hex(4)
+    return final.parent / f".{final.name}.mfaf-{os.getpid()}-{rand}{tag}.tmp"
+
+
+def remove_quietly(path: Path) -> None:
+    """Remove a (temp) file and any GDAL sidecars; never raises."""
+    for p in (path, *(Path(str(path) + s) for s in _SIDECARS)):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def check_output_path(path: PathLike, overwrite: bool) -> Path:
+    """Fail early, before any work, if ``path`` cannot be written.
+
+    Raises:
+        OutputPathError: folder missing, not a folder, or not writable; or path is a folder.
+        OutputExistsError: the file exists and ``overwrite`` is False.
+    """
+    final = Path(path).expanduser().absolute()
+    folder = final.parent
+    if not folder.exists():
+        raise OutputPathError(
+            f"output folder {folder} does not exist; create it (mkdir -p) or choose another path"
+        )
+    if not folder.is_dir():
+        raise OutputPathError(f"output folder {folder} is not a folder; choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputPathError(
+            f"output folder {folder} is not writable; choose a folder you can write to"
+        )
+    if final.is_dir():
+        raise OutputPathError(f"output {final} is a folder; give a file name such as map.tif")
+    if final.exists() and not overwrite:
+        raise OutputExistsError(f"output {final} exists; pass --overwrite to replace it")
+    return final
+
+
+@contextlib.contextmanager
+def atomic_outputs(
+    paths: Iterable[PathLike | None], overwrite: bool = False
+) -> Iterator[list[Path | None]]:
+    """Yield temp paths for ``paths`` (None stays None); rename them into place on success.
+
+    Everything is checked before the body runs (see :func:`check_output_path`) and the temp
+    files are created right away, so an unwritable folder fails fast. If the body raises
+    anything (including KeyboardInterrupt/SystemExit), the temp files are removed and no
+    output appears; existing outputs are left untouched.
+    """
+    finals: list[Path | None] = [
+        None if p is None else check_output_path(p, overwrite) for p in paths
+    ]
+    real = [f for f in finals if f is not None]
+    if len(set(real)) != len(real):
+        raise UsageError("the same output path is given twice; give each output its own file")
+    temps: list[Path | None] = []
+    try:
+        for final in finals:
+            if final is None:
+                temps.append(None)
+                continue
+            tmp = _temp_name(final)
+            try:
+                os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            except OSError as err:  # permission, read-only file system, ...
+                raise OutputPathError(
+                    f"output folder {final.parent} is not writable ({err.strerror}); "
+                    "choose a folder you can write to"
+                ) from err
+            temps.append(tmp)
+        yield temps
+        if not overwrite:  # something may have appeared while we worked
+            for final in real:
+                if final.exists():
+                    raise OutputExistsError(
+                        f"output {final} exists; pass --overwrite to replace it"
+                    )
+        for final, tmp in zip(finals, temps, strict=True):
+            if final is not None and tmp is not None:
+                os.replace(tmp, final)
+                remove_quietly(tmp)  # sidecars only; tmp itself is gone
+    finally:
+        for tmp in temps:
+            if tmp is not None:
+                remove_quietly(tmp)
+
+
+# ---- writers -----------------------------------------------------------------------------
+class GeoTiffWriter:
+    """A GeoTIFF on the grid, filled top to bottom in whole block stripes.
+
+    ``grid`` is anything with ``crs``, ``transform``, ``width``, ``height``
+    (:class:`mfaf_cli.coreg.Grid`).
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        grid: Any,
+        *,
+        count: int,
+        dtype: str,
+        nodata: float | None,
+        options: Mapping[str, str],
+    ) -> None:
+        import rasterio
+
+        self.path = Path(path)
+        self.width, self.height = int(grid.width), int(grid.height)
+        self.count = count
+        self.options = dict(options)
+        self._ds = rasterio.open(
+            self.path,
+            "w",
+            driver="GTiff",
+            width=self.width,
+            height=self.height,
+            count=count,
+            dtype=dtype,
+            crs=grid.crs,
+            transform=grid.transform,
+            nodata=nodata,
+            **self.options,
+        )
+        stripe = int(self._ds.block_shapes[0][0])
+        self._buf = np.empty((count, min(stripe, self.height), self.width), dtype=dtype)
+        self._buf_row0 = 0  # first raster row held in the buffer
+        self._filled = 0  # rows of the buffer filled
+        self.rows_written = 0
+
+    @property
+    def dataset(self) -> Any:
+        return self._ds
+
+    def write_rows(self, row0: int, data: np.ndarray) -> None:
+        """Append rows ``row0 .. row0 + r`` (``data`` (count, r, W)); rows must come in order."""
+        if row0 != self._buf_row0 + self._filled:
+            raise ValueError(
+                f"rows out of order: got {row0}, expected {self._buf_row0 + self._filled}"
+            )
+        if data.shape[0] != self.count or data.shape[2] != self.width:
+            raise ValueError(
+                f"rows of shape {data.shape} for a {self.count}-band {self.width}-wide raster"
+            )
+        if row0 + data.shape[1] > self.height:
+            raise ValueError(
+                f"rows {row0}..{row0 + data.shape[1]} past raster height {self.height}"
+            )
+        done = 0
+        while done < data.shape[1]:
+            n = min(data.shape[1] - done, self._buf.shape[1] - self._filled)
+            self._buf[:, self._filled : self._filled + n] = data[:, done : done + n]
+            self._filled += n
+            done += n
+            if self._filled == self._buf.shape[1] or self._buf_row0 + self._filled == self.height:
+                self._flush()
+
+    def _flush(self) -> None:
+        from rasterio.windows import Window as RioWindow
+
+        if self._filled:
+            window = RioWindow(0, self._buf_row0, self.width, self._filled)
+            self._ds.write(self._buf[:, : self._filled], window=window)
+            self.rows_written += self._filled
+            self._buf_row0 += self._filled
+            self._filled = 0
+
+    def close(self) -> None:
+        """Flush and close; refuse to finish a raster whose rows did not all arrive."""
+        if self._ds.closed:
+            return
+        self._flush()
+        self._ds.close()
+        if self.rows_written != self.height:
+            raise RuntimeError(f"{self.path}: {self.rows_written} of {self.height} rows written")
+
+    def abort(self) -> None:
+        """Close without flushing or checking (the file is about to be deleted)."""
+        with contextlib.suppress(Exception):
+            if not self._ds.closed:
+                self._ds.close()
+
+
+class LabelWriter(GeoTiffWriter):
+    """uint8 class ids, nodata 255, GDAL colour table and class names from the model metadata."""
+
+    overview_resampling = "MODE"
+
+    def __init__(self, path: PathLike, grid: Any, meta: ModelMeta, options: Mapping[str, str]):
+        super().__init__(path, grid, count=1, dtype="uint8", nodata=NODATA_LABEL, options=options)
+        ids = np.array([c.id for c in meta.classes], dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= NODATA_LABEL):
+            raise UsageError(f"class ids must be in 0..254 to write a uint8 label map, got {ids}")
+        self._ids = None if np.array_equal(ids, np.arange(ids.size)) else ids
+        #: Pixels written per label value (index 255 = nodata), for summaries.
+        self.counts = np.zeros(256, dtype=np.int64)
+        ds = self.dataset
+        ds.set_band_description(1, "class")
+        ds.write_colormap(1, meta.colormap())
+        names = {str(c.id): c.name for c in meta.classes}
+        ds.update_tags(
+            CLASS_NAMES=json.dumps([c.name for c in meta.classes]),
+            CLASS_IDS=json.dumps([c.id for c in meta.classes]),
+            MODEL=meta.arch,
+            **{f"CLASS_{k}": v for k, v in names.items()},
+        )
+        ds.update_tags(1, **{f"CLASS_{k}": v for k, v in names.items()})
+
+    def write(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
+        self.write_index(row0, argmax_max(probs)[0], valid)
+
+    def write_index(self, row0: int, idx: np.ndarray, valid: np.ndarray) -> None:
+        """Write rows given the arg-max class-plane index (r, W)."""
+        labels = ids_to_labels(idx, valid, self._ids)
+        self.counts += np.bincount(labels.ravel(), minlength=256)
+        self.write_rows(row0, labels[None])
+
+
+class ProbabilityWriter(GeoTiffWriter):
+    """One band per class (described by class name): uint8 0..254 (255 nodata) or float32/NaN."""
+
+    overview_resampling = "AVERAGE"
+
+    def __init__(
+        self,
+        path: PathLike,
+        grid: Any,
+        meta: ModelMeta,
+        options: Mapping[str, str],
+        dtype: ProbDtype = "uint8",
+    ):
+        nodata = PROB_NODATA_U8 if dtype == "uint8" else float("nan")
+        if dtype not in ("uint8", "float32"):
+            raise UsageError(f"probability dtype must be uint8 or float32, got {dtype!r}")
+        super().__init__(
+            path, grid, count=meta.num_classes, dtype=dtype, nodata=nodata, options=options
+        )
+        self.prob_dtype: ProbDtype = dtype
+        ds = self.dataset
+        for i, c in enumerate(meta.classes, start=1):
+            ds.set_band_description(i, c.name)
+        if dtype == "uint8":
+            ds.scales = (1.0 / PROB_SCALE,) * meta.num_classes
+            ds.offsets = (0.0,) * meta.num_classes
+        ds.update_tags(
+            CLASS_NAMES=json.dumps(meta.class_names),
+            PROBABILITY_SCALE="1/254" if dtype == "uint8" else "1",
+            MODEL=meta.arch,
+        )
+
+    def write(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
+        self.write_rows(row0, scale_probs(probs, valid, self.prob_dtype))
+
+
+class ConfidenceWriter(GeoTiffWriter):
+    """Maximum class probability per pixel, stored like probabilities."""
+
+    overview_resampling = "AVERAGE"
+
+    def __init__(
+        self, path: PathLike, grid: Any, options: Mapping[str, str], dtype: ProbDtype = "uint8"
+    ):
+        if dtype not in ("uint8", "float32"):
+            raise UsageError(f"probability dtype must be uint8 or float32, got {dtype!r}")
+        nodata = PROB_NODATA_U8 if dtype == "uint8" else float("nan")
+        super().__init__(path, grid, count=1, dtype=dtype, nodata=nodata, options=options)
+        self.prob_dtype: ProbDtype = dtype
+        self.dataset.set_band_description(1, "confidence")
+        if dtype == "uint8":
+            self.dataset.scales = (1.0 / PROB_SCALE,)
+            self.dataset.offsets = (0.0,)
+
+    def write(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
+        self.write_max(row0, argmax_max(probs)[1], valid)
+
+    def write_max(self, row0: int, best: np.ndarray, valid: np.ndarray) -> None:
+        """Write rows given the maximum probability (r, W)."""
+        self.write_rows(row0, scale_probs(best[None], valid, self.prob_dtype))
+
+
+def to_cog(src: Path, options: Mapping[str, str], resampling: str) -> None:
+    """Replace the finished tiled GeoTIFF ``src`` by a COG with internal overviews."""
+    from rasterio.shutil import copy as rio_copy
+
+    tmp = _temp_name(src, ".cog")
+    try:
+        rio_copy(str(src), str(tmp), driver="COG", **cog_options(options, resampling))
+        os.replace(tmp, src)
+    finally:
+        remove_quietly(tmp)
+
+
+class OutputSet:
+    """All outputs of one predict run: ``with OutputSet(...) as out: merger sink = out``.
+
+    Opens the label (and optional probability / confidence) GeoTIFFs on temp files; calling
+    the object with ``(row0, probs, valid)`` writes those rows to every output. On a clean
+    exit the files are closed, converted to COG if asked, and renamed into place; on any
+    exception nothing is left behind.
+    """
+
+    def __init__(
+        self,
+        grid: Any,
+        meta: ModelMeta,
+        label: PathLike | None,
+        probabilities: PathLike | None = None,
+        confidence: PathLike | None = None,
+        *,
+        compress: str = "deflate",
+        creation_options: Mapping[str, Any] | None = None,
+        probability_dtype: ProbDtype = "uint8",
+        cog: bool = False,
+        overwrite: bool = False,
+    ) -> None:
+        if probability_dtype not in ("uint8", "float32"):
+            raise UsageError(
+                f"probability dtype must be uint8 or float32, got {probability_dtype!r}"
+            )
+        self.grid, self.meta = grid, meta
+        self.options = gtiff_options(compress, creation_options)
+        self._user_options = dict(creation_options or {})
+        self.probability_dtype = probability_dtype
+        self.cog = cog
+        self.overwrite = overwrite
+        self.paths: dict[str, Path | None] = {
+            "label": None if label is None else Path(label),
+            "probabilities": None if probabilities is None else Path(probabilities),
+            "confidence": None if confidence is None else Path(confidence),
+        }
+        self.writers: dict[str, LabelWriter | ProbabilityWriter | ConfidenceWriter] = {}
+        self._atomic: contextlib.AbstractContextManager[list[Path | None]] | None = None
+
+    def check(self) -> None:
+        """Run the up-front path checks without creating anything (for early CLI errors)."""
+        for p in self.paths.values():
+            if p is not None:
+                check_output_path(p, self.overwrite)
+
+    def __enter__(self) -> OutputSet:
+        self._atomic = atomic_outputs(list(self.paths.values()), self.overwrite)
+        temps = dict(zip(self.paths, self._atomic.__enter__(), strict=True))
+        try:
+            if temps["label"] is not None:
+                self.writers["label"] = LabelWriter(
+                    temps["label"], self.grid, self.meta, self.options
+                )
+            if temps["probabilities"] is not None:
+                self.writers["probabilities"] = ProbabilityWriter(
+                    temps["probabilities"],
+                    self.grid,
+                    self.meta,
+                    self.options,
+                    self.probability_dtype,
+                )
+            if temps["confidence"] is not None:
+                self.writers["confidence"] = ConfidenceWriter(
+                    temps["confidence"], self.grid, self.options, self.probability_dtype
+                )
+        except BaseException as err:
+            self._abort()
+            self._atomic.__exit__(type(err), err, err.__traceback__)
+            from rasterio.errors import RasterioError
+
+            if isinstance(err, RasterioError) and self._user_options:
+                raise UsageError(
+                    f"GDAL could not create the outputs with creation options "
+                    f"{self._user_options} ({err}); check the --co values"
+                ) from err
+            raise
+        return self
+
+    def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
+        """Merger sink: write finished rows ``probs`` (K, r, W), ``valid`` (r, W) everywhere."""
+        idx = best = None
+        for w in self.writers.values():
+            if isinstance(w, ProbabilityWriter):
+                w.write(row0, probs, valid)
+                continue
+            if idx is None:
+                idx, best = argmax_max(probs)  # shared by label and confidence
+            if isinstance(w, LabelWriter):
+                w.write_index(row0, idx, valid)
+            elif isinstance(w, ConfidenceWriter):
+                w.write_max(row0, best, valid)
+
+    write = __call__
+
+    @property
+    def label_counts(self) -> np.ndarray | None:
+        """Pixels per label value written so far (index 255 = nodata), or None."""
+        w = self.writers.get("label")
+        return w.counts if isinstance(w, LabelWriter) else None
+
+    def _abort(self) -> None:
+        for w in self.writers.values():
+            w.abort()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        assert self._atomic is not None, "OutputSet used without 'with'"
+        if exc is None:
+            try:
+                for w in self.writers.values():
+                    w.close()
+                if self.cog:
+                    for w in self.writers.values():
+                        to_cog(w.path, w.options, w.overview_resampling)
+            except BaseException as err:
+                self._abort()
+                self._atomic.__exit__(type(err), err, err.__traceback__)
+                raise
+            self._atomic.__exit__(None, None, None)
+            return False
+        self._abort()
+        self._atomic.__exit__(exc_type, exc, tb)
+        return False

@@ -1,0 +1,234 @@
+"""Streaming, weighted merge of overlapping window predictions into finished raster rows.
+
+A 20 000 × 20 000 scene with 8 classes would need 12.8 GB for a full-scene float32
+accumulator. Windows arrive in raster order, so at any time only the rows between the top of
+the oldest unfinished window row and the bottom of the newest window are still being written
+to. :class:`StreamingMerger` keeps just that band (``K × rows × W`` weighted sums plus a
+``rows × W`` weight sum and an invalid mask), and as soon as every window touching a row has
+been accounted for, normalises the row and hands it to a sink, in order, then forgets it.
+Peak memory is ``O(K × (tile + stride) × W)`` whatever the scene height.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from mfaf_cli.tiling.windows import Window
+
+#: ``sink(row0, probs (K, r, W) float32, valid (r, W) bool)``; called for finished rows, in order.
+Sink = Callable[[int, np.ndarray, np.ndarray], None]
+WeightFn = Callable[[Window], np.ndarray]
+
+
+class StreamingMerger:
+    """Blend window probabilities in a rolling band of rows and emit finished rows.
+
+    Args:
+        height, width: raster (grid) size.
+        num_classes: K, the number of probability planes.
+        windows: every window that will be added or skipped (the plan), normally from
+            :func:`~mfaf_cli.tiling.windows.tile_windows`. Add them in raster order to keep
+            the band small; any order is correct, just more memory.
+        weight_fn: ``weight_fn(window) -> (h, w)`` blend weights (e.g. from
+            :func:`~mfaf_cli.stitch.weights.make_weight_fn`); None = equal weights.
+        sink: receives finished rows (fresh arrays it may keep). Invalid pixels have
+            probability 0 and ``valid=False``.
+
+    A pixel is valid in the output when at least one window added it as valid and no window
+    marked it invalid; pixels covered only by skipped windows are invalid (nodata).
+    """
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        num_classes: int,
+        windows: Sequence[Window],
+        weight_fn: WeightFn | None,
+        sink: Sink,
+    ) -> None:
+        if height < 1 or width < 1 or num_classes < 1:
+            raise ValueError(f"bad merger size {num_classes}x{height}x{width}")
+        self.height, self.width, self.num_classes = int(height), int(width), int(num_classes)
+        self._weight_fn = weight_fn
+        self._sink = sink
+        self._pending: set[Window] = set()
+        self._remaining = np.zeros(self.height, dtype=np.int32)  # unaccounted windows per row
+        cap = 1
+        for w in windows:
+            if w in self._pending:
+                raise ValueError(f"window listed twice: {w}")
+            self._pending.add(w)
+            c = w.clip(self.height, self.width)
+            if not c.is_empty():
+                self._remaining[c.row_off : c.row_end] += 1
+                cap = max(cap, c.height)
+        self._next_row = 0  # first row not yet emitted == first row of the band
+        self._band_end = 0  # one past the last row any window has touched
+        self._alloc(cap)
+        self._scratch = np.empty(0, dtype=np.float32)
+        #: Most rows the band ever spanned, and the rows allocated for it (for memory tests).
+        self.max_band_rows = 0
+        self.windows_added = 0
+        self.windows_skipped = 0
+
+    # ---- state -----------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        """Rows currently allocated for the band."""
+        return int(self._wsum.shape[0])
+
+    @property
+    def next_row(self) -> int:
+        """First row not yet handed to the sink."""
+        return self._next_row
+
+    @property
+    def done(self) -> bool:
+        return self._next_row >= self.height
+
+    @property
+    def pending(self) -> int:
+        """Windows of the plan not yet added or skipped."""
+        return len(self._pending)
+
+    # ---- input -----------------------------------------------------------------------
+    def add(self, window: Window, probs: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Blend one window's probabilities ``(K, h, w)``; ``valid`` (h, w) bool or None."""
+        if probs.shape != (self.num_classes, window.height, window.width):
+            raise ValueError(
+                f"probabilities for {window} have shape {probs.shape}, "
+                f"expected {(self.num_classes, window.height, window.width)}"
+            )
+        if valid is not None and valid.shape != window.shape:
+            raise ValueError(f"valid mask for {window} has shape {valid.shape}")
+        self._take(window)
+        c = window.clip(self.height, self.width)
+        if not c.is_empty():
+            ys = slice(c.row_off - window.row_off, c.row_end - window.row_off)
+            xs = slice(c.col_off - window.col_off, c.col_end - window.col_off)
+            if self._weight_fn is None:
+                w = np.ones(c.shape, dtype=np.float32)
+            else:
+                w = np.asarray(self._weight_fn(window), dtype=np.float32)
+                if w.shape != window.shape:
+                    raise ValueError(f"weight_fn gave shape {w.shape} for {window}")
+                w = w[ys, xs]
+            self._grow_to(c.row_end)
+            b = slice(c.row_off - self._next_row, c.row_end - self._next_row)
+            cols = slice(c.col_off, c.col_end)
+            p = probs[:, ys, xs]
+            v = None if valid is None else np.asarray(valid[ys, xs], dtype=bool)
+            if v is None or v.all():
+                tmp = self._scratch_for(p.shape)
+                np.multiply(p, w, out=tmp)
+                self._acc[:, b, cols] += tmp
+            else:
+                # Invalid pixels may hold anything (NaN from padding): select, do not multiply.
+                w = np.where(v, w, np.float32(0))
+                self._acc[:, b, cols] += np.where(v, p * w, np.float32(0))
+                self._invalid[b, cols] |= ~v
+            self._wsum[b, cols] += w
+            self._remaining[c.row_off : c.row_end] -= 1
+        self.windows_added += 1
+        self._emit_ready()
+
+    def add_batch(
+        self, windows: Sequence[Window], probs: np.ndarray, valid: np.ndarray | None = None
+    ) -> None:
+        """Add a batch: ``probs`` (N, K, h, w), ``valid`` (N, h, w) or None, N = len(windows)."""
+        if len(probs) != len(windows) or (valid is not None and len(valid) != len(windows)):
+            raise ValueError(f"batch of {len(windows)} windows but {len(probs)} predictions")
+        for i, w in enumerate(windows):
+            self.add(w, probs[i], None if valid is None else valid[i])
+
+    def add_skipped(self, window: Window) -> None:
+        """Account for a window that was not predicted (entirely nodata), so rows can finish."""
+        self._take(window)
+        c = window.clip(self.height, self.width)
+        if not c.is_empty():
+            self._remaining[c.row_off : c.row_end] -= 1
+        self.windows_skipped += 1
+        self._emit_ready()
+
+    def finish(self) -> None:
+        """Emit any rows left (rows no window covers come out invalid); check nothing is missing."""
+        if self._pending:
+            raise RuntimeError(f"{len(self._pending)} windows were never added or skipped")
+        if self._next_row < self.height:
+            self._emit(self.height)
+
+    # ---- internals -------------------------------------------------------------------
+    def _take(self, window: Window) -> None:
+        try:
+            self._pending.remove(window)
+        except KeyError:
+            raise ValueError(f"{window} is not in the plan or was already added") from None
+
+    def _scratch_for(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A reused float32 work array (fresh large arrays cost page faults on every window)."""
+        size = int(np.prod(shape))
+        if self._scratch.size < size:
+            self._scratch = np.empty(size, dtype=np.float32)
+        return self._scratch[:size].reshape(shape)
+
+    def _alloc(self, rows: int) -> None:
+        self._acc = np.zeros((self.num_classes, rows, self.width), dtype=np.float32)
+        self._wsum = np.zeros((rows, self.width), dtype=np.float32)
+        self._invalid = np.zeros((rows, self.width), dtype=bool)
+
+    def _grow_to(self, row_end: int) -> None:
+        """Make the band reach ``row_end`` (absolute), reallocating only if it must."""
+        needed = row_end - self._next_row
+        if needed > self.capacity:
+            used = self._band_end - self._next_row
+            acc, wsum, inv = self._acc, self._wsum, self._invalid
+            self._alloc(needed)
+            self._acc[:, :used] = acc[:, :used]
+            self._wsum[:used] = wsum[:used]
+            self._invalid[:used] = inv[:used]
+        self._band_end = max(self._band_end, row_end)
+        self.max_band_rows = max(self.max_band_rows, self._band_end - self._next_row)
+
+    def _emit_ready(self) -> None:
+        stop = self._next_row
+        remaining = self._remaining
+        while stop < self.height and remaining[stop] == 0:
+            stop += 1
+        if stop > self._next_row:
+            self._emit(stop)
+
+    def _emit(self, stop: int) -> None:
+        """Normalise rows [next_row, stop), send them to the sink and drop them."""
+        start = self._next_row
+        n = max(min(stop, self._band_end) - start, 0)  # rows held in the band
+        if n:
+            wsum = self._wsum[:n]
+            valid = (wsum > 0) & ~self._invalid[:n]
+            inv = np.zeros_like(wsum)
+            np.divide(np.float32(1), wsum, out=inv, where=valid)
+            probs = self._acc[:, :n] * inv  # invalid pixels: 0 * 0
+            self._sink(start, probs, valid)
+            used = self._band_end - start
+            m = used - n  # rows still open: move them to the top of the buffers
+            if m:
+                self._acc[:, :m] = self._acc[:, n:used]
+                self._wsum[:m] = self._wsum[n:used]
+                self._invalid[:m] = self._invalid[n:used]
+            self._acc[:, m:used] = 0.0
+            self._wsum[m:used] = 0.0
+            self._invalid[m:used] = False
+        row = start + n
+        chunk = self.capacity
+        while row < stop:  # rows no window ever touched: nodata
+            r = min(chunk, stop - row)
+            self._sink(
+                row,
+                np.zeros((self.num_classes, r, self.width), dtype=np.float32),
+                np.zeros((r, self.width), dtype=bool),
+            )
+            row += r
+        self._next_row = stop
+        self._band_end = max(self._band_end, stop)
