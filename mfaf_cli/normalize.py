@@ -86,9 +86,7 @@ def stretched_moments(arrays: list[np.ndarray], p_low: float, p_high: float) -> 
     n = np.zeros(c)
     for a in arrays:
         lo, hi = band_percentiles(a, None, p_low, p_high)
-        x = np.clip(
-            (a.astype(np.float64) - lo.reshape(c, 1, 1)) / (hi - lo).reshape(c, 1, 1), 0, 1
-        )
+        x = np.clip((a.astype(np.float64) - lo.reshape(c, 1, 1)) / (hi - lo).reshape(c, 1, 1), 0, 1)
         x = x.reshape(c, -1)
         fin = np.isfinite(x)
         x = np.where(fin, x, 0.0)

@@ -1,0 +1,476 @@
+"""CoMiX: cross-modal fusion with deformable convolutions for HSI + X segmentation.
+
+A reconstruction (ARCHITECTURE.md §2; the paper's code is unreleased): a CMX-style asymmetric
+dual encoder of 4 stages where the HSI stream is a 3-D (spectral × spatial) backbone of
+deformable 3-D conv blocks and the X stream (LiDAR DSM / SAR, 1–4 bands) a 2-D backbone of
+DCNv3-style blocks; CMFeX exchanges information between the streams in every stage, FFM fuses
+them into the decoder skip, and an ALL-MLP decoder produces the logits.
+
+Deformable sampling is pure torch (``F.grid_sample``, 4-D for DCN2D, 5-D/trilinear for DCN3D).
+Offsets and masks are zero-initialised, so every deformable block starts as a regular conv
+whose taps are averaged uniformly. 5-D GridSample needs ONNX opset ≥ 20.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mfaf_cli.models.mfafnet import LayerNorm2d
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "s": {
+        "x_widths": (32, 64, 160, 256),
+        "x_depths": (2, 2, 2, 2),
+        "h_widths": (16, 32, 64, 128),
+        "h_depths": (1, 1, 2, 1),
+        "k3": 27,
+        "decoder_dim": 256,
+        "drop_path": 0.1,
+    },
+    "b": {
+        "x_widths": (64, 128, 320, 512),
+        "x_depths": (2, 2, 6, 2),
+        "h_widths": (32, 64, 128, 256),
+        "h_depths": (2, 2, 4, 2),
+        "k3": 27,
+        "decoder_dim": 512,
+        "drop_path": 0.2,
+    },
+}
+VARIANTS["lite"] = {**VARIANTS["s"], "k3": 7}
+
+
+# ---- kernel taps and pure-torch deformable sampling ------------------------------------------
+def kernel_taps_2d() -> list[tuple[int, int]]:
+    """3×3 taps as (dx, dy), row-major (matches a conv weight's flattened (ky, kx) order)."""
+    return [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+
+
+def kernel_taps_3d(k: int) -> list[tuple[int, int, int]]:
+    """3-D taps as (dx, dy, dd): K=27 full 3×3×3 (row-major over d, y, x) or K=7 axial."""
+    if k == 27:
+        return [(dx, dy, dd) for dd in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    if k == 7:
+        return [(0, 0, 0), (0, 0, -1), (0, 0, 1), (0, -1, 0), (0, 1, 0), (-1, 0, 0), (1, 0, 0)]
+    raise ValueError(f"k3 must be 27 (full) or 7 (axial), not {k}")
+
+
+def _base_grid(sizes: Sequence[int], taps: torch.Tensor) -> torch.Tensor:
+    """Pixel positions p0 + p_k of shape (*sizes, K, ndim) in (x, y[, d]) order."""
+    axes = [torch.arange(n, dtype=taps.dtype, device=taps.device) for n in sizes]
+    mesh = torch.meshgrid(*axes, indexing="ij")  # (d,) y, x order
+    pos = torch.stack(mesh[::-1], dim=-1)  # (*sizes, ndim) in x, y[, d] order
+    return pos.unsqueeze(-2) + taps  # (*sizes, K, ndim)
+
+
+def deform_sample(
+    v: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, taps: torch.Tensor, groups: int
+) -> torch.Tensor:
+    """Modulated deformable aggregation Σ_k m_k · v(p + p_k + Δ_k), per channel group.
+
+    Args:
+        v: (B, C, *S) values, S = (h, w) or (D, h, w).
+        offset: (B, G·K·n, *S) offsets in pixels, ordered (group, tap, axis x/y[/d]).
+        mask: (B, G·K, *S) modulation (e.g. softmax over K).
+        taps: (K, n) integer tap positions in (x, y[, d]) order.
+        groups: G; channels in a group share offsets and mask.
+
+    Returns:
+        (B, C, *S). Sampling is bilinear/trilinear with zeros outside, align_corners=False.
+    """
+    b, c = v.shape[:2]
+    sizes = tuple(v.shape[2:])
+    nd = len(sizes)
+    k = taps.shape[0]
+    g = groups
+    # (B, G, K, n, *S) → (B·G, *S, K, n)
+    off = offset.reshape(b * g, k, nd, *sizes)
+    perm = (0, *range(3, 3 + nd), 1, 2)
+    off = off.permute(*perm)
+    pos = _base_grid(sizes, taps.to(v.dtype)) + off  # (B·G, *S, K, n)
+    # pixel → normalised coordinate, x axis normalised by w, y by h, d by D
+    extent = torch.tensor(sizes[::-1], dtype=v.dtype, device=v.device)
+    grid = (2.0 * pos + 1.0) / extent - 1.0
+    # fold K into the last spatial axis: (B·G, *S[:-1], S[-1]·K, n)
+    grid = grid.reshape(b * g, *sizes[:-1], sizes[-1] * k, nd)
+    sampled = F.grid_sample(
+        v.reshape(b * g, c // g, *sizes),
+        grid,
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+    ).reshape(b * g, c // g, *sizes, k)
+    m = mask.reshape(b * g, k, *sizes).permute(0, *range(2, 2 + nd), 1).unsqueeze(1)
+    return (sampled * m).sum(-1).reshape(b, c, *sizes)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (identity at eval, so nothing random reaches an exported graph)."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        return x * torch.bernoulli(torch.full(shape, keep, device=x.device, dtype=x.dtype)) / keep
+
+
+class DCN(nn.Module):
+    """DCNv3-style deformable operator on 2-D (B,C,h,w) or 3-D (B,C,D,h,w) features.
+
+    v = Linear(x); q = GELU(LN(DWConv(x))); Δ = Linear(q) (zero init), m = softmax_K(Linear(q))
+    (zero init → uniform); out = Linear(Σ_k m_k · v(p + p_k + Δ_k)).
+    """
+
+    def __init__(self, c: int, group_channels: int, ndim: int = 2, k3: int = 27) -> None:
+        super().__init__()
+        if c % group_channels:
+            raise ValueError(f"{c} channels not divisible by group size {group_channels}")
+        conv = nn.Conv2d if ndim == 2 else nn.Conv3d
+        taps = kernel_taps_2d() if ndim == 2 else kernel_taps_3d(k3)
+        self.register_buffer("taps", torch.tensor(taps, dtype=torch.float32), persistent=False)
+        self.ndim, self.groups, self.k = ndim, c // group_channels, len(taps)
+        self.input_proj = conv(c, c, 1)
+        self.dw = conv(c, c, 3, padding=1, groups=c)
+        self.dw_norm = LayerNorm2d(c)
+        self.offset = conv(c, self.groups * self.k * ndim, 1)
+        self.mask = conv(c, self.groups * self.k, 1)
+        self.output_proj = conv(c, c, 1)
+        for layer in (self.offset, self.mask):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)  # type: ignore[arg-type]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.input_proj(x)
+        q = F.gelu(self.dw_norm(self.dw(x)))
+        offset = self.offset(q)
+        logits = self.mask(q)
+        b = logits.shape[0]
+        mask = torch.softmax(logits.reshape(b, self.groups, self.k, *logits.shape[2:]), dim=2)
+        mask = mask.reshape(logits.shape)
+        return self.output_proj(deform_sample(v, offset, mask, self.taps, self.groups))
+
+
+class DCNBlock(nn.Module):
+    """x + DropPath(DCN(LN(x))); x + DropPath(MLP(LN(x))) on 2-D or 3-D features."""
+
+    def __init__(
+        self,
+        c: int,
+        ndim: int,
+        group_channels: int,
+        mlp_ratio: int,
+        k3: int = 27,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        conv = nn.Conv2d if ndim == 2 else nn.Conv3d
+        self.norm1 = LayerNorm2d(c)
+        self.dcn = DCN(c, group_channels, ndim, k3)
+        self.norm2 = LayerNorm2d(c)
+        self.mlp = nn.Sequential(conv(c, c * mlp_ratio, 1), nn.GELU(), conv(c * mlp_ratio, c, 1))
+        self.drop = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.dcn(self.norm1(x)))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class CMFeX(nn.Module):
+    """Cross-Modality Feature enhancement and eXchange (§2.4; generalises CMX's FRM).
+
+    Flags expose the sub-parts for ablation: channel / spatial weights, the 3-D back-projection
+    of the HSI update, and a spectral attention over D computed from X.
+    """
+
+    def __init__(
+        self,
+        c: int,
+        c3: int,
+        depth: int,
+        channel: bool = True,
+        spatial: bool = True,
+        backproject: bool = True,
+        spectral_attention: bool = False,
+    ) -> None:
+        super().__init__()
+        self.c, self.c3, self.depth = c, c3, depth
+        self.use_channel, self.use_spatial = channel, spatial
+        self.channel_mlp = nn.Sequential(
+            nn.Linear(4 * c, 4 * c), nn.ReLU(), nn.Linear(4 * c, 2 * c), nn.Sigmoid()
+        )
+        self.spatial = nn.Sequential(
+            nn.Conv2d(2 * c, c, 1), nn.ReLU(), nn.Conv2d(c, 2, 1), nn.Sigmoid()
+        )
+        self.alpha = nn.Parameter(torch.full((2,), 0.5))  # (channel, spatial) gates into X
+        self.beta = nn.Parameter(torch.full((2,), 0.5))  # (channel, spatial) gates into Ĥ
+        self.back = nn.Conv2d(c, c3 * depth, 1) if backproject else None
+        self.gamma = nn.Parameter(torch.zeros(1)) if backproject else None
+        self.spec = (
+            nn.Sequential(nn.Linear(c, c), nn.ReLU(), nn.Linear(c, depth), nn.Sigmoid())
+            if spectral_attention
+            else None
+        )
+
+    def forward(
+        self, h3: torch.Tensor, h: torch.Tensor, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """h3: (B,C3,D,h,w); h = P(h3): (B,C,h,w); x: (B,C,h,w) → (H3', X')."""
+        b = x.shape[0]
+        x_new, h_new = x, h
+        if self.use_channel:
+            pooled = torch.cat(
+                [h.mean((2, 3)), x.mean((2, 3)), h.amax((2, 3)), x.amax((2, 3))], dim=1
+            )
+            wc_h, wc_x = self.channel_mlp(pooled).reshape(b, 2, self.c, 1, 1).unbind(1)
+            x_new = x_new + self.alpha[0] * wc_h * h
+            h_new = h_new + self.beta[0] * wc_x * x
+        if self.use_spatial:
+            ws_h, ws_x = self.spatial(torch.cat([h, x], dim=1)).chunk(2, dim=1)
+            x_new = x_new + self.alpha[1] * ws_h * h
+            h_new = h_new + self.beta[1] * ws_x * x
+        if self.back is not None:
+            dh = self.back(h_new - h).reshape(b, self.c3, self.depth, *h.shape[-2:])
+            h3 = h3 + self.gamma * dh
+        if self.spec is not None:
+            att = self.spec(x.mean((2, 3))).reshape(b, 1, self.depth, 1, 1)
+            h3 = h3 * att
+        return h3, x_new
+
+
+class CrossPath(nn.Module):
+    """CMX CrossPath, channels-first: efficient cross-attention via (C/h × C/h) contexts."""
+
+    def __init__(self, c: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.scale = (c // heads) ** -0.5
+        self.channel_proj = nn.ModuleList(nn.Conv2d(c, 2 * c, 1) for _ in range(2))
+        self.kv = nn.ModuleList(nn.Conv2d(c, 2 * c, 1, bias=False) for _ in range(2))
+        self.end_proj = nn.ModuleList(nn.Conv2d(2 * c, c, 1) for _ in range(2))
+        self.norm = nn.ModuleList(LayerNorm2d(c) for _ in range(2))
+
+    def _context(self, u: torch.Tensor, m: int) -> torch.Tensor:
+        b, c, h, w = u.shape
+        k, v = self.kv[m](u).reshape(b, 2, self.heads, c // self.heads, h * w).unbind(1)
+        # token-layout kᵀv is (d×d) = k_cf @ v_cfᵀ; softmax over the key channel axis
+        return torch.softmax((k @ v.transpose(-2, -1)) * self.scale, dim=-2)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, c, h, w = x1.shape
+        y1, u1 = F.relu(self.channel_proj[0](x1)).chunk(2, dim=1)
+        y2, u2 = F.relu(self.channel_proj[1](x2)).chunk(2, dim=1)
+        ctx1, ctx2 = self._context(u1, 0), self._context(u2, 1)
+        q1 = u1.reshape(b, self.heads, c // self.heads, h * w)
+        q2 = u2.reshape(b, self.heads, c // self.heads, h * w)
+        # token-layout q @ ctx is ctxᵀ @ q_cf in channels-first layout
+        v1 = (ctx2.transpose(-2, -1) @ q1).reshape(b, c, h, w)
+        v2 = (ctx1.transpose(-2, -1) @ q2).reshape(b, c, h, w)
+        o1 = self.norm[0](x1 + self.end_proj[0](torch.cat([y1, v1], dim=1)))
+        o2 = self.norm[1](x2 + self.end_proj[1](torch.cat([y2, v2], dim=1)))
+        return o1, o2
+
+
+class FFM(nn.Module):
+    """CMX Feature Fusion Module: CrossPath then ChannelEmbed → (B, C, h, w)."""
+
+    def __init__(self, c: int, heads: int) -> None:
+        super().__init__()
+        self.cross = CrossPath(c, heads)
+        self.residual = nn.Conv2d(2 * c, c, 1, bias=False)
+        self.embed = nn.Sequential(
+            nn.Conv2d(2 * c, c, 1),
+            nn.Conv2d(c, c, 3, padding=1, groups=c),
+            nn.ReLU(),
+            nn.Conv2d(c, c, 1),
+            nn.BatchNorm2d(c),
+        )
+        self.norm = nn.BatchNorm2d(c)
+
+    def forward(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.cross(h, x)
+        merged = torch.cat([a, b], dim=1)
+        return self.norm(self.residual(merged) + self.embed(merged))
+
+
+class CoMiX(nn.Module):
+    """CoMiX for (HSI, X) → K-class logits at full resolution.
+
+    Args:
+        in_channels: ``{"hsi": 50..250, "lidar": 1..4}`` (X may be LiDAR/DSM or SAR bands).
+        num_classes: K.
+        variant: "s", "b" or "lite" (S with axial K=7 3-D taps); keywords below override it.
+        stem_stride: 4 (strides 4/8/16/32, divisor 32) or 2 (2/4/8/16, divisor 16, for small
+            HSI scenes).
+        band_proj: pseudo-bands after the learned 1×1 spectral projection (D_1 = band_proj/4).
+        k3: 3-D taps, 27 or 7.
+        cmfex_channel, cmfex_spatial, cmfex_backproject, cmfex_spectral_attention: CMFeX parts.
+        ffm_heads, decoder_dim, drop_path, x_widths/x_depths/h_widths/h_depths.
+    """
+
+    modalities: tuple[str, ...] = ("hsi", "lidar")
+    #: 5-D (trilinear) GridSample exists in ONNX from opset 20 on.
+    onnx_min_opset: int = 20
+
+    def __init__(
+        self,
+        in_channels: dict[str, int] | None = None,
+        num_classes: int = 2,
+        variant: str = "s",
+        stem_stride: int = 4,
+        band_proj: int = 64,
+        k3: int | None = None,
+        x_widths: Sequence[int] | None = None,
+        x_depths: Sequence[int] | None = None,
+        h_widths: Sequence[int] | None = None,
+        h_depths: Sequence[int] | None = None,
+        ffm_heads: Sequence[int] = (1, 2, 5, 8),
+        decoder_dim: int | None = None,
+        drop_path: float | None = None,
+        group_channels_2d: int = 16,
+        group_channels_3d: int = 8,
+        cmfex_channel: bool = True,
+        cmfex_spatial: bool = True,
+        cmfex_backproject: bool = True,
+        cmfex_spectral_attention: bool = False,
+    ) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {sorted(VARIANTS)}, not {variant!r}")
+        if stem_stride not in (2, 4):
+            raise ValueError(f"stem_stride must be 2 or 4, not {stem_stride}")
+        if band_proj % 16:
+            raise ValueError(f"band_proj must be a multiple of 16, not {band_proj}")
+        v = VARIANTS[variant]
+        ch = {"hsi": 144, "lidar": 1, **(in_channels or {})}
+        self.in_channels = {m: int(ch[m]) for m in self.modalities}
+        self.num_classes = num_classes
+        self.stem_stride = stem_stride
+        self.divisor = 8 * stem_stride
+        xw = tuple(x_widths or v["x_widths"])
+        xd = tuple(x_depths or v["x_depths"])
+        hw = tuple(h_widths or v["h_widths"])
+        hd = tuple(h_depths or v["h_depths"])
+        k3 = int(k3 or v["k3"])
+        e = int(decoder_dim or v["decoder_dim"])
+        dp = float(v["drop_path"] if drop_path is None else drop_path)
+        d1 = band_proj // 4
+        self.depths_d = (d1, d1 // 2, d1 // 4, d1 // 4)  # spectral depth per stage
+
+        # stems
+        s = stem_stride
+        self.band_proj = nn.Sequential(
+            nn.Conv2d(self.in_channels["hsi"], band_proj, 1),
+            nn.BatchNorm2d(band_proj),
+            nn.GELU(),
+        )
+        self.h_stem = nn.Conv3d(1, hw[0], (4, s, s), stride=(4, s, s))
+        self.h_stem_norm = LayerNorm2d(hw[0])
+        self.x_stem = nn.Sequential(
+            nn.Conv2d(self.in_channels["lidar"], xw[0] // 2, 3, stride=2, padding=1),
+            LayerNorm2d(xw[0] // 2),
+            nn.GELU(),
+            nn.Conv2d(xw[0] // 2, xw[0], 3, stride=s // 2, padding=1),
+            LayerNorm2d(xw[0]),
+        )
+        # stages
+        n_h, n_x = sum(hd), sum(xd)
+        rates_h = [dp * i / max(n_h - 1, 1) for i in range(n_h)]
+        rates_x = [dp * i / max(n_x - 1, 1) for i in range(n_x)]
+        self.h_down, self.x_down = nn.ModuleList(), nn.ModuleList()
+        self.h_blocks, self.x_blocks = nn.ModuleList(), nn.ModuleList()
+        self.proj, self.cmfex, self.ffm = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        ih = ix = 0
+        for i in range(4):
+            if i > 0:
+                sd = 2 if i < 3 else 1
+                self.h_down.append(
+                    nn.Sequential(
+                        nn.Conv3d(hw[i - 1], hw[i], 3, stride=(sd, 2, 2), padding=1),
+                        LayerNorm2d(hw[i]),
+                    )
+                )
+                self.x_down.append(
+                    nn.Sequential(
+                        nn.Conv2d(xw[i - 1], xw[i], 3, stride=2, padding=1), LayerNorm2d(xw[i])
+                    )
+                )
+            self.h_blocks.append(
+                nn.Sequential(
+                    *(
+                        DCNBlock(hw[i], 3, group_channels_3d, 2, k3, rates_h[ih + j])
+                        for j in range(hd[i])
+                    )
+                )
+            )
+            self.x_blocks.append(
+                nn.Sequential(
+                    *(
+                        DCNBlock(xw[i], 2, group_channels_2d, 4, 9, rates_x[ix + j])
+                        for j in range(xd[i])
+                    )
+                )
+            )
+            ih, ix = ih + hd[i], ix + xd[i]
+            c3d = hw[i] * self.depths_d[i]
+            self.proj.append(
+                nn.Sequential(nn.Conv2d(c3d, xw[i], 1, bias=False), nn.BatchNorm2d(xw[i]))
+            )
+            self.cmfex.append(
+                CMFeX(
+                    xw[i],
+                    hw[i],
+                    self.depths_d[i],
+                    cmfex_channel,
+                    cmfex_spatial,
+                    cmfex_backproject,
+                    cmfex_spectral_attention,
+                )
+            )
+            self.ffm.append(FFM(xw[i], ffm_heads[i]))
+        # ALL-MLP decoder
+        self.dec_proj = nn.ModuleList(nn.Conv2d(xw[i], e, 1) for i in range(4))
+        self.dec_fuse = nn.Sequential(
+            nn.Conv2d(4 * e, e, 1, bias=False), nn.BatchNorm2d(e), nn.ReLU(), nn.Dropout2d(0.1)
+        )
+        self.classifier = nn.Conv2d(e, num_classes, 1)
+
+    def _p(self, i: int, h3: torch.Tensor) -> torch.Tensor:
+        b, c3, d, h, w = h3.shape
+        return self.proj[i](h3.reshape(b, c3 * d, h, w))
+
+    def forward(
+        self, hsi: torch.Tensor, x: torch.Tensor, return_aux: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+        h3 = self.h_stem(self.band_proj(hsi).unsqueeze(1))
+        h3 = self.h_stem_norm(h3)
+        xs = self.x_stem(x)
+        fused = []
+        for i in range(4):
+            if i > 0:
+                h3 = self.h_down[i - 1](h3)
+                xs = self.x_down[i - 1](xs)
+            h3 = self.h_blocks[i](h3)
+            xs = self.x_blocks[i](xs)
+            h3, xs = self.cmfex[i](h3, self._p(i, h3), xs)
+            fused.append(self.ffm[i](self._p(i, h3), xs))
+        outs = []
+        for i, f in enumerate(fused):
+            y = self.dec_proj[i](f)
+            if i > 0:
+                y = F.interpolate(y, scale_factor=float(2**i), mode="bilinear", align_corners=False)
+            outs.append(y)
+        logits = self.classifier(self.dec_fuse(torch.cat(outs, dim=1)))
+        logits = F.interpolate(
+            logits, scale_factor=float(self.stem_stride), mode="bilinear", align_corners=False
+        )
+        return (logits, {}) if return_aux else logits
