@@ -1,0 +1,446 @@
+"""Evaluation: a model on a dataset split, or a predicted map against a truth raster.
+
+Both accumulate one confusion matrix and report
+:func:`~mfaf_cli.training.metrics.metrics_from_confusion`.
+Georeferenced scenes (Sen1Floods11, WHU-OPT-SAR, folder scenes) go through the real predict
+pipeline (co-registration, sliding windows, blending) into a temporary GeoTIFF that is then
+scored like ``mfaf evaluate PRED.tif --truth LABEL.tif``; PNG patches (OMBRIA) run the same
+normalise → predictor → blend steps in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mfaf_cli.errors import BandMismatchError, InputError, LabelError
+from mfaf_cli.metadata import NODATA_LABEL, ModelMeta, default_classes
+from mfaf_cli.normalize import apply_normalisation, band_percentiles
+from mfaf_cli.training.metrics import confusion_matrix, metrics_from_confusion, to_jsonable
+
+#: Rows of the prediction processed at once when scoring rasters (bounded memory).
+BLOCK_ROWS = 1024
+
+
+@dataclass
+class EvalResult:
+    """Metrics plus what was evaluated."""
+
+    metrics: dict[str, Any]
+    class_names: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def confusion(self) -> np.ndarray:
+        return np.asarray(self.metrics["confusion_matrix"], dtype=np.int64)
+
+    def to_json(self) -> str:
+        return json.dumps(to_jsonable({**self.info, "metrics": self.metrics}))
+
+
+# ---- label mapping ---------------------------------------------------------------------------
+def parse_mapping(spec: str | Mapping[Any, Any] | None) -> dict[int, int] | None:
+    """``"10:1,20:2,0:255"`` (or a dict, or a JSON file path) → {truth value: class id}."""
+    if spec is None or spec == "":
+        return None
+    if isinstance(spec, Mapping):
+        items = spec.items()
+    elif Path(str(spec)).is_file():
+        try:
+            items = json.loads(Path(str(spec)).read_text()).items()
+        except (json.JSONDecodeError, AttributeError) as err:
+            raise InputError(f"mapping file {spec} must hold a JSON object ({err})") from None
+    else:
+        items = []
+        for part in str(spec).split(","):
+            if not part.strip():
+                continue
+            if ":" not in part:
+                raise InputError(f"bad mapping item {part!r}; use TRUTH:CLASS pairs like 10:1,20:2")
+            a, b = part.split(":", 1)
+            items.append((a.strip(), b.strip()))
+    try:
+        return {int(float(k)): int(float(v)) for k, v in items}
+    except ValueError as err:
+        raise InputError(f"mapping values must be integers ({err})") from None
+
+
+def apply_mapping(values: np.ndarray, mapping: dict[int, int] | None) -> np.ndarray:
+    """Map truth values; values not in the mapping pass through unchanged."""
+    if not mapping:
+        return values
+    out = values.copy()
+    for k, v in mapping.items():
+        out[values == k] = v
+    return out
+
+
+# ---- rasters -------------------------------------------------------------------------------
+def _classes_from_tags(tags: Mapping[str, str]) -> list[str] | None:
+    names = tags.get("CLASS_NAMES")
+    ids = tags.get("CLASS_IDS")
+    if not names:
+        return None
+    try:
+        names_l = [str(n) for n in json.loads(names)]
+        ids_l = [int(i) for i in json.loads(ids)] if ids else list(range(len(names_l)))
+    except (json.JSONDecodeError, TypeError, ValueError):
+        return None
+    k = max(ids_l) + 1 if ids_l else 0
+    out = [f"class-{i}" for i in range(k)]
+    for i, n in zip(ids_l, names_l, strict=False):
+        out[i] = n
+    return out
+
+
+def truth_on_grid(
+    truth_ds: Any, dst_crs: Any, dst_transform: Any, shape: tuple[int, int]
+) -> np.ndarray:
+    """Truth band 1 resampled (nearest) onto a grid block; NaN where nodata/outside."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.warp import reproject
+
+    if truth_ds.crs is None or dst_crs is None:
+        raise InputError(
+            f"{Path(truth_ds.name).name} or the prediction has no CRS; both must be georeferenced "
+            "(or have the same grid) to be compared"
+        )
+    out = np.full(shape, np.nan, dtype=np.float64)
+    reproject(
+        source=rasterio.band(truth_ds, 1),
+        destination=out,
+        src_transform=truth_ds.transform,
+        src_crs=truth_ds.crs,
+        src_nodata=truth_ds.nodata,
+        dst_transform=dst_transform,
+        dst_crs=dst_crs,
+        dst_nodata=np.nan,
+        resampling=Resampling.nearest,
+    )
+    return out
+
+
+def raster_confusion(
+    pred_path: str | os.PathLike[str],
+    truth_path: str | os.PathLike[str],
+    num_classes: int,
+    *,
+    mapping: dict[int, int] | None = None,
+    label_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+    ignore_index: int = NODATA_LABEL,
+) -> np.ndarray:
+    """Confusion matrix of a label GeoTIFF against a truth raster co-registered onto its grid.
+
+    Truth is resampled nearest onto the prediction's grid, block by block. Ignored: prediction
+    nodata (255), truth nodata / outside its footprint / −1, values mapped to 255. ``label_fn``
+    (a dataset's label mapping: raw values → class ids with ignore) replaces ``mapping``.
+    """
+    import rasterio
+    from rasterio.windows import Window as RioWindow
+
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    with rasterio.open(pred_path) as pds, rasterio.open(truth_path) as tds:
+        same = (
+            tds.crs == pds.crs and tds.transform == pds.transform and tds.shape == pds.shape
+        ) or (tds.crs is None and pds.crs is None and tds.shape == pds.shape)
+        if tds.crs is None and pds.crs is None and not same:
+            raise InputError(
+                f"{Path(truth_path).name} ({tds.width}×{tds.height}) and {Path(pred_path).name} "
+                f"({pds.width}×{pds.height}) have no CRS and different sizes; cannot co-register"
+            )
+        pnd = pds.nodata if pds.nodata is not None else NODATA_LABEL
+        for r0 in range(0, pds.height, BLOCK_ROWS):
+            h = min(BLOCK_ROWS, pds.height - r0)
+            win = RioWindow(0, r0, pds.width, h)
+            pred = pds.read(1, window=win).astype(np.int64)
+            if same:
+                t = tds.read(1, window=win).astype(np.float64)
+                if tds.nodata is not None:
+                    t[t == tds.nodata] = np.nan
+            else:
+                t = truth_on_grid(tds, pds.crs, pds.window_transform(win), (h, pds.width))
+            finite = np.isfinite(t)
+            raw = np.where(finite, t, -1).astype(np.int64)
+            if label_fn is not None:
+                truth = label_fn(raw)
+                truth[~finite] = ignore_index
+            else:
+                truth = apply_mapping(raw, mapping)
+                truth[(raw == -1) | ~finite] = ignore_index
+            pred[pred == pnd] = ignore_index
+            try:
+                cm += confusion_matrix(pred, truth, num_classes, ignore_index)
+            except LabelError as err:
+                msg = str(err)
+                if msg.startswith("truth"):
+                    raise LabelError(
+                        f"{Path(truth_path).name}: {msg.replace('truth labels hold', 'holds')} "
+                        "(classes the model does not know)"
+                    ) from None
+                raise LabelError(f"{Path(pred_path).name}: {msg}") from None
+    return cm
+
+
+def evaluate_rasters(
+    pred: str | os.PathLike[str],
+    truth: str | os.PathLike[str],
+    *,
+    mapping: str | Mapping[Any, Any] | None = None,
+    num_classes: int | None = None,
+    class_names: list[str] | None = None,
+) -> EvalResult:
+    """Score a predicted label GeoTIFF against a truth raster (see :func:`raster_confusion`).
+
+    Classes come from the prediction's tags (written by ``mfaf predict``), else
+    ``class_names`` / ``num_classes``, else the largest value found in either raster.
+    """
+    import rasterio
+
+    from mfaf_cli.coreg.grid import check_readable
+
+    for p, what in ((pred, "prediction"), (truth, "truth")):
+        check_readable(p, what)
+    m = parse_mapping(mapping) if not isinstance(mapping, dict) else mapping
+    try:
+        with rasterio.open(pred) as ds:
+            names = class_names or _classes_from_tags(ds.tags())
+            pmax = None
+            if names is None and num_classes is None:
+                a = ds.read(1)
+                a = a[a != (ds.nodata if ds.nodata is not None else NODATA_LABEL)]
+                pmax = int(a.max()) if a.size else 0
+        with rasterio.open(truth):
+            pass
+    except rasterio.errors.RasterioIOError as err:
+        raise InputError(f"not a readable raster ({str(err).splitlines()[0]})") from None
+    if names is None:
+        if num_classes is None:
+            with rasterio.open(truth) as ds:
+                t = ds.read(1)
+                if ds.nodata is not None:
+                    t = t[t != ds.nodata]
+                t = apply_mapping(np.asarray(t).astype(np.int64), m)
+                t = t[(t >= 0) & (t != NODATA_LABEL)]
+            num_classes = max(pmax or 0, int(t.max()) if t.size else 0) + 1
+        names = [c.name for c in default_classes(num_classes)]
+    k = len(names)
+    cm = raster_confusion(pred, truth, k, mapping=m)
+    metrics = metrics_from_confusion(cm, names)
+    info = {"mode": "rasters", "prediction": str(pred), "truth": str(truth)}
+    if m:
+        info["mapping"] = {str(a): b for a, b in m.items()}
+    return EvalResult(metrics, names, info)
+
+
+# ---- in-memory sliding windows (patch datasets) -------------------------------------------
+def predict_arrays(
+    predictor: Any,
+    arrays: Mapping[str, np.ndarray],
+    valid: np.ndarray,
+    meta: ModelMeta,
+    *,
+    tile: int,
+    overlap: float = 0.25,
+    blend: str = "gaussian",
+    batch_size: int = 4,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class ids (H, W) uint8 (255 = nodata) and validity for one in-memory scene.
+
+    The same steps as the predict spine: scene percentiles over valid pixels, the model's
+    normalisation, overlapping windows (reflect-padded past the edges), blended merge.
+    """
+    from mfaf_cli.coreg.align import reflect_pad
+    from mfaf_cli.stitch.merger import StreamingMerger
+    from mfaf_cli.stitch.weights import make_weight_fn
+    from mfaf_cli.tiling.windows import batched, tile_windows
+
+    h, w = valid.shape
+    norm: dict[str, np.ndarray] = {}
+    for spec in meta.modalities:
+        a = arrays[spec.name]
+        n = spec.normalisation
+        lo, hi = band_percentiles(a, valid, n.p_low, n.p_high)
+        norm[spec.name] = apply_normalisation(a, n, lo, hi)
+    windows = tile_windows(h, w, tile, overlap)
+    out = np.full((h, w), NODATA_LABEL, dtype=np.uint8)
+    ok = np.zeros((h, w), dtype=bool)
+
+    def sink(row0: int, probs: np.ndarray, v: np.ndarray) -> None:
+        r = probs.shape[1]
+        lab = probs.argmax(0).astype(np.uint8)
+        lab[~v] = NODATA_LABEL
+        out[row0 : row0 + r] = lab
+        ok[row0 : row0 + r] = v
+
+    merger = StreamingMerger(h, w, meta.num_classes, windows, make_weight_fn(windows, blend), sink)
+
+    def cut(a: np.ndarray, win: Any) -> np.ndarray:
+        c = win.clip(h, w)
+        block = a[..., c.row_off : c.row_end, c.col_off : c.col_end]
+        pads = (
+            (c.row_off - win.row_off, win.row_end - c.row_end),
+            (c.col_off - win.col_off, win.col_end - c.col_end),
+        )
+        if any(p for pair in pads for p in pair):
+            if block.ndim == 2:
+                return np.pad(block, pads, constant_values=False)
+            return reflect_pad(block, pads)
+        return block
+
+    for group in batched(windows, batch_size):
+        vs = [cut(valid, win) for win in group]
+        run = [i for i, v in enumerate(vs) if v.any()]
+        for i, win in enumerate(group):
+            if i not in run:
+                merger.add_skipped(win)
+        if not run:
+            continue
+        batch = {m: np.stack([cut(norm[m], group[i]) for i in run]) for m in meta.modality_names}
+        probs = predictor(batch)
+        for j, i in enumerate(run):
+            merger.add(group[i], probs[j], vs[i])
+    merger.finish()
+    return out, ok
+
+
+# ---- a model on a dataset ------------------------------------------------------------------
+def evaluate_model(
+    model: str | os.PathLike[str] | None,
+    dataset: str,
+    root: str | os.PathLike[str],
+    split: str = "test",
+    *,
+    tile: int | None = None,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    blend: str = "gaussian",
+    device: str = "auto",
+    engine: str = "torch",
+    precision: str = "auto",
+    bands: Mapping[str, list[int]] | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    progress: bool = True,
+    max_items: int | None = None,
+) -> EvalResult:
+    """Run the predict pipeline over a dataset split and score it with one confusion matrix.
+
+    ``model`` is any ``--model`` spec (None = the shipped default for the dataset's
+    modalities). The dataset must provide the model's modalities with the same band counts,
+    and its class table must fit in the model's (else BandMismatchError / LabelError).
+    """
+    from tqdm import tqdm
+
+    from mfaf_cli.data.datasets import open_dataset
+    from mfaf_cli.engine import create_predictor
+
+    opts: dict[str, Any] = {"seed": seed, "val_fraction": val_fraction, "augment": False}
+    if bands:
+        opts["bands"] = {k: list(v) for k, v in bands.items()}
+    probe = open_dataset(dataset, root, split, **opts)
+    predictor = create_predictor(
+        None if model is None else os.fspath(model) if not isinstance(model, str) else model,
+        engine=engine,
+        device=device,
+        precision=precision,
+        modalities=probe.modalities,
+        batch_size=batch_size,
+        tile=tile,
+    )
+    meta: ModelMeta = predictor.meta
+    ds = open_dataset(dataset, root, split, modalities=meta.modality_names, **opts)
+    if ds.in_channels != meta.in_channels:
+        raise BandMismatchError(
+            f"the {dataset} data gives bands {ds.in_channels} but the model takes "
+            f"{meta.in_channels}; select bands with --bands (e.g. optical=4,3,2)"
+        )
+    k = meta.num_classes
+    if ds.num_classes > k:
+        raise LabelError(
+            f"the {dataset} labels have {ds.num_classes} classes "
+            f"({', '.join(c.name for c in ds.classes)}) "
+            f"but the model predicts {k} ({', '.join(meta.class_names)})"
+        )
+    names = meta.class_names
+    tile = int(tile or meta.tile_size)
+    cm = np.zeros((k, k), dtype=np.int64)
+    scenes = ds.scenes()
+    n_items = 0
+    if scenes is not None:
+        from mfaf_cli.pipeline.predict import predict
+
+        todo = scenes if max_items is None else scenes[:max_items]
+        with tempfile.TemporaryDirectory(prefix="mfaf-eval-") as tmp:
+            for sc in tqdm(
+                todo, desc=f"evaluate {dataset}/{split}", file=sys.stderr, disable=not progress
+            ):
+                out = Path(tmp) / "pred.tif"
+                predict(
+                    {m: sc.inputs[m] for m in meta.modality_names},
+                    out,
+                    predictor=predictor,
+                    tile=tile,
+                    overlap=overlap,
+                    batch_size=batch_size,
+                    blend=blend,
+                    bands={m: sc.bands[m] for m in meta.modality_names if sc.bands.get(m)},
+                    overwrite=True,
+                    progress=False,
+                )
+                cm += raster_confusion(
+                    out, sc.label, k, label_fn=ds.map_label, ignore_index=ds.ignore_index
+                )
+                n_items += 1
+                out.unlink(missing_ok=True)
+    else:
+        n = len(ds) if max_items is None else min(len(ds), max_items)
+        for i in tqdm(
+            range(n), desc=f"evaluate {dataset}/{split}", file=sys.stderr, disable=not progress
+        ):
+            arrays, mask, _ = ds.raw(i, None)
+            valid = np.ones(mask.shape, dtype=bool)
+            for a in arrays.values():
+                valid &= np.isfinite(a).all(axis=0)
+            pred, ok = predict_arrays(
+                predictor,
+                arrays,
+                valid,
+                meta,
+                tile=tile,
+                overlap=overlap,
+                blend=blend,
+                batch_size=batch_size,
+            )
+            pred = pred.astype(np.int64)
+            pred[~ok] = ds.ignore_index
+            cm += confusion_matrix(pred, mask, k, ds.ignore_index)
+            n_items += 1
+    metrics = metrics_from_confusion(cm, names)
+    info = {
+        "mode": "dataset",
+        "model": meta.arch if model is None else str(model),
+        "arch": meta.arch,
+        "trained": bool(meta.trained),
+        "dataset": dataset,
+        "data_root": str(root),
+        "split": split,
+        "items": n_items,
+        "scenes" if scenes is not None else "patches": n_items,
+        "tile": tile,
+        "overlap": overlap,
+        "blend": blend,
+        "device": getattr(predictor, "device", device),
+    }
+    if not math.isfinite(metrics["miou"]):
+        info["note"] = "no labelled pixel was evaluated"
+    return EvalResult(metrics, names, info)

@@ -1,0 +1,421 @@
+"""Datasets built as tiny scenes in each supported layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_geotiff
+from PIL import Image
+from rasterio.transform import from_origin
+
+from mfaf_cli.data.datasets import (
+    grid_offsets,
+    open_dataset,
+    parse_split_file,
+    seeded_holdout,
+)
+from mfaf_cli.errors import DatasetError, LabelError, ModalityError
+from mfaf_cli.normalize import apply_normalisation, band_percentiles, stretched_moments
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---- builders (also used by test_train / test_evaluate) -----------------------------------
+def make_ombria(
+    root: Path, n_train: int = 8, n_test: int = 3, size: int = 32, seed: int = 0
+) -> Path:
+    """OMBRIA layout; water (mask 255) where the S2 patch is dark blue and S1 is dark."""
+    rng = np.random.default_rng(seed)
+    for folder, n, start in (("train", n_train, 1), ("test", n_test, 100)):
+        for sub in ("AFTER", "BEFORE", "MASK"):
+            (root / "OmbriaS2" / folder / sub).mkdir(parents=True, exist_ok=True)
+            (root / "OmbriaS1" / folder / sub).mkdir(parents=True, exist_ok=True)
+        for i in range(start, start + n):
+            water = np.zeros((size, size), dtype=bool)
+            r = int(rng.integers(0, size // 2))
+            water[r : r + size // 2, : int(rng.integers(size // 4, size))] = True
+            s2 = rng.integers(120, 220, size=(size, size, 3)).astype(np.uint8)
+            s2[water] = rng.integers(10, 60, size=(int(water.sum()), 3))
+            s1 = rng.integers(150, 250, size=(size, size)).astype(np.uint8)
+            s1[water] = rng.integers(0, 40, size=int(water.sum()))
+            mask = np.where(water, 255, 0).astype(np.uint8)
+            tag = f"{i:04d}"
+            Image.fromarray(s2).save(root / "OmbriaS2" / folder / "AFTER" / f"S2_after_{tag}.png")
+            Image.fromarray(s1).save(root / "OmbriaS1" / folder / "AFTER" / f"S1_after_{tag}.png")
+            Image.fromarray(mask).save(root / "OmbriaS2" / folder / "MASK" / f"S2_mask_{tag}.png")
+            Image.fromarray(mask).save(root / "OmbriaS1" / folder / "MASK" / f"S1_mask_{tag}.png")
+    return root
+
+
+def make_sen1floods11(
+    root: Path, ids=("Spain_1", "Spain_2", "Bolivia_3"), size=32, flat=False
+) -> Path:
+    """Sen1Floods11 chips: S2 13-band int16 (0 = nodata), S1 VV/VH float dB (NaN), labels -1/0/1."""
+    rng = np.random.default_rng(3)
+    dirs = {k: root if flat else root / k for k in ("S1Hand", "S2Hand", "LabelHand")}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    t = from_origin(-3.0, 40.0, 0.0001, 0.0001)
+    for cid in ids:
+        water = np.zeros((size, size), dtype=bool)
+        water[:, : size // 3] = True
+        s2 = rng.integers(500, 3000, size=(13, size, size)).astype(np.int16)
+        s2[:, water] //= 5
+        s2[:, 0, 0] = 0  # nodata pixel
+        s1 = rng.normal(-10, 2, size=(2, size, size)).astype(np.float32)
+        s1[:, water] -= 12
+        s1[:, 1, 1] = np.nan
+        lab = water.astype(np.int16)
+        lab[-1, :] = -1
+        write_geotiff(
+            dirs["S2Hand"] / f"{cid}_S2Hand.tif", s2, crs="EPSG:4326", transform=t, nodata=0
+        )
+        write_geotiff(
+            dirs["S1Hand"] / f"{cid}_S1Hand.tif",
+            s1,
+            crs="EPSG:4326",
+            transform=t,
+            nodata=float("nan"),
+        )
+        write_geotiff(dirs["LabelHand"] / f"{cid}_LabelHand.tif", lab, crs="EPSG:4326", transform=t)
+    return root
+
+
+def make_whu_sheets(
+    root: Path, names=("Optical", "SAR", "Lbl"), sheets=("NH1", "NH2", "NH3"), h=60, w=80
+):
+    rng = np.random.default_rng(5)
+    for n in names:
+        (root / n).mkdir(parents=True, exist_ok=True)
+    for k, s in enumerate(sheets):
+        t = from_origin(500_000.0 + k * 1000, 3_500_000.0, 5.0, 5.0)
+        opt = rng.integers(0, 255, size=(4, h, w)).astype(np.uint8)
+        sar = rng.integers(0, 255, size=(1, h, w)).astype(np.uint8)
+        lab = (rng.integers(0, 8, size=(h, w)) * 10).astype(np.uint8)
+        write_geotiff(root / names[0] / f"{s}.tif", opt, transform=t)
+        write_geotiff(root / names[1] / f"{s}.tif", sar, transform=t)
+        write_geotiff(root / names[2] / f"{s}.tif", lab, transform=t)
+    return root
+
+
+# ---- pure helpers -----------------------------------------------------------------------------
+def test_seeded_holdout_and_grid_offsets() -> None:
+    ids = [f"{i:03d}" for i in range(20)]
+    kept, held = seeded_holdout(ids, 0.15, seed=7)
+    assert len(held) == 3 and not set(kept) & set(held) and sorted(kept + held) == ids
+    assert seeded_holdout(ids, 0.15, seed=7) == (kept, held)  # reproducible
+    assert seeded_holdout(ids, 0.15, seed=8) != (kept, held)
+    assert grid_offsets(80, 32) == [0, 32, 48]
+    assert grid_offsets(64, 32) == [0, 32]
+    assert grid_offsets(20, 32) == [0]
+
+
+def test_parse_split_file_any_format() -> None:
+    text = "Train set:\nNH1.tif NH2.tif\n\nTest set:\nNH3.tif\n"
+    assert parse_split_file(text, ["NH1", "NH2", "NH3"]) == {
+        "train": ["NH1", "NH2"],
+        "val": [],
+        "test": ["NH3"],
+    }
+    assert parse_split_file("train: nh2, NH1\ntest: NH3", ["NH1", "NH2", "NH3"])["train"] == [
+        "NH2",
+        "NH1",
+    ]
+
+
+# ---- OMBRIA ------------------------------------------------------------------------------------
+def test_ombria_splits_samples_and_normalisation(tmp_path: Path) -> None:
+    root = make_ombria(tmp_path / "ombria")
+    train = open_dataset("ombria", root, "train", tile=16)
+    val = open_dataset("ombria", root, "val")
+    test = open_dataset("ombria", root, "test")
+    assert (len(train), len(val), len(test)) == (7, 1, 3)
+    assert not {i for _, i in train.items} & {i for _, i in val.items}
+    assert train.in_channels == {"optical": 3, "sar": 1}
+    assert train.band_names["optical"] == ("red", "green", "blue")
+
+    norms = train.compute_normalisation()
+    # exactly normalize.stretched_moments over the training patches (per-patch percentiles)
+    opt = [train.raw(i)[0]["optical"] for i in range(len(train))]
+    mean, std = stretched_moments(opt, 2.0, 98.0)
+    assert norms["optical"].mean == pytest.approx(tuple(mean))
+    assert norms["optical"].std == pytest.approx(tuple(std))
+    assert norms["optical"].mode == "scene-percentile"
+
+    train.set_normalisation(norms)
+    val.set_normalisation(norms)
+    s = val[0]  # no augmentation: the full patch
+    assert (
+        s["inputs"]["optical"].shape == (3, 32, 32)
+        and s["inputs"]["optical"].dtype == torch.float32
+    )
+    assert s["inputs"]["sar"].shape == (1, 32, 32)
+    assert s["mask"].dtype == torch.int64 and set(s["mask"].unique().tolist()) <= {0, 1}
+    # the normalised training split is standardised
+    plain = open_dataset("ombria", root, "train", augment=False)
+    plain.set_normalisation(norms)
+    allx = torch.stack([plain[i]["inputs"]["optical"] for i in range(len(plain))])
+    assert allx.mean(dim=(0, 2, 3)).abs().max() < 1e-4
+    assert allx.std(dim=(0, 2, 3)).sub(1).abs().max() < 0.02
+
+    t = train[0]  # augmented training crop
+    assert t["inputs"]["optical"].shape == (3, 16, 16) and t["mask"].shape == (16, 16)
+
+
+def test_augmentation_is_joint(tmp_path: Path) -> None:
+    root = make_ombria(tmp_path / "ombria")
+    ds = open_dataset("ombria", root, "train", tile=32)
+    ds.set_normalisation(ds.compute_normalisation())
+    seen = set()
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            s = ds[i]
+            # water is dark in every band: the mask must follow the image through rot/flip
+            opt = s["inputs"]["optical"].mean(0)
+            sar = s["inputs"]["sar"][0]
+            m = s["mask"] == 1
+            assert torch.equal(opt < (opt.max() + opt.min()) / 2, m)
+            assert torch.equal(sar < (sar.max() + sar.min()) / 2, m)
+            seen.add(tuple(s["mask"][0, :4].tolist()))
+    ds.set_epoch(1)
+    a, b = ds[2], ds[2]
+    assert torch.equal(a["inputs"]["optical"], b["inputs"]["optical"])  # seeded per (epoch, idx)
+    assert len(seen) > 1
+
+
+def test_normalisation_removes_units(tmp_path: Path) -> None:
+    """The same scene as 8-bit PNG values and as int16 reflectance normalises identically."""
+    root = make_ombria(tmp_path / "ombria")
+    ds = open_dataset("ombria", root, "test", augment=False)
+    arrays, _, lohi = ds.raw(0)
+    refl = arrays["optical"] * 37.0 + 250.0  # a different sensor scaling of the same scene
+    norm = ds.compute_normalisation()["optical"]
+    a = apply_normalisation(arrays["optical"], norm, *lohi["optical"])
+    b = apply_normalisation(refl, norm, *band_percentiles(refl, None, 2, 98))
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_ombria_bad_layouts(tmp_path: Path) -> None:
+    with pytest.raises(
+        DatasetError, match=r"unknown dataset 'ombrai'.*ombria, sen1floods11, whu, folder"
+    ):
+        open_dataset("ombrai", tmp_path, "train")
+    with pytest.raises(DatasetError, match="does not exist"):
+        open_dataset("ombria", tmp_path / "missing", "train")
+    (tmp_path / "OmbriaS2" / "train" / "AFTER").mkdir(parents=True)
+    with pytest.raises(DatasetError, match=r"expected .*OmbriaS1/train/AFTER"):
+        open_dataset("ombria", tmp_path, "train")
+    root = make_ombria(tmp_path / "o2", n_train=1)
+    with pytest.raises(DatasetError, match=r"val split of ombria .* is empty"):
+        open_dataset("ombria", root, "val")
+    with pytest.raises(
+        ModalityError, match="provides optical\\+sar, but the model takes hsi\\+lidar"
+    ):
+        open_dataset("ombria", root, "train", modalities=("hsi", "lidar"))
+
+
+def test_ombria_label_outside_table(tmp_path: Path) -> None:
+    root = make_ombria(tmp_path / "ombria")
+    bad = np.zeros((32, 32), dtype=np.uint8)
+    bad[0, 0] = 128
+    Image.fromarray(bad).save(root / "OmbriaS2" / "test" / "MASK" / "S2_mask_0101.png")
+    with pytest.raises(LabelError, match=r"S2_mask_0101.png: mask values \[128\]"):
+        open_dataset("ombria", root, "test").check_labels()
+
+
+def test_ombria_real_data_layout_if_present() -> None:
+    real = Path(__file__).resolve().parents[2] / "shared" / "data" / "ombria"
+    if not real.is_dir():
+        pytest.skip("shared OMBRIA data not available")
+    tr, va, te = (open_dataset("ombria", real, s) for s in ("train", "val", "test"))
+    assert len(tr) + len(va) == 156 and len(te) == 70 and len(va) == 23
+
+
+# ---- Sen1Floods11 ---------------------------------------------------------------------------
+@pytest.mark.parametrize("flat", [False, True])
+def test_sen1floods11_bands_nodata_and_labels(tmp_path: Path, flat: bool) -> None:
+    root = make_sen1floods11(tmp_path / "s1f", flat=flat)
+    ds = open_dataset("sen1floods11", root, "all")
+    assert len(ds) == 3 and ds.band_names == {"optical": ("red", "green", "blue"), "sar": ("vv",)}
+    i = ds.ids.index("Spain_1")
+    arrays, mask, _ = ds.raw(i)
+    import rasterio
+
+    with rasterio.open(ds.files["Spain_1"]["optical"]) as src:
+        b4 = src.read(4).astype(np.float32)
+    np.testing.assert_array_equal(arrays["optical"][0, 5:], b4[5:])  # band 4 first = red
+    assert np.isnan(arrays["optical"][:, 0, 0]).all()  # S2 nodata 0 → NaN
+    assert np.isnan(arrays["sar"][0, 1, 1])
+    assert mask[0, 0] == 255 and mask[1, 1] == 255  # invalid inputs ignored
+    assert (mask[-1] == 255).all()  # label -1 ignored
+    assert set(np.unique(mask).tolist()) == {0, 1, 255}
+    nir = open_dataset("sen1floods11", root, "all", bands={"optical": [4, 3, 2, 8]})
+    assert nir.band_names["optical"] == ("red", "green", "blue", "nir")
+    scenes = ds.scenes()
+    assert scenes[0].bands == {"optical": [4, 3, 2], "sar": [1]}
+
+
+def test_sen1floods11_split_csv(tmp_path: Path) -> None:
+    root = make_sen1floods11(tmp_path / "s1f")
+    (root / "splits").mkdir()
+    (root / "splits" / "flood_train_data.csv").write_text(
+        "Spain_1_S1Hand.tif,Spain_1_LabelHand.tif\nBolivia_3_S1Hand.tif,Bolivia_3_LabelHand.tif\n"
+    )
+    (root / "splits" / "flood_valid_data.csv").write_text(
+        "Spain_2_S1Hand.tif,Spain_2_LabelHand.tif\n"
+    )
+    (root / "splits" / "flood_test_data.csv").write_text("")
+    assert open_dataset("sen1floods11", root, "train").ids == ["Bolivia_3", "Spain_1"]
+    assert open_dataset("sen1floods11", root, "val").ids == ["Spain_2"]
+    with pytest.raises(DatasetError, match=r"test split of sen1floods11 .* is empty"):
+        open_dataset("sen1floods11", root, "test")
+
+
+def test_sen1floods11_wrong_layout(tmp_path: Path) -> None:
+    (tmp_path / "x").mkdir()
+    with pytest.raises(DatasetError, match=r"expected .*/S1Hand, .*/S2Hand and .*/LabelHand"):
+        open_dataset("sen1floods11", tmp_path / "x", "train")
+
+
+# ---- WHU-OPT-SAR ---------------------------------------------------------------------------
+def test_whu_sheets_split_file_tiles_and_labels(tmp_path: Path) -> None:
+    root = make_whu_sheets(tmp_path / "whu")
+    (root / "The division of the dataset.txt").write_text(
+        "train:\nNH1.tif\nNH2.tif\ntest:\nNH3.tif\n"
+    )
+    tr = open_dataset("whu", root, "train", tile=32)
+    te = open_dataset("whu", root, "test", tile=32)
+    va = open_dataset("whu", root, "val", tile=32)
+    assert te.ids == ["NH3"] and sorted(tr.ids + va.ids) == ["NH1", "NH2"] and len(va.ids) == 1
+    assert len(te) == 2 * 3  # rows [0, 28] x cols [0, 32, 48]
+    assert te.in_channels == {"optical": 4, "sar": 1} and te.num_classes == 8
+    arrays, mask, lohi = te.raw(5)  # sheet NH3, window (28, 48)
+    import rasterio
+
+    with rasterio.open(root / "Optical" / "NH3.tif") as src:
+        full = src.read().astype(np.float32)
+        np.testing.assert_array_equal(arrays["optical"], full[:, 28:60, 48:80])
+        lo, _ = band_percentiles(full, None, 2, 98)  # per-sheet percentiles
+    np.testing.assert_allclose(lohi["optical"][0], lo)
+    with rasterio.open(root / "Lbl" / "NH3.tif") as src:
+        raw = src.read(1)[28:60, 48:80]
+    assert (mask[raw == 0] == 255).all()
+    np.testing.assert_array_equal(mask[raw > 0], raw[raw > 0] // 10)
+    te.check_labels()
+    te.set_normalisation(tr.compute_normalisation())
+    s = te[0]
+    assert s["inputs"]["optical"].shape == (4, 32, 32)
+
+
+def test_whu_seeded_split_and_bad_labels(tmp_path: Path) -> None:
+    root = make_whu_sheets(
+        tmp_path / "whu", names=("opt", "sar", "label"), sheets=("A", "B", "C", "D", "E")
+    )
+    parts = {s: open_dataset("whu", root, s, tile=32).ids for s in ("train", "val", "test")}
+    assert sorted(i for v in parts.values() for i in v) == ["A", "B", "C", "D", "E"]
+    assert all(parts.values())
+    write_geotiff(
+        root / "label" / "C.tif", np.full((60, 80), 85, np.uint8), transform=from_origin(0, 0, 5, 5)
+    )
+    ds = open_dataset("whu", root, "all", tile=32)
+    with pytest.raises(LabelError, match=r"C.tif: label values \[85\]"):
+        ds.check_labels()
+
+
+def test_whu_wrong_layout_names_expected_folders(tmp_path: Path) -> None:
+    (tmp_path / "w" / "optical").mkdir(parents=True)
+    with pytest.raises(DatasetError, match=r"expected .*/sar, .*/lbl \(or label\)"):
+        open_dataset("whu", tmp_path / "w", "train")
+
+
+def test_whu_precut_layout(tmp_path: Path) -> None:
+    root = tmp_path / "precut"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("val", 2), ("test", 1)):
+        for sub in ("opt", "sar", "lbl"):
+            (root / split / sub).mkdir(parents=True)
+        for i in range(n):
+            name = f"NH1_{split}{i}.tif"
+            write_geotiff(
+                root / split / "opt" / name, rng.integers(0, 255, (4, 32, 32)).astype(np.uint8)
+            )
+            write_geotiff(
+                root / split / "sar" / name, rng.integers(0, 255, (1, 32, 32)).astype(np.uint8)
+            )
+            write_geotiff(
+                root / split / "lbl" / name, (rng.integers(1, 8, (32, 32)) * 10).astype(np.uint8)
+            )
+    lens = {s: len(open_dataset("whu", root, s, tile=32)) for s in ("train", "val", "test")}
+    assert lens == {"train": 4, "val": 2, "test": 1}
+    ds = open_dataset("whu", root, "train", tile=32)
+    ds.set_normalisation(ds.compute_normalisation())
+    assert ds[0]["mask"].max() <= 7 and ds[0]["mask"].min() >= 1
+
+
+# ---- folder (scene list, co-registered on the fly) -----------------------------------------
+def make_folder(root: Path, n_scenes: int = 2, split_column: bool = True) -> Path:
+    """HSI (5 bands, 10 m) + LiDAR DSM (5 m, different grid) + label raster (10 m reference)."""
+    rng = np.random.default_rng(11)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = ["id,hsi,lidar,label" + (",split" if split_column else "")]
+    for k in range(n_scenes):
+        x0 = 600_000.0 + 5000 * k
+        lab = rng.integers(0, 3, size=(48, 64)).astype(np.uint8)
+        lab[0, :] = 255
+        hsi = (rng.random((5, 48, 64)) * 1000 + (lab[None] % 255) * 300.0).astype(np.float32)
+        dsm = np.repeat(np.repeat((lab % 255).astype(np.float32) * 4, 2, 0), 2, 1) + rng.random(
+            (96, 128)
+        ).astype(np.float32)
+        write_geotiff(root / f"hsi{k}.tif", hsi, transform=from_origin(x0, 4_000_000.0, 10, 10))
+        write_geotiff(root / f"dsm{k}.tif", dsm, transform=from_origin(x0, 4_000_000.0, 5, 5))
+        write_geotiff(
+            root / f"gt{k}.tif", lab, transform=from_origin(x0, 4_000_000.0, 10, 10), nodata=255
+        )
+        split = ",train" if k == 0 else ",val"
+        rows.append(f"s{k},hsi{k}.tif,dsm{k}.tif,gt{k}.tif" + (split if split_column else ""))
+    (root / "scenes.csv").write_text("\n".join(rows) + "\n")
+    return root / "scenes.csv"
+
+
+def test_folder_csv_coregistered(tmp_path: Path) -> None:
+    csv_path = make_folder(tmp_path / "scenes")
+    tr = open_dataset("folder", csv_path, "train", tile=32, modalities=("hsi", "lidar"))
+    va = open_dataset("folder", tmp_path / "scenes", "val", tile=32)
+    assert tr.num_classes == 3 and tr.in_channels == {"hsi": 5, "lidar": 1}
+    assert len(tr) == 2 * 2 and len(va) == 4
+    tr.set_normalisation(tr.compute_normalisation())
+    arrays, mask, _ = tr.raw(0)
+    assert arrays["hsi"].shape == (5, 32, 32) and arrays["lidar"].shape == (1, 32, 32)
+    assert (mask[0] == 255).all()  # label nodata row
+    # LiDAR (5 m) was resampled onto the 10 m label grid: it still follows the label (×4)
+    lid = arrays["lidar"][0]
+    assert lid[mask == 2].mean() > lid[mask == 0].mean() + 4
+    s = tr[1]
+    assert s["inputs"]["hsi"].shape == (5, 32, 32)
+
+
+def test_folder_toml_and_bad_labels(tmp_path: Path) -> None:
+    make_folder(tmp_path / "s", split_column=False)
+    toml = tmp_path / "s" / "scenes.toml"
+    toml.write_text(
+        'classes = ["grass", "road"]\n'
+        '[[scene]]\nid = "a"\nhsi = "hsi0.tif"\nlidar = "dsm0.tif"\n'
+        'label = "gt0.tif"\nsplit = "train"\n'
+    )
+    ds = open_dataset("folder", toml, "train", tile=32)
+    assert [c.name for c in ds.classes] == ["grass", "road"]
+    with pytest.raises(LabelError, match=r"label values \[2\] are outside the class table 0..1"):
+        ds.check_labels()
+    with pytest.raises(DatasetError, match=r"scenes\.toml: scene 1 has no 'label'"):
+        toml.write_text('[[scene]]\nhsi = "hsi0.tif"\n')
+        open_dataset("folder", toml, "train")

@@ -1,0 +1,270 @@
+"""Training runs on tiny datasets: outputs, exact resume, DDP (2 CPU processes), bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_datasets import make_folder, make_ombria
+
+from mfaf_cli.io.weights import read_meta
+from mfaf_cli.training.trainer import (
+    TrainConfig,
+    config_to_toml,
+    load_config_file,
+    lr_factor,
+    train,
+)
+
+TINY = ["--model-opt", "base_width=4"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def ombria(tmp_path: Path) -> Path:
+    return make_ombria(tmp_path / "ombria", n_train=6, n_test=2, size=32)
+
+
+def _args(root: Path, out: Path, *extra: str, model: str = "unet") -> list[str]:
+    return [
+        "train",
+        "--dataset",
+        "ombria",
+        "--data-root",
+        str(root),
+        "--model",
+        model,
+        "-o",
+        str(out),
+        "--tile",
+        "32",
+        "--batch-size",
+        "2",
+        "--val-fraction",
+        "0.34",
+        "--lr",
+        "0.01",
+        "-q",
+        *(TINY if model == "unet" else []),
+        *extra,
+    ]
+
+
+def test_lr_schedules() -> None:
+    assert lr_factor(0, 100, "poly") == 1.0
+    assert lr_factor(50, 100, "poly") == pytest.approx(0.5**0.9)
+    assert lr_factor(100, 100, "poly") == 0.0
+    assert lr_factor(50, 100, "cosine") == pytest.approx(0.5)
+    assert lr_factor(0, 100, "cosine", warmup=0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 100, "cosine", warmup=0.1) == pytest.approx(1.0)
+
+
+def test_train_writes_checkpoints_metrics_and_curves(ombria: Path, tmp_path: Path, runner) -> None:
+    out = tmp_path / "run"
+    code, stdout, err = runner(*_args(ombria, out, "--epochs", "2", "--json"))
+    assert code == 0, err
+    res = json.loads(stdout.strip().splitlines()[-1])
+    assert res["epochs"] == 2 and 1 <= res["best_epoch"] <= 2
+    for name in (
+        "last.safetensors",
+        "best.safetensors",
+        "last_state.pt",
+        "metrics.csv",
+        "curves.png",
+        "config.toml",
+    ):
+        assert (out / name).is_file(), name
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[0]["step"] == 2 and rows[1]["step"] == 4  # 4 train ids / batch 2
+    assert all(0 <= r["val_miou"] <= 1 and r["train_loss"] > 0 for r in rows)
+    csv_lines = (out / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("epoch,step,lr,train_loss") and len(csv_lines) == 3
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+    meta = read_meta(out / "best.safetensors")
+    assert meta.trained and meta.arch == "unet" and meta.class_names == ["not-water", "water"]
+    assert meta.modality("optical").bands == ("red", "green", "blue")
+    assert meta.modality("sar").units == "db"
+    norm = meta.modality("optical").normalisation
+    assert norm.mode == "scene-percentile" and 0.2 < norm.mean[0] < 0.8 and norm.std[0] > 0.05
+    assert meta.training["command"].startswith("mfaf train") or meta.training["command"] == ""
+    assert meta.training["dataset"] == "ombria" and meta.training["split"]["train"] == 4
+    assert meta.metrics["val"]["epoch"] == res["best_epoch"]
+    assert meta.metrics["val"]["miou"] == pytest.approx(rows[res["best_epoch"] - 1]["val_miou"])
+    # the state file holds only plain tensors/containers: loads with weights_only=True
+    state = torch.load(out / "last_state.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["arch"] == "unet"
+    # the saved config reproduces the run settings
+    cfg = load_config_file(out / "config.toml")
+    assert cfg["epochs"] == 2 and cfg["model_config"] == {"base_width": 4}
+
+
+def test_resume_is_exact(ombria: Path, tmp_path: Path) -> None:
+    base = dict(
+        dataset="ombria",
+        data_root=str(ombria),
+        model="unet",
+        tile=32,
+        batch_size=2,
+        val_fraction=0.34,
+        lr=0.01,
+        progress=False,
+        model_config={"base_width": 4},
+    )
+    train(TrainConfig(out=str(tmp_path / "straight"), epochs=2, **base))
+    train(TrainConfig(out=str(tmp_path / "split"), epochs=2, stop_after=1, **base))  # interrupted
+    assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 1
+    train(
+        TrainConfig(out=str(tmp_path / "split"), epochs=2, resume=str(tmp_path / "split"), **base)
+    )
+    a = load_file(str(tmp_path / "straight" / "last.safetensors"))
+    b = load_file(str(tmp_path / "split" / "last.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ra = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in ra] == [r["train_loss"] for r in rb]
+    assert [r["val_miou"] for r in ra] == [r["val_miou"] for r in rb]
+    # and the first epoch really changed the weights (the comparison is not vacuous)
+    c = load_file(str(tmp_path / "straight" / "best.safetensors"))
+    assert read_meta(tmp_path / "split" / "last.safetensors").training["epochs"] == 2
+    assert any(not torch.equal(a[k], c[k]) for k in a) or ra[1]["val_miou"] <= ra[0]["val_miou"]
+
+
+def test_mfafnet_trains_with_mmd(ombria: Path, tmp_path: Path, runner) -> None:
+    out = tmp_path / "mfaf"
+    code, _, err = runner(
+        *_args(
+            ombria, out, "--epochs", "1", "--mmd", "paired", "--mmd-warmup", "0", model="mfafnet-s"
+        )
+    )
+    assert code == 0, err
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["train_mmd"] > 0  # the alignment loss was computed and added
+    meta = read_meta(out / "last.safetensors")
+    assert meta.training["mmd"] == {"kind": "paired", "lambda": 0.1, "warmup": 0.0}
+
+
+def test_config_file_equivalent_to_flags(ombria: Path, tmp_path: Path, runner) -> None:
+    cfg = TrainConfig(
+        dataset="ombria",
+        data_root=str(ombria),
+        model="unet",
+        out=str(tmp_path / "cfgrun"),
+        epochs=1,
+        batch_size=4,
+        tile=32,
+        val_fraction=0.34,
+        model_config={"base_width": 4},
+        schedule="cosine",
+    )
+    (tmp_path / "train.toml").write_text(config_to_toml(cfg))
+    (tmp_path / "train.yaml").write_text(
+        "dataset: ombria\ndata-root: " + str(ombria) + "\nmodel: unet\nepochs: 1\ntile: 32\n"
+        "val_fraction: 0.34\nmodel_config: {base_width: 4}\n"
+    )
+    code, _, err = runner("train", "--config", tmp_path / "train.toml", "--batch-size", "2", "-q")
+    assert code == 0, err
+    saved = load_config_file(tmp_path / "cfgrun" / "config.toml")
+    assert saved["schedule"] == "cosine" and saved["batch_size"] == 2  # flag overrides file
+    assert load_config_file(tmp_path / "train.yaml")["data_root"] == str(ombria)
+    (tmp_path / "bad.toml").write_text("epoch = 3\n")
+    code, _, err = runner("train", "--config", tmp_path / "bad.toml")
+    assert code == 2 and "unknown setting(s) epoch" in err
+
+
+def test_folder_dataset_trains_hsi_lidar_unet(tmp_path: Path, runner) -> None:
+    scenes = make_folder(tmp_path / "scenes")
+    out = tmp_path / "hl"
+    code, _, err = runner(
+        "train", "--dataset", "folder", "--data-root", scenes, "--model", "unet-hsi-lidar",
+        "-o", out, "--tile", "32", "--batch-size", "2", "--epochs", "1", "-q", *TINY,
+    )  # fmt: skip
+    assert code == 0, err
+    meta = read_meta(out / "last.safetensors")
+    assert meta.in_channels == {"hsi": 5, "lidar": 1} and meta.num_classes == 3
+
+
+def test_ddp_two_cpu_processes(ombria: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "mfaf_cli", *_args(ombria, out, "--epochs", "1", "--device", "cpu", "--json"),
+    ]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = [x for x in p.stdout.splitlines() if x.startswith("{")]
+    assert len(lines) == 1  # rank 0 only
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 1
+    row = json.loads(rows[0])
+    assert row["step"] == 1  # 4 samples / (2 processes x batch 2)
+    meta = read_meta(out / "last.safetensors")
+    assert meta.training["world_size"] == 2
+    assert "torchrun" in meta.training["command"]
+
+
+# ---- bad inputs: one line, exit != 0, nothing written ---------------------------------------
+def _assert_clean_failure(code: int, err: str, out: Path, pattern: str) -> None:
+    assert code != 0
+    lines = [x for x in err.strip().splitlines() if x]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), err
+    assert pattern in lines[0], lines[0]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_bad_inputs(ombria: Path, tmp_path: Path, runner) -> None:
+    out = tmp_path / "bad"
+    code, _, err = runner(*_args(ombria, out)[:2], "nope", *_args(ombria, out)[3:])
+    _assert_clean_failure(code, err, out, "unknown dataset 'nope'; valid datasets: ombria")
+    code, _, err = runner(*_args(tmp_path / "missing", out))
+    _assert_clean_failure(code, err, out, "does not exist")
+    (tmp_path / "wrong" / "OmbriaS2" / "train" / "AFTER").mkdir(parents=True)
+    code, _, err = runner(*_args(tmp_path / "wrong", out))
+    _assert_clean_failure(
+        code, err, out, "expected " + str(tmp_path / "wrong" / "OmbriaS1/train/AFTER")
+    )
+    code, _, err = runner(*_args(ombria, out, model="comix-s"))
+    _assert_clean_failure(code, err, out, "provides optical+sar, but the model takes hsi+lidar")
+    small = make_ombria(tmp_path / "small", n_train=1)
+    code, _, err = runner(*_args(small, out))
+    _assert_clean_failure(code, err, out, "split of ombria")
+    bad = make_ombria(tmp_path / "badlabels")
+    from PIL import Image
+
+    m = np.zeros((32, 32), np.uint8)
+    m[3, 3] = 7
+    Image.fromarray(m).save(bad / "OmbriaS2" / "train" / "MASK" / "S2_mask_0002.png")
+    code, _, err = runner(*_args(bad, out))
+    _assert_clean_failure(code, err, out, "mask values [7] are not 0 or 255")
+    code, _, err = runner(*_args(ombria, out, "--tile", "40"))
+    _assert_clean_failure(code, err, out, "not a multiple of 16")
+
+
+def test_resume_from_another_models_checkpoint(ombria: Path, tmp_path: Path, runner) -> None:
+    first = tmp_path / "unet"
+    assert runner(*_args(ombria, first, "--epochs", "1"))[0] == 0
+    before = sorted(p.name for p in first.iterdir())
+    out = tmp_path / "other"
+    code, _, err = runner(*_args(ombria, out, "--resume", first, model="mfafnet-s"))
+    _assert_clean_failure(code, err, out, "is a checkpoint of model 'unet', not 'mfafnet-s'")
+    assert sorted(p.name for p in first.iterdir()) == before
+    code, _, err = runner(*_args(ombria, first, "--epochs", "1"))
+    assert code == 2 and "already holds a training run; use --resume" in err
