@@ -1,0 +1,206 @@
+"""End-to-end predict benchmark: throughput vs the model alone, and peak memory vs scene size.
+
+Generates an N×N optical (4 bands, uint16, 10 m) + SAR (1 band, float32 dB, 20 m, so it is
+warped window by window) pair in a temp folder, then for each size runs, in a fresh
+subprocess (so ``ru_maxrss`` is that run's own peak):
+
+1. ``mfaf_cli.predict`` end to end (read + warp + normalise + model + blend + write);
+2. the model alone on the same windows and batches (inputs prepared beforehand, not timed).
+
+Prints one JSON object: per size end-to-end MP/s, model-only MP/s, their ratio (target ≥ 0.9)
+and peak RSS; across sizes the RSS ratio of the largest to the smallest (target ≤ 1.3).
+
+    python benchmarks/predict_bench.py --size 512              # quick check
+    python benchmarks/predict_bench.py                         # 2048² and 8192² (slow on CPU)
+    python benchmarks/predict_bench.py --sizes 2048,8192 --device cuda --model mfafnet-s
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+STRIPE = 512
+
+
+def generate_pair(folder: Path, size: int, seed: int = 0) -> tuple[Path, Path]:
+    """Write the optical + SAR pair stripe by stripe (never the whole scene in memory)."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    opt_path, sar_path = folder / f"optical_{size}.tif", folder / f"sar_{size}.tif"
+    if opt_path.exists() and sar_path.exists():
+        return opt_path, sar_path
+    rng = np.random.default_rng(seed)
+    common = {"driver": "GTiff", "crs": "EPSG:32630", "tiled": True, "blockxsize": 512,
+              "blockysize": 512, "compress": "deflate"}  # fmt: skip
+    x0, y0 = 400_000.0, 4_600_000.0
+    opt_profile = dict(common, width=size, height=size, count=4, dtype="uint16", nodata=0,
+                       transform=from_origin(x0, y0, 10.0, 10.0))  # fmt: skip
+    ss = max(1, size // 2)
+    sar_profile = dict(common, width=ss, height=ss, count=1, dtype="float32",
+                       transform=from_origin(x0, y0, 20.0, 20.0))  # fmt: skip
+    cols = np.arange(size)
+    with rasterio.open(opt_path, "w", **opt_profile) as dst:
+        for r in range(0, size, STRIPE):
+            h = min(STRIPE, size - r)
+            rows = np.arange(r, r + h)[:, None]
+            field = 1500 + 900 * np.sin(cols[None] / 37.0) * np.cos(rows / 53.0)
+            block = field[None] + rng.gamma(2.0, 150.0, (4, h, size))
+            dst.write(np.clip(block, 1, 65535).astype("uint16"), window=Window(0, r, size, h))
+    scols = np.arange(ss)
+    with rasterio.open(sar_path, "w", **sar_profile) as dst:
+        for r in range(0, ss, STRIPE):
+            h = min(STRIPE, ss - r)
+            rows = np.arange(r, r + h)[:, None]
+            field = -12 + 4 * np.sin(scols[None] / 19.0 + rows / 23.0)
+            block = (field + rng.normal(0, 2.0, (h, ss)))[None].astype("float32")
+            dst.write(block, window=Window(0, r, ss, h))
+    return opt_path, sar_path
+
+
+def run_worker(args: argparse.Namespace) -> dict:
+    """One size, in this process: end-to-end predict, then the model alone on the same batches."""
+    from mfaf_cli.coreg import AlignedScene, grid_from_reference
+    from mfaf_cli.engine import create_predictor
+    from mfaf_cli.io.weights import resolve_model
+    from mfaf_cli.pipeline.predict import predict, prepare_batch
+    from mfaf_cli.tiling.windows import batched, tile_windows
+
+    folder = Path(args.workdir)
+    opt, sar = folder / f"optical_{args.size}.tif", folder / f"sar_{args.size}.tif"
+    inputs = {"optical": opt, "sar": sar}
+    source = resolve_model(args.model, ("optical", "sar"))
+    tile = args.tile or source.meta.tile_size
+    predictor = create_predictor(source, engine=args.engine, device=args.device,
+                                 precision=args.precision, modalities=("optical", "sar"),
+                                 batch_size=args.batch_size, tile=tile)  # fmt: skip
+    meta = predictor.meta
+    # Warm-up (allocator, kernels) on one batch of the real shape, untimed.
+    warm = {m.name: np.zeros((args.batch_size, m.n_bands, tile, tile), np.float32)
+            for m in meta.modalities}  # fmt: skip
+    predictor(warm)
+
+    out = folder / f"map_{args.size}.tif"
+    res = predict(inputs, out, predictor=predictor, tile=tile, overlap=args.overlap,
+                  batch_size=args.batch_size, overwrite=True, progress=args.progress,
+                  read_threads=args.read_threads)  # fmt: skip
+    rss_predict = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+    # Model only: the same windows and batches, read and normalised beforehand (not timed).
+    grid = grid_from_reference(opt)
+    model_s = 0.0
+    with AlignedScene({m: inputs[m] for m in meta.modality_names}, grid, meta=meta) as scene:
+        pct = scene.percentiles(meta)
+        windows = tile_windows(grid.height, grid.width, tile, args.overlap)
+        for batch in batched(windows, args.batch_size):
+            pb = prepare_batch(scene, batch, meta, pct)
+            if not pb.run:
+                continue
+            t0 = time.perf_counter()
+            predictor(pb.arrays)
+            model_s += time.perf_counter() - t0
+    mpix = grid.width * grid.height / 1e6
+    e2e_s = mpix / res.megapixels_per_second
+    return {
+        "size": args.size,
+        "megapixels": round(mpix, 3),
+        "windows": res.windows,
+        "tile": tile,
+        "batch_size": args.batch_size,
+        "model": res.model,
+        "device": res.device,
+        "engine": res.engine,
+        "precision": res.precision,
+        "end_to_end_seconds": round(e2e_s, 3),
+        "end_to_end_mp_per_s": round(res.megapixels_per_second, 4),
+        "model_only_seconds": round(model_s, 3),
+        "model_only_mp_per_s": round(mpix / model_s, 4) if model_s else None,
+        "ratio_end_to_end_to_model": round(model_s / e2e_s, 4) if e2e_s else None,
+        "peak_rss_mb": round(rss_predict / 2**20, 1),
+        "read_threads": args.read_threads,
+        "total_seconds_with_model_load": res.seconds,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", type=int, help="run one size only (e.g. 512 for a quick check)")
+    ap.add_argument(
+        "--sizes", default="2048,8192", help="comma-separated sizes (default 2048,8192)"
+    )
+    ap.add_argument("--model", default="unet", help="registry arch, shipped name or file")
+    ap.add_argument("--tile", type=int, default=256)
+    ap.add_argument("--overlap", type=float, default=0.25)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--engine", default="torch")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--read-threads", type=int, default=2, help="background reader threads")
+    ap.add_argument("--workdir", default=None, help="keep generated data here (default: temp)")
+    ap.add_argument("--progress", action="store_true", help="show tqdm bars (stderr)")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        print(json.dumps(run_worker(args)))
+        return 0
+
+    sizes = [args.size] if args.size else [int(s) for s in args.sizes.split(",") if s.strip()]
+    tmp = None
+    if args.workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="mfaf-bench-")
+        args.workdir = tmp.name
+    folder = Path(args.workdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    results = []
+    try:
+        for size in sizes:
+            t0 = time.perf_counter()
+            generate_pair(folder, size)
+            gen_s = time.perf_counter() - t0
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--size", str(size)]
+            cmd += ["--model", args.model, "--tile", str(args.tile), "--overlap", str(args.overlap)]
+            cmd += ["--batch-size", str(args.batch_size), "--device", args.device]
+            cmd += [
+                "--engine",
+                args.engine,
+                "--precision",
+                args.precision,
+                "--workdir",
+                str(folder),
+            ]
+            cmd += ["--read-threads", str(args.read_threads)]
+            cmd += ["--progress"] if args.progress else []
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+            if proc.returncode != 0:
+                print(json.dumps({"error": f"size {size} failed (exit {proc.returncode})"}))
+                return 1
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r["generate_seconds"] = round(gen_s, 2)
+            results.append(r)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    summary: dict = {"results": results}
+    if len(results) >= 2:
+        small, large = results[0], results[-1]
+        summary["rss_ratio_largest_to_smallest"] = round(
+            large["peak_rss_mb"] / small["peak_rss_mb"], 3
+        )
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

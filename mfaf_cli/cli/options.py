@@ -1,0 +1,227 @@
+"""Shared click options, so every command spells, documents and parses a flag the same way.
+
+Used by: predict (all), coregister (grid, bands, output, --co, --overwrite, --quiet, --json),
+evaluate / vectorize / batch (--overwrite, --quiet, --json, engine options).
+
+Parsing callbacks raise ``click.BadParameter`` naming the flag; value *ranges* that depend on
+the model (tile divisor, band counts) are checked in the library, which knows the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+BLEND_CHOICES = ("gaussian", "cosine", "constant")
+ENGINE_CHOICES = ("torch", "onnx")
+PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
+
+
+# ---- value parsers ----------------------------------------------------------------------------
+def parse_band_list(value: str) -> list[int | str]:
+    """``"4,3,2,8"`` → ``[4, 3, 2, 8]``; ``"B4,nir"`` → ``["B4", "nir"]`` (names kept as text)."""
+    items = [v.strip() for v in value.split(",")]
+    if not value.strip() or any(not v for v in items):
+        raise ValueError(f"{value!r} is not a comma-separated band list (e.g. 4,3,2,8 or VV,VH)")
+    out: list[int | str] = []
+    for v in items:
+        if v.lstrip("+-").isdigit():
+            i = int(v)
+            if i < 1:
+                raise ValueError(f"band numbers start at 1 (as in GDAL), got {i}")
+            out.append(i)
+        else:
+            out.append(v)
+    return out
+
+
+def parse_key_values(values: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """``("COMPRESS=ZSTD", "ZSTD_LEVEL=9")`` → ``{"COMPRESS": "ZSTD", "ZSTD_LEVEL": "9"}``."""
+    out: dict[str, str] = {}
+    for item in values:
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{item!r} is not KEY=VALUE (e.g. --co COMPRESS=ZSTD)")
+        out[key.strip().upper()] = val.strip()
+    return out
+
+
+def parse_bounds(value: str) -> tuple[float, float, float, float]:
+    """``"left,bottom,right,top"`` (commas or spaces) → 4 floats."""
+    parts = value.replace(",", " ").split()
+    try:
+        nums = tuple(float(p) for p in parts)
+    except ValueError:
+        nums = ()
+    if len(nums) != 4 or not all(math.isfinite(v) for v in nums):
+        raise ValueError(f"{value!r} is not 'left,bottom,right,top' in the target CRS units")
+    left, bottom, right, top = nums
+    if not (right > left and top > bottom):
+        raise ValueError(f"{value!r} is empty: need left < right and bottom < top")
+    return nums  # type: ignore[return-value]
+
+
+def parse_resolution(value: str) -> float | tuple[float, float]:
+    """``"10"`` → 10.0; ``"10,20"`` → (10.0, 20.0) (x, y), positive."""
+    parts = value.replace(",", " ").split()
+    try:
+        nums = [float(p) for p in parts]
+    except ValueError:
+        nums = []
+    if len(nums) not in (1, 2) or not all(math.isfinite(v) and v > 0 for v in nums):
+        raise ValueError(f"{value!r} is not a positive pixel size (e.g. 10 or 10,10)")
+    return nums[0] if len(nums) == 1 else (nums[0], nums[1])
+
+
+def _callback(parser: Callable[[Any], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def cb(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None or value == ():
+            return {} if param.multiple else None
+        try:
+            return parser(value)
+        except ValueError as err:
+            raise click.BadParameter(str(err), ctx=ctx, param=param) from None
+
+    return cb
+
+
+# ---- decorators -----------------------------------------------------------------------------
+def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    def wrap(f: F) -> F:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return wrap
+
+
+overwrite_opt = click.option(
+    "--overwrite", is_flag=True, help="Replace output files that already exist."
+)
+quiet_opt = click.option("-q", "--quiet", is_flag=True, help="No progress bar or notes.")
+json_opt = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON summary line on stdout (for scripts)."
+)
+creation_options_opt = click.option(
+    "--co",
+    "creation_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=_callback(parse_key_values),
+    help="GDAL creation option for the GeoTIFF outputs (repeatable), e.g. --co COMPRESS=ZSTD.",
+)
+tile_opt = click.option(
+    "--tile",
+    type=int,
+    default=None,
+    metavar="PX",
+    help="Window side in px (default: the model's tile size; a multiple of its divisor).",
+)
+overlap_opt = click.option(
+    "--overlap",
+    type=float,
+    default=0.25,
+    show_default=True,
+    help="Fraction of a window shared with its neighbours, in [0, 1).",
+)
+batch_size_opt = click.option(
+    "--batch-size", type=int, default=4, show_default=True, help="Windows per model call."
+)
+blend_opt = click.option(
+    "--blend",
+    type=click.Choice(BLEND_CHOICES),
+    default="gaussian",
+    show_default=True,
+    help="How overlapping windows are weighted (only overlaps are tapered).",
+)
+device_opt = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    metavar="auto|cpu|cuda[:N]",
+    help="Where the model runs.",
+)
+engine_opt = click.option(
+    "--engine",
+    type=click.Choice(ENGINE_CHOICES),
+    default="torch",
+    show_default=True,
+    help="Inference engine (onnx needs onnxruntime: pip install 'mfaf[onnx]').",
+)
+precision_opt = click.option(
+    "--precision",
+    type=click.Choice(PRECISION_CHOICES),
+    default="auto",
+    show_default=True,
+    help="Numeric precision (auto: mixed precision on CUDA, fp32 on CPU).",
+)
+engine_opts = _stack(device_opt, engine_opt, precision_opt)
+
+crs_opt = click.option(
+    "--crs", default=None, metavar="CRS", help="Target CRS (default: the reference input's)."
+)
+resolution_opt = click.option(
+    "--resolution",
+    default=None,
+    metavar="RES",
+    callback=_callback(parse_resolution),
+    help="Target pixel size in target CRS units, e.g. 10 or 10,10.",
+)
+bounds_opt = click.option(
+    "--bounds",
+    default=None,
+    metavar="L,B,R,T",
+    callback=_callback(parse_bounds),
+    help="Target extent left,bottom,right,top in target CRS units.",
+)
+grid_opts = _stack(crs_opt, resolution_opt, bounds_opt)
+
+
+def band_opt(modality: str, example: str) -> Callable[[F], F]:
+    """``--<modality>-bands`` taking a 1-based band list or band names."""
+    return click.option(
+        f"--{modality}-bands",
+        f"{modality}_bands",
+        default=None,
+        metavar="LIST",
+        callback=_callback(parse_band_list),
+        help=f"{modality} bands to use, in the model's order: 1-based numbers or band "
+        f"names, e.g. {example}.",
+    )
+
+
+bands_opts = _stack(
+    band_opt("optical", "4,3,2,8"),
+    band_opt("sar", "1 or VV"),
+    band_opt("hsi", "1,2,3"),
+    band_opt("lidar", "1"),
+)
+
+
+def input_opt(modality: str, help_text: str) -> Callable[[F], F]:
+    """``--<modality> PATH`` (existence is checked by the library, with a clear message)."""
+    return click.option(
+        f"--{modality}", f"{modality}", default=None, metavar="PATH", help=help_text
+    )
+
+
+inputs_opts = _stack(
+    input_opt("optical", "Optical raster (e.g. Sentinel-2); the default reference grid."),
+    input_opt("sar", "SAR raster (e.g. Sentinel-1 VV/VH, dB or linear power)."),
+    input_opt("hsi", "Hyperspectral raster; the reference grid when there is no optical."),
+    input_opt("lidar", "LiDAR raster (e.g. DSM)."),
+)
+
+
+def collect_inputs(**kw: Any) -> dict[str, str]:
+    """The modality → path mapping from ``--optical/--sar/--hsi/--lidar`` values."""
+    return {m: kw[m] for m in ("optical", "sar", "hsi", "lidar") if kw.get(m)}
+
+
+def collect_bands(**kw: Any) -> dict[str, list[int | str]]:
+    return {m: kw[f"{m}_bands"] for m in ("optical", "sar", "hsi", "lidar") if kw.get(f"{m}_bands")}

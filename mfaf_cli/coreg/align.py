@@ -1,0 +1,651 @@
+"""Read every modality on one grid, one window at a time.
+
+:class:`AlignedScene` is what predict, coregister, evaluate and the folder dataset read through.
+Each window is read straight from the file when the file is already on the grid (an integer
+pixel offset away), and otherwise warped from just the source pixels under the window — the
+whole scene is never in memory. Resampling follows the band kind: bilinear for continuous
+values, SAR intensities averaged in *linear power* (dB → power → resample → dB), nearest for
+categorical rasters. Anything that is nodata, NaN/inf or outside a file's footprint is marked
+invalid, so no class is ever guessed there.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.transform import Affine
+from rasterio.warp import reproject, transform_bounds
+from rasterio.windows import Window as RioWindow
+
+from mfaf_cli.coreg.grid import Grid, check_overlap, footprint_in, open_raster
+from mfaf_cli.errors import BandMismatchError, UsageError
+from mfaf_cli.metadata import RESAMPLING_KIND, ModelMeta
+
+#: Kinds of band and how they are resampled; modality names not listed in
+#: :data:`mfaf_cli.metadata.RESAMPLING_KIND` (e.g. ``label``) are categorical.
+CATEGORICAL_KIND = "nearest"
+
+#: Long side of the decimated read used for scene statistics, and the cap on values read.
+STATS_LONG_SIDE = 1024
+STATS_MAX_VALUES = 32_000_000
+
+#: rasterio's in-memory warp of numpy arrays is not safe to run from two threads at once
+#: (rare "no geotransform" warnings under load), so warps are serialised; file reads and
+#: decoding, the expensive part, still run in parallel.
+_WARP_LOCK = threading.Lock()
+
+#: Flag names for each modality, used in error messages.
+BAND_FLAG = {m: f"--{m}-bands" for m in ("optical", "sar", "hsi", "lidar")}
+
+#: Common spellings of band names, for matching model band names to file band descriptions
+#: and for suggesting a band list for Sentinel-2 / Sentinel-1 files.
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "blue": ("b2", "b02", "blue"),
+    "green": ("b3", "b03", "green"),
+    "red": ("b4", "b04", "red"),
+    "nir": ("b8", "b08", "nir", "nir1"),
+    "vv": ("vv",),
+    "vh": ("vh",),
+}
+#: Sentinel-2 L1C (13 bands) and L2A (12 bands, no B10) band orders.
+_S2_ORDERS = {
+    13: ("b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8", "b8a", "b9", "b10", "b11", "b12"),
+    12: ("b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8", "b8a", "b9", "b11", "b12"),
+}
+
+
+# ---- pure helpers (tested exactly) ---------------------------------------------------------
+def db_to_linear(x: np.ndarray) -> np.ndarray:
+    """SAR backscatter dB → linear power."""
+    return np.power(np.float32(10.0), x / np.float32(10.0), dtype=np.float32)
+
+
+def linear_to_db(x: np.ndarray) -> np.ndarray:
+    """Linear power → dB; non-positive power is clamped to -100 dB rather than -inf."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (np.float32(10.0) * np.log10(np.maximum(x, np.float32(1e-10)))).astype(np.float32)
+
+
+def convert_units(x: np.ndarray, src: str, dst: str) -> np.ndarray:
+    """Convert SAR values between ``db`` and ``linear``; other pairs are a no-op."""
+    if src == dst or not src or not dst:
+        return x
+    if src == "db" and dst == "linear":
+        return db_to_linear(x)
+    if src == "linear" and dst == "db":
+        return linear_to_db(x)
+    raise ValueError(f"unknown SAR units {src!r} -> {dst!r}")
+
+
+def detect_sar_units(sample: np.ndarray, dtype: str) -> str:
+    """``db`` if a float raster's median valid value is negative, else ``linear``."""
+    if not np.issubdtype(np.dtype(dtype), np.floating):
+        return "linear"
+    v = sample[np.isfinite(sample)]
+    if v.size == 0:
+        return "linear"
+    return "db" if float(np.median(v)) < 0 else "linear"
+
+
+def select_bands(
+    spec: Sequence[int | str] | None,
+    count: int,
+    descriptions: Sequence[str | None],
+    *,
+    path: str,
+    modality: str,
+) -> list[int]:
+    """Turn a band list (1-based ints as in GDAL, or band-description names) into indexes."""
+    flag = BAND_FLAG.get(modality, f"--{modality}-bands")
+    if spec is None or len(spec) == 0:
+        return list(range(1, count + 1))
+    out: list[int] = []
+    lowered = [(d or "").strip().lower() for d in descriptions]
+    for item in spec:
+        if isinstance(item, str) and item.strip().lstrip("-").isdigit():
+            item = int(item)
+        if isinstance(item, int | np.integer) and not isinstance(item, bool):
+            i = int(item)
+            if not 1 <= i <= count:
+                raise BandMismatchError(
+                    f"{flag} {i} is out of range: {path} has {count} band(s) (numbered 1..{count})"
+                )
+            out.append(i)
+            continue
+        name = str(item).strip().lower()
+        if name in lowered:
+            out.append(lowered.index(name) + 1)
+            continue
+        have = ", ".join(f"{k + 1}={d}" for k, d in enumerate(descriptions) if d) or "none"
+        raise BandMismatchError(
+            f"{flag} {item!r}: no band of {path} is named that (band descriptions: {have}); "
+            "use 1-based band numbers instead"
+        )
+    return out
+
+
+def suggest_bands(
+    model_bands: Sequence[str], count: int, descriptions: Sequence[str | None]
+) -> list[int] | None:
+    """A plausible band list for a file with more bands than the model takes."""
+    lowered = [(d or "").strip().lower() for d in descriptions]
+    out: list[int] = []
+    for b in model_bands:
+        names = (b.lower(), *_ALIASES.get(b.lower(), ()))
+        hit = next((lowered.index(n) + 1 for n in names if n in lowered), None)
+        if hit is None and count in _S2_ORDERS:
+            order = _S2_ORDERS[count]
+            hit = next((order.index(n) + 1 for n in names if n in order), None)
+        if hit is None and b.lower() in ("vv", "vh") and count >= 2:
+            hit = 1 if b.lower() == "vv" else 2
+        if hit is None:
+            return None
+        out.append(hit)
+    return out if len(set(out)) == len(out) else None
+
+
+def reflect_pad(arr: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
+    """Reflect-pad the last two axes of ``arr`` (repeats the reflection for large pads)."""
+    if not any(p for pair in pads for p in pair):
+        return arr
+    lead = [(0, 0)] * (arr.ndim - 2)
+    return np.pad(arr, [*lead, pads[0], pads[1]], mode="reflect")
+
+
+# ---- the scene --------------------------------------------------------------------------------
+@dataclass
+class _Source:
+    """One modality's file and how to read it on the grid."""
+
+    modality: str
+    path: Path
+    uri: str  # as given (reopened per thread; may be a /vsi path)
+    indexes: list[int]
+    nodata: list[float | None]
+    use_mask: bool
+    kind: str  # "bilinear" | "sar" | "nearest"
+    units: str  # SAR input units ("db" | "linear"), "" otherwise
+    out_units: str
+    offset: tuple[int, int] | None  # (row, col) of grid pixel (0, 0) in the file, if on-grid
+    downsampling: bool
+    res_in_grid: tuple[float, float]
+    dtype: str
+
+
+class AlignedScene:
+    """All modalities of one scene, read window by window on a common :class:`Grid`.
+
+    Args:
+        inputs: modality name → raster path (``optical``, ``sar``, ``hsi``, ``lidar``; any other
+            name, e.g. ``label``, is treated as categorical and resampled nearest).
+        grid: the target grid.
+        bands: modality → band list (1-based ints or band-description names).
+        units: SAR input units, ``auto`` (float and negative median → dB), ``db`` or ``linear``.
+        meta: the model's metadata; when given, band counts are checked against it and SAR is
+            returned in the units the model expects.
+        kinds: override the resampling kind per modality (``bilinear``, ``sar``, ``nearest``).
+    """
+
+    def __init__(
+        self,
+        inputs: Mapping[str, str | os.PathLike[str]],
+        grid: Grid,
+        bands: Mapping[str, Sequence[int | str] | None] | None = None,
+        units: str = "auto",
+        *,
+        sar_units: str | None = None,
+        meta: ModelMeta | None = None,
+        kinds: Mapping[str, str] | None = None,
+    ) -> None:
+        units = sar_units or units
+        if units not in ("auto", "db", "linear"):
+            raise UsageError(f"SAR units must be auto, db or linear, got {units!r}")
+        self.grid = grid
+        self.meta = meta
+        self._local = threading.local()
+        self._all_handles: list[Any] = []
+        self._lock = threading.Lock()
+        bands = dict(bands or {})
+        self.sources: dict[str, _Source] = {}
+        handles: dict[str, Any] = {}
+        try:
+            for name, path in inputs.items():
+                ds = open_raster(path, name)
+                handles[name] = ds
+                self._all_handles.append(ds)
+                check_overlap(ds, grid, name)
+                self.sources[name] = self._describe(
+                    name, ds, os.fspath(path), bands.get(name), units, kinds
+                )
+        except BaseException:
+            self.close()
+            raise
+        self._local.handles = handles
+
+    # -- set-up --------------------------------------------------------------------------
+    def _describe(
+        self,
+        name: str,
+        ds: Any,
+        uri: str,
+        band_spec: Sequence[int | str] | None,
+        units: str,
+        kinds: Mapping[str, str] | None,
+    ) -> _Source:
+        path = Path(ds.name)
+        descriptions = list(ds.descriptions or [None] * ds.count)
+        indexes = select_bands(band_spec, ds.count, descriptions, path=path.name, modality=name)
+        if self.meta is not None and name in self.meta.modality_names:
+            spec = self.meta.modality(name)
+            if len(indexes) != spec.n_bands:
+                raise BandMismatchError(
+                    _band_mismatch_message(
+                        self.meta, name, path.name, ds.count, indexes, band_spec, descriptions
+                    )
+                )
+        kind = (kinds or {}).get(name) or RESAMPLING_KIND.get(name, CATEGORICAL_KIND)
+        in_units = ""
+        out_units = ""
+        if kind == "sar":
+            in_units = (
+                units
+                if units != "auto"
+                else detect_sar_units(_decimated_sample(ds, indexes[:1]), ds.dtypes[indexes[0] - 1])
+            )
+            out_units = in_units
+            if self.meta is not None and name in self.meta.modality_names:
+                want = self.meta.modality(name).units
+                if want in ("db", "linear"):
+                    out_units = want
+        flags = [ds.mask_flag_enums[i - 1] for i in indexes]
+        nodata = [ds.nodatavals[i - 1] for i in indexes]
+        use_mask = all(v is None for v in nodata) and any(
+            MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags
+        )
+        offset = _grid_offset(ds, self.grid)
+        fl, fb, fr, ft = footprint_in(ds, self.grid.crs)
+        res_in_grid = ((fr - fl) / ds.width, (ft - fb) / ds.height)
+        gx, gy = self.grid.res
+        downsampling = res_in_grid[0] * 1.01 < gx or res_in_grid[1] * 1.01 < gy
+        return _Source(
+            modality=name,
+            path=path,
+            uri=uri,
+            indexes=indexes,
+            nodata=nodata,
+            use_mask=use_mask,
+            kind=kind,
+            units=in_units,
+            out_units=out_units,
+            offset=offset,
+            downsampling=downsampling,
+            res_in_grid=res_in_grid,
+            dtype=ds.dtypes[indexes[0] - 1],
+        )
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.sources)
+
+    @property
+    def band_counts(self) -> dict[str, int]:
+        return {k: len(s.indexes) for k, s in self.sources.items()}
+
+    @property
+    def units(self) -> dict[str, str]:
+        """SAR units of the values returned by :meth:`read` (per SAR modality)."""
+        return {k: s.out_units for k, s in self.sources.items() if s.kind == "sar"}
+
+    def cache_bytes(self, tile: int) -> int:
+        """A GDAL block-cache size that holds the source rows a row of windows touches.
+
+        GDAL's default cache (5 % of RAM) keeps every decoded block of a scene read window by
+        window, so memory would grow with the scene; this is enough for raster-order reads
+        (two block rows plus a window's height per input, all bands of pixel-interleaved
+        files) and no more, clamped to [32 MiB, 2 GiB].
+        """
+        from rasterio.enums import Interleaving
+
+        total = 0
+        for name, src in self.sources.items():
+            ds = self._handles()[name]
+            bands = ds.count if ds.interleaving == Interleaving.pixel else len(src.indexes)
+            itemsize = np.dtype(ds.dtypes[src.indexes[0] - 1]).itemsize
+            block_h = int(ds.block_shapes[0][0])
+            span = math.ceil(tile * self.grid.res[1] / max(src.res_in_grid[1], 1e-12))
+            rows = ((span - 1) // block_h + 2) * block_h  # block rows a window row can touch
+            total += rows * ds.width * bands * itemsize
+        return int(min(max(total + (16 << 20), 32 << 20), 2 << 30))
+
+    def _handles(self) -> dict[str, Any]:
+        """This thread's open datasets (GDAL handles are not thread-safe; open once per thread)."""
+        h = getattr(self._local, "handles", None)
+        if h is None:
+            h = {}
+            for name, src in self.sources.items():
+                h[name] = open_raster(src.uri, name)
+            with self._lock:
+                self._all_handles.extend(h.values())
+            self._local.handles = h
+        return h
+
+    def close(self) -> None:
+        with self._lock:
+            for ds in self._all_handles:
+                try:
+                    ds.close()
+                except Exception:
+                    pass
+            self._all_handles.clear()
+        self._local = threading.local()
+
+    def __enter__(self) -> AlignedScene:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading ---------------------------------------------------------------------------
+    def read(self, window: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Read one window (grid pixel coordinates; may extend past the grid).
+
+        Returns ``(arrays, valid)``: each array (C, h, w) float32 in the modality's band order
+        (NaN where that modality has no data); ``valid`` (h, w) bool, True only where every
+        modality has data and the pixel lies inside the grid. Parts of the window outside the
+        grid are reflect-padded so the network sees natural-looking context.
+        """
+        r0w, c0w = int(window.row_off), int(window.col_off)
+        hw, ww = int(window.height), int(window.width)
+        r0, c0 = max(0, r0w), max(0, c0w)
+        r1, c1 = min(self.grid.height, r0w + hw), min(self.grid.width, c0w + ww)
+        handles = self._handles()
+        arrays: dict[str, np.ndarray] = {}
+        if r1 <= r0 or c1 <= c0:
+            valid = np.zeros((hw, ww), dtype=bool)
+            for name, src in self.sources.items():
+                arrays[name] = np.zeros((len(src.indexes), hw, ww), dtype=np.float32)
+            return arrays, valid
+        valid_in = np.ones((r1 - r0, c1 - c0), dtype=bool)
+        for name, src in self.sources.items():
+            arr, ok = self._read_inner(handles[name], src, self.grid, r0, c0, r1 - r0, c1 - c0)
+            arrays[name] = arr
+            valid_in &= ok
+        pads = ((r0 - r0w, r0w + hw - r1), (c0 - c0w, c0w + ww - c1))
+        if any(p for pair in pads for p in pair):
+            arrays = {k: reflect_pad(v, pads) for k, v in arrays.items()}
+            valid = np.pad(valid_in, pads, mode="constant", constant_values=False)
+        else:
+            valid = valid_in
+        return arrays, valid
+
+    def _read_inner(
+        self,
+        ds: Any,
+        src: _Source,
+        grid: Grid,
+        row: int,
+        col: int,
+        h: int,
+        w: int,
+        *,
+        stats: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Values (C,h,w) float32 with NaN where invalid, and the valid mask, for a grid block."""
+        if src.offset is not None and grid is self.grid:
+            data, ok = _read_direct(ds, src, row + src.offset[0], col + src.offset[1], h, w)
+            if src.kind == "sar":
+                data = convert_units(data, src.units, src.out_units)
+        else:
+            data, ok = _read_warped(ds, src, grid, row, col, h, w, stats=stats)
+        data[:, ~ok] = np.nan
+        return data, ok
+
+    def read_modality(self, name: str, window: Any) -> tuple[np.ndarray, np.ndarray]:
+        """One modality's values and *its own* valid mask (for coregister's per-file output)."""
+        src = self.sources[name]
+        r0, c0 = int(window.row_off), int(window.col_off)
+        return self._read_inner(
+            self._handles()[name], src, self.grid, r0, c0, int(window.height), int(window.width)
+        )
+
+    def read_decimated(
+        self, long_side: int = STATS_LONG_SIDE
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, Grid]:
+        """The whole scene on a coarse grid (≤ ``long_side`` px), sampled nearest.
+
+        Used for scene statistics: memory stays bounded whatever the scene size, and source
+        files are read with ``out_shape`` so GDAL decimates (or uses overviews) on the fly.
+        """
+        total_c = sum(len(s.indexes) for s in self.sources.values())
+        side = min(long_side, int(math.sqrt(STATS_MAX_VALUES / max(total_c, 1))))
+        factor = max(1.0, max(self.grid.width, self.grid.height) / max(side, 1))
+        coarse = self.grid if factor <= 1.0 else self.grid.scaled(factor)
+        handles = self._handles()
+        arrays: dict[str, np.ndarray] = {}
+        valid = np.ones((coarse.height, coarse.width), dtype=bool)
+        for name, src in self.sources.items():
+            arr, ok = self._read_inner(
+                handles[name], src, coarse, 0, 0, coarse.height, coarse.width, stats=True
+            )
+            arrays[name] = arr
+            valid &= ok
+        return arrays, valid, coarse
+
+    def percentiles(
+        self, meta: ModelMeta | None = None
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per-band scene percentiles of each modality, over pixels valid in every modality.
+
+        Uses each modality's ``p_low``/``p_high`` from ``meta`` (2/98 without one), on the values
+        exactly as :meth:`read` returns them (same bands, same SAR units).
+        """
+        from mfaf_cli.normalize import band_percentiles
+
+        meta = meta or self.meta
+        arrays, valid, _ = self.read_decimated()
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for name, arr in arrays.items():
+            p_low, p_high = 2.0, 98.0
+            if meta is not None and name in meta.modality_names:
+                norm = meta.modality(name).normalisation
+                p_low, p_high = norm.p_low, norm.p_high
+            out[name] = band_percentiles(arr, valid, p_low, p_high)
+        return out
+
+
+# ---- readers ------------------------------------------------------------------------------
+def _invalid_mask(data: np.ndarray, nodata: Sequence[float | None]) -> np.ndarray:
+    bad = (
+        ~np.isfinite(data).all(axis=0)
+        if data.dtype.kind == "f"
+        else np.zeros(data.shape[1:], dtype=bool)
+    )
+    for i, nd in enumerate(nodata):
+        if nd is not None and not (isinstance(nd, float) and math.isnan(nd)):
+            bad |= data[i] == nd
+    return bad
+
+
+def _read_block(
+    ds: Any, src: _Source, win: RioWindow, out_shape: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a window that lies inside the file: float32 values + valid mask."""
+    kw: dict[str, Any] = {"window": win}
+    if out_shape is not None:
+        kw["out_shape"] = (len(src.indexes), *out_shape)
+        kw["resampling"] = Resampling.nearest
+    raw = ds.read(src.indexes, **kw)
+    ok = ~_invalid_mask(raw, src.nodata)
+    if src.use_mask:
+        mkw = dict(kw)
+        if out_shape is not None:
+            mkw["out_shape"] = out_shape
+        ok &= ds.read_masks(src.indexes[0], **mkw) > 0
+    return raw.astype(np.float32, copy=False), ok
+
+
+def _read_direct(
+    ds: Any, src: _Source, row: int, col: int, h: int, w: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a block of a file that is on the grid; parts outside the file are invalid."""
+    data = np.full((len(src.indexes), h, w), np.nan, dtype=np.float32)
+    ok = np.zeros((h, w), dtype=bool)
+    rr0, cc0 = max(row, 0), max(col, 0)
+    rr1, cc1 = min(row + h, ds.height), min(col + w, ds.width)
+    if rr1 > rr0 and cc1 > cc0:
+        vals, vok = _read_block(ds, src, RioWindow(cc0, rr0, cc1 - cc0, rr1 - rr0))
+        data[:, rr0 - row : rr1 - row, cc0 - col : cc1 - col] = vals
+        ok[rr0 - row : rr1 - row, cc0 - col : cc1 - col] = vok
+    return data, ok
+
+
+def _read_warped(
+    ds: Any, src: _Source, grid: Grid, row: int, col: int, h: int, w: int, *, stats: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Warp just the source pixels under a grid block onto it.
+
+    The source window is the block's bounds transformed into the file's CRS, padded by a few
+    pixels for the resampling kernel. For SAR, dB values are converted to linear power before
+    resampling (averaged when downsampling, bilinear otherwise) and back afterwards.
+    """
+    c = len(src.indexes)
+    dst_transform = grid.transform @ Affine.translation(col, row)
+    data = np.full((c, h, w), np.nan, dtype=np.float32)
+    ok8 = np.zeros((h, w), dtype=np.uint8)
+    left, top = dst_transform @ (0, 0)
+    right, bottom = dst_transform @ (w, h)
+    b = transform_bounds(
+        grid.crs,
+        ds.crs,
+        min(left, right),
+        min(top, bottom),
+        max(left, right),
+        max(top, bottom),
+        densify_pts=21,
+    )
+    fwin = ds.window(*b)
+    pad = 3
+    r0 = max(0, math.floor(min(fwin.row_off, fwin.row_off + fwin.height)) - pad)
+    c0 = max(0, math.floor(min(fwin.col_off, fwin.col_off + fwin.width)) - pad)
+    r1 = min(ds.height, math.ceil(max(fwin.row_off, fwin.row_off + fwin.height)) + pad)
+    c1 = min(ds.width, math.ceil(max(fwin.col_off, fwin.col_off + fwin.width)) + pad)
+    if r1 <= r0 or c1 <= c0:
+        return data, ok8.astype(bool)
+    win = RioWindow(c0, r0, c1 - c0, r1 - r0)
+    out_shape = None
+    src_transform = ds.transform @ Affine.translation(c0, r0)
+    if stats:
+        # Decimate the source read to about the coarse grid's resolution.
+        f = int(min(grid.res[0] / src.res_in_grid[0], grid.res[1] / src.res_in_grid[1]))
+        if f >= 2:
+            out_shape = (max(1, (r1 - r0) // f), max(1, (c1 - c0) // f))
+            src_transform = src_transform @ Affine.scale(
+                (c1 - c0) / out_shape[1], (r1 - r0) / out_shape[0]
+            )
+    vals, vok = _read_block(ds, src, win, out_shape)
+    if src.kind == "sar":
+        vals = convert_units(vals, src.units, "linear")
+    vals[:, ~vok] = np.nan
+    if stats or src.kind == CATEGORICAL_KIND:
+        resampling = Resampling.nearest
+    elif src.kind == "sar" and src.downsampling:
+        resampling = Resampling.average
+    else:
+        resampling = Resampling.bilinear
+    common = {
+        "src_transform": src_transform,
+        "src_crs": ds.crs,
+        "dst_transform": dst_transform,
+        "dst_crs": grid.crs,
+    }
+    with _WARP_LOCK:
+        _reproject_pair(vals, data, vok, ok8, resampling, common)
+    ok = (ok8 > 0) & np.isfinite(data).all(axis=0)
+    if src.kind == "sar":
+        data = convert_units(data, "linear", src.out_units)
+    return data, ok
+
+
+def _reproject_pair(
+    vals: np.ndarray,
+    data: np.ndarray,
+    vok: np.ndarray,
+    ok8: np.ndarray,
+    resampling: Resampling,
+    common: dict[str, Any],
+) -> None:
+    """Warp values (NaN = nodata) and, nearest, the validity mask with the same geometry."""
+    reproject(
+        vals,
+        data,
+        src_nodata=np.nan,
+        dst_nodata=np.nan,
+        resampling=resampling,
+        **common,
+    )
+    reproject(
+        vok.astype(np.uint8),
+        ok8,
+        src_nodata=0,
+        dst_nodata=0,
+        resampling=Resampling.nearest,
+        **common,
+    )
+
+
+def _grid_offset(ds: Any, grid: Grid) -> tuple[int, int] | None:
+    """(row, col) of the grid's origin in ``ds`` if ``ds`` is on the grid, else None."""
+    t, g = ds.transform, grid.transform
+    if ds.crs != grid.crs or t.b != 0 or t.d != 0 or g.b != 0 or g.d != 0:
+        return None
+    if not (math.isclose(t.a, g.a, rel_tol=1e-9) and math.isclose(t.e, g.e, rel_tol=1e-9)):
+        return None
+    col = (g.c - t.c) / t.a
+    row = (g.f - t.f) / t.e
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    return (round(row), round(col))
+
+
+def _decimated_sample(ds: Any, indexes: list[int], long_side: int = 256) -> np.ndarray:
+    f = max(1.0, max(ds.width, ds.height) / long_side)
+    shape = (len(indexes), max(1, int(ds.height / f)), max(1, int(ds.width / f)))
+    raw = ds.read(indexes, out_shape=shape, resampling=Resampling.nearest).astype(np.float64)
+    for i, nd in enumerate(ds.nodatavals[j - 1] for j in indexes):
+        if nd is not None:
+            raw[i][raw[i] == nd] = np.nan
+    return raw
+
+
+def _band_mismatch_message(
+    meta: ModelMeta,
+    name: str,
+    path: str,
+    count: int,
+    indexes: list[int],
+    band_spec: Sequence[int | str] | None,
+    descriptions: Sequence[str | None],
+) -> str:
+    spec = meta.modality(name)
+    flag = BAND_FLAG.get(name, f"--{name}-bands")
+    noun = "band" if spec.n_bands == 1 else "bands"
+    want = f"model {meta.arch} takes {spec.n_bands} {name} {noun} ({', '.join(spec.bands)})"
+    if band_spec:
+        have = f"{flag} selected {len(indexes)}"
+    else:
+        have = f"{path} has {count}"
+    if count >= spec.n_bands:
+        sug = suggest_bands(spec.bands, count, descriptions)
+        example = ",".join(str(i) for i in (sug or range(1, spec.n_bands + 1)))
+        fix = f"pass {flag} {example}" + ("" if sug else " (the bands in the model's order)")
+    else:
+        fix = f"{path} has too few bands; give a file with the model's bands or another --model"
+    return f"{want}; {have}: {fix}"

@@ -1,0 +1,213 @@
+"""The target grid every modality is aligned to, and checks that turn bad inputs into clear errors.
+
+The grid is the reference modality's own grid (optical or HSI) unless ``--crs``,
+``--resolution`` or ``--bounds`` override it; everything downstream (windows, outputs) is in
+grid pixel coordinates.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import rasterio
+from rasterio.crs import CRS
+from rasterio.errors import RasterioIOError
+from rasterio.transform import Affine
+from rasterio.warp import calculate_default_transform, transform_bounds
+
+from mfaf_cli.errors import CRSError, InputError, NoOverlapError, UsageError
+
+Bounds = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A north-up raster grid: CRS, affine transform and size in pixels."""
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+    def __repr__(self) -> str:
+        crs = self.crs.to_string() if self.crs else None
+        return f"Grid(crs={crs}, transform={tuple(self.transform)[:6]}, {self.width}x{self.height})"
+
+    @property
+    def bounds(self) -> Bounds:
+        """(left, bottom, right, top) in grid CRS units."""
+        t = self.transform
+        left, top = t.c, t.f
+        right = left + t.a * self.width
+        bottom = top + t.e * self.height
+        return (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
+
+    @property
+    def res(self) -> tuple[float, float]:
+        """Pixel size (x, y), positive."""
+        return (abs(self.transform.a), abs(self.transform.e))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+    def window_transform(self, window: Any) -> Affine:
+        """Affine transform of a window (anything with row_off/col_off) of this grid."""
+        return self.transform @ Affine.translation(window.col_off, window.row_off)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "crs": self.crs.to_string() if self.crs else None,
+            "transform": list(self.transform)[:6],
+            "width": self.width,
+            "height": self.height,
+        }
+
+    def scaled(self, factor: float) -> Grid:
+        """A coarser grid over the same bounds, ``factor`` times fewer pixels per side."""
+        w = max(1, math.ceil(self.width / factor))
+        h = max(1, math.ceil(self.height / factor))
+        t = self.transform @ Affine.scale(self.width / w, self.height / h)
+        return Grid(self.crs, t, w, h)
+
+
+# ---- input checks ---------------------------------------------------------------------------
+def check_readable(path: str | os.PathLike[str], what: str = "input") -> Path:
+    """Fail early, with a fix, for paths that cannot be a raster (before GDAL's own errors)."""
+    p = Path(path)
+    text = os.fspath(path)
+    if text.startswith("/vsi") or "://" in text:
+        return p  # GDAL virtual file system / URL: let GDAL say what is wrong
+    if not p.exists():
+        raise InputError(f"{what} file {p} does not exist; check the path")
+    if p.is_dir():
+        raise InputError(f"{what} {p} is a directory; pass a GeoTIFF file")
+    if not os.access(p, os.R_OK):
+        raise InputError(f"{what} {p} is not readable (permission denied); check its permissions")
+    if p.stat().st_size == 0:
+        raise InputError(f"{what} {p} is not a readable raster (the file is empty)")
+    return p
+
+
+def open_raster(path: str | os.PathLike[str], what: str = "input") -> rasterio.DatasetReader:
+    """Open a raster for reading, with mfaf errors for everything a user can get wrong."""
+    p = check_readable(path, what)
+    try:
+        ds = rasterio.open(path if isinstance(path, str) else p)
+    except RasterioIOError as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(f"{p} is not a readable raster ({msg})") from err
+    except Exception as err:  # other GDAL failures (corrupt headers...)
+        raise InputError(f"{p} is not a readable raster ({err})") from err
+    if ds.count == 0 or ds.width == 0 or ds.height == 0:
+        ds.close()
+        raise InputError(f"{p} is not a readable raster (it has no bands or no pixels)")
+    if ds.crs is None or not ds.crs.to_wkt():
+        ds.close()
+        raise CRSError(f"{p} has no CRS; assign one with gdal_edit.py -a_srs EPSG:xxxx {p.name}")
+    return ds
+
+
+def parse_crs(crs: str | CRS | None) -> CRS | None:
+    if crs is None or isinstance(crs, CRS):
+        return crs
+    try:
+        out = CRS.from_user_input(crs)
+    except Exception as err:
+        raise UsageError(f"--crs {crs!r} is not a valid CRS; use e.g. EPSG:32630") from err
+    return out
+
+
+def grid_from_reference(
+    path: str | os.PathLike[str],
+    crs: str | CRS | None = None,
+    resolution: float | tuple[float, float] | None = None,
+    bounds: Bounds | None = None,
+) -> Grid:
+    """The target grid: the reference raster's grid with optional overrides.
+
+    Args:
+        path: reference raster (optical or HSI).
+        crs: target CRS (the reference extent is reprojected into it).
+        resolution: target pixel size in target CRS units (one value or (x, y)).
+        bounds: (left, bottom, right, top) in target CRS units; the grid covers exactly that.
+    """
+    with open_raster(path, "reference") as ds:
+        return _grid_for(ds, parse_crs(crs), resolution, bounds)
+
+
+def _grid_for(
+    ds: Any, crs: CRS | None, resolution: float | tuple[float, float] | None, bounds: Bounds | None
+) -> Grid:
+    if resolution is not None:
+        rx, ry = (resolution, resolution) if isinstance(resolution, int | float) else resolution
+        rx, ry = float(rx), float(ry)
+        if not (rx > 0 and ry > 0 and math.isfinite(rx) and math.isfinite(ry)):
+            raise UsageError(f"--resolution must be positive, got {resolution}")
+    else:
+        rx = ry = None  # type: ignore[assignment]
+    if bounds is not None:
+        left, bottom, right, top = (float(v) for v in bounds)
+        if not (right > left and top > bottom):
+            raise UsageError(
+                f"--bounds {bounds} is empty; give left,bottom,right,top with left<right, "
+                "bottom<top, in the target CRS units"
+            )
+    same_crs = crs is None or crs == ds.crs
+    target_crs = ds.crs if crs is None else crs
+    if same_crs and rx is None and bounds is None and ds.transform.b == 0 and ds.transform.d == 0:
+        return Grid(target_crs, ds.transform, ds.width, ds.height)
+    # Reprojected / resampled / cropped grid.
+    if same_crs and ds.transform.b == 0 and ds.transform.d == 0:
+        native_res = (abs(ds.transform.a), abs(ds.transform.e))
+        native_bounds: Bounds = tuple(ds.bounds)  # type: ignore[assignment]
+    else:
+        t, w, h = calculate_default_transform(
+            ds.crs, target_crs, ds.width, ds.height, *ds.bounds, resolution=resolution
+        )
+        native_res = (abs(t.a), abs(t.e))
+        native_bounds = (t.c, t.f + t.e * h, t.c + t.a * w, t.f)
+    if rx is None:
+        rx, ry = native_res
+    left, bottom, right, top = bounds if bounds is not None else native_bounds
+    width = max(1, round((right - left) / rx))
+    height = max(1, round((top - bottom) / ry))
+    transform = Affine(rx, 0.0, left, 0.0, -ry, top)
+    return Grid(target_crs, transform, width, height)
+
+
+def footprint_in(ds: Any, crs: CRS) -> Bounds:
+    """A raster's bounds expressed in ``crs`` (densified edges, so curved edges are covered)."""
+    if ds.crs == crs:
+        return tuple(ds.bounds)  # type: ignore[return-value]
+    return transform_bounds(ds.crs, crs, *ds.bounds, densify_pts=21)
+
+
+def check_overlap(ds: Any, grid: Grid, name: str, ref_name: str = "the target grid") -> None:
+    """Raise if ``ds`` does not cover at least one target pixel of ``grid``."""
+    fl, fb, fr, ft = footprint_in(ds, grid.crs)
+    gl, gb, gr, gt = grid.bounds
+    ow = min(fr, gr) - max(fl, gl)
+    oh = min(ft, gt) - max(fb, gb)
+    path = Path(ds.name).name
+    if ow <= 0 or oh <= 0:
+        raise NoOverlapError(
+            f"{name} {path} does not overlap {ref_name} (its extent in {grid.crs.to_string()} is "
+            f"{_fmt_bounds((fl, fb, fr, ft))}, the grid's is {_fmt_bounds(grid.bounds)}); "
+            "check that both files cover the same area and have the right CRS"
+        )
+    rx, ry = grid.res
+    if ow < rx or oh < ry:
+        raise NoOverlapError(
+            f"{name} {path} overlaps {ref_name} by less than one target pixel "
+            f"({ow:.3g} × {oh:.3g} CRS units, pixel {rx:.3g} × {ry:.3g}); "
+            "the inputs cover different areas"
+        )
+
+
+def _fmt_bounds(b: Bounds) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in b) + ")"

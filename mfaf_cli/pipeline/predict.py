@@ -1,0 +1,632 @@
+"""The predict spine: co-registered windows → model → streamed blend → georeferenced outputs.
+
+One pass over the scene in raster order. Background threads read, warp and normalise the next
+batches while the model works on the current one (GDAL releases the GIL); windows with no
+valid pixel never reach the model; :class:`~mfaf_cli.stitch.StreamingMerger` blends
+overlapping windows in probability space and hands finished rows straight to the writers, so
+memory depends on the scene *width*, never its height. All outputs go to temp files that are
+renamed into place only when everything succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mfaf_cli.coreg.align import AlignedScene
+from mfaf_cli.coreg.grid import Grid, check_readable, grid_from_reference
+from mfaf_cli.errors import ModalityError, OutputPathError, UsageError
+from mfaf_cli.metadata import ALL_MODALITIES, ModelMeta
+from mfaf_cli.normalize import apply_normalisation
+from mfaf_cli.tiling.windows import Window, batched, check_tile, tile_windows, validate_tiling
+
+log = logging.getLogger("mfaf")
+
+PathLike = str | os.PathLike[str]
+BandSpec = Mapping[str, Sequence[int | str] | None]
+
+#: Reader threads, and batches read ahead of the model.
+READ_THREADS = 2
+PREFETCH_BATCHES = 3
+
+
+@dataclass
+class PredictResult:
+    """What a predict run did, for ``--json`` and for callers (batch mode, benchmarks)."""
+
+    inputs: dict[str, str]
+    grid: dict[str, Any]
+    windows: int
+    skipped_windows: int
+    seconds: float
+    megapixels_per_second: float
+    outputs: dict[str, str]
+    model: str
+    arch: str
+    trained: bool
+    device: str
+    engine: str
+    precision: str
+    tile: int
+    overlap: float
+    blend: str
+    valid_fraction: float
+    class_fractions: dict[str, float] = field(default_factory=dict)
+    model_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+@dataclass
+class PreparedBatch:
+    """A batch of windows read and normalised, ready for the model."""
+
+    windows: list[Window]
+    run: list[int]  # indexes into ``windows`` that go to the model
+    arrays: dict[str, np.ndarray]  # modality -> (len(run), C, h, w) normalised float32
+    valid: np.ndarray  # (len(windows), h, w) bool
+
+
+# ---- small helpers ------------------------------------------------------------------------
+def check_modalities(given: Sequence[str], meta: ModelMeta, model_name: str) -> None:
+    """The inputs must be exactly the modalities the model takes."""
+    unknown = [m for m in given if m not in ALL_MODALITIES]
+    if unknown:
+        raise ModalityError(
+            f"unknown modality {', '.join(unknown)}; use {', '.join(ALL_MODALITIES)}"
+        )
+    want = meta.modality_names
+    extra = [m for m in given if m not in want]
+    missing = [m for m in want if m not in given]
+    if extra:
+        raise ModalityError(
+            f"model {model_name} does not take {' or '.join(extra)} (it takes "
+            f"{' + '.join(want)}); drop --{extra[0]} or choose another --model"
+        )
+    if missing:
+        raise ModalityError(f"model {model_name} needs {' + '.join(want)}; add --{missing[0]} PATH")
+
+
+def check_vector_path(path: PathLike, overwrite: bool) -> None:
+    """Fail before any work if the vector output cannot be written."""
+    try:
+        from mfaf_cli.vectorize.polygons import check_output
+    except ImportError:  # pragma: no cover - vectorize not built
+        raise UsageError("--vector is not available in this build") from None
+    p = Path(path)
+    if not p.parent.exists():
+        raise OutputPathError(
+            f"output folder {p.parent} does not exist; create it (mkdir -p) or choose another path"
+        )
+    check_output(p, overwrite)
+
+
+def prepare_batch(
+    scene: AlignedScene,
+    windows: list[Window],
+    meta: ModelMeta,
+    percentiles: Mapping[str, tuple[np.ndarray, np.ndarray]],
+) -> PreparedBatch:
+    """Read and normalise a batch; windows without a single valid pixel are left out."""
+    per_mod: dict[str, list[np.ndarray]] = {m: [] for m in meta.modality_names}
+    valids: list[np.ndarray] = []
+    run: list[int] = []
+    for i, w in enumerate(windows):
+        arrays, valid = scene.read(w)
+        valids.append(valid)
+        if not valid.any():
+            continue
+        run.append(i)
+        for spec in meta.modalities:
+            lo, hi = percentiles.get(spec.name, (None, None))
+            per_mod[spec.name].append(
+                apply_normalisation(arrays[spec.name], spec.normalisation, lo, hi)
+            )
+    stacked = {m: np.stack(v) if v else np.empty((0,)) for m, v in per_mod.items()}
+    return PreparedBatch(windows, run, stacked, np.stack(valids))
+
+
+def iter_prepared(
+    scene: AlignedScene,
+    batches: Sequence[list[Window]],
+    meta: ModelMeta,
+    percentiles: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    threads: int = READ_THREADS,
+    prefetch: int = PREFETCH_BATCHES,
+) -> Iterator[PreparedBatch]:
+    """Yield prepared batches in order, reading up to ``prefetch`` batches ahead in threads."""
+    if threads <= 0:
+        for b in batches:
+            yield prepare_batch(scene, b, meta, percentiles)
+        return
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mfaf-read")
+    pending: deque[Future[PreparedBatch]] = deque()
+    it = iter(batches)
+    try:
+        for b in it:
+            pending.append(pool.submit(prepare_batch, scene, b, meta, percentiles))
+            if len(pending) >= prefetch:
+                break
+        while pending:
+            fut = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(prepare_batch, scene, nxt, meta, percentiles))
+            yield fut.result()
+    finally:
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class CountingSink:
+    """Wraps the output sink and counts valid pixels per predicted class (for the summary)."""
+
+    def __init__(self, sink: Any, num_classes: int) -> None:
+        self.sink = sink
+        self.counts = np.zeros(num_classes, dtype=np.int64)
+        self.total = 0
+
+    def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
+        self.total += valid.size
+        if valid.any():
+            top = np.argmax(probs[:, valid], axis=0)
+            self.counts += np.bincount(top, minlength=len(self.counts))
+        self.sink(row0, probs, valid)
+
+    def fractions(self, meta: ModelMeta) -> tuple[float, dict[str, float]]:
+        """(valid fraction of the grid, fraction of valid pixels per class name)."""
+        n_valid = int(self.counts.sum())
+        fr = {c.name: float(self.counts[k]) / n_valid if n_valid else 0.0
+              for k, c in enumerate(meta.classes)}  # fmt: skip
+        return (n_valid / self.total if self.total else 0.0), fr
+
+
+_MALLOC_TUNED = False
+
+
+def limit_malloc_growth() -> None:
+    """Stop glibc from letting the heap grow with the scene (Linux, once per process).
+
+    Window arrays are allocated in reader threads and freed in the main thread. glibc raises
+    its mmap threshold after each large free, so later ~1 MB arrays come from per-thread heap
+    arenas that fragment and are never returned: peak RSS then creeps up with the number of
+    windows (measured +100 MB on a 4096² scene). A fixed threshold (as if the user had set
+    ``MALLOC_MMAP_THRESHOLD_``) keeps large arrays in mmap, returned on free.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED or not sys.platform.startswith("linux"):
+        return
+    _MALLOC_TUNED = True
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_mmap_threshold = -3
+        libc.mallopt(m_mmap_threshold, 256 * 1024)
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
+        pass
+
+
+def _bounded_gdal_cache(scene: AlignedScene, tile: int) -> Any:
+    """Cap GDAL's block cache for this run (unless the user set GDAL_CACHEMAX), so peak
+    memory does not grow with the scene; see :meth:`AlignedScene.cache_bytes`."""
+    import contextlib
+
+    import rasterio
+
+    if os.environ.get("GDAL_CACHEMAX"):
+        return contextlib.nullcontext()
+    return rasterio.Env(GDAL_CACHEMAX=scene.cache_bytes(tile))
+
+
+# ---- predict ----------------------------------------------------------------------------------
+def predict(
+    inputs: Mapping[str, PathLike],
+    output: PathLike | None,
+    model: Any = None,
+    *,
+    tile: int | None = None,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    blend: str = "gaussian",
+    device: str = "auto",
+    engine: str = "torch",
+    precision: str = "auto",
+    probabilities: PathLike | None = None,
+    probabilities_dtype: str = "uint8",
+    confidence: PathLike | None = None,
+    vector: PathLike | None = None,
+    cog: bool = False,
+    creation_options: Mapping[str, str] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    bands: BandSpec | None = None,
+    crs: Any = None,
+    resolution: float | tuple[float, float] | None = None,
+    bounds: tuple[float, float, float, float] | None = None,
+    sar_units: str = "auto",
+    predictor: Any = None,
+    read_threads: int = READ_THREADS,
+) -> PredictResult:
+    """Predict a land-use map for one scene and write it as georeferenced GeoTIFF(s).
+
+    Args:
+        inputs: modality → raster path, e.g. ``{"optical": "s2.tif", "sar": "s1.tif"}``.
+        output: label GeoTIFF (uint8 class ids, nodata 255, colour table); None to skip it
+            (then ``probabilities`` or ``confidence`` must be given).
+        model: ``--model`` spec (shipped name, .safetensors/.onnx path, registry arch) or None
+            for the default model of these modalities. Ignored when ``predictor`` is given.
+        tile, overlap: window side (default the model's) and overlap fraction in [0, 1).
+        batch_size: windows per model call.
+        blend: ``gaussian`` | ``cosine`` | ``constant``.
+        device, engine, precision: see :func:`mfaf_cli.engine.create_predictor`.
+        probabilities, probabilities_dtype, confidence: optional extra outputs.
+        vector: polygonise the label map into this file (.gpkg, .geojson, .parquet, .shp).
+        cog, creation_options: output format options.
+        overwrite: replace existing outputs.
+        progress: tqdm bar on stderr.
+        bands: modality → band list (1-based ints or band names).
+        crs, resolution, bounds: target-grid overrides (bounds in target CRS units).
+        sar_units: ``auto`` | ``db`` | ``linear`` (units of the SAR file).
+        predictor: an already created Predictor (reused across scenes by batch mode).
+        read_threads: background reader threads (0 reads in the calling thread).
+
+    Raises:
+        MfafError subclasses for every user-facing problem; nothing is left on disk then.
+    """
+    from mfaf_cli.io.raster import OutputSet
+
+    t_start = time.perf_counter()
+    inputs = {k: os.fspath(v) for k, v in inputs.items() if v is not None}
+    bands = {k: list(v) for k, v in (bands or {}).items() if v}
+    if not inputs:
+        raise ModalityError("give the input rasters, e.g. --optical s2.tif --sar s1.tif")
+    stray = [m for m in bands if m not in inputs]
+    if stray:
+        raise UsageError(f"--{stray[0]}-bands is given but there is no --{stray[0]} input")
+    if output is None and probabilities is None and confidence is None:
+        raise UsageError("nothing to write: give -o/--output (or --probabilities/--confidence)")
+    if vector is not None and output is None:
+        raise UsageError("--vector polygonises the label map: give -o/--output too")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    validate_tiling(tile or 256, overlap)  # overlap range before anything slow
+    from mfaf_cli.stitch.weights import BLEND_MODES
+
+    if blend not in BLEND_MODES:
+        raise UsageError(f"unknown blend mode {blend!r}; use one of {', '.join(BLEND_MODES)}")
+
+    # Cheap checks first: outputs, then input files, then the model.
+    for p in (output, probabilities, confidence):
+        if p is not None:
+            from mfaf_cli.io.raster import check_output_path
+
+            check_output_path(p, overwrite)
+    if vector is not None:
+        check_vector_path(vector, overwrite)
+    for name, path in inputs.items():
+        check_readable(path, name)
+
+    if predictor is None:
+        from mfaf_cli.engine import create_predictor
+        from mfaf_cli.io.weights import ModelSource, resolve_model
+
+        in_ch = {m: len(v) for m, v in bands.items() if m in inputs}
+        if isinstance(model, ModelSource):
+            source = model
+        else:
+            source = resolve_model(model, tuple(inputs), in_channels=in_ch or None)
+        model_name, trained = source.name, not source.untrained
+        check_modalities(tuple(inputs), source.meta, model_name)
+        predictor = create_predictor(
+            source,
+            engine=engine,
+            device=device,
+            precision=precision,
+            modalities=tuple(inputs),
+            batch_size=batch_size,
+            tile=tile or source.meta.tile_size,
+        )
+        meta: ModelMeta = predictor.meta
+    else:
+        meta = predictor.meta
+        model_name = getattr(predictor, "name", None) or meta.arch
+        trained = bool(meta.trained)
+        check_modalities(tuple(inputs), meta, model_name)
+
+    tile = int(tile or meta.tile_size)
+    check_tile(tile, meta.divisor, meta.arch)
+    validate_tiling(tile, overlap)
+
+    # Grid and aligned reads.
+    ref = meta.reference_modality
+    grid = grid_from_reference(inputs[ref], crs=crs, resolution=resolution, bounds=bounds)
+    ordered = {m: inputs[m] for m in meta.modality_names}
+    t_scene = time.perf_counter()
+    limit_malloc_growth()
+    with (
+        AlignedScene(ordered, grid, bands=bands, units=sar_units, meta=meta) as scene,
+        _bounded_gdal_cache(scene, tile),
+    ):
+        percentiles = scene.percentiles(meta)
+        outputs = OutputSet(
+            grid,
+            meta,
+            output,
+            probabilities,
+            confidence,
+            creation_options=creation_options,
+            probability_dtype=probabilities_dtype,  # type: ignore[arg-type]
+            cog=cog,
+            overwrite=overwrite,
+        )
+        windows, skipped, model_s, counter = _run_windows(
+            scene,
+            grid,
+            meta,
+            predictor,
+            percentiles,
+            outputs,
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch_size,
+            blend=blend,
+            progress=progress,
+            read_threads=read_threads,
+        )
+    seconds_scene = time.perf_counter() - t_scene
+
+    written = {k: str(Path(v).absolute()) for k, v in outputs.paths.items() if v is not None}
+    if vector is not None:
+        from mfaf_cli.vectorize.polygons import vectorize_raster
+
+        assert output is not None
+        vectorize_raster(output, vector, overwrite=overwrite, progress=progress)
+        written["vector"] = str(Path(vector).absolute())
+    seconds = time.perf_counter() - t_start
+    valid_fraction, fractions = counter.fractions(meta)
+    mpix = grid.width * grid.height / 1e6
+    return PredictResult(
+        inputs={k: str(Path(v).absolute()) for k, v in ordered.items()},
+        grid=grid.to_dict(),
+        windows=len(windows),
+        skipped_windows=skipped,
+        seconds=round(seconds, 3),
+        megapixels_per_second=round(mpix / max(seconds_scene, 1e-9), 4),
+        outputs=written,
+        model=model_name,
+        arch=meta.arch,
+        trained=trained,
+        device=str(getattr(predictor, "device", "cpu")),
+        engine=str(getattr(predictor, "engine", engine)),
+        precision=str(getattr(predictor, "precision", precision)),
+        tile=tile,
+        overlap=float(overlap),
+        blend=blend,
+        valid_fraction=round(valid_fraction, 6),
+        class_fractions={k: round(v, 6) for k, v in fractions.items()},
+        model_seconds=round(model_s, 3),
+    )
+
+
+def _run_windows(
+    scene: AlignedScene,
+    grid: Grid,
+    meta: ModelMeta,
+    predictor: Any,
+    percentiles: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    outputs: Any,
+    *,
+    tile: int,
+    overlap: float,
+    batch_size: int,
+    blend: str,
+    progress: bool,
+    read_threads: int,
+) -> tuple[list[Window], int, float, CountingSink]:
+    """Stream every window through the model into the outputs; returns (windows, skipped,
+    seconds spent in the model, the counting sink)."""
+    from tqdm import tqdm
+
+    from mfaf_cli.stitch import StreamingMerger, make_weight_fn
+
+    windows = tile_windows(grid.height, grid.width, tile, overlap)
+    weight_fn = make_weight_fn(windows, blend)
+    batches = list(batched(windows, batch_size))
+    model_s = 0.0
+    bar = tqdm(
+        total=len(windows),
+        unit="win",
+        desc="predict",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    try:
+        with outputs as out:
+            sink = CountingSink(out, meta.num_classes)
+            merger = StreamingMerger(
+                grid.height, grid.width, meta.num_classes, windows, weight_fn, sink
+            )
+            for pb in iter_prepared(scene, batches, meta, percentiles, threads=read_threads):
+                probs = None
+                if pb.run:
+                    t0 = time.perf_counter()
+                    probs = predictor(pb.arrays)
+                    model_s += time.perf_counter() - t0
+                k = 0
+                for i, w in enumerate(pb.windows):
+                    if k < len(pb.run) and pb.run[k] == i:
+                        assert probs is not None
+                        merger.add(w, probs[k], pb.valid[i])
+                        k += 1
+                    else:
+                        merger.add_skipped(w)
+                bar.update(len(pb.windows))
+            merger.finish()
+    finally:
+        bar.close()
+    return windows, merger.windows_skipped, model_s, sink
+
+
+# ---- coregister -------------------------------------------------------------------------------
+@dataclass
+class CoregisterResult:
+    inputs: dict[str, str]
+    grid: dict[str, Any]
+    outputs: dict[str, str]
+    seconds: float
+    valid_fraction: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def coregister(
+    inputs: Mapping[str, PathLike],
+    out_dir: PathLike,
+    *,
+    bands: BandSpec | None = None,
+    crs: Any = None,
+    resolution: float | tuple[float, float] | None = None,
+    bounds: tuple[float, float, float, float] | None = None,
+    reference: str | None = None,
+    sar_units: str = "auto",
+    creation_options: Mapping[str, str] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    block: int = 512,
+) -> CoregisterResult:
+    """Warp every input onto the reference grid and write ``<out_dir>/<modality>.tif``.
+
+    Continuous modalities are written as float32 (nodata NaN); a ``label`` input (categorical,
+    resampled nearest) keeps its dtype and nodata. Blocks are read and written one at a time,
+    so any scene size works in bounded memory. ``out_dir`` is created if its parent exists.
+    """
+    import rasterio
+    from rasterio.windows import Window as RioWindow
+    from tqdm import tqdm
+
+    from mfaf_cli.io.raster import atomic_outputs, gtiff_options
+    from mfaf_cli.metadata import REFERENCE_MODALITIES
+
+    t0 = time.perf_counter()
+    inputs = {k: os.fspath(v) for k, v in inputs.items() if v is not None}
+    if not inputs:
+        raise ModalityError("give the input rasters, e.g. --optical s2.tif --sar s1.tif")
+    if reference is None:
+        reference = next((m for m in REFERENCE_MODALITIES if m in inputs), next(iter(inputs)))
+    if reference not in inputs:
+        raise UsageError(f"reference modality {reference!r} is not among the inputs")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(f"output {out} is a file; -o takes a folder for coregister")
+    if not out.exists():
+        if not out.parent.exists():
+            raise OutputPathError(
+                f"output folder {out.parent} does not exist; create it or choose another path"
+            )
+        out.mkdir()
+    for name, path in inputs.items():
+        check_readable(path, name)
+    grid = grid_from_reference(inputs[reference], crs=crs, resolution=resolution, bounds=bounds)
+    bands = {k: list(v) for k, v in (bands or {}).items() if v}
+    options = gtiff_options("deflate", creation_options)
+    finals = [out / f"{m}.tif" for m in inputs]
+    valid_px = 0
+    with (
+        AlignedScene(inputs, grid, bands=bands, units=sar_units) as scene,
+        _bounded_gdal_cache(scene, block),
+    ):
+        specs = {}
+        for m, src in scene.sources.items():
+            if src.kind == "nearest":
+                dtype = src.dtype
+                nodata = src.nodata[0]
+                if nodata is None:
+                    nodata = (
+                        255
+                        if dtype == "uint8"
+                        else float(np.iinfo(dtype).max)
+                        if (np.issubdtype(np.dtype(dtype), np.integer))
+                        else float("nan")
+                    )
+            else:
+                dtype, nodata = "float32", float("nan")
+            specs[m] = (dtype, nodata)
+        blocks = [
+            Window(r, c, min(block, grid.height - r), min(block, grid.width - c))
+            for r in range(0, grid.height, block)
+            for c in range(0, grid.width, block)
+        ]
+        with atomic_outputs(finals, overwrite) as temps:
+            dsets = {}
+            try:
+                for (m, src), tmp in zip(scene.sources.items(), temps, strict=True):
+                    dtype, nodata = specs[m]
+                    ds = rasterio.open(
+                        tmp,
+                        "w",
+                        driver="GTiff",
+                        width=grid.width,
+                        height=grid.height,
+                        count=len(src.indexes),
+                        dtype=dtype,
+                        crs=grid.crs,
+                        transform=grid.transform,
+                        nodata=nodata,
+                        **options,
+                    )
+                    dsets[m] = ds
+                    with rasterio.open(src.uri) as s:
+                        for j, i in enumerate(src.indexes, start=1):
+                            desc = s.descriptions[i - 1] or f"band {i}"
+                            ds.set_band_description(j, desc)
+                    tags = {
+                        "SOURCE": src.uri,
+                        "SOURCE_BANDS": ",".join(map(str, src.indexes)),
+                    }
+                    if src.kind == "sar":
+                        tags["SAR_UNITS"] = src.out_units
+                    ds.update_tags(**tags)
+                for w in tqdm(blocks, unit="block", disable=not progress, file=sys.stderr):
+                    joint = np.ones((w.height, w.width), dtype=bool)
+                    for m, ds in dsets.items():
+                        vals, ok = scene.read_modality(m, w)
+                        joint &= ok
+                        dtype, nodata = specs[m]
+                        if dtype != "float32":
+                            vals = np.where(ok[None], vals, nodata).astype(dtype)
+                        ds.write(vals, window=RioWindow(w.col_off, w.row_off, w.width, w.height))
+                    valid_px += int(joint.sum())
+            finally:
+                for ds in dsets.values():
+                    ds.close()
+    return CoregisterResult(
+        inputs={k: str(Path(v).absolute()) for k, v in inputs.items()},
+        grid=grid.to_dict(),
+        outputs={m: str(f.absolute()) for m, f in zip(inputs, finals, strict=True)},
+        seconds=round(time.perf_counter() - t0, 3),
+        valid_fraction=round(valid_px / (grid.width * grid.height), 6),
+    )
