@@ -1,0 +1,202 @@
+"""ONNX Runtime engine: CUDA execution provider when present and allowed, else CPU.
+
+Exported mfaf models take one input per modality (named by modality) with a dynamic batch axis
+and H/W fixed at export time, and return softmax ``probabilities``. Foreign ONNX files that
+return logits are softmaxed here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mfaf_cli.engine.base import check_batch
+from mfaf_cli.errors import EngineError, UsageError
+from mfaf_cli.metadata import ModelMeta
+
+if TYPE_CHECKING:
+    from mfaf_cli.io.weights import ModelSource
+
+log = logging.getLogger("mfaf")
+
+OUTPUT_NAME = "probabilities"
+
+
+def import_onnxruntime() -> Any:
+    """Import onnxruntime or say how to install it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise EngineError(
+            "the ONNX engine needs onnxruntime: pip install mfaf[onnx] "
+            "(or mfaf[gpu] for onnxruntime-gpu)"
+        ) from None
+    return onnxruntime
+
+
+def choose_providers(device: str, available: list[str]) -> tuple[list[Any], str]:
+    """Execution providers for ``device`` (auto|cpu|cuda[:N]) and the device they imply."""
+    d = device.strip().lower()
+    has_cuda = "CUDAExecutionProvider" in available
+    if d == "cpu" or (d == "auto" and not has_cuda):
+        return ["CPUExecutionProvider"], "cpu"
+    if d == "auto":
+        return [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"], "cuda:0"
+    if d == "cuda" or d.startswith("cuda:"):
+        try:
+            idx = int(d.split(":", 1)[1]) if ":" in d else 0
+        except ValueError:
+            raise UsageError(f"invalid device {device!r}; use auto, cpu, cuda or cuda:N") from None
+        if not has_cuda:
+            raise EngineError(
+                f"--device {device} was requested but onnxruntime has no CUDA provider "
+                f"(available: {', '.join(available)}); pip install mfaf[gpu] or use --device cpu"
+            )
+        return [
+            ("CUDAExecutionProvider", {"device_id": idx}),
+            "CPUExecutionProvider",
+        ], f"cuda:{idx}"
+    raise UsageError(f"invalid device {device!r}; use auto, cpu, cuda or cuda:N")
+
+
+def softmax(x: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Numerically stable softmax (max-shifted)."""
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _pad_hw(x: np.ndarray, th: int, tw: int) -> np.ndarray:
+    """Pad (N,C,h,w) at the bottom/right to (th, tw): reflect where it fits, else edge."""
+    h, w = x.shape[-2:]
+    ph, pw = th - h, tw - w
+    if not ph and not pw:
+        return x
+    mode = "reflect" if ph < h and pw < w else "edge"
+    return np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)
+
+
+class OnnxPredictor:
+    """Run an exported mfaf ONNX model with ONNX Runtime."""
+
+    engine = "onnx"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        meta: ModelMeta | None = None,
+        device: str = "auto",
+        batch_size: int | None = None,
+    ) -> None:
+        ort = import_onnxruntime()
+        from mfaf_cli.io.weights import read_meta
+
+        path = Path(path)
+        self.meta = meta if meta is not None else read_meta(path)
+        self.batch_size = batch_size
+        providers, self.device = choose_providers(str(device), ort.get_available_providers())
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as err:
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            raise EngineError(f"onnxruntime could not load {path}: {first}") from None
+        if self.device != "cpu" and self.session.get_providers()[0] != "CUDAExecutionProvider":
+            if str(device).lower() != "auto":
+                raise EngineError(
+                    f"onnxruntime could not start its CUDA provider for --device {device} "
+                    "(CUDA/cuDNN libraries missing?); use --device cpu"
+                )
+            log.warning("onnxruntime CUDA provider failed to start; running on CPU")
+            self.device = "cpu"
+        self._check_io(path)
+
+    def _check_io(self, path: Path) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        want = self.meta.modality_names
+        if set(inputs) != set(want):
+            raise EngineError(
+                f"{path.name}: ONNX inputs ({', '.join(inputs)}) do not match the modalities in "
+                f"its metadata ({', '.join(want)}); re-export it with `mfaf export`"
+            )
+        self.input_hw: tuple[int, int] | None = None
+        for spec in self.meta.modalities:
+            shape = inputs[spec.name].shape
+            if len(shape) != 4:
+                raise EngineError(f"{path.name}: input {spec.name!r} is not 4-D ({shape})")
+            if isinstance(shape[1], int) and shape[1] != spec.n_bands:
+                raise EngineError(
+                    f"{path.name}: input {spec.name!r} takes {shape[1]} bands but its metadata "
+                    f"lists {spec.n_bands}"
+                )
+            if isinstance(shape[2], int) and isinstance(shape[3], int):
+                self.input_hw = (shape[2], shape[3])
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.output_name = OUTPUT_NAME if OUTPUT_NAME in outputs else outputs[0]
+        self.apply_softmax = self.output_name != OUTPUT_NAME
+
+    @classmethod
+    def from_source(
+        cls,
+        source: ModelSource,
+        device: str = "auto",
+        batch_size: int | None = None,
+        tile: int | None = None,
+    ) -> OnnxPredictor:
+        """Export a checkpoint/untrained model to a temporary ONNX file and load it."""
+        from mfaf_cli.io.weights import load_model
+        from mfaf_cli.models.export import export_onnx
+
+        if source.kind == "onnx":
+            assert source.path is not None
+            return cls(source.path, source.meta, device=device, batch_size=batch_size)
+        import_onnxruntime()
+        model, meta = load_model(source, device="cpu")
+        meta = replace(meta, tile_size=int(tile or meta.tile_size))
+        with tempfile.TemporaryDirectory(prefix="mfaf-onnx-") as tmp:
+            path = export_onnx(model, meta, Path(tmp) / "model.onnx")
+            return cls(path, meta, device=device, batch_size=batch_size)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        try:
+            (out,) = self.session.run([self.output_name], feeds)
+        except Exception as err:
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            raise EngineError(f"onnxruntime failed: {first}") from None
+        out = np.asarray(out, dtype=np.float32)
+        return softmax(out, axis=1) if self.apply_softmax else out
+
+    def __call__(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+        n, h, w = check_batch(batch, self.meta)
+        th, tw = self.input_hw or (h, w)
+        if h > th or w > tw:
+            raise UsageError(
+                f"this ONNX model was exported for {th}×{tw} tiles, got {h}×{w}; "
+                f"use --tile {th} or re-export with `mfaf export --tile {max(h, w)}`"
+            )
+        k = self.meta.num_classes
+        step = self.batch_size or n or 1
+        out = np.empty((n, k, h, w), dtype=np.float32)
+        for i in range(0, n, step):
+            feeds = {
+                m: _pad_hw(np.ascontiguousarray(batch[m][i : i + step], dtype=np.float32), th, tw)
+                for m in self.meta.modality_names
+            }
+            probs = self._run(feeds)
+            if probs.ndim != 4 or probs.shape[1] != k:
+                raise EngineError(
+                    f"ONNX output has shape {probs.shape}, expected (N, {k}, H, W) "
+                    "from the metadata's class table"
+                )
+            out[i : i + step] = probs[:, :, :h, :w]
+        if not np.isfinite(out).all():
+            raise EngineError("the ONNX model produced non-finite probabilities")
+        return out

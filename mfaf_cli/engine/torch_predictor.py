@@ -1,0 +1,166 @@
+"""PyTorch engine: eval mode, ``torch.inference_mode``, AMP autocast on CUDA, fp32 on CPU."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mfaf_cli.engine.base import check_batch
+from mfaf_cli.errors import EngineError, UsageError
+from mfaf_cli.metadata import ModelMeta
+
+if TYPE_CHECKING:
+    from mfaf_cli.io.weights import ModelSource
+
+log = logging.getLogger("mfaf")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` → first CUDA GPU if PyTorch sees one, else CPU; ``cuda[:N]`` must exist."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    d = device.strip().lower()
+    if d == "auto":
+        return (
+            torch.device("cuda", torch.cuda.current_device())
+            if torch.cuda.is_available()
+            else (torch.device("cpu"))
+        )
+    if d == "cpu":
+        return torch.device("cpu")
+    if d == "cuda" or d.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            build = "a CPU-only PyTorch build" if torch.version.cuda is None else "no visible GPU"
+            raise EngineError(
+                f"--device {device} was requested but PyTorch has no CUDA device ({build}); "
+                "use --device cpu (or auto)"
+            )
+        index = 0 if d == "cuda" else d.split(":", 1)[1]
+        try:
+            idx = int(index)
+        except ValueError:
+            raise UsageError(f"invalid device {device!r}; use auto, cpu, cuda or cuda:N") from None
+        count = torch.cuda.device_count()
+        if not 0 <= idx < count:
+            raise EngineError(f"--device {device}: only {count} CUDA device(s) (cuda:0..)")
+        return torch.device("cuda", idx)
+    raise UsageError(f"invalid device {device!r}; use auto, cpu, cuda or cuda:N")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype, or None for plain fp32.
+
+    ``auto``: bf16 on CUDA GPUs that support it (its fp32-sized exponent keeps the INN's exp
+    from overflowing), else fp16; fp32 on CPU, where autocast rarely pays off.
+    """
+    p = precision.lower()
+    if p == "fp32":
+        return None
+    if p == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if p == "bf16":
+        return torch.bfloat16
+    if p == "fp16":
+        if device.type != "cuda":
+            raise UsageError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+        return torch.float16
+    raise UsageError(f"unknown precision {precision!r}; choose auto, fp32, fp16 or bf16")
+
+
+def pad_to_multiple(x: torch.Tensor, divisor: int) -> torch.Tensor:
+    """Pad H and W at the bottom/right up to a multiple of ``divisor`` (reflect where possible)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % divisor, (-w) % divisor
+    if not ph and not pw:
+        return x
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+class TorchPredictor:
+    """Run a PyTorch model on batches of normalised tiles."""
+
+    engine = "torch"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        meta: ModelMeta,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        batch_size: int | None = None,
+    ) -> None:
+        self._device = resolve_device(device)
+        self.autocast_dtype = resolve_precision(precision, self._device)
+        self.meta = meta
+        self.device = str(self._device)
+        self.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[
+            self.autocast_dtype
+        ]
+        self.batch_size = batch_size
+        self.model = model.to(self._device).eval()
+        self.divisor = int(getattr(model, "divisor", meta.divisor) or 1)
+
+    @classmethod
+    def from_source(
+        cls,
+        source: ModelSource,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        batch_size: int | None = None,
+    ) -> TorchPredictor:
+        from mfaf_cli.io.weights import load_model
+
+        model, meta = load_model(source, device="cpu")
+        return cls(model, meta, device=device, precision=precision, batch_size=batch_size)
+
+    def _forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        h, w = inputs[0].shape[-2:]
+        padded = [pad_to_multiple(x, self.divisor) for x in inputs]
+        with torch.autocast(
+            self._device.type,
+            dtype=self.autocast_dtype or torch.float32,
+            enabled=self.autocast_dtype is not None,
+        ):
+            logits = self.model(*padded)
+        if isinstance(logits, tuple):  # a model returning (logits, aux) by mistake
+            logits = logits[0]
+        return torch.softmax(logits.float(), dim=1)[..., :h, :w]
+
+    def __call__(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+        n, h, w = check_batch(batch, self.meta)
+        step = self.batch_size or n or 1
+        out = np.empty((n, self.meta.num_classes, h, w), dtype=np.float32)
+        try:
+            with torch.inference_mode():
+                for i in range(0, n, step):
+                    inputs = [
+                        torch.from_numpy(
+                            np.ascontiguousarray(batch[m][i : i + step], dtype=np.float32)
+                        ).to(self._device, non_blocking=True)
+                        for m in self.meta.modality_names
+                    ]
+                    probs = self._forward(inputs)
+                    if probs.shape[1] != self.meta.num_classes:
+                        raise EngineError(
+                            f"the model returned {probs.shape[1]} classes but its metadata "
+                            f"lists {self.meta.num_classes}"
+                        )
+                    out[i : i + step] = probs.cpu().numpy()
+        except torch.cuda.OutOfMemoryError:
+            raise EngineError(
+                f"the GPU ran out of memory on a batch of {step} tiles of {h}×{w}; "
+                "lower --batch-size or --tile"
+            ) from None
+        if not np.isfinite(out).all():
+            hint = "; try --precision fp32" if self.autocast_dtype is not None else ""
+            raise EngineError(f"the model produced non-finite probabilities{hint}")
+        return out

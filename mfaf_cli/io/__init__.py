@@ -1,0 +1,1 @@
+"""Input/output at the edges: checkpoints, weights manifest, rasters."""

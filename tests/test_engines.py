@@ -1,0 +1,359 @@
+"""Predictors: PyTorch and ONNX Runtime engines behind create_predictor (mfaf_cli/engine/)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mfaf_cli.engine import Predictor, create_predictor
+from mfaf_cli.engine.onnx_predictor import OnnxPredictor, choose_providers, softmax
+from mfaf_cli.engine.torch_predictor import TorchPredictor, resolve_device, resolve_precision
+from mfaf_cli.errors import (
+    BandMismatchError,
+    EngineError,
+    ModalityError,
+    UsageError,
+    WeightsError,
+)
+from mfaf_cli.io import weights as W
+from mfaf_cli.metadata import WATER_CLASSES, ModalitySpec, ModelMeta, Normalisation
+from mfaf_cli.models import registry
+from mfaf_cli.models.export import export_onnx
+
+
+class TinyFusion(nn.Module):
+    """Per-pixel stand-in network: a 1×1 conv over the concatenated modalities."""
+
+    divisor = 16
+
+    def __init__(self, in_channels: dict[str, int], num_classes: int) -> None:
+        super().__init__()
+        self.modalities = tuple(in_channels)
+        self.head = nn.Conv2d(sum(in_channels.values()), num_classes, 1)
+
+    def forward(self, *inputs: torch.Tensor, return_aux: bool = False):  # type: ignore[no-untyped-def]
+        logits = self.head(torch.cat(inputs, dim=1))
+        return (logits, {}) if return_aux else logits
+
+
+def tiny_meta(tile: int = 32) -> ModelMeta:
+    mods = (
+        ModalitySpec("optical", ("red", "green", "blue", "nir"), Normalisation.identity(4)),
+        ModalitySpec("sar", ("vv",), Normalisation.identity(1), units="db"),
+    )
+    return ModelMeta(
+        arch="tiny", modalities=mods, classes=WATER_CLASSES, tile_size=tile, trained=True
+    )
+
+
+@pytest.fixture
+def tiny() -> tuple[TinyFusion, ModelMeta]:
+    torch.manual_seed(0)
+    meta = tiny_meta()
+    model = TinyFusion(meta.in_channels, meta.num_classes).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(4)  # confident, uneven probabilities
+    return model, meta
+
+
+@pytest.fixture
+def tiny_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = W.build_model
+    monkeypatch.setattr(
+        W,
+        "build_model",
+        lambda meta: (
+            TinyFusion(meta.in_channels, meta.num_classes) if meta.arch == "tiny" else real(meta)
+        ),
+    )
+
+
+def make_batch(
+    meta: ModelMeta, n: int = 3, h: int = 32, w: int = 32, seed: int = 1
+) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        m.name: rng.normal(size=(n, m.n_bands, h, w)).astype(np.float32) for m in meta.modalities
+    }
+
+
+def reference(model: nn.Module, meta: ModelMeta, batch: dict[str, np.ndarray]) -> np.ndarray:
+    with torch.no_grad():
+        x = [torch.from_numpy(batch[m]) for m in meta.modality_names]
+        return torch.softmax(model(*x), dim=1).numpy()
+
+
+# ---- torch engine -----------------------------------------------------------------------------
+def test_torch_predictor_probabilities(tiny: tuple[TinyFusion, ModelMeta]) -> None:
+    model, meta = tiny
+    pred = TorchPredictor(model, meta, device="cpu")
+    assert isinstance(pred, Predictor)
+    assert (pred.device, pred.precision) == ("cpu", "fp32")
+    batch = make_batch(meta)
+    out = pred(batch)
+    assert out.dtype == np.float32 and out.shape == (3, 2, 32, 32)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(out, reference(model, meta, batch), atol=1e-6)
+    assert out.min() < 0.2 and out.max() > 0.8  # not a constant 0.5 map
+
+
+def test_torch_predictor_pads_to_divisor_and_crops(tiny: tuple[TinyFusion, ModelMeta]) -> None:
+    model, meta = tiny
+    batch = make_batch(meta, n=2, h=20, w=37)  # not multiples of 16
+    out = TorchPredictor(model, meta, device="cpu")(batch)
+    assert out.shape == (2, 2, 20, 37)
+    np.testing.assert_allclose(out, reference(model, meta, batch), atol=1e-6)  # per-pixel model
+
+
+def test_torch_predictor_batch_size_chunks(tiny: tuple[TinyFusion, ModelMeta]) -> None:
+    model, meta = tiny
+    batch = make_batch(meta, n=5)
+    full = TorchPredictor(model, meta, device="cpu")(batch)
+    chunked = TorchPredictor(model, meta, device="cpu", batch_size=2)(batch)
+    np.testing.assert_allclose(chunked, full, atol=1e-6)
+
+
+def test_batch_validation(tiny: tuple[TinyFusion, ModelMeta]) -> None:
+    model, meta = tiny
+    pred = TorchPredictor(model, meta, device="cpu")
+    batch = make_batch(meta)
+    with pytest.raises(ModalityError, match="missing sar"):
+        pred({"optical": batch["optical"]})
+    with pytest.raises(ModalityError, match="not lidar"):
+        pred(batch | {"lidar": batch["sar"]})
+    with pytest.raises(BandMismatchError, match=r"optical has 3 band.*takes 4"):
+        pred(batch | {"optical": batch["optical"][:, :3]})
+    with pytest.raises(UsageError, match="disagree"):
+        pred(batch | {"sar": batch["sar"][:, :, :16]})
+    with pytest.raises(UsageError, match=r"\(N, C, h, w\)"):
+        pred(batch | {"sar": batch["sar"][0]})
+
+
+def test_wrong_class_count_is_an_engine_error(tiny: tuple[TinyFusion, ModelMeta]) -> None:
+    model, meta = tiny
+    three = replace(meta, classes=(*meta.classes, replace(meta.classes[0], id=2, name="x")))
+    with pytest.raises(EngineError, match="returned 2 classes"):
+        TorchPredictor(model, three, device="cpu")(make_batch(meta))
+
+
+def test_device_and_precision_resolution() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_precision("auto", torch.device("cpu")) is None
+    assert resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
+    with pytest.raises(UsageError, match="fp16 needs a CUDA"):
+        resolve_precision("fp16", torch.device("cpu"))
+    with pytest.raises(UsageError, match="invalid device"):
+        resolve_device("tpu")
+    if torch.cuda.is_available():
+        assert resolve_device("auto").type == "cuda"
+        with pytest.raises(EngineError, match="CUDA device"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+    else:
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(EngineError, match=r"no CUDA device.*--device cpu"):
+            resolve_device("cuda")
+        with pytest.raises(EngineError):
+            resolve_device("cuda:1")
+
+
+def test_bf16_autocast_on_cpu_is_close(tiny: tuple[TinyFusion, ModelMeta]) -> None:
+    model, meta = tiny
+    batch = make_batch(meta)
+    out = TorchPredictor(model, meta, device="cpu", precision="bf16")(batch)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, reference(model, meta, batch), atol=0.05)
+
+
+def test_create_predictor_from_checkpoint(
+    tmp_path: Path, tiny: tuple[TinyFusion, ModelMeta], tiny_registry: None
+) -> None:
+    model, meta = tiny
+    path = W.save_checkpoint(model, meta, tmp_path / "tiny.safetensors")
+    pred = create_predictor(str(path), engine="torch", device="cpu", modalities=("optical", "sar"))
+    batch = make_batch(meta)
+    assert pred.meta == meta
+    np.testing.assert_array_equal(pred(batch), TorchPredictor(model, meta, "cpu")(batch))
+    with pytest.raises(ModalityError, match="takes optical \\+ sar"):
+        create_predictor(str(path), modalities=("hsi", "lidar"))
+    with pytest.raises(UsageError, match="unknown engine"):
+        create_predictor(str(path), engine="tensorrt")
+    with pytest.raises(UsageError, match="batch size"):
+        create_predictor(str(path), batch_size=0)
+
+
+def test_untrained_registry_model_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MFAF_WEIGHTS_DIR", str(tmp_path / "none"))
+    pred = create_predictor("unet-sar", device="cpu", modalities=("sar",))
+    out = pred({"sar": np.random.default_rng(0).normal(size=(2, 1, 32, 32)).astype(np.float32)})
+    assert out.shape == (2, 2, 32, 32)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
+
+
+# ---- onnx engine ------------------------------------------------------------------------------
+@pytest.fixture
+def tiny_onnx(tmp_path: Path, tiny: tuple[TinyFusion, ModelMeta]) -> Path:
+    model, meta = tiny
+    return export_onnx(model, meta, tmp_path / "tiny.onnx")
+
+
+def test_onnx_predictor_matches_torch(tiny: tuple[TinyFusion, ModelMeta], tiny_onnx: Path) -> None:
+    model, meta = tiny
+    pred = OnnxPredictor(tiny_onnx, device="cpu")
+    assert pred.meta == meta and pred.device == "cpu" and pred.input_hw == (32, 32)
+    batch = make_batch(meta, n=5)  # batch axis is dynamic (exported with 2)
+    out = pred(batch)
+    assert out.dtype == np.float32 and out.shape == (5, 2, 32, 32)
+    assert np.abs(out - reference(model, meta, batch)).max() <= 1e-5
+    np.testing.assert_allclose(
+        OnnxPredictor(tiny_onnx, device="cpu", batch_size=2)(batch), out, atol=1e-6
+    )
+
+
+def test_onnx_predictor_pads_small_tiles_and_rejects_large(
+    tiny: tuple[TinyFusion, ModelMeta], tiny_onnx: Path
+) -> None:
+    model, meta = tiny
+    pred = OnnxPredictor(tiny_onnx, device="cpu")
+    small = make_batch(meta, n=2, h=20, w=9)
+    out = pred(small)
+    assert out.shape == (2, 2, 20, 9)
+    assert np.abs(out - reference(model, meta, small)).max() <= 1e-5
+    with pytest.raises(UsageError, match=r"exported for 32×32 tiles.*--tile 32"):
+        pred(make_batch(meta, n=1, h=64, w=64))
+
+
+def test_onnx_model_path_selects_onnx_engine(
+    tiny_onnx: Path, tiny: tuple[TinyFusion, ModelMeta]
+) -> None:
+    model, meta = tiny
+    pred = create_predictor(
+        str(tiny_onnx), engine="torch", device="cpu", modalities=["optical", "sar"]
+    )
+    assert isinstance(pred, OnnxPredictor)
+    batch = make_batch(meta, n=2)
+    assert np.abs(pred(batch) - reference(model, meta, batch)).max() <= 1e-5
+
+
+def test_onnx_engine_exports_checkpoint_on_the_fly(
+    tmp_path: Path, tiny: tuple[TinyFusion, ModelMeta], tiny_registry: None
+) -> None:
+    model, meta = tiny
+    path = W.save_checkpoint(model, meta, tmp_path / "tiny.safetensors")
+    pred = create_predictor(
+        str(path), engine="onnx", device="cpu", tile=48, modalities=["sar", "optical"]
+    )
+    assert isinstance(pred, OnnxPredictor) and pred.input_hw == (48, 48)
+    batch = make_batch(meta, n=2, h=48, w=48)
+    assert np.abs(pred(batch) - reference(model, meta, batch)).max() <= 1e-5
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_onnx_logits_output_is_softmaxed(
+    tmp_path: Path, tiny: tuple[TinyFusion, ModelMeta]
+) -> None:
+    """A foreign graph returning logits (not named "probabilities") still yields probabilities."""
+    import onnx
+
+    from mfaf_cli.models.export import _set_metadata
+
+    model, meta = tiny
+    path = tmp_path / "logits.onnx"
+    x = tuple(torch.zeros(1, m.n_bands, 32, 32) for m in meta.modalities)
+    torch.onnx.export(
+        model,
+        x,
+        str(path),
+        input_names=["optical", "sar"],
+        output_names=["logits"],
+        dynamo=False,
+        opset_version=17,
+    )
+    proto = onnx.load(str(path))
+    _set_metadata(proto, meta, "test")
+    onnx.save(proto, str(path))
+    pred = OnnxPredictor(path, device="cpu")
+    assert pred.apply_softmax
+    batch = make_batch(meta, n=1)
+    assert np.abs(pred(batch) - reference(model, meta, batch)).max() <= 1e-5
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_onnx_inputs_must_match_metadata(
+    tmp_path: Path, tiny: tuple[TinyFusion, ModelMeta]
+) -> None:
+    import onnx
+
+    from mfaf_cli.models.export import _set_metadata
+
+    model, meta = tiny
+    path = tmp_path / "renamed.onnx"
+    x = tuple(torch.zeros(1, m.n_bands, 32, 32) for m in meta.modalities)
+    torch.onnx.export(model, x, str(path), input_names=["a", "b"], dynamo=False, opset_version=17)
+    proto = onnx.load(str(path))
+    _set_metadata(proto, meta, "test")
+    onnx.save(proto, str(path))
+    with pytest.raises(EngineError, match=r"ONNX inputs \(a, b\) do not match.*\(optical, sar\)"):
+        OnnxPredictor(path, device="cpu")
+    bare = tmp_path / "bare.onnx"
+    torch.onnx.export(
+        model, x, str(bare), input_names=["optical", "sar"], dynamo=False, opset_version=17
+    )
+    with pytest.raises(WeightsError, match="no mfaf metadata record"):
+        OnnxPredictor(bare, device="cpu")
+
+
+def test_onnx_provider_choice() -> None:
+    assert choose_providers("auto", ["CPUExecutionProvider"]) == (["CPUExecutionProvider"], "cpu")
+    provs, dev = choose_providers("cuda:1", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert provs[0] == ("CUDAExecutionProvider", {"device_id": 1}) and dev == "cuda:1"
+    provs, dev = choose_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert provs[0][0] == "CUDAExecutionProvider" and dev == "cuda:0"
+    assert choose_providers("cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"])[1] == "cpu"
+    with pytest.raises(EngineError, match=r"no CUDA provider.*mfaf\[gpu\]"):
+        choose_providers("cuda", ["CPUExecutionProvider"])
+    with pytest.raises(UsageError):
+        choose_providers("gpu0", ["CPUExecutionProvider"])
+
+
+def test_onnx_cuda_request_without_provider(tiny_onnx: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("onnxruntime has CUDA here")
+    with pytest.raises(EngineError, match="no CUDA provider"):
+        OnnxPredictor(tiny_onnx, device="cuda")
+
+
+def test_missing_onnxruntime_says_how_to_install(
+    monkeypatch: pytest.MonkeyPatch, tiny_onnx: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import now raises ImportError
+    with pytest.raises(EngineError, match=r"pip install mfaf\[onnx\]"):
+        create_predictor(str(tiny_onnx), engine="onnx", device="cpu")
+
+
+def test_softmax_is_stable() -> None:
+    x = np.array([[[[1000.0]], [[1001.0]]]], dtype=np.float32)
+    p = softmax(x, axis=1)
+    assert np.isfinite(p).all()
+    np.testing.assert_allclose(p[0, :, 0, 0], [1 / (1 + np.e), np.e / (1 + np.e)], rtol=1e-6)
+
+
+def test_real_network_torch_vs_onnx_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same untrained registry network through both engines gives the same probabilities."""
+    monkeypatch.setenv("MFAF_WEIGHTS_DIR", str(tmp_path / "none"))
+    torch.manual_seed(0)
+    model = registry.create_model("unet", num_classes=3).eval()
+    meta = replace(registry.default_meta("unet", num_classes=3), tile_size=32, trained=True)
+    ckpt = W.save_checkpoint(model, meta, tmp_path / "unet.safetensors")
+    batch = make_batch(meta, n=2)
+    a = create_predictor(str(ckpt), engine="torch", device="cpu")(batch)
+    b = create_predictor(str(ckpt), engine="onnx", device="cpu")(batch)
+    assert a.shape == (2, 3, 32, 32)
+    assert np.abs(a - b).max() <= 1e-4
