@@ -65,7 +65,9 @@ Examples:
   mfaf evaluate landuse.tif --truth labels.tif --json
   mfaf info s2.tif s1.tif
 \b
-Exit codes: 0 success, 1 data/runtime error, 2 usage error, 130 interrupted.
+Exit codes: 0 success, 1 data/runtime error, 2 usage error, 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM). Errors are one 'Error: ...' line on stderr; -v or --debug
+(before the command) also print the traceback.
 """
 
 
@@ -86,24 +88,64 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
     logging.basicConfig(level=level, format="mfaf: %(levelname)s: %(message)s", stream=sys.stderr)
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def _sigterm(signum: int, frame: Any) -> None:
     # Turn SIGTERM into an exception so context managers remove temporary outputs.
     raise SystemExit(143)
 
 
+def _wants_debug(args: list[str]) -> bool:
+    """--debug or -v/--verbose before the subcommand (the group's own options)."""
+    for a in args:
+        if not a.startswith("-"):
+            return False  # the subcommand: later -v belong to it
+        if a in ("--debug", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"}):
+            return True
+    return False
+
+
+def _one_line(text: str) -> str:
+    """Messages may embed GDAL/OS text with newlines; a log line must stay one line."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _usage_line(e: click.ClickException) -> str:
+    """Click usage errors as one ``Error:`` line with the help hint at its end."""
+    msg = _one_line(e.format_message())
+    ctx = getattr(e, "ctx", None)
+    if isinstance(e, click.UsageError) and ctx is not None:
+        msg += f" (see '{ctx.command_path} --help')"
+    return f"Error: {msg}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the group and maps errors to exit codes."""
-    debug = "--debug" in sys.argv or any(a.startswith("-v") for a in sys.argv[1:2])
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = _wants_debug(args)
     try:
         signal.signal(signal.SIGTERM, _sigterm)
     except ValueError:  # not in main thread (e.g. embedded)
         pass
     try:
-        cli.main(args=argv, prog_name="mfaf", standalone_mode=False)
+        # Without standalone mode click *returns* the code of ctx.exit(n) / Exit(n) instead
+        # of raising it; commands return None, so an int here is an exit code.
+        rv = cli.main(args=argv, prog_name="mfaf", standalone_mode=False)
+        if isinstance(rv, int) and not isinstance(rv, bool) and rv != 0:
+            sys.exit(rv)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
-        e.show()
+        click.echo(_usage_line(e), err=True)
         sys.exit(e.exit_code)
     except click.Abort:
         click.echo("mfaf: interrupted", err=True)
@@ -114,13 +156,17 @@ def main(argv: list[str] | None = None) -> None:
     except MfafError as e:
         if debug:
             raise
-        click.echo(f"Error: {e}", err=True)
+        click.echo(f"Error: {_one_line(str(e))}", err=True)
         sys.exit(e.exit_code)
     except SystemExit:
         raise
+    except BrokenPipeError:  # stdout closed early (e.g. `| head`): stop quietly
+        _silence_stdout()
+        sys.exit(1)
     except Exception as e:  # an mfaf bug, not a user mistake: say so, keep it short
         if debug:
             raise
-        click.echo(f"Error: internal error: {type(e).__name__}: {e} (rerun with --debug)", err=True)
+        text = _one_line(f"{type(e).__name__}: {e}")
+        click.echo(f"Error: internal error: {text} (rerun with --debug)", err=True)
         sys.exit(1)
     sys.exit(0)

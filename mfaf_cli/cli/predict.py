@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -24,10 +25,24 @@ Examples:
   mfaf predict --hsi hsi.tif --lidar dsm.tif --model comix-s.safetensors -o map.tif \\
       --crs EPSG:32615 --resolution 1 --bounds 271000,3289000,273000,3291000 --device cuda
 \b
+  # many scenes, one model load; rows: scene,optical,sar,optical_bands,output,vector
+  mfaf predict --batch scenes.csv --skip-existing --json > results.jsonl
+\b
+  # or one process per scene (temp names are unique per process)
+  xargs -P 4 -I{} mfaf predict --optical s2/{}.tif --sar s1/{}.tif \\
+      -o maps/{}.tif --skip-existing -q < scene-ids.txt
+\b
 The output grid is the optical (or HSI) raster's grid unless --crs/--resolution/--bounds
 change it; other inputs are warped onto it window by window (SAR is resampled in linear
 power). Pixels where any input is nodata or outside its footprint are written as 255.
 Outputs are written to temp files and renamed at the end: an error or Ctrl-C leaves nothing.
+\b
+--batch CSV: columns optical, sar, hsi, lidar (paths), output (required), optional vector,
+probabilities, confidence, <modality>_bands (e.g. "4,3,2,8") and scene (a name for reports);
+relative paths are relative to the CSV's folder. A failing scene is reported as a JSON line
+{"scene": ..., "status": "error", "error": ...} on stdout and the others go on; with --json
+every scene gets a line ("status": "ok" / "skipped" / "error").
+Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143 SIGTERM.
 """
 
 
@@ -87,6 +102,18 @@ Outputs are written to temp files and renamed at the end: an error or Ctrl-C lea
 )
 @click.option("--cog", is_flag=True, help="Write Cloud Optimized GeoTIFFs with overviews.")
 @opt.creation_options_opt
+@click.option(
+    "--batch",
+    "batch_csv",
+    default=None,
+    metavar="CSV",
+    help="Predict every scene listed in CSV with one model load (see below).",
+)
+@click.option(
+    "--skip-existing",
+    is_flag=True,
+    help="Leave scenes whose outputs all exist alone (exit 0) instead of failing.",
+)
 @opt.overwrite_opt
 @opt.quiet_opt
 @opt.json_opt
@@ -96,9 +123,19 @@ def command(**kw: Any) -> None:
     Give optical+SAR (--optical, --sar) or HSI+LiDAR (--hsi, --lidar) rasters in any CRS,
     resolution and extent; the model's metadata says which modalities and bands it takes.
     """
+    if kw["batch_csv"] is not None:
+        _run_batch(kw)
+        return
     from mfaf_cli.pipeline.predict import predict
 
     inputs = opt.collect_inputs(**kw)
+    if kw["skip_existing"] and _all_exist(kw):
+        if kw["as_json"]:
+            outs = {k: kw[k] for k in ("output", "probabilities", "confidence", "vector") if kw[k]}
+            click.echo(json.dumps({"status": "skipped", "outputs": outs}, sort_keys=True))
+        elif not kw["quiet"]:
+            click.echo(f"skipped: {kw['output']} exists (--skip-existing)", err=True)
+        return
     if not inputs:
         raise click.UsageError(
             "give the input rasters, e.g. --optical S2.tif --sar S1.tif (or --hsi and --lidar)"
@@ -133,11 +170,85 @@ def command(**kw: Any) -> None:
     if kw["as_json"]:
         click.echo(result.to_json())
     elif not kw["quiet"]:
-        note = "" if result.trained else "  (UNTRAINED model: output is not meaningful)"
+        click.echo(_summary(result.to_dict()), err=True)
+
+
+def _summary(d: dict[str, Any]) -> str:
+    note = "" if d["trained"] else "  (UNTRAINED model: output is not meaningful)"
+    return (
+        f"wrote {', '.join(d['outputs'].values())}: {d['grid']['width']}×"
+        f"{d['grid']['height']} px, {d['windows']} windows "
+        f"({d['skipped_windows']} all-nodata skipped), {d['seconds']:.1f} s, "
+        f"{d['megapixels_per_second']:.2f} MP/s, model {d['model']}{note}"
+    )
+
+
+def _all_exist(kw: dict[str, Any]) -> bool:
+    """--skip-existing in single-scene mode: every requested output is already there."""
+    from pathlib import Path
+
+    paths = [kw[k] for k in ("output", "probabilities", "confidence", "vector") if kw[k]]
+    return bool(paths) and all(Path(p).exists() for p in paths)
+
+
+#: options that a batch CSV gives per row, so they must not be given with --batch
+_PER_ROW = ("optical", "sar", "hsi", "lidar", "output", "probabilities", "confidence", "vector")
+
+
+def _run_batch(kw: dict[str, Any]) -> None:
+    """--batch CSV: one model load, a JSON line per scene, exit 1 if any scene failed."""
+    from mfaf_cli.pipeline.batch import predict_batch, summarise
+
+    given = [k for k in _PER_ROW if kw[k]]
+    if given:
+        flag = "-o/--output" if given[0] == "output" else f"--{given[0]}"
+        raise click.UsageError(
+            f"{flag} cannot be used with --batch: inputs and outputs come from the CSV's "
+            f"columns ({', '.join(_PER_ROW)})"
+        )
+    as_json, quiet = kw["as_json"], kw["quiet"]
+    done = [0]
+
+    def report(rec: dict[str, Any]) -> None:
+        done[0] += 1
+        status = rec["status"]
+        if as_json or status == "error":
+            click.echo(json.dumps(rec, sort_keys=True))
+        if not quiet and not as_json:
+            if status == "ok":
+                click.echo(f"[{done[0]}] {rec['scene']}: {_summary(rec)}", err=True)
+            elif status == "skipped":
+                click.echo(f"[{done[0]}] {rec['scene']}: skipped (outputs exist)", err=True)
+
+    records = predict_batch(
+        kw["batch_csv"],
+        kw["model"],
+        skip_existing=kw["skip_existing"],
+        overwrite=kw["overwrite"],
+        bands=opt.collect_bands(**kw) or None,
+        tile=kw["tile"],
+        overlap=kw["overlap"],
+        batch_size=kw["batch_size"],
+        blend=kw["blend"],
+        device=kw["device"],
+        engine=kw["engine"],
+        precision=kw["precision"],
+        probabilities_dtype=kw["probabilities_dtype"],
+        cog=kw["cog"],
+        creation_options=kw["creation_options"] or None,
+        progress=not quiet,
+        crs=kw["crs"],
+        resolution=kw["resolution"],
+        bounds=kw["bounds"],
+        sar_units=kw["sar_units"],
+        on_result=report,
+    )
+    counts = summarise(records)
+    if not quiet:
         click.echo(
-            f"wrote {', '.join(result.outputs.values())}: {result.grid['width']}×"
-            f"{result.grid['height']} px, {result.windows} windows "
-            f"({result.skipped_windows} all-nodata skipped), {result.seconds:.1f} s, "
-            f"{result.megapixels_per_second:.2f} MP/s, model {result.model}{note}",
+            f"batch: {counts['ok']} ok, {counts['skipped']} skipped, {counts['error']} failed "
+            f"of {len(records)} scenes",
             err=True,
         )
+    if counts["error"]:
+        raise click.exceptions.Exit(1)

@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import RasterioIOError
 from rasterio.transform import Affine
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window as RioWindow
 
-from mfaf_cli.coreg.grid import Grid, check_overlap, footprint_in, open_raster
+from mfaf_cli.coreg.grid import Grid, check_overlap, footprint_in, open_raster, read_error
 from mfaf_cli.errors import BandMismatchError, UsageError
 from mfaf_cli.metadata import RESAMPLING_KIND, ModelMeta
 
@@ -482,13 +483,16 @@ def _read_block(
     if out_shape is not None:
         kw["out_shape"] = (len(src.indexes), *out_shape)
         kw["resampling"] = Resampling.nearest
-    raw = ds.read(src.indexes, **kw)
-    ok = ~_invalid_mask(raw, src.nodata)
-    if src.use_mask:
-        mkw = dict(kw)
-        if out_shape is not None:
-            mkw["out_shape"] = out_shape
-        ok &= ds.read_masks(src.indexes[0], **mkw) > 0
+    try:
+        raw = ds.read(src.indexes, **kw)
+        ok = ~_invalid_mask(raw, src.nodata)
+        if src.use_mask:
+            mkw = dict(kw)
+            if out_shape is not None:
+                mkw["out_shape"] = out_shape
+            ok &= ds.read_masks(src.indexes[0], **mkw) > 0
+    except RasterioIOError as err:  # truncated / corrupt blocks show up only when read
+        raise read_error(ds.name, err) from None
     return raw.astype(np.float32, copy=False), ok
 
 

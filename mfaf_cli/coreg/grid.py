@@ -106,10 +106,45 @@ def open_raster(path: str | os.PathLike[str], what: str = "input") -> rasterio.D
     if ds.count == 0 or ds.width == 0 or ds.height == 0:
         ds.close()
         raise InputError(f"{p} is not a readable raster (it has no bands or no pixels)")
+    try:
+        probe_pixels(ds)  # a truncated copy has an intact header: say so now, not mid-run
+    except InputError:
+        ds.close()
+        raise
     if ds.crs is None or not ds.crs.to_wkt():
         ds.close()
         raise CRSError(f"{p} has no CRS; assign one with gdal_edit.py -a_srs EPSG:xxxx {p.name}")
     return ds
+
+
+def gdal_reason(err: BaseException) -> str:
+    """First line of the innermost exception of a chain (GDAL's own reason for a failure)."""
+    inner = err
+    while inner.__cause__ is not None or inner.__context__ is not None:
+        inner = inner.__cause__ or inner.__context__  # type: ignore[assignment]
+    text = str(inner).strip() or str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
+
+
+def read_error(path: Any, err: BaseException) -> InputError:
+    """The one-line error for pixels GDAL cannot read (truncated or corrupt file)."""
+    return InputError(
+        f"{path} is truncated or corrupt (reading its pixels failed: {gdal_reason(err)}); "
+        "copy or export the file again"
+    )
+
+
+def probe_pixels(ds: Any) -> None:
+    """Read the first and the last block of band 1; raise :func:`read_error` if that fails."""
+    from rasterio.windows import Window as RioWindow
+
+    bh, bw = ds.block_shapes[0]
+    last = RioWindow(((ds.width - 1) // bw) * bw, ((ds.height - 1) // bh) * bh, 1, 1)
+    try:
+        ds.read(1, window=RioWindow(0, 0, 1, 1))
+        ds.read(1, window=last)
+    except Exception as err:
+        raise read_error(ds.name, err) from None
 
 
 def parse_crs(crs: str | CRS | None) -> CRS | None:

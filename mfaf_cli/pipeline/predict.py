@@ -10,6 +10,7 @@ renamed into place only when everything succeeded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ import numpy as np
 
 from mfaf_cli.coreg.align import AlignedScene
 from mfaf_cli.coreg.grid import Grid, check_readable, grid_from_reference
-from mfaf_cli.errors import ModalityError, OutputPathError, UsageError
+from mfaf_cli.errors import InputError, ModalityError, OutputPathError, UsageError
 from mfaf_cli.metadata import ALL_MODALITIES, ModelMeta
 from mfaf_cli.normalize import apply_normalisation
 from mfaf_cli.tiling.windows import Window, batched, check_tile, tile_windows, validate_tiling
@@ -237,6 +238,32 @@ def _bounded_gdal_cache(scene: AlignedScene, tile: int) -> Any:
     return rasterio.Env(GDAL_CACHEMAX=scene.cache_bytes(tile))
 
 
+def _vectorize_temp_label(outputs: Any, vector: PathLike, *, overwrite: bool, progress: bool
+                          ) -> None:  # fmt: skip
+    """Polygonise the finished (still temporary) label raster into ``vector``."""
+    from mfaf_cli.vectorize.polygons import vectorize_raster
+
+    writer = outputs.writers["label"]
+    writer.close()  # flush: the polygons are made from the file as it will be renamed
+    vectorize_raster(writer.path, vector, overwrite=overwrite, progress=progress)
+
+
+@contextlib.contextmanager
+def _remove_vector_on_error(vector: PathLike | None, state: dict[str, bool]) -> Iterator[None]:
+    """The vector file is renamed into place just before the rasters; if renaming the
+    rasters then fails, remove it (once this run wrote it) so that no output is left."""
+    try:
+        yield
+    except BaseException:
+        if vector is not None and state.get("vector_written"):
+            from mfaf_cli.vectorize.polygons import output_files
+
+            for f in output_files(vector):
+                with contextlib.suppress(OSError):
+                    f.unlink()
+        raise
+
+
 # ---- predict ----------------------------------------------------------------------------------
 def predict(
     inputs: Mapping[str, PathLike],
@@ -308,7 +335,7 @@ def predict(
         raise UsageError("--vector polygonises the label map: give -o/--output too")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"--batch-size must be a positive integer, got {batch_size!r}")
-    validate_tiling(tile or 256, overlap)  # overlap range before anything slow
+    validate_tiling(256 if tile is None else tile, overlap)  # ranges before anything slow
     from mfaf_cli.stitch.weights import BLEND_MODES
 
     if blend not in BLEND_MODES:
@@ -352,9 +379,24 @@ def predict(
         trained = bool(meta.trained)
         check_modalities(tuple(inputs), meta, model_name)
 
-    tile = int(tile or meta.tile_size)
+    tile = int(meta.tile_size if tile is None else tile)
     check_tile(tile, meta.divisor, meta.arch)
     validate_tiling(tile, overlap)
+
+    state = {"vector_written": False}
+
+    def _before_commit(outputs: Any, counter: CountingSink) -> None:
+        # Runs while the rasters are still temp files: a scene without a single valid pixel,
+        # or a vector output that fails, leaves no raster behind either.
+        if int(counter.counts.sum()) == 0:
+            names = ", ".join(f"{m} {Path(p).name}" for m, p in inputs.items())
+            raise InputError(
+                f"no pixel has data in every input ({names}): the inputs are all nodata/NaN "
+                "where they overlap, so there is nothing to predict"
+            )
+        if vector is not None:
+            _vectorize_temp_label(outputs, vector, overwrite=overwrite, progress=progress)
+            state["vector_written"] = True
 
     # Grid and aligned reads.
     ref = meta.reference_modality
@@ -365,6 +407,7 @@ def predict(
     with (
         AlignedScene(ordered, grid, bands=bands, units=sar_units, meta=meta) as scene,
         _bounded_gdal_cache(scene, tile),
+        _remove_vector_on_error(vector, state),
     ):
         percentiles = scene.percentiles(meta)
         outputs = OutputSet(
@@ -391,15 +434,12 @@ def predict(
             blend=blend,
             progress=progress,
             read_threads=read_threads,
+            before_commit=_before_commit,
         )
     seconds_scene = time.perf_counter() - t_scene
 
     written = {k: str(Path(v).absolute()) for k, v in outputs.paths.items() if v is not None}
     if vector is not None:
-        from mfaf_cli.vectorize.polygons import vectorize_raster
-
-        assert output is not None
-        vectorize_raster(output, vector, overwrite=overwrite, progress=progress)
         written["vector"] = str(Path(vector).absolute())
     seconds = time.perf_counter() - t_start
     valid_fraction, fractions = counter.fractions(meta)
@@ -441,9 +481,13 @@ def _run_windows(
     blend: str,
     progress: bool,
     read_threads: int,
+    before_commit: Any = None,
 ) -> tuple[list[Window], int, float, CountingSink]:
     """Stream every window through the model into the outputs; returns (windows, skipped,
-    seconds spent in the model, the counting sink)."""
+    seconds spent in the model, the counting sink).
+
+    ``before_commit(outputs, counter)`` runs once every row is written but before the temp
+    files are renamed into place; if it raises, no output appears."""
     from tqdm import tqdm
 
     from mfaf_cli.stitch import StreamingMerger, make_weight_fn
@@ -482,12 +526,36 @@ def _run_windows(
                         merger.add_skipped(w)
                 bar.update(len(pb.windows))
             merger.finish()
+            bar.close()
+            if before_commit is not None:
+                before_commit(out, sink)
     finally:
         bar.close()
     return windows, merger.windows_skipped, model_s, sink
 
 
 # ---- coregister -------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _output_folder(out: Path) -> Iterator[None]:
+    """Create ``out`` if needed; if the run then fails, remove it again (when still empty),
+    so that a failed coregister leaves nothing behind."""
+    created = not out.exists()
+    if created:
+        try:
+            out.mkdir()
+        except OSError as err:
+            raise OutputPathError(
+                f"cannot create output folder {out} ({err.strerror}); choose another path"
+            ) from None
+    try:
+        yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+
+
 @dataclass
 class CoregisterResult:
     inputs: dict[str, str]
@@ -542,12 +610,10 @@ def coregister(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OutputPathError(f"output {out} is a file; -o takes a folder for coregister")
-    if not out.exists():
-        if not out.parent.exists():
-            raise OutputPathError(
-                f"output folder {out.parent} does not exist; create it or choose another path"
-            )
-        out.mkdir()
+    if not out.exists() and not out.parent.exists():
+        raise OutputPathError(
+            f"output folder {out.parent} does not exist; create it or choose another path"
+        )
     for name, path in inputs.items():
         check_readable(path, name)
     grid = grid_from_reference(inputs[reference], crs=crs, resolution=resolution, bounds=bounds)
@@ -580,7 +646,7 @@ def coregister(
             for r in range(0, grid.height, block)
             for c in range(0, grid.width, block)
         ]
-        with atomic_outputs(finals, overwrite) as temps:
+        with _output_folder(out), atomic_outputs(finals, overwrite) as temps:
             dsets = {}
             try:
                 for (m, src), tmp in zip(scene.sources.items(), temps, strict=True):

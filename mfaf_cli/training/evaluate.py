@@ -206,21 +206,22 @@ def evaluate_rasters(
     """
     import rasterio
 
-    from mfaf_cli.coreg.grid import check_readable
+    from mfaf_cli.coreg.grid import check_readable, probe_pixels
 
     for p, what in ((pred, "prediction"), (truth, "truth")):
         check_readable(p, what)
     m = parse_mapping(mapping) if not isinstance(mapping, dict) else mapping
     try:
         with rasterio.open(pred) as ds:
+            probe_pixels(ds)  # truncated file: one clear line, not a GDAL read error later
             names = class_names or _classes_from_tags(ds.tags())
             pmax = None
             if names is None and num_classes is None:
                 a = ds.read(1)
                 a = a[a != (ds.nodata if ds.nodata is not None else NODATA_LABEL)]
                 pmax = int(a.max()) if a.size else 0
-        with rasterio.open(truth):
-            pass
+        with rasterio.open(truth) as ds:
+            probe_pixels(ds)
     except rasterio.errors.RasterioIOError as err:
         raise InputError(f"not a readable raster ({str(err).splitlines()[0]})") from None
     if names is None:

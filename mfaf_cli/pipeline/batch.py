@@ -1,0 +1,390 @@
+"""Batch predict: many scenes from a CSV, one model load, failures reported and skipped.
+
+Why a CSV and not a loop of ``mfaf predict`` calls: loading a model (and on a GPU, warming it
+up) can cost more than predicting a small scene, so hundreds of scenes should share one
+:class:`~mfaf_cli.engine.Predictor`. Everything that can be checked without running (the CSV's
+shape, band lists, duplicate outputs, the model and its modalities, tile/overlap) is checked
+before the first scene starts, so a typo fails in a second rather than after an hour. Once
+running, a scene that fails is recorded with its error and the batch goes on; Ctrl-C/SIGTERM
+stop the batch (the scene in flight leaves nothing behind, finished scenes stay).
+
+CSV layout (header required, ``#`` lines and blank rows ignored)::
+
+    scene,optical,sar,optical_bands,output,vector
+    tile-01,s2/t01.tif,s1/t01.tif,"4,3,2,8",maps/t01.tif,maps/t01.gpkg
+    tile-02,s2/t02.tif,s1/t02.tif,"4,3,2,8",maps/t02.tif,
+
+Columns: one per modality (``optical``, ``sar``, ``hsi``, ``lidar``), ``output`` (required),
+optional ``vector``, ``probabilities``, ``confidence``, ``<modality>_bands`` and ``scene`` (a
+name for the reports; default the output path). Relative paths are relative to the CSV's
+folder. An empty cell means "not given".
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mfaf_cli.errors import MfafError, UsageError
+from mfaf_cli.metadata import ALL_MODALITIES
+
+log = logging.getLogger("mfaf")
+
+PathLike = str | os.PathLike[str]
+
+OUTPUT_COLUMNS: tuple[str, ...] = ("output", "vector", "probabilities", "confidence")
+BAND_COLUMNS: tuple[str, ...] = tuple(f"{m}_bands" for m in ALL_MODALITIES)
+KNOWN_COLUMNS: tuple[str, ...] = ("scene", *ALL_MODALITIES, *OUTPUT_COLUMNS, *BAND_COLUMNS)
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One CSV row, with paths resolved against the CSV's folder."""
+
+    line: int  # 1-based line number in the CSV (for messages)
+    name: str
+    inputs: dict[str, str]
+    output: str
+    vector: str | None = None
+    probabilities: str | None = None
+    confidence: str | None = None
+    bands: dict[str, list[int | str]] = field(default_factory=dict)
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        """Output kind -> path, for the outputs this row asks for."""
+        out = {"label": self.output}
+        for kind in ("probabilities", "confidence", "vector"):
+            path = getattr(self, kind)
+            if path is not None:
+                out[kind] = path
+        return out
+
+
+# ---- parsing (pure apart from reading the CSV) -------------------------------------------------
+def parse_bands(text: str, where: str) -> list[int | str]:
+    """``"4,3,2,8"`` / ``"4 3 2 8"`` / ``"VV;VH"`` -> band list (1-based ints or names)."""
+    items = [t for t in text.replace(";", ",").replace(" ", ",").split(",") if t.strip()]
+    if not items:
+        raise UsageError(f"{where}: empty band list; give e.g. 4,3,2,8 or leave the cell empty")
+    out: list[int | str] = []
+    for item in (t.strip() for t in items):
+        if item.lstrip("+-").isdigit():
+            n = int(item)
+            if n < 1:
+                raise UsageError(f"{where}: band numbers start at 1 (as in GDAL), got {n}")
+            out.append(n)
+        else:
+            out.append(item)
+    return out
+
+
+def resolve_path(value: str, base: Path) -> str:
+    """A CSV path cell: ``~`` expanded, relative paths taken from the CSV's folder; GDAL
+    virtual paths (``/vsi...``) and URLs kept as they are."""
+    if value.startswith("/vsi") or "://" in value:
+        return value
+    p = Path(value).expanduser()
+    return os.fspath(p if p.is_absolute() else base / p)
+
+
+def _data_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of the lines that are not blank and not ``#`` comments."""
+    out = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            out.append((i, line))
+    return out
+
+
+def read_scenes(csv_path: PathLike, default_bands: Mapping[str, Sequence[int | str]] | None = None
+                ) -> list[Scene]:  # fmt: skip
+    """Parse and check a batch CSV; any problem is a :class:`UsageError` naming the line.
+
+    Checks: the file exists and has a header with an ``output`` column, no unknown or repeated
+    columns, at least one scene, each row has an output and at least one input, band cells
+    parse and belong to an input of that row, every row gives the same modalities (one batch
+    runs one model) and no output path is used twice.
+    """
+    path = Path(csv_path)
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise UsageError(f"batch file {path} {what}; give a CSV file with one scene per row")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"batch file {path} cannot be read as UTF-8 text ({err})") from None
+    lines = _data_lines(text)
+    if not lines:
+        raise UsageError(
+            f"batch file {path} is empty; it needs a header (e.g. optical,sar,output) "
+            "and one row per scene"
+        )
+    try:
+        rows = list(csv.reader([ln for _, ln in lines], skipinitialspace=True))
+    except csv.Error as err:
+        raise UsageError(f"batch file {path} is not valid CSV ({err})") from None
+    header = [h.strip().lower() for h in rows[0]]
+    where0 = f"{path.name} line {lines[0][0]}"
+    unknown = [h for h in header if h not in KNOWN_COLUMNS]
+    if unknown:
+        raise UsageError(
+            f"{where0}: unknown column {unknown[0]!r}; columns are {', '.join(KNOWN_COLUMNS)}"
+        )
+    dup = sorted({h for h in header if header.count(h) > 1})
+    if dup:
+        raise UsageError(f"{where0}: column {dup[0]!r} appears twice in the header")
+    if "output" not in header:
+        raise UsageError(f"{where0}: the header has no 'output' column (the label map per scene)")
+    if not any(m in header for m in ALL_MODALITIES):
+        raise UsageError(
+            f"{where0}: the header has no input column; add {', '.join(ALL_MODALITIES)} columns"
+        )
+    if len(rows) < 2:
+        raise UsageError(f"batch file {path} has a header but no scenes")
+
+    base = path.absolute().parent
+    defaults = {m: list(v) for m, v in (default_bands or {}).items() if v}
+    scenes: list[Scene] = []
+    for (lineno, _), row in zip(lines[1:], rows[1:], strict=True):
+        where = f"{path.name} line {lineno}"
+        if len(row) > len(header):
+            raise UsageError(
+                f"{where}: {len(row)} cells but the header has {len(header)} columns "
+                '(quote band lists that contain commas, e.g. "4,3,2,8")'
+            )
+        cells = {h: (row[i].strip() if i < len(row) else "") for i, h in enumerate(header)}
+        scenes.append(_scene_from_cells(cells, where, lineno, base, defaults))
+
+    first = scenes[0]
+    for s in scenes[1:]:
+        if set(s.inputs) != set(first.inputs):
+            raise UsageError(
+                f"{path.name} line {s.line} gives {' + '.join(sorted(s.inputs))} but line "
+                f"{first.line} gives {' + '.join(sorted(first.inputs))}; one batch runs one "
+                "model, so every row needs the same modalities"
+            )
+    seen: dict[str, int] = {}
+    for s in scenes:
+        for out in s.outputs.values():
+            key = os.path.normcase(os.path.abspath(out))
+            if key in seen:
+                raise UsageError(
+                    f"{path.name} line {s.line}: output {out} is also written by line "
+                    f"{seen[key]}; give every output its own path"
+                )
+            seen[key] = s.line
+    return scenes
+
+
+def _scene_from_cells(
+    cells: Mapping[str, str],
+    where: str,
+    lineno: int,
+    base: Path,
+    defaults: Mapping[str, list[int | str]],
+) -> Scene:
+    inputs = {m: resolve_path(cells[m], base) for m in ALL_MODALITIES if cells.get(m)}
+    if not inputs:
+        raise UsageError(f"{where}: no input raster; fill at least one of the modality columns")
+    if not cells.get("output"):
+        raise UsageError(f"{where}: empty 'output' cell; every scene needs a label map path")
+    bands: dict[str, list[int | str]] = {}
+    for m in ALL_MODALITIES:
+        cell = cells.get(f"{m}_bands", "")
+        if cell:
+            if m not in inputs:
+                raise UsageError(f"{where}: {m}_bands is given but the {m} cell is empty")
+            bands[m] = parse_bands(cell, f"{where}, {m}_bands")
+        elif m in defaults and m in inputs:
+            bands[m] = list(defaults[m])
+    extra = {k: resolve_path(cells[k], base) if cells.get(k) else None
+             for k in ("vector", "probabilities", "confidence")}  # fmt: skip
+    output = resolve_path(cells["output"], base)
+    return Scene(
+        line=lineno,
+        name=cells.get("scene") or cells["output"],
+        inputs=inputs,
+        output=output,
+        bands=bands,
+        **extra,
+    )
+
+
+def all_outputs_exist(scene: Scene) -> bool:
+    """True when every output of the scene is already there (``--skip-existing``)."""
+    from mfaf_cli.vectorize.polygons import output_files
+
+    for kind, p in scene.outputs.items():
+        files = output_files(p) if kind == "vector" else [Path(p)]
+        if not Path(files[0]).exists():
+            return False
+    return True
+
+
+# ---- running ----------------------------------------------------------------------------
+def _create_predictor(
+    model: Any,
+    scenes: Sequence[Scene],
+    *,
+    engine: str,
+    device: str,
+    precision: str,
+    batch_size: int,
+    tile: int | None,
+) -> Any:
+    """Resolve and load the model once for the whole batch (band counts from the first row
+    that selects bands, for untrained registry models)."""
+    from mfaf_cli.engine import create_predictor
+    from mfaf_cli.io.weights import resolve_model
+    from mfaf_cli.pipeline.predict import check_modalities
+
+    modalities = tuple(m for m in ALL_MODALITIES if m in scenes[0].inputs)
+    in_ch: dict[str, int] = {}
+    for s in scenes:
+        for m, b in s.bands.items():
+            in_ch.setdefault(m, len(b))
+    source = resolve_model(model, modalities, in_channels=in_ch or None)
+    check_modalities(modalities, source.meta, source.name)
+    predictor = create_predictor(
+        source,
+        engine=engine,
+        device=device,
+        precision=precision,
+        modalities=modalities,
+        batch_size=batch_size,
+        tile=tile or source.meta.tile_size,
+    )
+    if getattr(predictor, "name", None) is None:
+        try:
+            predictor.name = source.name
+        except AttributeError:  # a predictor with slots / read-only attributes
+            pass
+    return predictor
+
+
+def _error_text(err: BaseException) -> str:
+    """One line saying what went wrong (MfafError messages as they are, others typed)."""
+    text = str(err) if isinstance(err, MfafError) else f"{type(err).__name__}: {err}"
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def predict_batch(
+    csv_path: PathLike,
+    model: Any = None,
+    *,
+    skip_existing: bool = False,
+    overwrite: bool = False,
+    predictor: Any = None,
+    bands: Mapping[str, Sequence[int | str]] | None = None,
+    tile: int | None = None,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    blend: str = "gaussian",
+    device: str = "auto",
+    engine: str = "torch",
+    precision: str = "auto",
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+    **predict_kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Predict every scene of a batch CSV with one model load.
+
+    Args:
+        csv_path: the scene list (see the module docstring for its columns).
+        model: ``--model`` spec, or None for the default model of the CSV's modalities.
+        skip_existing: leave scenes whose outputs all exist alone (status ``"skipped"``).
+        overwrite: replace existing outputs (otherwise such a scene fails).
+        predictor: an already created Predictor (then ``model`` and the engine options are
+            not used).
+        bands: default band lists per modality, for rows without a ``<modality>_bands`` cell.
+        tile, overlap, batch_size, blend, device, engine, precision: as for
+            :func:`mfaf_cli.pipeline.predict.predict`.
+        on_result: called with each record as soon as its scene is done (for streaming
+            JSON lines); the same records are returned.
+        predict_kwargs: other :func:`~mfaf_cli.pipeline.predict.predict` options (``cog``,
+            ``creation_options``, ``progress``, grid overrides, ``sar_units``...).
+
+    Returns:
+        One record per scene, in CSV order: ``{"scene", "line", "status": "ok"|"error"|
+        "skipped", ...}``; ``ok`` records hold the :class:`PredictResult` fields, ``error``
+        records an ``"error"`` message.
+
+    Raises:
+        UsageError (and model/weights errors) for problems found before any scene runs;
+        per-scene problems are recorded, not raised. KeyboardInterrupt/SystemExit stop the
+        batch.
+    """
+    from mfaf_cli.pipeline.predict import check_modalities, predict
+    from mfaf_cli.stitch.weights import BLEND_MODES
+    from mfaf_cli.tiling.windows import check_tile, validate_tiling
+
+    for key in ("inputs", "output", "vector", "probabilities", "confidence"):
+        if key in predict_kwargs:
+            raise UsageError(f"{key} comes from the batch CSV, not from an option")
+    scenes = read_scenes(csv_path, bands)
+    validate_tiling(256 if tile is None else tile, overlap)
+    if blend not in BLEND_MODES:
+        raise UsageError(f"unknown blend mode {blend!r}; use one of {', '.join(BLEND_MODES)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"--batch-size must be a positive integer, got {batch_size!r}")
+
+    if predictor is None:
+        t0 = time.perf_counter()
+        predictor = _create_predictor(
+            model, scenes, engine=engine, device=device, precision=precision,
+            batch_size=batch_size, tile=tile,
+        )  # fmt: skip
+        log.info("model loaded once for %d scenes in %.1f s", len(scenes), time.perf_counter() - t0)
+    meta = predictor.meta
+    name = getattr(predictor, "name", None) or meta.arch
+    check_modalities(tuple(scenes[0].inputs), meta, name)
+    check_tile(int(meta.tile_size if tile is None else tile), meta.divisor, meta.arch)
+
+    records: list[dict[str, Any]] = []
+    for s in scenes:
+        head: dict[str, Any] = {"scene": s.name, "line": s.line}
+        if skip_existing and all_outputs_exist(s):
+            rec = head | {"status": "skipped", "outputs": s.outputs}
+        else:
+            try:
+                result = predict(
+                    s.inputs,
+                    s.output,
+                    predictor=predictor,
+                    tile=tile,
+                    overlap=overlap,
+                    batch_size=batch_size,
+                    blend=blend,
+                    device=device,
+                    engine=engine,
+                    precision=precision,
+                    probabilities=s.probabilities,
+                    confidence=s.confidence,
+                    vector=s.vector,
+                    overwrite=overwrite,
+                    bands=s.bands or None,
+                    **predict_kwargs,
+                )
+            except Exception as err:  # a failing scene must not stop the batch
+                log.debug("scene %s failed", s.name, exc_info=True)
+                rec = head | {"status": "error", "error": _error_text(err)}
+            else:
+                rec = head | {"status": "ok"} | result.to_dict()
+        records.append(rec)
+        if on_result is not None:
+            on_result(rec)
+    return records
+
+
+def summarise(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Counts per status, e.g. ``{"ok": 7, "skipped": 2, "error": 1}``."""
+    out = {"ok": 0, "skipped": 0, "error": 0}
+    for r in records:
+        out[str(r.get("status"))] = out.get(str(r.get("status")), 0) + 1
+    return out
