@@ -27,6 +27,7 @@ def write_geotiff(
     transform: Affine | None = None,
     nodata: float | None = None,
     descriptions: list[str] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> Path:
     """Write a (C, H, W) or (H, W) array as a GeoTIFF (crs=None writes no CRS)."""
     if data.ndim == 2:
@@ -51,6 +52,8 @@ def write_geotiff(
         if descriptions:
             for i, d in enumerate(descriptions, start=1):
                 dst.set_band_description(i, d)
+        if tags:
+            dst.update_tags(**tags)
     return path
 
 

@@ -28,39 +28,16 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
+from conftest import write_geotiff as write_tif
 from rasterio.transform import from_origin
 
 from mfaf_cli.io.weights import save_checkpoint
 from mfaf_cli.models import registry
 
-UTM = from_origin(500_000.0, 4_500_000.0, 10.0, 10.0)
 SIZE = 48  # px; small enough that the cases that do run take a fraction of a second
 
 
 # ---- fixtures: one set of good and broken files for the whole module -----------------------------
-def write_tif(path: Path, data: np.ndarray, crs: str | None = "EPSG:32630", transform=UTM,
-              nodata: float | None = None, tags: dict[str, str] | None = None) -> Path:  # fmt: skip
-    if data.ndim == 2:
-        data = data[None]
-    profile: dict[str, Any] = {
-        "driver": "GTiff",
-        "width": data.shape[2],
-        "height": data.shape[1],
-        "count": data.shape[0],
-        "dtype": data.dtype.name,
-        "transform": transform,
-    }
-    if crs is not None:
-        profile["crs"] = crs
-    if nodata is not None:
-        profile["nodata"] = nodata
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-        if tags:
-            dst.update_tags(**tags)
-    return path
-
-
 def tiny_checkpoint(path: Path, arch: str, in_channels: dict[str, int] | None = None,
                     num_classes: int = 2) -> Path:  # fmt: skip
     """A *trained-flagged* tiny network (base width 4): loads in milliseconds, no warnings."""
@@ -226,7 +203,7 @@ CASES: list[Case] = [
     Case(
         "predict-not-a-tiff", lambda f, o: P(f, out=o, sar=f["garbage"]), 1, "not a readable raster"
     ),
-    Case("predict-zero-byte", lambda f, o: P(f, out=o, opt=f["empty"]), 1, "the file is empty"),
+    Case("predict-zero-byte", lambda f, o: P(f, out=o, opt=f["empty"]), 1, "empty (zero-byte)"),
     Case("predict-directory-input", lambda f, o: P(f, out=o, sar=f["folder"]), 1, "is a directory"),
     Case(
         "predict-missing-input",

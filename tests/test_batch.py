@@ -15,23 +15,13 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-from rasterio.transform import from_origin
+from conftest import write_geotiff as write_tif
 
 from mfaf_cli.errors import MfafError, OutputExistsError, UsageError
 from mfaf_cli.io.weights import save_checkpoint
 from mfaf_cli.models import registry
 from mfaf_cli.pipeline import batch as B
 from mfaf_cli.pipeline.predict import predict
-
-UTM = from_origin(500_000.0, 4_500_000.0, 10.0, 10.0)
-
-
-def write_tif(path: Path, data: np.ndarray, transform=UTM) -> Path:
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1],
-                       count=data.shape[0], dtype=data.dtype.name, crs="EPSG:32630",
-                       transform=transform) as dst:  # fmt: skip
-        dst.write(data)
-    return path
 
 
 def scene_pair(folder: Path, name: str, size: int = 40, seed: int = 0, bands: int = 4):

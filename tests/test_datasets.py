@@ -141,7 +141,7 @@ def test_ombria_splits_samples_and_normalisation(tmp_path: Path) -> None:
     assert (len(train), len(val), len(test)) == (7, 1, 3)
     assert not {i for _, i in train.items} & {i for _, i in val.items}
     assert train.in_channels == {"optical": 3, "sar": 1}
-    assert train.band_names["optical"] == ("red", "green", "blue")
+    assert train.band_names["optical"] == ("swir", "nir", "red")
 
     norms = train.compute_normalisation()
     # exactly normalize.stretched_moments over the training patches (per-patch percentiles)

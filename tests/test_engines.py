@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_net import TinyFusion, tiny_meta, use_tiny_builder
 from torch import nn
 
 from mfaf_cli.engine import Predictor, create_predictor
@@ -22,34 +23,9 @@ from mfaf_cli.errors import (
     WeightsError,
 )
 from mfaf_cli.io import weights as W
-from mfaf_cli.metadata import WATER_CLASSES, ModalitySpec, ModelMeta, Normalisation
+from mfaf_cli.metadata import ModelMeta
 from mfaf_cli.models import registry
 from mfaf_cli.models.export import export_onnx
-
-
-class TinyFusion(nn.Module):
-    """Per-pixel stand-in network: a 1×1 conv over the concatenated modalities."""
-
-    divisor = 16
-
-    def __init__(self, in_channels: dict[str, int], num_classes: int) -> None:
-        super().__init__()
-        self.modalities = tuple(in_channels)
-        self.head = nn.Conv2d(sum(in_channels.values()), num_classes, 1)
-
-    def forward(self, *inputs: torch.Tensor, return_aux: bool = False):  # type: ignore[no-untyped-def]
-        logits = self.head(torch.cat(inputs, dim=1))
-        return (logits, {}) if return_aux else logits
-
-
-def tiny_meta(tile: int = 32) -> ModelMeta:
-    mods = (
-        ModalitySpec("optical", ("red", "green", "blue", "nir"), Normalisation.identity(4)),
-        ModalitySpec("sar", ("vv",), Normalisation.identity(1), units="db"),
-    )
-    return ModelMeta(
-        arch="tiny", modalities=mods, classes=WATER_CLASSES, tile_size=tile, trained=True
-    )
 
 
 @pytest.fixture
@@ -64,14 +40,7 @@ def tiny() -> tuple[TinyFusion, ModelMeta]:
 
 @pytest.fixture
 def tiny_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = W.build_model
-    monkeypatch.setattr(
-        W,
-        "build_model",
-        lambda meta: (
-            TinyFusion(meta.in_channels, meta.num_classes) if meta.arch == "tiny" else real(meta)
-        ),
-    )
+    use_tiny_builder(monkeypatch)
 
 
 def make_batch(
@@ -253,30 +222,45 @@ def test_onnx_engine_exports_checkpoint_on_the_fly(
     assert np.abs(pred(batch) - reference(model, meta, batch)).max() <= 1e-5
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_onnx_logits_output_is_softmaxed(
-    tmp_path: Path, tiny: tuple[TinyFusion, ModelMeta]
-) -> None:
-    """A foreign graph returning logits (not named "probabilities") still yields probabilities."""
+def foreign_onnx(
+    model: nn.Module,
+    meta: ModelMeta,
+    path: Path,
+    input_names: list[str],
+    output_names: list[str] | None = None,
+    *,
+    metadata: bool = True,
+) -> Path:
+    """An ONNX file as another tool would write it (plain torch.onnx.export, our names not
+    enforced), with mfaf's metadata record added unless ``metadata`` is False."""
     import onnx
 
     from mfaf_cli.models.export import _set_metadata
 
-    model, meta = tiny
-    path = tmp_path / "logits.onnx"
     x = tuple(torch.zeros(1, m.n_bands, 32, 32) for m in meta.modalities)
     torch.onnx.export(
         model,
         x,
         str(path),
-        input_names=["optical", "sar"],
-        output_names=["logits"],
+        input_names=input_names,
+        output_names=output_names,
         dynamo=False,
         opset_version=17,
     )
-    proto = onnx.load(str(path))
-    _set_metadata(proto, meta, "test")
-    onnx.save(proto, str(path))
+    if metadata:
+        proto = onnx.load(str(path))
+        _set_metadata(proto, meta, "test")
+        onnx.save(proto, str(path))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_onnx_logits_output_is_softmaxed(
+    tmp_path: Path, tiny: tuple[TinyFusion, ModelMeta]
+) -> None:
+    """A foreign graph returning logits (not named "probabilities") still yields probabilities."""
+    model, meta = tiny
+    path = foreign_onnx(model, meta, tmp_path / "logits.onnx", ["optical", "sar"], ["logits"])
     pred = OnnxPredictor(path, device="cpu")
     assert pred.apply_softmax
     batch = make_batch(meta, n=1)
@@ -287,23 +271,11 @@ def test_onnx_logits_output_is_softmaxed(
 def test_onnx_inputs_must_match_metadata(
     tmp_path: Path, tiny: tuple[TinyFusion, ModelMeta]
 ) -> None:
-    import onnx
-
-    from mfaf_cli.models.export import _set_metadata
-
     model, meta = tiny
-    path = tmp_path / "renamed.onnx"
-    x = tuple(torch.zeros(1, m.n_bands, 32, 32) for m in meta.modalities)
-    torch.onnx.export(model, x, str(path), input_names=["a", "b"], dynamo=False, opset_version=17)
-    proto = onnx.load(str(path))
-    _set_metadata(proto, meta, "test")
-    onnx.save(proto, str(path))
+    path = foreign_onnx(model, meta, tmp_path / "renamed.onnx", ["a", "b"])
     with pytest.raises(EngineError, match=r"ONNX inputs \(a, b\) do not match.*\(optical, sar\)"):
         OnnxPredictor(path, device="cpu")
-    bare = tmp_path / "bare.onnx"
-    torch.onnx.export(
-        model, x, str(bare), input_names=["optical", "sar"], dynamo=False, opset_version=17
-    )
+    bare = foreign_onnx(model, meta, tmp_path / "bare.onnx", ["optical", "sar"], metadata=False)
     with pytest.raises(WeightsError, match="no mfaf metadata record"):
         OnnxPredictor(bare, device="cpu")
 

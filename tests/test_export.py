@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from tiny_net import TinyFusion, tiny_meta, use_tiny_builder
 
 from mfaf_cli.engine.onnx_predictor import OnnxPredictor
 from mfaf_cli.errors import ModelError, UsageError
 from mfaf_cli.io import weights as W
-from mfaf_cli.metadata import WATER_CLASSES, ModalitySpec, ModelMeta, Normalisation
+from mfaf_cli.metadata import ModelMeta
 from mfaf_cli.models import export as X
 from mfaf_cli.models import registry
 
@@ -39,19 +39,6 @@ def _network_params() -> list:
     return params + [pytest.param(n, t, id=f"{n}-{t}") for n, t in FAST_SMALL_TILE.items()]
 
 
-class TinyFusion(nn.Module):
-    divisor = 16
-
-    def __init__(self, in_channels: dict[str, int], num_classes: int) -> None:
-        super().__init__()
-        self.modalities = tuple(in_channels)
-        self.head = nn.Conv2d(sum(in_channels.values()), num_classes, 1)
-
-    def forward(self, *inputs: torch.Tensor, return_aux: bool = False):  # type: ignore[no-untyped-def]
-        logits = self.head(torch.cat(inputs, dim=1))
-        return (logits, {}) if return_aux else logits
-
-
 class VolumeSampler(TinyFusion):
     """Calls grid_sample on a 5-D tensor, like CoMiX's 3-D deformable conv."""
 
@@ -64,31 +51,9 @@ class VolumeSampler(TinyFusion):
         )
 
 
-def tiny_meta(tile: int = 32) -> ModelMeta:
-    mods = (
-        ModalitySpec("optical", ("red", "green", "blue", "nir"), Normalisation.identity(4)),
-        ModalitySpec("sar", ("vv",), Normalisation.identity(1), units="db"),
-    )
-    return ModelMeta(
-        arch="tiny",
-        modalities=mods,
-        classes=WATER_CLASSES,
-        tile_size=tile,
-        trained=True,
-        metrics={"miou": 0.7},
-    )
-
-
 @pytest.fixture
 def tiny_registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    real = W.build_model
-    monkeypatch.setattr(
-        W,
-        "build_model",
-        lambda meta: (
-            TinyFusion(meta.in_channels, meta.num_classes) if meta.arch == "tiny" else real(meta)
-        ),
-    )
+    use_tiny_builder(monkeypatch)
     monkeypatch.setenv("MFAF_WEIGHTS_DIR", str(tmp_path / "weights"))
 
 
@@ -229,7 +194,7 @@ def test_cli_export_errors(tmp_path: Path, runner, tiny_registry: None) -> None:
 def test_cli_models_json_lists_registry_and_weights(
     tmp_path: Path, runner, tiny_registry: None
 ) -> None:  # type: ignore[no-untyped-def]
-    meta = tiny_meta()
+    meta = tiny_meta(metrics={"miou": 0.7})
     ckpt = W.save_checkpoint(TinyFusion(meta.in_channels, 2), meta, tmp_path / "tiny.safetensors")
     W.register_weights(ckpt, "tiny-water", default=True)
 

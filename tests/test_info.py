@@ -174,7 +174,7 @@ def test_bad_input_one_line_exit_1(runner, tmp_path: Path, make_geotiff) -> None
         tmp_path / "missing.tif": "does not exist",
         tmp_path: "is a directory",
         tmp_path / "zero.tif": "zero-byte",
-        tmp_path / "notes.tif": "not a raster",
+        tmp_path / "notes.tif": "not a readable raster",
         tmp_path / "trunc.tif": "truncated or corrupt",
     }
     for path, text in cases.items():

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 from rasterio.crs import CRS
-from rasterio.transform import Affine, from_origin
+from rasterio.transform import from_origin
 
+from mfaf_cli.coreg.grid import Grid
 from mfaf_cli.errors import OutputExistsError, OutputPathError, UsageError
 from mfaf_cli.io.raster import (
     OutputSet,
@@ -26,15 +26,6 @@ from mfaf_cli.io.raster import (
     scale_probs,
 )
 from mfaf_cli.metadata import WATER_CLASSES, WHU_CLASSES, ClassInfo, ModelMeta
-
-
-@dataclass(frozen=True)
-class Grid:
-    crs: CRS
-    transform: Affine
-    width: int
-    height: int
-
 
 META = ModelMeta(arch="mfafnet-s", modalities=(), classes=WHU_CLASSES)
 TRANSFORM = from_origin(440_000.0, 4_480_000.0, 10.0, 10.0)

@@ -98,7 +98,7 @@ def test_train_writes_checkpoints_metrics_and_curves(ombria: Path, tmp_path: Pat
 
     meta = read_meta(out / "best.safetensors")
     assert meta.trained and meta.arch == "unet" and meta.class_names == ["not-water", "water"]
-    assert meta.modality("optical").bands == ("red", "green", "blue")
+    assert meta.modality("optical").bands == ("swir", "nir", "red")
     assert meta.modality("sar").units == "db"
     norm = meta.modality("optical").normalisation
     assert norm.mode == "scene-percentile" and 0.2 < norm.mean[0] < 0.8 and norm.std[0] > 0.05

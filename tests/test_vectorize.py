@@ -10,8 +10,8 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pytest
-import rasterio
 import shapely
+from conftest import write_geotiff
 from pyproj import Geod
 from rasterio.transform import from_origin
 
@@ -54,23 +54,9 @@ def write_labels(
     nodata: float | None = 255,
     tags: dict[str, str] | None = None,
 ) -> Path:
-    profile = {
-        "driver": "GTiff",
-        "width": data.shape[1],
-        "height": data.shape[0],
-        "count": 1,
-        "dtype": data.dtype.name,
-        "transform": transform or from_origin(500_000.0, 4_500_000.0, RES, RES),
-    }
-    if crs is not None:
-        profile["crs"] = crs
-    if nodata is not None:
-        profile["nodata"] = nodata
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data, 1)
-        if tags:
-            dst.update_tags(**tags)
-    return path
+    """A one-band (H, W) label GeoTIFF on a RES m UTM grid, nodata 255 unless told."""
+    transform = transform or from_origin(500_000.0, 4_500_000.0, RES, RES)
+    return write_geotiff(path, data, crs, transform, nodata, tags=tags)
 
 
 @pytest.fixture
@@ -475,7 +461,7 @@ def test_cli_errors_are_one_line_with_exit_codes(runner, labels: Path, tmp_path:
     assert code == 1 and "zero-byte" in err
     (tmp_path / "text.tif").write_text("not a tiff")
     code, _, err = runner("vectorize", tmp_path / "text.tif", "-o", tmp_path / "x.gpkg")
-    assert code == 1 and "not a raster" in err and "Traceback" not in err
+    assert code == 1 and "not a readable raster" in err and "Traceback" not in err
     big = write_labels(tmp_path / "big.tif", np.tile(scene(), (32, 32)))  # 256 x 320
     (tmp_path / "trunc.tif").write_bytes(big.read_bytes()[: big.stat().st_size // 2])
     code, _, err = runner("vectorize", tmp_path / "trunc.tif", "-o", tmp_path / "x.gpkg")

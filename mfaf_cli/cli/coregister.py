@@ -39,13 +39,7 @@ resampled in linear power and written in its input units; --label is resampled n
 )
 @opt.bands_opts
 @opt.grid_opts
-@click.option(
-    "--sar-units",
-    type=click.Choice(("auto", "db", "linear")),
-    default="auto",
-    show_default=True,
-    help="Units of the SAR file (auto: float with negative median = dB).",
-)
+@opt.sar_units_opt
 @opt.creation_options_opt
 @opt.overwrite_opt
 @opt.quiet_opt

@@ -9,6 +9,7 @@ import click
 from mfaf_cli.cli.options import (
     batch_size_opt,
     blend_opt,
+    dataset_bands_opt,
     engine_opts,
     json_opt,
     overlap_opt,
@@ -29,23 +30,6 @@ Truth is resampled (nearest) onto the prediction's grid. Ignored pixels: predict
 per-class IoU / accuracy (recall) / precision / F1, mean accuracy, Cohen's kappa; classes
 absent from both truth and prediction are left out of the means.
 """
-
-
-def _bands(
-    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
-) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for item in value:
-        mod, sep, lst = item.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            out[mod.strip()] = [int(v) for v in lst.split(",") if v.strip()]
-        except ValueError:
-            raise click.BadParameter(
-                f"{item!r} is not MODALITY=LIST, e.g. optical=4,3,2", ctx=ctx, param=param
-            ) from None
-    return out
 
 
 @click.command("evaluate", epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -73,13 +57,7 @@ def _bands(
 @click.option(
     "--split", default="test", show_default=True, type=click.Choice(["train", "val", "test", "all"])
 )
-@click.option(
-    "--bands",
-    multiple=True,
-    callback=_bands,
-    metavar="MOD=LIST",
-    help="Dataset band selection, e.g. optical=4,3,2.",
-)
+@dataset_bands_opt("Dataset band selection, e.g. optical=4,3,2.")
 @click.option(
     "--seed",
     type=int,

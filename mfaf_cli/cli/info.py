@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,29 +28,6 @@ Examples:
 
 
 # ---- rasters ----------------------------------------------------------------------------------
-def open_raster(path: str | os.PathLike[str]) -> Any:
-    """Open a raster or raise a one-line InputError saying what is wrong with the path."""
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p} does not exist; check the path")
-    if p.is_dir():
-        raise InputError(f"{p} is a directory; expected a raster file")
-    if not os.access(p, os.R_OK):
-        raise InputError(f"{p} is not readable (permission denied); check its permissions")
-    if p.stat().st_size == 0:
-        raise InputError(f"{p} is an empty (zero-byte) file, not a raster")
-    try:
-        with warnings.catch_warnings():  # a missing CRS is reported in the description
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(p)
-    except RasterioIOError as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InputError(f"{p} is not a raster GDAL can read ({msg})") from None
-
-
 def _units(crs: Any) -> str:
     if crs is None:
         return "pixels"
@@ -65,10 +41,11 @@ def _units(crs: Any) -> str:
 
 def describe_raster(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Facts about one raster as plain JSON-able values."""
-    from mfaf_cli.vectorize.polygons import crs_label, probe_pixels
+    from mfaf_cli.io.inputs import open_raster
+    from mfaf_cli.vectorize.polygons import crs_label
 
-    with open_raster(path) as src:
-        probe_pixels(src)
+    # require_crs=False: a file without CRS is described ("none"), not refused
+    with open_raster(path, require_crs=False) as src:
         crs = src.crs
         name = None
         if crs is not None:

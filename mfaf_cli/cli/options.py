@@ -1,7 +1,8 @@
 """Shared click options, so every command spells, documents and parses a flag the same way.
 
-Used by: predict (all), coregister (grid, bands, output, --co, --overwrite, --quiet, --json),
-evaluate / vectorize / batch (--overwrite, --quiet, --json, engine options).
+Used by: predict (all), coregister (inputs, grid, bands, --sar-units, --co, --overwrite,
+--quiet, --json), evaluate (tiling and engine options, --bands MOD=LIST), train (--bands
+MOD=LIST), and --overwrite / --quiet / --json wherever a command has them.
 
 Parsing callbacks raise ``click.BadParameter`` naming the flag; value *ranges* that depend on
 the model (tile divisor, band counts) are checked in the library, which knows the model.
@@ -20,6 +21,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 BLEND_CHOICES = ("gaussian", "cosine", "constant")
 ENGINE_CHOICES = ("torch", "onnx")
 PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
+SAR_UNITS_CHOICES = ("auto", "db", "linear")
 
 
 # ---- value parsers ----------------------------------------------------------------------------
@@ -76,6 +78,20 @@ def parse_resolution(value: str) -> float | tuple[float, float]:
     if len(nums) not in (1, 2) or not all(math.isfinite(v) and v > 0 for v in nums):
         raise ValueError(f"{value!r} is not a positive pixel size (e.g. 10 or 10,10)")
     return nums[0] if len(nums) == 1 else (nums[0], nums[1])
+
+
+def parse_modality_bands(values: tuple[str, ...] | list[str]) -> dict[str, list[int]]:
+    """``("optical=4,3,2", "sar=1")`` → ``{"optical": [4, 3, 2], "sar": [1]}`` (dataset bands)."""
+    out: dict[str, list[int]] = {}
+    for item in values:
+        mod, sep, lst = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[mod.strip()] = [int(v) for v in lst.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"{item!r} is not MODALITY=LIST, e.g. optical=4,3,2") from None
+    return out
 
 
 def _callback(parser: Callable[[Any], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
@@ -180,6 +196,13 @@ bounds_opt = click.option(
     help="Target extent left,bottom,right,top in target CRS units.",
 )
 grid_opts = _stack(crs_opt, resolution_opt, bounds_opt)
+sar_units_opt = click.option(
+    "--sar-units",
+    type=click.Choice(SAR_UNITS_CHOICES),
+    default="auto",
+    show_default=True,
+    help="Units of the SAR file (auto: float with negative median = dB).",
+)
 
 
 def band_opt(modality: str, example: str) -> Callable[[F], F]:
@@ -201,6 +224,17 @@ bands_opts = _stack(
     band_opt("hsi", "1,2,3"),
     band_opt("lidar", "1"),
 )
+
+
+def dataset_bands_opt(help_text: str) -> Callable[[F], F]:
+    """``--bands MOD=LIST`` (repeatable): band selection of a training/evaluation dataset."""
+    return click.option(
+        "--bands",
+        multiple=True,
+        callback=_callback(parse_modality_bands),
+        metavar="MOD=LIST",
+        help=help_text,
+    )
 
 
 def input_opt(modality: str, help_text: str) -> Callable[[F], F]:

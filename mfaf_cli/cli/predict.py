@@ -74,13 +74,7 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
 @opt.batch_size_opt
 @opt.blend_opt
 @opt.engine_opts
-@click.option(
-    "--sar-units",
-    type=click.Choice(("auto", "db", "linear")),
-    default="auto",
-    show_default=True,
-    help="Units of the SAR file (auto: float with negative median = dB).",
-)
+@opt.sar_units_opt
 @click.option(
     "--probabilities", default=None, metavar="PATH", help="Also write per-class probabilities."
 )
@@ -146,31 +140,38 @@ def command(**kw: Any) -> None:
         inputs,
         kw["output"],
         kw["model"],
-        tile=kw["tile"],
-        overlap=kw["overlap"],
-        batch_size=kw["batch_size"],
-        blend=kw["blend"],
-        device=kw["device"],
-        engine=kw["engine"],
-        precision=kw["precision"],
         probabilities=kw["probabilities"],
-        probabilities_dtype=kw["probabilities_dtype"],
         confidence=kw["confidence"],
         vector=kw["vector"],
-        cog=kw["cog"],
-        creation_options=kw["creation_options"] or None,
         overwrite=kw["overwrite"],
-        progress=not kw["quiet"],
         bands=opt.collect_bands(**kw),
-        crs=kw["crs"],
-        resolution=kw["resolution"],
-        bounds=kw["bounds"],
-        sar_units=kw["sar_units"],
+        **_run_options(kw),
     )
     if kw["as_json"]:
         click.echo(result.to_json())
     elif not kw["quiet"]:
         click.echo(_summary(result.to_dict()), err=True)
+
+
+def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
+    """predict() options that single-scene and --batch runs take from the same flags."""
+    return {
+        "tile": kw["tile"],
+        "overlap": kw["overlap"],
+        "batch_size": kw["batch_size"],
+        "blend": kw["blend"],
+        "device": kw["device"],
+        "engine": kw["engine"],
+        "precision": kw["precision"],
+        "probabilities_dtype": kw["probabilities_dtype"],
+        "cog": kw["cog"],
+        "creation_options": kw["creation_options"] or None,
+        "progress": not kw["quiet"],
+        "crs": kw["crs"],
+        "resolution": kw["resolution"],
+        "bounds": kw["bounds"],
+        "sar_units": kw["sar_units"],
+    }
 
 
 def _summary(d: dict[str, Any]) -> str:
@@ -226,22 +227,8 @@ def _run_batch(kw: dict[str, Any]) -> None:
         skip_existing=kw["skip_existing"],
         overwrite=kw["overwrite"],
         bands=opt.collect_bands(**kw) or None,
-        tile=kw["tile"],
-        overlap=kw["overlap"],
-        batch_size=kw["batch_size"],
-        blend=kw["blend"],
-        device=kw["device"],
-        engine=kw["engine"],
-        precision=kw["precision"],
-        probabilities_dtype=kw["probabilities_dtype"],
-        cog=kw["cog"],
-        creation_options=kw["creation_options"] or None,
-        progress=not quiet,
-        crs=kw["crs"],
-        resolution=kw["resolution"],
-        bounds=kw["bounds"],
-        sar_units=kw["sar_units"],
         on_result=report,
+        **_run_options(kw),
     )
     counts = summarise(records)
     if not quiet:

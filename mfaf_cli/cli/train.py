@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from mfaf_cli.cli.options import json_opt, overwrite_opt, quiet_opt
+from mfaf_cli.cli.options import dataset_bands_opt, json_opt, overwrite_opt, quiet_opt
 
 EPILOG = """\b
 Examples:
@@ -25,23 +25,6 @@ Datasets: ombria, sen1floods11, whu (sheets or pre-cut), folder (CSV/TOML scene 
 RUN_DIR gets last.safetensors (+ last_state.pt), best.safetensors (best val mIoU),
 metrics.jsonl, metrics.csv, curves.png and config.toml.
 """
-
-
-def _bands(
-    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
-) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for item in value:
-        mod, sep, lst = item.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            out[mod.strip()] = [int(v) for v in lst.split(",") if v.strip()]
-        except ValueError:
-            raise click.BadParameter(
-                f"{item!r} is not MODALITY=LIST, e.g. optical=4,3,2", ctx=ctx, param=param
-            ) from None
-    return out
 
 
 def _model_config(
@@ -144,13 +127,7 @@ def _command_line() -> str:
 @click.option(
     "--num-classes", type=int, help="folder datasets: number of classes (default: from the labels)."
 )
-@click.option(
-    "--bands",
-    multiple=True,
-    callback=_bands,
-    metavar="MOD=LIST",
-    help="Band selection, e.g. optical=4,3,2 (repeatable).",
-)
+@dataset_bands_opt("Band selection, e.g. optical=4,3,2 (repeatable).")
 @click.option(
     "--model-opt",
     multiple=True,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from mfaf_cli.coreg.align import AlignedScene, convert_units, db_to_linear, linear_to_db
-from mfaf_cli.coreg.grid import Grid, check_overlap, grid_from_reference, open_raster
+from mfaf_cli.coreg.grid import Grid, check_overlap, grid_from_reference
+from mfaf_cli.io.inputs import open_raster
 
 __all__ = [
     "AlignedScene",

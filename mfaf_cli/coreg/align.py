@@ -26,8 +26,9 @@ from rasterio.transform import Affine
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window as RioWindow
 
-from mfaf_cli.coreg.grid import Grid, check_overlap, footprint_in, open_raster, read_error
+from mfaf_cli.coreg.grid import Grid, check_overlap, footprint_in
 from mfaf_cli.errors import BandMismatchError, UsageError
+from mfaf_cli.io.inputs import open_raster, read_error
 from mfaf_cli.metadata import RESAMPLING_KIND, ModelMeta
 
 #: Kinds of band and how they are resampled; modality names not listed in

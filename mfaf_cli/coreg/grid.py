@@ -1,8 +1,8 @@
-"""The target grid every modality is aligned to, and checks that turn bad inputs into clear errors.
+"""The target grid every modality is aligned to, and the overlap check against it.
 
 The grid is the reference modality's own grid (optical or HSI) unless ``--crs``,
 ``--resolution`` or ``--bounds`` override it; everything downstream (windows, outputs) is in
-grid pixel coordinates.
+grid pixel coordinates. Inputs are opened with :func:`mfaf_cli.io.inputs.open_raster`.
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import rasterio
 from rasterio.crs import CRS
-from rasterio.errors import RasterioIOError
 from rasterio.transform import Affine
 from rasterio.warp import calculate_default_transform, transform_bounds
 
-from mfaf_cli.errors import CRSError, InputError, NoOverlapError, UsageError
+from mfaf_cli.errors import NoOverlapError, UsageError
+from mfaf_cli.io.inputs import open_raster
 
 Bounds = tuple[float, float, float, float]
 
@@ -73,78 +72,6 @@ class Grid:
         h = max(1, math.ceil(self.height / factor))
         t = self.transform @ Affine.scale(self.width / w, self.height / h)
         return Grid(self.crs, t, w, h)
-
-
-# ---- input checks ---------------------------------------------------------------------------
-def check_readable(path: str | os.PathLike[str], what: str = "input") -> Path:
-    """Fail early, with a fix, for paths that cannot be a raster (before GDAL's own errors)."""
-    p = Path(path)
-    text = os.fspath(path)
-    if text.startswith("/vsi") or "://" in text:
-        return p  # GDAL virtual file system / URL: let GDAL say what is wrong
-    if not p.exists():
-        raise InputError(f"{what} file {p} does not exist; check the path")
-    if p.is_dir():
-        raise InputError(f"{what} {p} is a directory; pass a GeoTIFF file")
-    if not os.access(p, os.R_OK):
-        raise InputError(f"{what} {p} is not readable (permission denied); check its permissions")
-    if p.stat().st_size == 0:
-        raise InputError(f"{what} {p} is not a readable raster (the file is empty)")
-    return p
-
-
-def open_raster(path: str | os.PathLike[str], what: str = "input") -> rasterio.DatasetReader:
-    """Open a raster for reading, with mfaf errors for everything a user can get wrong."""
-    p = check_readable(path, what)
-    try:
-        ds = rasterio.open(path if isinstance(path, str) else p)
-    except RasterioIOError as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InputError(f"{p} is not a readable raster ({msg})") from err
-    except Exception as err:  # other GDAL failures (corrupt headers...)
-        raise InputError(f"{p} is not a readable raster ({err})") from err
-    if ds.count == 0 or ds.width == 0 or ds.height == 0:
-        ds.close()
-        raise InputError(f"{p} is not a readable raster (it has no bands or no pixels)")
-    try:
-        probe_pixels(ds)  # a truncated copy has an intact header: say so now, not mid-run
-    except InputError:
-        ds.close()
-        raise
-    if ds.crs is None or not ds.crs.to_wkt():
-        ds.close()
-        raise CRSError(f"{p} has no CRS; assign one with gdal_edit.py -a_srs EPSG:xxxx {p.name}")
-    return ds
-
-
-def gdal_reason(err: BaseException) -> str:
-    """First line of the innermost exception of a chain (GDAL's own reason for a failure)."""
-    inner = err
-    while inner.__cause__ is not None or inner.__context__ is not None:
-        inner = inner.__cause__ or inner.__context__  # type: ignore[assignment]
-    text = str(inner).strip() or str(err).strip() or type(err).__name__
-    return text.splitlines()[0]
-
-
-def read_error(path: Any, err: BaseException) -> InputError:
-    """The one-line error for pixels GDAL cannot read (truncated or corrupt file)."""
-    return InputError(
-        f"{path} is truncated or corrupt (reading its pixels failed: {gdal_reason(err)}); "
-        "copy or export the file again"
-    )
-
-
-def probe_pixels(ds: Any) -> None:
-    """Read the first and the last block of band 1; raise :func:`read_error` if that fails."""
-    from rasterio.windows import Window as RioWindow
-
-    bh, bw = ds.block_shapes[0]
-    last = RioWindow(((ds.width - 1) // bw) * bw, ((ds.height - 1) // bh) * bh, 1, 1)
-    try:
-        ds.read(1, window=RioWindow(0, 0, 1, 1))
-        ds.read(1, window=last)
-    except Exception as err:
-        raise read_error(ds.name, err) from None
 
 
 def parse_crs(crs: str | CRS | None) -> CRS | None:

@@ -22,7 +22,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,8 @@ DECIMATED_SIDE = 1024
 MAX_STAT_ITEMS = 256
 
 S2_BAND_NAMES = {2: "blue", 3: "green", 4: "red", 8: "nir"}
+#: Channel names of OMBRIA's optical PNG composite (see OmbriaDataset).
+OMBRIA_OPTICAL_BANDS = ("swir", "nir", "red")
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,23 @@ def _read_png(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         a = np.asarray(im)
     return a
+
+
+def _file_scenes(
+    named: Iterable[tuple[str, Mapping[str, Path]]],
+    modalities: Sequence[str],
+    bands: Mapping[str, list[int]],
+) -> list[Scene]:
+    """Scenes from ``(name, {modality..., "label": path})`` pairs with a dataset's bands."""
+    return [
+        Scene(
+            name,
+            {m: files[m] for m in modalities},
+            files["label"],
+            {m: bands[m] for m in modalities},
+        )
+        for name, files in named
+    ]
 
 
 def _as_float_with_nan(data: np.ndarray, nodata: Sequence[float | None]) -> np.ndarray:
@@ -428,7 +447,10 @@ class OmbriaDataset(SegDataset):
         super().__init__(split, **kw)
         root = _check_root(root)
         self.modalities = _check_modalities(self.name, ("optical", "sar"), modalities)
-        self.band_names = {"optical": ("red", "green", "blue"), "sar": ("vv",)}
+        # OMBRIA's S2 PNGs are 3-channel 8-bit composites. Their look (saturated green
+        # vegetation, pink built-up, black water) is that of a SWIR / NIR / red false-colour
+        # composite, not true colour; on raw Sentinel-2 pass bands B12,B8,B4 (weights/README.md).
+        self.band_names = {"optical": OMBRIA_OPTICAL_BANDS, "sar": ("vv",)}
         self.units = {"sar": "db"}
         self.classes = WATER_CLASSES
         folders = ["train", "test"] if split == "all" else ["test" if split == "test" else "train"]
@@ -672,15 +694,7 @@ class Sen1Floods11Dataset(SegDataset):
         return arrays, mask, self._percentiles(arrays)
 
     def scenes(self) -> list[Scene]:
-        return [
-            Scene(
-                i,
-                {m: self.files[i][m] for m in self.modalities},
-                self.files[i]["label"],
-                {m: self.bands[m] for m in self.modalities},
-            )
-            for i in self.ids
-        ]
+        return _file_scenes(((i, self.files[i]) for i in self.ids), self.modalities, self.bands)
 
 
 # ---- WHU-OPT-SAR ----------------------------------------------------------------------------
@@ -728,6 +742,28 @@ def parse_split_file(text: str, known_ids: Sequence[str]) -> dict[str, list[str]
     return out
 
 
+def _whu_bands(
+    optical: Path, bands: dict[str, Sequence[int]] | None
+) -> tuple[dict[str, list[int]], dict[str, tuple[str, ...]]]:
+    """Selected bands and their names, for both WHU layouts: every band of the optical files
+    (counted in ``optical``, one of them) unless ``bands`` says otherwise, SAR band 1."""
+    import rasterio
+
+    with rasterio.open(optical) as ds:
+        n_opt = ds.count
+    bands = dict(bands or {})
+    sel = {
+        "optical": [int(b) for b in bands.get("optical", range(1, n_opt + 1))],
+        "sar": [int(b) for b in bands.get("sar", (1,))],
+    }
+    opt_names = ("red", "green", "blue", "nir")
+    names = {
+        "optical": tuple(opt_names[b - 1] if b <= 4 else f"b{b}" for b in sel["optical"]),
+        "sar": ("vv",) if len(sel["sar"]) == 1 else tuple(f"b{b}" for b in sel["sar"]),
+    }
+    return sel, names
+
+
 class WhuSheetDataset(SegDataset):
     """WHU-OPT-SAR full map sheets read as tile windows on the fly (no pre-cutting).
 
@@ -771,22 +807,7 @@ class WhuSheetDataset(SegDataset):
         self.ids = ids if split == "all" else split_ids[split]
         if not self.ids:
             raise DatasetError(f"the {split} split of whu at {root} is empty")
-        with rasterio.open(self.files[ids[0]]["optical"]) as ds:
-            n_opt = ds.count
-        bands = dict(bands or {})
-        self.bands = {
-            "optical": [int(b) for b in bands.get("optical", range(1, n_opt + 1))],
-            "sar": [int(b) for b in bands.get("sar", (1,))],
-        }
-        opt_names = ("red", "green", "blue", "nir")
-        self.band_names = {
-            "optical": tuple(
-                opt_names[b - 1] if b <= 4 else f"b{b}" for b in self.bands["optical"]
-            ),
-            "sar": ("vv",)
-            if len(self.bands["sar"]) == 1
-            else tuple(f"b{b}" for b in self.bands["sar"]),
-        }
+        self.bands, self.band_names = _whu_bands(self.files[ids[0]]["optical"], bands)
         self.windows: list[tuple[str, int, int]] = []
         self.sizes: dict[str, tuple[int, int]] = {}
         self.lohi: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
@@ -918,15 +939,7 @@ class WhuSheetDataset(SegDataset):
         return arrays, mask, self.sheet_percentiles(s)
 
     def scenes(self) -> list[Scene]:
-        return [
-            Scene(
-                s,
-                {m: self.files[s][m] for m in self.modalities},
-                self.files[s]["label"],
-                {m: self.bands[m] for m in self.modalities},
-            )
-            for s in self.ids
-        ]
+        return _file_scenes(((s, self.files[s]) for s in self.ids), self.modalities, self.bands)
 
 
 class WhuPrecutDataset(SegDataset):
@@ -988,24 +1001,7 @@ class WhuPrecutDataset(SegDataset):
             self.files += [{k: mods[k][i] for k in mods} for i in ids]
         if not self.files:
             raise DatasetError(f"the {split} split of whu (pre-cut) at {root} is empty")
-        import rasterio
-
-        with rasterio.open(self.files[0]["optical"]) as ds:
-            n_opt = ds.count
-        bands = dict(bands or {})
-        self.bands = {
-            "optical": [int(b) for b in bands.get("optical", range(1, n_opt + 1))],
-            "sar": [int(b) for b in bands.get("sar", (1,))],
-        }
-        opt_names = ("red", "green", "blue", "nir")
-        self.band_names = {
-            "optical": tuple(
-                opt_names[b - 1] if b <= 4 else f"b{b}" for b in self.bands["optical"]
-            ),
-            "sar": ("vv",)
-            if len(self.bands["sar"]) == 1
-            else tuple(f"b{b}" for b in self.bands["sar"]),
-        }
+        self.bands, self.band_names = _whu_bands(self.files[0]["optical"], bands)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -1041,15 +1037,7 @@ class WhuPrecutDataset(SegDataset):
         return arrays, mask, self._percentiles(arrays)
 
     def scenes(self) -> list[Scene]:
-        return [
-            Scene(
-                f["label"].stem,
-                {m: f[m] for m in self.modalities},
-                f["label"],
-                {m: self.bands[m] for m in self.modalities},
-            )
-            for f in self.files
-        ]
+        return _file_scenes(((f["label"].stem, f) for f in self.files), self.modalities, self.bands)
 
 
 def open_whu(root: str | os.PathLike[str], split: str, **kw: Any) -> SegDataset:

@@ -21,7 +21,7 @@ import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -175,17 +175,24 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     return header
 
 
-def _meta_from_header(path: Path, header: dict[str, Any]) -> ModelMeta:
-    md = header.get("__metadata__") or {}
-    if META_KEY not in md:
-        raise WeightsError(
-            f"{path} has no mfaf metadata record; it is not an mfaf checkpoint "
-            "(save it with mfaf_cli.io.weights.save_checkpoint)"
-        )
+def _meta_from_record(path: Path, record: Mapping[str, str], missing: str) -> ModelMeta:
+    """The :class:`ModelMeta` stored under ``mfaf_meta`` in a file's string metadata
+    (safetensors ``__metadata__`` or ONNX ``metadata_props``); ``missing`` says how to fix a
+    file without one."""
+    if META_KEY not in record:
+        raise WeightsError(f"{path} has no mfaf metadata record; {missing}")
     try:
-        return ModelMeta.from_json(md[META_KEY])
+        return ModelMeta.from_json(record[META_KEY])
     except WeightsError as err:
         raise WeightsError(f"{path}: {err}") from None
+
+
+def _meta_from_header(path: Path, header: dict[str, Any]) -> ModelMeta:
+    return _meta_from_record(
+        path,
+        header.get("__metadata__") or {},
+        "it is not an mfaf checkpoint (save it with mfaf_cli.io.weights.save_checkpoint)",
+    )
 
 
 def read_meta(path: str | os.PathLike[str]) -> ModelMeta:
@@ -228,15 +235,11 @@ def read_onnx_meta(path: str | os.PathLike[str]) -> ModelMeta:
                 f"{path} is not a readable ONNX model ({type(err).__name__})"
             ) from None
         props = dict(sess.get_modelmeta().custom_metadata_map)
-    if META_KEY not in props:
-        raise WeightsError(
-            f"{path} has no mfaf metadata record; export it with `mfaf export` "
-            "so band order, normalisation and classes travel with it"
-        )
-    try:
-        return ModelMeta.from_json(props[META_KEY])
-    except WeightsError as err:
-        raise WeightsError(f"{path}: {err}") from None
+    return _meta_from_record(
+        path,
+        props,
+        "export it with `mfaf export` so band order, normalisation and classes travel with it",
+    )
 
 
 # ---- checkpoints --------------------------------------------------------------------------

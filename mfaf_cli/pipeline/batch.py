@@ -241,26 +241,17 @@ def _create_predictor(
 ) -> Any:
     """Resolve and load the model once for the whole batch (band counts from the first row
     that selects bands, for untrained registry models)."""
-    from mfaf_cli.engine import create_predictor
-    from mfaf_cli.io.weights import resolve_model
-    from mfaf_cli.pipeline.predict import check_modalities
+    from mfaf_cli.pipeline.predict import load_predictor
 
     modalities = tuple(m for m in ALL_MODALITIES if m in scenes[0].inputs)
     in_ch: dict[str, int] = {}
     for s in scenes:
         for m, b in s.bands.items():
             in_ch.setdefault(m, len(b))
-    source = resolve_model(model, modalities, in_channels=in_ch or None)
-    check_modalities(modalities, source.meta, source.name)
-    predictor = create_predictor(
-        source,
-        engine=engine,
-        device=device,
-        precision=precision,
-        modalities=modalities,
-        batch_size=batch_size,
-        tile=tile or source.meta.tile_size,
-    )
+    predictor, source = load_predictor(
+        model, modalities, in_channels=in_ch or None, engine=engine, device=device,
+        precision=precision, batch_size=batch_size, tile=tile,
+    )  # fmt: skip
     if getattr(predictor, "name", None) is None:
         try:
             predictor.name = source.name

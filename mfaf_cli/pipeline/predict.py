@@ -21,16 +21,20 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mfaf_cli.coreg.align import AlignedScene
-from mfaf_cli.coreg.grid import Grid, check_readable, grid_from_reference
+from mfaf_cli.coreg.grid import Grid, grid_from_reference
 from mfaf_cli.errors import InputError, ModalityError, OutputPathError, UsageError
+from mfaf_cli.io.inputs import check_readable
 from mfaf_cli.metadata import ALL_MODALITIES, ModelMeta
 from mfaf_cli.normalize import apply_normalisation
 from mfaf_cli.tiling.windows import Window, batched, check_tile, tile_windows, validate_tiling
+
+if TYPE_CHECKING:
+    from mfaf_cli.io.weights import ModelSource
 
 log = logging.getLogger("mfaf")
 
@@ -101,6 +105,42 @@ def check_modalities(given: Sequence[str], meta: ModelMeta, model_name: str) -> 
         )
     if missing:
         raise ModalityError(f"model {model_name} needs {' + '.join(want)}; add --{missing[0]} PATH")
+
+
+def load_predictor(
+    model: Any,
+    modalities: Sequence[str],
+    *,
+    in_channels: Mapping[str, int] | None,
+    engine: str,
+    device: str,
+    precision: str,
+    batch_size: int,
+    tile: int | None,
+) -> tuple[Any, ModelSource]:
+    """Resolve ``--model`` for these input modalities, check that it takes exactly them, and
+    load it: ``(predictor, ModelSource)``. One place for predict and batch mode, so both
+    refuse the same models with the same words."""
+    from mfaf_cli.engine import create_predictor
+    from mfaf_cli.io.weights import ModelSource, resolve_model
+
+    modalities = tuple(modalities)
+    if isinstance(model, ModelSource):
+        source = model
+    else:
+        in_ch = dict(in_channels) if in_channels else None
+        source = resolve_model(model, modalities, in_channels=in_ch)
+    check_modalities(modalities, source.meta, source.name)
+    predictor = create_predictor(
+        source,
+        engine=engine,
+        device=device,
+        precision=precision,
+        modalities=modalities,
+        batch_size=batch_size,
+        tile=tile or source.meta.tile_size,
+    )
+    return predictor, source
 
 
 def check_vector_path(path: PathLike, overwrite: bool) -> None:
@@ -353,25 +393,12 @@ def predict(
         check_readable(path, name)
 
     if predictor is None:
-        from mfaf_cli.engine import create_predictor
-        from mfaf_cli.io.weights import ModelSource, resolve_model
-
         in_ch = {m: len(v) for m, v in bands.items() if m in inputs}
-        if isinstance(model, ModelSource):
-            source = model
-        else:
-            source = resolve_model(model, tuple(inputs), in_channels=in_ch or None)
+        predictor, source = load_predictor(
+            model, tuple(inputs), in_channels=in_ch or None, engine=engine, device=device,
+            precision=precision, batch_size=batch_size, tile=tile,
+        )  # fmt: skip
         model_name, trained = source.name, not source.untrained
-        check_modalities(tuple(inputs), source.meta, model_name)
-        predictor = create_predictor(
-            source,
-            engine=engine,
-            device=device,
-            precision=precision,
-            modalities=tuple(inputs),
-            batch_size=batch_size,
-            tile=tile or source.meta.tile_size,
-        )
         meta: ModelMeta = predictor.meta
     else:
         meta = predictor.meta

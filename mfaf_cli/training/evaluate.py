@@ -204,35 +204,29 @@ def evaluate_rasters(
     Classes come from the prediction's tags (written by ``mfaf predict``), else
     ``class_names`` / ``num_classes``, else the largest value found in either raster.
     """
-    import rasterio
-
-    from mfaf_cli.coreg.grid import check_readable, probe_pixels
+    from mfaf_cli.io.inputs import check_readable, open_raster
 
     for p, what in ((pred, "prediction"), (truth, "truth")):
         check_readable(p, what)
     m = parse_mapping(mapping) if not isinstance(mapping, dict) else mapping
-    try:
-        with rasterio.open(pred) as ds:
-            probe_pixels(ds)  # truncated file: one clear line, not a GDAL read error later
-            names = class_names or _classes_from_tags(ds.tags())
-            pmax = None
-            if names is None and num_classes is None:
-                a = ds.read(1)
-                a = a[a != (ds.nodata if ds.nodata is not None else NODATA_LABEL)]
-                pmax = int(a.max()) if a.size else 0
-        with rasterio.open(truth) as ds:
-            probe_pixels(ds)
-    except rasterio.errors.RasterioIOError as err:
-        raise InputError(f"not a readable raster ({str(err).splitlines()[0]})") from None
-    if names is None:
-        if num_classes is None:
-            with rasterio.open(truth) as ds:
-                t = ds.read(1)
-                if ds.nodata is not None:
-                    t = t[t != ds.nodata]
-                t = apply_mapping(np.asarray(t).astype(np.int64), m)
-                t = t[(t >= 0) & (t != NODATA_LABEL)]
+    # require_crs=False: two CRS-less rasters of the same size can still be compared
+    # (raster_confusion says so when they cannot); a truncated file fails here, in one line
+    with open_raster(pred, "prediction", require_crs=False) as ds:
+        names = class_names or _classes_from_tags(ds.tags())
+        pmax = None
+        if names is None and num_classes is None:
+            a = ds.read(1)
+            a = a[a != (ds.nodata if ds.nodata is not None else NODATA_LABEL)]
+            pmax = int(a.max()) if a.size else 0
+    with open_raster(truth, "truth", require_crs=False) as ds:
+        if names is None and num_classes is None:
+            t = ds.read(1)
+            if ds.nodata is not None:
+                t = t[t != ds.nodata]
+            t = apply_mapping(np.asarray(t).astype(np.int64), m)
+            t = t[(t >= 0) & (t != NODATA_LABEL)]
             num_classes = max(pmax or 0, int(t.max()) if t.size else 0) + 1
+    if names is None:
         names = [c.name for c in default_classes(num_classes)]
     k = len(names)
     cm = raster_confusion(pred, truth, k, mapping=m)

@@ -36,6 +36,7 @@ from mfaf_cli.errors import (
     OutputPathError,
     UsageError,
 )
+from mfaf_cli.io.inputs import open_raster, read_error
 from mfaf_cli.metadata import NODATA_LABEL
 
 #: output extension -> writer ("parquet" = GeoParquet via geopandas, else an OGR driver name)
@@ -477,58 +478,6 @@ def write_vector_atomic(
 
 
 # ---- the public entry point ------------------------------------------------------------
-def _open_raster(path: Path) -> Any:
-    """Open the label raster, or one InputError line saying what is wrong with the path."""
-    import warnings
-
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-
-    if not path.exists():
-        raise InputError(f"label raster {path} does not exist; check the path")
-    if path.is_dir():
-        raise InputError(f"{path} is a directory; expected a label raster file")
-    if not os.access(path, os.R_OK):
-        raise InputError(f"{path} is not readable (permission denied); check its permissions")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path} is an empty (zero-byte) file, not a raster")
-    try:
-        with warnings.catch_warnings():  # a missing CRS gets its own error below
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
-    except RasterioIOError as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InputError(f"{path} is not a raster GDAL can read ({msg})") from None
-
-
-def gdal_message(err: BaseException) -> str:
-    """First line of the most specific message in an exception chain (GDAL's own reason)."""
-    best = err
-    while best.__cause__ is not None or best.__context__ is not None:
-        best = best.__cause__ or best.__context__  # type: ignore[assignment]
-    text = str(best) or str(err) or type(err).__name__
-    return text.strip().splitlines()[0]
-
-
-def probe_pixels(src: Any) -> None:
-    """Read the first and last block of band 1: a truncated or corrupt file fails here.
-
-    The header alone can look fine (GDAL reads it from the first bytes), so a copy that was cut
-    short would otherwise be described as valid and fail later, deep inside predict.
-    """
-    from rasterio.windows import Window
-
-    bh, bw = src.block_shapes[0]
-    last = Window(((src.width - 1) // bw) * bw, ((src.height - 1) // bh) * bh, 1, 1)
-    try:
-        src.read(1, window=Window(0, 0, 1, 1))
-        src.read(1, window=last)
-    except Exception as err:
-        raise InputError(
-            f"{src.name} is truncated or corrupt (reading its pixels failed: {gdal_message(err)})"
-        ) from None
-
-
 def _read_labels(
     src: Any, band: int, nodata: float | None
 ) -> tuple[np.ndarray, np.ndarray, int | float]:
@@ -547,7 +496,7 @@ def _read_labels(
     try:
         data = src.read(band)
     except Exception as err:  # truncated / corrupt file: GDAL only notices when reading
-        raise InputError(f"{src.name} is truncated or corrupt ({gdal_message(err)})") from None
+        raise read_error(src.name, err) from None
     if data.dtype.name not in _NATIVE_DTYPES:
         lo, hi = (int(data.min()), int(data.max())) if data.size else (0, 0)
         if lo < np.iinfo(np.int32).min or hi > np.iinfo(np.int32).max:
@@ -602,11 +551,11 @@ def vectorize_raster(
         raise UsageError(f"connectivity must be 4 or 8, not {connectivity}")
     if sieve < 0 or simplify < 0 or min_area < 0:
         raise UsageError("--sieve, --simplify and --min-area must not be negative")
-    with _open_raster(src_path) as src:
+    # require_crs=False: a missing CRS gets the error below, which says why vectors need one
+    with open_raster(src_path, "label raster", require_crs=False) as src:
         check_output(out, overwrite)  # before the (possibly long) read and polygonisation
         if not 1 <= band <= src.count:
             raise UsageError(f"band {band} out of range: {src_path} has {src.count} band(s)")
-        probe_pixels(src)  # a truncated file can lose its CRS tags: say "truncated" first
         crs = src.crs
         if crs is None:
             raise CRSError(
