@@ -419,3 +419,42 @@ def test_folder_toml_and_bad_labels(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"scenes\.toml: scene 1 has no 'label'"):
         toml.write_text('[[scene]]\nhsi = "hsi0.tif"\n')
         open_dataset("folder", toml, "train")
+
+
+# ---- photometric jitter ------------------------------------------------------------------------
+def test_photometric_jitter_is_identity_at_zero_and_bounded_otherwise() -> None:
+    from mfaf_cli.data.datasets import photometric_jitter
+
+    rng = np.random.default_rng(0)
+    a = rng.uniform(100, 3000, (3, 16, 16)).astype(np.float32)
+    a[0, 0, 0] = np.nan
+    lohi = {"optical": (np.full(3, 200.0), np.full(3, 2800.0))}
+    same_a, same_l = photometric_jitter({"optical": a}, lohi, rng, 0.0)
+    assert same_a["optical"] is a and same_l is lohi
+
+    out_a, out_l = photometric_jitter({"optical": a}, lohi, np.random.default_rng(1), 0.2)
+    j = out_a["optical"]
+    assert np.isnan(j[0, 0, 0]) and np.isfinite(j[:, 1:, 1:]).all()
+    # gamma acts inside the stretch: values stay within the original bounds, order is kept
+    assert np.nanmin(j) >= 200.0 - 1e-3 and np.nanmax(j) <= 2800.0 + 1e-3
+    flat_a, flat_j = a[1].ravel(), j[1].ravel()
+    inside = (flat_a > 200) & (flat_a < 2800)
+    order = np.argsort(flat_a[inside])
+    assert np.all(np.diff(flat_j[inside][order]) >= -1e-3)
+    assert not np.allclose(j[:, 1:, 1:], a[:, 1:, 1:])
+    lo, hi = out_l["optical"]
+    assert np.all(np.abs(lo - 200.0) <= 0.2 * 2600 + 1e-6) and np.all(hi > lo)
+
+
+def test_photometric_option_changes_training_samples_only(tmp_path: Path) -> None:
+    root = make_ombria(tmp_path / "ombria")
+    plain = open_dataset("ombria", root, "train", tile=32, seed=3)
+    jit = open_dataset("ombria", root, "train", tile=32, seed=3, photometric=0.2)
+    a, b = plain[0], jit[0]
+    assert torch.equal(a["mask"], b["mask"])  # geometry untouched: same crop, flips, rotation
+    assert not torch.allclose(a["inputs"]["optical"], b["inputs"]["optical"])
+    again = open_dataset("ombria", root, "train", tile=32, seed=3, photometric=0.2)[0]
+    assert torch.equal(again["inputs"]["sar"], b["inputs"]["sar"])  # seeded
+    val_plain = open_dataset("ombria", root, "val")[0]
+    val_jit = open_dataset("ombria", root, "val", photometric=0.2)[0]
+    assert torch.equal(val_plain["inputs"]["optical"], val_jit["inputs"]["optical"])

@@ -103,6 +103,12 @@ def _command_line() -> str:
 @click.option("--num-workers", type=int, help="Data-loader worker processes (default 0).")
 @click.option("--tile", type=int, help="Training tile side in px (default 256).")
 @click.option(
+    "--photometric",
+    type=click.FloatRange(0, 0.5),
+    help="Per-band stretch/gamma jitter in training, for robustness across sensors and "
+    "products (default 0 = off; 0.1 is a good start).",
+)
+@click.option(
     "--val-fraction",
     type=float,
     help="Seeded validation holdout where a dataset has no val split (default 0.15).",

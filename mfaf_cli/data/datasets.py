@@ -116,6 +116,42 @@ def pad_to(
     return out, m
 
 
+def photometric_jitter(
+    arrays: dict[str, np.ndarray],
+    lohi: dict[str, tuple[np.ndarray, np.ndarray]],
+    rng: np.random.Generator,
+    strength: float,
+) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Random per-band stretch bounds and gamma, so a model does not learn one sensor's look.
+
+    Why: a model trained on one product (OMBRIA's 8-bit composites) meets others (raw
+    Sentinel-2 reflectance, Sentinel-1 dB) whose per-scene stretch differs in shape. Each band's
+    percentile bounds move by up to ``strength`` × (hi − lo) and its stretched values get a gamma
+    in [1 / (1 + 2·strength), 1 + 2·strength]; ``strength=0`` returns the inputs unchanged.
+    Values stay in sensor units (the gamma is applied inside the stretch), so the usual
+    :func:`apply_normalisation` follows.
+    """
+    if strength <= 0:
+        return arrays, lohi
+    out_a: dict[str, np.ndarray] = {}
+    out_l: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    g_max = 1.0 + 2.0 * strength
+    for m, a in arrays.items():
+        lo, hi = (np.asarray(v, dtype=np.float64) for v in lohi[m])
+        span = hi - lo
+        c = a.shape[0]
+        gamma = np.exp(rng.uniform(-np.log(g_max), np.log(g_max), c)).reshape(c, 1, 1)
+        lo_ = lo.reshape(c, 1, 1)
+        span_ = span.reshape(c, 1, 1)
+        x = np.clip((a.astype(np.float64) - lo_) / span_, 0.0, 1.0) ** gamma
+        out_a[m] = (lo_ + x * span_).astype(np.float32)
+        out_a[m][~np.isfinite(a)] = np.nan
+        lo2 = lo + rng.uniform(-strength, strength, c) * span
+        hi2 = hi + rng.uniform(-strength, strength, c) * span
+        out_l[m] = (lo2, np.maximum(hi2, lo2 + 0.05 * span))
+    return out_a, out_l
+
+
 def augment(
     arrays: dict[str, np.ndarray], mask: np.ndarray, rng: np.random.Generator
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -206,6 +242,7 @@ class SegDataset(Dataset):
         ignore_index: int = 255,
         p_low: float = 2.0,
         p_high: float = 98.0,
+        photometric: float = 0.0,
     ) -> None:
         if split not in SPLITS:
             raise UsageError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
@@ -217,6 +254,8 @@ class SegDataset(Dataset):
         self.ignore_index = int(ignore_index)
         self.p_low = float(p_low)
         self.p_high = float(p_high)
+        #: strength of :func:`photometric_jitter` in training (0 = off)
+        self.photometric = float(photometric)
         self.modalities: tuple[str, ...] = ()
         self.band_names: dict[str, tuple[str, ...]] = {}
         self.units: dict[str, str] = {}
@@ -352,6 +391,10 @@ class SegDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = self.item_rng(index)
         arrays, mask, lohi = self.raw(index, rng if self.augment else None)
+        if self.augment and self.photometric > 0:
+            # own stream, so the geometric augmentation is the same with or without it
+            prng = np.random.default_rng([self.seed, self.epoch, int(index), 1])
+            arrays, lohi = photometric_jitter(arrays, lohi, prng, self.photometric)
         x = self.normalise(arrays, lohi)
         if self.augment:
             if self.patch_based:

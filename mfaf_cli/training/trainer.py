@@ -74,6 +74,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     tile: int = 256
+    photometric: float = 0.0  # training-only per-band stretch/gamma jitter strength (0 = off)
     val_fraction: float = 0.15
     device: str = "auto"
     resume: str | None = None
@@ -658,7 +659,9 @@ def _run(
     )
     if cfg.dataset == "folder" and cfg.num_classes:
         common["num_classes"] = cfg.num_classes
-    train_ds = open_dataset(cfg.dataset, cfg.data_root, "train", **common)
+    train_ds = open_dataset(
+        cfg.dataset, cfg.data_root, "train", photometric=cfg.photometric, **common
+    )
     val_ds = open_dataset(cfg.dataset, cfg.data_root, "val", augment=False, **common)
     if train_ds.num_classes != val_ds.num_classes:
         raise DatasetError("train and val splits disagree on the class table")
