@@ -479,3 +479,12 @@ def test_cli_bad_flag_values_are_usage_errors(cli_pair, tmp_path, runner):
         assert code == 2, (extra, err)
         assert fragment in err
         assert not (tmp_path / "m.tif").exists()
+
+
+@pytest.mark.parametrize("bad", ["optical", "optical=", "optical=0,1", "optical=-1", "sar=a"])
+def test_dataset_band_lists_are_1_based(bad: str) -> None:
+    from mfaf_cli.cli.options import parse_modality_bands
+
+    assert parse_modality_bands(["optical=4,3,2", "sar=1"]) == {"optical": [4, 3, 2], "sar": [1]}
+    with pytest.raises(ValueError, match="optical=4,3,2"):
+        parse_modality_bands([bad])

@@ -102,7 +102,7 @@ def test_train_writes_checkpoints_metrics_and_curves(ombria: Path, tmp_path: Pat
     assert meta.modality("sar").units == "db"
     norm = meta.modality("optical").normalisation
     assert norm.mode == "scene-percentile" and 0.2 < norm.mean[0] < 0.8 and norm.std[0] > 0.05
-    assert meta.training["command"].startswith("mfaf train") or meta.training["command"] == ""
+    assert isinstance(meta.training["command"], str)  # in-process runs have no argv to record
     assert meta.training["dataset"] == "ombria" and meta.training["split"]["train"] == 4
     assert meta.metrics["val"]["epoch"] == res["best_epoch"]
     assert meta.metrics["val"]["miou"] == pytest.approx(rows[res["best_epoch"] - 1]["val_miou"])
@@ -129,6 +129,7 @@ def test_resume_is_exact(ombria: Path, tmp_path: Path) -> None:
     train(TrainConfig(out=str(tmp_path / "straight"), epochs=2, **base))
     train(TrainConfig(out=str(tmp_path / "split"), epochs=2, stop_after=1, **base))  # interrupted
     assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 1
+    after_epoch1 = load_file(str(tmp_path / "split" / "last.safetensors"))
     train(
         TrainConfig(out=str(tmp_path / "split"), epochs=2, resume=str(tmp_path / "split"), **base)
     )
@@ -141,10 +142,9 @@ def test_resume_is_exact(ombria: Path, tmp_path: Path) -> None:
     rb = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_loss"] for r in ra] == [r["train_loss"] for r in rb]
     assert [r["val_miou"] for r in ra] == [r["val_miou"] for r in rb]
-    # and the first epoch really changed the weights (the comparison is not vacuous)
-    c = load_file(str(tmp_path / "straight" / "best.safetensors"))
+    # and the resumed epoch really changed the weights (the comparison is not vacuous)
     assert read_meta(tmp_path / "split" / "last.safetensors").training["epochs"] == 2
-    assert any(not torch.equal(a[k], c[k]) for k in a) or ra[1]["val_miou"] <= ra[0]["val_miou"]
+    assert any(not torch.equal(a[k], after_epoch1[k]) for k in a)
 
 
 def test_mfafnet_trains_with_mmd(ombria: Path, tmp_path: Path, runner) -> None:

@@ -396,3 +396,12 @@ def test_untrained_checkpoint_warns(tmp_path: Path, tiny_registry: None, caplog)
     with caplog.at_level(logging.WARNING, logger="mfaf"):
         assert W.resolve_model(str(path)).untrained
     assert "UNTRAINED" in caplog.text
+
+
+def test_checkpoint_gets_umask_mode_not_private_temp_mode(tiny_ckpt: Path) -> None:
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(tiny_ckpt.stat().st_mode) == 0o666 & ~umask

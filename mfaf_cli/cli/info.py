@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from mfaf_cli.cli.options import json_opt
-from mfaf_cli.errors import InputError, UsageError
+from mfaf_cli.errors import UsageError
 
 EPILOG = """\b
 Examples:
@@ -227,10 +227,9 @@ def format_overlap(o: dict[str, Any]) -> str:
 # ---- models -----------------------------------------------------------------------------------
 def models_report() -> dict[str, Any]:
     """Registry architectures and shipped weights (from weights/manifest.json)."""
-    try:
-        from mfaf_cli.models.registry import list_models
-    except ImportError as err:
-        raise InputError(f"the model registry is not available in this build ({err})") from None
+    from mfaf_cli.io import weights as wio
+    from mfaf_cli.models.registry import list_models
+
     archs = [
         {
             "name": e.name,
@@ -242,27 +241,22 @@ def models_report() -> dict[str, Any]:
         for e in list_models()
     ]
     weights: list[dict[str, Any]] = []
-    try:
-        from mfaf_cli.io import weights as wio
-    except ImportError:
-        wio = None  # type: ignore[assignment]
-    if wio is not None and hasattr(wio, "read_manifest"):
-        for e in wio.read_manifest():
-            path = wio.entry_path(e) if hasattr(wio, "entry_path") else Path(e["file"])
-            weights.append(
-                {
-                    "name": e["name"],
-                    "arch": e.get("arch"),
-                    "modalities": e.get("modalities", []),
-                    "classes": e.get("classes", []),
-                    "trained": e.get("trained"),
-                    "default": bool(e.get("default", False)),
-                    "file": str(path),
-                    "present": Path(path).is_file(),
-                    "metrics": e.get("metrics", {}),
-                    "description": e.get("description", ""),
-                }
-            )
+    for e in wio.read_manifest():
+        path = wio.entry_path(e)
+        weights.append(
+            {
+                "name": e["name"],
+                "arch": e.get("arch"),
+                "modalities": e.get("modalities", []),
+                "classes": e.get("classes", []),
+                "trained": e.get("trained"),
+                "default": bool(e.get("default", False)),
+                "file": str(path),
+                "present": Path(path).is_file(),
+                "metrics": e.get("metrics", {}),
+                "description": e.get("description", ""),
+            }
+        )
     return {"architectures": archs, "weights": weights}
 
 

@@ -88,9 +88,12 @@ def parse_modality_bands(values: tuple[str, ...] | list[str]) -> dict[str, list[
         try:
             if not sep:
                 raise ValueError
-            out[mod.strip()] = [int(v) for v in lst.split(",") if v.strip()]
+            bands = [int(v) for v in lst.split(",") if v.strip()]
         except ValueError:
             raise ValueError(f"{item!r} is not MODALITY=LIST, e.g. optical=4,3,2") from None
+        if not bands or min(bands) < 1:
+            raise ValueError(f"{item!r}: band numbers are 1-based (as in GDAL), e.g. optical=4,3,2")
+        out[mod.strip()] = bands
     return out
 
 
