@@ -69,6 +69,21 @@ def generate_pair(folder: Path, size: int, seed: int = 0) -> tuple[Path, Path]:
     return opt_path, sar_path
 
 
+def save_narrow_unet(folder: Path, width: int) -> Path:
+    """A seeded (untrained) early-fusion U-Net checkpoint with base width ``width``."""
+    import torch
+
+    from mfaf_cli.io.weights import save_checkpoint
+    from mfaf_cli.models.registry import create_model, default_meta
+
+    torch.manual_seed(0)
+    chans = {"optical": 4, "sar": 1}
+    meta = default_meta("unet", chans, num_classes=2, base_width=width)
+    path = folder / f"unet_w{width}.safetensors"
+    save_checkpoint(create_model("unet", chans, 2, base_width=width), meta, path)
+    return path
+
+
 def run_worker(args: argparse.Namespace) -> dict:
     """One size, in this process: end-to-end predict, then the model alone on the same batches."""
     from mfaf_cli.coreg import AlignedScene, grid_from_reference
@@ -140,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
         "--sizes", default="2048,8192", help="comma-separated sizes (default 2048,8192)"
     )
     ap.add_argument("--model", default="unet", help="registry arch, shipped name or file")
+    ap.add_argument(
+        "--unet-width",
+        type=int,
+        default=None,
+        help="use a seeded early-fusion U-Net of this base width (saved in the workdir) instead "
+        "of --model: a real network cheap enough to run 8192² on a CPU for the memory figures",
+    )
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--overlap", type=float, default=0.25)
     ap.add_argument("--batch-size", type=int, default=4)
@@ -163,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         args.workdir = tmp.name
     folder = Path(args.workdir)
     folder.mkdir(parents=True, exist_ok=True)
+    if args.unet_width:
+        args.model = str(save_narrow_unet(folder, args.unet_width))
     results = []
     try:
         for size in sizes:
