@@ -1,65 +1,51 @@
 #!/usr/bin/env bash
-# Training commands for the shipped optical+SAR water models (OMBRIA train split, CPU).
-# Prepared by the train/evaluate engineer; the lead launches them. Run from the repo root.
+# The exact commands that made the shipped weights (run from the repo root, CPU, 2 cores).
+# Each checkpoint also records its own command line in its metadata (`mfaf models NAME`).
 #
-# Data: ../shared/data/ombria (S2 RGB + S1 VV "after" PNG patches, 256x256; 156 train ids of
-# which a seeded 15 % holdout (23 ids, seed 0) is the validation split; 133 train; 70 test).
-# Normalisation: per-patch 2/98 % percentile stretch + train-split mean/std (stored in the
-# checkpoint), identical to what `mfaf predict` applies per scene on raw Sentinel GeoTIFFs.
+#   weights/train_commands.sh train      # both models, ~25-30 min each on 2 shared cores
+#   weights/train_commands.sh eval       # OMBRIA test split + Sen1Floods11 chip, per model
+#   weights/train_commands.sh ship       # copy best checkpoints into weights/ + manifest
 #
-# Timing, measured with dry runs (`--epochs 1 --max-batches 2..3 --max-val-batches 0..1`,
-# batch 8, tile 256, default torch threads) on this 2-core CPU *while other jobs were running*:
-#   mfafnet-s : 87 s wall per training batch of 8 at load average ~3.5, 158 s at ~7;
-#               ~40 s CPU time per batch; peak RSS 5.7 GB
-#   unet      : 25 s wall per training batch of 8 at load ~5 (~10 s CPU time), 7 s per val batch
-# One epoch = 16 training batches (133 // 8) + 3 validation batches (23 patches), so roughly
-#   mfafnet-s : ~11 min (idle machine, ~40 s/batch) to ~25 min (loaded) per epoch
-#   unet      : ~3-7 min per epoch
-# (plus ~10 s once for the normalisation statistics). Under heavy contention torch's default
-# 2 threads spin against other processes (we saw 10x slowdowns); try --threads 1 then.
-# Re-measure on an idle machine with `$0 dry` before choosing --epochs.
-# Weights are ~17 MB each (4.3 M params fp32).
-#
-# Runs can be time-boxed: add `--stop-after N` to stop after N epochs, then continue exactly
-# with the same command plus `--resume runs/<name>` (optimizer, scheduler, epoch and RNG are
-# restored; the LR schedule spans the full --epochs).
+# Data: ../shared/data/ombria (S2 3-channel composite + S1 VV "after" PNG patches, 256x256;
+# 156 train ids = 133 train + a seeded 15 % holdout of 23 for validation; 70 test ids).
+# Training uses random 128 px crops of the 256 px patches (4x cheaper on CPU); validation and
+# test run on whole patches. --photometric 0.15 jitters each band's stretch bounds and gamma
+# so the models do not learn the look of OMBRIA's 8-bit product only (round 2; round 1 had
+# no jitter and transferred worse to raw Sentinel GeoTIFFs: weights/README.md).
 set -euo pipefail
 DATA=../shared/data/ombria
-EPOCHS_MFAF=${EPOCHS_MFAF:-12}
-EPOCHS_UNET=${EPOCHS_UNET:-12}
+S1F=../shared/data/sen1floods11_sample
+COMMON=(--epochs 20 --batch-size 8 --tile 128 --photometric 0.15 --lr 1e-3 --weight-decay 0.01
+        --schedule poly --grad-clip 1.0 --seed 0 --device cpu --threads 1)
 
 case "${1:-}" in
-dry)  # ~2 batches each, to re-measure seconds per batch (writes into /tmp)
-  rm -rf /tmp/dry_mfafnet /tmp/dry_unet
-  time mfaf train --dataset ombria --data-root "$DATA" --model mfafnet-s --mmd paired \
-    -o /tmp/dry_mfafnet --epochs 1 --batch-size 8 --tile 256 --max-batches 2 --max-val-batches 1
-  time mfaf train --dataset ombria --data-root "$DATA" --model unet \
-    -o /tmp/dry_unet --epochs 1 --batch-size 8 --tile 256 --max-batches 2 --max-val-batches 1
-  ;;
-mfafnet)  # MFAFNet-S with the paired MMD alignment loss (lambda 0.1, ramped over 5 % of steps)
+train)
   mfaf train --dataset ombria --data-root "$DATA" --model mfafnet-s \
-    --mmd paired --mmd-lambda 0.1 --mmd-warmup 0.05 \
-    -o runs/mfafnet-s-ombria --epochs "$EPOCHS_MFAF" --batch-size 8 --tile 256 \
-    --lr 6e-4 --weight-decay 0.01 --schedule poly --grad-clip 1.0 --seed 0 --device cpu \
-    ${RESUME:+--resume runs/mfafnet-s-ombria}
-  ;;
-unet)  # early-fusion U-Net baseline (stacked optical+SAR channels, base width 32)
+    --mmd paired --mmd-lambda 0.1 --mmd-warmup 0.05 -o runs/mfafnet-s-ombria-pj "${COMMON[@]}" \
+    > runs/mfafnet-s-ombria-pj.log 2>&1 &
   mfaf train --dataset ombria --data-root "$DATA" --model unet \
-    -o runs/unet-ombria --epochs "$EPOCHS_UNET" --batch-size 8 --tile 256 \
-    --lr 6e-4 --weight-decay 0.01 --schedule poly --grad-clip 1.0 --seed 0 --device cpu \
-    ${RESUME:+--resume runs/unet-ombria}
+    -o runs/unet-ombria-pj "${COMMON[@]}" > runs/unet-ombria-pj.log 2>&1 &
+  wait
   ;;
-eval)  # test-split metrics and the Sen1Floods11 chip (never trained on) for the model cards
-  for run in mfafnet-s-ombria unet-ombria; do
-    mfaf evaluate --model "runs/$run/best.safetensors" --dataset ombria --data-root "$DATA" \
-      --split test --json --plot "runs/$run/cm_ombria_test.png" > "runs/$run/eval_ombria_test.json"
-    mfaf evaluate --model "runs/$run/best.safetensors" --dataset sen1floods11 \
-      --data-root ../shared/data/sen1floods11_sample --split all --json \
-      --plot "runs/$run/cm_sen1floods11.png" > "runs/$run/eval_sen1floods11.json"
+eval)  # $2 = weights file, $3 = run dir for the outputs
+  M=$2; R=$3
+  mfaf evaluate --model "$M" --dataset ombria --data-root "$DATA" --split test --json --quiet \
+    --plot "$R/cm_ombria_test.png" > "$R/eval_ombria_test.json"
+  for b in 13,8,4 4,3,2; do   # S2 B12,B8,B4 (the composite OMBRIA looks like) and true colour
+    mfaf evaluate --model "$M" --dataset sen1floods11 --data-root "$S1F" --split all \
+      --bands optical=$b --bands sar=1 --json --quiet \
+      --plot "$R/cm_s1f11_${b//,/_}.png" > "$R/eval_s1f11_${b//,/_}.json"
   done
   ;;
+ship)  # $2 = run dir, $3 = name, $4 = --default or empty
+  R=$2; N=$3
+  python weights/make_shipped.py "$R" "$N" ${4:-} \
+    --eval "$R/eval_ombria_test.json:ombria_test" \
+    --eval "$R/eval_s1f11_13_8_4.json:sen1floods11_chip_B12_B8_B4" \
+    --eval "$R/eval_s1f11_4_3_2.json:sen1floods11_chip_B4_B3_B2"
+  ;;
 *)
-  echo "usage: $0 dry|mfafnet|unet|eval   (env: EPOCHS_MFAF, EPOCHS_UNET, RESUME=1)" >&2
+  echo "usage: $0 train | eval WEIGHTS RUN_DIR | ship RUN_DIR NAME [--default]" >&2
   exit 2
   ;;
 esac
