@@ -233,14 +233,6 @@ def test_ombria_label_outside_table(tmp_path: Path) -> None:
         open_dataset("ombria", root, "test").check_labels()
 
 
-def test_ombria_real_data_layout_if_present() -> None:
-    real = Path(__file__).resolve().parents[2] / "shared" / "data" / "ombria"
-    if not real.is_dir():
-        pytest.skip("shared OMBRIA data not available")
-    tr, va, te = (open_dataset("ombria", real, s) for s in ("train", "val", "test"))
-    assert len(tr) + len(va) == 156 and len(te) == 70 and len(va) == 23
-
-
 # ---- Sen1Floods11 ---------------------------------------------------------------------------
 @pytest.mark.parametrize("flat", [False, True])
 def test_sen1floods11_bands_nodata_and_labels(tmp_path: Path, flat: bool) -> None:
