@@ -81,6 +81,22 @@ def write_labels(path: Path, labels: np.ndarray, nodata_frac: float, seed: int) 
         dst.write(labels, 1)
 
 
+def rss_mb(field: str = "VmHWM") -> float:
+    """This process's own peak (VmHWM) or current (VmRSS) resident set in MB.
+
+    Not ``ru_maxrss``: a child started by ``subprocess`` inherits its parent's high-water mark
+    there, and the parent has just built the whole label array.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(labels: str, out: str, simplify: float) -> None:
     """Vectorise and print this process's figures (run in a fresh interpreter)."""
     import geopandas  # noqa: F401  (imported up front: the baseline then includes libraries)
@@ -88,18 +104,18 @@ def child(labels: str, out: str, simplify: float) -> None:
 
     from mfaf_cli.vectorize import vectorize_raster
 
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base_rss = rss_mb("VmRSS")
     t0 = time.perf_counter()
     res = vectorize_raster(labels, out, simplify=simplify, overwrite=True)
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = rss_mb("VmHWM")
     print(
         json.dumps(
             {
                 "polygons": res.n_polygons,
                 "seconds": round(wall, 3),
-                "peak_rss_mb": round(peak / 1024, 1),  # ru_maxrss is KiB on Linux
-                "rss_before_mb": round(base_rss / 1024, 1),
+                "peak_rss_mb": round(peak, 1),
+                "rss_before_mb": round(base_rss, 1),
                 "output_mb": round(os.path.getsize(out) / 2**20, 2),
                 "per_class": res.per_class,
             }

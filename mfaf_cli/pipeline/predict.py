@@ -226,7 +226,11 @@ class CountingSink:
     def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
         self.total += valid.size
         if valid.any():
-            top = np.argmax(probs[:, valid], axis=0)
+            # One pass over the planes (uint8 ids): ``np.argmax(probs[:, valid], axis=0)``
+            # copied K × rows × W floats and made an int64 per pixel on every emitted band.
+            from mfaf_cli.io.raster import argmax_max
+
+            top = argmax_max(probs)[0][valid]
             self.counts += np.bincount(top, minlength=len(self.counts))
         self.sink(row0, probs, valid)
 
