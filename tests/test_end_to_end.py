@@ -36,7 +36,7 @@ def test_manifest_default_is_a_trained_optical_sar_model() -> None:
     assert (Path(__file__).resolve().parents[1] / "weights" / e["file"]).stat().st_size < 20e6
 
 
-@pytest.mark.parametrize("engine", ["torch"])
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
 def test_readme_command_on_sample_scene(tmp_path: Path, runner, engine: str) -> None:
     out, vec = tmp_path / "water.tif", tmp_path / "water.gpkg"
     code, stdout, err = runner(
