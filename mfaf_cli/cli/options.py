@@ -30,16 +30,9 @@ def parse_band_list(value: str) -> list[int | str]:
     items = [v.strip() for v in value.split(",")]
     if not value.strip() or any(not v for v in items):
         raise ValueError(f"{value!r} is not a comma-separated band list (e.g. 4,3,2,8 or VV,VH)")
-    out: list[int | str] = []
-    for v in items:
-        if v.lstrip("+-").isdigit():
-            i = int(v)
-            if i < 1:
-                raise ValueError(f"band numbers start at 1 (as in GDAL), got {i}")
-            out.append(i)
-        else:
-            out.append(v)
-    return out
+    from mfaf_cli.coreg.align import band_tokens  # rasterio only once a command runs
+
+    return band_tokens(items)
 
 
 def parse_key_values(values: tuple[str, ...] | list[str]) -> dict[str, str]:

@@ -97,6 +97,24 @@ def detect_sar_units(sample: np.ndarray, dtype: str) -> str:
     return "db" if float(np.median(v)) < 0 else "linear"
 
 
+def band_tokens(items: Sequence[str]) -> list[int | str]:
+    """Band-list tokens → 1-based ints (digits) or band names (anything else), as typed.
+
+    The one rule shared by ``--<modality>-bands`` and batch CSV cells; raises ValueError for a
+    number below 1 (the callers add where it came from).
+    """
+    out: list[int | str] = []
+    for item in (t.strip() for t in items):
+        if item.lstrip("+-").isdigit():
+            n = int(item)
+            if n < 1:
+                raise ValueError(f"band numbers start at 1 (as in GDAL), got {n}")
+            out.append(n)
+        else:
+            out.append(item)
+    return out
+
+
 def select_bands(
     spec: Sequence[int | str] | None,
     count: int,

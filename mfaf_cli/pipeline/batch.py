@@ -73,16 +73,12 @@ def parse_bands(text: str, where: str) -> list[int | str]:
     items = [t for t in text.replace(";", ",").replace(" ", ",").split(",") if t.strip()]
     if not items:
         raise UsageError(f"{where}: empty band list; give e.g. 4,3,2,8 or leave the cell empty")
-    out: list[int | str] = []
-    for item in (t.strip() for t in items):
-        if item.lstrip("+-").isdigit():
-            n = int(item)
-            if n < 1:
-                raise UsageError(f"{where}: band numbers start at 1 (as in GDAL), got {n}")
-            out.append(n)
-        else:
-            out.append(item)
-    return out
+    from mfaf_cli.coreg.align import band_tokens
+
+    try:
+        return band_tokens(items)
+    except ValueError as err:
+        raise UsageError(f"{where}: {err}") from None
 
 
 def resolve_path(value: str, base: Path) -> str:
