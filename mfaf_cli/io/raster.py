@@ -476,6 +476,9 @@ class OutputSet:
         }
         self.writers: dict[str, LabelWriter | ProbabilityWriter | ConfidenceWriter] = {}
         self._atomic: contextlib.AbstractContextManager[list[Path | None]] | None = None
+        #: Valid pixels per class plane written so far, and all pixels seen (for summaries).
+        self.class_counts = np.zeros(meta.num_classes, dtype=np.int64)
+        self.pixels = 0
 
     def check(self) -> None:
         """Run the up-front path checks without creating anything (for early CLI errors)."""
@@ -518,14 +521,13 @@ class OutputSet:
 
     def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
         """Merger sink: write finished rows ``probs`` (K, r, W), ``valid`` (r, W) everywhere."""
-        idx = best = None
+        idx, best = argmax_max(probs)  # one pass, shared by the counts, label and confidence
+        self.pixels += valid.size
+        self.class_counts += np.bincount(idx[valid], minlength=len(self.class_counts))
         for w in self.writers.values():
             if isinstance(w, ProbabilityWriter):
                 w.write(row0, probs, valid)
-                continue
-            if idx is None:
-                idx, best = argmax_max(probs)  # shared by label and confidence
-            if isinstance(w, LabelWriter):
+            elif isinstance(w, LabelWriter):
                 w.write_index(row0, idx, valid)
             elif isinstance(w, ConfidenceWriter):
                 w.write_max(row0, best, valid)

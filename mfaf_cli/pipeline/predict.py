@@ -215,31 +215,12 @@ def iter_prepared(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-class CountingSink:
-    """Wraps the output sink and counts valid pixels per predicted class (for the summary)."""
-
-    def __init__(self, sink: Any, num_classes: int) -> None:
-        self.sink = sink
-        self.counts = np.zeros(num_classes, dtype=np.int64)
-        self.total = 0
-
-    def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
-        self.total += valid.size
-        if valid.any():
-            # One pass over the planes (uint8 ids): ``np.argmax(probs[:, valid], axis=0)``
-            # copied K × rows × W floats and made an int64 per pixel on every emitted band.
-            from mfaf_cli.io.raster import argmax_max
-
-            top = argmax_max(probs)[0][valid]
-            self.counts += np.bincount(top, minlength=len(self.counts))
-        self.sink(row0, probs, valid)
-
-    def fractions(self, meta: ModelMeta) -> tuple[float, dict[str, float]]:
-        """(valid fraction of the grid, fraction of valid pixels per class name)."""
-        n_valid = int(self.counts.sum())
-        fr = {c.name: float(self.counts[k]) / n_valid if n_valid else 0.0
-              for k, c in enumerate(meta.classes)}  # fmt: skip
-        return (n_valid / self.total if self.total else 0.0), fr
+def class_fractions(outputs: Any, meta: ModelMeta) -> tuple[float, dict[str, float]]:
+    """(valid fraction of the grid, fraction of valid pixels per class name) of a finished run."""
+    counts, n_valid = outputs.class_counts, int(outputs.class_counts.sum())
+    fr = {c.name: float(counts[k]) / n_valid if n_valid else 0.0
+          for k, c in enumerate(meta.classes)}  # fmt: skip
+    return (n_valid / outputs.pixels if outputs.pixels else 0.0), fr
 
 
 _MALLOC_TUNED = False
@@ -416,10 +397,10 @@ def predict(
 
     state = {"vector_written": False}
 
-    def _before_commit(outputs: Any, counter: CountingSink) -> None:
+    def _before_commit(outputs: Any) -> None:
         # Runs while the rasters are still temp files: a scene without a single valid pixel,
         # or a vector output that fails, leaves no raster behind either.
-        if int(counter.counts.sum()) == 0:
+        if int(outputs.class_counts.sum()) == 0:
             names = ", ".join(f"{m} {Path(p).name}" for m, p in inputs.items())
             raise InputError(
                 f"no pixel has data in every input ({names}): the inputs are all nodata/NaN "
@@ -452,7 +433,7 @@ def predict(
             cog=cog,
             overwrite=overwrite,
         )
-        windows, skipped, model_s, counter = _run_windows(
+        windows, skipped, model_s = _run_windows(
             scene,
             grid,
             meta,
@@ -473,7 +454,7 @@ def predict(
     if vector is not None:
         written["vector"] = str(Path(vector).absolute())
     seconds = time.perf_counter() - t_start
-    valid_fraction, fractions = counter.fractions(meta)
+    valid_fraction, fractions = class_fractions(outputs, meta)
     mpix = grid.width * grid.height / 1e6
     return PredictResult(
         inputs={k: str(Path(v).absolute()) for k, v in ordered.items()},
@@ -513,11 +494,11 @@ def _run_windows(
     progress: bool,
     read_threads: int,
     before_commit: Any = None,
-) -> tuple[list[Window], int, float, CountingSink]:
+) -> tuple[list[Window], int, float]:
     """Stream every window through the model into the outputs; returns (windows, skipped,
-    seconds spent in the model, the counting sink).
+    seconds spent in the model). The outputs keep the per-class pixel counts.
 
-    ``before_commit(outputs, counter)`` runs once every row is written but before the temp
+    ``before_commit(outputs)`` runs once every row is written but before the temp
     files are renamed into place; if it raises, no output appears."""
     from tqdm import tqdm
 
@@ -537,9 +518,8 @@ def _run_windows(
     )
     try:
         with outputs as out:
-            sink = CountingSink(out, meta.num_classes)
             merger = StreamingMerger(
-                grid.height, grid.width, meta.num_classes, windows, weight_fn, sink
+                grid.height, grid.width, meta.num_classes, windows, weight_fn, out
             )
             for pb in iter_prepared(scene, batches, meta, percentiles, threads=read_threads):
                 probs = None
@@ -559,10 +539,10 @@ def _run_windows(
             merger.finish()
             bar.close()
             if before_commit is not None:
-                before_commit(out, sink)
+                before_commit(out)
     finally:
         bar.close()
-    return windows, merger.windows_skipped, model_s, sink
+    return windows, merger.windows_skipped, model_s
 
 
 # ---- coregister -------------------------------------------------------------------------------
