@@ -51,7 +51,10 @@ class Normalisation:
     This is what lets a model trained on 8-bit PNG patches (OMBRIA) run on raw Sentinel-2
     reflectance (uint16/int16) and Sentinel-1 dB (float32): the stretch removes the unit.
 
-    ``mode="fixed"``: plain ``(x - mean) / std`` with training-split statistics in sensor units.
+    ``mode="fixed"``: each band is clipped to ``[clip_low, clip_high]`` (training-split
+    quantiles, in sensor units; no clip when None), then ``(x - mean) / std`` with training-split
+    statistics in sensor units. A pixel's value never depends on the rest of the scene, so any
+    crop of a scene is normalised exactly as the whole scene is (the default since format 2).
     """
 
     mode: Literal["scene-percentile", "fixed"]
@@ -59,24 +62,35 @@ class Normalisation:
     std: tuple[float, ...]
     p_low: float = 2.0
     p_high: float = 98.0
+    clip_low: tuple[float, ...] | None = None
+    clip_high: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "mode": self.mode,
             "mean": list(self.mean),
             "std": list(self.std),
             "p_low": self.p_low,
             "p_high": self.p_high,
         }
+        if self.clip_low is not None and self.clip_high is not None:
+            d["clip_low"] = list(self.clip_low)
+            d["clip_high"] = list(self.clip_high)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Normalisation:
+        def floats(key: str) -> tuple[float, ...] | None:
+            return None if d.get(key) is None else tuple(float(v) for v in d[key])
+
         return cls(
             mode=d["mode"],
             mean=tuple(float(v) for v in d["mean"]),
             std=tuple(float(v) for v in d["std"]),
             p_low=float(d.get("p_low", 2.0)),
             p_high=float(d.get("p_high", 98.0)),
+            clip_low=floats("clip_low"),
+            clip_high=floats("clip_high"),
         )
 
     @classmethod

@@ -56,8 +56,9 @@ def apply_normalisation(
     """Normalise a (C, H, W) array to the model's input distribution, as float32.
 
     For ``scene-percentile`` mode, ``lo``/``hi`` are the scene's per-band percentiles (from
-    :func:`band_percentiles`); they are required. Non-finite values become 0 after
-    normalisation (they are masked as nodata elsewhere and never reach the output).
+    :func:`band_percentiles`); they are required. ``fixed`` mode ignores them and clips to the
+    record's own bounds. Non-finite values become 0 after normalisation (they are masked as
+    nodata elsewhere and never reach the output).
     """
     x = arr.astype(np.float32, copy=True)
     c = x.shape[0]
@@ -69,6 +70,10 @@ def apply_normalisation(
         lo_ = np.asarray(lo, dtype=np.float32).reshape(c, 1, 1)
         hi_ = np.asarray(hi, dtype=np.float32).reshape(c, 1, 1)
         x = np.clip((x - lo_) / (hi_ - lo_), 0.0, 1.0)
+    elif norm.clip_low is not None and norm.clip_high is not None:
+        lo_ = np.asarray(norm.clip_low, dtype=np.float32).reshape(c, 1, 1)
+        hi_ = np.asarray(norm.clip_high, dtype=np.float32).reshape(c, 1, 1)
+        x = np.clip(x, lo_, hi_)
     x = (x - mean) / std
     x[~np.isfinite(x)] = 0.0
     return x
@@ -96,3 +101,64 @@ def stretched_moments(arrays: list[np.ndarray], p_low: float, p_high: float) -> 
     mean = s / np.maximum(n, 1)
     std = np.sqrt(np.maximum(s2 / np.maximum(n, 1) - mean**2, 1e-12))
     return [float(v) for v in mean], [float(max(v, 1e-3)) for v in std]
+
+
+def fixed_moments(
+    arrays: list[np.ndarray], q_low: float = 0.5, q_high: float = 99.5, seed: int = 0
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Training-split clip bounds and mean/std per band for ``fixed`` normalisation.
+
+    The bounds are the pooled ``q_low``/``q_high`` quantiles of all finite values of the
+    (C, H, W) arrays (a seeded subsample of at most :data:`MAX_STAT_SAMPLES` per band); the
+    moments are taken after clipping to them, as :func:`apply_normalisation` will clip.
+    Returns (clip_low, clip_high, mean, std).
+    """
+    c = arrays[0].shape[0]
+    rng = np.random.default_rng(seed)
+    out: tuple[list[float], list[float], list[float], list[float]] = ([], [], [], [])
+    for i in range(c):
+        v = np.concatenate([a[i].reshape(-1) for a in arrays]).astype(np.float64)
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            v = np.zeros(1)
+        if v.size > MAX_STAT_SAMPLES:
+            v = rng.choice(v, MAX_STAT_SAMPLES, replace=False)
+        lo, hi = (float(q) for q in np.percentile(v, [q_low, q_high]))
+        hi = hi if hi > lo else lo + 1.0
+        v = np.clip(v, lo, hi)
+        for lst, val in zip(out, (lo, hi, float(v.mean()), float(max(v.std(), 1e-3))), strict=True):
+            lst.append(val)
+    return out
+
+
+def calibration_jitter(
+    arrays: dict[str, np.ndarray],
+    bounds: dict[str, tuple[np.ndarray, np.ndarray]],
+    rng: np.random.Generator,
+    strength: float,
+) -> dict[str, np.ndarray]:
+    """Random per-band gain, offset and gamma within each band's ``(lo, hi)`` range.
+
+    Why: with ``fixed`` normalisation a model meets products whose calibration to the training
+    units is only approximately known (another sensor, L1C vs L2A, another processor). Each
+    band is mapped as if its true range were ``lo..hi`` moved by up to ``strength`` × span at
+    either end, with a gamma in [1 / (1 + 2·strength), 1 + 2·strength]; NaN stays NaN and
+    ``strength=0`` returns the inputs unchanged.
+    """
+    if strength <= 0:
+        return arrays
+    out: dict[str, np.ndarray] = {}
+    g_max = 1.0 + 2.0 * strength
+    for m, a in arrays.items():
+        c = a.shape[0]
+        lo, hi = (np.asarray(v, dtype=np.float64).reshape(c, 1, 1) for v in bounds[m])
+        span = np.maximum(hi - lo, 1e-6)
+        lo2 = lo + rng.uniform(-strength, strength, (c, 1, 1)) * span
+        hi2 = hi + rng.uniform(-strength, strength, (c, 1, 1)) * span
+        hi2 = np.maximum(hi2, lo2 + 0.05 * span)
+        gamma = np.exp(rng.uniform(-np.log(g_max), np.log(g_max), (c, 1, 1)))
+        x = np.clip((a.astype(np.float64) - lo2) / (hi2 - lo2), 0.0, None)
+        x = np.where(x <= 1.0, x**gamma, x)  # gamma inside the range, linear beyond it
+        out[m] = (lo + x * span).astype(np.float32)
+        out[m][~np.isfinite(a)] = np.nan
+    return out

@@ -91,7 +91,8 @@ def _command_line() -> str:
 @click.option(
     "--mmd",
     type=click.Choice(["none", "paired", "linear", "rbf", "class"]),
-    help="MFAFNet alignment loss kind (default paired).",
+    help="MFAFNet alignment loss: rbf = multi-kernel MMD² on the LayerNorm-ed deep features "
+    "(default; cannot collapse), paired/linear/class on a guarded shared projection, none.",
 )
 @click.option("--mmd-lambda", type=float, help="MMD weight λ (default 0.1).")
 @click.option(
@@ -107,6 +108,12 @@ def _command_line() -> str:
     type=click.FloatRange(0, 0.5),
     help="Per-band stretch/gamma jitter in training, for robustness across sensors and "
     "products (default 0 = off; 0.1 is a good start).",
+)
+@click.option(
+    "--normalisation",
+    type=click.Choice(["fixed", "scene-percentile"]),
+    help="fixed: clip + standardise in sensor units, the same for any extent (default); "
+    "scene-percentile: stretch each scene between its own 2/98 %% values first.",
 )
 @click.option(
     "--val-fraction",

@@ -41,7 +41,13 @@ from mfaf_cli.metadata import (
     Normalisation,
     default_classes,
 )
-from mfaf_cli.normalize import apply_normalisation, band_percentiles, stretched_moments
+from mfaf_cli.normalize import (
+    apply_normalisation,
+    band_percentiles,
+    calibration_jitter,
+    fixed_moments,
+    stretched_moments,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,6 +66,16 @@ MAX_STAT_ITEMS = 256
 S2_BAND_NAMES = {2: "blue", 3: "green", 4: "red", 8: "nir"}
 #: Channel names of OMBRIA's optical PNG composite (see OmbriaDataset).
 OMBRIA_OPTICAL_BANDS = ("swir", "nir", "red")
+NORMALISATION_MODES = ("fixed", "scene-percentile")
+#: OMBRIA's 8-bit PNG products → Sentinel units (S2 reflectance × 1e4 for B12, B8, B4; S1 VV
+#: dB), per band ``sentinel = scale · png + offset``. Fitted by weights/fit_ombria_calibration.py
+#: on OMBRIA train patches and the BigEarthNet-MM examples (no test scene); output in
+#: weights/logs/ombria_calibration.json. With it, models trained on OMBRIA take raw Sentinel
+#: data with a fixed normalisation; the percentile stretch is invariant to it.
+OMBRIA_TO_SENTINEL: dict[str, tuple[tuple[float, float], ...]] = {
+    "optical": ((19.0612, 91.0), (65.3273, -28.9818), (25.8421, -42.2105)),
+    "sar": ((0.068732, -22.7879),),
+}
 
 
 @dataclass(frozen=True)
@@ -243,6 +259,7 @@ class SegDataset(Dataset):
         p_low: float = 2.0,
         p_high: float = 98.0,
         photometric: float = 0.0,
+        normalisation: str = "scene-percentile",
     ) -> None:
         if split not in SPLITS:
             raise UsageError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
@@ -256,6 +273,12 @@ class SegDataset(Dataset):
         self.p_high = float(p_high)
         #: strength of :func:`photometric_jitter` in training (0 = off)
         self.photometric = float(photometric)
+        if normalisation not in NORMALISATION_MODES:
+            raise UsageError(
+                f"unknown normalisation {normalisation!r}; use {' or '.join(NORMALISATION_MODES)}"
+            )
+        #: "fixed" (extent-independent, the training default) or "scene-percentile"
+        self.norm_mode = normalisation
         self.modalities: tuple[str, ...] = ()
         self.band_names: dict[str, tuple[str, ...]] = {}
         self.units: dict[str, str] = {}
@@ -326,17 +349,25 @@ class SegDataset(Dataset):
         )
 
     def compute_normalisation(self, max_items: int = MAX_STAT_ITEMS) -> dict[str, Normalisation]:
-        """Training-split mean/std per band after the per-scene percentile stretch.
+        """Training-split normalisation per band, in this dataset's ``norm_mode``.
 
-        Uses :func:`mfaf_cli.normalize.stretched_moments` on whole patches (patch datasets) or
-        decimated sheets/scenes (each array gets its own percentiles, as a scene does at
-        predict time). At most ``max_items`` items, chosen with the dataset seed.
+        ``fixed``: pooled clip quantiles and moments in sensor units
+        (:func:`mfaf_cli.normalize.fixed_moments`). ``scene-percentile``: mean/std after the
+        per-scene stretch (:func:`mfaf_cli.normalize.stretched_moments`; each patch or decimated
+        sheet gets its own percentiles, as a scene does at predict time). At most ``max_items``
+        items, chosen with the dataset seed.
         """
         arrays = self.stat_arrays(max_items)
         out = {}
         for m in self.modalities:
             if not arrays[m]:
                 raise DatasetError(f"the {self.split} split of {self.name} has no {m} data")
+            if self.norm_mode == "fixed":
+                lo, hi, mean, std = fixed_moments(arrays[m], seed=self.seed)
+                out[m] = Normalisation(
+                    "fixed", tuple(mean), tuple(std), clip_low=tuple(lo), clip_high=tuple(hi)
+                )
+                continue
             mean, std = stretched_moments(arrays[m], self.p_low, self.p_high)
             out[m] = Normalisation(
                 "scene-percentile", tuple(mean), tuple(std), self.p_low, self.p_high
@@ -394,7 +425,10 @@ class SegDataset(Dataset):
         if self.augment and self.photometric > 0:
             # own stream, so the geometric augmentation is the same with or without it
             prng = np.random.default_rng([self.seed, self.epoch, int(index), 1])
-            arrays, lohi = photometric_jitter(arrays, lohi, prng, self.photometric)
+            if self.norm_mode == "fixed":
+                arrays = calibration_jitter(arrays, self._clip_bounds(), prng, self.photometric)
+            else:
+                arrays, lohi = photometric_jitter(arrays, lohi, prng, self.photometric)
         x = self.normalise(arrays, lohi)
         if self.augment:
             if self.patch_based:
@@ -405,6 +439,16 @@ class SegDataset(Dataset):
             "mask": torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64)),
             "index": int(index),
         }
+
+    def _clip_bounds(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each modality's fixed clip range (the span the calibration jitter moves)."""
+        out = {}
+        for m in self.modalities:
+            n = self.norms[m]
+            if n.clip_low is None or n.clip_high is None:
+                raise ValueError(f"fixed normalisation of {m} has no clip range")
+            out[m] = (np.asarray(n.clip_low), np.asarray(n.clip_high))
+        return out
 
     def _invalid_to_ignore(self, arrays: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
         bad = np.zeros(mask.shape, dtype=bool)
@@ -468,6 +512,12 @@ def _water_map(raw: np.ndarray, ignore_index: int, nodata: float | None = None) 
 
 
 # ---- OMBRIA ---------------------------------------------------------------------------------
+def to_sentinel_units(modality: str, png: np.ndarray) -> np.ndarray:
+    """OMBRIA 8-bit values (C, H, W) → Sentinel units with :data:`OMBRIA_TO_SENTINEL`."""
+    cal = np.asarray(OMBRIA_TO_SENTINEL[modality], dtype=np.float32)
+    return png.astype(np.float32) * cal[:, 0, None, None] + cal[:, 1, None, None]
+
+
 class OmbriaDataset(SegDataset):
     """OMBRIA flood patches: S2 RGB + S1 (VV) "after" PNGs, 0/255 masks → 0/1.
 
@@ -575,6 +625,7 @@ class OmbriaDataset(SegDataset):
             a = _read_png(p["sar"])
             a = a[..., 0] if a.ndim == 3 else a
             arrays["sar"] = a[None].astype(np.float32)
+        arrays = {m: to_sentinel_units(m, a) for m, a in arrays.items()}
         mask = self.map_label(_read_png(p["mask"]))
         return arrays, mask, self._percentiles(arrays)
 

@@ -1,18 +1,25 @@
 """MMD semantic-distribution alignment loss (MFAF Eq. 6, ARCHITECTURE.md §1.6) and its λ ramp.
 
-Inputs are the projected, L2-normalised deepest per-modality features ẑ_O, ẑ_S of shape
-(B, d, h, w) (or (N, d)); every pixel is a sample. Pixels are co-registered, so sample p of
-one modality is paired with sample p of the other.
+The default (:func:`feature_mmd`, kind "rbf") is a multi-kernel RBF MMD² on the raw deepest
+per-modality encoder features after a parameter-free LayerNorm: no head of its own to train,
+so it cannot be satisfied by collapsing an embedding. The other kinds take the projected,
+L2-normalised embeddings ẑ_O, ẑ_S of shape (B, d, h, w) (or (N, d)); every pixel is a sample,
+and pixels are co-registered, so sample p of one modality is paired with sample p of the other.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-MMD_KINDS = ("paired", "linear", "rbf", "class")
+MMD_KINDS = ("rbf", "paired", "linear", "class")
+#: Kinds computed on the head-free deep features; the others use the shared projection.
+FEATURE_KINDS = ("rbf",)
+#: Mean pixel-pair cosine above which an embedding counts as collapsed.
+COLLAPSE_COSINE = 0.99
 #: Bandwidth multipliers of the multi-kernel RBF MMD (× the median squared distance).
 RBF_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
 _EPS = 1e-12
@@ -65,6 +72,52 @@ def rbf_mmd(
     return (kxx.mean() + kyy.mean() - 2 * kxy.mean()).clamp_min(0.0)
 
 
+def layer_normalised(f: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) → (B·h·w, C) samples, each LayerNorm-ed over channels without affine."""
+    x = _as_samples(f.float())
+    return F.layer_norm(x, (x.shape[1],))
+
+
+def valid_samples(mask: torch.Tensor | None, size: tuple[int, int], ignore_index: int) -> Any:
+    """(B·h·w,) bool: pixels whose nearest-downsampled label is not ``ignore_index``."""
+    if mask is None:
+        return None
+    m = F.interpolate(mask[:, None].float(), size=size, mode="nearest")[:, 0]
+    return (m != ignore_index).reshape(-1)
+
+
+def feature_mmd(
+    f_a: torch.Tensor,
+    f_b: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    max_samples: int = 1024,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Head-free alignment: multi-kernel RBF MMD² between LayerNorm-ed deep features.
+
+    ``f_a``/``f_b`` are the (B, C, h, w) deepest encoder features of two modalities, ``valid``
+    an optional (B·h·w,) mask of pixels to use. On ≤ ``max_samples`` random valid pixels,
+    bandwidths from the median pairwise distance × ¼…4 (no gradient through them). Zero for
+    identical features, growing with a shift between the two distributions; gradients reach
+    both encoders.
+    """
+    a, b = layer_normalised(f_a), layer_normalised(f_b)
+    if valid is not None and bool(valid.any()):
+        a, b = a[valid], b[valid]
+    return rbf_mmd(a, b, max_samples=max_samples, generator=generator)
+
+
+def embedding_cosine(z: torch.Tensor, pairs: int = 4096) -> float:
+    """Mean cosine between random pixel pairs of an embedding (1.0 = collapsed to a constant)."""
+    x = _as_samples(z.detach().float())
+    if x.shape[0] < 2:
+        return float("nan")
+    g = torch.Generator(device="cpu").manual_seed(0)
+    i = torch.randint(0, x.shape[0], (pairs,), generator=g).to(x.device)
+    j = torch.randint(0, x.shape[0], (pairs,), generator=g).to(x.device)
+    return float(F.cosine_similarity(x[i], x[j], dim=1).mean())
+
+
 def class_mmd(
     a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255
 ) -> torch.Tensor:
@@ -97,7 +150,8 @@ def mmd_loss(
 
     Args:
         z_a, z_b: (B, d, h, w) or (N, d) features of the same pixels.
-        kind: "paired" (default, upper bound), "linear", "rbf" or "class".
+        kind: "paired" (upper bound), "linear", "rbf" or "class" (the default alignment,
+            on deep features, is :func:`feature_mmd`; "rbf" here is the same kernel on ``z``).
         labels: for "class": (B, H, W) label map at input resolution (nearest-downsampled to
             h×w here) or already (B, h, w) / (N,).
         ignore_index: label value excluded from the class-conditional means.

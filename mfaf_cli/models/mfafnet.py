@@ -40,11 +40,15 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In fp32 even under autocast: x² overflows fp16 once |x| > 256.
+        dtype = x.dtype
+        x = x.float()
         mu = x.mean(1, keepdim=True)
         xc = x - mu
         var = (xc * xc).mean(1, keepdim=True)
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        return xc * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+        y = xc * torch.rsqrt(var + self.eps) * self.weight.float().view(shape)
+        return (y + self.bias.float().view(shape)).to(dtype)
 
 
 def channel_attention(
@@ -461,6 +465,19 @@ class MFAFNet(nn.Module):
         logits = self.head(d)
         if not return_aux:
             return logits
-        z_o = F.normalize(self.align_proj(deep[0]), dim=1)
-        z_s = F.normalize(self.align_proj(deep[1]), dim=1)
-        return logits, {"align": (z_o, z_s)}
+        return logits, {"deep": deep, "align": self.aligned_embeddings(*deep)}
+
+    def aligned_embeddings(
+        self, f_o: torch.Tensor, f_s: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shared-projection embeddings for the projected MMD kinds, guarded against collapse.
+
+        A joint BatchNorm without affine over both modalities' pixels (batch statistics, no
+        running state) fixes every channel's variance at 1 before the L2 normalisation, so the
+        projection cannot satisfy the loss with a constant embedding (which L2 alone allows).
+        """
+        p_o, p_s = self.align_proj(f_o), self.align_proj(f_s)
+        joint = torch.cat([p_o, p_s], dim=0).float()
+        joint = F.batch_norm(joint, None, None, training=True, eps=1e-5)
+        z_o, z_s = F.normalize(joint, dim=1).split(p_o.shape[0], dim=0)
+        return z_o, z_s

@@ -20,6 +20,7 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import math
 import os
 import random
@@ -45,8 +46,10 @@ from mfaf_cli.errors import (
 from mfaf_cli.metadata import ModelMeta
 from mfaf_cli.training.metrics import confusion_matrix, metrics_from_confusion, to_jsonable
 
+log = logging.getLogger(__name__)
+
 SCHEDULES = ("poly", "cosine")
-MMD_KINDS = ("none", "paired", "linear", "rbf", "class")
+MMD_KINDS = ("none", "rbf", "paired", "linear", "class")
 STATE_NAME = "last_state.pt"
 LAST_NAME = "last.safetensors"
 BEST_NAME = "best.safetensors"
@@ -66,7 +69,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     schedule: str = "poly"
     warmup: float = 0.0  # linear LR warm-up, fraction of all steps
-    mmd: str = "paired"  # MMD kind for MFAFNet's alignment loss, or "none"
+    mmd: str = "rbf"  # MFAFNet alignment: "rbf" (head-free, on deep features), others, "none"
     mmd_lambda: float = 0.1
     mmd_warmup: float = 0.05
     amp: bool = True  # mixed precision, CUDA only
@@ -75,6 +78,7 @@ class TrainConfig:
     num_workers: int = 0
     tile: int = 256
     photometric: float = 0.0  # training-only per-band stretch/gamma jitter strength (0 = off)
+    normalisation: str = "fixed"  # "fixed" (extent-independent) or "scene-percentile"
     val_fraction: float = 0.15
     device: str = "auto"
     resume: str | None = None
@@ -529,6 +533,58 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 # ---- one epoch ------------------------------------------------------------------------------
+def _monitor_columns(sums: torch.Tensor) -> dict[str, float]:
+    """Epoch means of the alignment monitors (NaN when no batch computed them)."""
+    n = float(sums[6])
+    if n == 0:
+        return {"embed_cosine": float("nan"), "headfree_mmd": float("nan")}
+    return {"embed_cosine": float(sums[4]) / n, "headfree_mmd": float(sums[5]) / n}
+
+
+def _warn_if_collapsed(row: dict[str, Any], epoch: int) -> None:
+    from mfaf_cli.models.losses import COLLAPSE_COSINE
+
+    cos = row["embed_cosine"]
+    if math.isfinite(cos) and cos > COLLAPSE_COSINE:
+        log.warning(
+            "epoch %d: the alignment embedding has collapsed (mean pixel-pair cosine %.4f > %.2f);"
+            " the MMD term no longer aligns the modalities (try --mmd rbf)",
+            epoch,
+            cos,
+            COLLAPSE_COSINE,
+        )
+
+
+def _alignment(
+    aux: dict[str, Any], cfg: TrainConfig, mask: torch.Tensor, ignore_index: int
+) -> tuple[torch.Tensor, tuple[float, float]]:
+    """(alignment loss, (embedding cosine, head-free MMD²)) from a model's aux outputs.
+
+    The head-free MMD² (:func:`feature_mmd` on the deep features) and the mean pixel-pair
+    cosine of the embedding the loss sees are monitors logged every epoch: a cosine near 1
+    means the embedding collapsed and the loss no longer aligns anything.
+    """
+    from mfaf_cli.models.losses import (
+        FEATURE_KINDS,
+        embedding_cosine,
+        feature_mmd,
+        layer_normalised,
+        mmd_loss,
+        valid_samples,
+    )
+
+    f_a, f_b = aux["deep"]
+    valid = valid_samples(mask, tuple(f_a.shape[-2:]), ignore_index)
+    if cfg.mmd in FEATURE_KINDS:
+        loss = feature_mmd(f_a, f_b, valid)
+        return loss, (embedding_cosine(layer_normalised(f_a)), float(loss.detach()))
+    z_a, z_b = aux["align"]
+    loss = mmd_loss(z_a.float(), z_b.float(), kind=cfg.mmd, labels=mask, ignore_index=ignore_index)
+    with torch.no_grad():
+        head_free = float(feature_mmd(f_a, f_b, valid))
+    return loss, (embedding_cosine(z_a), head_free)
+
+
 def _forward_loss(
     model: nn.Module,
     batch: dict[str, Any],
@@ -540,18 +596,19 @@ def _forward_loss(
     ignore_index: int,
     autocast: tuple[bool, torch.dtype],
     want_aux: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool]:
-    """(loss, ce, mmd, logits, mask, mmd computed) for one batch.
+) -> tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[float, float] | None
+]:
+    """(loss, ce, mmd, logits, mask, alignment monitors or None) for one batch.
 
     The alignment branch runs whenever MMD is on, even while its ramped weight is still 0,
     so DDP sees the same parameters used at every step.
     """
-    from mfaf_cli.models.losses import mmd_loss
-
     xs = [batch["inputs"][m].to(device, non_blocking=True) for m in modalities]
     mask = batch["mask"].to(device, non_blocking=True)
     xs, mask = pad_batch(xs, mask, divisor, ignore_index)
     use_aux = want_aux and cfg.mmd != "none"
+    monitors = None
     with torch.autocast(device.type, dtype=autocast[1], enabled=autocast[0]):
         out = model(*xs, return_aux=True) if use_aux else model(*xs)
         logits, aux = out if isinstance(out, tuple) else (out, {})
@@ -561,13 +618,9 @@ def _forward_loss(
         else:
             ce = logits.sum() * 0.0
         mmd = torch.zeros((), device=device)
-        if use_aux and "align" in aux:
-            z_a, z_b = aux["align"]
-            mmd = mmd_loss(
-                z_a.float(), z_b.float(), kind=cfg.mmd, labels=mask, ignore_index=ignore_index
-            )
-    used = bool(use_aux and "align" in aux)
-    return ce + mmd_weight * mmd, ce, mmd, logits, mask, used
+        if use_aux and "deep" in aux:
+            mmd, monitors = _alignment(aux, cfg, mask, ignore_index)
+    return ce + mmd_weight * mmd, ce, mmd, logits, mask, monitors
 
 
 def _validate(
@@ -656,6 +709,7 @@ def _run(
         seed=cfg.seed,
         val_fraction=cfg.val_fraction,
         bands=cfg.bands or None,
+        normalisation=cfg.normalisation,
     )
     if cfg.dataset == "folder" and cfg.num_classes:
         common["num_classes"] = cfg.num_classes
@@ -710,7 +764,8 @@ def _run(
         net = DDP(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.mmd == "none",
+            # the projection head is unused without a projected MMD kind
+            find_unused_parameters=cfg.mmd in ("none", "rbf"),
         )
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(_train_loader(train_ds, cfg, 0, d))
@@ -827,7 +882,8 @@ def _run(
             t0 = time.time()
             net.train()
             loader = _train_loader(train_ds, cfg, epoch, d)
-            sums = torch.zeros(4, dtype=torch.float64)  # loss, ce, mmd, batches
+            # loss, ce, mmd, batches, embedding cosine, head-free MMD², monitored batches
+            sums = torch.zeros(7, dtype=torch.float64)
             bar = _progress(
                 _limited(loader, cfg.max_batches),
                 steps_per_epoch,
@@ -838,10 +894,11 @@ def _run(
                 w = 0.0
                 if cfg.mmd != "none":
                     w = ramp_weight(global_step, total_steps, cfg.mmd_lambda, cfg.mmd_warmup)
-                loss, ce, mmd, _, _, used = _forward_loss(
+                loss, ce, mmd, _, _, monitors = _forward_loss(
                     net, batch, modalities, device, cfg, w, divisor, ignore_index, autocast
                 )
-                mmd_used = mmd_used or used
+                mmd_used = mmd_used or monitors is not None
+                cos, head_free = monitors or (0.0, 0.0)
                 if not torch.isfinite(loss):
                     raise DatasetError(
                         f"training diverged at epoch {epoch + 1} step {global_step} "
@@ -858,7 +915,15 @@ def _run(
                 sched.step()
                 global_step += 1
                 sums += torch.tensor(
-                    [float(loss.detach()), float(ce.detach()), float(mmd.detach()), 1.0],
+                    [
+                        float(loss.detach()),
+                        float(ce.detach()),
+                        float(mmd.detach()),
+                        1.0,
+                        cos,
+                        head_free,
+                        float(monitors is not None),
+                    ],
                     dtype=torch.float64,
                 )
                 if hasattr(bar, "set_postfix"):
@@ -884,6 +949,7 @@ def _run(
                 "train_loss": float(sums[0]) / nb,
                 "train_ce": float(sums[1]) / nb,
                 "train_mmd": float(sums[2]) / nb,
+                **_monitor_columns(sums),
                 "val_loss": val_loss,
                 "val_oa": vm["oa"],
                 "val_miou": vm["miou"],
@@ -895,6 +961,7 @@ def _run(
                 "batches": int(sums[3]),
             }
             history.append(row)
+            _warn_if_collapsed(row, epoch + 1)
             if d.main:
                 summary = {
                     "epoch": epoch + 1,
@@ -904,6 +971,7 @@ def _run(
                     "mean_accuracy": vm["mean_accuracy"],
                     "per_class_iou": {n: v["iou"] for n, v in vm["per_class"].items()},
                     "split": "val",
+                    "alignment": {k: row[k] for k in ("embed_cosine", "headfree_mmd")},
                 }
                 meta = make_meta(epoch + 1, to_jsonable(summary), wall)
                 save_checkpoint(model, meta, run_dir / LAST_NAME)
