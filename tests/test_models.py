@@ -56,7 +56,9 @@ def test_mfafnet_aux_align_features_are_unit_vectors() -> None:
     model = create_model("mfafnet-s", {"optical": 4, "sar": 1}, 8).eval()
     with torch.no_grad():
         logits, aux = model(*_inputs(model, 2, 32), return_aux=True)
-    z_o, z_s = aux["align"]
+    z_o, z_s, hinge = aux["align"]
+    assert float(hinge) >= 0
+    assert [tuple(f.shape) for f in aux["deep"]] == [(2, 256, 2, 2)] * 2
     assert logits.shape == (2, 8, 32, 32)
     assert z_o.shape == z_s.shape == (2, 128, 2, 2)
     assert torch.allclose(z_o.norm(dim=1), torch.ones(2, 2, 2), atol=1e-5)
@@ -121,7 +123,8 @@ def test_gradients_reach_both_modalities(name: str, size: int, cfg: dict) -> Non
 def test_mfafnet_mmd_gradient_flows_through_aux() -> None:
     model = create_model("mfafnet-s", None, 2).train()
     _, aux = model(*_inputs(model, 2, 32), return_aux=True)
-    mmd_loss(*aux["align"]).backward()
+    z_o, z_s, hinge = aux["align"]
+    (mmd_loss(z_o, z_s) + hinge).backward()
     assert model.align_proj[0].weight.grad.abs().sum() > 0
     for m in model.modalities:
         assert model.encoders[m][3].hwd.conv.weight.grad.abs().sum() > 0

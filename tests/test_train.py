@@ -101,7 +101,9 @@ def test_train_writes_checkpoints_metrics_and_curves(ombria: Path, tmp_path: Pat
     assert meta.modality("optical").bands == ("swir", "nir", "red")
     assert meta.modality("sar").units == "db"
     norm = meta.modality("optical").normalisation
-    assert norm.mode == "scene-percentile" and 0.2 < norm.mean[0] < 0.8 and norm.std[0] > 0.05
+    # fixed (the default): clip + moments in Sentinel units (swir: PNG 0..255 → 91..4952)
+    assert norm.mode == "fixed" and norm.clip_low is not None and norm.clip_high is not None
+    assert 91 <= norm.clip_low[0] < norm.mean[0] < norm.clip_high[0] <= 4952 and norm.std[0] > 50
     assert isinstance(meta.training["command"], str)  # in-process runs have no argv to record
     assert meta.training["dataset"] == "ombria" and meta.training["split"]["train"] == 4
     assert meta.metrics["val"]["epoch"] == res["best_epoch"]
@@ -147,18 +149,27 @@ def test_resume_is_exact(ombria: Path, tmp_path: Path) -> None:
     assert any(not torch.equal(a[k], after_epoch1[k]) for k in a)
 
 
-def test_mfafnet_trains_with_mmd(ombria: Path, tmp_path: Path, runner) -> None:
+@pytest.mark.parametrize("kind", ["rbf", "paired"])
+def test_mfafnet_trains_with_mmd_and_logs_the_alignment_monitors(
+    ombria: Path, tmp_path: Path, runner, kind: str
+) -> None:
     out = tmp_path / "mfaf"
+    extra = () if kind == "rbf" else ("--mmd", kind)  # rbf is the default
     code, _, err = runner(
-        *_args(
-            ombria, out, "--epochs", "1", "--mmd", "paired", "--mmd-warmup", "0", model="mfafnet-s"
-        )
+        *_args(ombria, out, "--epochs", "1", "--mmd-warmup", "0", *extra, model="mfafnet-s")
     )
     assert code == 0, err
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert row["train_mmd"] > 0  # the alignment loss was computed and added
+    assert -1.0 <= row["embed_cosine"] < 0.99  # logged, and not collapsed after one epoch
+    assert row["headfree_mmd"] > 0
+    if kind == "rbf":  # the loss is the head-free MMD itself
+        assert row["headfree_mmd"] == pytest.approx(row["train_mmd"])
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"embed_cosine", "headfree_mmd"} <= set(header)
     meta = read_meta(out / "last.safetensors")
-    assert meta.training["mmd"] == {"kind": "paired", "lambda": 0.1, "warmup": 0.0}
+    assert meta.training["mmd"] == {"kind": kind, "lambda": 0.1, "warmup": 0.0}
+    assert set(meta.metrics["val"]["alignment"]) == {"embed_cosine", "headfree_mmd"}
 
 
 def test_config_file_equivalent_to_flags(ombria: Path, tmp_path: Path, runner) -> None:

@@ -90,9 +90,11 @@ def main(shared: str) -> None:
     data = Path(shared)
     px = ombria_pixels(data / "ombria")
     be = data / "bigearthnet_example"
+    s2 = bigearthnet(be, "BigEarthNet-S2-Example", S2_BANDS)
+    s1 = bigearthnet(be, "BigEarthNet-S1-Example", S1_BANDS)
     result = {
-        "optical": fit(px["optical"], px["land"], *bigearthnet(be, "BigEarthNet-S2-Example", S2_BANDS)),
-        "sar": fit(px["sar"], px["land"], *bigearthnet(be, "BigEarthNet-S1-Example", S1_BANDS)),
+        "optical": fit(px["optical"], px["land"], *s2),
+        "sar": fit(px["sar"], px["land"], *s1),
         "anchors": "2 % quantile of all pixels; median of land / water-free patches",
     }
     print(json.dumps(result, indent=1))

@@ -45,7 +45,9 @@ def main() -> None:
     ap.add_argument("--default", action="store_true")
     ap.add_argument("--tile-size", type=int, default=256)
     ap.add_argument("--optical-bands", default="swir,nir,red")
-    ap.add_argument("--eval", action="append", default=[], help="FILE.json:KEY")
+    ap.add_argument(
+        "--eval", action="append", default=[], help="EVAL.json (eval_model.py) or FILE.json:KEY"
+    )
     ap.add_argument("--description", default="")
     a = ap.parse_args()
 
@@ -57,6 +59,10 @@ def main() -> None:
         mods.append(m)
     metrics = dict(meta.metrics)
     for item in a.eval:
+        if item.endswith(".json"):  # weights/eval_model.py output: all held-out checks at once
+            held_out = json.loads(Path(item).read_text())
+            metrics.update({k: v for k, v in held_out.items() if k != "model"})
+            continue
         file, key = item.rsplit(":", 1)
         metrics[key] = summarise(Path(file))
     meta = dataclasses.replace(meta, modalities=tuple(mods), tile_size=a.tile_size, metrics=metrics)

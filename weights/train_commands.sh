@@ -2,50 +2,40 @@
 # The exact commands that made the shipped weights (run from the repo root, CPU, 2 cores).
 # Each checkpoint also records its own command line in its metadata (`mfaf models NAME`).
 #
-#   weights/train_commands.sh train      # both models, ~25-30 min each on 2 shared cores
-#   weights/train_commands.sh eval       # OMBRIA test split + Sen1Floods11 chip, per model
-#   weights/train_commands.sh ship       # copy best checkpoints into weights/ + manifest
+#   weights/train_commands.sh train      # 2 models x 2 seeds, all four side by side (~45 min)
+#   weights/train_commands.sh eval RUN   # OMBRIA test + Sen1Floods11 chip + BigEarthNet false water
+#   weights/train_commands.sh ship RUN NAME [--default]
 #
-# Data: ../shared/data/ombria (S2 3-channel composite + S1 VV "after" PNG patches, 256x256;
-# 156 train ids = 133 train + a seeded 15 % holdout of 23 for validation; 70 test ids).
-# Training uses random 128 px crops of the 256 px patches (4x cheaper on CPU); validation and
-# test run on whole patches. --photometric 0.15 jitters each band's stretch bounds and gamma
-# so the models do not learn the look of OMBRIA's 8-bit product only (round 2; round 1 had
-# no jitter and transferred worse to raw Sentinel GeoTIFFs: weights/README.md).
+# Round 3 (issue 8): all 624 OMBRIA train ids (530 train + a seeded 15 % holdout of 94 for
+# validation; the holdout depends on --seed), fixed normalisation in Sentinel units (OMBRIA's
+# PNGs mapped by weights/fit_ombria_calibration.py), calibration jitter 0.25, MFAFNet-S with the
+# head-free RBF MMD on its deep features. Random 128 px crops of the 256 px patches; validation
+# on whole patches; the shipped checkpoint of each run is its best validation epoch.
 set -euo pipefail
 DATA=../shared/data/ombria
-S1F=../shared/data/sen1floods11_sample
-COMMON=(--epochs 20 --batch-size 8 --tile 128 --photometric 0.15 --lr 1e-3 --weight-decay 0.01
-        --schedule poly --grad-clip 1.0 --seed 0 --device cpu --threads 1)
+COMMON=(--epochs 6 --batch-size 8 --tile 128 --photometric 0.25 --normalisation fixed --lr 1e-3
+        --weight-decay 0.01 --schedule poly --grad-clip 1.0 --device cpu --threads 1 --overwrite)
 
 case "${1:-}" in
 train)
-  mfaf train --dataset ombria --data-root "$DATA" --model mfafnet-s \
-    --mmd paired --mmd-lambda 0.1 --mmd-warmup 0.05 -o runs/mfafnet-s-ombria-pj "${COMMON[@]}" \
-    > runs/mfafnet-s-ombria-pj.log 2>&1 &
-  mfaf train --dataset ombria --data-root "$DATA" --model unet \
-    -o runs/unet-ombria-pj "${COMMON[@]}" > runs/unet-ombria-pj.log 2>&1 &
+  mkdir -p runs
+  for seed in 0 1; do
+    mfaf train --dataset ombria --data-root "$DATA" --model mfafnet-s --mmd rbf --mmd-lambda 0.1 \
+      --mmd-warmup 0.05 -o "runs/mfafnet-s-r3-s$seed" --seed "$seed" "${COMMON[@]}" \
+      > "runs/mfafnet-s-r3-s$seed.log" 2>&1 &
+    mfaf train --dataset ombria --data-root "$DATA" --model unet \
+      -o "runs/unet-r3-s$seed" --seed "$seed" "${COMMON[@]}" > "runs/unet-r3-s$seed.log" 2>&1 &
+  done
   wait
   ;;
-eval)  # $2 = weights file, $3 = run dir for the outputs
-  M=$2; R=$3
-  mfaf evaluate --model "$M" --dataset ombria --data-root "$DATA" --split test --json --quiet \
-    --plot "$R/cm_ombria_test.png" > "$R/eval_ombria_test.json"
-  for b in 13,8,4 4,3,2; do   # S2 B12,B8,B4 (the composite OMBRIA looks like) and true colour
-    mfaf evaluate --model "$M" --dataset sen1floods11 --data-root "$S1F" --split all \
-      --bands optical=$b --bands sar=1 --json --quiet \
-      --plot "$R/cm_s1f11_${b//,/_}.png" > "$R/eval_s1f11_${b//,/_}.json"
-  done
+eval)  # $2 = run dir: writes RUN/eval.json
+  python3 weights/eval_model.py "$2/best.safetensors" ../shared/data > "$2/eval.json"
   ;;
 ship)  # $2 = run dir, $3 = name, $4 = --default or empty
-  R=$2; N=$3
-  python weights/make_shipped.py "$R" "$N" ${4:-} \
-    --eval "$R/eval_ombria_test.json:ombria_test" \
-    --eval "$R/eval_s1f11_13_8_4.json:sen1floods11_chip_B12_B8_B4" \
-    --eval "$R/eval_s1f11_4_3_2.json:sen1floods11_chip_B4_B3_B2"
+  python3 weights/make_shipped.py "$2" "$3" ${4:-} --eval "$2/eval.json"
   ;;
 *)
-  echo "usage: $0 train | eval WEIGHTS RUN_DIR | ship RUN_DIR NAME [--default]" >&2
+  echo "usage: $0 train | eval RUN_DIR | ship RUN_DIR NAME [--default]" >&2
   exit 2
   ;;
 esac

@@ -107,6 +107,17 @@ def feature_mmd(
     return rbf_mmd(a, b, max_samples=max_samples, generator=generator)
 
 
+def variance_hinge(z: torch.Tensor, target: float = 1.0) -> torch.Tensor:
+    """Mean over channels of relu(target − std over samples) (VICReg's variance term).
+
+    The guard of a learned projection against collapse: 0 when every channel varies by at
+    least ``target`` across pixels, ``target`` for a constant embedding.
+    """
+    x = _as_samples(z.float())
+    std = torch.sqrt(x.var(dim=0, unbiased=False) + 1e-4)
+    return F.relu(target - std).mean()
+
+
 def embedding_cosine(z: torch.Tensor, pairs: int = 4096) -> float:
     """Mean cosine between random pixel pairs of an embedding (1.0 = collapsed to a constant)."""
     x = _as_samples(z.detach().float())

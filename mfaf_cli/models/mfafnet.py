@@ -469,15 +469,15 @@ class MFAFNet(nn.Module):
 
     def aligned_embeddings(
         self, f_o: torch.Tensor, f_s: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shared-projection embeddings for the projected MMD kinds, guarded against collapse.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Shared-projection embeddings for the projected MMD kinds, and their collapse guard.
 
-        A joint BatchNorm without affine over both modalities' pixels (batch statistics, no
-        running state) fixes every channel's variance at 1 before the L2 normalisation, so the
-        projection cannot satisfy the loss with a constant embedding (which L2 alone allows).
+        L2 normalisation rules out g ≡ 0 but not g ≡ constant, which satisfies any paired loss;
+        the returned variance hinge (:func:`~mfaf_cli.models.losses.variance_hinge` over both
+        modalities' pixels) costs a constant projection 1 and a spread one nothing.
         """
+        from mfaf_cli.models.losses import variance_hinge
+
         p_o, p_s = self.align_proj(f_o), self.align_proj(f_s)
-        joint = torch.cat([p_o, p_s], dim=0).float()
-        joint = F.batch_norm(joint, None, None, training=True, eps=1e-5)
-        z_o, z_s = F.normalize(joint, dim=1).split(p_o.shape[0], dim=0)
-        return z_o, z_s
+        hinge = variance_hinge(torch.cat([p_o, p_s], dim=0))
+        return F.normalize(p_o, dim=1), F.normalize(p_s, dim=1), hinge

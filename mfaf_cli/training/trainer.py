@@ -578,8 +578,9 @@ def _alignment(
     if cfg.mmd in FEATURE_KINDS:
         loss = feature_mmd(f_a, f_b, valid)
         return loss, (embedding_cosine(layer_normalised(f_a)), float(loss.detach()))
-    z_a, z_b = aux["align"]
+    z_a, z_b, hinge = aux["align"]
     loss = mmd_loss(z_a.float(), z_b.float(), kind=cfg.mmd, labels=mask, ignore_index=ignore_index)
+    loss = loss + hinge
     with torch.no_grad():
         head_free = float(feature_mmd(f_a, f_b, valid))
     return loss, (embedding_cosine(z_a), head_free)
