@@ -147,6 +147,42 @@ def test_resume_is_exact(ombria: Path, tmp_path: Path) -> None:
     assert any(not torch.equal(a[k], after_epoch1[k]) for k in a)
 
 
+def _lrs(run: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["lr"]) for r in rows]
+
+
+@pytest.mark.parametrize("schedule", ["poly", "cosine"])
+def test_resume_follows_the_new_epoch_count_and_schedule(
+    ombria: Path, tmp_path: Path, schedule: str
+) -> None:
+    """Regression: LambdaLR's state dict carried the old total, so epochs 2.. trained at LR 0."""
+    base = dict(
+        dataset="ombria",
+        data_root=str(ombria),
+        model="unet",
+        tile=32,
+        batch_size=2,
+        val_fraction=0.34,
+        lr=0.01,
+        progress=False,
+        model_config={"base_width": 4},
+    )
+    run = tmp_path / "run"
+    train(TrainConfig(out=str(run), epochs=1, schedule="poly", **base))
+    train(TrainConfig(out=str(run), epochs=4, schedule=schedule, resume=str(run), **base))
+    lrs = _lrs(run)
+    assert [s for s, _ in lrs] == [2, 4, 6, 8]  # 2 steps per epoch, 8 in all
+    assert lrs[0][1] == pytest.approx(0.01 * lr_factor(2, 2, "poly")) and lrs[0][1] == 0.0
+    for step, lr in lrs[1:]:
+        assert lr == pytest.approx(0.01 * lr_factor(step, 8, schedule))
+    assert lrs[1][1] > 0.001 and lrs[2][1] > 0.0  # not the old schedule's 0
+    if schedule == "poly":  # same settings as an uninterrupted 4-epoch run from step 2 on
+        straight = tmp_path / "straight"
+        train(TrainConfig(out=str(straight), epochs=4, **base))
+        assert _lrs(straight)[1:] == lrs[1:]
+
+
 def test_mfafnet_trains_with_mmd(ombria: Path, tmp_path: Path, runner) -> None:
     out = tmp_path / "mfaf"
     code, _, err = runner(

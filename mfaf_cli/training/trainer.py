@@ -217,13 +217,32 @@ def lr_factor(
 
 
 class _LRLambda:
-    """Picklable-free schedule closure (LambdaLR stores nothing of it in its state)."""
+    """The schedule as a callable object (LambdaLR saves its ``__dict__`` in the state dict,
+    so a resume must not load it back: see :func:`_load_scheduler`)."""
 
     def __init__(self, total: int, schedule: str, warmup: float) -> None:
         self.total, self.schedule, self.warmup = total, schedule, warmup
 
     def __call__(self, step: int) -> float:
         return lr_factor(step, self.total, self.schedule, self.warmup)
+
+
+def _load_scheduler(
+    sched: torch.optim.lr_scheduler.LambdaLR, saved: dict[str, Any], base_lr: float
+) -> None:
+    """Restore the step count of a saved scheduler but keep *this* run's schedule.
+
+    ``LambdaLR.load_state_dict`` would copy the saved lambda's ``__dict__`` (old total steps,
+    old schedule) over the new one, so a resume with more epochs trained at LR 0. The
+    optimizer's current LR is recomputed from the new schedule at the saved step, which is
+    what an uninterrupted run with the new settings would use.
+    """
+    sched.load_state_dict({**saved, "lr_lambdas": [None] * len(sched.lr_lambdas)})
+    sched.base_lrs = [base_lr] * len(sched.optimizer.param_groups)
+    lrs = [b * fn(sched.last_epoch) for b, fn in zip(sched.base_lrs, sched.lr_lambdas)]
+    for group, lr in zip(sched.optimizer.param_groups, lrs):
+        group["initial_lr"], group["lr"] = base_lr, lr
+    sched._last_lr = lrs
 
 
 def pad_batch(
@@ -729,7 +748,7 @@ def _run(
     history: list[dict[str, Any]] = []
     if state is not None:
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        _load_scheduler(sched, state["scheduler"], cfg.lr)
         if "scaler" in state and scaler.is_enabled():
             scaler.load_state_dict(state["scaler"])
         start_epoch = int(state["epoch"])
