@@ -22,6 +22,7 @@ import io
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 import sys
@@ -116,24 +117,39 @@ class TrainResult:
 
 
 # ---- config files --------------------------------------------------------------------------
+def _parse_config_text(p: Path) -> Any:
+    """The parsed document of a TOML or YAML file; a syntax error is a one-line UsageError."""
+    import tomllib
+
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {p} is not UTF-8 text") from None
+    if p.suffix.lower() == ".toml":
+        errors: tuple[type[Exception], ...] = (tomllib.TOMLDecodeError,)
+        parse: Any = tomllib.loads
+    else:
+        try:
+            import yaml
+        except ImportError:
+            raise UsageError(
+                f"config file {p} is YAML, which needs PyYAML (pip install pyyaml); "
+                "or write it as a .toml file"
+            ) from None
+        errors, parse = (yaml.YAMLError,), lambda t: yaml.safe_load(t) or {}
+    try:
+        return parse(text)
+    except errors as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UsageError(f"config file {p} could not be parsed ({msg})") from None
+
+
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a TOML / YAML (or JSON) training config; keys are TrainConfig fields (- or _)."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"config file {p} does not exist")
-    text = p.read_text()
-    try:
-        if p.suffix.lower() == ".toml":
-            import tomllib
-
-            doc = tomllib.loads(text)
-        else:
-            import yaml
-
-            doc = yaml.safe_load(text) or {}
-    except Exception as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UsageError(f"config file {p} could not be parsed ({msg})") from None
+    doc = _parse_config_text(p)
     if not isinstance(doc, dict):
         raise UsageError(f"config file {p} must hold a table of settings")
     doc = {str(k).replace("-", "_"): v for k, v in doc.items()}
@@ -472,7 +488,7 @@ def _check_resume_meta(meta: ModelMeta, cfg: TrainConfig, ds: Any, ckpt: Path) -
 def _load_state(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as err:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise WeightsError(
             f"cannot resume: {path} is not a readable training state ({msg[:200]})"
