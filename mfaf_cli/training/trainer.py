@@ -255,8 +255,9 @@ def _load_scheduler(
     """
     sched.load_state_dict({**saved, "lr_lambdas": [None] * len(sched.lr_lambdas)})
     sched.base_lrs = [base_lr] * len(sched.optimizer.param_groups)
-    lrs = [b * fn(sched.last_epoch) for b, fn in zip(sched.base_lrs, sched.lr_lambdas)]
-    for group, lr in zip(sched.optimizer.param_groups, lrs):
+    steps = sched.last_epoch
+    lrs = [b * fn(steps) for b, fn in zip(sched.base_lrs, sched.lr_lambdas, strict=True)]
+    for group, lr in zip(sched.optimizer.param_groups, lrs, strict=True):
         group["initial_lr"], group["lr"] = base_lr, lr
     sched._last_lr = lrs
 
