@@ -517,6 +517,8 @@ def evaluate_model(
         "blend": blend,
         "device": getattr(predictor, "device", device),
     }
+    if ds.skipped:  # items the reader left out, by reason (also logged as warnings)
+        info["skipped"] = dict(ds.skipped)
     if not math.isfinite(metrics["miou"]):
         info["note"] = "no labelled pixel was evaluated"
     return EvalResult(metrics, names, info)
