@@ -205,7 +205,8 @@ def raster_confusion(
                 f"({pds.width}×{pds.height}) have no CRS and different sizes; cannot co-register"
             )
         check_class_map(pds, Path(pred_path).name)
-        if not same and not footprints_overlap(pds, tds):
+        both_crs = pds.crs is not None and tds.crs is not None  # else truth_on_grid says so
+        if not same and both_crs and not footprints_overlap(pds, tds):
             raise NoOverlapError(
                 f"{Path(pred_path).name} and {Path(truth_path).name} do not overlap "
                 f"(prediction bounds {_fmt_bounds(pds.bounds)} in {pds.crs}); "
