@@ -183,6 +183,35 @@ def test_resume_follows_the_new_epoch_count_and_schedule(
         assert _lrs(straight)[1:] == lrs[1:]
 
 
+def test_config_errors_say_what_is_wrong_and_bugs_are_not_hidden(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Regression: a missing YAML module was reported as "could not be parsed"; any other
+    exception was turned into a usage error too."""
+    import tomllib
+
+    from mfaf_cli.errors import UsageError
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochs = = 3\n")
+    with pytest.raises(UsageError, match=r"bad.toml could not be parsed \(Invalid"):
+        load_config_file(bad)
+    yml = tmp_path / "train.yaml"
+    yml.write_text("epochs: 3\n")
+    monkeypatch.setitem(sys.modules, "yaml", None)  # PyYAML not installed
+    with pytest.raises(UsageError, match=r"train.yaml is YAML, which needs PyYAML \(pip install"):
+        load_config_file(yml)
+    good = tmp_path / "good.toml"
+    good.write_text("epochs = 3\n")
+
+    def bug(text: str) -> dict:
+        raise KeyError("an mfaf bug")
+
+    monkeypatch.setattr(tomllib, "loads", bug)
+    with pytest.raises(KeyError):  # surfaces as an internal error, not "could not be parsed"
+        load_config_file(good)
+
+
 def test_mfafnet_trains_with_mmd(ombria: Path, tmp_path: Path, runner) -> None:
     out = tmp_path / "mfaf"
     code, _, err = runner(

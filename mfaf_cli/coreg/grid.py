@@ -77,9 +77,11 @@ class Grid:
 def parse_crs(crs: str | CRS | None) -> CRS | None:
     if crs is None or isinstance(crs, CRS):
         return crs
+    from rasterio.errors import CRSError
+
     try:
         out = CRS.from_user_input(crs)
-    except Exception as err:
+    except CRSError as err:
         raise UsageError(f"--crs {crs!r} is not a valid CRS; use e.g. EPSG:32630") from err
     return out
 
