@@ -286,18 +286,20 @@ def evaluate_rasters(
     m = parse_mapping(mapping) if not isinstance(mapping, dict) else mapping
     # require_crs=False: two CRS-less rasters of the same size can still be compared
     # (raster_confusion says so when they cannot); a truncated file fails here, in one line
-    with open_raster(pred, "prediction", require_crs=False) as ds:
+    with (
+        open_raster(pred, "prediction", require_crs=False) as ds,
+        open_raster(truth, "truth", require_crs=False) as tds,  # unreadable files first
+    ):
         check_class_map(ds, Path(pred).name)
         names = class_names or _classes_from_tags(ds.tags())
         pmax = None
         if names is None and num_classes is None:
             pmax = _largest_value(ds.read(1), ds.nodata if ds.nodata is not None else NODATA_LABEL)
             _check_inferred(pmax, Path(pred).name, "give --num-classes if that is right")
-    with open_raster(truth, "truth", require_crs=False) as ds:
         if names is None and num_classes is None:
-            t = ds.read(1)
-            if ds.nodata is not None:
-                t = t[t != ds.nodata]
+            t = tds.read(1)
+            if tds.nodata is not None:
+                t = t[t != tds.nodata]
             t = apply_mapping(np.asarray(t).astype(np.int64), m)
             t = t[(t >= 0) & (t != NODATA_LABEL)]
             tmax = int(t.max()) if t.size else 0
