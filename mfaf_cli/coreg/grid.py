@@ -77,11 +77,9 @@ class Grid:
 def parse_crs(crs: str | CRS | None) -> CRS | None:
     if crs is None or isinstance(crs, CRS):
         return crs
-    from rasterio.errors import CRSError
-
     try:
         out = CRS.from_user_input(crs)
-    except CRSError as err:
+    except (ValueError, TypeError) as err:  # rasterio's CRSError is a ValueError
         raise UsageError(f"--crs {crs!r} is not a valid CRS; use e.g. EPSG:32630") from err
     return out
 
