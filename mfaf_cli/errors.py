@@ -54,6 +54,10 @@ class ModelError(MfafError):
     exit_code = 2
 
 
+class OutputWriteError(MfafError):
+    """An output could not be written (device full, I/O error); nothing is left behind."""
+
+
 class WeightsError(MfafError):
     """A checkpoint is missing, truncated, tampered with, or for another model."""
 

@@ -224,6 +224,48 @@ def test_ombria_bad_layouts(tmp_path: Path) -> None:
         open_dataset("ombria", root, "train", modalities=("hsi", "lidar"))
 
 
+def test_ombria_missing_mask_is_counted_and_reported(tmp_path: Path, caplog) -> None:
+    """Regression: a patch without a mask was skipped without a word."""
+    root = make_ombria(tmp_path / "ombria", n_train=6, n_test=3)
+    (root / "OmbriaS2" / "test" / "MASK" / "S2_mask_0101.png").unlink()
+    (root / "OmbriaS1" / "test" / "AFTER" / "S1_after_0102.png").unlink()
+    (root / "OmbriaS2" / "test" / "AFTER" / "notes.png").write_bytes(b"")
+    with caplog.at_level("WARNING", logger="mfaf.data"):
+        ds = open_dataset("ombria", root, "test")
+    assert [i for _, i in ds.items] == ["0100"]
+    mask_dir = root / "OmbriaS2" / "test" / "MASK"
+    assert ds.skipped == {
+        f"test ({root}): no mask S2_mask_<id>.png in {mask_dir}": 1,
+        f"test ({root}): no S1_after_<id>.png in {root / 'OmbriaS1' / 'test' / 'AFTER'}": 1,
+        f"test ({root}): PNG files in {root / 'OmbriaS2' / 'test' / 'AFTER'} not named "
+        "S2_after_<digits>.png": 1,
+    }
+    text = caplog.text
+    assert f"ombria test ({root}): 1 skipped, no mask S2_mask_<id>.png in {mask_dir} (0101)" in text
+    assert "(0102)" in text and "(notes.png)" in text
+    # a wrong layout names the file pattern it looks for
+    (tmp_path / "bad" / "OmbriaS2" / "train" / "AFTER").mkdir(parents=True)
+    with pytest.raises(DatasetError, match=r"OmbriaS1/train/AFTER holding S1_after_<digits>\.png"):
+        open_dataset("ombria", tmp_path / "bad", "train")
+
+
+def test_every_dataset_reports_what_it_skips(tmp_path: Path, caplog) -> None:
+    s1f = make_sen1floods11(tmp_path / "s1f", ids=("Spain_1", "Spain_2", "Bolivia_3", "Peru_4"))
+    (s1f / "LabelHand" / "Peru_4_LabelHand.tif").unlink()
+    (s1f / "flood_test_data.csv").write_text("Spain_1_S1Hand.tif\nGhana_9_S1Hand.tif\n")
+    whu = make_whu_sheets(tmp_path / "whu", sheets=("NH1", "NH2", "NH3", "NH4"))
+    (whu / "SAR" / "NH4.tif").unlink()
+    with caplog.at_level("WARNING", logger="mfaf.data"):
+        ds = open_dataset("sen1floods11", s1f, "test")
+        w = open_dataset("whu", whu, "all", tile=32)
+    assert ds.ids == ["Spain_1"] and sorted(ds.skipped.values()) == [1, 1]
+    assert "1 skipped, no <id>_LabelHand.tif (Peru_4)" in caplog.text
+    assert "1 skipped, listed in flood_test_data.csv but not found (Ghana_9)" in caplog.text
+    assert w.ids == ["NH1", "NH2", "NH3"]
+    assert w.skipped == {f"{whu}: no <id>.tif in {whu / 'SAR'}": 1}
+    assert f"whu {whu}: 1 skipped, no <id>.tif in {whu / 'SAR'} (NH4)" in caplog.text
+
+
 def test_ombria_label_outside_table(tmp_path: Path) -> None:
     root = make_ombria(tmp_path / "ombria")
     bad = np.zeros((32, 32), dtype=np.uint8)

@@ -135,6 +135,63 @@ def test_cli_json_table_and_plot(tmp_path: Path, rng: np.random.Generator, runne
     assert code == 2 and "give --truth" in err
 
 
+def _one_error_line(runner, *args: object) -> str:
+    code, out, err = runner("evaluate", *args)
+    lines = err.strip().splitlines()
+    assert code == 1 and out == "" and len(lines) == 1, (code, out, err)
+    assert lines[0].startswith("Error: ") and "Traceback" not in err
+    return lines[0]
+
+
+def test_disjoint_rasters_are_an_error(tmp_path: Path, rng: np.random.Generator, runner) -> None:
+    """Regression: disjoint rasters printed a table of dashes with 0 pixels and exited 0."""
+    pred, truth = _scene(rng)
+    p = _pred_tif(tmp_path / "pred.tif", pred)
+    far = write_geotiff(tmp_path / "far.tif", truth, transform=from_origin(600_000, 4e6, 10, 10))
+    geo = write_geotiff(  # the same far-away place, in another CRS: compared after reprojection
+        tmp_path / "far_geo.tif",
+        truth,
+        crs="EPSG:4326",
+        transform=from_origin(-2.0, 36.2, 1e-4, 1e-4),
+    )
+    for t in (far, geo):
+        line = _one_error_line(runner, p, "--truth", t)
+        assert "do not overlap" in line and t.name in line
+    # overlapping but every truth pixel is nodata: also nothing to score, also an error
+    empty = write_geotiff(
+        tmp_path / "empty.tif", np.full_like(truth, -9999), transform=T, nodata=-9999
+    )
+    assert "no pixel" in _one_error_line(runner, p, "--truth", empty)
+
+
+def test_a_non_label_prediction_is_refused(
+    tmp_path: Path, rng: np.random.Generator, runner
+) -> None:
+    """Regression: a 4-band uint16 optical file was scored as ~2 250 classes."""
+    _, truth = _scene(rng)
+    t = write_geotiff(tmp_path / "truth.tif", truth, transform=T)
+    optical = rng.integers(0, 2250, size=(4, *truth.shape)).astype(np.uint16)
+    opt4 = write_geotiff(tmp_path / "optical.tif", optical, transform=T)
+    line = _one_error_line(runner, opt4, "--truth", t)
+    assert "optical.tif is not a class map" in line and "4 bands" in line and "uint16" in line
+    band = write_geotiff(tmp_path / "band.tif", optical[0], transform=T)  # one band, no classes
+    line = _one_error_line(runner, band, "--truth", t)
+    assert "band.tif is not a class map" in line and f"up to {optical[0].max()}" in line
+    tagged = _pred_tif(tmp_path / "tagged.tif", np.zeros_like(truth, dtype=np.uint8))
+    with rasterio.open(tagged, "r+") as ds:  # a 2-class table, but values 0..7
+        ds.write((np.arange(truth.size).reshape(truth.shape) % 8).astype(np.uint8), 1)
+    line = _one_error_line(runner, tagged, "--truth", t)
+    assert "not a class map of these 2 classes" in line and "[2, 3, 4, 5, 6, 7]" in line
+    frac = write_geotiff(tmp_path / "frac.tif", rng.random(truth.shape).astype("f4"), transform=T)
+    assert "fractional values" in _one_error_line(runner, frac, "--truth", t, "--num-classes", "2")
+    # a float map of whole class ids with NaN nodata is still a class map
+    whole = np.where(truth == 1, 1.0, 0.0).astype("f4")
+    whole[0, :3] = np.nan
+    wf = write_geotiff(tmp_path / "whole.tif", whole, transform=T, nodata=float("nan"))
+    res = evaluate_rasters(wf, t, num_classes=2)
+    assert res.metrics["n_pixels"] == truth.size - 3 and res.metrics["oa"] == 1.0
+
+
 # ---- a model on a dataset --------------------------------------------------------------------
 def _checkpoint(tmp_path: Path, ds, in_channels=None) -> Path:
     from mfaf_cli.io.weights import save_checkpoint

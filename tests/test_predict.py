@@ -311,6 +311,56 @@ def test_cli_predict_json_with_untrained_registry_model(cli_pair, tmp_path, runn
         assert ds.read(1).max() < 2
 
 
+def test_cli_full_disk_is_one_line_naming_the_file(cli_pair, tmp_path, runner, monkeypatch):
+    """Regression: a full disk ended as "Error: internal error: RasterioIOError: Write failed"."""
+    import errno
+
+    from rasterio.errors import RasterioIOError
+
+    from mfaf_cli.io import raster as R
+
+    def full(self):
+        raise RasterioIOError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(R.GeoTiffWriter, "_flush", full)
+    opt, sar = cli_pair
+    out = tmp_path / "map.tif"
+    code, stdout, err = runner("predict", "--optical", opt, "--sar", sar, "-o", out, "--model",
+                               "unet", "--tile", "32", "--quiet")  # fmt: skip
+    line = _one_error_line(err)
+    assert code == 1 and stdout == ""
+    assert line == (
+        f"Error: could not write {out}: no space left on device; free some space or write "
+        "to another disk (nothing was written)"
+    )
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_cli_untranslated_os_errors(cli_pair, tmp_path, runner, monkeypatch):
+    """The CLI's last resort: ENOSPC from any layer says the disk is full; other OS errors
+    stay internal errors (an mfaf bug), one line each."""
+    import errno
+    import sys
+
+    pipeline = sys.modules["mfaf_cli.pipeline.predict"]
+    opt, sar = cli_pair
+    for err, want in (
+        (OSError(errno.ENOSPC, "No space left on device", "/runs/x/last.safetensors"),
+         "Error: could not write /runs/x/last.safetensors: no space left on device; "
+         "free some space"),
+        (OSError(errno.EIO, "Input/output error"),
+         "Error: internal error: OSError: [Errno 5] Input/output error (rerun with --debug)"),
+    ):  # fmt: skip
+
+        def boom(*a, _err=err, **kw):
+            raise _err
+
+        monkeypatch.setattr(pipeline, "grid_from_reference", boom)
+        code, _, stderr = runner("predict", "--optical", opt, "--sar", sar, "-o",
+                                 tmp_path / "m.tif", "--model", "unet", "--quiet")  # fmt: skip
+        assert code == 1 and _one_error_line(stderr) == want
+
+
 def _bad_inputs(tmp_path: Path, make_geotiff, cli_pair):
     opt, sar = cli_pair
     text = tmp_path / "notes.tif"

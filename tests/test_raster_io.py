@@ -349,3 +349,91 @@ def test_creation_options_gdal_rejects_are_usage_errors(tmp_path):
         ):
             pass
     assert listing(tmp_path) == []
+
+
+# ---- write failures (full disk) -----------------------------------------------------------
+def _gdal_write_failed() -> Exception:
+    """What rasterio raises when GDAL cannot write a block: no errno, the detail in a cause."""
+    from rasterio.errors import RasterioIOError
+
+    try:
+        try:
+            raise RuntimeError("TIFFAppendToStrip:Write error at scanline 128")
+        except RuntimeError as cause:
+            raise RasterioIOError("Write failed. See previous exception for details.") from cause
+    except RasterioIOError as err:
+        return err
+
+
+@pytest.mark.parametrize("where", ["_flush", "close"])
+@pytest.mark.parametrize("kind", ["enospc", "gdal-disk-full", "gdal-other"])
+def test_write_failure_is_one_clear_error_and_leaves_nothing(
+    tmp_path, rng, monkeypatch, where, kind
+):
+    """Regression: a full disk ended as "internal error: RasterioIOError: Write failed"."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    from rasterio.errors import RasterioIOError
+
+    from mfaf_cli.errors import OutputWriteError
+    from mfaf_cli.io import raster as R
+
+    err = RasterioIOError(errno.ENOSPC, "No space left on device")
+    if kind != "enospc":
+        err = _gdal_write_failed()
+    usage = namedtuple("usage", "total used free")
+    free = 0 if kind == "gdal-disk-full" else 10 << 30
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage(10 << 30, (10 << 30) - free, free))
+    real = getattr(R.GeoTiffWriter, where)
+
+    def failing(self):
+        if self.path.name.startswith(".p.tif"):  # only the probability output fails
+            raise err
+        return real(self)
+
+    monkeypatch.setattr(R.GeoTiffWriter, where, failing)
+    probs = random_probs(rng, 8, 40, 30)
+    valid = np.ones((40, 30), bool)
+    (tmp_path / "p.tif").write_bytes(b"old")  # an existing output stays as it was
+    with pytest.raises(OutputWriteError) as info:
+        with OutputSet(
+            grid(30, 40), META, tmp_path / "l.tif", tmp_path / "p.tif", overwrite=True
+        ) as out:
+            write_all(out, probs, valid, band=10)
+    msg = str(info.value)
+    assert msg.startswith(f"could not write {tmp_path / 'p.tif'}: ") and "\n" not in msg
+    if kind == "gdal-other":
+        assert "Write error at scanline 128" in msg and "no space" not in msg
+    else:
+        assert "no space left on device" in msg
+    assert listing(tmp_path) == ["p.tif"] and (tmp_path / "p.tif").read_bytes() == b"old"
+
+
+def test_full_tmpfs_is_reported_as_such(tmp_path, rng):
+    """The real thing, where the test may mount a 64 KiB tmpfs (root on Linux); else skipped."""
+    import subprocess
+
+    from mfaf_cli.errors import OutputWriteError
+
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.name != "posix" or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        probs = random_probs(rng, 8, 300, 300)
+        with pytest.raises(OutputWriteError, match=r"small/[lp]\.tif: no space left on device"):
+            with OutputSet(
+                grid(300, 300), META, small / "l.tif", small / "p.tif",
+                creation_options={"COMPRESS": "NONE"},
+            ) as out:  # fmt: skip
+                write_all(out, probs, np.ones((300, 300), bool), band=100)
+        assert listing(small) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

@@ -149,6 +149,71 @@ def test_resume_is_exact(ombria: Path, tmp_path: Path) -> None:
     assert any(not torch.equal(a[k], after_epoch1[k]) for k in a)
 
 
+def _lrs(run: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["lr"]) for r in rows]
+
+
+@pytest.mark.parametrize("schedule", ["poly", "cosine"])
+def test_resume_follows_the_new_epoch_count_and_schedule(
+    ombria: Path, tmp_path: Path, schedule: str
+) -> None:
+    """Regression: LambdaLR's state dict carried the old total, so epochs 2.. trained at LR 0."""
+    base = dict(
+        dataset="ombria",
+        data_root=str(ombria),
+        model="unet",
+        tile=32,
+        batch_size=2,
+        val_fraction=0.34,
+        lr=0.01,
+        progress=False,
+        model_config={"base_width": 4},
+    )
+    run = tmp_path / "run"
+    train(TrainConfig(out=str(run), epochs=1, schedule="poly", **base))
+    train(TrainConfig(out=str(run), epochs=4, schedule=schedule, resume=str(run), **base))
+    lrs = _lrs(run)
+    assert [s for s, _ in lrs] == [2, 4, 6, 8]  # 2 steps per epoch, 8 in all
+    assert lrs[0][1] == pytest.approx(0.01 * lr_factor(2, 2, "poly")) and lrs[0][1] == 0.0
+    for step, lr in lrs[1:]:
+        assert lr == pytest.approx(0.01 * lr_factor(step, 8, schedule))
+    assert lrs[1][1] > 0.001 and lrs[2][1] > 0.0  # not the old schedule's 0
+    if schedule == "poly":  # same settings as an uninterrupted 4-epoch run from step 2 on
+        straight = tmp_path / "straight"
+        train(TrainConfig(out=str(straight), epochs=4, **base))
+        assert _lrs(straight)[1:] == lrs[1:]
+
+
+def test_config_errors_say_what_is_wrong_and_bugs_are_not_hidden(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Regression: a missing YAML module was reported as "could not be parsed"; any other
+    exception was turned into a usage error too."""
+    import tomllib
+
+    from mfaf_cli.errors import UsageError
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochs = = 3\n")
+    with pytest.raises(UsageError, match=r"bad.toml could not be parsed \(Invalid"):
+        load_config_file(bad)
+    yml = tmp_path / "train.yaml"
+    yml.write_text("epochs: 3\n")
+    monkeypatch.setitem(sys.modules, "yaml", None)  # PyYAML not installed
+    with pytest.raises(UsageError, match=r"train.yaml is YAML, which needs PyYAML \(pip install"):
+        load_config_file(yml)
+    good = tmp_path / "good.toml"
+    good.write_text("epochs = 3\n")
+
+    def bug(text: str) -> dict:
+        raise KeyError("an mfaf bug")
+
+    monkeypatch.setattr(tomllib, "loads", bug)
+    with pytest.raises(KeyError):  # surfaces as an internal error, not "could not be parsed"
+        load_config_file(good)
+
+
 @pytest.mark.parametrize("kind", ["rbf", "paired"])
 def test_mfafnet_trains_with_mmd_and_logs_the_alignment_monitors(
     ombria: Path, tmp_path: Path, runner, kind: str

@@ -33,28 +33,23 @@ def _units(crs: Any) -> str:
         return "pixels"
     if crs.is_geographic:
         return "degree"
+    from rasterio.errors import CRSError
+
     try:
         return str(crs.linear_units)
-    except Exception:
+    except CRSError:
         return "unknown"
 
 
 def describe_raster(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Facts about one raster as plain JSON-able values."""
     from mfaf_cli.io.inputs import open_raster
-    from mfaf_cli.vectorize.polygons import crs_label
+    from mfaf_cli.vectorize.polygons import crs_label, crs_name
 
     # require_crs=False: a file without CRS is described ("none"), not refused
     with open_raster(path, require_crs=False) as src:
         crs = src.crs
-        name = None
-        if crs is not None:
-            try:
-                from pyproj import CRS
-
-                name = CRS.from_user_input(crs.to_wkt()).name
-            except Exception:
-                name = None
+        name = crs_name(crs) if crs is not None else None
         dtypes = sorted(set(src.dtypes))
         # dedupe by text: NaN != NaN
         nodatas = list({str(v): v for v in src.nodatavals if v is not None}.values())

@@ -128,6 +128,17 @@ def _usage_line(e: click.ClickException) -> str:
     return f"Error: {msg}"
 
 
+def _os_error_line(e: OSError) -> str:
+    """An OS error no library layer translated: a full disk (checkpoints, vectors...) is said
+    plainly; anything else is still an mfaf bug to report."""
+    import errno
+
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" {e.filename}" if e.filename else ""
+        return f"could not write{where}: no space left on device; free some space"
+    return f"internal error: {_one_line(f'{type(e).__name__}: {e}')} (rerun with --debug)"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the group and maps errors to exit codes."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -162,6 +173,11 @@ def main(argv: list[str] | None = None) -> None:
         raise
     except BrokenPipeError:  # stdout closed early (e.g. `| head`): stop quietly
         _silence_stdout()
+        sys.exit(1)
+    except OSError as e:
+        if debug:
+            raise
+        click.echo(f"Error: {_os_error_line(e)}", err=True)
         sys.exit(1)
     except Exception as e:  # an mfaf bug, not a user mistake: say so, keep it short
         if debug:

@@ -11,6 +11,7 @@ invalid, so no class is ever guessed there.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 from rasterio.enums import MaskFlags, Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.transform import Affine
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window as RioWindow
@@ -30,6 +31,8 @@ from mfaf_cli.coreg.grid import Grid, check_overlap, footprint_in
 from mfaf_cli.errors import BandMismatchError, UsageError
 from mfaf_cli.io.inputs import open_raster, read_error
 from mfaf_cli.metadata import RESAMPLING_KIND, ModelMeta
+
+log = logging.getLogger("mfaf")
 
 #: Kinds of band and how they are resampled; modality names not listed in
 #: :data:`mfaf_cli.metadata.RESAMPLING_KIND` (e.g. ``label``) are categorical.
@@ -362,8 +365,8 @@ class AlignedScene:
             for ds in self._all_handles:
                 try:
                     ds.close()
-                except Exception:
-                    pass
+                except (OSError, RasterioError) as err:  # read-only handle: nothing is lost
+                    log.debug("closing %s failed: %s", getattr(ds, "name", ds), err)
             self._all_handles.clear()
         self._local = threading.local()
 

@@ -79,7 +79,7 @@ def parse_crs(crs: str | CRS | None) -> CRS | None:
         return crs
     try:
         out = CRS.from_user_input(crs)
-    except Exception as err:
+    except (ValueError, TypeError) as err:  # rasterio's CRSError is a ValueError
         raise UsageError(f"--crs {crs!r} is not a valid CRS; use e.g. EPSG:32630") from err
     return out
 
@@ -163,7 +163,8 @@ def check_overlap(ds: Any, grid: Grid, name: str, ref_name: str = "the target gr
             "check that both files cover the same area and have the right CRS"
         )
     rx, ry = grid.res
-    if ow < rx or oh < ry:
+    tol = 1 - 1e-6  # an exact one-pixel overlap computed in floating point is one pixel
+    if ow < rx * tol or oh < ry * tol:
         raise NoOverlapError(
             f"{name} {path} overlaps {ref_name} by less than one target pixel "
             f"({ow:.3g} × {oh:.3g} CRS units, pixel {rx:.3g} × {ry:.3g}); "

@@ -55,6 +55,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 log = logging.getLogger("mfaf.data")
+#: Skip warnings already given in this process (train and val readers scan the same folder).
+_REPORTED: set[str] = set()
 
 DATASET_NAMES: tuple[str, ...] = ("ombria", "sen1floods11", "whu", "folder")
 SPLITS: tuple[str, ...] = ("train", "val", "test", "all")
@@ -284,6 +286,8 @@ class SegDataset(Dataset):
         self.units: dict[str, str] = {}
         self.classes: tuple[ClassInfo, ...] = WATER_CLASSES
         self.norms: dict[str, Normalisation] = {}
+        #: What the reader left out, by reason ("no mask S2_mask_<id>.png": 2); see skip()
+        self.skipped: dict[str, int] = {}
 
     # -- to implement --------------------------------------------------------------------
     def __len__(self) -> int:  # pragma: no cover - abstract
@@ -308,6 +312,19 @@ class SegDataset(Dataset):
         return None
 
     # -- common --------------------------------------------------------------------------
+    def skip(self, where: str, reason: str, ids: Iterable[str]) -> None:
+        """Count items left out (``ids``) and warn once, naming a few: never skip silently."""
+        ids = sorted(ids)
+        if not ids:
+            return
+        key = f"{where}: {reason}"
+        self.skipped[key] = self.skipped.get(key, 0) + len(ids)
+        shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+        msg = f"{self.name} {where}: {len(ids)} skipped, {reason} ({shown})"
+        if msg not in _REPORTED:
+            _REPORTED.add(msg)
+            log.warning("%s", msg)
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)
@@ -549,31 +566,7 @@ class OmbriaDataset(SegDataset):
         folders = ["train", "test"] if split == "all" else ["test" if split == "test" else "train"]
         self.items: list[tuple[str, str]] = []  # (folder, id)
         for folder in folders:
-            s2 = _require_dir(root / "OmbriaS2" / folder / "AFTER")
-            s1 = _require_dir(root / "OmbriaS1" / folder / "AFTER")
-            _require_dir(root / "OmbriaS2" / folder / "MASK")
-            ids2 = {
-                m.group(1)
-                for p in s2.iterdir()
-                if (m := re.match(r"S2_after_(\d+)\.png$", p.name, re.I))
-            }
-            ids1 = {
-                m.group(1)
-                for p in s1.iterdir()
-                if (m := re.match(r"S1_after_(\d+)\.png$", p.name, re.I))
-            }
-            ids = sorted(ids2 & ids1)
-            if len(ids) < len(ids2 | ids1):
-                log.warning(
-                    "ombria %s: %d ids lack an S1 or S2 patch and are skipped",
-                    folder,
-                    len(ids2 | ids1) - len(ids),
-                )
-            ids = [
-                i
-                for i in ids
-                if (root / "OmbriaS2" / folder / "MASK" / f"S2_mask_{i}.png").exists()
-            ]
+            ids = self._folder_ids(root, folder)
             if folder == "train" and split in ("train", "val"):
                 train_ids, val_ids = seeded_holdout(ids, val_fraction, self.seed)
                 ids = train_ids if split == "train" else val_ids
@@ -581,9 +574,35 @@ class OmbriaDataset(SegDataset):
         self.root = root
         if not self.items:
             raise DatasetError(
-                f"the {split} split of ombria at {root} is empty (no S2_after_*.png with matching "
-                "S1_after_*.png and S2_mask_*.png)"
+                f"the {split} split of ombria at {root} is empty (no S2_after_<digits>.png with "
+                "matching S1_after_<digits>.png and S2_mask_<digits>.png)"
             )
+
+    def _folder_ids(self, root: Path, folder: str) -> list[str]:
+        """Patch ids of ``train``/``test`` with an S2 patch, an S1 patch and a mask; every
+        id missing one of them is counted and reported."""
+        dirs = {
+            "S2_after": root / "OmbriaS2" / folder / "AFTER",
+            "S1_after": root / "OmbriaS1" / folder / "AFTER",
+            "S2_mask": root / "OmbriaS2" / folder / "MASK",
+        }
+        where = f"{folder} ({root})"
+        found: dict[str, set[str]] = {}
+        for stem, d in dirs.items():
+            _require_dir(d, f" holding {stem}_<digits>.png patches (OMBRIA layout)")
+            pat = re.compile(rf"{stem}_(\d+)\.png$", re.I)
+            pngs = [p.name for p in d.iterdir() if p.suffix.lower() == ".png"]
+            found[stem] = {m.group(1) for n in pngs if (m := pat.match(n))}
+            odd = [n for n in pngs if not pat.match(n)]
+            self.skip(where, f"PNG files in {d} not named {stem}_<digits>.png", odd)
+        images = found["S2_after"] | found["S1_after"]
+        for stem in ("S2_after", "S1_after"):
+            self.skip(where, f"no {stem}_<id>.png in {dirs[stem]}", sorted(images - found[stem]))
+        both = found["S2_after"] & found["S1_after"]
+        self.skip(
+            where, f"no mask S2_mask_<id>.png in {dirs['S2_mask']}", sorted(both - found["S2_mask"])
+        )
+        return sorted(both & found["S2_mask"])
 
     def __len__(self) -> int:
         return len(self.items)
@@ -672,7 +691,11 @@ class Sen1Floods11Dataset(SegDataset):
         }
         self.units = {"sar": "db"}
         self.classes = WATER_CLASSES
-        self.files = self._discover(root)
+        found = self._discover(root)
+        self.files = {k: v for k, v in found.items() if len(v) == 3}
+        for kind, pattern in (("sar", "S1Hand"), ("optical", "S2Hand"), ("label", "LabelHand")):
+            lacking = [k for k, v in found.items() if len(v) < 3 and kind not in v]
+            self.skip(f"({root})", f"no <id>_{pattern}.tif", lacking)
         ids = sorted(self.files)
         if split != "all":
             ids = self._split_ids(root, ids, split, val_fraction, test_fraction)
@@ -682,6 +705,7 @@ class Sen1Floods11Dataset(SegDataset):
 
     @staticmethod
     def _discover(root: Path) -> dict[str, dict[str, Path]]:
+        """Files by chip id and kind (sar / optical / label), complete or not."""
         kinds = {"S1Hand": "sar", "S2Hand": "optical", "LabelHand": "label"}
         found: dict[str, dict[str, Path]] = {}
 
@@ -714,17 +738,12 @@ class Sen1Floods11Dataset(SegDataset):
                 scan(d)
         else:
             scan(root)
-        complete = {k: v for k, v in found.items() if len(v) == 3}
-        if not complete:
+        if not any(len(v) == 3 for v in found.values()):
             raise DatasetError(
                 f"expected {root}/S1Hand, {root}/S2Hand and {root}/LabelHand (or files "
                 f"<id>_S1Hand.tif, <id>_S2Hand.tif, <id>_LabelHand.tif in {root})"
             )
-        if len(complete) < len(found):
-            log.warning(
-                "sen1floods11: %d chips lack a file and are skipped", len(found) - len(complete)
-            )
-        return complete
+        return found
 
     def _split_ids(
         self, root: Path, ids: list[str], split: str, val_fraction: float, test_fraction: float
@@ -746,6 +765,9 @@ class Sen1Floods11Dataset(SegDataset):
                         )
                         if m:
                             wanted.add(m.group(1))
+            self.skip(
+                f"{split} ({root})", f"listed in {csvs[0].name} but not found", wanted - set(ids)
+            )
             return [i for i in ids if i in wanted]
         return seeded_split3(ids, val_fraction, test_fraction, self.seed)[split]
 
@@ -858,6 +880,16 @@ def _whu_bands(
     return sel, names
 
 
+def _complete_ids(
+    ds: SegDataset, files: Mapping[str, Mapping[str, Path]], folders: Mapping[str, Path], where: str
+) -> list[str]:
+    """Ids (file stems) present in every modality folder; the others are counted as skipped."""
+    every = set().union(*(set(f) for f in files.values()))
+    for key, f in files.items():
+        ds.skip(where, f"no <id>.tif in {folders[key]}", sorted(every - set(f)))
+    return sorted(set.intersection(*(set(f) for f in files.values())))
+
+
 class WhuSheetDataset(SegDataset):
     """WHU-OPT-SAR full map sheets read as tile windows on the fly (no pre-cutting).
 
@@ -890,7 +922,7 @@ class WhuSheetDataset(SegDataset):
         self.classes = WHU_CLASSES
         self.units = {"sar": ""}
         files = {k: _tifs(v) for k, v in folders.items()}
-        ids = sorted(set(files["optical"]) & set(files["sar"]) & set(files["label"]))
+        ids = _complete_ids(self, files, folders, str(root))
         if not ids:
             raise DatasetError(
                 f"no sheet ids shared by {folders['optical']}, {folders['sar']} and "
@@ -1079,7 +1111,7 @@ class WhuPrecutDataset(SegDataset):
                 raise DatasetError(
                     f"expected {root / src}/{{opt,sar,lbl}} (pre-cut WHU-OPT-SAR layout)"
                 )
-            mods = {}
+            mods, subs = {}, {}
             for key, alts in (("optical", OPT_NAMES), ("sar", SAR_NAMES), ("label", LBL_NAMES)):
                 sub = find_dir(d, alts)
                 if sub is None:
@@ -1088,7 +1120,8 @@ class WhuPrecutDataset(SegDataset):
                         "pre-cut WHU-OPT-SAR layout"
                     )
                 mods[key] = _tifs(sub)
-            ids = sorted(set(mods["optical"]) & set(mods["sar"]) & set(mods["label"]))
+                subs[key] = sub
+            ids = _complete_ids(self, mods, subs, f"{d.name} ({root})")
             if part is not None:
                 kept, held = seeded_holdout(ids, val_fraction, self.seed)
                 ids = held if part == "held" else kept

@@ -52,7 +52,7 @@ def open_raster(
     (``mfaf info``) or word the error themselves (``mfaf vectorize``).
     """
     import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
     p = check_readable(path, what)
     try:
@@ -60,10 +60,8 @@ def open_raster(
             if not require_crs:  # the caller reports a missing CRS its own way
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
             ds = rasterio.open(path if isinstance(path, str) else p)
-    except RasterioIOError as err:
+    except (OSError, RasterioError) as err:  # not a raster, corrupt header, unsupported
         raise InputError(f"{what} {p} is not a readable raster ({_first_line(err)})") from None
-    except Exception as err:  # other GDAL failures (corrupt headers...)
-        raise InputError(f"{what} {p} is not a readable raster ({_first_line(err)})") from err
     try:
         if ds.count == 0 or ds.width == 0 or ds.height == 0:
             raise InputError(f"{what} {p} is not a readable raster (it has no bands or no pixels)")
@@ -106,6 +104,7 @@ def probe_pixels(ds: Any) -> None:
     The header alone can look fine (GDAL reads it from the first bytes), so a copy that was cut
     short would otherwise be described as valid and fail later, deep inside a run.
     """
+    from rasterio.errors import RasterioError
     from rasterio.windows import Window as RioWindow
 
     bh, bw = ds.block_shapes[0]
@@ -113,5 +112,5 @@ def probe_pixels(ds: Any) -> None:
     try:
         ds.read(1, window=RioWindow(0, 0, 1, 1))
         ds.read(1, window=last)
-    except Exception as err:
+    except (OSError, RasterioError) as err:
         raise read_error(ds.name, err) from None

@@ -15,10 +15,12 @@ probabilities) before the rename.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import secrets
+import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -26,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mfaf_cli.errors import OutputExistsError, OutputPathError, UsageError
+from mfaf_cli.errors import OutputExistsError, OutputPathError, OutputWriteError, UsageError
 from mfaf_cli.metadata import NODATA_LABEL, ModelMeta
 
 log = logging.getLogger("mfaf")
@@ -141,6 +143,62 @@ def scale_probs(probs: np.ndarray, valid: np.ndarray, dtype: ProbDtype) -> np.nd
     else:
         raise UsageError(f"probability dtype must be uint8 or float32, got {dtype!r}")
     return out
+
+
+# ---- write failures ----------------------------------------------------------------------
+#: errno values that mean the device (or the user's quota) is full.
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: Below this many free bytes a failed write is put down to a full device (GDAL reports a
+#: full disk only as "Write failed" / "Write error at scanline N").
+_NEARLY_FULL = 1 << 20
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    """``err`` and the exceptions it was raised from (GDAL's detail is in ``__cause__``)."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def device_full(folder: Path, err: BaseException, need: int = 0) -> bool:
+    """Whether a failed write into ``folder`` is down to a full device: an ENOSPC/EDQUOT in
+    the chain, or less free space left than the write needed (at least 1 MiB)."""
+    for e in _chain(err):
+        if getattr(e, "errno", None) in _FULL_ERRNOS or "no space left" in str(e).lower():
+            return True
+    try:
+        return shutil.disk_usage(folder).free < max(_NEARLY_FULL, need)
+    except OSError:
+        return False
+
+
+def write_failure(final: PathLike, err: BaseException, need: int = 0) -> OutputWriteError:
+    """The one-line error for a failed write of ``final`` (the user's path, not the temp)."""
+    final = Path(final)
+    if device_full(final.absolute().parent, err, need):
+        return OutputWriteError(
+            f"could not write {final}: no space left on device; free some space or write "
+            "to another disk (nothing was written)"
+        )
+    details = [str(e).strip() for e in _chain(err) if str(e).strip()]
+    detail = "; ".join(d for d in details if not d.startswith("Write failed. See previous"))
+    return OutputWriteError(
+        f"could not write {final}: {detail or type(err).__name__} (nothing was written)"
+    )
+
+
+@contextlib.contextmanager
+def write_errors_as(final: PathLike, need: int = 0) -> Iterator[None]:
+    """Turn an OS / GDAL error raised while writing ``final`` into :func:`write_failure`."""
+    from rasterio.errors import RasterioError
+
+    try:
+        yield
+    except (OSError, RasterioError) as err:
+        raise write_failure(final, err, need) from err
 
 
 # ---- atomic outputs ----------------------------------------------------------------------
@@ -277,6 +335,11 @@ class GeoTiffWriter:
     @property
     def dataset(self) -> Any:
         return self._ds
+
+    @property
+    def buffer_bytes(self) -> int:
+        """Bytes of one buffered stripe: what a single write needs on disk (uncompressed)."""
+        return int(self._buf.nbytes)
 
     def write_rows(self, row0: int, data: np.ndarray) -> None:
         """Append rows ``row0 .. row0 + r`` (``data`` (count, r, W)); rows must come in order."""
@@ -511,12 +574,16 @@ class OutputSet:
             self._atomic.__exit__(type(err), err, err.__traceback__)
             from rasterio.errors import RasterioError
 
-            if isinstance(err, RasterioError) and self._user_options:
+            if not isinstance(err, (OSError, RasterioError)):
+                raise
+            key = next((k for k, v in temps.items() if v and k not in self.writers), "label")
+            final = self.paths[key] or Path(".")
+            if self._user_options and not device_full(final.absolute().parent, err):
                 raise UsageError(
                     f"GDAL could not create the outputs with creation options "
                     f"{self._user_options} ({err}); check the --co values"
                 ) from err
-            raise
+            raise write_failure(final, err) from err
         return self
 
     def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
@@ -524,13 +591,14 @@ class OutputSet:
         idx, best = argmax_max(probs)  # one pass, shared by the counts, label and confidence
         self.pixels += valid.size
         self.class_counts += np.bincount(idx[valid], minlength=len(self.class_counts))
-        for w in self.writers.values():
-            if isinstance(w, ProbabilityWriter):
-                w.write(row0, probs, valid)
-            elif isinstance(w, LabelWriter):
-                w.write_index(row0, idx, valid)
-            elif isinstance(w, ConfidenceWriter):
-                w.write_max(row0, best, valid)
+        for key, w in self.writers.items():
+            with self._write_errors(key):
+                if isinstance(w, ProbabilityWriter):
+                    w.write(row0, probs, valid)
+                elif isinstance(w, LabelWriter):
+                    w.write_index(row0, idx, valid)
+                elif isinstance(w, ConfidenceWriter):
+                    w.write_max(row0, best, valid)
 
     write = __call__
 
@@ -544,6 +612,11 @@ class OutputSet:
         for w in self.writers.values():
             w.abort()
 
+    def _write_errors(self, key: str) -> contextlib.AbstractContextManager[None]:
+        """OS / GDAL failures while writing output ``key`` as one line naming its file."""
+        w = self.writers[key]
+        return write_errors_as(self.paths[key] or w.path, need=w.buffer_bytes)
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -553,11 +626,13 @@ class OutputSet:
         assert self._atomic is not None, "OutputSet used without 'with'"
         if exc is None:
             try:
-                for w in self.writers.values():
-                    w.close()
+                for key, w in self.writers.items():
+                    with self._write_errors(key):
+                        w.close()
                 if self.cog:
-                    for w in self.writers.values():
-                        to_cog(w.path, w.options, w.overview_resampling)
+                    for key, w in self.writers.items():
+                        with self._write_errors(key):
+                            to_cog(w.path, w.options, w.overview_resampling)
             except BaseException as err:
                 self._abort()
                 self._atomic.__exit__(type(err), err, err.__traceback__)

@@ -207,6 +207,15 @@ def read_meta(path: str | os.PathLike[str]) -> ModelMeta:
     return _meta_from_header(path, read_safetensors_header(path))
 
 
+def ort_errors() -> tuple[type[Exception], ...]:
+    """The exception types ONNX Runtime raises (its pybind module's Fail, InvalidProtobuf,
+    NoSuchFile, ...; none derives from a common base but Exception), plus RuntimeError."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as C
+
+    found = [v for v in vars(C).values() if isinstance(v, type) and issubclass(v, Exception)]
+    return (RuntimeError, *found)
+
+
 def read_onnx_meta(path: str | os.PathLike[str]) -> ModelMeta:
     """Metadata record from an ONNX model's ``metadata_props`` (key ``mfaf_meta``)."""
     path = Path(path)
@@ -215,10 +224,11 @@ def read_onnx_meta(path: str | os.PathLike[str]) -> ModelMeta:
     props: dict[str, str]
     try:
         import onnx
+        from google.protobuf.message import DecodeError
 
         try:
             model = onnx.load(str(path), load_external_data=False)
-        except Exception as err:
+        except (OSError, ValueError, DecodeError) as err:
             raise WeightsError(
                 f"{path} is not a readable ONNX model ({type(err).__name__})"
             ) from None
@@ -234,7 +244,7 @@ def read_onnx_meta(path: str | os.PathLike[str]) -> ModelMeta:
             ) from None
         try:
             sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as err:
+        except ort_errors() as err:
             raise WeightsError(
                 f"{path} is not a readable ONNX model ({type(err).__name__})"
             ) from None
@@ -304,9 +314,11 @@ def load_checkpoint(
         expected_sha256 = entry.get("sha256") if entry else None
     if expected_sha256:
         verify_sha256(path, expected_sha256)
+    from safetensors import SafetensorError
+
     try:
         tensors = load_file(str(path), device="cpu")
-    except Exception as err:
+    except (OSError, SafetensorError) as err:
         raise WeightsError(
             f"{path} could not be read as safetensors ({type(err).__name__}); "
             "the file was altered or truncated"

@@ -210,7 +210,10 @@ def export_onnx(
                     fn(head, inputs, names, tmp, opset)
                 used = name
                 break
-            except Exception as err:  # exporter internals raise many types
+            # Deliberately broad: either exporter may fail with any type (torch.onnx errors,
+            # RuntimeError, TypeError from tracing...) and the next one is then tried; all
+            # failures are reported together below, with --debug logging each.
+            except Exception as err:
                 first = (str(err).strip().splitlines() or [""])[0][:300]
                 errors.append(f"{name}: {type(err).__name__}: {first}")
                 log.debug("%s exporter failed for %s: %s", name, meta.arch, err)
@@ -220,7 +223,7 @@ def export_onnx(
         _set_metadata(proto, meta, used)
         try:
             onnx.checker.check_model(proto, full_check=True)
-        except Exception as err:
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
             raise EngineError(f"exported ONNX model failed onnx.checker: {err}") from None
         onnx.save(proto, str(tmp))
     log.info("exported %s to %s (opset %d, %s exporter)", meta.arch, path, opset, used)

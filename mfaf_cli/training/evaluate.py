@@ -22,13 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from mfaf_cli.errors import BandMismatchError, InputError, LabelError
+from mfaf_cli.errors import BandMismatchError, InputError, LabelError, NoOverlapError
 from mfaf_cli.metadata import NODATA_LABEL, ModelMeta, default_classes
 from mfaf_cli.normalize import apply_normalisation, band_percentiles
 from mfaf_cli.training.metrics import confusion_matrix, metrics_from_confusion, to_jsonable
 
 #: Rows of the prediction processed at once when scoring rasters (bounded memory).
 BLOCK_ROWS = 1024
+#: Most classes inferred from a prediction without a class table (uint8 ids, 255 = nodata).
+MAX_INFERRED_CLASSES = 255
 
 
 @dataclass
@@ -130,6 +132,50 @@ def truth_on_grid(
     return out
 
 
+def check_class_map(ds: Any, name: str) -> None:
+    """Refuse a prediction that cannot be a class map: more than one band, or a non-numeric
+    dtype (an optical scene passed by mistake would otherwise be scored as ~2000 classes)."""
+    if ds.count != 1:
+        raise LabelError(
+            f"{name} is not a class map: it has {ds.count} bands and dtype {ds.dtypes[0]} "
+            "(a class map has one band of class ids, as written by `mfaf predict -o`)"
+        )
+    if np.dtype(ds.dtypes[0]).kind not in "uif":
+        raise LabelError(f"{name} is not a class map: its dtype is {ds.dtypes[0]}")
+
+
+def _pred_block(pds: Any, win: Any, pnd: float, ignore_index: int, name: str) -> np.ndarray:
+    """Class ids of one block of the prediction (nodata → ``ignore_index``); a float raster
+    must hold whole numbers."""
+    raw = pds.read(1, window=win)
+    if raw.dtype.kind == "f":
+        missing = ~np.isfinite(raw) | (raw == pnd)
+        frac = ~missing & (raw != np.floor(raw))
+        if frac.any():
+            raise LabelError(
+                f"{name} is not a class map: it holds fractional values such as "
+                f"{float(raw[frac][0]):g} (dtype {raw.dtype}); class ids are whole numbers"
+            )
+        pred = np.where(missing, ignore_index, raw).astype(np.int64)
+    else:
+        pred = raw.astype(np.int64)
+        pred[raw == pnd] = ignore_index
+    return pred
+
+
+def footprints_overlap(a: Any, b: Any) -> bool:
+    """Whether two open rasters' footprints intersect (compared in ``a``'s CRS)."""
+    from rasterio.warp import transform_bounds
+
+    if a.crs is None or b.crs is None:
+        return a.crs is None and b.crs is None and a.shape == b.shape
+    bb = b.bounds if b.crs == a.crs else transform_bounds(b.crs, a.crs, *b.bounds)
+    ab = a.bounds
+    return not (
+        bb[0] >= ab[2] or bb[2] <= ab[0] or bb[1] >= max(ab[1], ab[3]) or bb[3] <= min(ab[1], ab[3])
+    )
+
+
 def raster_confusion(
     pred_path: str | os.PathLike[str],
     truth_path: str | os.PathLike[str],
@@ -158,11 +204,19 @@ def raster_confusion(
                 f"{Path(truth_path).name} ({tds.width}×{tds.height}) and {Path(pred_path).name} "
                 f"({pds.width}×{pds.height}) have no CRS and different sizes; cannot co-register"
             )
+        check_class_map(pds, Path(pred_path).name)
+        both_crs = pds.crs is not None and tds.crs is not None  # else truth_on_grid says so
+        if not same and both_crs and not footprints_overlap(pds, tds):
+            raise NoOverlapError(
+                f"{Path(pred_path).name} and {Path(truth_path).name} do not overlap "
+                f"(prediction bounds {_fmt_bounds(pds.bounds)} in {pds.crs}); "
+                "check that the truth belongs to this scene"
+            )
         pnd = pds.nodata if pds.nodata is not None else NODATA_LABEL
         for r0 in range(0, pds.height, BLOCK_ROWS):
             h = min(BLOCK_ROWS, pds.height - r0)
             win = RioWindow(0, r0, pds.width, h)
-            pred = pds.read(1, window=win).astype(np.int64)
+            pred = _pred_block(pds, win, pnd, ignore_index, Path(pred_path).name)
             if same:
                 t = tds.read(1, window=win).astype(np.float64)
                 if tds.nodata is not None:
@@ -177,7 +231,6 @@ def raster_confusion(
             else:
                 truth = apply_mapping(raw, mapping)
                 truth[(raw == -1) | ~finite] = ignore_index
-            pred[pred == pnd] = ignore_index
             try:
                 cm += confusion_matrix(pred, truth, num_classes, ignore_index)
             except LabelError as err:
@@ -187,8 +240,30 @@ def raster_confusion(
                         f"{Path(truth_path).name}: {msg.replace('truth labels hold', 'holds')} "
                         "(classes the model does not know)"
                     ) from None
-                raise LabelError(f"{Path(pred_path).name}: {msg}") from None
+                raise LabelError(
+                    f"{Path(pred_path).name} is not a class map of these {num_classes} classes: "
+                    f"{msg.replace('predictions hold', 'it holds')}"
+                ) from None
     return cm
+
+
+def _fmt_bounds(b: Any) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in b) + ")"
+
+
+def _largest_value(a: np.ndarray, nodata: float) -> int:
+    """Largest valid value of a prediction band (0 when it is all nodata)."""
+    a = a[(a != nodata) & np.isfinite(a)] if a.dtype.kind == "f" else a[a != nodata]
+    return int(a.max()) if a.size else 0
+
+
+def _check_inferred(vmax: int, name: str, fix: str) -> None:
+    """A raster without a class table whose values reach past uint8 ids is no class map."""
+    if vmax >= MAX_INFERRED_CLASSES:
+        raise LabelError(
+            f"{name} is not a class map: it holds values up to {vmax}, beyond the "
+            f"{MAX_INFERRED_CLASSES} class ids a map without a class table may use; {fix}"
+        )
 
 
 def evaluate_rasters(
@@ -211,25 +286,34 @@ def evaluate_rasters(
     m = parse_mapping(mapping) if not isinstance(mapping, dict) else mapping
     # require_crs=False: two CRS-less rasters of the same size can still be compared
     # (raster_confusion says so when they cannot); a truncated file fails here, in one line
-    with open_raster(pred, "prediction", require_crs=False) as ds:
+    with (
+        open_raster(pred, "prediction", require_crs=False) as ds,
+        open_raster(truth, "truth", require_crs=False) as tds,  # unreadable files first
+    ):
+        check_class_map(ds, Path(pred).name)
         names = class_names or _classes_from_tags(ds.tags())
         pmax = None
         if names is None and num_classes is None:
-            a = ds.read(1)
-            a = a[a != (ds.nodata if ds.nodata is not None else NODATA_LABEL)]
-            pmax = int(a.max()) if a.size else 0
-    with open_raster(truth, "truth", require_crs=False) as ds:
+            pmax = _largest_value(ds.read(1), ds.nodata if ds.nodata is not None else NODATA_LABEL)
+            _check_inferred(pmax, Path(pred).name, "give --num-classes if that is right")
         if names is None and num_classes is None:
-            t = ds.read(1)
-            if ds.nodata is not None:
-                t = t[t != ds.nodata]
+            t = tds.read(1)
+            if tds.nodata is not None:
+                t = t[t != tds.nodata]
             t = apply_mapping(np.asarray(t).astype(np.int64), m)
             t = t[(t >= 0) & (t != NODATA_LABEL)]
-            num_classes = max(pmax or 0, int(t.max()) if t.size else 0) + 1
+            tmax = int(t.max()) if t.size else 0
+            _check_inferred(tmax, Path(truth).name, "map them to class ids with --map")
+            num_classes = max(pmax or 0, tmax) + 1
     if names is None:
         names = [c.name for c in default_classes(num_classes)]
     k = len(names)
     cm = raster_confusion(pred, truth, k, mapping=m)
+    if int(cm.sum()) == 0:
+        raise InputError(
+            f"no pixel of {Path(pred).name} has both a predicted class and a truth label in "
+            f"{Path(truth).name} (all nodata or ignored where they overlap); nothing to score"
+        )
     metrics = metrics_from_confusion(cm, names)
     info = {"mode": "rasters", "prediction": str(pred), "truth": str(truth)}
     if m:
@@ -436,6 +520,8 @@ def evaluate_model(
         "blend": blend,
         "device": getattr(predictor, "device", device),
     }
+    if ds.skipped:  # items the reader left out, by reason (also logged as warnings)
+        info["skipped"] = dict(ds.skipped)
     if not math.isfinite(metrics["miou"]):
         info["note"] = "no labelled pixel was evaluated"
     return EvalResult(metrics, names, info)

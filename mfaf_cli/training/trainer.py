@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import shutil
 import sys
@@ -120,24 +121,39 @@ class TrainResult:
 
 
 # ---- config files --------------------------------------------------------------------------
+def _parse_config_text(p: Path) -> Any:
+    """The parsed document of a TOML or YAML file; a syntax error is a one-line UsageError."""
+    import tomllib
+
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {p} is not UTF-8 text") from None
+    if p.suffix.lower() == ".toml":
+        errors: tuple[type[Exception], ...] = (tomllib.TOMLDecodeError,)
+        parse: Any = tomllib.loads
+    else:
+        try:
+            import yaml
+        except ImportError:
+            raise UsageError(
+                f"config file {p} is YAML, which needs PyYAML (pip install pyyaml); "
+                "or write it as a .toml file"
+            ) from None
+        errors, parse = (yaml.YAMLError,), lambda t: yaml.safe_load(t) or {}
+    try:
+        return parse(text)
+    except errors as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UsageError(f"config file {p} could not be parsed ({msg})") from None
+
+
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a TOML / YAML (or JSON) training config; keys are TrainConfig fields (- or _)."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"config file {p} does not exist")
-    text = p.read_text()
-    try:
-        if p.suffix.lower() == ".toml":
-            import tomllib
-
-            doc = tomllib.loads(text)
-        else:
-            import yaml
-
-            doc = yaml.safe_load(text) or {}
-    except Exception as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UsageError(f"config file {p} could not be parsed ({msg})") from None
+    doc = _parse_config_text(p)
     if not isinstance(doc, dict):
         raise UsageError(f"config file {p} must hold a table of settings")
     doc = {str(k).replace("-", "_"): v for k, v in doc.items()}
@@ -221,13 +237,33 @@ def lr_factor(
 
 
 class _LRLambda:
-    """Picklable-free schedule closure (LambdaLR stores nothing of it in its state)."""
+    """The schedule as a callable object (LambdaLR saves its ``__dict__`` in the state dict,
+    so a resume must not load it back: see :func:`_load_scheduler`)."""
 
     def __init__(self, total: int, schedule: str, warmup: float) -> None:
         self.total, self.schedule, self.warmup = total, schedule, warmup
 
     def __call__(self, step: int) -> float:
         return lr_factor(step, self.total, self.schedule, self.warmup)
+
+
+def _load_scheduler(
+    sched: torch.optim.lr_scheduler.LambdaLR, saved: dict[str, Any], base_lr: float
+) -> None:
+    """Restore the step count of a saved scheduler but keep *this* run's schedule.
+
+    ``LambdaLR.load_state_dict`` would copy the saved lambda's ``__dict__`` (old total steps,
+    old schedule) over the new one, so a resume with more epochs trained at LR 0. The
+    optimizer's current LR is recomputed from the new schedule at the saved step, which is
+    what an uninterrupted run with the new settings would use.
+    """
+    sched.load_state_dict({**saved, "lr_lambdas": [None] * len(sched.lr_lambdas)})
+    sched.base_lrs = [base_lr] * len(sched.optimizer.param_groups)
+    steps = sched.last_epoch
+    lrs = [b * fn(steps) for b, fn in zip(sched.base_lrs, sched.lr_lambdas, strict=True)]
+    for group, lr in zip(sched.optimizer.param_groups, lrs, strict=True):
+        group["initial_lr"], group["lr"] = base_lr, lr
+    sched._last_lr = lrs
 
 
 def pad_batch(
@@ -457,7 +493,7 @@ def _check_resume_meta(meta: ModelMeta, cfg: TrainConfig, ds: Any, ckpt: Path) -
 def _load_state(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as err:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise WeightsError(
             f"cannot resume: {path} is not a readable training state ({msg[:200]})"
@@ -785,7 +821,7 @@ def _run(
     history: list[dict[str, Any]] = []
     if state is not None:
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        _load_scheduler(sched, state["scheduler"], cfg.lr)
         if "scaler" in state and scaler.is_enabled():
             scaler.load_state_dict(state["scaler"])
         start_epoch = int(state["epoch"])

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import shapely
+from rasterio.errors import RasterioError
 from rasterio.transform import Affine
 
 from mfaf_cli.errors import (
@@ -191,9 +192,11 @@ def resolve_classes(
 
 def linear_unit_factor(crs: Any) -> float:
     """Metres per CRS linear unit of a projected CRS (CRSError if it has no linear unit)."""
+    from rasterio.errors import CRSError as RioCRSError
+
     try:
         _, factor = crs.linear_units_factor
-    except Exception as err:
+    except RioCRSError as err:
         raise CRSError(
             f"the CRS {crs_label(crs)} has no usable linear unit, so areas in m² cannot be "
             f"computed ({err}); reproject the raster to a projected or geographic CRS"
@@ -205,18 +208,28 @@ def crs_label(crs: Any) -> str | None:
     """``EPSG:<code>`` when the CRS has one, else its name (or WKT as a last resort)."""
     if crs is None:
         return None
+    from rasterio.errors import CRSError as RioCRSError
+
     try:
         code = crs.to_epsg()
-    except Exception:
+    except RioCRSError:
         code = None
     if code:
         return f"EPSG:{code}"
+    return crs_name(crs) or str(crs.to_wkt())
+
+
+def crs_name(crs: Any) -> str | None:
+    """The CRS's human name (pyproj), or None when pyproj is missing or cannot parse it."""
     try:
         from pyproj import CRS
-
+        from pyproj.exceptions import CRSError as ProjCRSError
+    except ImportError:
+        return None
+    try:
         return str(CRS.from_user_input(crs.to_wkt()).name)
-    except Exception:
-        return str(crs.to_wkt())
+    except ProjCRSError:
+        return None
 
 
 def pixel_areas(geoms: np.ndarray) -> np.ndarray:
@@ -495,7 +508,7 @@ def _read_labels(
         nodata = NODATA_LABEL
     try:
         data = src.read(band)
-    except Exception as err:  # truncated / corrupt file: GDAL only notices when reading
+    except (OSError, RasterioError) as err:  # truncated / corrupt: GDAL notices when reading
         raise read_error(src.name, err) from None
     if data.dtype.name not in _NATIVE_DTYPES:
         lo, hi = (int(data.min()), int(data.max())) if data.size else (0, 0)
