@@ -101,8 +101,7 @@ def _batch_folder(tmp_path: Path) -> Path:
     root = tmp_path / "job"
     for i, name in enumerate("abc"):
         scene_pair(root / "in", name, size=40 + 8 * i, seed=i)
-    (root / "in" / "b_s1.tif").unlink()
-    (root / "maps").mkdir()
+    (root / "in" / "b_s1.tif").unlink()  # maps/ does not exist: the batch creates it
     (root / "scenes.csv").write_text(
         "scene,optical,sar,output,vector,confidence\n"
         "a,in/a_s2.tif,in/a_s1.tif,maps/a.tif,maps/a.gpkg,\n"

@@ -29,7 +29,13 @@ resampled in linear power and written in its input units; --label is resampled n
     "--label", default=None, metavar="PATH", help="Categorical raster (e.g. ground truth)."
 )
 @click.option(
-    "-o", "--output", "out_dir", required=True, metavar="DIR", help="Folder for the aligned files."
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    metavar="DIR",
+    callback=opt.refuse_stdout,
+    help="Folder for the aligned files.",
 )
 @click.option(
     "--reference",

@@ -149,10 +149,14 @@ def command(
             val_fraction=val_fraction,
             progress=not quiet,
         )
-    if not quiet:
-        click.echo(format_table(result.metrics), err=True)
     if plot:
         title = result.info.get("dataset") or result.info.get("prediction", "")
         plot_confusion(result.confusion, result.class_names, plot, title=str(title))
+    # The result goes to stdout (so `> metrics.txt` keeps it): the JSON line with --json
+    # (the table then on stderr for the eye), else the table.
     if as_json:
+        if not quiet:
+            click.echo(format_table(result.metrics), err=True)
         click.echo(result.to_json())
+    else:
+        click.echo(format_table(result.metrics))

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from mfaf_cli.cli.options import json_opt, overwrite_opt
+from mfaf_cli.cli.options import json_opt, overwrite_opt, refuse_stdout
 
 log = logging.getLogger("mfaf")
 
@@ -38,7 +38,14 @@ record (bands, normalisation, classes) is stored in the model's metadata_props (
     metavar="NAME|PATH",
     help="Shipped model name, .safetensors checkpoint, or registry name (untrained).",
 )
-@click.option("-o", "--output", required=True, metavar="PATH", help="Output .onnx file.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    metavar="PATH",
+    callback=refuse_stdout,
+    help="Output .onnx file.",
+)
 @click.option("--opset", type=int, default=None, help="ONNX opset (default 17, or 20 for CoMiX).")
 @click.option(
     "--tile", type=int, default=None, help="Fixed tile height/width (default: the model's)."

@@ -102,6 +102,15 @@ def _callback(parser: Callable[[Any], Any]) -> Callable[[click.Context, click.Pa
     return cb
 
 
+def refuse_stdout(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Outputs are files renamed into place, never a stream: ``-o -`` is a usage error."""
+    if isinstance(value, str) and value.strip() == "-":
+        raise click.BadParameter(
+            "'-' (standard output) is not supported: give a file path", ctx=ctx, param=param
+        )
+    return value
+
+
 # ---- decorators -----------------------------------------------------------------------------
 def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     def wrap(f: F) -> F:

@@ -57,6 +57,7 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
     "--output",
     default=None,
     metavar="PATH",
+    callback=opt.refuse_stdout,
     help="Label GeoTIFF to write (uint8 class ids, nodata 255, colour table).",
 )
 @click.option(
@@ -76,7 +77,11 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
 @opt.engine_opts
 @opt.sar_units_opt
 @click.option(
-    "--probabilities", default=None, metavar="PATH", help="Also write per-class probabilities."
+    "--probabilities",
+    default=None,
+    metavar="PATH",
+    callback=opt.refuse_stdout,
+    help="Also write per-class probabilities."
 )
 @click.option(
     "--probabilities-dtype",
@@ -86,12 +91,17 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
     help="uint8: 0..254 scaled (255 nodata); float32: 0..1 (NaN nodata).",
 )
 @click.option(
-    "--confidence", default=None, metavar="PATH", help="Also write the max class probability."
+    "--confidence",
+    default=None,
+    metavar="PATH",
+    callback=opt.refuse_stdout,
+    help="Also write the max class probability."
 )
 @click.option(
     "--vector",
     default=None,
     metavar="PATH",
+    callback=opt.refuse_stdout,
     help="Also polygonise the label map (.gpkg, .geojson, .parquet, .shp).",
 )
 @click.option("--cog", is_flag=True, help="Write Cloud Optimized GeoTIFFs with overviews.")

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mfaf_cli.errors import MfafError, UsageError
+from mfaf_cli.errors import MfafError, OutputPathError, UsageError
 from mfaf_cli.metadata import ALL_MODALITIES
 
 log = logging.getLogger("mfaf")
@@ -340,6 +340,7 @@ def predict_batch(
             rec = head | {"status": "skipped", "outputs": s.outputs}
         else:
             try:
+                _make_output_folders(s)
                 result = predict(
                     s.inputs,
                     s.output,
@@ -367,6 +368,17 @@ def predict_batch(
         if on_result is not None:
             on_result(rec)
     return records
+
+
+def _make_output_folders(scene: Scene) -> None:
+    """Create the folders of a scene's outputs (a CSV often names maps/<scene>.tif)."""
+    for out in scene.outputs.values():
+        try:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputPathError(
+                f"cannot create output folder {Path(out).parent} ({err.strerror})"
+            ) from None
 
 
 def summarise(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:

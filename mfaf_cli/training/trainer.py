@@ -74,7 +74,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     tile: int = 256
-    photometric: float = 0.0  # training-only per-band stretch/gamma jitter strength (0 = off)
+    photometric: float = 0.15  # training-only per-band stretch/gamma jitter strength (0 = off)
     val_fraction: float = 0.15
     device: str = "auto"
     resume: str | None = None
@@ -124,7 +124,10 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     text = p.read_text()
     try:
         if p.suffix.lower() == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10: the tomli backport (a dependency there)
+                import tomli as tomllib
 
             doc = tomllib.loads(text)
         else:
