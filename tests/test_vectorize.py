@@ -352,7 +352,7 @@ def test_geojson_is_wgs84_unless_kept(labels: Path, tmp_path: Path, runner) -> N
     doc = json.loads((tmp_path / "a.geojson").read_text())
     lon, lat = doc["features"][0]["geometry"]["coordinates"][0][0]
     assert res.crs == "EPSG:4326" and -4 < lon < -2 and 40 < lat < 41  # UTM 30N, 500 km E
-    code, out, err = runner("vectorize", labels, "-o", tmp_path / "b.geojson", "--keep-crs")
+    code, _, err = runner("vectorize", labels, "-o", tmp_path / "b.geojson", "--keep-crs")
     assert code == 0, err
     assert gpd.read_file(tmp_path / "b.geojson").crs.to_epsg() == 32630
 

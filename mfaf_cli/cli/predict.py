@@ -81,7 +81,7 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
     default=None,
     metavar="PATH",
     callback=opt.refuse_stdout,
-    help="Also write per-class probabilities."
+    help="Also write per-class probabilities.",
 )
 @click.option(
     "--probabilities-dtype",
@@ -95,7 +95,7 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
     default=None,
     metavar="PATH",
     callback=opt.refuse_stdout,
-    help="Also write the max class probability."
+    help="Also write the max class probability.",
 )
 @click.option(
     "--vector",
