@@ -79,6 +79,49 @@ def gtiff_options(
     return opts
 
 
+class _GdalComplaints(logging.Handler):
+    """Collects the warnings GDAL raises (through rasterio's logger) while a probe runs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if "CPLE_NotSupported" in text or "CPLE_IllegalArg" in text:
+            self.messages.append(text.split(" in ", 1)[-1].strip())
+
+
+def check_creation_options(creation_options: Mapping[str, Any] | None) -> None:
+    """Create a small in-memory GeoTIFF with the user's ``--co`` now, so that a value GDAL
+    rejects (or an option it does not know, which it only warns about) is a usage error
+    before the inference rather than an ignored setting or a failure at the end."""
+    if not creation_options:
+        return
+    from rasterio.errors import RasterioError
+    from rasterio.io import MemoryFile
+    from rasterio.transform import from_origin
+
+    options = gtiff_options("deflate", creation_options)
+    complaints = _GdalComplaints()
+    gdal_log = logging.getLogger("rasterio._env")
+    gdal_log.addHandler(complaints)
+    try:
+        with MemoryFile() as mf, mf.open(
+            driver="GTiff", width=BLOCK_SIZE, height=BLOCK_SIZE, count=1, dtype="uint8",
+            crs="EPSG:4326", transform=from_origin(0, 0, 0.1, 0.1), **options,
+        ):  # fmt: skip
+            pass
+    except RasterioError as err:
+        complaints.messages.append(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    finally:
+        gdal_log.removeHandler(complaints)
+    if complaints.messages:
+        given = " ".join(f"--co {k}={v}" for k, v in creation_options.items())
+        reason = complaints.messages[0].rstrip(". ")
+        raise UsageError(f"{given}: GDAL says {reason}; check the --co values")
+
+
 def cog_options(gtiff: Mapping[str, str], resampling: str) -> dict[str, str]:
     """Translate GTiff creation options to the COG driver's, with overview resampling."""
     opts: dict[str, str] = {}

@@ -437,7 +437,14 @@ def _make_valid_polygonal(geoms: np.ndarray) -> np.ndarray:
 # ---- output -------------------------------------------------------------------------------
 def check_output(path: Path, overwrite: bool) -> None:
     """Fail before any work if the output cannot or must not be written."""
-    vector_format(path)
+    if vector_format(path) == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise UsageError(
+                f"{path}: GeoParquet output needs pyarrow, which is not installed; "
+                "pip install 'mfaf[parquet]', or write .gpkg / .geojson / .shp instead"
+            ) from None
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise OutputPathError(f"output folder {folder} does not exist; create it first")
