@@ -139,7 +139,14 @@ def test_cli_batch_reports_each_scene_and_fails_with_1(ckpt: Path, tmp_path: Pat
     assert recs[0]["outputs"] == {"label": str(maps / "a.tif"), "vector": str(maps / "a.gpkg")}
     assert recs[2]["outputs"]["confidence"] == str(maps / "c_conf.tif")
     assert recs[2]["grid"]["width"] == 56 and recs[2]["model"] == "unet"
-    assert sorted(p.name for p in maps.iterdir()) == ["a.gpkg", "a.tif", "c.tif", "c_conf.tif"]
+    assert sorted(p.name for p in maps.iterdir()) == [
+        "a.gpkg",
+        "a.tif",
+        "a.tif.aux.xml",
+        "c.tif",
+        "c.tif.aux.xml",
+        "c_conf.tif",
+    ]
     assert hidden(root) == []
     assert read_labels(maps / "c.tif").shape == (56, 56)
 
@@ -209,6 +216,11 @@ def test_predict_vector_end_to_end(ckpt: Path, tmp_path: Path, runner) -> None:
     assert code == 0, err
     assert json.loads(stdout)["outputs"]["vector"] == str(vec)
     labels = read_labels(out)
+    from mfaf_cli.io.weights import file_sha256
+
+    with rasterio.open(out) as ds:  # the map names the weights that made it
+        assert ds.tags()["WEIGHTS"] == ckpt.stem and ds.tags()["TRAINED"] == "TRAINED"
+        assert ds.tags()["WEIGHTS_SHA256"] == file_sha256(ckpt)
     gdf = gpd.read_file(vec)
     assert gdf.crs.to_epsg() == 32630
     assert set(gdf["class_name"]) <= {"not-water", "water"}
@@ -236,7 +248,7 @@ def test_vector_failure_keeps_the_rasters(ckpt: Path, tmp_path: Path, monkeypatc
     with pytest.raises(VectorOutputError) as info:
         predict({"optical": opt, "sar": sar}, out_dir / "m.tif", ckpt, tile=32, progress=False,
                 vector=out_dir / "m.gpkg", probabilities=out_dir / "p.tif")  # fmt: skip
-    assert sorted(p.name for p in out_dir.iterdir()) == ["m.tif", "p.tif"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["m.tif", "m.tif.aux.xml", "p.tif"]
     msg = str(info.value)
     assert "\n" not in msg and "rasters were kept" in msg and "Use pip" not in msg
     assert f"mfaf vectorize {out_dir / 'm.tif'} -o {out_dir / 'm.gpkg'}" in msg
@@ -346,7 +358,9 @@ def test_parallel_processes_share_an_output_folder(ckpt: Path, tmp_path: Path) -
         assert p.returncode == 0, err.decode()
         assert json.loads(stdout)["windows"] == 4
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(f"s{i}{ext}" for i in range(3) for ext in (".tif", "_p.tif", ".gpkg"))
+    assert names == sorted(
+        f"s{i}{ext}" for i in range(3) for ext in (".tif", ".tif.aux.xml", "_p.tif", ".gpkg")
+    )
     for i in range(3):
         labels = read_labels(out / f"s{i}.tif")
         assert labels.shape == (40, 40) and set(np.unique(labels)) <= {0, 1}

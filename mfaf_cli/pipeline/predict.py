@@ -140,7 +140,21 @@ def load_predictor(
         batch_size=batch_size,
         tile=tile or source.meta.tile_size,
     )
+    with contextlib.suppress(AttributeError):  # read-only predictors: tags then say less
+        predictor.source = source  # for the output tags (weights name, sha256)
     return predictor, source
+
+
+def model_tags(source: ModelSource | None, name: str, trained: bool) -> dict[str, str]:
+    """WEIGHTS / WEIGHTS_SHA256 / TRAINED tags of the label map (sha256 of the whole file:
+    the manifest's for shipped weights, else computed, streamed)."""
+    from mfaf_cli.io.raster import weights_tags
+    from mfaf_cli.io.weights import file_sha256
+
+    sha = None
+    if source is not None:
+        sha = source.sha256 or (file_sha256(source.path) if source.path else None)
+    return weights_tags(name, sha, trained)
 
 
 def check_vector_path(path: PathLike, overwrite: bool) -> None:
@@ -428,6 +442,7 @@ def predict(
             probability_dtype=probabilities_dtype,  # type: ignore[arg-type]
             cog=cog,
             overwrite=overwrite,
+            tags=model_tags(getattr(predictor, "source", None), model_name, trained),
         )
         windows, skipped, model_s = _run_windows(
             scene,
