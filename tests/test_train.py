@@ -302,3 +302,18 @@ def test_comix_trains_on_folder_scenes_and_predicts_hsi_lidar(tmp_path: Path, ru
         assert (ds.crs, ds.transform, ds.shape) == (ref.crs, ref.transform, ref.shape)
         labels = ds.read(1)
     assert set(np.unique(labels)) <= {0, 1, 2}  # every pixel classified (inputs fully valid)
+
+
+def test_resume_run_dir_alone_uses_its_saved_config(ombria: Path, tmp_path: Path, runner) -> None:
+    out = tmp_path / "run"
+    code, _, err = runner(*_args(ombria, out, "--epochs", "1"))
+    assert code == 0, err
+    code, stdout, err = runner("train", "--resume", out, "--epochs", "2", "--json", "-q")
+    assert code == 0, err
+    res = json.loads(stdout)
+    assert res["epochs"] == 2 and Path(res["run_dir"]) == out
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2]  # epoch 1 was not trained again
+    assert read_meta(out / "last.safetensors").arch == "unet"
+    code, _, err = runner("train", "--resume", tmp_path / "nothing-here")
+    assert code == 2 and "required" in err

@@ -29,3 +29,53 @@ def test_training_photometric_default_is_the_model_cards_value() -> None:
     from mfaf_cli.training.trainer import TrainConfig
 
     assert TrainConfig.__dataclass_fields__["photometric"].default == 0.15
+
+
+@pytest.fixture(scope="module")
+def own_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A user's own checkpoint (trained, with training record and metrics) and its ONNX."""
+    from dataclasses import replace
+
+    from mfaf_cli.io.weights import save_checkpoint
+    from mfaf_cli.models import export, registry
+
+    meta = registry.default_meta("unet", None, 2, base_width=4)
+    meta = replace(
+        meta,
+        trained=True,
+        training={"dataset": "ombria", "epochs": 3, "split": {"train": 5, "val": 1}},
+        metrics={"val": {"miou": 0.5, "per_class_iou": {"not-water": 0.6, "water": 0.4}}},
+    )
+    model = registry.create_model("unet", meta.in_channels, 2, **meta.config)
+    folder = tmp_path_factory.mktemp("run")
+    ckpt = save_checkpoint(model, meta, folder / "best.safetensors")
+    onnx = export.export_onnx(model, meta, folder / "best.onnx")
+    return ckpt, onnx
+
+
+@pytest.mark.parametrize("command", ["info", "models"])
+@pytest.mark.parametrize("which", [0, 1])
+def test_info_and_models_print_a_model_files_record(runner, own_model, command, which) -> None:
+    import json
+
+    from mfaf_cli.io.weights import file_sha256
+
+    path = own_model[which]
+    code, out, err = runner(command, path)
+    assert code == 0, err
+    assert f"{path}: {'onnx' if which else 'checkpoint'} of unet, TRAINED" in out
+    assert "optical: bands " in out and "sar: bands " in out and "normalisation" in out
+    assert "classes: 0 not-water, 1 water" in out
+    assert "training: dataset ombria" in out and "split: train 5, val 1" in out
+    assert "val: miou 0.500; IoU not-water 0.600, water 0.400" in out
+    code, out, err = runner(command, path, "--json")
+    rec = json.loads(out)
+    assert rec["sha256"] == file_sha256(path) and rec["meta"]["arch"] == "unet"
+
+
+def test_info_model_file_errors_are_one_line(runner, tmp_path: Path) -> None:
+    code, _, err = runner("info", tmp_path / "missing.safetensors")
+    assert code == 1 and "does not exist" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    code, _, err = runner("models", tmp_path / "junk.onnx")
+    assert code != 0 and len(err.strip().splitlines()) == 1

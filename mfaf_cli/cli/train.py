@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -24,7 +25,8 @@ Examples:
   mfaf train --dataset whu --data-root WHU-OPT-SAR --model mfafnet-b -o runs/whu \\
       --epochs 40 --batch-size 16 --device cuda
   mfaf train --config train.toml            # same keys as the flags (TOML or YAML)
-  mfaf train ... -o runs/mfaf --resume runs/mfaf --epochs 60
+  mfaf train --resume runs/mfaf                # continue with the run's saved config.toml
+  mfaf train --resume runs/mfaf --epochs 60     # ... and extend it to 60 epochs
   torchrun --nproc_per_node 4 -m mfaf_cli train --dataset whu ...   # multi-GPU (DDP)
 \b
 Datasets: ombria, sen1floods11, whu (sheets or pre-cut), folder (CSV/TOML scene list).
@@ -50,6 +52,13 @@ def _model_config(
 
 #: CLI parameter name → TrainConfig field (where they differ).
 _RENAME = {"output": "out", "bands": "bands", "model_opt": "model_config"}
+
+
+def run_config(resume: str) -> Path | None:
+    """The ``config.toml`` a run saved, for ``--resume RUN_DIR`` (or a checkpoint in it)."""
+    p = Path(resume)
+    found = (p if p.is_dir() else p.parent) / "config.toml"
+    return found if found.is_file() else None
 
 
 def _command_line() -> str:
@@ -171,6 +180,13 @@ def command(
     values: dict[str, Any] = {}
     if config_file:
         values.update(load_config_file(config_file))
+    elif params.get("resume") and (saved := run_config(params["resume"])) is not None:
+        # `--resume RUN_DIR` alone: the run's own settings; flags given now still win.
+        values.update(load_config_file(saved))
+        for key in ("overwrite", "resume", "command", "progress"):
+            values.pop(key, None)
+        if not quiet:
+            click.echo(f"resuming with the settings in {saved}", err=True)
     for name, val in params.items():
         field = _RENAME.get(name, name)
         src = ctx.get_parameter_source(name)
