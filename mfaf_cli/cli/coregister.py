@@ -46,6 +46,7 @@ resampled in linear power and written in its input units; --label is resampled n
 @opt.bands_opts
 @opt.grid_opts
 @opt.sar_units_opt
+@opt.stack_grid_opt
 @opt.creation_options_opt
 @opt.overwrite_opt
 @opt.quiet_opt
@@ -68,6 +69,7 @@ def command(**kw: Any) -> None:
         bounds=kw["bounds"],
         reference=kw["reference"],
         sar_units=kw["sar_units"],
+        stack_grid=kw["stack_grid"],
         creation_options=kw["creation_options"] or None,
         overwrite=kw["overwrite"],
         progress=not kw["quiet"],

@@ -76,6 +76,7 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
 @opt.blend_opt
 @opt.engine_opts
 @opt.sar_units_opt
+@opt.stack_grid_opt
 @click.option(
     "--probabilities",
     default=None,
@@ -181,6 +182,7 @@ def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
         "resolution": kw["resolution"],
         "bounds": kw["bounds"],
         "sar_units": kw["sar_units"],
+        "stack_grid": kw["stack_grid"],
     }
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from mfaf_cli.coreg.align import AlignedScene
 from mfaf_cli.coreg.grid import Grid, grid_from_reference
+from mfaf_cli.coreg.stack import expand_stacks
 from mfaf_cli.errors import InputError, ModalityError, OutputPathError, UsageError
 from mfaf_cli.io.inputs import check_readable
 from mfaf_cli.metadata import ALL_MODALITIES, ModelMeta
@@ -303,6 +304,7 @@ def vectorize_finished_map(
 
 
 # ---- predict ----------------------------------------------------------------------------------
+@expand_stacks  # several files or a Sentinel-2 folder per modality (see coreg/stack.py)
 def predict(
     inputs: Mapping[str, PathLike],
     output: PathLike | None,
@@ -596,6 +598,7 @@ class CoregisterResult:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
+@expand_stacks
 def coregister(
     inputs: Mapping[str, PathLike],
     out_dir: PathLike,
