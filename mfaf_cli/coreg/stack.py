@@ -161,7 +161,7 @@ def stack_vrt_xml(infos: Sequence[FileInfo], grid_index: int) -> str:
                 f'<SourceFilename relativeToVRT="0">{escape(info.path)}</SourceFilename>'
                 f"<SourceBand>{k + 1}</SourceBand>"
                 f'<SrcRect xOff="0" yOff="0" xSize="{info.width}" ySize="{info.height}"/>'
-                f'<DstRect xOff={quoteattr(repr(x))} yOff={quoteattr(repr(y))} '
+                f"<DstRect xOff={quoteattr(repr(x))} yOff={quoteattr(repr(y))} "
                 f"xSize={quoteattr(repr(w))} ySize={quoteattr(repr(h))}/>{src_nd}"
                 "</ComplexSource></VRTRasterBand>"
             )
@@ -187,9 +187,7 @@ def band_names(path: str, descriptions: Sequence[str | None]) -> tuple[str, ...]
         if pol is not None and not descriptions[0]:
             return (pol.group(1).upper(),)
         return (canonical_band(descriptions[0]) if descriptions[0] else stem,)
-    return tuple(
-        canonical_band(d) if d else f"{stem}:{k + 1}" for k, d in enumerate(descriptions)
-    )
+    return tuple(canonical_band(d) if d else f"{stem}:{k + 1}" for k, d in enumerate(descriptions))
 
 
 # ---- Sentinel-2 folders -----------------------------------------------------------------------
