@@ -79,3 +79,53 @@ def test_info_model_file_errors_are_one_line(runner, tmp_path: Path) -> None:
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     code, _, err = runner("models", tmp_path / "junk.onnx")
     assert code != 0 and len(err.strip().splitlines()) == 1
+
+
+# ---- predict --preview ----------------------------------------------------------------------
+def test_preview_maths() -> None:
+    import numpy as np
+
+    from mfaf_cli.io import preview as pv
+
+    assert pv.decimated_shape(3000, 2000, 1024) == (1024, 683)
+    assert pv.decimated_shape(100, 50, 1024) == (100, 50)  # never upsampled
+    bands = np.array([[[0.0, 50.0], [100.0, np.nan]]])
+    g = pv.stretch_grey(bands, np.isfinite(bands[0]))
+    lo, hi = np.percentile([0.0, 50.0, 100.0], [2, 98])
+    assert g[0, 1] == pytest.approx((50 - lo) / (hi - lo)) and g[0, 0] == 0.0 and g[1, 0] == 1.0
+    lut = np.zeros((256, 3))
+    lut[1] = (0, 0, 255)
+    rgb = pv.blend(np.full((1, 2), 0.4), np.array([[1, 255]], np.uint8), lut)
+    a = pv.ALPHA
+    np.testing.assert_allclose(rgb[0, 0], [(1 - a) * 0.4, (1 - a) * 0.4, (1 - a) * 0.4 + a])
+    np.testing.assert_allclose(rgb[0, 1], [0.4, 0.4, 0.4])  # nodata: grey only
+
+
+def test_predict_preview_png(runner, tmp_path: Path, own_model) -> None:
+    import numpy as np
+    from conftest import write_geotiff
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    opt = write_geotiff(tmp_path / "s2.tif", rng.integers(0, 3000, (4, 48, 40)).astype("int16"))
+    sar = write_geotiff(tmp_path / "s1.tif", rng.normal(-12, 3, (1, 48, 40)).astype("float32"))
+    args = ["predict", "--optical", opt, "--sar", sar, "--model", own_model[0], "--tile", "32"]
+    code, _, err = runner(*args, "-o", tmp_path / "m.tif", "--preview", tmp_path / "m.jpg")
+    assert code == 2 and "give a .png file name" in err and not (tmp_path / "m.tif").exists()
+    code, out, err = runner(*args, "-o", tmp_path / "m.tif", "--preview", tmp_path / "m.png",
+                            "--json", "-q")  # fmt: skip
+    assert code == 0, err
+    assert json_line(out)["outputs"]["preview"] == str(tmp_path / "m.png")
+    img = np.asarray(Image.open(tmp_path / "m.png").convert("RGB"))
+    assert img.shape[0] == 300 and img.shape[1] == 40 + 220  # 1:1 map + legend column
+    assert img[:48, :40].std() > 5  # the map is drawn, not a blank figure
+    code, _, err = runner(*args, "-o", tmp_path / "n.tif", "--preview", tmp_path / "m.png")
+    assert code == 2 and "already exists" in err and not (tmp_path / "n.tif").exists()
+
+
+def json_line(out: str) -> dict:
+    import json
+
+    lines = out.strip().splitlines()
+    assert len(lines) == 1
+    return json.loads(lines[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import click
@@ -105,6 +106,14 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
     callback=opt.refuse_stdout,
     help="Also polygonise the label map (.gpkg, .geojson, .parquet, .shp).",
 )
+@click.option(
+    "--preview",
+    default=None,
+    metavar="PNG",
+    callback=opt.refuse_stdout,
+    help="Also write a quick-look PNG: the map's class colours over a greyscale of the "
+    "reference input, with a legend (decimated read, long side <= 1024 px).",
+)
 @click.option("--cog", is_flag=True, help="Write Cloud Optimized GeoTIFFs with overviews.")
 @opt.creation_options_opt
 @click.option(
@@ -147,6 +156,12 @@ def command(**kw: Any) -> None:
         )
     if kw["output"] is None and not (kw["probabilities"] or kw["confidence"]):
         raise click.UsageError("give -o/--output PATH for the label map")
+    if kw["preview"]:
+        from mfaf_cli.io.preview import check_preview_path
+
+        if kw["output"] is None:
+            raise click.UsageError("--preview shows the label map: give -o/--output too")
+        check_preview_path(kw["preview"], kw["overwrite"])
     result = predict(
         inputs,
         kw["output"],
@@ -158,10 +173,23 @@ def command(**kw: Any) -> None:
         bands=opt.collect_bands(**kw),
         **_run_options(kw),
     )
+    if kw["preview"]:
+        _write_preview(result, kw["preview"])
     if kw["as_json"]:
         click.echo(result.to_json())
     elif not kw["quiet"]:
         click.echo(_summary(result.to_dict()), err=True)
+
+
+def _write_preview(result: Any, png: str) -> None:
+    """The quick-look over the reference input (the first file of a stack)."""
+    from mfaf_cli.io.preview import write_preview
+    from mfaf_cli.metadata import REFERENCE_MODALITIES
+
+    ref = next((m for m in REFERENCE_MODALITIES if m in result.inputs), next(iter(result.inputs)))
+    write_preview(result.outputs["label"], result.inputs[ref].split(";")[0], png,
+                  title=result.model)  # fmt: skip
+    result.outputs["preview"] = str(Path(png).absolute())
 
 
 def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
@@ -205,7 +233,9 @@ def _all_exist(kw: dict[str, Any]) -> bool:
 
 
 #: options that a batch CSV gives per row, so they must not be given with --batch
-_PER_ROW = ("optical", "sar", "hsi", "lidar", "output", "probabilities", "confidence", "vector")
+_PER_ROW = (
+    "optical", "sar", "hsi", "lidar", "output", "probabilities", "confidence", "vector", "preview",
+)  # fmt: skip
 
 
 def _run_batch(kw: dict[str, Any]) -> None:
