@@ -11,7 +11,9 @@ from mfaf_cli.cli import options as opt
 EPILOG = """\b
 Examples:
   mfaf coregister --optical S2.tif --sar S1.tif -o aligned/
-  mfaf coregister --optical S2.tif --sar S1.tif --label truth.tif --resolution 20 -o aligned20/
+  mfaf coregister --optical S2.tif --sar S1.tif --label label.tif \\
+      --crs EPSG:32630 --resolution 20 -o aligned20/      # a 20 m UTM grid
+  mfaf coregister --optical B12.tif --optical B08.tif --optical B04.tif -o stack/
 \b
 Writes DIR/optical.tif, DIR/sar.tif, ... (float32, nodata NaN, tiled, compressed) on the
 optical (or HSI) raster's grid, or the grid set by --crs/--resolution/--bounds. SAR is

@@ -15,9 +15,11 @@ log = logging.getLogger("mfaf")
 
 EPILOG = """\b
 Examples:
-  mfaf export --model runs/best.safetensors -o mfafnet.onnx
+  mfaf export --model runs/x/best.safetensors -o mine.onnx
   mfaf export --model comix-s -o comix.onnx --tile 64
-  mfaf predict --engine onnx --model mfafnet.onnx --optical s2.tif --sar s1.tif -o map.tif
+  mfaf export --model mfafnet-s-ombria-water -o mfafnet.onnx
+  mfaf predict --engine onnx --model mfafnet.onnx --optical S2.tif --optical-bands B12,B8,B4 \\
+      --sar S1.tif --sar-bands VV -o map.tif
 \b
 The graph takes one input per modality (named optical, sar, hsi, lidar) of shape
 (batch, bands, tile, tile), already normalised, and returns softmax "probabilities". Only the

@@ -21,8 +21,8 @@ from mfaf_cli.errors import UsageError
 
 EPILOG = """\b
 Examples:
-  mfaf info s2.tif s1.tif
-  mfaf info s2.tif --json
+  mfaf info S2.tif S1.tif
+  mfaf info S2.tif --json
   mfaf info --models
   mfaf info weights/mfafnet-s-ombria-water.safetensors   # a model file's record
 

@@ -15,32 +15,43 @@ log = logging.getLogger("mfaf")
 
 EPILOG = """\b
 Examples:
-  # Sentinel-2 + Sentinel-1 with the default model; RGB+NIR are S2 bands 4,3,2,8
-  mfaf predict --optical S2.tif --sar S1.tif --optical-bands 4,3,2,8 -o landuse.tif
+  # Sentinel-2 + Sentinel-1 with the default model, which takes optical swir,nir,red
+  # (Sentinel-2 B12,B8,B4) and SAR VV; a quick-look PNG too
+  mfaf predict --optical S2.tif --optical-bands B12,B8,B4 --sar S1.tif --sar-bands VV \\
+      -o water.tif --preview water.png
+\b
+  # one file per band, as Sentinel-2 ships them (stacked on the finest grid), or the
+  # SAFE folder itself (the bands the model needs are picked by name)
+  mfaf predict --optical T29SND_B12_20m.jp2 --optical T29SND_B08_10m.jp2 \\
+      --optical T29SND_B04_10m.jp2 --sar S1.tif --sar-bands VV -o water.tif --overwrite
+  mfaf predict --optical S2B_MSIL2A.SAFE --sar S1.tif --sar-bands VV -o water.tif --overwrite
 \b
   # also class probabilities, a confidence map and polygons, as a COG
-  mfaf predict --optical S2.tif --sar S1.tif -o map.tif --probabilities probs.tif \\
-      --confidence conf.tif --vector map.gpkg --cog
+  mfaf predict --optical S2.tif --optical-bands B12,B8,B4 --sar S1.tif --sar-bands VV \\
+      -o map.tif --probabilities probs.tif --confidence conf.tif --vector map.gpkg --cog
 \b
-  # hyperspectral + LiDAR, on a 1 m UTM grid over part of the scene, on the GPU
+  # hyperspectral + LiDAR with your own CoMiX weights, on a 1 m UTM grid over part of the
+  # scene, on the GPU
   mfaf predict --hsi hsi.tif --lidar dsm.tif --model comix-s.safetensors -o map.tif \\
-      --crs EPSG:32615 --resolution 1 --bounds 271000,3289000,273000,3291000 --device cuda
+      --crs EPSG:32615 --resolution 1 --bounds 271000,3289000,271128,3289128 --device cuda
 \b
-  # many scenes, one model load; rows: scene,optical,sar,optical_bands,output,vector
-  mfaf predict --batch scenes.csv --skip-existing --json > results.jsonl
+  # many scenes, one model load; CSV columns scene,optical,sar,output (bands from the flags)
+  mfaf predict --batch scenes.csv --optical-bands B12,B8,B4 --sar-bands VV \\
+      --skip-existing --json > results.jsonl
 \b
   # or one process per scene (temp names are unique per process)
-  xargs -P 4 -I{} mfaf predict --optical s2/{}.tif --sar s1/{}.tif \\
-      -o maps/{}.tif --skip-existing -q < scene-ids.txt
+  xargs -P 4 -I{} mfaf predict --optical s2/{}.tif --optical-bands B12,B8,B4 \\
+      --sar s1/{}.tif --sar-bands VV -o maps/{}.tif --skip-existing -q < scene-ids.txt
 \b
 The output grid is the optical (or HSI) raster's grid unless --crs/--resolution/--bounds
 change it; other inputs are warped onto it window by window (SAR is resampled in linear
 power). Pixels where any input is nodata or outside its footprint are written as 255.
 Outputs are written to temp files and renamed at the end: an error or Ctrl-C leaves nothing.
 \b
---batch CSV: columns optical, sar, hsi, lidar (paths), output (required), optional vector,
-probabilities, confidence, <modality>_bands (e.g. "4,3,2,8") and scene (a name for reports);
-relative paths are relative to the CSV's folder. A failing scene is reported as a JSON line
+--batch CSV: columns optical, sar, hsi, lidar (paths; "a.tif;b.tif" stacks files), output
+(required; missing folders are created), optional vector, probabilities, confidence,
+<modality>_bands (e.g. "B12,B8,B4") and scene (a name for reports); relative paths are
+relative to the CSV's folder. A failing scene is reported as a JSON line
 {"scene": ..., "status": "error", "error": ...} on stdout and the others go on; with --json
 every scene gets a line ("status": "ok" / "skipped" / "error").
 Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143 SIGTERM.

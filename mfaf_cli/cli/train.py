@@ -24,7 +24,7 @@ Examples:
   mfaf train --dataset ombria --data-root data/ombria --model mfafnet-s -o runs/mfaf
   mfaf train --dataset whu --data-root WHU-OPT-SAR --model mfafnet-b -o runs/whu \\
       --epochs 40 --batch-size 16 --device cuda
-  mfaf train --config train.toml            # same keys as the flags (TOML or YAML)
+  mfaf train --config train.toml               # same keys as the flags (TOML or YAML)
   mfaf train --resume runs/mfaf                # continue with the run's saved config.toml
   mfaf train --resume runs/mfaf --epochs 60     # ... and extend it to 60 epochs
   torchrun --nproc_per_node 4 -m mfaf_cli train --dataset whu ...   # multi-GPU (DDP)

@@ -8,9 +8,9 @@ from mfaf_cli.cli.options import json_opt, overwrite_opt, quiet_opt, refuse_stdo
 
 EPILOG = """\b
 Examples:
-  mfaf vectorize landuse.tif -o landuse.gpkg
-  mfaf vectorize landuse.tif -o water.geojson --classes water --sieve 20 --simplify 10
-  mfaf vectorize landuse.tif -o classes.parquet --dissolve --json
+  mfaf vectorize water.tif -o water.gpkg
+  mfaf vectorize water.tif -o water.geojson --classes water --sieve 20 --simplify 10
+  mfaf vectorize water.tif -o classes.parquet --dissolve --json
 \b
 Output format follows the extension: .gpkg, .geojson, .parquet (GeoParquet, needs pyarrow),
 .shp. GeoJSON is written in WGS 84 (EPSG:4326, RFC 7946) unless --keep-crs; the others keep
