@@ -74,5 +74,9 @@ class LabelError(InputError):
     """A label raster holds values outside the model's class table."""
 
 
+class VectorOutputError(MfafError):
+    """The rasters of a predict run were written but its --vector step failed (exit 1)."""
+
+
 class MfafWarning(UserWarning):
     """Recoverable problem worth telling the user about."""

@@ -3,6 +3,7 @@ atomic with the raster, and parallel ``mfaf predict`` processes writing into one
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 import rasterio
 from conftest import write_geotiff as write_tif
 
-from mfaf_cli.errors import MfafError, OutputExistsError, UsageError
+from mfaf_cli.errors import MfafError, UsageError
 from mfaf_cli.io.weights import save_checkpoint
 from mfaf_cli.models import registry
 from mfaf_cli.pipeline import batch as B
@@ -101,8 +102,7 @@ def _batch_folder(tmp_path: Path) -> Path:
     root = tmp_path / "job"
     for i, name in enumerate("abc"):
         scene_pair(root / "in", name, size=40 + 8 * i, seed=i)
-    (root / "in" / "b_s1.tif").unlink()
-    (root / "maps").mkdir()
+    (root / "in" / "b_s1.tif").unlink()  # maps/ does not exist: the batch creates it
     (root / "scenes.csv").write_text(
         "scene,optical,sar,output,vector,confidence\n"
         "a,in/a_s2.tif,in/a_s1.tif,maps/a.tif,maps/a.gpkg,\n"
@@ -139,7 +139,14 @@ def test_cli_batch_reports_each_scene_and_fails_with_1(ckpt: Path, tmp_path: Pat
     assert recs[0]["outputs"] == {"label": str(maps / "a.tif"), "vector": str(maps / "a.gpkg")}
     assert recs[2]["outputs"]["confidence"] == str(maps / "c_conf.tif")
     assert recs[2]["grid"]["width"] == 56 and recs[2]["model"] == "unet"
-    assert sorted(p.name for p in maps.iterdir()) == ["a.gpkg", "a.tif", "c.tif", "c_conf.tif"]
+    assert sorted(p.name for p in maps.iterdir()) == [
+        "a.gpkg",
+        "a.tif",
+        "a.tif.aux.xml",
+        "c.tif",
+        "c.tif.aux.xml",
+        "c_conf.tif",
+    ]
     assert hidden(root) == []
     assert read_labels(maps / "c.tif").shape == (56, 56)
 
@@ -209,6 +216,11 @@ def test_predict_vector_end_to_end(ckpt: Path, tmp_path: Path, runner) -> None:
     assert code == 0, err
     assert json.loads(stdout)["outputs"]["vector"] == str(vec)
     labels = read_labels(out)
+    from mfaf_cli.io.weights import file_sha256
+
+    with rasterio.open(out) as ds:  # the map names the weights that made it
+        assert ds.tags()["WEIGHTS"] == ckpt.stem and ds.tags()["TRAINED"] == "TRAINED"
+        assert ds.tags()["WEIGHTS_SHA256"] == file_sha256(ckpt)
     gdf = gpd.read_file(vec)
     assert gdf.crs.to_epsg() == 32630
     assert set(gdf["class_name"]) <= {"not-water", "water"}
@@ -219,43 +231,77 @@ def test_predict_vector_end_to_end(ckpt: Path, tmp_path: Path, runner) -> None:
     assert hidden(tmp_path) == []
 
 
-def test_vector_failure_leaves_no_raster(ckpt: Path, tmp_path: Path, monkeypatch) -> None:
+def test_vector_failure_keeps_the_rasters(ckpt: Path, tmp_path: Path, monkeypatch, runner) -> None:
+    """The polygons are made from the committed map; if that fails, the rasters stay and one
+    clean line says how to redo only the polygons (exit 1)."""
     import mfaf_cli.vectorize.polygons as poly
+    from mfaf_cli.errors import VectorOutputError
 
     opt, sar = scene_pair(tmp_path / "in", "s")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
 
     def broken(*a: Any, **kw: Any) -> Any:
-        raise MfafError("could not write the polygons (disk full)")
+        raise ImportError("Missing optional dependency 'x'.\n  'Use pip'")
 
     monkeypatch.setattr(poly, "vectorize_raster", broken)
-    with pytest.raises(MfafError, match="disk full"):
+    with pytest.raises(VectorOutputError) as info:
         predict({"optical": opt, "sar": sar}, out_dir / "m.tif", ckpt, tile=32, progress=False,
                 vector=out_dir / "m.gpkg", probabilities=out_dir / "p.tif")  # fmt: skip
-    assert list(out_dir.iterdir()) == []
+    assert sorted(p.name for p in out_dir.iterdir()) == ["m.tif", "m.tif.aux.xml", "p.tif"]
+    msg = str(info.value)
+    assert "\n" not in msg and "rasters were kept" in msg and "Use pip" not in msg
+    assert f"mfaf vectorize {out_dir / 'm.tif'} -o {out_dir / 'm.gpkg'}" in msg
+    (out_dir / "p.tif").unlink()
+    code, out, err = runner("predict", "--optical", opt, "--sar", sar, "--model", ckpt, "--tile",
+                            "32", "-o", out_dir / "m.tif", "--vector", out_dir / "m.gpkg",
+                            "--overwrite", "-q")  # fmt: skip
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith("Error: --vector") and (out_dir / "m.tif").exists()
 
 
-def test_raster_commit_failure_removes_the_vector(ckpt: Path, tmp_path: Path, monkeypatch) -> None:
-    """The vector is renamed into place first; if the rasters then cannot be, it goes too."""
-    import mfaf_cli.vectorize.polygons as poly
+def test_parquet_without_pyarrow_fails_before_inference(
+    ckpt: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import builtins
 
-    opt, sar = scene_pair(tmp_path / "in", "s")
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    real = poly.vectorize_raster
+    P = importlib.import_module("mfaf_cli.pipeline.predict")
 
-    def then_someone_writes_the_map(*a: Any, **kw: Any) -> Any:
-        res = real(*a, **kw)
-        (out_dir / "m.tif").write_bytes(b"another process")
-        return res
+    real_import = builtins.__import__
 
-    monkeypatch.setattr(poly, "vectorize_raster", then_someone_writes_the_map)
-    with pytest.raises(OutputExistsError):
-        predict({"optical": opt, "sar": sar}, out_dir / "m.tif", ckpt, tile=32, progress=False,
-                vector=out_dir / "m.gpkg")  # fmt: skip
-    assert sorted(p.name for p in out_dir.iterdir()) == ["m.tif"]
-    assert (out_dir / "m.tif").read_bytes() == b"another process"
+    def no_pyarrow(name: str, *a: Any, **kw: Any) -> Any:
+        if name == "pyarrow" or name.startswith("pyarrow."):
+            raise ImportError("No module named 'pyarrow'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    monkeypatch.setattr(P, "load_predictor", lambda *a, **k: pytest.fail("model was loaded"))
+    opt, sar = scene_pair(tmp_path, "s")
+    with pytest.raises(UsageError, match=r"needs pyarrow.*mfaf\[parquet\]"):
+        predict({"optical": opt, "sar": sar}, tmp_path / "m.tif", ckpt, progress=False,
+                vector=tmp_path / "m.parquet")  # fmt: skip
+    assert not (tmp_path / "m.tif").exists()
+
+
+@pytest.mark.parametrize(
+    ("co", "phrase"),
+    [
+        ({"COMPRESS": "FOO"}, "'FOO' is an unexpected value for COMPRESS"),
+        ({"FOOBAR": "1"}, "does not support creation option FOOBAR"),
+        ({"BLOCKXSIZE": "7"}, "multiples of 16"),
+    ],
+)
+def test_bad_creation_options_fail_before_inference(
+    ckpt: Path, tmp_path: Path, monkeypatch, co: dict[str, str], phrase: str
+) -> None:
+    P = importlib.import_module("mfaf_cli.pipeline.predict")
+
+    monkeypatch.setattr(P, "load_predictor", lambda *a, **k: pytest.fail("model was loaded"))
+    opt, sar = scene_pair(tmp_path, "s")
+    with pytest.raises(UsageError, match=phrase):
+        predict({"optical": opt, "sar": sar}, tmp_path / "m.tif", ckpt, progress=False,
+                creation_options=co)  # fmt: skip
+    assert list(tmp_path.glob("m*")) == []
 
 
 def test_single_scene_skip_existing(ckpt: Path, tmp_path: Path, runner) -> None:
@@ -312,7 +358,9 @@ def test_parallel_processes_share_an_output_folder(ckpt: Path, tmp_path: Path) -
         assert p.returncode == 0, err.decode()
         assert json.loads(stdout)["windows"] == 4
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(f"s{i}{ext}" for i in range(3) for ext in (".tif", "_p.tif", ".gpkg"))
+    assert names == sorted(
+        f"s{i}{ext}" for i in range(3) for ext in (".tif", ".tif.aux.xml", "_p.tif", ".gpkg")
+    )
     for i in range(3):
         labels = read_labels(out / f"s{i}.tif")
         assert labels.shape == (40, 40) and set(np.unique(labels)) <= {0, 1}

@@ -133,6 +133,8 @@ def test_cli_json_table_and_plot(tmp_path: Path, rng: np.random.Generator, runne
     assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
     code, _, err = runner("evaluate", p)
     assert code == 2 and "give --truth" in err
+    code, out, err = runner("evaluate", p, "--truth", t)  # `> metrics.txt` keeps the table
+    assert code == 0 and "mIoU" in out and "water" in out and "mIoU" not in err
 
 
 def _one_error_line(runner, *args: object) -> str:

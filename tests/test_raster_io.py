@@ -19,6 +19,7 @@ from mfaf_cli.io.raster import (
     OutputSet,
     argmax_max,
     atomic_outputs,
+    category_sidecar_xml,
     cog_options,
     gtiff_options,
     labels_from_probs,
@@ -104,7 +105,7 @@ def test_label_probability_confidence_outputs(tmp_path, rng):
     paths = {name: tmp_path / f"{name}.tif" for name in ("label", "prob", "conf")}
     with OutputSet(g, META, paths["label"], paths["prob"], paths["conf"]) as out:
         write_all(out, probs, valid, band=37)  # bands not aligned with the 512-row blocks
-    assert listing(tmp_path) == ["conf.tif", "label.tif", "prob.tif"]
+    assert listing(tmp_path) == ["conf.tif", "label.tif", "label.tif.aux.xml", "prob.tif"]
     counts = out.label_counts
     assert counts is not None and counts[255] == (~valid).sum() and counts.sum() == h * w
 
@@ -201,7 +202,7 @@ def test_cog_has_overviews_by_mode(tmp_path):
     label, prob = tmp_path / "l.tif", tmp_path / "p.tif"
     with OutputSet(grid(w, h), META, label, prob, cog=True) as out:
         write_all(out, probs, valid, band=300)
-    assert listing(tmp_path) == ["l.tif", "p.tif"]
+    assert listing(tmp_path) == ["l.tif", "l.tif.aux.xml", "p.tif"]
     with rasterio.open(label) as ds:
         assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
         assert ds.overviews(1) == [2]
@@ -437,3 +438,42 @@ def test_full_tmpfs_is_reported_as_such(tmp_path, rng):
         assert listing(small) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
+# ---- class names for GIS, weights tags -------------------------------------------------------
+def test_category_sidecar_is_indexed_by_pixel_value_with_gaps() -> None:
+    meta = ModelMeta(
+        arch="unet",
+        modalities=(),
+        classes=(ClassInfo(0, "bg", (1, 2, 3)), ClassInfo(2, "a<b", (4, 5, 6))),
+    )
+    xml = category_sidecar_xml(meta)
+    assert "<CategoryNames><Category>bg</Category><Category></Category>" in xml
+    assert "<Category>a&lt;b</Category></CategoryNames>" in xml
+    assert '<Row index="1"><F>2</F><F>a&lt;b</F><F>4</F><F>5</F><F>6</F></Row>' in xml
+
+
+def test_gdal_reads_category_names_rat_and_weights_tags(tmp_path, rng):
+    """gdalinfo / QGIS see class names: GDAL itself (a VRT copy) carries them over."""
+    from rasterio.shutil import copy as rio_copy
+
+    probs = random_probs(rng, len(WHU_CLASSES), 20, 30)
+    tags = {"WEIGHTS": "w1", "WEIGHTS_SHA256": "ab" * 32, "TRAINED": "UNTRAINED"}
+    for overwrite in (False, True):
+        out = OutputSet(grid(30, 20), META, tmp_path / "m.tif", overwrite=overwrite, tags=tags)
+        with out:
+            write_all(out, probs, np.ones((20, 30), bool), 7)
+    assert listing(tmp_path) == ["m.tif", "m.tif.aux.xml"]
+    with rasterio.open(tmp_path / "m.tif") as ds:
+        assert {k: ds.tags()[k] for k in tags} == tags and ds.tags()["MODEL"] == "mfafnet-s"
+    rio_copy(str(tmp_path / "m.tif"), str(tmp_path / "m.vrt"), driver="VRT")
+    vrt = (tmp_path / "m.vrt").read_text()
+    cats = re.findall(r"<Category>([^<]*)</Category>", vrt)
+    assert cats == [c.name for c in WHU_CLASSES]
+    assert '<GDALRasterAttributeTable tableType="thematic">' in vrt
+    names = re.findall(r"<Row index=\"\d+\">\s*<F>\d+</F>\s*<F>([^<]*)</F>", vrt)
+    assert names == [c.name for c in WHU_CLASSES]
+    # a probability-only run replacing the label elsewhere leaves no stale sidecar behind
+    (tmp_path / "p.tif.aux.xml").write_text("<PAMDataset/>")
+    out = OutputSet(grid(30, 20), META, None, tmp_path / "p.tif")
+    with out:
+        write_all(out, probs, np.ones((20, 30), bool), 7)
+    assert not (tmp_path / "p.tif.aux.xml").exists()

@@ -378,3 +378,62 @@ def test_comix_trains_on_folder_scenes_and_predicts_hsi_lidar(tmp_path: Path, ru
         assert (ds.crs, ds.transform, ds.shape) == (ref.crs, ref.transform, ref.shape)
         labels = ds.read(1)
     assert set(np.unique(labels)) <= {0, 1, 2}  # every pixel classified (inputs fully valid)
+
+
+def test_resume_run_dir_alone_uses_its_saved_config(ombria: Path, tmp_path: Path, runner) -> None:
+    out = tmp_path / "run"
+    code, _, err = runner(*_args(ombria, out, "--epochs", "1"))
+    assert code == 0, err
+    code, stdout, err = runner("train", "--resume", out, "--epochs", "2", "--json", "-q")
+    assert code == 0, err
+    res = json.loads(stdout)
+    assert res["epochs"] == 2 and Path(res["run_dir"]) == out
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2]  # epoch 1 was not trained again
+    assert read_meta(out / "last.safetensors").arch == "unet"
+    code, _, err = runner("train", "--resume", tmp_path / "nothing-here")
+    assert code == 2 and "required" in err
+
+
+def test_training_reports_and_records_the_splits(ombria: Path, tmp_path: Path, runner) -> None:
+    import numpy as np
+    from PIL import Image
+
+    out = tmp_path / "run"
+    args = [a for a in _args(ombria, out, "--epochs", "1", "--json") if a != "-q"]
+    code, stdout, err = runner(*args)
+    assert code == 0, err
+    splits = json.loads(stdout)["splits"]
+    assert set(splits) == {"train", "val", "test"}
+    masks = {
+        folder: [np.asarray(Image.open(p)) for p in sorted(
+            (ombria / "OmbriaS2" / folder / "MASK").glob("*.png"))]
+        for folder in ("train", "test")
+    }  # fmt: skip
+    test = splits["test"]
+    water = sum(int((m == 255).sum()) for m in masks["test"])
+    assert test["patches"] == 2 and test["windows"] == 2
+    assert test["labelled_pixels"] == 2 * 32 * 32 and test["class_pixels"]["water"] == water
+    assert test["class_fraction"]["water"] == round(water / (2 * 32 * 32), 4)
+    assert splits["train"]["patches"] + splits["val"]["patches"] == 6
+    assert "seeded holdout (seed 0, fraction 0.34)" in splits["val"]["source"]
+    assert "data val: 2 patches, 2 windows" in err and "split from OMBRIA" in err
+    assert read_meta(out / "last.safetensors").training["splits"] == splits
+
+
+def test_whu_split_source_names_the_division_file(tmp_path: Path) -> None:
+    import rasterio
+    from test_datasets import make_whu_sheets
+
+    from mfaf_cli.data.datasets import open_dataset, whu_map_label
+
+    root = make_whu_sheets(tmp_path / "whu")
+    seeded = open_dataset("whu", root, "train", tile=32).summary()
+    assert seeded["source"].startswith("seeded sheet split, no division file found (seed 0")
+    (root / "division.txt").write_text("train: NH1 NH2\ntest: NH3\n")
+    s = open_dataset("whu", root, "test", tile=32).summary()
+    assert s["source"].startswith(f"official division file {root / 'division.txt'}; val = ")
+    with rasterio.open(root / "Lbl" / "NH3.tif") as ds:
+        ids = whu_map_label(ds.read(1), 255)
+    assert s["sheets"] == 1 and s["windows"] == 6  # 60 x 80 px sheet, 32 px tiles
+    assert s["labelled_pixels"] == int((ids != 255).sum())  # full-resolution count

@@ -102,7 +102,7 @@ def test_one_polygon_per_region_with_names_and_exact_areas(labels: Path, tmp_pat
 
 
 def test_nodata_never_polygonised(labels: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out.geojson"
+    out = tmp_path / "out.gpkg"
     vectorize_raster(labels, out)
     gdf = read(out)
     assert 255 not in set(gdf["class_id"])
@@ -313,6 +313,55 @@ def test_simplify_keeps_shared_borders(tmp_path: Path) -> None:
     assert union.symmetric_difference(raw_union).area < 0.03 * raw_union.area
 
 
+def test_pixel_size_m_projected_and_geographic() -> None:
+    from rasterio.crs import CRS
+
+    assert vp.pixel_size_m(from_origin(0, 0, 10, 10), CRS.from_epsg(32630), 5, 5) == 10.0
+    assert vp.pixel_size_m(from_origin(0, 0, 10, 10), CRS.from_epsg(2229), 5, 5) == (
+        pytest.approx(10 * 0.3048006096, rel=1e-9)  # US survey feet
+    )
+    # WGS 84 at the equator: 111 319.49 m per degree of longitude, 110 574.27 m of latitude
+    d = 0.001
+    got = vp.pixel_size_m(from_origin(-0.05, 0.05, d, d), CRS.from_epsg(4326), 100, 100)
+    assert got == pytest.approx(math.sqrt(111.31949 * 110.57427), rel=1e-5)
+    # at 60° N a degree of longitude is about half as long
+    got60 = vp.pixel_size_m(from_origin(-0.05, 60.05, d, d), CRS.from_epsg(4326), 100, 100)
+    assert got60 == pytest.approx(math.sqrt(55.80 * 111.41), rel=2e-3)
+
+
+def test_simplify_is_metres_on_a_geographic_grid(tmp_path: Path, caplog) -> None:
+    a = _blobs(64, 12, seed=3)
+    d = 10 / 111_000  # about 10 m pixels at the equator
+    geo = write_labels(tmp_path / "g.tif", a, crs="EPSG:4326", transform=from_origin(0, 0.01, d, d))
+    raw = vectorize_raster(geo, tmp_path / "raw.gpkg")
+    simp = vectorize_raster(geo, tmp_path / "s.gpkg", simplify=20.0)  # 2 px, not 20 degrees
+    g_raw, g = read(tmp_path / "raw.gpkg"), read(tmp_path / "s.gpkg")
+    assert simp.n_polygons == raw.n_polygons > 10
+    n_raw = shapely.get_num_coordinates(g_raw.geometry.values).sum()
+    assert shapely.get_num_coordinates(g.geometry.values).sum() < 0.7 * n_raw
+    footprint = shapely.union_all(g_raw.geometry.values)
+    moved = shapely.union_all(g.geometry.values).symmetric_difference(footprint).area
+    assert moved < 0.03 * footprint.area
+    assert "pixels" not in caplog.text
+    vectorize_raster(geo, tmp_path / "coarse.gpkg", simplify=100.0)  # 10 px
+    assert "--simplify 100 m is 10.0 pixels" in caplog.text
+
+
+def test_geojson_is_wgs84_unless_kept(labels: Path, tmp_path: Path, runner) -> None:
+    res = vectorize_raster(labels, tmp_path / "a.geojson")
+    doc = json.loads((tmp_path / "a.geojson").read_text())
+    lon, lat = doc["features"][0]["geometry"]["coordinates"][0][0]
+    assert res.crs == "EPSG:4326" and -4 < lon < -2 and 40 < lat < 41  # UTM 30N, 500 km E
+    code, _, err = runner("vectorize", labels, "-o", tmp_path / "b.geojson", "--keep-crs")
+    assert code == 0, err
+    assert gpd.read_file(tmp_path / "b.geojson").crs.to_epsg() == 32630
+
+
+def test_progress_bar_counts_the_polygons(labels: Path, tmp_path: Path, capsys) -> None:
+    vectorize_raster(labels, tmp_path / "p.gpkg", progress=True)
+    assert "6 polygons" in capsys.readouterr().err
+
+
 # ---- formats, overwrite, atomicity -----------------------------------------------------------
 @pytest.mark.parametrize("ext", [".gpkg", ".geojson", ".parquet", ".shp"])
 def test_formats_round_trip_with_crs(labels: Path, tmp_path: Path, ext: str) -> None:
@@ -320,7 +369,7 @@ def test_formats_round_trip_with_crs(labels: Path, tmp_path: Path, ext: str) -> 
     res = vectorize_raster(labels, out)
     gdf = read(out)
     assert len(gdf) == 6 and res.format == vp.VECTOR_FORMATS[ext]
-    assert gdf.crs is not None and gdf.crs.to_epsg() == 32630
+    assert gdf.crs is not None and gdf.crs.to_epsg() == (4326 if ext == ".geojson" else 32630)
     assert {"class_id", "class_name", "area_m2"} <= set(gdf.columns)
     assert by_class(gdf)["crop"] == [300.0, 400.0, 900.0]
     if ext == ".gpkg":
@@ -441,7 +490,7 @@ def test_cli_json_line_and_filters(runner, labels: Path, tmp_path: Path) -> None
     assert len(lines) == 1
     rec = json.loads(lines[0])
     assert rec["polygons"] == 2 and rec["per_class"] == {"crop": 2}
-    assert rec["output"] == str(out) and rec["crs"] == "EPSG:32630"
+    assert rec["output"] == str(out) and rec["crs"] == "EPSG:4326"  # GeoJSON: RFC 7946
     assert len(read(out)) == 2
 
 

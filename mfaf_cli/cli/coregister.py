@@ -11,7 +11,9 @@ from mfaf_cli.cli import options as opt
 EPILOG = """\b
 Examples:
   mfaf coregister --optical S2.tif --sar S1.tif -o aligned/
-  mfaf coregister --optical S2.tif --sar S1.tif --label truth.tif --resolution 20 -o aligned20/
+  mfaf coregister --optical S2.tif --sar S1.tif --label label.tif \\
+      --crs EPSG:32630 --resolution 20 -o aligned20/      # a 20 m UTM grid
+  mfaf coregister --optical B12.tif --optical B08.tif --optical B04.tif -o stack/
 \b
 Writes DIR/optical.tif, DIR/sar.tif, ... (float32, nodata NaN, tiled, compressed) on the
 optical (or HSI) raster's grid, or the grid set by --crs/--resolution/--bounds. SAR is
@@ -29,7 +31,13 @@ resampled in linear power and written in its input units; --label is resampled n
     "--label", default=None, metavar="PATH", help="Categorical raster (e.g. ground truth)."
 )
 @click.option(
-    "-o", "--output", "out_dir", required=True, metavar="DIR", help="Folder for the aligned files."
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    metavar="DIR",
+    callback=opt.refuse_stdout,
+    help="Folder for the aligned files.",
 )
 @click.option(
     "--reference",
@@ -40,6 +48,7 @@ resampled in linear power and written in its input units; --label is resampled n
 @opt.bands_opts
 @opt.grid_opts
 @opt.sar_units_opt
+@opt.stack_grid_opt
 @opt.creation_options_opt
 @opt.overwrite_opt
 @opt.quiet_opt
@@ -62,6 +71,7 @@ def command(**kw: Any) -> None:
         bounds=kw["bounds"],
         reference=kw["reference"],
         sar_units=kw["sar_units"],
+        stack_grid=kw["stack_grid"],
         creation_options=kw["creation_options"] or None,
         overwrite=kw["overwrite"],
         progress=not kw["quiet"],

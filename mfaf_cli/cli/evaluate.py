@@ -19,16 +19,19 @@ from mfaf_cli.cli.options import (
 
 EPILOG = """\b
 Examples:
-  mfaf evaluate landuse.tif --truth labels.tif --json
-  mfaf evaluate water.tif --truth LabelHand.tif --plot cm.png
-  mfaf evaluate map.tif --truth whu_lbl.tif --map 0:255,10:1,20:2,30:3,40:4,50:5,60:6,70:7
-  mfaf evaluate --model weights/mfafnet-s-ombria.safetensors --dataset ombria \\
-      --data-root data/ombria --split test --json
+  mfaf evaluate water.tif --truth label.tif > metrics.txt
+  mfaf evaluate water.tif --truth label.tif --json --plot cm.png
+  mfaf evaluate water.tif --truth LabelHand.tif --map -1:255,0:0,1:1
+  mfaf evaluate landuse.tif --truth whu_lbl.tif --map 0:255,10:1,20:2,30:3,40:4,50:5,60:6,70:7
+  mfaf evaluate --model mfafnet-s-ombria-water --dataset ombria --data-root ombria \\
+      --split test --json
 \b
 Truth is resampled (nearest) onto the prediction's grid. Ignored pixels: prediction nodata
-(255), truth nodata, truth -1, and truth values mapped to 255. Metrics: OA (= aAcc), mIoU,
-per-class IoU / accuracy (recall) / precision / F1, mean accuracy, Cohen's kappa; classes
-absent from both truth and prediction are left out of the means.
+(255), truth nodata, truth -1, and truth values mapped to 255. The table goes to stdout
+(the JSON line instead with --json); --plot saves the confusion matrix as a PNG.
+Metrics: OA (= aAcc), mIoU, per-class IoU / accuracy (recall) / precision / F1, mean
+accuracy, Cohen's kappa; classes absent from both truth and prediction are left out of the
+means.
 """
 
 
@@ -149,10 +152,14 @@ def command(
             val_fraction=val_fraction,
             progress=not quiet,
         )
-    if not quiet:
-        click.echo(format_table(result.metrics), err=True)
     if plot:
         title = result.info.get("dataset") or result.info.get("prediction", "")
         plot_confusion(result.confusion, result.class_names, plot, title=str(title))
+    # The result goes to stdout (so `> metrics.txt` keeps it): the JSON line with --json
+    # (the table then on stderr for the eye), else the table.
     if as_json:
+        if not quiet:
+            click.echo(format_table(result.metrics), err=True)
         click.echo(result.to_json())
+    else:
+        click.echo(format_table(result.metrics))

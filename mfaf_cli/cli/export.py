@@ -9,15 +9,17 @@ from typing import Any
 
 import click
 
-from mfaf_cli.cli.options import json_opt, overwrite_opt
+from mfaf_cli.cli.options import json_opt, overwrite_opt, refuse_stdout
 
 log = logging.getLogger("mfaf")
 
 EPILOG = """\b
 Examples:
-  mfaf export --model runs/best.safetensors -o mfafnet.onnx
+  mfaf export --model runs/x/best.safetensors -o mine.onnx
   mfaf export --model comix-s -o comix.onnx --tile 64
-  mfaf predict --engine onnx --model mfafnet.onnx --optical s2.tif --sar s1.tif -o map.tif
+  mfaf export --model mfafnet-s-ombria-water -o mfafnet.onnx
+  mfaf predict --engine onnx --model mfafnet.onnx --optical S2.tif --optical-bands B12,B8,B4 \\
+      --sar S1.tif --sar-bands VV -o map.tif
 \b
 The graph takes one input per modality (named optical, sar, hsi, lidar) of shape
 (batch, bands, tile, tile), already normalised, and returns softmax "probabilities". Only the
@@ -38,7 +40,14 @@ record (bands, normalisation, classes) is stored in the model's metadata_props (
     metavar="NAME|PATH",
     help="Shipped model name, .safetensors checkpoint, or registry name (untrained).",
 )
-@click.option("-o", "--output", required=True, metavar="PATH", help="Output .onnx file.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    metavar="PATH",
+    callback=refuse_stdout,
+    help="Output .onnx file.",
+)
 @click.option("--opset", type=int, default=None, help="ONNX opset (default 17, or 20 for CoMiX).")
 @click.option(
     "--tile", type=int, default=None, help="Fixed tile height/width (default: the model's)."

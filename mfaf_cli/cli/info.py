@@ -21,9 +21,13 @@ from mfaf_cli.errors import UsageError
 
 EPILOG = """\b
 Examples:
-  mfaf info s2.tif s1.tif
-  mfaf info s2.tif --json
+  mfaf info S2.tif S1.tif
+  mfaf info S2.tif --json
   mfaf info --models
+  mfaf info weights/mfafnet-s-ombria-water.safetensors   # a model file's record
+
+A .safetensors / .onnx argument is described from the record inside it (modalities, bands,
+normalisation, classes, training data, metrics); other arguments are rasters.
 """
 
 
@@ -293,6 +297,18 @@ def command(rasters: tuple[str, ...], show_models: bool, as_json: bool) -> None:
         return
     if not rasters:
         raise UsageError("give one or more raster files (or --models); see mfaf info --help")
+    from mfaf_cli.cli.model_record import format_record, is_model_file, model_record
+
+    records = [model_record(p) for p in rasters if is_model_file(p)]
+    rasters = tuple(p for p in rasters if not is_model_file(p))
+    if records and not rasters:
+        if as_json:
+            click.echo("\n".join(json.dumps(r) for r in records))
+        else:
+            click.echo("\n\n".join(format_record(r) for r in records))
+        return
+    if records:
+        raise UsageError("give either model files or rasters to mfaf info, not both")
     descs = [describe_raster(p) for p in rasters]
     overlap = overlap_report(descs) if len(descs) > 1 else None
     if as_json:

@@ -61,9 +61,10 @@ class LazyGroup(click.Group):
 
 EPILOG = """\b
 Examples:
-  mfaf predict --optical s2.tif --sar s1.tif -o landuse.tif --vector landuse.gpkg
-  mfaf evaluate landuse.tif --truth labels.tif --json
-  mfaf info s2.tif s1.tif
+  mfaf predict --optical S2.tif --optical-bands B12,B8,B4 --sar S1.tif --sar-bands VV \\
+      -o water.tif --vector water.gpkg
+  mfaf evaluate water.tif --truth label.tif --json
+  mfaf info S2.tif S1.tif
 \b
 Exit codes: 0 success, 1 data/runtime error, 2 usage error, 130 interrupted (Ctrl-C),
 143 terminated (SIGTERM). Errors are one 'Error: ...' line on stderr; -v or --debug

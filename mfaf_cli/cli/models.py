@@ -15,6 +15,7 @@ Examples:
   mfaf models
   mfaf models --json
   mfaf models mfafnet-s          # one architecture or shipped model in detail
+  mfaf models weights/mfafnet-s-ombria-water.safetensors   # the record inside a model file
 \b
 Registry models are untrained; predict uses the shipped weights marked default for the
 modalities given, or an untrained registry model (with a warning) when none is shipped.
@@ -147,6 +148,12 @@ def format_table(archs: list[dict[str, Any]], weights: list[dict[str, Any]]) -> 
 def command(name: str | None, as_json: bool) -> None:
     """List the model registry and the shipped weights (or describe one NAME)."""
     if name is not None:
+        from mfaf_cli.cli.model_record import format_record, is_model_file, model_record
+
+        if is_model_file(name):  # a checkpoint / ONNX file: the record inside it
+            rec = model_record(name)
+            click.echo(json.dumps(rec) if as_json else format_record(rec))
+            return
         info = detail(name)
         if as_json:
             click.echo(json.dumps(info))

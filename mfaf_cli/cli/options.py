@@ -102,6 +102,15 @@ def _callback(parser: Callable[[Any], Any]) -> Callable[[click.Context, click.Pa
     return cb
 
 
+def refuse_stdout(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Outputs are files renamed into place, never a stream: ``-o -`` is a usage error."""
+    if isinstance(value, str) and value.strip() == "-":
+        raise click.BadParameter(
+            "'-' (standard output) is not supported: give a file path", ctx=ctx, param=param
+        )
+    return value
+
+
 # ---- decorators -----------------------------------------------------------------------------
 def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     def wrap(f: F) -> F:
@@ -234,23 +243,45 @@ def dataset_bands_opt(help_text: str) -> Callable[[F], F]:
 
 
 def input_opt(modality: str, help_text: str) -> Callable[[F], F]:
-    """``--<modality> PATH`` (existence is checked by the library, with a clear message)."""
+    """``--<modality> PATH`` (repeatable: several files are stacked, in the order given;
+    a folder is a Sentinel-2 product). Existence is checked by the library."""
     return click.option(
-        f"--{modality}", f"{modality}", default=None, metavar="PATH", help=help_text
+        f"--{modality}",
+        f"{modality}",
+        multiple=True,
+        metavar="PATH",
+        help=help_text + " Repeat it to stack one-band files, in the model's band order.",
     )
 
 
 inputs_opts = _stack(
-    input_opt("optical", "Optical raster (e.g. Sentinel-2); the default reference grid."),
+    input_opt(
+        "optical",
+        "Optical raster (e.g. Sentinel-2), or a Sentinel-2 SAFE/L2A folder (the bands the "
+        "model needs are picked by name); the default reference grid.",
+    ),
     input_opt("sar", "SAR raster (e.g. Sentinel-1 VV/VH, dB or linear power)."),
     input_opt("hsi", "Hyperspectral raster; the reference grid when there is no optical."),
     input_opt("lidar", "LiDAR raster (e.g. DSM)."),
 )
 
 
-def collect_inputs(**kw: Any) -> dict[str, str]:
-    """The modality → path mapping from ``--optical/--sar/--hsi/--lidar`` values."""
-    return {m: kw[m] for m in ("optical", "sar", "hsi", "lidar") if kw.get(m)}
+stack_grid_opt = click.option(
+    "--stack-grid",
+    default=None,
+    metavar="finest|coarsest|N|FILE",
+    help="Grid of a stack of files given for one modality (default: the finest input).",
+)
+
+
+def collect_inputs(**kw: Any) -> dict[str, str | list[str]]:
+    """The modality → path (or list of paths to stack) from ``--optical/--sar/...`` values."""
+    out: dict[str, str | list[str]] = {}
+    for m in ("optical", "sar", "hsi", "lidar"):
+        v = kw.get(m)
+        if v:
+            out[m] = v if isinstance(v, str) else (v[0] if len(v) == 1 else list(v))
+    return out
 
 
 def collect_bands(**kw: Any) -> dict[str, list[int | str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import click
@@ -14,32 +15,43 @@ log = logging.getLogger("mfaf")
 
 EPILOG = """\b
 Examples:
-  # Sentinel-2 + Sentinel-1 with the default model; RGB+NIR are S2 bands 4,3,2,8
-  mfaf predict --optical S2.tif --sar S1.tif --optical-bands 4,3,2,8 -o landuse.tif
+  # Sentinel-2 + Sentinel-1 with the default model, which takes optical swir,nir,red
+  # (Sentinel-2 B12,B8,B4) and SAR VV; a quick-look PNG too
+  mfaf predict --optical S2.tif --optical-bands B12,B8,B4 --sar S1.tif --sar-bands VV \\
+      -o water.tif --preview water.png
+\b
+  # one file per band, as Sentinel-2 ships them (stacked on the finest grid), or the
+  # SAFE folder itself (the bands the model needs are picked by name)
+  mfaf predict --optical T29SND_B12_20m.jp2 --optical T29SND_B08_10m.jp2 \\
+      --optical T29SND_B04_10m.jp2 --sar S1.tif --sar-bands VV -o water.tif --overwrite
+  mfaf predict --optical S2B_MSIL2A.SAFE --sar S1.tif --sar-bands VV -o water.tif --overwrite
 \b
   # also class probabilities, a confidence map and polygons, as a COG
-  mfaf predict --optical S2.tif --sar S1.tif -o map.tif --probabilities probs.tif \\
-      --confidence conf.tif --vector map.gpkg --cog
+  mfaf predict --optical S2.tif --optical-bands B12,B8,B4 --sar S1.tif --sar-bands VV \\
+      -o map.tif --probabilities probs.tif --confidence conf.tif --vector map.gpkg --cog
 \b
-  # hyperspectral + LiDAR, on a 1 m UTM grid over part of the scene, on the GPU
+  # hyperspectral + LiDAR with your own CoMiX weights, on a 1 m UTM grid over part of the
+  # scene, on the GPU
   mfaf predict --hsi hsi.tif --lidar dsm.tif --model comix-s.safetensors -o map.tif \\
-      --crs EPSG:32615 --resolution 1 --bounds 271000,3289000,273000,3291000 --device cuda
+      --crs EPSG:32615 --resolution 1 --bounds 271000,3289000,271128,3289128 --device cuda
 \b
-  # many scenes, one model load; rows: scene,optical,sar,optical_bands,output,vector
-  mfaf predict --batch scenes.csv --skip-existing --json > results.jsonl
+  # many scenes, one model load; CSV columns scene,optical,sar,output (bands from the flags)
+  mfaf predict --batch scenes.csv --optical-bands B12,B8,B4 --sar-bands VV \\
+      --skip-existing --json > results.jsonl
 \b
   # or one process per scene (temp names are unique per process)
-  xargs -P 4 -I{} mfaf predict --optical s2/{}.tif --sar s1/{}.tif \\
-      -o maps/{}.tif --skip-existing -q < scene-ids.txt
+  xargs -P 4 -I{} mfaf predict --optical s2/{}.tif --optical-bands B12,B8,B4 \\
+      --sar s1/{}.tif --sar-bands VV -o maps/{}.tif --skip-existing -q < scene-ids.txt
 \b
 The output grid is the optical (or HSI) raster's grid unless --crs/--resolution/--bounds
 change it; other inputs are warped onto it window by window (SAR is resampled in linear
 power). Pixels where any input is nodata or outside its footprint are written as 255.
 Outputs are written to temp files and renamed at the end: an error or Ctrl-C leaves nothing.
 \b
---batch CSV: columns optical, sar, hsi, lidar (paths), output (required), optional vector,
-probabilities, confidence, <modality>_bands (e.g. "4,3,2,8") and scene (a name for reports);
-relative paths are relative to the CSV's folder. A failing scene is reported as a JSON line
+--batch CSV: columns optical, sar, hsi, lidar (paths; "a.tif;b.tif" stacks files), output
+(required; missing folders are created), optional vector, probabilities, confidence,
+<modality>_bands (e.g. "B12,B8,B4") and scene (a name for reports); relative paths are
+relative to the CSV's folder. A failing scene is reported as a JSON line
 {"scene": ..., "status": "error", "error": ...} on stdout and the others go on; with --json
 every scene gets a line ("status": "ok" / "skipped" / "error").
 Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143 SIGTERM.
@@ -57,6 +69,7 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
     "--output",
     default=None,
     metavar="PATH",
+    callback=opt.refuse_stdout,
     help="Label GeoTIFF to write (uint8 class ids, nodata 255, colour table).",
 )
 @click.option(
@@ -75,8 +88,13 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
 @opt.blend_opt
 @opt.engine_opts
 @opt.sar_units_opt
+@opt.stack_grid_opt
 @click.option(
-    "--probabilities", default=None, metavar="PATH", help="Also write per-class probabilities."
+    "--probabilities",
+    default=None,
+    metavar="PATH",
+    callback=opt.refuse_stdout,
+    help="Also write per-class probabilities.",
 )
 @click.option(
     "--probabilities-dtype",
@@ -86,13 +104,26 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
     help="uint8: 0..254 scaled (255 nodata); float32: 0..1 (NaN nodata).",
 )
 @click.option(
-    "--confidence", default=None, metavar="PATH", help="Also write the max class probability."
+    "--confidence",
+    default=None,
+    metavar="PATH",
+    callback=opt.refuse_stdout,
+    help="Also write the max class probability.",
 )
 @click.option(
     "--vector",
     default=None,
     metavar="PATH",
+    callback=opt.refuse_stdout,
     help="Also polygonise the label map (.gpkg, .geojson, .parquet, .shp).",
+)
+@click.option(
+    "--preview",
+    default=None,
+    metavar="PNG",
+    callback=opt.refuse_stdout,
+    help="Also write a quick-look PNG: the map's class colours over a greyscale of the "
+    "reference input, with a legend (decimated read, long side <= 1024 px).",
 )
 @click.option("--cog", is_flag=True, help="Write Cloud Optimized GeoTIFFs with overviews.")
 @opt.creation_options_opt
@@ -136,6 +167,12 @@ def command(**kw: Any) -> None:
         )
     if kw["output"] is None and not (kw["probabilities"] or kw["confidence"]):
         raise click.UsageError("give -o/--output PATH for the label map")
+    if kw["preview"]:
+        from mfaf_cli.io.preview import check_preview_path
+
+        if kw["output"] is None:
+            raise click.UsageError("--preview shows the label map: give -o/--output too")
+        check_preview_path(kw["preview"], kw["overwrite"])
     result = predict(
         inputs,
         kw["output"],
@@ -147,10 +184,23 @@ def command(**kw: Any) -> None:
         bands=opt.collect_bands(**kw),
         **_run_options(kw),
     )
+    if kw["preview"]:
+        _write_preview(result, kw["preview"])
     if kw["as_json"]:
         click.echo(result.to_json())
     elif not kw["quiet"]:
         click.echo(_summary(result.to_dict()), err=True)
+
+
+def _write_preview(result: Any, png: str) -> None:
+    """The quick-look over the reference input (the first file of a stack)."""
+    from mfaf_cli.io.preview import write_preview
+    from mfaf_cli.metadata import REFERENCE_MODALITIES
+
+    ref = next((m for m in REFERENCE_MODALITIES if m in result.inputs), next(iter(result.inputs)))
+    write_preview(result.outputs["label"], result.inputs[ref].split(";")[0], png,
+                  title=result.model)  # fmt: skip
+    result.outputs["preview"] = str(Path(png).absolute())
 
 
 def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
@@ -171,6 +221,7 @@ def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
         "resolution": kw["resolution"],
         "bounds": kw["bounds"],
         "sar_units": kw["sar_units"],
+        "stack_grid": kw["stack_grid"],
     }
 
 
@@ -193,7 +244,9 @@ def _all_exist(kw: dict[str, Any]) -> bool:
 
 
 #: options that a batch CSV gives per row, so they must not be given with --batch
-_PER_ROW = ("optical", "sar", "hsi", "lidar", "output", "probabilities", "confidence", "vector")
+_PER_ROW = (
+    "optical", "sar", "hsi", "lidar", "output", "probabilities", "confidence", "vector", "preview",
+)  # fmt: skip
 
 
 def _run_batch(kw: dict[str, Any]) -> None:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import click
 
-from mfaf_cli.cli.options import json_opt, overwrite_opt, quiet_opt
+from mfaf_cli.cli.options import json_opt, overwrite_opt, quiet_opt, refuse_stdout
 
 EPILOG = """\b
 Examples:
-  mfaf vectorize landuse.tif -o landuse.gpkg
-  mfaf vectorize landuse.tif -o water.geojson --classes water --sieve 20 --simplify 10
-  mfaf vectorize landuse.tif -o classes.parquet --dissolve --json
+  mfaf vectorize water.tif -o water.gpkg
+  mfaf vectorize water.tif -o water.geojson --classes water --sieve 20 --simplify 10
+  mfaf vectorize water.tif -o classes.parquet --dissolve --json
 \b
-Output format follows the extension: .gpkg, .geojson, .parquet (GeoParquet), .shp.
-Each feature has class_id, class_name and area_m2 (geodesic for geographic CRSs).
+Output format follows the extension: .gpkg, .geojson, .parquet (GeoParquet, needs pyarrow),
+.shp. GeoJSON is written in WGS 84 (EPSG:4326, RFC 7946) unless --keep-crs; the others keep
+the raster's CRS. Each feature has class_id, class_name and area_m2 (geodesic for geographic
+CRSs). --simplify is in metres and --min-area in m² for every CRS (for a geographic CRS the
+pixel size in metres is measured on the ellipsoid at the raster centre).
 """
 
 
@@ -26,7 +29,12 @@ def _split_classes(ctx: click.Context, param: click.Parameter, value: str | None
 @click.command("vectorize", epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("labels", type=click.Path(path_type=str))
 @click.option(
-    "-o", "--output", required=True, type=click.Path(path_type=str), help="Vector file to write."
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=str),
+    callback=refuse_stdout,
+    help="Vector file to write.",
 )
 @click.option(
     "--sieve",
@@ -41,8 +49,9 @@ def _split_classes(ctx: click.Context, param: click.Parameter, value: str | None
     type=click.FloatRange(min=0),
     default=0.0,
     show_default=True,
-    metavar="TOLERANCE",
-    help="Simplify borders by this tolerance in map units (shared borders stay shared).",
+    metavar="METRES",
+    help="Simplify borders by this tolerance in metres, whatever the CRS (shared borders "
+    "stay shared); a warning says when it is more than a few pixels.",
 )
 @click.option(
     "--min-area",
@@ -67,6 +76,11 @@ def _split_classes(ctx: click.Context, param: click.Parameter, value: str | None
     help="Pixel neighbourhood that makes one region.",
 )
 @click.option("--nodata", type=float, default=None, help="Label value to skip [raster nodata/255].")
+@click.option(
+    "--keep-crs",
+    is_flag=True,
+    help="Write .geojson in the raster's CRS instead of WGS 84 (RFC 7946 asks for WGS 84).",
+)
 @overwrite_opt
 @json_opt
 @quiet_opt
@@ -80,6 +94,7 @@ def command(
     dissolve: bool,
     connectivity: str,
     nodata: float | None,
+    keep_crs: bool,
     overwrite: bool,
     as_json: bool,
     quiet: bool,
@@ -99,6 +114,7 @@ def command(
         nodata=nodata,
         connectivity=int(connectivity),
         progress=not quiet,
+        geojson_wgs84=not keep_crs,
     )
     if as_json:
         click.echo(result.to_json())

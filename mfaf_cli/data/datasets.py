@@ -288,6 +288,8 @@ class SegDataset(Dataset):
         self.norms: dict[str, Normalisation] = {}
         #: What the reader left out, by reason ("no mask S2_mask_<id>.png": 2); see skip()
         self.skipped: dict[str, int] = {}
+        #: where this split's membership came from (an official file, folders, a seed)
+        self.split_source = ""
 
     # -- to implement --------------------------------------------------------------------
     def __len__(self) -> int:  # pragma: no cover - abstract
@@ -402,6 +404,41 @@ class SegDataset(Dataset):
             for m in self.modalities:
                 out[m].append(arrays[m])
         return out
+
+    def _full_label_pixels(self) -> dict[str, int]:
+        """Pixels of each label file at full resolution, where :meth:`label_arrays` decimates
+        (sheet datasets); files not listed are counted as read."""
+        return {}
+
+    def summary(self) -> dict[str, Any]:
+        """What this split holds, for the training log and the run's ``"splits"`` record:
+        its source, label files (sheets/patches/scenes), windows, labelled pixels and class
+        frequencies. Reads every label of the split once (decimated for sheets, scaled back)."""
+        counts = np.zeros(self.num_classes, dtype=np.float64)
+        full = self._full_label_pixels()
+        files = 0
+        for name, raw in self.label_arrays():
+            files += 1
+            ids = self.map_label(raw)
+            ok = ids != self.ignore_index
+            scale = full[name] / ids.size if name in full and ids.size else 1.0
+            hist = np.bincount(ids[ok].ravel(), minlength=self.num_classes)
+            counts += scale * hist[: self.num_classes]
+        total = float(counts.sum())
+        unit = "patches" if self.patch_based else ("sheets" if self.name == "whu" else "scenes")
+        return {
+            "source": self.split_source or f"{self.name} {self.split} split (seed {self.seed})",
+            unit: files,
+            "windows": len(self),
+            "labelled_pixels": round(total),
+            "class_pixels": {
+                c.name: round(float(v)) for c, v in zip(self.classes, counts, strict=True)
+            },
+            "class_fraction": {
+                c.name: round(float(v) / total, 4) if total else 0.0
+                for c, v in zip(self.classes, counts, strict=True)
+            },
+        }
 
     def check_labels(self) -> None:
         """Raise LabelError if any label of the split holds a value outside the class table."""
@@ -570,8 +607,13 @@ class OmbriaDataset(SegDataset):
             if folder == "train" and split in ("train", "val"):
                 train_ids, val_ids = seeded_holdout(ids, val_fraction, self.seed)
                 ids = train_ids if split == "train" else val_ids
+                self.split_source = (
+                    f"OMBRIA train/ folder, val = seeded holdout (seed {self.seed}, "
+                    f"fraction {val_fraction})"
+                )
             self.items += [(folder, i) for i in ids]
         self.root = root
+        self.split_source = self.split_source or f"OMBRIA {split} folder(s)"
         if not self.items:
             raise DatasetError(
                 f"the {split} split of ombria at {root} is empty (no S2_after_<digits>.png with "
@@ -755,6 +797,11 @@ class Sen1Floods11Dataset(SegDataset):
             if re.search(rf"(^|_){key}(_|\.|$)", p.name.lower())
             and len(p.relative_to(root).parts) <= 6
         ]
+        self.split_source = (
+            f"official split file {csvs[0]}"
+            if csvs
+            else f"seeded split (seed {self.seed}, val {val_fraction}, test {test_fraction})"
+        )
         if csvs:
             wanted: set[str] = set()
             with open(csvs[0], newline="") as f:
@@ -962,13 +1009,25 @@ class WhuSheetDataset(SegDataset):
                 log.info("whu: split from %s", p)
                 train = parsed["train"]
                 val = parsed["val"]
+                self.split_source = f"official division file {p}"
                 if not val:
                     train, val = seeded_holdout(train, val_fraction, self.seed)
+                    self.split_source += (
+                        f"; val = seeded holdout of its train sheets (seed {self.seed}, "
+                        f"fraction {val_fraction})"
+                    )
                 return {"train": train, "val": val, "test": parsed["test"]}
+        self.split_source = (
+            f"seeded sheet split, no division file found (seed {self.seed}, val "
+            f"{val_fraction}, test {test_fraction})"
+        )
         return seeded_split3(ids, val_fraction, test_fraction, self.seed)
 
     def __len__(self) -> int:
         return len(self.windows)
+
+    def _full_label_pixels(self) -> dict[str, int]:
+        return {str(self.files[s]["label"]): h * w for s, (h, w) in self.sizes.items()}
 
     def _open(self, path: Path) -> Any:
         import rasterio
@@ -1341,6 +1400,11 @@ class FolderDataset(SegDataset):
             parts = seeded_split3(keys, val_fraction, test_fraction, self.seed)
             keep = set(parts[split])
             self.windows = [w for w, k in zip(self.windows, keys, strict=True) if k in keep]
+        self.split_source = (
+            "the scene list's split column"
+            if has_split
+            else f"seeded split (seed {self.seed}, val {val_fraction}, test {test_fraction})"
+        )
         if not self.windows:
             raise DatasetError(f"the {split} split of the folder dataset {r} is empty")
         self.band_names = {}

@@ -81,6 +81,49 @@ def gtiff_options(
     return opts
 
 
+class _GdalComplaints(logging.Handler):
+    """Collects the warnings GDAL raises (through rasterio's logger) while a probe runs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if "CPLE_NotSupported" in text or "CPLE_IllegalArg" in text:
+            self.messages.append(text.split(" in ", 1)[-1].strip())
+
+
+def check_creation_options(creation_options: Mapping[str, Any] | None) -> None:
+    """Create a small in-memory GeoTIFF with the user's ``--co`` now, so that a value GDAL
+    rejects (or an option it does not know, which it only warns about) is a usage error
+    before the inference rather than an ignored setting or a failure at the end."""
+    if not creation_options:
+        return
+    from rasterio.errors import RasterioError
+    from rasterio.io import MemoryFile
+    from rasterio.transform import from_origin
+
+    options = gtiff_options("deflate", creation_options)
+    complaints = _GdalComplaints()
+    gdal_log = logging.getLogger("rasterio._env")
+    gdal_log.addHandler(complaints)
+    try:
+        with MemoryFile() as mf, mf.open(
+            driver="GTiff", width=BLOCK_SIZE, height=BLOCK_SIZE, count=1, dtype="uint8",
+            crs="EPSG:4326", transform=from_origin(0, 0, 0.1, 0.1), **options,
+        ):  # fmt: skip
+            pass
+    except RasterioError as err:
+        complaints.messages.append(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    finally:
+        gdal_log.removeHandler(complaints)
+    if complaints.messages:
+        given = " ".join(f"--co {k}={v}" for k, v in creation_options.items())
+        reason = complaints.messages[0].rstrip(". ")
+        raise UsageError(f"{given}: GDAL says {reason}; check the --co values")
+
+
 def cog_options(gtiff: Mapping[str, str], resampling: str) -> dict[str, str]:
     """Translate GTiff creation options to the COG driver's, with overview resampling."""
     opts: dict[str, str] = {}
@@ -282,11 +325,67 @@ def atomic_outputs(
         for final, tmp in zip(finals, temps, strict=True):
             if final is not None and tmp is not None:
                 os.replace(tmp, final)
+                _move_sidecar(tmp, final)
                 remove_quietly(tmp)  # sidecars only; tmp itself is gone
     finally:
         for tmp in temps:
             if tmp is not None:
                 remove_quietly(tmp)
+
+
+# ---- class names for GIS (GDAL category names + raster attribute table) -----------------------
+def category_sidecar_xml(meta: ModelMeta) -> str:
+    """A GDAL PAM document (``<file>.aux.xml``) with band 1's category names and a thematic
+    raster attribute table (Value, Name, Red, Green, Blue).
+
+    GeoTIFF keeps category names and RATs only in this sidecar (what GDAL's own
+    ``SetCategoryNames`` writes), and ``gdalinfo`` / QGIS read them from it, so a legend shows
+    "water" rather than 1. Category names are indexed by pixel value; gaps are empty.
+    """
+    from xml.sax.saxutils import escape
+
+    by_id = {c.id: c for c in meta.classes}
+    top = max(by_id) if by_id else -1
+    cats = "".join(
+        f"<Category>{escape(by_id[i].name) if i in by_id else ''}</Category>"
+        for i in range(top + 1)
+    )
+    fields = [("Value", 0, 5), ("Name", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8)]
+    defs = "".join(
+        f'<FieldDefn index="{k}"><Name>{n}</Name><Type>{t}</Type><Usage>{u}</Usage></FieldDefn>'
+        for k, (n, t, u) in enumerate(fields)
+    )
+    rows = "".join(
+        f'<Row index="{k}"><F>{c.id}</F><F>{escape(c.name)}</F>'
+        + "".join(f"<F>{int(v)}</F>" for v in c.color)
+        + "</Row>"
+        for k, c in enumerate(meta.classes)
+    )
+    return (
+        '<PAMDataset><PAMRasterBand band="1">'
+        f"<CategoryNames>{cats}</CategoryNames>"
+        f'<GDALRasterAttributeTable tableType="thematic">{defs}{rows}</GDALRasterAttributeTable>'
+        "</PAMRasterBand></PAMDataset>\n"
+    )
+
+
+def weights_tags(name: str, sha256: str | None, trained: bool) -> dict[str, str]:
+    """Tags that say which weights made a map, and whether they were trained at all."""
+    return {
+        "WEIGHTS": name,
+        "WEIGHTS_SHA256": sha256 or "unknown",
+        "TRAINED": "TRAINED" if trained else "UNTRAINED",
+    }
+
+
+def _move_sidecar(tmp: Path, final: Path) -> None:
+    """A raster's ``.aux.xml`` travels with it; a stale one of a replaced output goes."""
+    src, dst = Path(str(tmp) + ".aux.xml"), Path(str(final) + ".aux.xml")
+    if src.exists():
+        os.replace(src, dst)
+    else:
+        with contextlib.suppress(OSError):
+            dst.unlink()
 
 
 # ---- writers -----------------------------------------------------------------------------
@@ -395,8 +494,16 @@ class LabelWriter(GeoTiffWriter):
 
     overview_resampling = "MODE"
 
-    def __init__(self, path: PathLike, grid: Any, meta: ModelMeta, options: Mapping[str, str]):
+    def __init__(
+        self,
+        path: PathLike,
+        grid: Any,
+        meta: ModelMeta,
+        options: Mapping[str, str],
+        tags: Mapping[str, str] | None = None,
+    ):
         super().__init__(path, grid, count=1, dtype="uint8", nodata=NODATA_LABEL, options=options)
+        self.meta = meta
         ids = np.array([c.id for c in meta.classes], dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= NODATA_LABEL):
             raise UsageError(f"class ids must be in 0..254 to write a uint8 label map, got {ids}")
@@ -412,6 +519,7 @@ class LabelWriter(GeoTiffWriter):
             CLASS_IDS=json.dumps([c.id for c in meta.classes]),
             MODEL=meta.arch,
             **{f"CLASS_{k}": v for k, v in names.items()},
+            **dict(tags or {}),
         )
         ds.update_tags(1, **{f"CLASS_{k}": v for k, v in names.items()})
 
@@ -521,6 +629,7 @@ class OutputSet:
         probability_dtype: ProbDtype = "uint8",
         cog: bool = False,
         overwrite: bool = False,
+        tags: Mapping[str, str] | None = None,
     ) -> None:
         if probability_dtype not in ("uint8", "float32"):
             raise UsageError(
@@ -532,6 +641,7 @@ class OutputSet:
         self.probability_dtype = probability_dtype
         self.cog = cog
         self.overwrite = overwrite
+        self.tags = dict(tags or {})  # extra label tags (the weights used, TRAINED)
         self.paths: dict[str, Path | None] = {
             "label": None if label is None else Path(label),
             "probabilities": None if probabilities is None else Path(probabilities),
@@ -555,7 +665,7 @@ class OutputSet:
         try:
             if temps["label"] is not None:
                 self.writers["label"] = LabelWriter(
-                    temps["label"], self.grid, self.meta, self.options
+                    temps["label"], self.grid, self.meta, self.options, self.tags
                 )
             if temps["probabilities"] is not None:
                 self.writers["probabilities"] = ProbabilityWriter(
@@ -633,6 +743,11 @@ class OutputSet:
                     for key, w in self.writers.items():
                         with self._write_errors(key):
                             to_cog(w.path, w.options, w.overview_resampling)
+                label = self.writers.get("label")
+                if label is not None:
+                    Path(str(label.path) + ".aux.xml").write_text(
+                        category_sidecar_xml(self.meta), encoding="utf-8"
+                    )
             except BaseException as err:
                 self._abort()
                 self._atomic.__exit__(type(err), err, err.__traceback__)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mfaf_cli.errors import MfafError, UsageError
+from mfaf_cli.errors import MfafError, OutputPathError, UsageError
 from mfaf_cli.metadata import ALL_MODALITIES
 
 log = logging.getLogger("mfaf")
@@ -49,7 +49,7 @@ class Scene:
 
     line: int  # 1-based line number in the CSV (for messages)
     name: str
-    inputs: dict[str, str]
+    inputs: dict[str, str | list[str]]  # a list: several files stacked (``a.tif;b.tif``)
     output: str
     vector: str | None = None
     probabilities: str | None = None
@@ -88,6 +88,14 @@ def resolve_path(value: str, base: Path) -> str:
         return value
     p = Path(value).expanduser()
     return os.fspath(p if p.is_absolute() else base / p)
+
+
+def _input_cell(value: str, base: Path) -> str | list[str]:
+    """A modality cell: one path, or ``a.tif;b.tif`` for files stacked into one input."""
+    parts = [v.strip() for v in value.split(";") if v.strip()]
+    if len(parts) > 1:
+        return [resolve_path(v, base) for v in parts]
+    return resolve_path(parts[0] if parts else value, base)
 
 
 def _data_lines(text: str) -> list[tuple[int, str]]:
@@ -186,7 +194,7 @@ def _scene_from_cells(
     base: Path,
     defaults: Mapping[str, list[int | str]],
 ) -> Scene:
-    inputs = {m: resolve_path(cells[m], base) for m in ALL_MODALITIES if cells.get(m)}
+    inputs = {m: _input_cell(cells[m], base) for m in ALL_MODALITIES if cells.get(m)}
     if not inputs:
         raise UsageError(f"{where}: no input raster; fill at least one of the modality columns")
     if not cells.get("output"):
@@ -340,6 +348,7 @@ def predict_batch(
             rec = head | {"status": "skipped", "outputs": s.outputs}
         else:
             try:
+                _make_output_folders(s)
                 result = predict(
                     s.inputs,
                     s.output,
@@ -367,6 +376,17 @@ def predict_batch(
         if on_result is not None:
             on_result(rec)
     return records
+
+
+def _make_output_folders(scene: Scene) -> None:
+    """Create the folders of a scene's outputs (a CSV often names maps/<scene>.tif)."""
+    for out in scene.outputs.values():
+        try:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputPathError(
+                f"cannot create output folder {Path(out).parent} ({err.strerror})"
+            ) from None
 
 
 def summarise(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:

@@ -27,6 +27,7 @@ import numpy as np
 
 from mfaf_cli.coreg.align import AlignedScene
 from mfaf_cli.coreg.grid import Grid, grid_from_reference
+from mfaf_cli.coreg.stack import expand_stacks
 from mfaf_cli.errors import InputError, ModalityError, OutputPathError, UsageError
 from mfaf_cli.io.inputs import check_readable
 from mfaf_cli.metadata import ALL_MODALITIES, ModelMeta
@@ -140,7 +141,21 @@ def load_predictor(
         batch_size=batch_size,
         tile=tile or source.meta.tile_size,
     )
+    with contextlib.suppress(AttributeError):  # read-only predictors: tags then say less
+        predictor.source = source  # for the output tags (weights name, sha256)
     return predictor, source
+
+
+def model_tags(source: ModelSource | None, name: str, trained: bool) -> dict[str, str]:
+    """WEIGHTS / WEIGHTS_SHA256 / TRAINED tags of the label map (sha256 of the whole file:
+    the manifest's for shipped weights, else computed, streamed)."""
+    from mfaf_cli.io.raster import weights_tags
+    from mfaf_cli.io.weights import file_sha256
+
+    sha = None
+    if source is not None:
+        sha = source.sha256 or (file_sha256(source.path) if source.path else None)
+    return weights_tags(name, sha, trained)
 
 
 def check_vector_path(path: PathLike, overwrite: bool) -> None:
@@ -263,33 +278,33 @@ def _bounded_gdal_cache(scene: AlignedScene, tile: int) -> Any:
     return rasterio.Env(GDAL_CACHEMAX=scene.cache_bytes(tile))
 
 
-def _vectorize_temp_label(outputs: Any, vector: PathLike, *, overwrite: bool, progress: bool
-                          ) -> None:  # fmt: skip
-    """Polygonise the finished (still temporary) label raster into ``vector``."""
+def vectorize_finished_map(
+    label: PathLike, vector: PathLike, written: Sequence[PathLike], *, overwrite: bool,
+    progress: bool,
+) -> None:  # fmt: skip
+    """Polygonise the committed label map into ``vector``. Everything that can fail early was
+    checked before the inference (format, pyarrow, folder, existing file); if the step still
+    fails, the finished rasters are kept and one clean :class:`VectorOutputError` line says
+    how to redo only the polygons."""
+    from mfaf_cli.errors import MfafError, VectorOutputError
     from mfaf_cli.vectorize.polygons import vectorize_raster
 
-    writer = outputs.writers["label"]
-    writer.close()  # flush: the polygons are made from the file as it will be renamed
-    vectorize_raster(writer.path, vector, overwrite=overwrite, progress=progress)
-
-
-@contextlib.contextmanager
-def _remove_vector_on_error(vector: PathLike | None, state: dict[str, bool]) -> Iterator[None]:
-    """The vector file is renamed into place just before the rasters; if renaming the
-    rasters then fails, remove it (once this run wrote it) so that no output is left."""
     try:
-        yield
-    except BaseException:
-        if vector is not None and state.get("vector_written"):
-            from mfaf_cli.vectorize.polygons import output_files
-
-            for f in output_files(vector):
-                with contextlib.suppress(OSError):
-                    f.unlink()
-        raise
+        vectorize_raster(label, vector, overwrite=overwrite, progress=progress)
+    except Exception as err:  # Ctrl-C (BaseException) propagates as is
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        reason = lines[0] if lines else type(err).__name__
+        if not isinstance(err, MfafError):
+            reason = f"{type(err).__name__}: {reason}"
+        kept = ", ".join(str(p) for p in written)
+        raise VectorOutputError(
+            f"--vector {vector} failed ({reason.rstrip('.')}); the rasters were kept ({kept}); "
+            f"make the polygons with: mfaf vectorize {label} -o {vector}"
+        ) from err
 
 
 # ---- predict ----------------------------------------------------------------------------------
+@expand_stacks  # several files or a Sentinel-2 folder per modality (see coreg/stack.py)
 def predict(
     inputs: Mapping[str, PathLike],
     output: PathLike | None,
@@ -372,6 +387,9 @@ def predict(
             from mfaf_cli.io.raster import check_output_path
 
             check_output_path(p, overwrite)
+    from mfaf_cli.io.raster import check_creation_options
+
+    check_creation_options(creation_options)
     if vector is not None:
         check_vector_path(vector, overwrite)
     for name, path in inputs.items():
@@ -395,20 +413,15 @@ def predict(
     check_tile(tile, meta.divisor, meta.arch)
     validate_tiling(tile, overlap)
 
-    state = {"vector_written": False}
-
     def _before_commit(outputs: Any) -> None:
-        # Runs while the rasters are still temp files: a scene without a single valid pixel,
-        # or a vector output that fails, leaves no raster behind either.
+        # Runs while the rasters are still temp files: a scene without a single valid pixel
+        # leaves no raster behind.
         if int(outputs.class_counts.sum()) == 0:
             names = ", ".join(f"{m} {Path(p).name}" for m, p in inputs.items())
             raise InputError(
                 f"no pixel has data in every input ({names}): the inputs are all nodata/NaN "
                 "where they overlap, so there is nothing to predict"
             )
-        if vector is not None:
-            _vectorize_temp_label(outputs, vector, overwrite=overwrite, progress=progress)
-            state["vector_written"] = True
 
     # Grid and aligned reads.
     ref = meta.reference_modality
@@ -419,7 +432,6 @@ def predict(
     with (
         AlignedScene(ordered, grid, bands=bands, units=sar_units, meta=meta) as scene,
         _bounded_gdal_cache(scene, tile),
-        _remove_vector_on_error(vector, state),
     ):
         percentiles = scene.percentiles(meta)
         outputs = OutputSet(
@@ -432,6 +444,7 @@ def predict(
             probability_dtype=probabilities_dtype,  # type: ignore[arg-type]
             cog=cog,
             overwrite=overwrite,
+            tags=model_tags(getattr(predictor, "source", None), model_name, trained),
         )
         windows, skipped, model_s = _run_windows(
             scene,
@@ -451,7 +464,10 @@ def predict(
     seconds_scene = time.perf_counter() - t_scene
 
     written = {k: str(Path(v).absolute()) for k, v in outputs.paths.items() if v is not None}
-    if vector is not None:
+    if vector is not None and output is not None:
+        vectorize_finished_map(
+            output, vector, list(written.values()), overwrite=overwrite, progress=progress
+        )
         written["vector"] = str(Path(vector).absolute())
     seconds = time.perf_counter() - t_start
     valid_fraction, fractions = class_fractions(outputs, meta)
@@ -582,6 +598,7 @@ class CoregisterResult:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
+@expand_stacks
 def coregister(
     inputs: Mapping[str, PathLike],
     out_dir: PathLike,

@@ -40,6 +40,7 @@ from torch import nn
 
 from mfaf_cli.errors import (
     DatasetError,
+    MfafError,
     OutputExistsError,
     UsageError,
     WeightsError,
@@ -78,7 +79,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     tile: int = 256
-    photometric: float = 0.0  # training-only per-band stretch/gamma jitter strength (0 = off)
+    photometric: float = 0.15  # training-only per-band stretch/gamma jitter strength (0 = off)
     normalisation: str = "fixed"  # "fixed" (extent-independent) or "scene-percentile"
     val_fraction: float = 0.15
     device: str = "auto"
@@ -112,6 +113,7 @@ class TrainResult:
     wall_time_s: float
     last: Path
     best: Path | None
+    splits: dict[str, Any] = field(default_factory=dict)  # dataset summary per split
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
@@ -123,7 +125,10 @@ class TrainResult:
 # ---- config files --------------------------------------------------------------------------
 def _parse_config_text(p: Path) -> Any:
     """The parsed document of a TOML or YAML file; a syntax error is a one-line UsageError."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the tomli backport (a dependency there)
+        import tomli as tomllib
 
     try:
         text = p.read_text(encoding="utf-8")
@@ -455,6 +460,34 @@ def _progress(it: Any, total: int, desc: str, enabled: bool) -> Any:
     )
 
 
+# ---- dataset summary -----------------------------------------------------------------------
+def split_summaries(
+    cfg: TrainConfig, train_ds: Any, val_ds: Any, common: dict[str, Any], *, show: bool
+) -> dict[str, dict[str, Any]]:
+    """``{"train": ..., "val": ..., "test": ...}`` from each split's ``summary()`` (the test
+    split only where the dataset has one), printed as one line per split on stderr, so a
+    user sees where the split came from (e.g. WHU's division file) and what it holds."""
+    from mfaf_cli.data.datasets import open_dataset
+
+    out = {"train": train_ds.summary(), "val": val_ds.summary()}
+    try:
+        test_ds = open_dataset(cfg.dataset, cfg.data_root, "test", augment=False, **common)
+        out["test"] = test_ds.summary()
+    except MfafError:  # no test split in this dataset (or it is empty)
+        pass
+    if show:
+        for name, s in out.items():
+            files = next(f"{s[k]} {k}" for k in ("sheets", "patches", "scenes") if k in s)
+            freq = ", ".join(f"{c} {100 * v:.1f} %" for c, v in s["class_fraction"].items())
+            print(
+                f"data {name}: {files}, {s['windows']} windows, {s['labelled_pixels']} "
+                f"labelled px ({freq}); split from {s['source']}",
+                file=sys.stderr,
+                flush=True,
+            )
+    return out
+
+
 # ---- resume ---------------------------------------------------------------------------------
 def _resume_paths(spec: str) -> tuple[Path, Path]:
     """(checkpoint, state file) for ``--resume`` given a run directory or a checkpoint path."""
@@ -758,6 +791,7 @@ def _run(
         raise DatasetError("train and val splits disagree on the class table")
     train_ds.check_labels()
     val_ds.check_labels()
+    splits = split_summaries(cfg, train_ds, val_ds, common, show=cfg.progress and d.main)
     if len(train_ds) < d.world:
         raise DatasetError(
             f"the train split has {len(train_ds)} samples, fewer than {d.world} processes"
@@ -883,6 +917,7 @@ def _run(
                     "rule": f"val = seeded holdout (seed {cfg.seed}, fraction {cfg.val_fraction}) "
                     "of the training data where the dataset has no val split",
                 },
+                "splits": splits,
                 "command": cfg.command,
                 "epochs": epoch_done,
                 "epochs_planned": cfg.epochs,
@@ -1056,4 +1091,5 @@ def _run(
         wall_time_s=wall_before + (time.time() - t_start),
         last=run_dir / LAST_NAME,
         best=(run_dir / BEST_NAME) if (run_dir / BEST_NAME).exists() else None,
+        splits=splits,
     )

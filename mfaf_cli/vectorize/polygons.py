@@ -14,6 +14,7 @@ per-feature Python dicts.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import secrets
@@ -39,6 +40,8 @@ from mfaf_cli.errors import (
 )
 from mfaf_cli.io.inputs import open_raster, read_error
 from mfaf_cli.metadata import NODATA_LABEL
+
+log = logging.getLogger("mfaf")
 
 #: output extension -> writer ("parquet" = GeoParquet via geopandas, else an OGR driver name)
 VECTOR_FORMATS: dict[str, str] = {
@@ -202,6 +205,32 @@ def linear_unit_factor(crs: Any) -> float:
             f"computed ({err}); reproject the raster to a projected or geographic CRS"
         ) from err
     return float(factor)
+
+
+#: A --simplify tolerance above this many pixels turns regions into crude polygons: warn.
+SIMPLIFY_WARN_PX = 3.0
+
+
+def pixel_size_m(transform: Affine, crs: Any, width: int, height: int) -> float:
+    """Side in metres of a square with one pixel's area, so that --simplify is in metres.
+
+    Projected CRS: CRS units × metres per unit. Geographic CRS: the pixel's east-west and
+    north-south extents measured on the CRS's ellipsoid (pyproj Geod) at the raster centre,
+    i.e. the metres per degree there; away from the centre the error grows with cos(latitude)
+    differences, which is negligible for a scene-sized raster.
+    """
+    if not crs.is_geographic:
+        return math.sqrt(abs(transform.a * transform.e - transform.b * transform.d)) * (
+            linear_unit_factor(crs)
+        )
+    from pyproj import CRS as ProjCRS
+
+    geod = ProjCRS.from_user_input(crs.to_wkt()).get_geod()
+    cx, cy = transform @ (width / 2, height / 2)
+    dx, dy = math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e)
+    _, _, east_m = geod.inv(cx - dx / 2, cy, cx + dx / 2, cy)
+    _, _, north_m = geod.inv(cx, cy - dy / 2, cx, cy + dy / 2)
+    return math.sqrt(abs(east_m * north_m))
 
 
 def crs_label(crs: Any) -> str | None:
@@ -394,7 +423,6 @@ def polygonize(
         unit=" polygons",
         disable=not progress,
         file=sys.stderr,
-        leave=False,
     ) as bar:
         for g, v in iter_region_batches(labels, mask, connectivity):
             geoms.append(g)
@@ -422,7 +450,14 @@ def _make_valid_polygonal(geoms: np.ndarray) -> np.ndarray:
 # ---- output -------------------------------------------------------------------------------
 def check_output(path: Path, overwrite: bool) -> None:
     """Fail before any work if the output cannot or must not be written."""
-    vector_format(path)
+    if vector_format(path) == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise UsageError(
+                f"{path}: GeoParquet output needs pyarrow, which is not installed; "
+                "pip install 'mfaf[parquet]', or write .gpkg / .geojson / .shp instead"
+            ) from None
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise OutputPathError(f"output folder {folder} does not exist; create it first")
@@ -536,6 +571,7 @@ def vectorize_raster(
     connectivity: int = 4,
     band: int = 1,
     progress: bool = False,
+    geojson_wgs84: bool = True,
 ) -> VectorizeResult:
     """Polygonise a label raster into a vector file (format from the extension).
 
@@ -543,8 +579,10 @@ def vectorize_raster(
         label_path: GeoTIFF (or any GDAL raster) of integer class ids.
         out_path: .gpkg, .geojson, .parquet (GeoParquet) or .shp.
         sieve: merge regions smaller than this many pixels into their largest neighbour first.
-        simplify: tolerance in map units (topology-preserving, shared borders stay shared).
-        min_area: drop polygons smaller than this many m² (after simplification).
+        simplify: tolerance in metres whatever the CRS (converted with :func:`pixel_size_m`;
+            topology-preserving, shared borders stay shared); warns above a few pixels.
+        min_area: drop polygons smaller than this many m² (geodesic areas for geographic
+            CRSs), after simplification.
         classes: keep only these class ids / names.
         dissolve: one MultiPolygon feature per class instead of one per region.
         overwrite: replace an existing output.
@@ -553,6 +591,8 @@ def vectorize_raster(
         connectivity: 4 or 8 (which pixel neighbours make one region).
         band: band holding the labels.
         progress: tqdm bar on stderr.
+        geojson_wgs84: write .geojson in WGS 84 (EPSG:4326) as RFC 7946 asks; False keeps
+            the raster's CRS.
 
     Returns:
         :class:`VectorizeResult`.
@@ -601,12 +641,18 @@ def vectorize_raster(
     del valid
 
     geoms, ids = polygonize(labels, mask, connectivity, progress=progress)
+    labels_shape = labels.shape
     del labels, mask
     ids = ids.astype(np.int64)
 
     if simplify > 0 and len(geoms):
-        pixel_size = math.sqrt(abs(transform.a * transform.e - transform.b * transform.d))
-        geoms = simplify_coverage(geoms, simplify / pixel_size)
+        tolerance_px = simplify / pixel_size_m(transform, crs, labels_shape[1], labels_shape[0])
+        if tolerance_px > SIMPLIFY_WARN_PX:
+            log.warning(
+                "--simplify %g m is %.1f pixels of %s: borders will be coarse (a tolerance "
+                "of about 1 pixel keeps the shapes)", simplify, tolerance_px, src_path.name
+            )  # fmt: skip
+        geoms = simplify_coverage(geoms, tolerance_px)
         keep_mask = ~shapely.is_empty(geoms)
         geoms, ids = geoms[keep_mask], ids[keep_mask]
 
@@ -646,6 +692,12 @@ def vectorize_raster(
         },
         geometry=gpd.GeoSeries(geoms, crs=crs.to_wkt()),
     )
+    out_crs = crs
+    if geojson_wgs84 and vector_format(out) == "GeoJSON" and crs.to_epsg() != 4326:
+        from rasterio.crs import CRS as RioCRS
+
+        gdf = gdf.to_crs("EPSG:4326")  # RFC 7946: GeoJSON is WGS 84 longitude/latitude
+        out_crs = RioCRS.from_epsg(4326)
     write_vector_atomic(gdf, out, overwrite=overwrite, geometry_type=geometry_type)
 
     uniq, counts = np.unique(ids, return_counts=True)
@@ -655,7 +707,7 @@ def vectorize_raster(
         input=str(src_path),
         output=str(out),
         format=vector_format(out),
-        crs=crs_label(crs),
+        crs=crs_label(out_crs),
         n_polygons=len(gdf),
         per_class=per_class,
         area_m2_per_class=per_area,

@@ -1,0 +1,100 @@
+"""The record a model file carries, for ``mfaf info FILE`` and ``mfaf models FILE``.
+
+A user's own checkpoint (``runs/x/best.safetensors``) or ONNX export is described from the
+metadata record inside it: modalities, bands, normalisation, classes, training data, metrics.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+#: File name endings that hold a model (and its metadata record), not a raster.
+MODEL_SUFFIXES = (".safetensors", ".onnx")
+
+
+def is_model_file(path: str | os.PathLike[str]) -> bool:
+    """True for a ``.safetensors`` / ``.onnx`` path (whether or not it exists yet)."""
+    return Path(path).suffix.lower() in MODEL_SUFFIXES
+
+
+def model_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The file's metadata record plus where it is and its whole-file sha256.
+
+    Raises :class:`~mfaf_cli.errors.WeightsError` (via the weights loader) for a file that is
+    missing, truncated or carries no mfaf record.
+    """
+    from mfaf_cli.errors import InputError
+    from mfaf_cli.io.weights import file_sha256, read_meta, read_onnx_meta
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"model file {p} does not exist; check the path")
+    kind = "onnx" if p.suffix.lower() == ".onnx" else "checkpoint"
+    meta = read_onnx_meta(p) if kind == "onnx" else read_meta(p)
+    return {
+        "command": "info",
+        "file": str(p),
+        "kind": kind,
+        "size_bytes": p.stat().st_size,
+        "sha256": file_sha256(p),
+        "meta": meta.to_dict(),
+    }
+
+
+def _metric_line(name: str, m: dict[str, Any]) -> str:
+    parts = [f"{k} {m[k]:.3f}" for k in ("miou", "oa", "kappa") if isinstance(m.get(k), float)]
+    per = m.get("per_class_iou") or {}
+    if per:
+        parts.append("IoU " + ", ".join(f"{c} {v:.3f}" for c, v in per.items()))
+    return f"  {name}: " + ("; ".join(parts) if parts else "(no scores)")
+
+
+def _training_lines(t: dict[str, Any]) -> list[str]:
+    if not t:
+        return ["training: none recorded"]
+    lines = [
+        f"training: dataset {t.get('dataset', '?')} ({t.get('data_root', '?')}), "
+        f"{t.get('epochs', '?')} epochs (best {t.get('best_epoch', '?')}), "
+        f"tile {t.get('tile', '?')}, seed {t.get('seed', '?')}"
+    ]
+    split = t.get("split") or t.get("splits")
+    if isinstance(split, dict):
+        counts = ", ".join(f"{k} {v}" for k, v in split.items() if isinstance(v, int))
+        rule = split.get("rule") or split.get("source")
+        lines.append(f"  split: {counts}" + (f" ({rule})" if rule else ""))
+    if t.get("command"):
+        lines.append(f"  command: {t['command']}")
+    return lines
+
+
+def format_record(rec: dict[str, Any]) -> str:
+    """Human-readable lines of :func:`model_record`."""
+    m = rec["meta"]
+    state = "TRAINED" if m.get("trained") else "UNTRAINED (random weights)"
+    lines = [
+        f"{rec['file']}: {rec['kind']} of {m['arch']}, {state}",
+        f"  sha256 {rec['sha256']}, {rec['size_bytes'] / 1e6:.1f} MB, tile {m.get('tile_size')}, "
+        f"divisor {m.get('divisor')}",
+        "modalities:",
+    ]
+    for spec in m["modalities"]:
+        norm = spec["normalisation"]
+        units = f", units {spec['units']}" if spec.get("units") else ""
+        stretch = (
+            f" (p{norm['p_low']:g}-p{norm['p_high']:g} stretch, then mean/std)"
+            if norm["mode"] == "scene-percentile"
+            else ""
+        )
+        lines.append(
+            f"  {spec['name']}: bands {', '.join(spec['bands'])}{units}; normalisation "
+            f"{norm['mode']}{stretch}; mean {[round(v, 4) for v in norm['mean']]}, "
+            f"std {[round(v, 4) for v in norm['std']]}"
+        )
+    lines.append("classes: " + ", ".join(f"{c['id']} {c['name']}" for c in m["classes"]))
+    lines.extend(_training_lines(m.get("training") or {}))
+    metrics = m.get("metrics") or {}
+    lines.append("metrics:" if metrics else "metrics: none recorded")
+    lines.extend(_metric_line(k, v) for k, v in metrics.items() if isinstance(v, dict))
+    return "\n".join(lines)
