@@ -4,7 +4,10 @@
 #
 #   weights/train_commands.sh train      # both models, ~25-30 min each on 2 shared cores
 #   weights/train_commands.sh eval       # OMBRIA test split + Sen1Floods11 chip, per model
-#   weights/train_commands.sh ship       # copy best checkpoints into weights/ + manifest
+#   weights/train_commands.sh ship       # copy best checkpoints into mfaf_cli/weights/ + manifest
+#
+# The shipped weight files and manifest.json are package data in mfaf_cli/weights/ (so wheels
+# carry them); the model cards, logs and these scripts stay in weights/.
 #
 # Data: ../shared/data/ombria (S2 3-channel composite + S1 VV "after" PNG patches, 256x256;
 # 156 train ids = 133 train + a seeded 15 % holdout of 23 for validation; 70 test ids).

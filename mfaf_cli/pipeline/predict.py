@@ -34,7 +34,7 @@ from mfaf_cli.normalize import apply_normalisation
 from mfaf_cli.tiling.windows import Window, batched, check_tile, tile_windows, validate_tiling
 
 if TYPE_CHECKING:
-    from mfaf_cli.io.weights import ModelSource
+    from mfaf_cli.models.resolve import ModelSource
 
 log = logging.getLogger("mfaf")
 
@@ -122,7 +122,7 @@ def load_predictor(
     load it: ``(predictor, ModelSource)``. One place for predict and batch mode, so both
     refuse the same models with the same words."""
     from mfaf_cli.engine import create_predictor
-    from mfaf_cli.io.weights import ModelSource, resolve_model
+    from mfaf_cli.models.resolve import ModelSource, resolve_model
 
     modalities = tuple(modalities)
     if isinstance(model, ModelSource):
