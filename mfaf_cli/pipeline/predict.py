@@ -69,6 +69,8 @@ class PredictResult:
     valid_fraction: float
     class_fractions: dict[str, float] = field(default_factory=dict)
     model_seconds: float = 0.0
+    #: modality -> which bands were read and how they were chosen (BandChoice.to_dict()).
+    bands: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -421,6 +423,9 @@ def predict(
         _bounded_gdal_cache(scene, tile),
         _remove_vector_on_error(vector, state),
     ):
+        band_choices = {m: c.to_dict() for m, c in scene.band_choices.items()}
+        for m, c in scene.band_choices.items():
+            log.info("%s bands: %s", m, c.summary())
         percentiles = scene.percentiles(meta)
         outputs = OutputSet(
             grid,
@@ -476,6 +481,7 @@ def predict(
         valid_fraction=round(valid_fraction, 6),
         class_fractions={k: round(v, 6) for k, v in fractions.items()},
         model_seconds=round(model_s, 3),
+        bands=band_choices,
     )
 
 
