@@ -84,16 +84,14 @@ def _listing(descriptions: Sequence[str | None]) -> str:
 def _match_name(
     item: str, descriptions: Sequence[str | None], ids: Sequence[BandId | None]
 ) -> list[int]:
-    """1-based bands a typed name refers to: the exact description, else the same meaning
+    """1-based bands a typed name refers to: the same description, or the same meaning
     (``B08`` finds ``B8`` and ``T29SND_..._B08_10m``; ``nir`` finds ``B8``)."""
     name = item.strip().lower()
-    exact = [k + 1 for k, d in enumerate(descriptions) if (d or "").strip().lower() == name]
-    if exact:
-        return exact
+    hits = {k + 1 for k, d in enumerate(descriptions) if (d or "").strip().lower() == name}
     want = identify_band(item)
-    if want is None:
-        return []
-    return [k + 1 for k, i in enumerate(ids) if i is not None and i.meaning == want.meaning]
+    if want is not None:
+        hits |= {k + 1 for k, i in enumerate(ids) if i is not None and i.meaning == want.meaning}
+    return sorted(hits)
 
 
 def select_bands(
