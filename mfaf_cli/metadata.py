@@ -1,7 +1,7 @@
 """The one place for model metadata: modalities, bands, normalisation, classes, colours.
 
 A :class:`ModelMeta` record travels with every model (safetensors metadata, ONNX metadata,
-weights/manifest.json). Everything downstream (band selection, normalisation, resampling,
+mfaf_cli/weights/manifest.json). Everything downstream (band selection, normalisation, resampling,
 colour tables, vector attributes, metric tables) reads it from here; nothing else hard-codes
 band indexes or class ids.
 """

@@ -91,6 +91,8 @@ def test_needs_phrase_and_stack_hints() -> None:
     assert needs_phrase(SAR) == "vv ≈ Sentinel-1 VV"
     hsi = ModalitySpec("hsi", ("b1", "b2"), Normalisation.identity(2))
     assert needs_phrase(hsi) == "b1, b2"
+    hsi144 = ModalitySpec("hsi", tuple(f"b{i}" for i in range(1, 145)), Normalisation.identity(144))
+    assert needs_phrase(hsi144) == "b1, b2, b3, …, b144"
     assert stack_hint(OPT, 13).startswith(" (13,8,4 if it is a 13-band Sentinel-2 L1C stack")
     assert stack_hint(OPT, 12).startswith(" (12,8,4 if it is a 12-band Sentinel-2 L2A stack")
     assert stack_hint(OPT, 6) == "" and stack_hint(SAR, 13) == "" and stack_hint(hsi, 13) == ""

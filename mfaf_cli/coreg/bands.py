@@ -155,6 +155,8 @@ def needs_phrase(spec: ModalitySpec) -> str:
         sensor, name = next(iter(sensors.items()))
         parts.append(f"{meaning} ≈ {name if sensor in named else f'{sensor} {name}'}")
         named.add(sensor)
+    if len(parts) > 8:  # hyperspectral: b1, b2, b3, …, b144
+        parts = [*parts[:3], "…", parts[-1]]
     return ", ".join(parts)
 
 
