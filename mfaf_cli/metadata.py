@@ -353,6 +353,10 @@ BAND_MEANINGS: tuple[BandMeaning, ...] = (
 )
 # fmt: on
 MEANINGS: dict[str, BandMeaning] = {m.key: m for m in BAND_MEANINGS}
+#: Meanings of a Sentinel-2 L1C stack's bands in file order (B1 … B8, B8A, B9 … B12).
+SENTINEL2_L1C_MEANINGS: tuple[str, ...] = tuple(
+    m.key for m in BAND_MEANINGS if "Sentinel-2" in m.sensors
+)
 _BY_SPELLING: dict[str, str] = {a: m.key for m in BAND_MEANINGS for a in (m.key, *m.aliases)}
 _BY_SENSOR_NAME: dict[tuple[str, str], str] = {
     (sensor, name.lower()): m.key for m in BAND_MEANINGS for sensor, name in m.sensors.items()

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mfaf_cli.errors import BandMismatchError
-from mfaf_cli.metadata import MEANINGS, BandId, ModalitySpec, identify_band
+from mfaf_cli.metadata import (
+    MEANINGS,
+    SENTINEL2_L1C_MEANINGS,
+    BandId,
+    ModalitySpec,
+    identify_band,
+)
 
 #: Flag names for each modality, used in error messages.
 BAND_FLAG = {m: f"--{m}-bands" for m in ("optical", "sar", "hsi", "lidar")}
@@ -24,7 +30,7 @@ BAND_FLAG = {m: f"--{m}-bands" for m in ("optical", "sar", "hsi", "lidar")}
 #: Sentinel-2 band orders of full stacks, from the meaning table's order (L1C: 13 bands;
 #: L2A drops the cirrus band B10): the only index lists a message may propose, and only as
 #: "if the file is such a stack".
-_S2 = [m.sensors["Sentinel-2"] for m in MEANINGS.values() if "Sentinel-2" in m.sensors]
+_S2 = [MEANINGS[k].sensors["Sentinel-2"] for k in SENTINEL2_L1C_MEANINGS]
 SENTINEL2_STACKS: dict[int, tuple[str, tuple[str, ...]]] = {
     len(_S2): ("Sentinel-2 L1C", tuple(_S2)),
     len(_S2) - 1: ("Sentinel-2 L2A", tuple(b for b in _S2 if b != "B10")),
