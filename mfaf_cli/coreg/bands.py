@@ -12,7 +12,7 @@ out) so it is tested exactly.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from mfaf_cli.errors import BandMismatchError
@@ -44,7 +44,7 @@ class BandChoice:
     indexes: tuple[int, ...]  # 1-based, in the model's band order
     picked_by: str  # the flag, "band descriptions" or "file order"
     labels: tuple[str, ...] = ()  # the file's descriptions of those bands ("" when none)
-    warnings: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -328,7 +328,7 @@ def choose_bands(
     warnings: list[str] = []
     wrong = wrong_sensor(spec, ids, descriptions, path=path, model=model)
     if wrong is not None:
-        if not band_spec or not all(isinstance(b, int) for b in band_spec):
+        if not band_spec or not all(str(b).strip().isdigit() for b in band_spec):
             raise BandMismatchError(wrong)
         warnings.append(wrong)
     by_meaning = None if band_spec else _by_meaning(spec, ids, path=path, flag=flag)
