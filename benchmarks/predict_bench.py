@@ -106,7 +106,7 @@ def run_worker(args: argparse.Namespace) -> dict:
     """One size, in this process: end-to-end predict, then the model alone on the same batches."""
     from mfaf_cli.coreg import AlignedScene, grid_from_reference
     from mfaf_cli.engine import create_predictor
-    from mfaf_cli.io.weights import resolve_model
+    from mfaf_cli.models.resolve import resolve_model
     from mfaf_cli.pipeline.predict import predict, prepare_batch
     from mfaf_cli.tiling.windows import batched, tile_windows
 

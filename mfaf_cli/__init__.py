@@ -17,7 +17,7 @@ _LAZY = {
     "coregister": ("mfaf_cli.pipeline.predict", "coregister"),
     "create_model": ("mfaf_cli.models.registry", "create_model"),
     "list_models": ("mfaf_cli.models.registry", "list_models"),
-    "load_model": ("mfaf_cli.io.weights", "load_model"),
+    "load_model": ("mfaf_cli.models.resolve", "load_model"),
     "ModelMeta": ("mfaf_cli.metadata", "ModelMeta"),
     "MfafError": ("mfaf_cli.errors", "MfafError"),
 }

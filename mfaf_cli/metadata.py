@@ -1,7 +1,7 @@
 """The one place for model metadata: modalities, bands, normalisation, classes, colours.
 
 A :class:`ModelMeta` record travels with every model (safetensors metadata, ONNX metadata,
-weights/manifest.json). Everything downstream (band selection, normalisation, resampling,
+mfaf_cli/weights/manifest.json). Everything downstream (band selection, normalisation, resampling,
 colour tables, vector attributes, metric tables) reads it from here; nothing else hard-codes
 band indexes or class ids.
 """
@@ -9,6 +9,8 @@ band indexes or class ids.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -102,13 +104,30 @@ class Normalisation:
 
 @dataclass(frozen=True)
 class ModalitySpec:
-    """A modality the model takes: its name, band names in model order, normalisation."""
+    """A modality the model takes: its name, band names in model order, normalisation.
+
+    ``meanings`` says what each band measures (a key of :data:`BAND_MEANINGS`, or ``""`` when
+    unknown, e.g. numbered HSI bands); that is what band selection matches a file's band
+    descriptions against. Records written before it existed derive it from the band names
+    (``swir``, ``nir``, ``red``, ``vv``, Sentinel-2 ``B12``...), see :func:`meaning_of_name`.
+    """
 
     name: str
     bands: tuple[str, ...]
     normalisation: Normalisation
     #: For SAR: whether values are expected in dB ("db") or linear power ("linear").
     units: str = ""
+    meanings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.meanings:
+            derived = tuple(meaning_of_name(b, self.name) or "" for b in self.bands)
+            object.__setattr__(self, "meanings", derived)
+        elif len(self.meanings) != len(self.bands):
+            raise WeightsError(
+                f"modality {self.name}: {len(self.meanings)} band meanings for "
+                f"{len(self.bands)} bands"
+            )
 
     @property
     def n_bands(self) -> int:
@@ -118,6 +137,7 @@ class ModalitySpec:
         return {
             "name": self.name,
             "bands": list(self.bands),
+            "meanings": list(self.meanings),
             "normalisation": self.normalisation.to_dict(),
             "units": self.units,
         }
@@ -129,6 +149,7 @@ class ModalitySpec:
             bands=tuple(d["bands"]),
             normalisation=Normalisation.from_dict(d["normalisation"]),
             units=d.get("units", ""),
+            meanings=tuple(str(m) for m in d.get("meanings", ())),
         )
 
 
@@ -301,3 +322,138 @@ def default_classes(n: int) -> tuple[ClassInfo, ...]:
         r, g, b = colorsys.hsv_to_rgb(i / max(n, 1), 0.65, 0.9)
         out.append(ClassInfo(i, f"class-{i}", (int(r * 255), int(g * 255), int(b * 255))))
     return tuple(out)
+
+
+# ---- band meanings and what common sensors call them ------------------------------------
+@dataclass(frozen=True)
+class BandMeaning:
+    """What a band measures, and the name each common sensor gives that band."""
+
+    key: str  # what model metadata records, e.g. "swir"
+    modality: str  # the modality such a band belongs to
+    what: str  # for messages: wavelength or polarisation
+    sensors: Mapping[str, str]  # sensor -> its band name, e.g. {"Sentinel-2": "B12"}
+    aliases: tuple[str, ...] = ()  # other spellings of the meaning (compared without spaces)
+
+
+#: The one table of band meanings. Sentinel-2 MSI (L1C: B1..B12 with B8A and B10; L2A drops
+#: B10) and Sentinel-1 polarisations; LiDAR rasters are a surface model. ``swir`` is SWIR-2
+#: (~2.2 µm, what OMBRIA's false-colour composite and most water indexes use), ``swir1`` ~1.6 µm.
+# fmt: off
+BAND_MEANINGS: tuple[BandMeaning, ...] = (
+    BandMeaning("coastal", "optical", "aerosol ~443 nm", {"Sentinel-2": "B1"}, ("aerosol",)),
+    BandMeaning("blue", "optical", "~490 nm", {"Sentinel-2": "B2"}),
+    BandMeaning("green", "optical", "~560 nm", {"Sentinel-2": "B3"}),
+    BandMeaning("red", "optical", "~665 nm", {"Sentinel-2": "B4"}),
+    BandMeaning("rededge1", "optical", "red edge ~705 nm", {"Sentinel-2": "B5"}, ("re1",)),
+    BandMeaning("rededge2", "optical", "red edge ~740 nm", {"Sentinel-2": "B6"}, ("re2",)),
+    BandMeaning("rededge3", "optical", "red edge ~783 nm", {"Sentinel-2": "B7"}, ("re3",)),
+    BandMeaning("nir", "optical", "near infrared ~842 nm", {"Sentinel-2": "B8"},
+                ("nir1", "nearinfrared")),
+    BandMeaning("nir2", "optical", "narrow NIR ~865 nm", {"Sentinel-2": "B8A"},
+                ("nirnarrow", "narrownir", "nir08")),
+    BandMeaning("watervapour", "optical", "water vapour ~945 nm", {"Sentinel-2": "B9"},
+                ("watervapor", "wv")),
+    BandMeaning("cirrus", "optical", "cirrus ~1375 nm", {"Sentinel-2": "B10"}),
+    BandMeaning("swir1", "optical", "shortwave infrared ~1610 nm", {"Sentinel-2": "B11"},
+                ("swir16",)),
+    BandMeaning("swir", "optical", "shortwave infrared ~2190 nm", {"Sentinel-2": "B12"},
+                ("swir2", "swir22")),
+    BandMeaning("vv", "sar", "VV backscatter", {"Sentinel-1": "VV"}, ("sigma0vv",)),
+    BandMeaning("vh", "sar", "VH backscatter", {"Sentinel-1": "VH"}, ("sigma0vh",)),
+    BandMeaning("hh", "sar", "HH backscatter", {"Sentinel-1": "HH"}),
+    BandMeaning("hv", "sar", "HV backscatter", {"Sentinel-1": "HV"}),
+    BandMeaning("dsm", "lidar", "surface height", {}, ("dem", "height", "elevation", "ndsm")),
+)
+# fmt: on
+MEANINGS: dict[str, BandMeaning] = {m.key: m for m in BAND_MEANINGS}
+#: Meanings of a Sentinel-2 L1C stack's bands in file order (B1 … B8, B8A, B9 … B12).
+SENTINEL2_L1C_MEANINGS: tuple[str, ...] = tuple(
+    m.key for m in BAND_MEANINGS if "Sentinel-2" in m.sensors
+)
+_BY_SPELLING: dict[str, str] = {a: m.key for m in BAND_MEANINGS for a in (m.key, *m.aliases)}
+_BY_SENSOR_NAME: dict[tuple[str, str], str] = {
+    (sensor, name.lower()): m.key for m in BAND_MEANINGS for sensor, name in m.sensors.items()
+}
+#: How a sensor's band names look inside a description token (lower case): Sentinel-2 ``B4``,
+#: ``B04``, ``B8A`` (also inside L2A / SAFE names: ``B12_20m``, ``T29SND_..._B04_10m``).
+_SENSOR_TOKENS: dict[str, re.Pattern[str]] = {
+    "Sentinel-2": re.compile(r"b0?(\d{1,2}a?)"),
+    "Sentinel-1": re.compile(r"(vv|vh|hh|hv)"),
+}
+
+
+@dataclass(frozen=True)
+class BandId:
+    """What a band description (or a band token typed by the user) says a band is."""
+
+    meaning: str
+    sensor: str = ""  # "" when the description names the meaning itself ("nir", "SWIR 2")
+    name: str = ""  # the sensor's spelling, e.g. "B12"
+
+    @property
+    def label(self) -> str:
+        return self.name or self.meaning
+
+
+def _compact(text: str) -> str:
+    return re.sub(r"[\s_\-.]+", "", text.strip().lower())
+
+
+def _sensor_band(token: str) -> BandId | None:
+    for sensor, pattern in _SENSOR_TOKENS.items():
+        m = pattern.fullmatch(token)
+        if m is None:
+            continue
+        name = "b" + m.group(1) if sensor == "Sentinel-2" else m.group(1)
+        key = _BY_SENSOR_NAME.get((sensor, name))
+        if key is not None:
+            return BandId(key, sensor, MEANINGS[key].sensors[sensor])
+    return None
+
+
+def identify_band(description: str | None) -> BandId | None:
+    """What a file's band description says the band is, or None when it does not say.
+
+    Accepts the meaning (``nir``, ``SWIR 2``, ``Red``), a sensor band name (``B8``, ``B08``,
+    ``B8A``, ``VV``) or a product file-style name containing one (``B12_20m``,
+    ``T29SND_20200101T110000_B04_10m``, ``Sigma0_VV_db``). Generic names (``Band 1``) say nothing.
+    """
+    if not description or not description.strip():
+        return None
+    tokens = [t for t in re.split(r"[^a-z0-9]+", description.lower()) if t]
+    for token in tokens:
+        hit = _sensor_band(token)
+        if hit is not None:
+            return hit
+    key = _BY_SPELLING.get(_compact(description))
+    if key is not None:
+        return BandId(key)
+    for token in tokens:
+        if token in _BY_SPELLING:
+            return BandId(_BY_SPELLING[token])
+    return None
+
+
+def meaning_of_name(band: str, modality: str) -> str | None:
+    """The meaning of a band name recorded in model metadata, for records without ``meanings``.
+
+    Meaning names and their spellings (``swir``, ``nir``, ``vv``...) and Sentinel-2 / -1 names
+    as those sensors spell them (``B12``, ``B8A``, ``VV``); generic positional names (``b1``,
+    ``b2``... as the registry numbers unknown bands) are not read as Sentinel-2 names. Only
+    meanings of the spec's own modality count (an HSI band is never "coastal").
+    """
+    band = band.strip()
+    key = _BY_SPELLING.get(_compact(band))
+    if key is None and not re.fullmatch(r"b\d+", band):
+        hit = _sensor_band(band.lower())
+        key = hit.meaning if hit is not None else None
+    if key is None or MEANINGS[key].modality != modality:
+        return None
+    return key
+
+
+def sensor_names(meaning: str) -> dict[str, str]:
+    """``{sensor: band name}`` for a meaning ({} when unknown)."""
+    m = MEANINGS.get(meaning)
+    return dict(m.sensors) if m is not None else {}

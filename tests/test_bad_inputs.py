@@ -15,6 +15,7 @@ SIGTERM during a real ``mfaf predict`` subprocess.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -82,6 +83,15 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
         transform=from_origin(500_000.0 + SIZE * 10 - 5, 4_500_000.0, 10, 10),
     )
     p["opt3"] = write_tif(d / "opt3.tif", opt_vals[:3])
+    # band descriptions: the wrong sensor's bands, a meaning on two bands, a bare S2 stack
+    p["s1_named"] = write_tif(d / "s1_named.tif", np.repeat(sar_vals, 2, axis=0),
+                              descriptions=["VV", "VH"])  # fmt: skip
+    p["opt_dup"] = write_tif(d / "opt_dup.tif", np.concatenate([opt_vals, opt_vals[3:]]),
+                             descriptions=["B4", "B3", "B2", "B8", "B08_10m"])  # fmt: skip
+    p["opt_named"] = write_tif(d / "opt_named.tif", opt_vals,
+                               descriptions=["B4", "B3", "B2", "B8"])  # fmt: skip
+    p["s2_bare"] = write_tif(d / "s2_bare.tif", np.repeat(opt_vals[:1], 13, axis=0))
+    p["sar_vh"] = write_tif(d / "sar_vh.tif", sar_vals, descriptions=["VH"])
     p["opt_nodata"] = write_tif(
         d / "opt_nodata.tif", np.full((4, SIZE, SIZE), -9999, "int16"), nodata=-9999
     )
@@ -145,6 +155,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
         f"id,optical,sar,label\ns0,{opt},missing.tif,{p['labels']}\n"
     )
     p["train_list"] = d / "train" / "scenes.csv"
+    (d / "train" / "optical.csv").write_text(
+        f"id,optical,label,split\ns0,{opt},{p['labels']},test\n"
+    )
+    p["optical_list"] = d / "train" / "optical.csv"
     return Files(d, opt, opt_f32, sar, p)
 
 
@@ -193,6 +207,63 @@ CASES: list[Case] = [
     Case("predict-band-name", lambda f, o: P(f, "--sar-bands", "HH", out=o), 1, "no band of"),
     Case(
         "predict-all-nodata", lambda f, o: P(f, out=o, opt=f["opt_nodata"]), 1, "nothing to predict"
+    ),
+    # -- predict: bands by meaning (the model takes red, green, blue, nir + vv)
+    Case(
+        "predict-bands-wrong-sensor",
+        lambda f, o: P(f, out=o, opt=f["s1_named"]),
+        1,
+        "optical file s1_named.tif has Sentinel-1 SAR bands (1=VV, 2=VH)",
+    ),
+    Case(
+        "predict-bands-wrong-sensor-sar",
+        lambda f, o: P(f, out=o, sar=f["opt_named"]),
+        1,
+        "sar file opt_named.tif has Sentinel-2 optical bands",
+    ),
+    Case(
+        "predict-bands-duplicate-descriptions",
+        lambda f, o: P(f, out=o, opt=f["opt_dup"]),
+        1,
+        "bands 4 and 5 of opt_dup.tif are both described as nir",
+    ),
+    Case(
+        "predict-bands-duplicate-name",
+        lambda f, o: P(f, "--optical-bands", "B4,B3,B2,B8", out=o, opt=f["opt_dup"]),
+        1,
+        "bands 4 and 5 of opt_dup.tif are both described as B8",
+    ),
+    Case(
+        "predict-bands-listed-twice",
+        lambda f, o: P(f, "--optical-bands", "1,2,3,1", out=o),
+        1,
+        "selects band 1 of opt.tif twice",
+    ),
+    Case(
+        "predict-bands-name-absent",
+        lambda f, o: P(f, "--optical-bands", "B4,B3,B2,B12", out=o, opt=f["opt_named"]),
+        1,
+        "'B12': no band of opt_named.tif is described as that",
+    ),
+    Case(
+        "predict-bands-undescribed-s2-stack",
+        lambda f, o: P(f, out=o, opt=f["s2_bare"]),
+        1,
+        "13 bands and no band descriptions: pass --optical-bands with the 1-based indexes of "
+        "those bands (4,3,2,8 if it is a 13-band Sentinel-2 L1C stack",
+    ),
+    # -- predict / evaluate: no shipped model for the inputs, and none named
+    Case(
+        "predict-no-shipped-model",
+        lambda f, o: ["predict", "-q", "--optical", f.opt, "-o", o / "map.tif"],
+        2,
+        "no shipped model takes optical; shipped: ",
+    ),
+    Case(
+        "evaluate-no-shipped-model",
+        lambda f, o: ["evaluate", "--dataset", "folder", "--data-root", f["optical_list"], "-q"],
+        2,
+        "no shipped model takes optical; shipped: ",
     ),
     Case(
         "predict-truncated-tiff",
@@ -652,6 +723,30 @@ def test_int16_optical_with_float32_sar_is_normal(files: Files, tmp_path: Path, 
         np.testing.assert_array_equal(ds.read(1), labels_int)
     assert set(np.unique(labels_int)) <= {0, 1}  # every pixel valid, a class id
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_bands_picked_by_description_and_contradictions_warn(
+    files: Files, tmp_path: Path, runner, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Described bands are picked by meaning and reported; VH given for vv runs with a warning."""
+    args = P(files, "--json", out=tmp_path, opt=files["opt_named"], sar=files["sar_vh"])
+    with caplog.at_level(logging.WARNING, logger="mfaf"):
+        code, stdout, err = runner(*args)
+    assert code == 0, err
+    bands = json.loads(stdout)["bands"]
+    assert bands["optical"]["indexes"] == [1, 2, 3, 4]
+    assert bands["optical"]["picked_by"] == "band descriptions"
+    assert bands["optical"]["descriptions"] == ["B4", "B3", "B2", "B8"]
+    assert bands["sar"]["picked_by"] == "file order"
+    warning = "sar band 1 of sar_vh.tif is described as VH (vh), but model unet takes vv"
+    assert bands["sar"]["warnings"][0].startswith(warning)
+    assert warning in caplog.text and "Error" not in err
+    from mfaf_cli.cli.predict import _summary  # the stderr line of a run without --json
+
+    line = _summary(json.loads(stdout))
+    assert line.endswith(
+        "; bands: optical B4,B3,B2,B8 (1,2,3,4, by band descriptions), sar VH (1, by file order)"
+    )
 
 
 def test_nan_and_inf_pixels_become_nodata(files: Files, tmp_path: Path, runner) -> None:

@@ -17,7 +17,6 @@ from mfaf_cli.coreg.align import (
     detect_sar_units,
     reflect_pad,
     select_bands,
-    suggest_bands,
 )
 from mfaf_cli.errors import BandMismatchError, CRSError, InputError, NoOverlapError, UsageError
 from mfaf_cli.metadata import ModalitySpec, ModelMeta, Normalisation, default_classes
@@ -107,13 +106,8 @@ def test_select_bands_by_number_and_name():
         select_bands([5], 4, desc, path="a.tif", modality="optical")
     with pytest.raises(BandMismatchError, match=r"'swir'.*1=B1"):
         select_bands(["swir"], 4, desc, path="a.tif", modality="optical")
-
-
-def test_suggest_bands_for_sentinel2_and_described_files():
-    names = ("red", "green", "blue", "nir")
-    assert suggest_bands(names, 13, [None] * 13) == [4, 3, 2, 8]
-    assert suggest_bands(names, 6, ["nir", "x", "blue", "green", "red", "y"]) == [5, 4, 3, 1]
-    assert suggest_bands(names, 6, [None] * 6) is None
+    # by meaning: B08 and "nir" find the band described as NIR; B4 finds "Red"
+    assert select_bands(["B08", "b4"], 4, desc, path="a.tif", modality="optical") == [4, 3]
 
 
 def test_reflect_pad_mirrors_without_repeating_the_edge():
@@ -298,14 +292,16 @@ def test_band_selection_and_model_band_count(make_geotiff, rng):
     data = rng.integers(0, 1000, (13, 12, 12)).astype("int16")
     desc = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12"]
     s2 = make_geotiff("s2.tif", data, transform=utm(), descriptions=desc)
+    bare = make_geotiff("bare.tif", data, transform=utm())  # no band descriptions
     s1 = make_geotiff("s1.tif", rng.normal(-10, 2, (2, 12, 12)).astype("float32"), transform=utm())
     g = grid_from_reference(s2)
     meta = meta_for()
     with pytest.raises(BandMismatchError) as e:
-        AlignedScene({"optical": s2, "sar": s1}, g, meta=meta)
+        AlignedScene({"optical": bare, "sar": s1}, g, meta=meta)
     msg = str(e.value)
-    assert "model mfafnet-s takes 4 optical bands (red, green, blue, nir)" in msg
-    assert "s2.tif has 13" in msg and "pass --optical-bands 4,3,2,8" in msg
+    assert "model mfafnet-s takes 4 optical bands: red ≈ Sentinel-2 B4, green ≈ B3" in msg
+    assert "bare.tif has 13 bands and no band descriptions" in msg
+    assert "(4,3,2,8 if it is a 13-band Sentinel-2 L1C stack" in msg
 
     by_index = AlignedScene(
         {"optical": s2, "sar": s1}, g, bands={"optical": [4, 3, 2, 8], "sar": [1]}, meta=meta
@@ -313,13 +309,24 @@ def test_band_selection_and_model_band_count(make_geotiff, rng):
     by_name = AlignedScene(
         {"optical": s2, "sar": s1}, g, bands={"optical": ["b4", "B3", "b2", "b8"], "sar": [1]}
     )
+    by_meaning = AlignedScene({"optical": s2, "sar": bare_sar(make_geotiff, rng)}, g, meta=meta)
+    assert by_meaning.band_choices["optical"].indexes == (4, 3, 2, 8)
+    assert by_meaning.band_choices["optical"].picked_by == "band descriptions"
     a1, _ = by_index.read(Window(0, 0, 12, 12))
     a2, _ = by_name.read(Window(0, 0, 12, 12))
+    a3, _ = by_meaning.read(Window(0, 0, 12, 12))
     np.testing.assert_array_equal(a1["optical"], data[[3, 2, 1, 7]].astype(np.float32))
     np.testing.assert_array_equal(a2["optical"], a1["optical"])
+    np.testing.assert_array_equal(a3["optical"], a1["optical"])
     with pytest.raises(BandMismatchError, match="--optical-bands selected 3"):
         AlignedScene({"optical": s2, "sar": s1}, g, bands={"optical": [4, 3, 2], "sar": [1]},
                      meta=meta)  # fmt: skip
+
+
+def bare_sar(make_geotiff, rng):  # type: ignore[no-untyped-def]
+    """A one-band SAR file without band descriptions (taken as it is: the band count fits)."""
+    return make_geotiff("vv.tif", rng.normal(-10, 2, (1, 12, 12)).astype("float32"),
+                        transform=utm())  # fmt: skip
 
 
 def test_percentiles_from_decimated_read_match_full_scene(make_geotiff, rng, monkeypatch):

@@ -1,4 +1,5 @@
-"""Checkpoints, the weights manifest and model resolution (mfaf_cli/io/weights.py)."""
+"""Checkpoints, the weights manifest (mfaf_cli/io/weights.py) and model resolution
+(mfaf_cli/models/resolve.py)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from mfaf_cli.metadata import (
     Normalisation,
 )
 from mfaf_cli.models import registry
+from mfaf_cli.models import resolve as R
 
 
 # ---- a tiny stand-in network following the model contract ---------------------------------
@@ -344,28 +346,65 @@ def test_manifest_entry_with_missing_file(weights_dir: Path) -> None:
     ("mods", "arch"),
     [(["optical", "sar"], "mfafnet-s"), (["lidar", "hsi"], "comix-s"), (["sar"], "unet-sar")],
 )
-def test_untrained_fallback_warns(
-    weights_dir: Path, caplog: pytest.LogCaptureFixture, mods: list[str], arch: str
+def test_no_silent_untrained_fallback(weights_dir: Path, mods: list[str], arch: str) -> None:
+    with pytest.raises(ModalityError) as e:
+        R.resolve_model(None, mods)
+    msg = str(e.value)
+    assert f"no shipped model takes {' + '.join(mods)}" in msg and "shipped: none" in msg
+    assert f"(--model {arch}) to run UNTRAINED" in msg
+    assert e.value.exit_code == 2
+
+
+def test_no_shipped_model_lists_what_is_shipped(
+    tmp_path: Path, weights_dir: Path, tiny_registry: None
+) -> None:
+    meta = tiny_meta()
+    W.register_weights(W.save_checkpoint(make_tiny(meta), meta, tmp_path / "a.safetensors"),
+                       "tiny-water", default=True)  # fmt: skip
+    with pytest.raises(ModalityError) as e:
+        R.resolve_model(None, ["optical"])  # SAR forgotten
+    msg = str(e.value)
+    assert "no shipped model takes optical; shipped: tiny-water (optical + sar)" in msg
+    assert "add --sar PATH" in msg and "(--model unet-optical) to run UNTRAINED" in msg
+
+
+def test_a_named_architecture_is_untrained_and_says_so(
+    weights_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="mfaf"):
-        source = W.resolve_model(None, mods)
-    assert (source.kind, source.name, source.path) == ("untrained", arch, None)
-    assert source.untrained and set(source.meta.modality_names) == set(mods)
+        source = R.resolve_model("unet-sar", ["sar"])
+    assert (source.kind, source.name, source.path) == ("untrained", "unet-sar", None)
+    assert source.untrained and not source.meta.trained
     assert "UNTRAINED" in caplog.text
 
 
-def test_untrained_fallback_takes_band_counts(weights_dir: Path) -> None:
-    source = W.resolve_model(None, ["optical", "sar"], in_channels={"optical": 13, "sar": 2})
+def test_untrained_registry_model_takes_band_counts(weights_dir: Path) -> None:
+    source = R.resolve_model("mfafnet-s", ["optical", "sar"], in_channels={"optical": 13, "sar": 2})
     assert source.meta.in_channels == {"optical": 13, "sar": 2}
-    model, meta = W.load_model(source)
+    model, meta = R.load_model(source)
     assert not model.training
     x = inputs_for(meta, size=32, n=1)
     with torch.no_grad():
         assert model(*x).shape == (1, 2, 32, 32)
 
 
+def test_shipped_weights_are_package_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mfaf_cli
+
+    monkeypatch.delenv("MFAF_WEIGHTS_DIR", raising=False)
+    assert W.weights_dir() == Path(mfaf_cli.__file__).resolve().parent / "weights"
+    entries = W.read_manifest()
+    assert entries, "the package ships a manifest.json"
+    assert all(W.entry_path(e).is_file() for e in entries)
+    assert all(R.resolve_model(e["name"]).meta.trained for e in entries)
+
+
+def test_old_import_location_still_works() -> None:
+    assert W.resolve_model is R.resolve_model and W.ModelSource is R.ModelSource
+
+
 def test_resolution_errors(tmp_path: Path, weights_dir: Path, tiny_ckpt: Path) -> None:
-    with pytest.raises(ModalityError, match="no model takes hsi \\+ sar"):
+    with pytest.raises(ModalityError, match="no shipped model takes hsi \\+ sar"):
         W.resolve_model(None, ["hsi", "sar"])
     with pytest.raises(ModalityError, match="takes optical \\+ sar"):
         W.resolve_model(tiny_ckpt, ["hsi", "lidar"])

@@ -1,4 +1,8 @@
-"""Turn a finished training run into a shipped weight in weights/ (run by hand, once per model).
+"""Turn a finished training run into a shipped weight (run by hand, once per model).
+
+The shipped weights are package data: the file and its manifest entry go to
+``mfaf_cli/weights/`` (``--weights-dir`` overrides), so every install, wheels included, has them.
+Any name works: the wheel ships whatever ``mfaf_cli/weights/manifest.json`` lists.
 
     python weights/make_shipped.py runs/mfafnet-s-ombria mfafnet-s-ombria-water --default \
         --eval runs/mfafnet-s-ombria/eval_ombria_test.json:ombria_test \
@@ -11,7 +15,7 @@ What it changes, and why, in the metadata record only (the weights are copied bi
   (see mfaf_cli/data/datasets.py, OmbriaDataset); runs started before that was recorded carry the
   PNG's nominal "red, green, blue" names;
 - ``metrics``: adds the held-out test figures measured by ``mfaf evaluate`` (JSON outputs).
-Then it registers the file in weights/manifest.json with its sha256.
+Then it registers the file in mfaf_cli/weights/manifest.json with its sha256.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from pathlib import Path
 
 from mfaf_cli.io.weights import load_checkpoint, register_weights, save_checkpoint
 from mfaf_cli.metadata import ModalitySpec
+
+#: Where shipped weights live: package data, next to the code that loads them.
+PACKAGE_WEIGHTS = Path(__file__).resolve().parents[1] / "mfaf_cli" / "weights"
 
 
 def summarise(path: Path) -> dict[str, object]:
@@ -49,6 +56,7 @@ def main() -> None:
         "--eval", action="append", default=[], help="EVAL.json (eval_model.py) or FILE.json:KEY"
     )
     ap.add_argument("--description", default="")
+    ap.add_argument("--weights-dir", type=Path, default=PACKAGE_WEIGHTS)
     a = ap.parse_args()
 
     model, meta = load_checkpoint(a.run / "best.safetensors")
@@ -69,7 +77,9 @@ def main() -> None:
     assert all(isinstance(m, ModalitySpec) for m in meta.modalities)
     out = a.run / f"{a.name}.safetensors"
     save_checkpoint(model, meta, out)
-    entry = register_weights(out, a.name, default=a.default, description=a.description)
+    entry = register_weights(
+        out, a.name, default=a.default, description=a.description, root=a.weights_dir
+    )
     print(json.dumps({k: entry[k] for k in ("name", "file", "sha256", "size_bytes", "default")}))
 
 

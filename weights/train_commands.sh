@@ -4,7 +4,7 @@
 #
 #   weights/train_commands.sh train      # 2 models x 2 seeds, all four side by side (~45 min)
 #   weights/train_commands.sh eval RUN   # OMBRIA test + Sen1Floods11 chip + BigEarthNet false water
-#   weights/train_commands.sh ship RUN NAME [--default]
+#   weights/train_commands.sh ship RUN NAME [--default]   # into mfaf_cli/weights/ (package data)
 #
 # Round 3 (issue 8): all 624 OMBRIA train ids (530 train + a seeded 15 % holdout of 94 for
 # validation; the holdout depends on --seed), fixed normalisation in Sentinel units (OMBRIA's

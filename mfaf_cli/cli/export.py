@@ -81,7 +81,7 @@ def command(
     from dataclasses import replace
 
     from mfaf_cli.errors import OutputExistsError, OutputPathError, UsageError
-    from mfaf_cli.io.weights import load_model, resolve_model
+    from mfaf_cli.models.resolve import load_model, resolve_model
 
     out = Path(output)
     if out.exists() and not overwrite:

@@ -264,9 +264,9 @@ def format_models(r: dict[str, Any]) -> str:
     for a in r["architectures"]:
         chans = ",".join(f"{m}:{c}" for m, c in a["in_channels"].items())
         lines.append(f"  {a['name']:<16} {chans:<22} /{a['divisor']:<3} {a['description']}")
-    lines.append("shipped weights (weights/manifest.json):")
+    lines.append("shipped weights (mfaf_cli/weights/manifest.json):")
     if not r["weights"]:
-        lines.append("  none; predict falls back to untrained registry models (with a warning)")
+        lines.append("  none; predict needs --model (a file, or an architecture: UNTRAINED)")
     for w in r["weights"]:
         flags = []
         if w["default"]:

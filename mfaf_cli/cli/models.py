@@ -18,7 +18,8 @@ Examples:
   mfaf models weights/mfafnet-s-ombria-water.safetensors   # the record inside a model file
 \b
 Registry models are untrained; predict uses the shipped weights marked default for the
-modalities given, or an untrained registry model (with a warning) when none is shipped.
+modalities given, and stops (exit 2) when none is shipped. Random weights run only when an
+architecture is named with --model (with a warning; the outputs are tagged UNTRAINED).
 """
 
 
@@ -124,9 +125,9 @@ def format_table(archs: list[dict[str, Any]], weights: list[dict[str, Any]]) -> 
             f"  {a['name']:<16} {mods:<24} {a['num_classes']:>7} "
             f"{_fmt_params(a['parameters']):>9}  {a['description']}"
         )
-    lines.append("Shipped weights (weights/manifest.json):")
+    lines.append("Shipped weights (mfaf_cli/weights/manifest.json):")
     if not weights:
-        lines.append("  none yet: predict falls back to an UNTRAINED model (with a warning)")
+        lines.append("  none: predict needs --model (a file, or an architecture: UNTRAINED)")
     for w in weights:
         flags = [f for f, on in (("default", w["default"]), ("missing", not w["present"])) if on]
         if w["trained"] is False:

@@ -231,8 +231,18 @@ def _summary(d: dict[str, Any]) -> str:
         f"wrote {', '.join(d['outputs'].values())}: {d['grid']['width']}×"
         f"{d['grid']['height']} px, {d['windows']} windows "
         f"({d['skipped_windows']} all-nodata skipped), {d['seconds']:.1f} s, "
-        f"{d['megapixels_per_second']:.2f} MP/s, model {d['model']}{note}"
+        f"{d['megapixels_per_second']:.2f} MP/s, model {d['model']}{note}{_bands_note(d)}"
     )
+
+
+def _bands_note(d: dict[str, Any]) -> str:
+    """``; bands: optical B12,B8,B4 (13,8,4, by band descriptions), sar VV (1, ...)``."""
+    parts = []
+    for m, c in (d.get("bands") or {}).items():
+        idx = ",".join(str(i) for i in c["indexes"])
+        names = ",".join(c["descriptions"]) if all(c["descriptions"]) else ""
+        parts.append(f"{m} {names + ' ' if names else ''}({idx}, by {c['picked_by']})")
+    return f"; bands: {', '.join(parts)}" if parts else ""
 
 
 def _all_exist(kw: dict[str, Any]) -> bool:

@@ -27,8 +27,10 @@ from rasterio.transform import Affine
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window as RioWindow
 
+from mfaf_cli.coreg.bands import BAND_FLAG, BandChoice, choose_bands, select_bands
+from mfaf_cli.coreg.bands import band_tokens as band_tokens  # moved; importable from here
 from mfaf_cli.coreg.grid import Grid, check_overlap, footprint_in
-from mfaf_cli.errors import BandMismatchError, UsageError
+from mfaf_cli.errors import UsageError
 from mfaf_cli.io.inputs import open_raster, read_error
 from mfaf_cli.metadata import RESAMPLING_KIND, ModelMeta
 
@@ -46,25 +48,6 @@ STATS_MAX_VALUES = 32_000_000
 #: (rare "no geotransform" warnings under load), so warps are serialised; file reads and
 #: decoding, the expensive part, still run in parallel.
 _WARP_LOCK = threading.Lock()
-
-#: Flag names for each modality, used in error messages.
-BAND_FLAG = {m: f"--{m}-bands" for m in ("optical", "sar", "hsi", "lidar")}
-
-#: Common spellings of band names, for matching model band names to file band descriptions
-#: and for suggesting a band list for Sentinel-2 / Sentinel-1 files.
-_ALIASES: dict[str, tuple[str, ...]] = {
-    "blue": ("b2", "b02", "blue"),
-    "green": ("b3", "b03", "green"),
-    "red": ("b4", "b04", "red"),
-    "nir": ("b8", "b08", "nir", "nir1"),
-    "vv": ("vv",),
-    "vh": ("vh",),
-}
-#: Sentinel-2 L1C (13 bands) and L2A (12 bands, no B10) band orders.
-_S2_ORDERS = {
-    13: ("b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8", "b8a", "b9", "b10", "b11", "b12"),
-    12: ("b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8", "b8a", "b9", "b11", "b12"),
-}
 
 
 # ---- pure helpers (tested exactly) ---------------------------------------------------------
@@ -98,81 +81,6 @@ def detect_sar_units(sample: np.ndarray, dtype: str) -> str:
     if v.size == 0:
         return "linear"
     return "db" if float(np.median(v)) < 0 else "linear"
-
-
-def band_tokens(items: Sequence[str]) -> list[int | str]:
-    """Band-list tokens → 1-based ints (digits) or band names (anything else), as typed.
-
-    The one rule shared by ``--<modality>-bands`` and batch CSV cells; raises ValueError for a
-    number below 1 (the callers add where it came from).
-    """
-    out: list[int | str] = []
-    for item in (t.strip() for t in items):
-        if item.lstrip("+-").isdigit():
-            n = int(item)
-            if n < 1:
-                raise ValueError(f"band numbers start at 1 (as in GDAL), got {n}")
-            out.append(n)
-        else:
-            out.append(item)
-    return out
-
-
-def select_bands(
-    spec: Sequence[int | str] | None,
-    count: int,
-    descriptions: Sequence[str | None],
-    *,
-    path: str,
-    modality: str,
-) -> list[int]:
-    """Turn a band list (1-based ints as in GDAL, or band-description names) into indexes."""
-    flag = BAND_FLAG.get(modality, f"--{modality}-bands")
-    if spec is None or len(spec) == 0:
-        return list(range(1, count + 1))
-    out: list[int] = []
-    lowered = [(d or "").strip().lower() for d in descriptions]
-    for item in spec:
-        if isinstance(item, str) and item.strip().lstrip("-").isdigit():
-            item = int(item)
-        if isinstance(item, int | np.integer) and not isinstance(item, bool):
-            i = int(item)
-            if not 1 <= i <= count:
-                raise BandMismatchError(
-                    f"{flag} {i} is out of range: {path} has {count} band(s) (numbered 1..{count})"
-                )
-            out.append(i)
-            continue
-        name = str(item).strip().lower()
-        if name in lowered:
-            out.append(lowered.index(name) + 1)
-            continue
-        have = ", ".join(f"{k + 1}={d}" for k, d in enumerate(descriptions) if d) or "none"
-        raise BandMismatchError(
-            f"{flag} {item!r}: no band of {path} is named that (band descriptions: {have}); "
-            "use 1-based band numbers instead"
-        )
-    return out
-
-
-def suggest_bands(
-    model_bands: Sequence[str], count: int, descriptions: Sequence[str | None]
-) -> list[int] | None:
-    """A plausible band list for a file with more bands than the model takes."""
-    lowered = [(d or "").strip().lower() for d in descriptions]
-    out: list[int] = []
-    for b in model_bands:
-        names = (b.lower(), *_ALIASES.get(b.lower(), ()))
-        hit = next((lowered.index(n) + 1 for n in names if n in lowered), None)
-        if hit is None and count in _S2_ORDERS:
-            order = _S2_ORDERS[count]
-            hit = next((order.index(n) + 1 for n in names if n in order), None)
-        if hit is None and b.lower() in ("vv", "vh") and count >= 2:
-            hit = 1 if b.lower() == "vv" else 2
-        if hit is None:
-            return None
-        out.append(hit)
-    return out if len(set(out)) == len(out) else None
 
 
 def reflect_pad(arr: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
@@ -238,6 +146,8 @@ class AlignedScene:
         self._lock = threading.Lock()
         bands = dict(bands or {})
         self.sources: dict[str, _Source] = {}
+        #: Which bands of each input are read, and how they were chosen (for logs and --json).
+        self.band_choices: dict[str, BandChoice] = {}
         handles: dict[str, Any] = {}
         try:
             for name, path in inputs.items():
@@ -264,16 +174,9 @@ class AlignedScene:
         kinds: Mapping[str, str] | None,
     ) -> _Source:
         path = Path(ds.name)
-        descriptions = list(ds.descriptions or [None] * ds.count)
-        indexes = select_bands(band_spec, ds.count, descriptions, path=path.name, modality=name)
-        if self.meta is not None and name in self.meta.modality_names:
-            spec = self.meta.modality(name)
-            if len(indexes) != spec.n_bands:
-                raise BandMismatchError(
-                    _band_mismatch_message(
-                        self.meta, name, path.name, ds.count, indexes, band_spec, descriptions
-                    )
-                )
+        choice = self._choose(name, ds, path.name, band_spec)
+        self.band_choices[name] = choice
+        indexes = list(choice.indexes)
         kind = (kinds or {}).get(name) or RESAMPLING_KIND.get(name, CATEGORICAL_KIND)
         in_units = ""
         out_units = ""
@@ -313,6 +216,24 @@ class AlignedScene:
             res_in_grid=res_in_grid,
             dtype=ds.dtypes[indexes[0] - 1],
         )
+
+    def _choose(
+        self, name: str, ds: Any, path: str, band_spec: Sequence[int | str] | None
+    ) -> BandChoice:
+        """Pick the bands: by the model's band meanings when it takes this modality (see
+        :func:`~mfaf_cli.coreg.bands.choose_bands`), else as listed or all of them."""
+        descriptions = list(ds.descriptions or [None] * ds.count)
+        if self.meta is not None and name in self.meta.modality_names:
+            choice = choose_bands(
+                self.meta.modality(name), band_spec, ds.count, descriptions,
+                path=path, model=self.meta.arch,
+            )  # fmt: skip
+            for text in choice.warnings:
+                log.warning("%s", text)
+            return choice
+        indexes = select_bands(band_spec, ds.count, descriptions, path=path, modality=name)
+        how = BAND_FLAG.get(name, f"--{name}-bands") if band_spec else "file order"
+        return BandChoice(tuple(indexes), how, tuple(descriptions[i - 1] or "" for i in indexes))
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -649,29 +570,3 @@ def _decimated_sample(ds: Any, indexes: list[int], long_side: int = 256) -> np.n
         if nd is not None:
             raw[i][raw[i] == nd] = np.nan
     return raw
-
-
-def _band_mismatch_message(
-    meta: ModelMeta,
-    name: str,
-    path: str,
-    count: int,
-    indexes: list[int],
-    band_spec: Sequence[int | str] | None,
-    descriptions: Sequence[str | None],
-) -> str:
-    spec = meta.modality(name)
-    flag = BAND_FLAG.get(name, f"--{name}-bands")
-    noun = "band" if spec.n_bands == 1 else "bands"
-    want = f"model {meta.arch} takes {spec.n_bands} {name} {noun} ({', '.join(spec.bands)})"
-    if band_spec:
-        have = f"{flag} selected {len(indexes)}"
-    else:
-        have = f"{path} has {count}"
-    if count >= spec.n_bands:
-        sug = suggest_bands(spec.bands, count, descriptions)
-        example = ",".join(str(i) for i in (sug or range(1, spec.n_bands + 1)))
-        fix = f"pass {flag} {example}" + ("" if sug else " (the bands in the model's order)")
-    else:
-        fix = f"{path} has too few bands; give a file with the model's bands or another --model"
-    return f"{want}; {have}: {fix}"

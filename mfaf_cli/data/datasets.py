@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 
 from mfaf_cli.errors import DatasetError, LabelError, ModalityError, UsageError
 from mfaf_cli.metadata import (
+    SENTINEL2_L1C_MEANINGS,
     WATER_CLASSES,
     WHU_CLASSES,
     ClassInfo,
@@ -65,7 +66,8 @@ DECIMATED_SIDE = 1024
 #: Cap on the number of scenes/patches read to estimate training-split statistics.
 MAX_STAT_ITEMS = 256
 
-S2_BAND_NAMES = {2: "blue", 3: "green", 4: "red", 8: "nir"}
+#: Sen1Floods11 S2Hand is a 13-band L1C stack: band number -> meaning (13 = swir, 9 = nir2).
+S2_BAND_NAMES = dict(enumerate(SENTINEL2_L1C_MEANINGS, start=1))
 #: Channel names of OMBRIA's optical PNG composite (see OmbriaDataset).
 OMBRIA_OPTICAL_BANDS = ("swir", "nir", "red")
 NORMALISATION_MODES = ("fixed", "scene-percentile")

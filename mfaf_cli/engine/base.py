@@ -18,7 +18,7 @@ from mfaf_cli.errors import BandMismatchError, ModalityError, UsageError
 from mfaf_cli.metadata import ModelMeta
 
 if TYPE_CHECKING:
-    from mfaf_cli.io.weights import ModelSource
+    from mfaf_cli.models.resolve import ModelSource
 
 log = logging.getLogger("mfaf")
 
@@ -77,7 +77,7 @@ def resolve_source(
     modalities: Iterable[str] | None,
     in_channels: dict[str, int] | None = None,
 ) -> ModelSource:
-    from mfaf_cli.io.weights import ModelSource, resolve_model
+    from mfaf_cli.models.resolve import ModelSource, resolve_model
 
     if isinstance(spec, ModelSource):
         return spec
@@ -95,7 +95,7 @@ def create_predictor(
     tile: int | None = None,
     in_channels: dict[str, int] | None = None,
 ) -> Predictor:
-    """Build a predictor for ``spec`` (see :func:`mfaf_cli.io.weights.resolve_model`).
+    """Build a predictor for ``spec`` (see :func:`mfaf_cli.models.resolve.resolve_model`).
 
     An ``.onnx`` model always runs on ONNX Runtime (whatever ``engine`` says, with a note in
     the log). ``engine="onnx"`` with a checkpoint exports it to ONNX first, with H/W fixed to

@@ -22,7 +22,7 @@ from mfaf_cli.errors import EngineError, UsageError
 from mfaf_cli.metadata import ModelMeta
 
 if TYPE_CHECKING:
-    from mfaf_cli.io.weights import ModelSource
+    from mfaf_cli.models.resolve import ModelSource
 
 log = logging.getLogger("mfaf")
 
@@ -152,8 +152,8 @@ class OnnxPredictor:
         tile: int | None = None,
     ) -> OnnxPredictor:
         """Export a checkpoint/untrained model to a temporary ONNX file and load it."""
-        from mfaf_cli.io.weights import load_model
         from mfaf_cli.models.export import export_onnx
+        from mfaf_cli.models.resolve import load_model
 
         if source.kind == "onnx":
             assert source.path is not None

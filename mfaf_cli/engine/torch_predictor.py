@@ -16,7 +16,7 @@ from mfaf_cli.errors import EngineError, UsageError
 from mfaf_cli.metadata import ModelMeta
 
 if TYPE_CHECKING:
-    from mfaf_cli.io.weights import ModelSource
+    from mfaf_cli.models.resolve import ModelSource
 
 log = logging.getLogger("mfaf")
 
@@ -117,7 +117,7 @@ class TorchPredictor:
         precision: str = "auto",
         batch_size: int | None = None,
     ) -> TorchPredictor:
-        from mfaf_cli.io.weights import load_model
+        from mfaf_cli.models.resolve import load_model
 
         model, meta = load_model(source, device="cpu")
         return cls(model, meta, device=device, precision=precision, batch_size=batch_size)

@@ -489,6 +489,11 @@ class GeoTiffWriter:
                 self._ds.close()
 
 
+def weights_status(meta: ModelMeta) -> str:
+    """The ``MODEL_WEIGHTS`` tag: a map made with random weights must say so in the file too."""
+    return "TRAINED" if meta.trained else "UNTRAINED (random weights: the map is not meaningful)"
+
+
 class LabelWriter(GeoTiffWriter):
     """uint8 class ids, nodata 255, GDAL colour table and class names from the model metadata."""
 
@@ -518,6 +523,7 @@ class LabelWriter(GeoTiffWriter):
             CLASS_NAMES=json.dumps([c.name for c in meta.classes]),
             CLASS_IDS=json.dumps([c.id for c in meta.classes]),
             MODEL=meta.arch,
+            MODEL_WEIGHTS=weights_status(meta),
             **{f"CLASS_{k}": v for k, v in names.items()},
             **dict(tags or {}),
         )
@@ -563,6 +569,7 @@ class ProbabilityWriter(GeoTiffWriter):
             CLASS_NAMES=json.dumps(meta.class_names),
             PROBABILITY_SCALE="1/254" if dtype == "uint8" else "1",
             MODEL=meta.arch,
+            MODEL_WEIGHTS=weights_status(meta),
         )
 
     def write(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:

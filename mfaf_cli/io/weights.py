@@ -1,11 +1,15 @@
-"""Checkpoints (safetensors + metadata record), the shipped-weights manifest, model resolution.
+"""Checkpoints (safetensors + metadata record) and the shipped-weights manifest.
+
+Turning a ``--model`` value into a model (shipped name, file, registry architecture) is not
+I/O and lives in :mod:`mfaf_cli.models.resolve`.
 
 Why safetensors only: a checkpoint is data, never code. ``torch.load`` unpickles and can run
 arbitrary code from a downloaded file; safetensors cannot. Every checkpoint carries its
 :class:`~mfaf_cli.metadata.ModelMeta` as JSON in the safetensors metadata (key ``mfaf_meta``)
 and a sha256 of that record plus every tensor (key ``mfaf_sha256``), so a flipped byte is
-caught even for files that are not listed in ``weights/manifest.json``. Files listed in the
-manifest are additionally checked against the manifest's whole-file sha256.
+caught even for files that are not listed in the shipped-weights manifest
+(``mfaf_cli/weights/manifest.json``). Files listed there are additionally checked against the
+manifest's whole-file sha256.
 
 Every failure here is a :class:`WeightsError` (or a usage error) with a one-line message that
 says what is wrong with which file; nothing leaks a safetensors/JSON traceback to the user.
@@ -21,12 +25,11 @@ import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from mfaf_cli.errors import ModalityError, ModelError, WeightsError
+from mfaf_cli.errors import ModelError, WeightsError
 from mfaf_cli.metadata import ModelMeta
 
 if TYPE_CHECKING:
@@ -41,14 +44,6 @@ MANIFEST_NAME = "manifest.json"
 CHECKPOINT_SUFFIXES = (".safetensors",)
 ONNX_SUFFIXES = (".onnx",)
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
-
-#: Untrained fallback per modality set when no default weights are shipped for it.
-FALLBACK_ARCH: dict[frozenset[str], str] = {
-    frozenset({"optical", "sar"}): "mfafnet-s",
-    frozenset({"hsi", "lidar"}): "comix-s",
-    frozenset({"optical"}): "unet-optical",
-    frozenset({"sar"}): "unet-sar",
-}
 
 
 # ---- small helpers ------------------------------------------------------------------------
@@ -348,13 +343,16 @@ def load_checkpoint(
 
 # ---- manifest -----------------------------------------------------------------------------
 def weights_dir() -> Path:
-    """The shipped-weights folder: ``$MFAF_WEIGHTS_DIR`` or ``<repo>/weights``."""
+    """The shipped-weights folder: ``$MFAF_WEIGHTS_DIR`` or the package's ``weights/`` folder.
+
+    The weights are package data (``mfaf_cli/weights/``), so they are found from a source
+    checkout, an editable install and a wheel alike. Which files ship is what
+    ``manifest.json`` there lists; nothing here knows their names.
+    """
     env = os.environ.get("MFAF_WEIGHTS_DIR")
     if env:
         return Path(env).expanduser()
-    import mfaf_cli
-
-    return Path(mfaf_cli.__file__).resolve().parents[1] / "weights"
+    return Path(__file__).resolve().parents[1] / "weights"
 
 
 def manifest_path(root: str | os.PathLike[str] | None = None) -> Path:
@@ -363,7 +361,7 @@ def manifest_path(root: str | os.PathLike[str] | None = None) -> Path:
 
 
 def read_manifest(root: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
-    """Entries of ``weights/manifest.json`` ([] when there is none)."""
+    """Entries of the weights folder's ``manifest.json`` ([] when there is none)."""
     mpath = manifest_path(root)
     if not mpath.is_file():
         return []
@@ -464,157 +462,14 @@ def register_weights(
     return entry
 
 
-# ---- resolution ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a model comes from: a checkpoint, an ONNX file, or an untrained registry build."""
-
-    kind: Literal["checkpoint", "onnx", "untrained"]
-    path: Path | None
-    name: str
-    meta: ModelMeta
-    sha256: str | None = None  # expected whole-file checksum (manifest entries)
-
-    @property
-    def untrained(self) -> bool:
-        return self.kind == "untrained" or not self.meta.trained
+#: Names that moved to :mod:`mfaf_cli.models.resolve`; still importable from here so that code
+#: written against the old layout keeps working (resolved lazily: no import cycle).
+_MOVED = ("ModelSource", "resolve_model", "load_model")
 
 
-def _check_modalities(meta: ModelMeta, name: str, modalities: tuple[str, ...]) -> None:
-    if modalities and set(modalities) != set(meta.modality_names):
-        raise ModalityError(
-            f"model {name!r} takes {' + '.join(meta.modality_names)}, "
-            f"but {' + '.join(modalities) or 'nothing'} was given"
-        )
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        from mfaf_cli.models import resolve
 
-
-def _warn_untrained(name: str) -> None:
-    log.warning(
-        "using an UNTRAINED %s model (random weights): the output is meaningless except for "
-        "testing the pipeline; pass --model with trained weights",
-        name,
-    )
-
-
-def _source_from_entry(entry: dict[str, Any]) -> ModelSource:
-    path = entry_path(entry)
-    if not path.is_file():
-        raise WeightsError(
-            f"shipped weights {entry['name']!r} are listed in the manifest but {path} is missing"
-        )
-    kind: Literal["checkpoint", "onnx"] = (
-        "onnx" if path.suffix.lower() in ONNX_SUFFIXES else "checkpoint"
-    )
-    return ModelSource(kind, path, entry["name"], read_meta(path), entry.get("sha256"))
-
-
-def _looks_like_path(spec: str) -> bool:
-    suffix = Path(spec).suffix.lower()
-    return (
-        suffix in CHECKPOINT_SUFFIXES + ONNX_SUFFIXES
-        or os.sep in spec
-        or "/" in spec
-        or Path(spec).exists()
-    )
-
-
-def resolve_model(
-    spec: str | os.PathLike[str] | None,
-    modalities: Iterable[str] | None = None,
-    *,
-    in_channels: dict[str, int] | None = None,
-) -> ModelSource:
-    """Turn a ``--model`` value into a :class:`ModelSource`.
-
-    ``spec``: None (the shipped default for exactly these modalities, else an untrained
-    fallback with a warning), a manifest name, a .safetensors / .onnx path, or a registry
-    architecture name (untrained, warns). ``in_channels`` only sizes untrained models.
-    A model whose modalities differ from ``modalities`` raises :class:`ModalityError`.
-    """
-    from mfaf_cli.models import registry
-
-    mods = tuple(modalities or ())
-    if spec is None:
-        if not mods:
-            raise ModalityError("give at least one modality (e.g. --optical and --sar)")
-        wanted = set(mods)
-        for entry in read_manifest():
-            if entry.get("default") and set(entry.get("modalities", ())) == wanted:
-                source = _source_from_entry(entry)
-                _check_modalities(source.meta, source.name, mods)
-                return source
-        arch = FALLBACK_ARCH.get(frozenset(wanted))
-        if arch is None:
-            combos = ", ".join(" + ".join(sorted(k)) for k in FALLBACK_ARCH)
-            raise ModalityError(
-                f"no model takes {' + '.join(mods)}; supported modality sets: {combos}"
-            )
-        meta = registry.default_meta(arch, in_channels=_channels_for(arch, in_channels))
-        _warn_untrained(arch)
-        log.warning("no trained model is shipped for %s yet", " + ".join(mods))
-        return ModelSource("untrained", None, arch, meta)
-
-    spec_str = os.fspath(spec)
-    if not isinstance(spec, os.PathLike):
-        entry = manifest_entry(spec_str)
-        if entry is not None:
-            source = _source_from_entry(entry)
-            _check_modalities(source.meta, source.name, mods)
-            return source
-    if isinstance(spec, os.PathLike) or _looks_like_path(spec_str):
-        path = Path(spec_str).expanduser()
-        if not path.exists():
-            raise WeightsError(f"model file not found: {path}")
-        kind: Literal["checkpoint", "onnx"] = (
-            "onnx" if path.suffix.lower() in ONNX_SUFFIXES else "checkpoint"
-        )
-        meta = read_meta(path)
-        _check_modalities(meta, path.name, mods)
-        if not meta.trained:
-            _warn_untrained(meta.arch)
-        return ModelSource(kind, path, path.stem, meta)
-    arch_names = [e.name for e in registry.list_models()]
-    if spec_str not in arch_names:
-        shipped = [e["name"] for e in read_manifest()]
-        valid = ", ".join(shipped + arch_names)
-        raise ModelError(
-            f"unknown model {spec_str!r}; valid names: {valid} (or a .safetensors/.onnx path)"
-        )
-    meta = registry.default_meta(spec_str, in_channels=_channels_for(spec_str, in_channels))
-    _check_modalities(meta, spec_str, mods)
-    _warn_untrained(spec_str)
-    return ModelSource("untrained", None, spec_str, meta)
-
-
-def _channels_for(arch: str, in_channels: dict[str, int] | None) -> dict[str, int] | None:
-    """Keep only the band counts of modalities ``arch`` takes (others are checked elsewhere)."""
-    if not in_channels:
-        return None
-    from mfaf_cli.models.registry import get_entry
-
-    takes = set(get_entry(arch).modalities)
-    return {m: n for m, n in in_channels.items() if m in takes} or None
-
-
-def load_model(
-    spec: str | os.PathLike[str] | ModelSource | None = None,
-    modalities: Iterable[str] | None = None,
-    device: str | torch.device = "cpu",
-    *,
-    in_channels: dict[str, int] | None = None,
-) -> tuple[nn.Module, ModelMeta]:
-    """Resolve ``spec`` and return a PyTorch model (eval mode) with its metadata."""
-    source = (
-        spec
-        if isinstance(spec, ModelSource)
-        else resolve_model(spec, modalities, in_channels=in_channels)
-    )
-    if source.kind == "onnx":
-        raise WeightsError(
-            f"{source.path} is an ONNX model; it cannot be loaded into PyTorch (use --engine onnx)"
-        )
-    if source.kind == "checkpoint":
-        assert source.path is not None
-        return load_checkpoint(source.path, device, expected_sha256=source.sha256)
-    model = build_model(source.meta)
-    return model.to(device).eval(), source.meta
+        return getattr(resolve, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -35,7 +35,7 @@ from mfaf_cli.normalize import apply_normalisation
 from mfaf_cli.tiling.windows import Window, batched, check_tile, tile_windows, validate_tiling
 
 if TYPE_CHECKING:
-    from mfaf_cli.io.weights import ModelSource
+    from mfaf_cli.models.resolve import ModelSource
 
 log = logging.getLogger("mfaf")
 
@@ -70,6 +70,8 @@ class PredictResult:
     valid_fraction: float
     class_fractions: dict[str, float] = field(default_factory=dict)
     model_seconds: float = 0.0
+    #: modality -> which bands were read and how they were chosen (BandChoice.to_dict()).
+    bands: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,7 +125,7 @@ def load_predictor(
     load it: ``(predictor, ModelSource)``. One place for predict and batch mode, so both
     refuse the same models with the same words."""
     from mfaf_cli.engine import create_predictor
-    from mfaf_cli.io.weights import ModelSource, resolve_model
+    from mfaf_cli.models.resolve import ModelSource, resolve_model
 
     modalities = tuple(modalities)
     if isinstance(model, ModelSource):
@@ -433,6 +435,9 @@ def predict(
         AlignedScene(ordered, grid, bands=bands, units=sar_units, meta=meta) as scene,
         _bounded_gdal_cache(scene, tile),
     ):
+        band_choices = {m: c.to_dict() for m, c in scene.band_choices.items()}
+        for m, c in scene.band_choices.items():
+            log.info("%s bands: %s", m, c.summary())
         percentiles = scene.percentiles(meta)
         outputs = OutputSet(
             grid,
@@ -492,6 +497,7 @@ def predict(
         valid_fraction=round(valid_fraction, 6),
         class_fractions={k: round(v, 6) for k, v in fractions.items()},
         model_seconds=round(model_s, 3),
+        bands=band_choices,
     )
 
 
