@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Round 4 (round 3 with calibration jitter 0.5 and 8 epochs) training (issue 8): fixed normalisation, head-free RBF MMD, 530 OMBRIA train ids.
+set -u
+DATA=../shared/data/ombria
+COMMON=(--epochs 8 --batch-size 8 --tile 128 --photometric 0.5 --normalisation fixed --lr 1e-3
+        --weight-decay 0.01 --schedule poly --grad-clip 1.0 --device cpu --threads 1 --overwrite)
+for seed in 0 1; do
+  nice -n -10 python3 -m mfaf_cli train --dataset ombria --data-root "$DATA" --model mfafnet-s \
+    --mmd rbf --mmd-lambda 0.1 --mmd-warmup 0.05 -o runs/mfafnet-s-r4-s$seed --seed $seed "${COMMON[@]}" \
+    > runs/mfafnet-s-r4-s$seed.log 2>&1 &
+  nice -n -10 python3 -m mfaf_cli train --dataset ombria --data-root "$DATA" --model unet \
+    -o runs/unet-r4-s$seed --seed $seed "${COMMON[@]}" > runs/unet-r4-s$seed.log 2>&1 &
+done
+wait
