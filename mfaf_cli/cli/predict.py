@@ -163,6 +163,7 @@ def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
         "device": kw["device"],
         "engine": kw["engine"],
         "precision": kw["precision"],
+        "threads": kw["threads"],
         "probabilities_dtype": kw["probabilities_dtype"],
         "cog": kw["cog"],
         "creation_options": kw["creation_options"] or None,

@@ -29,8 +29,10 @@ from mfaf_cli.coreg.align import AlignedScene
 from mfaf_cli.coreg.grid import Grid, grid_from_reference
 from mfaf_cli.errors import InputError, ModalityError, OutputPathError, UsageError
 from mfaf_cli.io.inputs import check_readable
+from mfaf_cli.malloc import limit_malloc_growth as limit_malloc_growth
 from mfaf_cli.metadata import ALL_MODALITIES, ModelMeta
 from mfaf_cli.normalize import apply_normalisation
+from mfaf_cli.pipeline.spec import InferenceSpec
 from mfaf_cli.tiling.windows import Window, batched, check_tile, tile_windows, validate_tiling
 
 if TYPE_CHECKING:
@@ -107,16 +109,17 @@ def check_modalities(given: Sequence[str], meta: ModelMeta, model_name: str) -> 
         raise ModalityError(f"model {model_name} needs {' + '.join(want)}; add --{missing[0]} PATH")
 
 
+def on_gpu(predictor: Any) -> bool:
+    """Whether ``predictor`` runs on a GPU (then the CPU cores are left to the readers)."""
+    return str(getattr(predictor, "device", "cpu")).startswith("cuda")
+
+
 def load_predictor(
     model: Any,
     modalities: Sequence[str],
     *,
     in_channels: Mapping[str, int] | None,
-    engine: str,
-    device: str,
-    precision: str,
-    batch_size: int,
-    tile: int | None,
+    spec: InferenceSpec,
 ) -> tuple[Any, ModelSource]:
     """Resolve ``--model`` for these input modalities, check that it takes exactly them, and
     load it: ``(predictor, ModelSource)``. One place for predict and batch mode, so both
@@ -131,14 +134,17 @@ def load_predictor(
         in_ch = dict(in_channels) if in_channels else None
         source = resolve_model(model, modalities, in_channels=in_ch)
     check_modalities(modalities, source.meta, source.name)
+    check_tile(int(spec.tile or source.meta.tile_size), source.meta.divisor, source.meta.arch)
+    gpu = str(spec.device).startswith("cuda")
     predictor = create_predictor(
         source,
-        engine=engine,
-        device=device,
-        precision=precision,
+        engine=spec.engine,
+        device=spec.device,
+        precision=spec.precision,
         modalities=modalities,
-        batch_size=batch_size,
-        tile=tile or source.meta.tile_size,
+        batch_size=spec.batch_size,
+        tile=spec.tile or source.meta.tile_size,
+        threads=spec.thread_split(on_gpu=gpu)[0],
     )
     return predictor, source
 
@@ -223,34 +229,6 @@ def class_fractions(outputs: Any, meta: ModelMeta) -> tuple[float, dict[str, flo
     return (n_valid / outputs.pixels if outputs.pixels else 0.0), fr
 
 
-_MALLOC_TUNED = False
-
-
-def limit_malloc_growth() -> None:
-    """Stop glibc from letting the heap grow with the scene (Linux, once per process).
-
-    Window arrays are allocated in reader threads and freed in the main thread. glibc raises
-    its mmap threshold after each large free, so later ~1 MB arrays come from per-thread heap
-    arenas that fragment and are never returned: peak RSS then creeps up with the number of
-    windows (measured +100 MB on a 4096² scene). A fixed threshold (as if the user had set
-    ``MALLOC_MMAP_THRESHOLD_``) keeps large arrays in mmap, returned on free.
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED or not sys.platform.startswith("linux"):
-        return
-    _MALLOC_TUNED = True
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_mmap_threshold = -3
-        libc.mallopt(m_mmap_threshold, 256 * 1024)
-    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
-        pass
-
-
 def _bounded_gdal_cache(scene: AlignedScene, tile: int) -> Any:
     """Cap GDAL's block cache for this run (unless the user set GDAL_CACHEMAX), so peak
     memory does not grow with the scene; see :meth:`AlignedScene.cache_bytes`."""
@@ -300,8 +278,9 @@ def predict(
     batch_size: int = 4,
     blend: str = "gaussian",
     device: str = "auto",
-    engine: str = "torch",
+    engine: str = "auto",
     precision: str = "auto",
+    threads: int | None = None,
     probabilities: PathLike | None = None,
     probabilities_dtype: str = "uint8",
     confidence: PathLike | None = None,
@@ -316,7 +295,7 @@ def predict(
     bounds: tuple[float, float, float, float] | None = None,
     sar_units: str = "auto",
     predictor: Any = None,
-    read_threads: int = READ_THREADS,
+    read_threads: int | None = None,
 ) -> PredictResult:
     """Predict a land-use map for one scene and write it as georeferenced GeoTIFF(s).
 
@@ -330,6 +309,8 @@ def predict(
         batch_size: windows per model call.
         blend: ``gaussian`` | ``cosine`` | ``constant``.
         device, engine, precision: see :func:`mfaf_cli.engine.create_predictor`.
+        threads: CPU threads for the engine and the readers together (None: all usable
+            cores); see :func:`mfaf_cli.pipeline.spec.split_threads`.
         probabilities, probabilities_dtype, confidence: optional extra outputs.
         vector: polygonise the label map into this file (.gpkg, .geojson, .parquet, .shp).
         cog, creation_options: output format options.
@@ -339,7 +320,7 @@ def predict(
         crs, resolution, bounds: target-grid overrides (bounds in target CRS units).
         sar_units: ``auto`` | ``db`` | ``linear`` (units of the SAR file).
         predictor: an already created Predictor (reused across scenes by batch mode).
-        read_threads: background reader threads (0 reads in the calling thread).
+        read_threads: override the reader threads of the split (0 reads in the caller).
 
     Raises:
         MfafError subclasses for every user-facing problem; nothing is left on disk then.
@@ -358,13 +339,7 @@ def predict(
         raise UsageError("nothing to write: give -o/--output (or --probabilities/--confidence)")
     if vector is not None and output is None:
         raise UsageError("--vector polygonises the label map: give -o/--output too")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"--batch-size must be a positive integer, got {batch_size!r}")
-    validate_tiling(256 if tile is None else tile, overlap)  # ranges before anything slow
-    from mfaf_cli.stitch.weights import BLEND_MODES
-
-    if blend not in BLEND_MODES:
-        raise UsageError(f"unknown blend mode {blend!r}; use one of {', '.join(BLEND_MODES)}")
+    spec = InferenceSpec(tile, overlap, batch_size, blend, device, engine, precision, threads)
 
     # Cheap checks first: outputs, then input files, then the model.
     for p in (output, probabilities, confidence):
@@ -380,9 +355,8 @@ def predict(
     if predictor is None:
         in_ch = {m: len(v) for m, v in bands.items() if m in inputs}
         predictor, source = load_predictor(
-            model, tuple(inputs), in_channels=in_ch or None, engine=engine, device=device,
-            precision=precision, batch_size=batch_size, tile=tile,
-        )  # fmt: skip
+            model, tuple(inputs), in_channels=in_ch or None, spec=spec
+        )
         model_name, trained = source.name, not source.untrained
         meta: ModelMeta = predictor.meta
     else:
@@ -414,8 +388,9 @@ def predict(
     ref = meta.reference_modality
     grid = grid_from_reference(inputs[ref], crs=crs, resolution=resolution, bounds=bounds)
     ordered = {m: inputs[m] for m in meta.modality_names}
+    if read_threads is None:
+        read_threads = spec.thread_split(on_gpu=on_gpu(predictor))[1]
     t_scene = time.perf_counter()
-    limit_malloc_growth()
     with (
         AlignedScene(ordered, grid, bands=bands, units=sar_units, meta=meta) as scene,
         _bounded_gdal_cache(scene, tile),

@@ -320,8 +320,9 @@ def evaluate_model(
     batch_size: int = 4,
     blend: str = "gaussian",
     device: str = "auto",
-    engine: str = "torch",
+    engine: str = "auto",
     precision: str = "auto",
+    threads: int | None = None,
     bands: Mapping[str, list[int]] | None = None,
     seed: int = 0,
     val_fraction: float = 0.15,
@@ -338,6 +339,9 @@ def evaluate_model(
 
     from mfaf_cli.data.datasets import open_dataset
     from mfaf_cli.engine import create_predictor
+    from mfaf_cli.pipeline.spec import InferenceSpec
+
+    spec = InferenceSpec(tile, overlap, batch_size, blend, device, engine, precision, threads)
 
     opts: dict[str, Any] = {"seed": seed, "val_fraction": val_fraction, "augment": False}
     if bands:
@@ -351,6 +355,7 @@ def evaluate_model(
         modalities=probe.modalities,
         batch_size=batch_size,
         tile=tile,
+        threads=spec.thread_split(on_gpu=str(device).startswith("cuda"))[0],
     )
     meta: ModelMeta = predictor.meta
     ds = open_dataset(dataset, root, split, modalities=meta.modality_names, **opts)
@@ -388,6 +393,7 @@ def evaluate_model(
                     overlap=overlap,
                     batch_size=batch_size,
                     blend=blend,
+                    threads=threads,
                     bands={m: sc.bands[m] for m in meta.modality_names if sc.bands.get(m)},
                     overwrite=True,
                     progress=False,
