@@ -171,6 +171,50 @@ def run_worker(args: argparse.Namespace) -> dict:
     }
 
 
+CHIP = Path(__file__).resolve().parents[1] / "examples" / "sen1floods11"
+
+
+def _cli_seconds(args: list[str], env: dict[str, str]) -> float:
+    """Wall time of one ``mfaf predict`` process, as a user runs it."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "mfaf_cli", "predict", *args], check=True, env=env,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    return time.perf_counter() - t0
+
+
+def run_chip(repeats: int, threads: int | None) -> dict:
+    """Default predict vs ``--engine torch`` vs a pre-exported ONNX model on the examples/
+    Sentinel chip, interleaved repeats in one run (the machine is shared and noisy)."""
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="mfaf-chip-") as tmp:
+        env = dict(os.environ, MFAF_CACHE_DIR=str(Path(tmp) / "cache"),
+                   PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))  # fmt: skip
+        onnx = Path(tmp) / "model.onnx"
+        subprocess.run([sys.executable, "-m", "mfaf_cli", "export", "--model",
+                        "mfafnet-s-ombria-water", "-o", str(onnx)],
+                       check=True, env=env, stdout=subprocess.DEVNULL)  # fmt: skip
+        base = ["--optical", str(CHIP / "S2.tif"), "--sar", str(CHIP / "S1.tif"),
+                "--optical-bands", "13,8,4", "--sar-bands", "1", "-q", "--overwrite",
+                "-o", str(Path(tmp) / "map.tif")]  # fmt: skip
+        base += ["--threads", str(threads)] if threads else []
+        configs = {"default": [], "torch": ["--engine", "torch"], "onnx_file": ["--model", str(onnx)]}
+        first_default = _cli_seconds(base, env)  # exports into the (empty) cache
+        times: dict[str, list[float]] = {k: [] for k in configs}
+        for _ in range(repeats):
+            for name, extra in configs.items():
+                times[name].append(_cli_seconds(base + extra, env))
+    stats = {k: {"median_s": round(float(np.median(v)), 3), "min_s": round(min(v), 3),
+                 "max_s": round(max(v), 3), "runs": [round(x, 3) for x in v]}
+             for k, v in times.items()}  # fmt: skip
+    ref = stats["onnx_file"]["median_s"]
+    return {
+        "chip": str(CHIP), "repeats": repeats, "threads": threads,
+        "first_default_run_with_export_s": round(first_default, 3), "configs": stats,
+        "ratio_default_to_onnx_file": round(stats["default"]["median_s"] / ref, 3),
+        "ratio_torch_to_onnx_file": round(stats["torch"]["median_s"] / ref, 3),
+    }  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, help="run one size only (e.g. 512 for a quick check)")
@@ -195,7 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None, help="keep generated data here (default: temp)")
     ap.add_argument("--progress", action="store_true", help="show tqdm bars (stderr)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--chip", action="store_true",
+                    help="default predict vs --engine torch vs an exported .onnx on examples/")
+    ap.add_argument("--repeats", type=int, default=3, help="repeats per config (--chip)")
+    ap.add_argument("--threads", type=int, default=None, help="--threads for the runs")
     args = ap.parse_args(argv)
+    if args.chip:
+        print(json.dumps(run_chip(args.repeats, args.threads)))
+        return 0
 
     if args.worker:
         print(json.dumps(run_worker(args)))

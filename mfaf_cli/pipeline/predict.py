@@ -16,9 +16,7 @@ import logging
 import os
 import sys
 import time
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,9 +29,16 @@ from mfaf_cli.errors import InputError, ModalityError, OutputPathError, UsageErr
 from mfaf_cli.io.inputs import check_readable
 from mfaf_cli.malloc import limit_malloc_growth as limit_malloc_growth
 from mfaf_cli.metadata import ALL_MODALITIES, ModelMeta
-from mfaf_cli.normalize import apply_normalisation
+from mfaf_cli.pipeline.core import (  # noqa: F401 (PreparedBatch, ...: re-exported)
+    PreparedBatch,
+    iter_prepared,
+    prepare_batch,
+    read_grid,
+    run_scene,
+    scene_plan,
+)
 from mfaf_cli.pipeline.spec import InferenceSpec
-from mfaf_cli.tiling.windows import Window, batched, check_tile, tile_windows, validate_tiling
+from mfaf_cli.tiling.windows import Window, check_tile, validate_tiling
 
 if TYPE_CHECKING:
     from mfaf_cli.io.weights import ModelSource
@@ -43,9 +48,8 @@ log = logging.getLogger("mfaf")
 PathLike = str | os.PathLike[str]
 BandSpec = Mapping[str, Sequence[int | str] | None]
 
-#: Reader threads, and batches read ahead of the model.
+#: Reader threads when ``predict(read_threads=...)`` is not decided by ``--threads``.
 READ_THREADS = 2
-PREFETCH_BATCHES = 3
 
 
 @dataclass
@@ -77,16 +81,6 @@ class PredictResult:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
-
-
-@dataclass
-class PreparedBatch:
-    """A batch of windows read and normalised, ready for the model."""
-
-    windows: list[Window]
-    run: list[int]  # indexes into ``windows`` that go to the model
-    arrays: dict[str, np.ndarray]  # modality -> (len(run), C, h, w) normalised float32
-    valid: np.ndarray  # (len(windows), h, w) bool
 
 
 # ---- small helpers ------------------------------------------------------------------------
@@ -163,70 +157,29 @@ def check_vector_path(path: PathLike, overwrite: bool) -> None:
     check_output(p, overwrite)
 
 
-def prepare_batch(
-    scene: AlignedScene,
-    windows: list[Window],
-    meta: ModelMeta,
-    percentiles: Mapping[str, tuple[np.ndarray, np.ndarray]],
-) -> PreparedBatch:
-    """Read and normalise a batch; windows without a single valid pixel are left out."""
-    per_mod: dict[str, list[np.ndarray]] = {m: [] for m in meta.modality_names}
-    valids: list[np.ndarray] = []
-    run: list[int] = []
-    for i, w in enumerate(windows):
-        arrays, valid = scene.read(w)
-        valids.append(valid)
-        if not valid.any():
-            continue
-        run.append(i)
-        for spec in meta.modalities:
-            lo, hi = percentiles.get(spec.name, (None, None))
-            per_mod[spec.name].append(
-                apply_normalisation(arrays[spec.name], spec.normalisation, lo, hi)
-            )
-    stacked = {m: np.stack(v) if v else np.empty((0,)) for m, v in per_mod.items()}
-    return PreparedBatch(windows, run, stacked, np.stack(valids))
-
-
-def iter_prepared(
-    scene: AlignedScene,
-    batches: Sequence[list[Window]],
-    meta: ModelMeta,
-    percentiles: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    threads: int = READ_THREADS,
-    prefetch: int = PREFETCH_BATCHES,
-) -> Iterator[PreparedBatch]:
-    """Yield prepared batches in order, reading up to ``prefetch`` batches ahead in threads."""
-    if threads <= 0:
-        for b in batches:
-            yield prepare_batch(scene, b, meta, percentiles)
-        return
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mfaf-read")
-    pending: deque[Future[PreparedBatch]] = deque()
-    it = iter(batches)
-    try:
-        for b in it:
-            pending.append(pool.submit(prepare_batch, scene, b, meta, percentiles))
-            if len(pending) >= prefetch:
-                break
-        while pending:
-            fut = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.submit(prepare_batch, scene, nxt, meta, percentiles))
-            yield fut.result()
-    finally:
-        for f in pending:
-            f.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def class_fractions(outputs: Any, meta: ModelMeta) -> tuple[float, dict[str, float]]:
     """(valid fraction of the grid, fraction of valid pixels per class name) of a finished run."""
     counts, n_valid = outputs.class_counts, int(outputs.class_counts.sum())
     fr = {c.name: float(counts[k]) / n_valid if n_valid else 0.0
           for k, c in enumerate(meta.classes)}  # fmt: skip
     return (n_valid / outputs.pixels if outputs.pixels else 0.0), fr
+
+
+def _extent_percentiles(
+    scene: AlignedScene,
+    inputs: Mapping[str, str],
+    grid: Grid,
+    plan: Any,
+    meta: ModelMeta,
+    bands: Any,
+    units: str,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Scene statistics of the requested extent (not of the larger read grid of an anchored
+    crop), so extent-dependent normalisations keep their meaning."""
+    if not plan.anchored:
+        return scene.percentiles(meta)
+    with AlignedScene(inputs, grid, bands=bands, units=units, meta=meta) as crop:
+        return crop.percentiles(meta)
 
 
 def _bounded_gdal_cache(scene: AlignedScene, tile: int) -> Any:
@@ -384,19 +337,22 @@ def predict(
             _vectorize_temp_label(outputs, vector, overwrite=overwrite, progress=progress)
             state["vector_written"] = True
 
-    # Grid and aligned reads.
+    # Grid, window plan (anchored to the reference raster's pixels) and aligned reads.
     ref = meta.reference_modality
     grid = grid_from_reference(inputs[ref], crs=crs, resolution=resolution, bounds=bounds)
     ordered = {m: inputs[m] for m in meta.modality_names}
     if read_threads is None:
         read_threads = spec.thread_split(on_gpu=on_gpu(predictor))[1]
+    plan = scene_plan(inputs[ref], grid, tile, overlap)
     t_scene = time.perf_counter()
     with (
-        AlignedScene(ordered, grid, bands=bands, units=sar_units, meta=meta) as scene,
+        AlignedScene(
+            ordered, read_grid(grid, plan), bands=bands, units=sar_units, meta=meta
+        ) as scene,
         _bounded_gdal_cache(scene, tile),
         _remove_vector_on_error(vector, state),
     ):
-        percentiles = scene.percentiles(meta)
+        percentiles = _extent_percentiles(scene, ordered, grid, plan, meta, bands, sar_units)
         outputs = OutputSet(
             grid,
             meta,
@@ -408,21 +364,13 @@ def predict(
             cog=cog,
             overwrite=overwrite,
         )
-        windows, skipped, model_s = _run_windows(
-            scene,
-            grid,
-            meta,
-            predictor,
-            percentiles,
-            outputs,
-            tile=tile,
-            overlap=overlap,
-            batch_size=batch_size,
-            blend=blend,
-            progress=progress,
-            read_threads=read_threads,
-            before_commit=_before_commit,
-        )
+        with outputs as out:
+            stats = run_scene(
+                scene, plan, meta, predictor, percentiles, out, batch_size=batch_size,
+                blend=blend, read_threads=read_threads, progress=progress,
+            )  # fmt: skip
+            _before_commit(out)
+        windows, skipped, model_s = plan.windows, stats.skipped, stats.model_seconds
     seconds_scene = time.perf_counter() - t_scene
 
     written = {k: str(Path(v).absolute()) for k, v in outputs.paths.items() if v is not None}
@@ -452,72 +400,6 @@ def predict(
         class_fractions={k: round(v, 6) for k, v in fractions.items()},
         model_seconds=round(model_s, 3),
     )
-
-
-def _run_windows(
-    scene: AlignedScene,
-    grid: Grid,
-    meta: ModelMeta,
-    predictor: Any,
-    percentiles: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    outputs: Any,
-    *,
-    tile: int,
-    overlap: float,
-    batch_size: int,
-    blend: str,
-    progress: bool,
-    read_threads: int,
-    before_commit: Any = None,
-) -> tuple[list[Window], int, float]:
-    """Stream every window through the model into the outputs; returns (windows, skipped,
-    seconds spent in the model). The outputs keep the per-class pixel counts.
-
-    ``before_commit(outputs)`` runs once every row is written but before the temp
-    files are renamed into place; if it raises, no output appears."""
-    from tqdm import tqdm
-
-    from mfaf_cli.stitch import StreamingMerger, make_weight_fn
-
-    windows = tile_windows(grid.height, grid.width, tile, overlap)
-    weight_fn = make_weight_fn(windows, blend)
-    batches = list(batched(windows, batch_size))
-    model_s = 0.0
-    bar = tqdm(
-        total=len(windows),
-        unit="win",
-        desc="predict",
-        disable=not progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
-    try:
-        with outputs as out:
-            merger = StreamingMerger(
-                grid.height, grid.width, meta.num_classes, windows, weight_fn, out
-            )
-            for pb in iter_prepared(scene, batches, meta, percentiles, threads=read_threads):
-                probs = None
-                if pb.run:
-                    t0 = time.perf_counter()
-                    probs = predictor(pb.arrays)
-                    model_s += time.perf_counter() - t0
-                k = 0
-                for i, w in enumerate(pb.windows):
-                    if k < len(pb.run) and pb.run[k] == i:
-                        assert probs is not None
-                        merger.add(w, probs[k], pb.valid[i])
-                        k += 1
-                    else:
-                        merger.add_skipped(w)
-                bar.update(len(pb.windows))
-            merger.finish()
-            bar.close()
-            if before_commit is not None:
-                before_commit(out)
-    finally:
-        bar.close()
-    return windows, merger.windows_skipped, model_s
 
 
 # ---- coregister -------------------------------------------------------------------------------
