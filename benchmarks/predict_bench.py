@@ -187,8 +187,8 @@ def run_chip(repeats: int, threads: int | None) -> dict:
     Sentinel chip, interleaved repeats in one run (the machine is shared and noisy)."""
     root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory(prefix="mfaf-chip-") as tmp:
-        env = dict(os.environ, MFAF_CACHE_DIR=str(Path(tmp) / "cache"),
-                   PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))  # fmt: skip
+        path = str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")
+        env = dict(os.environ, MFAF_CACHE_DIR=str(Path(tmp) / "cache"), PYTHONPATH=path)
         onnx = Path(tmp) / "model.onnx"
         subprocess.run([sys.executable, "-m", "mfaf_cli", "export", "--model",
                         "mfafnet-s-ombria-water", "-o", str(onnx)],
@@ -197,7 +197,11 @@ def run_chip(repeats: int, threads: int | None) -> dict:
                 "--optical-bands", "13,8,4", "--sar-bands", "1", "-q", "--overwrite",
                 "-o", str(Path(tmp) / "map.tif")]  # fmt: skip
         base += ["--threads", str(threads)] if threads else []
-        configs = {"default": [], "torch": ["--engine", "torch"], "onnx_file": ["--model", str(onnx)]}
+        configs = {
+            "default": [],
+            "torch": ["--engine", "torch"],
+            "onnx_file": ["--model", str(onnx)],
+        }
         first_default = _cli_seconds(base, env)  # exports into the (empty) cache
         times: dict[str, list[float]] = {k: [] for k in configs}
         for _ in range(repeats):
@@ -239,8 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None, help="keep generated data here (default: temp)")
     ap.add_argument("--progress", action="store_true", help="show tqdm bars (stderr)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--chip", action="store_true",
-                    help="default predict vs --engine torch vs an exported .onnx on examples/")
+    ap.add_argument(
+        "--chip",
+        action="store_true",
+        help="default predict vs --engine torch vs an exported .onnx on examples/",
+    )
     ap.add_argument("--repeats", type=int, default=3, help="repeats per config (--chip)")
     ap.add_argument("--threads", type=int, default=None, help="--threads for the runs")
     args = ap.parse_args(argv)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -98,9 +99,18 @@ def cuda_requested(device: str) -> bool:
         return True
     if d != "auto":
         return False
+    if "torch" not in sys.modules and _no_nvidia_device():
+        return False  # skip importing torch (seconds) just to learn there is no GPU
     import torch
 
     return bool(torch.cuda.is_available())
+
+
+def _no_nvidia_device() -> bool:
+    """True when this is Linux and no NVIDIA device node exists (so CUDA cannot work)."""
+    from pathlib import Path
+
+    return sys.platform.startswith("linux") and not any(Path("/dev").glob("nvidia[0-9]*"))
 
 
 def choose_engine(engine: str, source: ModelSource, device: str, precision: str = "auto") -> str:

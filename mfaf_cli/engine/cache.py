@@ -51,8 +51,7 @@ def export_key(checkpoint_sha256: str, tile: int, meta_json: str) -> str:
 
 def cached_onnx(source: ModelSource, tile: int) -> Path:
     """Path of the ONNX export of checkpoint ``source`` for ``tile``, exporting it if missing."""
-    from mfaf_cli.io.weights import file_sha256, load_model
-    from mfaf_cli.models.export import export_onnx
+    from mfaf_cli.io.weights import file_sha256
 
     if source.kind != "checkpoint" or source.path is None:
         raise ValueError("only checkpoints are cached")
@@ -70,6 +69,9 @@ def cached_onnx(source: ModelSource, tile: int) -> Path:
             f"cannot create the cache folder {folder} ({err.strerror}); set {CACHE_ENV} to a "
             "writable folder or use --engine torch"
         ) from None
+    from mfaf_cli.io.weights import load_model  # torch: only on a cache miss
+    from mfaf_cli.models.export import export_onnx
+
     log.info("exporting %s to ONNX for tile %d (cached in %s)", source.name, tile, folder)
     model, loaded = load_model(source, device="cpu")
     return export_onnx(model, replace(loaded, tile_size=int(tile)), path)

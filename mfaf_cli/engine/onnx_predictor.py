@@ -173,9 +173,6 @@ class OnnxPredictor:
         ``cache``: reuse (or create) the export in the user cache (see
         :mod:`mfaf_cli.engine.cache`); otherwise export to a temporary file.
         """
-        from mfaf_cli.io.weights import load_model
-        from mfaf_cli.models.export import export_onnx
-
         kw: dict[str, Any] = {"device": device, "batch_size": batch_size, "threads": threads}
         if source.kind == "onnx":
             assert source.path is not None
@@ -187,6 +184,9 @@ class OnnxPredictor:
 
             path = cached_onnx(source, tile)
             return cls(path, replace(source.meta, tile_size=tile), **kw)
+        from mfaf_cli.io.weights import load_model  # torch: only when exporting
+        from mfaf_cli.models.export import export_onnx
+
         model, meta = load_model(source, device="cpu")
         meta = replace(meta, tile_size=tile)
         with tempfile.TemporaryDirectory(prefix="mfaf-onnx-") as tmp:
