@@ -165,6 +165,49 @@ def class_fractions(outputs: Any, meta: ModelMeta) -> tuple[float, dict[str, flo
     return (n_valid / outputs.pixels if outputs.pixels else 0.0), fr
 
 
+def run_on_scene(
+    inputs: Mapping[str, str],
+    meta: ModelMeta,
+    predictor: Any,
+    make_sink: Any,
+    spec: InferenceSpec,
+    *,
+    bands: Any = None,
+    sar_units: str = "auto",
+    crs: Any = None,
+    resolution: Any = None,
+    bounds: Any = None,
+    progress: bool = False,
+    read_threads: int = 1,
+    before_commit: Any = None,
+) -> tuple[Grid, Any, Any]:
+    """One pass of the inference core over one scene: ``(grid, RunStats, sink)``.
+
+    ``inputs`` are in the model's modality order; ``make_sink(grid)`` makes the sink (a
+    context manager, entered for the pass); ``before_commit(sink)`` runs inside it after the
+    last row, so an error there still discards the sink's output. predict, batch mode and
+    evaluate all come through here.
+    """
+    assert spec.tile is not None
+    ref_path = inputs[meta.reference_modality]
+    grid = grid_from_reference(ref_path, crs=crs, resolution=resolution, bounds=bounds)
+    plan = scene_plan(ref_path, grid, spec.tile, spec.overlap)
+    with (
+        AlignedScene(inputs, read_grid(grid, plan), bands=bands, units=sar_units, meta=meta)
+        as scene,
+        _bounded_gdal_cache(scene, spec.tile),
+    ):  # fmt: skip
+        percentiles = _extent_percentiles(scene, inputs, grid, plan, meta, bands, sar_units)
+        with make_sink(grid) as sink:
+            stats = run_scene(
+                scene, plan, meta, predictor, percentiles, sink, batch_size=spec.batch_size,
+                blend=spec.blend, read_threads=read_threads, progress=progress,
+            )  # fmt: skip
+            if before_commit is not None:
+                before_commit(sink)
+    return grid, stats, sink
+
+
 def _extent_percentiles(
     scene: AlignedScene,
     inputs: Mapping[str, str],
@@ -337,23 +380,8 @@ def predict(
             _vectorize_temp_label(outputs, vector, overwrite=overwrite, progress=progress)
             state["vector_written"] = True
 
-    # Grid, window plan (anchored to the reference raster's pixels) and aligned reads.
-    ref = meta.reference_modality
-    grid = grid_from_reference(inputs[ref], crs=crs, resolution=resolution, bounds=bounds)
-    ordered = {m: inputs[m] for m in meta.modality_names}
-    if read_threads is None:
-        read_threads = spec.thread_split(on_gpu=on_gpu(predictor))[1]
-    plan = scene_plan(inputs[ref], grid, tile, overlap)
-    t_scene = time.perf_counter()
-    with (
-        AlignedScene(
-            ordered, read_grid(grid, plan), bands=bands, units=sar_units, meta=meta
-        ) as scene,
-        _bounded_gdal_cache(scene, tile),
-        _remove_vector_on_error(vector, state),
-    ):
-        percentiles = _extent_percentiles(scene, ordered, grid, plan, meta, bands, sar_units)
-        outputs = OutputSet(
+    def _outputs(grid: Grid) -> Any:
+        return OutputSet(
             grid,
             meta,
             output,
@@ -364,13 +392,18 @@ def predict(
             cog=cog,
             overwrite=overwrite,
         )
-        with outputs as out:
-            stats = run_scene(
-                scene, plan, meta, predictor, percentiles, out, batch_size=batch_size,
-                blend=blend, read_threads=read_threads, progress=progress,
-            )  # fmt: skip
-            _before_commit(out)
-        windows, skipped, model_s = plan.windows, stats.skipped, stats.model_seconds
+
+    ordered = {m: inputs[m] for m in meta.modality_names}
+    if read_threads is None:
+        read_threads = spec.thread_split(on_gpu=on_gpu(predictor))[1]
+    t_scene = time.perf_counter()
+    with _remove_vector_on_error(vector, state):
+        grid, stats, outputs = run_on_scene(
+            ordered, meta, predictor, _outputs, spec.with_tile(tile), bands=bands,
+            sar_units=sar_units, crs=crs, resolution=resolution, bounds=bounds,
+            progress=progress, read_threads=read_threads, before_commit=_before_commit,
+        )  # fmt: skip
+    windows, skipped, model_s = stats.windows, stats.skipped, stats.model_seconds
     seconds_scene = time.perf_counter() - t_scene
 
     written = {k: str(Path(v).absolute()) for k, v in outputs.paths.items() if v is not None}
@@ -382,7 +415,7 @@ def predict(
     return PredictResult(
         inputs={k: str(Path(v).absolute()) for k, v in ordered.items()},
         grid=grid.to_dict(),
-        windows=len(windows),
+        windows=windows,
         skipped_windows=skipped,
         seconds=round(seconds, 3),
         megapixels_per_second=round(mpix / max(seconds_scene, 1e-9), 4),
