@@ -271,6 +271,7 @@ def predict_batch(
     engine: str = "auto",
     precision: str = "auto",
     threads: int | None = None,
+    shard: Any = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
     **predict_kwargs: Any,
 ) -> list[dict[str, Any]]:
@@ -286,6 +287,8 @@ def predict_batch(
         bands: default band lists per modality, for rows without a ``<modality>_bands`` cell.
         tile, overlap, batch_size, blend, device, engine, precision, threads: as for
             :func:`mfaf_cli.pipeline.predict.predict`.
+        shard: ``"I/N"`` or a :class:`~mfaf_cli.pipeline.shard.Shard`: predict only scenes
+            I, I+N, ... (default: from torchrun / Slurm array variables, else all).
         on_result: called with each record as soon as its scene is done (for streaming
             JSON lines); the same records are returned.
         predict_kwargs: other :func:`~mfaf_cli.pipeline.predict.predict` options (``cog``,
@@ -302,6 +305,7 @@ def predict_batch(
         batch.
     """
     from mfaf_cli.pipeline.predict import check_modalities, predict
+    from mfaf_cli.pipeline.shard import device_for, resolve_shard
     from mfaf_cli.pipeline.spec import InferenceSpec
     from mfaf_cli.tiling.windows import check_tile
 
@@ -309,6 +313,14 @@ def predict_batch(
         if key in predict_kwargs:
             raise UsageError(f"{key} comes from the batch CSV, not from an option")
     scenes = read_scenes(csv_path, bands)
+    share = resolve_shard(shard)
+    if share.count > 1:
+        scenes = share.take(scenes)
+        device = device_for(share, device)
+        log.info("shard %d/%d (%s): %d scenes", share.index, share.count, share.source,
+                 len(scenes))  # fmt: skip
+        if not scenes:
+            return []
     spec = InferenceSpec(tile, overlap, batch_size, blend, device, engine, precision, threads)
 
     if predictor is None:
