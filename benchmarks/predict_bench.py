@@ -102,6 +102,25 @@ def save_narrow_unet(folder: Path, width: int) -> Path:
     return path
 
 
+class NullPredictor:
+    """Zero-cost engine: fixed probabilities, so the machinery's own ceiling is measured."""
+
+    engine = "null"
+    device = "cpu"
+    precision = "fp32"
+
+    def __init__(self, meta: object, batch_size: int, tile: int) -> None:
+        self.meta = meta
+        k = meta.num_classes  # type: ignore[attr-defined]
+        probs = np.linspace(1.0, 2.0, k, dtype=np.float32)
+        probs /= probs.sum()
+        self._out = np.broadcast_to(probs[None, :, None, None], (batch_size, k, tile, tile))
+
+    def __call__(self, batch: dict) -> np.ndarray:
+        n = len(next(iter(batch.values())))
+        return self._out[:n]
+
+
 def run_worker(args: argparse.Namespace) -> dict:
     """One size, in this process: end-to-end predict, then the model alone on the same batches."""
     from mfaf_cli.coreg import AlignedScene, grid_from_reference
@@ -115,9 +134,20 @@ def run_worker(args: argparse.Namespace) -> dict:
     inputs = {"optical": opt, "sar": sar}
     source = resolve_model(args.model, ("optical", "sar"))
     tile = args.tile or source.meta.tile_size
-    predictor = create_predictor(source, engine=args.engine, device=args.device,
-                                 precision=args.precision, modalities=("optical", "sar"),
-                                 batch_size=args.batch_size, tile=tile)  # fmt: skip
+    from mfaf_cli.malloc import limit_malloc_growth
+    from mfaf_cli.pipeline.spec import split_threads, usable_cores
+
+    limit_malloc_growth()  # as the mfaf CLI does
+    engine_threads, readers = split_threads(args.threads or usable_cores())
+    if args.read_threads is not None:
+        readers = args.read_threads
+    if args.engine == "null":
+        predictor = NullPredictor(source.meta, args.batch_size, tile)
+    else:
+        predictor = create_predictor(source, engine=args.engine, device=args.device,
+                                     precision=args.precision, modalities=("optical", "sar"),
+                                     batch_size=args.batch_size, tile=tile,
+                                     threads=engine_threads)  # fmt: skip
     meta = predictor.meta
     # Warm-up (allocator, kernels) on one batch of the real shape, untimed.
     warm = {m.name: np.zeros((args.batch_size, m.n_bands, tile, tile), np.float32)
@@ -130,7 +160,7 @@ def run_worker(args: argparse.Namespace) -> dict:
     out = folder / f"map_{args.size}.tif"
     res = predict(inputs, out, predictor=predictor, tile=tile, overlap=args.overlap,
                   batch_size=args.batch_size, overwrite=True, progress=args.progress,
-                  read_threads=args.read_threads, bands=bands)  # fmt: skip
+                  read_threads=readers, bands=bands)  # fmt: skip
     rss_predict = peak_rss_bytes()
 
     # Model only: the same windows and batches, read and normalised beforehand (not timed).
@@ -166,7 +196,9 @@ def run_worker(args: argparse.Namespace) -> dict:
         "ratio_end_to_end_to_model": round(model_s / e2e_s, 4) if e2e_s else None,
         "peak_rss_mb": round(rss_predict / 2**20, 1),
         "rss_after_model_load_mb": round(rss_loaded / 2**20, 1),
-        "read_threads": args.read_threads,
+        "read_threads": readers,
+        "engine_threads": engine_threads,
+        "threads": args.threads or usable_cores(),
         "total_seconds_with_model_load": res.seconds,
     }
 
@@ -237,9 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overlap", type=float, default=0.25)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--engine", default="torch")
+    ap.add_argument("--engine", default="auto", help="auto | torch | onnx | null (no model)")
     ap.add_argument("--precision", default="auto")
-    ap.add_argument("--read-threads", type=int, default=2, help="background reader threads")
+    ap.add_argument(
+        "--read-threads",
+        type=int,
+        default=None,
+        help="override the reader threads of the --threads split",
+    )
     ap.add_argument("--workdir", default=None, help="keep generated data here (default: temp)")
     ap.add_argument("--progress", action="store_true", help="show tqdm bars (stderr)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -285,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--workdir",
                 str(folder),
             ]
-            cmd += ["--read-threads", str(args.read_threads)]
+            cmd += [] if args.read_threads is None else ["--read-threads", str(args.read_threads)]
+            cmd += [] if args.threads is None else ["--threads", str(args.threads)]
             cmd += ["--progress"] if args.progress else []
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
             if proc.returncode != 0:

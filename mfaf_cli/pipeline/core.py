@@ -2,8 +2,9 @@
 
 Stages, each on its own thread(s) so that none waits for another:
 
-1. **reader pool** (``read_threads`` threads): read, warp and normalise the next batches
-   (GDAL and numpy release the GIL);
+1. **reader pool** (``read_threads`` threads): read and warp full-width row chunks ahead of
+   the windows (:class:`~mfaf_cli.pipeline.strips.StripReader`: each grid row read once;
+   GDAL and numpy release the GIL); windows are sliced from them and normalised in order;
 2. **predictor** (the calling thread): the network on one batch;
 3. **merge worker** (one thread): blends each window into the
    :class:`~mfaf_cli.stitch.StreamingMerger`'s row band and hands finished rows to the
@@ -34,6 +35,7 @@ from mfaf_cli.coreg.align import AlignedScene
 from mfaf_cli.coreg.grid import Grid
 from mfaf_cli.metadata import ModelMeta
 from mfaf_cli.normalize import apply_normalisation
+from mfaf_cli.pipeline.strips import StripReader
 from mfaf_cli.tiling.plan import WindowPlan, plan_windows
 from mfaf_cli.tiling.windows import Window, batched
 
@@ -107,7 +109,7 @@ def read_grid(grid: Grid, plan: WindowPlan) -> Grid:
 
 # ---- reader pool ------------------------------------------------------------------------------
 def prepare_batch(
-    scene: AlignedScene, windows: list[Window], meta: ModelMeta, percentiles: Percentiles
+    scene: Any, windows: list[Window], meta: ModelMeta, percentiles: Percentiles
 ) -> PreparedBatch:
     """Read and normalise a batch; windows without a single valid pixel are left out."""
     per_mod: dict[str, list[np.ndarray]] = {m: [] for m in meta.modality_names}
@@ -129,7 +131,7 @@ def prepare_batch(
 
 
 def iter_prepared(
-    scene: AlignedScene,
+    scene: Any,
     batches: Sequence[list[Window]],
     meta: ModelMeta,
     percentiles: Percentiles,
@@ -267,10 +269,13 @@ def run_scene(
     bar = tqdm(total=len(reads), unit="win", desc=desc, disable=not progress,
                file=sys.stderr, dynamic_ncols=True)  # fmt: skip
     worker = MergeWorker(merger)
+    reader = StripReader(scene, [w.row_off for w in reads], plan.tile, threads=read_threads)
     model_s, ok = 0.0, False
     try:
         batches = list(batched(reads, batch_size))
-        for pb in iter_prepared(scene, batches, meta, percentiles, threads=read_threads):
+        # windows are sliced from row chunks that reader threads read ahead; slicing and
+        # normalising a batch is cheap, so it runs here, in window order
+        for pb in iter_prepared(reader, batches, meta, percentiles, threads=0):
             probs: list[Any] = [None] * len(pb.windows)
             if pb.run:
                 t0 = time.perf_counter()
@@ -286,5 +291,6 @@ def run_scene(
     finally:
         if not ok:
             worker.close(ok=False)
+        reader.close()
         bar.close()
     return RunStats(len(reads), merger.windows_skipped, model_s)
