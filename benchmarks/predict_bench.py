@@ -50,6 +50,12 @@ def peak_rss_bytes(field: str = "VmHWM") -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far (all threads)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def generate_pair(folder: Path, size: int, seed: int = 0) -> tuple[Path, Path]:
     """Write the optical + SAR pair stripe by stripe (never the whole scene in memory)."""
     import rasterio
@@ -158,10 +164,12 @@ def run_worker(args: argparse.Namespace) -> dict:
     # the generated optical has 4 bands; a model taking fewer gets the first n
     bands = {m.name: list(range(1, m.n_bands + 1)) for m in meta.modalities}
     out = folder / f"map_{args.size}.tif"
+    cpu0 = cpu_seconds()
     res = predict(inputs, out, predictor=predictor, tile=tile, overlap=args.overlap,
                   batch_size=args.batch_size, overwrite=True, progress=args.progress,
                   read_threads=readers, bands=bands)  # fmt: skip
     rss_predict = peak_rss_bytes()
+    predict_cpu_s = cpu_seconds() - cpu0
 
     # Model only: the same windows and batches, read and normalised beforehand (not timed).
     grid = grid_from_reference(opt)
@@ -170,6 +178,8 @@ def run_worker(args: argparse.Namespace) -> dict:
     with AlignedScene(scene_inputs, grid, bands=bands, meta=meta) as scene:
         pct = scene.percentiles(meta)
         windows = tile_windows(grid.height, grid.width, tile, args.overlap)
+        if args.engine == "null":  # nothing to time: the null engine costs nothing
+            windows = []
         for batch in batched(windows, args.batch_size):
             pb = prepare_batch(scene, batch, meta, pct)
             if not pb.run:
@@ -195,6 +205,9 @@ def run_worker(args: argparse.Namespace) -> dict:
         "model_only_mp_per_s": round(mpix / model_s, 4) if model_s else None,
         "ratio_end_to_end_to_model": round(model_s / e2e_s, 4) if e2e_s else None,
         "peak_rss_mb": round(rss_predict / 2**20, 1),
+        # CPU seconds of the whole predict call (all threads): a load-independent cost figure
+        "end_to_end_cpu_seconds": round(predict_cpu_s, 3),
+        "mp_per_cpu_second": round(mpix / predict_cpu_s, 4) if predict_cpu_s else None,
         "rss_after_model_load_mb": round(rss_loaded / 2**20, 1),
         "read_threads": readers,
         "engine_threads": engine_threads,

@@ -119,6 +119,10 @@ class OnnxPredictor:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         configure_threads(opts, threads)
+        # The memory-pattern planner keeps one arena block per input shape it has seen (the
+        # full batches and the last, partial one): measured on the shipped MFAFNet-S, batch
+        # 4 at 256², peak RSS 349 MB with it and 231 MB without, at the same speed.
+        opts.enable_mem_pattern = False
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as err:
