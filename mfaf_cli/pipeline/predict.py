@@ -1,10 +1,10 @@
 """The predict spine: co-registered windows → model → streamed blend → georeferenced outputs.
 
-One pass over the scene in raster order. Background threads read, warp and normalise the next
-batches while the model works on the current one (GDAL releases the GIL); windows with no
-valid pixel never reach the model; :class:`~mfaf_cli.stitch.StreamingMerger` blends
-overlapping windows in probability space and hands finished rows straight to the writers, so
-memory depends on the scene *width*, never its height. All outputs go to temp files that are
+One pass over the scene in raster order through the inference core
+(:mod:`mfaf_cli.pipeline.core`): reader threads read and warp row chunks ahead of the model,
+windows with no valid pixel never reach the model, and a merge thread blends overlapping
+windows in probability space and hands finished rows straight to the writers, so memory
+depends on the scene *width*, never its height. All outputs go to temp files that are
 renamed into place only when everything succeeded.
 """
 
@@ -47,9 +47,6 @@ log = logging.getLogger("mfaf")
 
 PathLike = str | os.PathLike[str]
 BandSpec = Mapping[str, Sequence[int | str] | None]
-
-#: Reader threads when ``predict(read_threads=...)`` is not decided by ``--threads``.
-READ_THREADS = 2
 
 
 @dataclass
