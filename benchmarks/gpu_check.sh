@@ -5,7 +5,7 @@
 # Prints one JSON object per line on stdout; progress on stderr.
 #
 #   bash benchmarks/gpu_check.sh                  # on the GPU machine, from the repo root
-#   SIZE=1024 DEVICE=cpu bash benchmarks/gpu_check.sh   # smoke test of the same steps on CPU
+#   SIZE=256 DEVICE=cpu TRAIN_N=4 TRAIN_SIZE=64 bash benchmarks/gpu_check.sh  # CPU smoke test
 set -euo pipefail
 
 SIZE=${SIZE:-8192}
@@ -16,7 +16,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mfaf-gpu-check.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export MFAF_CACHE_DIR="$WORK/cache"
+export MFAF_CACHE_DIR="${MFAF_CACHE_DIR:-$WORK/cache}"
+TRAIN_N=${TRAIN_N:-256}        # generated training patches
+TRAIN_SIZE=${TRAIN_SIZE:-256}  # their side (and the training tile)
 cd "$ROOT"
 
 note() { echo "[gpu_check $(date +%H:%M:%S)] $*" >&2; }
@@ -55,19 +57,19 @@ bench onnx-cuda-readers4 "${common[@]}" --engine onnx --read-threads 4
 bench null-readers4 --model "$MODEL" --engine null --read-threads 4
 
 note "one AMP training epoch (generated OMBRIA-layout patches)"
-"$PY" - "$WORK/ombria" <<'EOF'
+"$PY" - "$WORK/ombria" "$TRAIN_N" "$TRAIN_SIZE" <<'EOF'
 import sys
 from pathlib import Path
 sys.path.insert(0, "tests")
 from test_datasets import make_ombria
-make_ombria(Path(sys.argv[1]), n_train=256, n_test=8, size=256)
+make_ombria(Path(sys.argv[1]), n_train=int(sys.argv[2]), n_test=8, size=int(sys.argv[3]))
 EOF
 now() { "$PY" -c 'import time; print(time.time())'; }
 t0=$(now)
 if "$PY" -m mfaf_cli train --dataset ombria --data-root "$WORK/ombria" --model mfafnet-s \
-    --epochs 1 --batch-size 16 --tile 256 --amp --device "$DEVICE" -o "$WORK/run" -q >&2; then
+    --epochs 1 --batch-size 16 --tile "$TRAIN_SIZE" --amp --device "$DEVICE" -o "$WORK/run" -q >&2; then
     secs=$("$PY" -c "print(round($(now) - $t0, 2))")
-    echo "{\"check\": \"train-amp-epoch\", \"samples\": 256, \"seconds\": $secs}"
+    echo "{\"check\": \"train-amp-epoch\", \"samples\": $TRAIN_N, \"seconds\": $secs}"
 else
     echo "{\"check\": \"train-amp-epoch\", \"error\": \"exit $?\"}"
 fi
