@@ -163,7 +163,7 @@ def class_fractions(outputs: Any, meta: ModelMeta) -> tuple[float, dict[str, flo
 
 
 def run_on_scene(
-    inputs: Mapping[str, str],
+    inputs: Mapping[str, PathLike],
     meta: ModelMeta,
     predictor: Any,
     make_sink: Any,
@@ -186,7 +186,7 @@ def run_on_scene(
     evaluate all come through here.
     """
     assert spec.tile is not None
-    ref_path = inputs[meta.reference_modality]
+    ref_path = os.fspath(inputs[meta.reference_modality])
     grid = grid_from_reference(ref_path, crs=crs, resolution=resolution, bounds=bounds)
     plan = scene_plan(ref_path, grid, spec.tile, spec.overlap)
     with (
@@ -207,7 +207,7 @@ def run_on_scene(
 
 def _extent_percentiles(
     scene: AlignedScene,
-    inputs: Mapping[str, str],
+    inputs: Mapping[str, PathLike],
     grid: Grid,
     plan: Any,
     meta: ModelMeta,
