@@ -50,6 +50,12 @@ def peak_rss_bytes(field: str = "VmHWM") -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far (all threads)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def generate_pair(folder: Path, size: int, seed: int = 0) -> tuple[Path, Path]:
     """Write the optical + SAR pair stripe by stripe (never the whole scene in memory)."""
     import rasterio
@@ -102,6 +108,25 @@ def save_narrow_unet(folder: Path, width: int) -> Path:
     return path
 
 
+class NullPredictor:
+    """Zero-cost engine: fixed probabilities, so the machinery's own ceiling is measured."""
+
+    engine = "null"
+    device = "cpu"
+    precision = "fp32"
+
+    def __init__(self, meta: object, batch_size: int, tile: int) -> None:
+        self.meta = meta
+        k = meta.num_classes  # type: ignore[attr-defined]
+        probs = np.linspace(1.0, 2.0, k, dtype=np.float32)
+        probs /= probs.sum()
+        self._out = np.broadcast_to(probs[None, :, None, None], (batch_size, k, tile, tile))
+
+    def __call__(self, batch: dict) -> np.ndarray:
+        n = len(next(iter(batch.values())))
+        return self._out[:n]
+
+
 def run_worker(args: argparse.Namespace) -> dict:
     """One size, in this process: end-to-end predict, then the model alone on the same batches."""
     from mfaf_cli.coreg import AlignedScene, grid_from_reference
@@ -115,9 +140,20 @@ def run_worker(args: argparse.Namespace) -> dict:
     inputs = {"optical": opt, "sar": sar}
     source = resolve_model(args.model, ("optical", "sar"))
     tile = args.tile or source.meta.tile_size
-    predictor = create_predictor(source, engine=args.engine, device=args.device,
-                                 precision=args.precision, modalities=("optical", "sar"),
-                                 batch_size=args.batch_size, tile=tile)  # fmt: skip
+    from mfaf_cli.malloc import limit_malloc_growth
+    from mfaf_cli.pipeline.spec import split_threads, usable_cores
+
+    limit_malloc_growth()  # as the mfaf CLI does
+    engine_threads, readers = split_threads(args.threads or usable_cores())
+    if args.read_threads is not None:
+        readers = args.read_threads
+    if args.engine == "null":
+        predictor = NullPredictor(source.meta, args.batch_size, tile)
+    else:
+        predictor = create_predictor(source, engine=args.engine, device=args.device,
+                                     precision=args.precision, modalities=("optical", "sar"),
+                                     batch_size=args.batch_size, tile=tile,
+                                     threads=engine_threads)  # fmt: skip
     meta = predictor.meta
     # Warm-up (allocator, kernels) on one batch of the real shape, untimed.
     warm = {m.name: np.zeros((args.batch_size, m.n_bands, tile, tile), np.float32)
@@ -128,10 +164,12 @@ def run_worker(args: argparse.Namespace) -> dict:
     # the generated optical has 4 bands; a model taking fewer gets the first n
     bands = {m.name: list(range(1, m.n_bands + 1)) for m in meta.modalities}
     out = folder / f"map_{args.size}.tif"
+    cpu0 = cpu_seconds()
     res = predict(inputs, out, predictor=predictor, tile=tile, overlap=args.overlap,
                   batch_size=args.batch_size, overwrite=True, progress=args.progress,
-                  read_threads=args.read_threads, bands=bands)  # fmt: skip
+                  read_threads=readers, bands=bands)  # fmt: skip
     rss_predict = peak_rss_bytes()
+    predict_cpu_s = cpu_seconds() - cpu0
 
     # Model only: the same windows and batches, read and normalised beforehand (not timed).
     grid = grid_from_reference(opt)
@@ -140,6 +178,8 @@ def run_worker(args: argparse.Namespace) -> dict:
     with AlignedScene(scene_inputs, grid, bands=bands, meta=meta) as scene:
         pct = scene.percentiles(meta)
         windows = tile_windows(grid.height, grid.width, tile, args.overlap)
+        if args.engine == "null":  # nothing to time: the null engine costs nothing
+            windows = []
         for batch in batched(windows, args.batch_size):
             pb = prepare_batch(scene, batch, meta, pct)
             if not pb.run:
@@ -165,10 +205,63 @@ def run_worker(args: argparse.Namespace) -> dict:
         "model_only_mp_per_s": round(mpix / model_s, 4) if model_s else None,
         "ratio_end_to_end_to_model": round(model_s / e2e_s, 4) if e2e_s else None,
         "peak_rss_mb": round(rss_predict / 2**20, 1),
+        # CPU seconds of the whole predict call (all threads): a load-independent cost figure
+        "end_to_end_cpu_seconds": round(predict_cpu_s, 3),
+        "mp_per_cpu_second": round(mpix / predict_cpu_s, 4) if predict_cpu_s else None,
         "rss_after_model_load_mb": round(rss_loaded / 2**20, 1),
-        "read_threads": args.read_threads,
+        "read_threads": readers,
+        "engine_threads": engine_threads,
+        "threads": args.threads or usable_cores(),
         "total_seconds_with_model_load": res.seconds,
     }
+
+
+CHIP = Path(__file__).resolve().parents[1] / "examples" / "sen1floods11"
+
+
+def _cli_seconds(args: list[str], env: dict[str, str]) -> float:
+    """Wall time of one ``mfaf predict`` process, as a user runs it."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "mfaf_cli", "predict", *args], check=True, env=env,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    return time.perf_counter() - t0
+
+
+def run_chip(repeats: int, threads: int | None) -> dict:
+    """Default predict vs ``--engine torch`` vs a pre-exported ONNX model on the examples/
+    Sentinel chip, interleaved repeats in one run (the machine is shared and noisy)."""
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="mfaf-chip-") as tmp:
+        path = str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")
+        env = dict(os.environ, MFAF_CACHE_DIR=str(Path(tmp) / "cache"), PYTHONPATH=path)
+        onnx = Path(tmp) / "model.onnx"
+        subprocess.run([sys.executable, "-m", "mfaf_cli", "export", "--model",
+                        "mfafnet-s-ombria-water", "-o", str(onnx)],
+                       check=True, env=env, stdout=subprocess.DEVNULL)  # fmt: skip
+        base = ["--optical", str(CHIP / "S2.tif"), "--sar", str(CHIP / "S1.tif"),
+                "--optical-bands", "13,8,4", "--sar-bands", "1", "-q", "--overwrite",
+                "-o", str(Path(tmp) / "map.tif")]  # fmt: skip
+        base += ["--threads", str(threads)] if threads else []
+        configs = {
+            "default": [],
+            "torch": ["--engine", "torch"],
+            "onnx_file": ["--model", str(onnx)],
+        }
+        first_default = _cli_seconds(base, env)  # exports into the (empty) cache
+        times: dict[str, list[float]] = {k: [] for k in configs}
+        for _ in range(repeats):
+            for name, extra in configs.items():
+                times[name].append(_cli_seconds(base + extra, env))
+    stats = {k: {"median_s": round(float(np.median(v)), 3), "min_s": round(min(v), 3),
+                 "max_s": round(max(v), 3), "runs": [round(x, 3) for x in v]}
+             for k, v in times.items()}  # fmt: skip
+    ref = stats["onnx_file"]["median_s"]
+    return {
+        "chip": str(CHIP), "repeats": repeats, "threads": threads,
+        "first_default_run_with_export_s": round(first_default, 3), "configs": stats,
+        "ratio_default_to_onnx_file": round(stats["default"]["median_s"] / ref, 3),
+        "ratio_torch_to_onnx_file": round(stats["torch"]["median_s"] / ref, 3),
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,13 +282,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overlap", type=float, default=0.25)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--engine", default="torch")
+    ap.add_argument("--engine", default="auto", help="auto | torch | onnx | null (no model)")
     ap.add_argument("--precision", default="auto")
-    ap.add_argument("--read-threads", type=int, default=2, help="background reader threads")
+    ap.add_argument(
+        "--read-threads",
+        type=int,
+        default=None,
+        help="override the reader threads of the --threads split",
+    )
     ap.add_argument("--workdir", default=None, help="keep generated data here (default: temp)")
     ap.add_argument("--progress", action="store_true", help="show tqdm bars (stderr)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--chip",
+        action="store_true",
+        help="default predict vs --engine torch vs an exported .onnx on examples/",
+    )
+    ap.add_argument("--repeats", type=int, default=3, help="repeats per config (--chip)")
+    ap.add_argument("--threads", type=int, default=None, help="--threads for the runs")
     args = ap.parse_args(argv)
+    if args.chip:
+        print(json.dumps(run_chip(args.repeats, args.threads)))
+        return 0
 
     if args.worker:
         print(json.dumps(run_worker(args)))
@@ -227,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--workdir",
                 str(folder),
             ]
-            cmd += ["--read-threads", str(args.read_threads)]
+            cmd += [] if args.read_threads is None else ["--read-threads", str(args.read_threads)]
+            cmd += [] if args.threads is None else ["--threads", str(args.threads)]
             cmd += ["--progress"] if args.progress else []
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
             if proc.returncode != 0:

@@ -57,6 +57,12 @@ def write_geotiff(
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """ONNX exports cached by ``--engine auto`` go to a temp folder, never the user's cache."""
+    os.environ["MFAF_CACHE_DIR"] = str(tmp_path_factory.mktemp("mfaf-cache"))
+
+
 @pytest.fixture
 def make_geotiff(tmp_path: Path) -> Callable[..., Path]:
     """Factory: ``make_geotiff("name.tif", array, crs=..., transform=..., nodata=...)``."""

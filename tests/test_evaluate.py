@@ -279,3 +279,28 @@ def test_evaluate_model_band_and_class_mismatch(tmp_path: Path, runner) -> None:
     )  # fmt: skip
     assert code == 0, err
     assert json.loads(out)["metrics"]["n_pixels"] > 0
+
+
+def test_confusion_sink_equals_scoring_a_written_map(tmp_path: Path) -> None:
+    """evaluate through the core (ConfusionSink, no map) == predict a map, then score it."""
+    from mfaf_cli.data.datasets import open_dataset
+    from mfaf_cli.engine import create_predictor
+    from mfaf_cli.pipeline.predict import predict
+    from mfaf_cli.pipeline.spec import InferenceSpec
+    from mfaf_cli.training.evaluate import raster_confusion, scene_confusion
+
+    root = make_sen1floods11(tmp_path / "s1f", size=48)
+    ds = open_dataset("sen1floods11", root, "all")
+    pr = create_predictor(str(_checkpoint(tmp_path, ds)), device="cpu", engine="torch")
+    spec = InferenceSpec(tile=32, overlap=0.5, threads=2)
+    total = np.zeros((2, 2), np.int64)
+    for sc in ds.scenes():
+        cm = scene_confusion(pr, sc, ds, spec)
+        out = tmp_path / "map.tif"
+        predict(sc.inputs, out, predictor=pr, tile=32, overlap=0.5, overwrite=True,
+                progress=False, bands=sc.bands or None)  # fmt: skip
+        ref = raster_confusion(out, sc.label, 2, label_fn=ds.map_label,
+                               ignore_index=ds.ignore_index)  # fmt: skip
+        np.testing.assert_array_equal(cm, ref)
+        total += cm
+    assert total.sum() > 0 and total[0].sum() > 0 and total[1].sum() > 0

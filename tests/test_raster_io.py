@@ -438,6 +438,8 @@ def test_full_tmpfs_is_reported_as_such(tmp_path, rng):
         assert listing(small) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
 # ---- class names for GIS, weights tags -------------------------------------------------------
 def test_category_sidecar_is_indexed_by_pixel_value_with_gaps() -> None:
     meta = ModelMeta(

@@ -1,6 +1,6 @@
 """Seed means and spreads of the held-out checks, one markdown row per (round, model).
 
-    python3 weights/summarise_evals.py runs/*-r3-s*/eval.json runs/*-r4-s*/eval.json
+python3 weights/summarise_evals.py runs/*-r3-s*/eval.json runs/*-r4-s*/eval.json
 """
 
 from __future__ import annotations

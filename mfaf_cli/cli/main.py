@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the group and maps errors to exit codes."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = _wants_debug(args)
+    from mfaf_cli.malloc import limit_malloc_growth
+
+    limit_malloc_growth()  # process-wide: the CLI owns the process, a library call does not
     try:
         signal.signal(signal.SIGTERM, _sigterm)
     except ValueError:  # not in main thread (e.g. embedded)

@@ -19,7 +19,7 @@ import click
 F = TypeVar("F", bound=Callable[..., Any])
 
 BLEND_CHOICES = ("gaussian", "cosine", "constant")
-ENGINE_CHOICES = ("torch", "onnx")
+ENGINE_CHOICES = ("auto", "torch", "onnx")
 PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
 SAR_UNITS_CHOICES = ("auto", "db", "linear")
 
@@ -170,9 +170,18 @@ device_opt = click.option(
 engine_opt = click.option(
     "--engine",
     type=click.Choice(ENGINE_CHOICES),
-    default="torch",
+    default="auto",
     show_default=True,
-    help="Inference engine (onnx needs onnxruntime: pip install 'mfaf[onnx]').",
+    help="Inference engine. auto: ONNX Runtime on CPU when installed (the export is cached "
+    "per checkpoint in the user cache, $MFAF_CACHE_DIR overrides), PyTorch on CUDA.",
+)
+threads_opt = click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="CPU threads for the engine and the readers together (default: all usable cores; "
+    "the two never add up to more).",
 )
 precision_opt = click.option(
     "--precision",
@@ -181,7 +190,7 @@ precision_opt = click.option(
     show_default=True,
     help="Numeric precision (auto: mixed precision on CUDA, fp32 on CPU).",
 )
-engine_opts = _stack(device_opt, engine_opt, precision_opt)
+engine_opts = _stack(device_opt, engine_opt, precision_opt, threads_opt)
 
 crs_opt = click.option(
     "--crs", default=None, metavar="CRS", help="Target CRS (default: the reference input's)."

@@ -135,6 +135,13 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
     help="Predict every scene listed in CSV with one model load (see below).",
 )
 @click.option(
+    "--shard",
+    default=None,
+    metavar="I/N",
+    help="With --batch: predict only scenes I, I+N, ... (0-based). Default: from torchrun "
+    "(RANK/WORLD_SIZE) or a Slurm job array (SLURM_ARRAY_TASK_ID/COUNT), else all scenes.",
+)
+@click.option(
     "--skip-existing",
     is_flag=True,
     help="Leave scenes whose outputs all exist alone (exit 0) instead of failing.",
@@ -151,6 +158,8 @@ def command(**kw: Any) -> None:
     if kw["batch_csv"] is not None:
         _run_batch(kw)
         return
+    if kw["shard"]:
+        raise click.UsageError("--shard splits a --batch CSV between processes; add --batch")
     from mfaf_cli.pipeline.predict import predict
 
     inputs = opt.collect_inputs(**kw)
@@ -213,6 +222,7 @@ def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
         "device": kw["device"],
         "engine": kw["engine"],
         "precision": kw["precision"],
+        "threads": kw["threads"],
         "probabilities_dtype": kw["probabilities_dtype"],
         "cog": kw["cog"],
         "creation_options": kw["creation_options"] or None,
@@ -291,6 +301,7 @@ def _run_batch(kw: dict[str, Any]) -> None:
         overwrite=kw["overwrite"],
         bands=opt.collect_bands(**kw) or None,
         on_result=report,
+        shard=kw["shard"],
         **_run_options(kw),
     )
     counts = summarise(records)

@@ -377,7 +377,7 @@ def _model_band_names(
     if predictor is not None:
         meta = predictor.meta
     elif "model" in bound or "output" in bound:
-        from mfaf_cli.io.weights import resolve_model
+        from mfaf_cli.models.resolve import resolve_model
 
         meta = resolve_model(bound.get("model"), modalities).meta
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mfaf")
 
-ENGINES: tuple[str, ...] = ("torch", "onnx")
+ENGINES: tuple[str, ...] = ("auto", "torch", "onnx")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
 
 
@@ -84,9 +85,53 @@ def resolve_source(
     return resolve_model(spec, modalities, in_channels=in_channels)
 
 
+def onnxruntime_available() -> bool:
+    """Whether ONNX Runtime and the onnx exporter can be imported (without importing them)."""
+    from importlib.util import find_spec
+
+    return find_spec("onnxruntime") is not None and find_spec("onnx") is not None
+
+
+def cuda_requested(device: str) -> bool:
+    """``device`` names a GPU, or is ``auto`` and PyTorch sees one."""
+    d = str(device).strip().lower()
+    if d.startswith("cuda"):
+        return True
+    if d != "auto":
+        return False
+    if "torch" not in sys.modules and _no_nvidia_device():
+        return False  # skip importing torch (seconds) just to learn there is no GPU
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _no_nvidia_device() -> bool:
+    """True when this is Linux and no NVIDIA device node exists (so CUDA cannot work)."""
+    from pathlib import Path
+
+    return sys.platform.startswith("linux") and not any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def choose_engine(engine: str, source: ModelSource, device: str, precision: str = "auto") -> str:
+    """Resolve ``auto``: ONNX Runtime (cached export) for fp32 checkpoints on CPU when
+    installed; PyTorch on CUDA, for reduced precision, for untrained builds, and when
+    onnxruntime is missing."""
+    if source.kind == "onnx":
+        if engine == "torch":
+            log.info("%s is an ONNX model: running it with ONNX Runtime", source.path)
+        return "onnx"
+    if engine != "auto":
+        return engine
+    cpu_fp32 = precision in ("auto", "fp32") and not cuda_requested(device)
+    if source.kind == "checkpoint" and cpu_fp32 and onnxruntime_available():
+        return "onnx"
+    return "torch"
+
+
 def create_predictor(
     spec: str | os.PathLike[str] | ModelSource | None = None,
-    engine: str = "torch",
+    engine: str = "auto",
     device: str = "auto",
     precision: str = "auto",
     modalities: Iterable[str] | None = None,
@@ -94,13 +139,15 @@ def create_predictor(
     *,
     tile: int | None = None,
     in_channels: dict[str, int] | None = None,
+    threads: int | None = None,
 ) -> Predictor:
     """Build a predictor for ``spec`` (see :func:`mfaf_cli.models.resolve.resolve_model`).
 
     An ``.onnx`` model always runs on ONNX Runtime (whatever ``engine`` says, with a note in
     the log). ``engine="onnx"`` with a checkpoint exports it to ONNX first, with H/W fixed to
     ``tile`` (default: the model's tile size). ``batch_size`` caps how many tiles go through
-    the network at once.
+    the network at once. ``engine="auto"`` (see :func:`choose_engine`) caches the export per
+    checkpoint and tile. ``threads``: CPU intra-op threads of the engine (None: its default).
     """
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -109,18 +156,19 @@ def create_predictor(
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"batch size must be >= 1, got {batch_size}")
     source = resolve_source(spec, modalities, in_channels)
-    if source.kind == "onnx" and engine != "onnx":
-        log.info("%s is an ONNX model: running it with ONNX Runtime", source.path)
-        engine = "onnx"
-    if engine == "onnx":
+    chosen = choose_engine(engine, source, device, precision)
+    if chosen == "onnx":
         from mfaf_cli.engine.onnx_predictor import OnnxPredictor
 
         if source.kind == "onnx":
             assert source.path is not None
-            return OnnxPredictor(source.path, device=device, batch_size=batch_size)
-        return OnnxPredictor.from_source(source, device=device, batch_size=batch_size, tile=tile)
+            return OnnxPredictor(source.path, device=device, batch_size=batch_size, threads=threads)
+        return OnnxPredictor.from_source(
+            source, device=device, batch_size=batch_size, tile=tile, threads=threads,
+            cache=engine in ("auto", "onnx"),
+        )  # fmt: skip
     from mfaf_cli.engine.torch_predictor import TorchPredictor
 
     return TorchPredictor.from_source(
-        source, device=device, precision=precision, batch_size=batch_size
+        source, device=device, precision=precision, batch_size=batch_size, threads=threads
     )

@@ -82,6 +82,19 @@ def _pad_hw(x: np.ndarray, th: int, tw: int) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)
 
 
+def configure_threads(opts: Any, threads: int | None) -> None:
+    """Pin ONNX Runtime's intra-op pool to ``threads`` and stop its workers spinning.
+
+    Why: by default ORT starts one spinning worker per core; next to mfaf's reader threads
+    (and on a shared machine) the spinners steal the cores the readers need.
+    """
+    if not threads:
+        return
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
+
 class OnnxPredictor:
     """Run an exported mfaf ONNX model with ONNX Runtime."""
 
@@ -93,6 +106,7 @@ class OnnxPredictor:
         meta: ModelMeta | None = None,
         device: str = "auto",
         batch_size: int | None = None,
+        threads: int | None = None,
     ) -> None:
         ort = import_onnxruntime()
         from mfaf_cli.io.weights import read_meta
@@ -104,6 +118,11 @@ class OnnxPredictor:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        configure_threads(opts, threads)
+        # The memory-pattern planner keeps one arena block per input shape it has seen (the
+        # full batches and the last, partial one): measured on the shipped MFAFNet-S, batch
+        # 4 at 256², peak RSS 349 MB with it and 231 MB without, at the same speed.
+        opts.enable_mem_pattern = False
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as err:
@@ -150,20 +169,33 @@ class OnnxPredictor:
         device: str = "auto",
         batch_size: int | None = None,
         tile: int | None = None,
+        threads: int | None = None,
+        cache: bool = False,
     ) -> OnnxPredictor:
-        """Export a checkpoint/untrained model to a temporary ONNX file and load it."""
-        from mfaf_cli.models.export import export_onnx
-        from mfaf_cli.models.resolve import load_model
+        """Export a checkpoint/untrained model to ONNX and load it.
 
+        ``cache``: reuse (or create) the export in the user cache (see
+        :mod:`mfaf_cli.engine.cache`); otherwise export to a temporary file.
+        """
+        kw: dict[str, Any] = {"device": device, "batch_size": batch_size, "threads": threads}
         if source.kind == "onnx":
             assert source.path is not None
-            return cls(source.path, source.meta, device=device, batch_size=batch_size)
+            return cls(source.path, source.meta, **kw)
         import_onnxruntime()
+        tile = int(tile or source.meta.tile_size)
+        if cache and source.kind == "checkpoint":
+            from mfaf_cli.engine.cache import cached_onnx
+
+            path = cached_onnx(source, tile)
+            return cls(path, replace(source.meta, tile_size=tile), **kw)
+        from mfaf_cli.models.export import export_onnx
+        from mfaf_cli.models.resolve import load_model  # torch: only when exporting
+
         model, meta = load_model(source, device="cpu")
-        meta = replace(meta, tile_size=int(tile or meta.tile_size))
+        meta = replace(meta, tile_size=tile)
         with tempfile.TemporaryDirectory(prefix="mfaf-onnx-") as tmp:
             path = export_onnx(model, meta, Path(tmp) / "model.onnx")
-            return cls(path, meta, device=device, batch_size=batch_size)
+            return cls(path, meta, **kw)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         try:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -75,6 +76,22 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     raise UsageError(f"unknown precision {precision!r}; choose auto, fp32, fp16 or bf16")
 
 
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` intra-op threads, then restore torch's previous setting."""
+    if not threads:
+        yield
+        return
+    before = torch.get_num_threads()
+    if before != threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if before != threads:
+            torch.set_num_threads(before)
+
+
 def pad_to_multiple(x: torch.Tensor, divisor: int) -> torch.Tensor:
     """Pad H and W at the bottom/right up to a multiple of ``divisor`` (reflect where possible)."""
     h, w = x.shape[-2:]
@@ -97,6 +114,7 @@ class TorchPredictor:
         device: str | torch.device = "auto",
         precision: str = "auto",
         batch_size: int | None = None,
+        threads: int | None = None,
     ) -> None:
         self._device = resolve_device(device)
         self.autocast_dtype = resolve_precision(precision, self._device)
@@ -108,6 +126,8 @@ class TorchPredictor:
         self.batch_size = batch_size
         self.model = model.to(self._device).eval()
         self.divisor = int(getattr(model, "divisor", meta.divisor) or 1)
+        #: intra-op threads for CPU forwards (None: leave torch's setting alone)
+        self.threads = threads if self._device.type == "cpu" else None
 
     @classmethod
     def from_source(
@@ -116,11 +136,15 @@ class TorchPredictor:
         device: str | torch.device = "auto",
         precision: str = "auto",
         batch_size: int | None = None,
+        threads: int | None = None,
     ) -> TorchPredictor:
         from mfaf_cli.models.resolve import load_model
 
         model, meta = load_model(source, device="cpu")
-        return cls(model, meta, device=device, precision=precision, batch_size=batch_size)
+        return cls(
+            model, meta, device=device, precision=precision, batch_size=batch_size,
+            threads=threads,
+        )  # fmt: skip
 
     def _forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         h, w = inputs[0].shape[-2:]
@@ -140,7 +164,7 @@ class TorchPredictor:
         step = self.batch_size or n or 1
         out = np.empty((n, self.meta.num_classes, h, w), dtype=np.float32)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), _torch_threads(self.threads):
                 for i in range(0, n, step):
                     inputs = [
                         torch.from_numpy(

@@ -237,11 +237,7 @@ def _create_predictor(
     model: Any,
     scenes: Sequence[Scene],
     *,
-    engine: str,
-    device: str,
-    precision: str,
-    batch_size: int,
-    tile: int | None,
+    spec: Any,
 ) -> Any:
     """Resolve and load the model once for the whole batch (band counts from the first row
     that selects bands, for untrained registry models)."""
@@ -252,10 +248,7 @@ def _create_predictor(
     for s in scenes:
         for m, b in s.bands.items():
             in_ch.setdefault(m, len(b))
-    predictor, source = load_predictor(
-        model, modalities, in_channels=in_ch or None, engine=engine, device=device,
-        precision=precision, batch_size=batch_size, tile=tile,
-    )  # fmt: skip
+    predictor, source = load_predictor(model, modalities, in_channels=in_ch or None, spec=spec)
     if getattr(predictor, "name", None) is None:
         try:
             predictor.name = source.name
@@ -283,8 +276,10 @@ def predict_batch(
     batch_size: int = 4,
     blend: str = "gaussian",
     device: str = "auto",
-    engine: str = "torch",
+    engine: str = "auto",
     precision: str = "auto",
+    threads: int | None = None,
+    shard: Any = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
     **predict_kwargs: Any,
 ) -> list[dict[str, Any]]:
@@ -298,8 +293,10 @@ def predict_batch(
         predictor: an already created Predictor (then ``model`` and the engine options are
             not used).
         bands: default band lists per modality, for rows without a ``<modality>_bands`` cell.
-        tile, overlap, batch_size, blend, device, engine, precision: as for
+        tile, overlap, batch_size, blend, device, engine, precision, threads: as for
             :func:`mfaf_cli.pipeline.predict.predict`.
+        shard: ``"I/N"`` or a :class:`~mfaf_cli.pipeline.shard.Shard`: predict only scenes
+            I, I+N, ... (default: from torchrun / Slurm array variables, else all).
         on_result: called with each record as soon as its scene is done (for streaming
             JSON lines); the same records are returned.
         predict_kwargs: other :func:`~mfaf_cli.pipeline.predict.predict` options (``cog``,
@@ -316,25 +313,27 @@ def predict_batch(
         batch.
     """
     from mfaf_cli.pipeline.predict import check_modalities, predict
-    from mfaf_cli.stitch.weights import BLEND_MODES
-    from mfaf_cli.tiling.windows import check_tile, validate_tiling
+    from mfaf_cli.pipeline.shard import device_for, resolve_shard
+    from mfaf_cli.pipeline.spec import InferenceSpec
+    from mfaf_cli.tiling.windows import check_tile
 
     for key in ("inputs", "output", "vector", "probabilities", "confidence"):
         if key in predict_kwargs:
             raise UsageError(f"{key} comes from the batch CSV, not from an option")
     scenes = read_scenes(csv_path, bands)
-    validate_tiling(256 if tile is None else tile, overlap)
-    if blend not in BLEND_MODES:
-        raise UsageError(f"unknown blend mode {blend!r}; use one of {', '.join(BLEND_MODES)}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    share = resolve_shard(shard)
+    if share.count > 1:
+        scenes = share.take(scenes)
+        device = device_for(share, device)
+        log.info("shard %d/%d (%s): %d scenes", share.index, share.count, share.source,
+                 len(scenes))  # fmt: skip
+        if not scenes:
+            return []
+    spec = InferenceSpec(tile, overlap, batch_size, blend, device, engine, precision, threads)
 
     if predictor is None:
         t0 = time.perf_counter()
-        predictor = _create_predictor(
-            model, scenes, engine=engine, device=device, precision=precision,
-            batch_size=batch_size, tile=tile,
-        )  # fmt: skip
+        predictor = _create_predictor(model, scenes, spec=spec)
         log.info("model loaded once for %d scenes in %.1f s", len(scenes), time.perf_counter() - t0)
     meta = predictor.meta
     name = getattr(predictor, "name", None) or meta.arch
@@ -360,6 +359,7 @@ def predict_batch(
                     device=device,
                     engine=engine,
                     precision=precision,
+                    threads=threads,
                     probabilities=s.probabilities,
                     confidence=s.confidence,
                     vector=s.vector,

@@ -1,10 +1,10 @@
 """The predict spine: co-registered windows → model → streamed blend → georeferenced outputs.
 
-One pass over the scene in raster order. Background threads read, warp and normalise the next
-batches while the model works on the current one (GDAL releases the GIL); windows with no
-valid pixel never reach the model; :class:`~mfaf_cli.stitch.StreamingMerger` blends
-overlapping windows in probability space and hands finished rows straight to the writers, so
-memory depends on the scene *width*, never its height. All outputs go to temp files that are
+One pass over the scene in raster order through the inference core
+(:mod:`mfaf_cli.pipeline.core`): reader threads read and warp row chunks ahead of the model,
+windows with no valid pixel never reach the model, and a merge thread blends overlapping
+windows in probability space and hands finished rows straight to the writers, so memory
+depends on the scene *width*, never its height. All outputs go to temp files that are
 renamed into place only when everything succeeded.
 """
 
@@ -16,10 +16,8 @@ import logging
 import os
 import sys
 import time
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +28,18 @@ from mfaf_cli.coreg.grid import Grid, grid_from_reference
 from mfaf_cli.coreg.stack import expand_stacks
 from mfaf_cli.errors import InputError, ModalityError, OutputPathError, UsageError
 from mfaf_cli.io.inputs import check_readable
+from mfaf_cli.malloc import limit_malloc_growth as limit_malloc_growth
 from mfaf_cli.metadata import ALL_MODALITIES, ModelMeta
-from mfaf_cli.normalize import apply_normalisation
-from mfaf_cli.tiling.windows import Window, batched, check_tile, tile_windows, validate_tiling
+from mfaf_cli.pipeline.core import (  # noqa: F401 (PreparedBatch, ...: re-exported)
+    PreparedBatch,
+    iter_prepared,
+    prepare_batch,
+    read_grid,
+    run_scene,
+    scene_plan,
+)
+from mfaf_cli.pipeline.spec import InferenceSpec
+from mfaf_cli.tiling.windows import Window, check_tile, validate_tiling
 
 if TYPE_CHECKING:
     from mfaf_cli.models.resolve import ModelSource
@@ -41,10 +48,6 @@ log = logging.getLogger("mfaf")
 
 PathLike = str | os.PathLike[str]
 BandSpec = Mapping[str, Sequence[int | str] | None]
-
-#: Reader threads, and batches read ahead of the model.
-READ_THREADS = 2
-PREFETCH_BATCHES = 3
 
 
 @dataclass
@@ -80,16 +83,6 @@ class PredictResult:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
-@dataclass
-class PreparedBatch:
-    """A batch of windows read and normalised, ready for the model."""
-
-    windows: list[Window]
-    run: list[int]  # indexes into ``windows`` that go to the model
-    arrays: dict[str, np.ndarray]  # modality -> (len(run), C, h, w) normalised float32
-    valid: np.ndarray  # (len(windows), h, w) bool
-
-
 # ---- small helpers ------------------------------------------------------------------------
 def check_modalities(given: Sequence[str], meta: ModelMeta, model_name: str) -> None:
     """The inputs must be exactly the modalities the model takes."""
@@ -110,16 +103,17 @@ def check_modalities(given: Sequence[str], meta: ModelMeta, model_name: str) -> 
         raise ModalityError(f"model {model_name} needs {' + '.join(want)}; add --{missing[0]} PATH")
 
 
+def on_gpu(predictor: Any) -> bool:
+    """Whether ``predictor`` runs on a GPU (then the CPU cores are left to the readers)."""
+    return str(getattr(predictor, "device", "cpu")).startswith("cuda")
+
+
 def load_predictor(
     model: Any,
     modalities: Sequence[str],
     *,
     in_channels: Mapping[str, int] | None,
-    engine: str,
-    device: str,
-    precision: str,
-    batch_size: int,
-    tile: int | None,
+    spec: InferenceSpec,
 ) -> tuple[Any, ModelSource]:
     """Resolve ``--model`` for these input modalities, check that it takes exactly them, and
     load it: ``(predictor, ModelSource)``. One place for predict and batch mode, so both
@@ -134,14 +128,17 @@ def load_predictor(
         in_ch = dict(in_channels) if in_channels else None
         source = resolve_model(model, modalities, in_channels=in_ch)
     check_modalities(modalities, source.meta, source.name)
+    check_tile(int(spec.tile or source.meta.tile_size), source.meta.divisor, source.meta.arch)
+    gpu = str(spec.device).startswith("cuda")
     predictor = create_predictor(
         source,
-        engine=engine,
-        device=device,
-        precision=precision,
+        engine=spec.engine,
+        device=spec.device,
+        precision=spec.precision,
         modalities=modalities,
-        batch_size=batch_size,
-        tile=tile or source.meta.tile_size,
+        batch_size=spec.batch_size,
+        tile=spec.tile or source.meta.tile_size,
+        threads=spec.thread_split(on_gpu=gpu)[0],
     )
     with contextlib.suppress(AttributeError):  # read-only predictors: tags then say less
         predictor.source = source  # for the output tags (weights name, sha256)
@@ -174,64 +171,6 @@ def check_vector_path(path: PathLike, overwrite: bool) -> None:
     check_output(p, overwrite)
 
 
-def prepare_batch(
-    scene: AlignedScene,
-    windows: list[Window],
-    meta: ModelMeta,
-    percentiles: Mapping[str, tuple[np.ndarray, np.ndarray]],
-) -> PreparedBatch:
-    """Read and normalise a batch; windows without a single valid pixel are left out."""
-    per_mod: dict[str, list[np.ndarray]] = {m: [] for m in meta.modality_names}
-    valids: list[np.ndarray] = []
-    run: list[int] = []
-    for i, w in enumerate(windows):
-        arrays, valid = scene.read(w)
-        valids.append(valid)
-        if not valid.any():
-            continue
-        run.append(i)
-        for spec in meta.modalities:
-            lo, hi = percentiles.get(spec.name, (None, None))
-            per_mod[spec.name].append(
-                apply_normalisation(arrays[spec.name], spec.normalisation, lo, hi)
-            )
-    stacked = {m: np.stack(v) if v else np.empty((0,)) for m, v in per_mod.items()}
-    return PreparedBatch(windows, run, stacked, np.stack(valids))
-
-
-def iter_prepared(
-    scene: AlignedScene,
-    batches: Sequence[list[Window]],
-    meta: ModelMeta,
-    percentiles: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    threads: int = READ_THREADS,
-    prefetch: int = PREFETCH_BATCHES,
-) -> Iterator[PreparedBatch]:
-    """Yield prepared batches in order, reading up to ``prefetch`` batches ahead in threads."""
-    if threads <= 0:
-        for b in batches:
-            yield prepare_batch(scene, b, meta, percentiles)
-        return
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mfaf-read")
-    pending: deque[Future[PreparedBatch]] = deque()
-    it = iter(batches)
-    try:
-        for b in it:
-            pending.append(pool.submit(prepare_batch, scene, b, meta, percentiles))
-            if len(pending) >= prefetch:
-                break
-        while pending:
-            fut = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.submit(prepare_batch, scene, nxt, meta, percentiles))
-            yield fut.result()
-    finally:
-        for f in pending:
-            f.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def class_fractions(outputs: Any, meta: ModelMeta) -> tuple[float, dict[str, float]]:
     """(valid fraction of the grid, fraction of valid pixels per class name) of a finished run."""
     counts, n_valid = outputs.class_counts, int(outputs.class_counts.sum())
@@ -240,32 +179,70 @@ def class_fractions(outputs: Any, meta: ModelMeta) -> tuple[float, dict[str, flo
     return (n_valid / outputs.pixels if outputs.pixels else 0.0), fr
 
 
-_MALLOC_TUNED = False
+def run_on_scene(
+    inputs: Mapping[str, PathLike],
+    meta: ModelMeta,
+    predictor: Any,
+    make_sink: Any,
+    spec: InferenceSpec,
+    *,
+    bands: Any = None,
+    sar_units: str = "auto",
+    crs: Any = None,
+    resolution: Any = None,
+    bounds: Any = None,
+    progress: bool = False,
+    read_threads: int = 1,
+    before_commit: Any = None,
+) -> tuple[Grid, Any, Any]:
+    """One pass of the inference core over one scene: ``(grid, RunStats, sink)``.
 
-
-def limit_malloc_growth() -> None:
-    """Stop glibc from letting the heap grow with the scene (Linux, once per process).
-
-    Window arrays are allocated in reader threads and freed in the main thread. glibc raises
-    its mmap threshold after each large free, so later ~1 MB arrays come from per-thread heap
-    arenas that fragment and are never returned: peak RSS then creeps up with the number of
-    windows (measured +100 MB on a 4096² scene). A fixed threshold (as if the user had set
-    ``MALLOC_MMAP_THRESHOLD_``) keeps large arrays in mmap, returned on free.
+    ``inputs`` are in the model's modality order; ``make_sink(grid)`` makes the sink (a
+    context manager, entered for the pass); ``before_commit(sink)`` runs inside it after the
+    last row, so an error there still discards the sink's output. predict, batch mode and
+    evaluate all come through here.
     """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED or not sys.platform.startswith("linux"):
-        return
-    _MALLOC_TUNED = True
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return
-    try:
-        import ctypes
+    assert spec.tile is not None
+    ref_path = os.fspath(inputs[meta.reference_modality])
+    grid = grid_from_reference(ref_path, crs=crs, resolution=resolution, bounds=bounds)
+    plan = scene_plan(ref_path, grid, spec.tile, spec.overlap)
+    with (
+        AlignedScene(inputs, read_grid(grid, plan), bands=bands, units=sar_units, meta=meta)
+        as scene,
+        _bounded_gdal_cache(scene, spec.tile),
+    ):  # fmt: skip
+        for m, c in scene.band_choices.items():
+            log.info("%s bands: %s", m, c.summary())
+        percentiles = _extent_percentiles(scene, inputs, grid, plan, meta, bands, sar_units)
+        with make_sink(grid) as sink:
+            stats = run_scene(
+                scene, plan, meta, predictor, percentiles, sink, batch_size=spec.batch_size,
+                blend=spec.blend, read_threads=read_threads, progress=progress,
+            )  # fmt: skip
+            if before_commit is not None:
+                before_commit(sink)
+    stats = replace(stats, bands={m: c.to_dict() for m, c in scene.band_choices.items()})
+    return grid, stats, sink
 
-        libc = ctypes.CDLL("libc.so.6")
-        m_mmap_threshold = -3
-        libc.mallopt(m_mmap_threshold, 256 * 1024)
-    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
-        pass
+
+def _extent_percentiles(
+    scene: AlignedScene,
+    inputs: Mapping[str, PathLike],
+    grid: Grid,
+    plan: Any,
+    meta: ModelMeta,
+    bands: Any,
+    units: str,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Scene statistics of the requested extent (not of the larger read grid of an anchored
+    crop), so extent-dependent normalisations keep their meaning; none (no decimated read of
+    the whole scene) when every modality's normalisation is fixed."""
+    if all(s.normalisation.mode != "scene-percentile" for s in meta.modalities):
+        return {}
+    if not plan.anchored:
+        return scene.percentiles(meta)
+    with AlignedScene(inputs, grid, bands=bands, units=units, meta=meta) as crop:
+        return crop.percentiles(meta)
 
 
 def _bounded_gdal_cache(scene: AlignedScene, tile: int) -> Any:
@@ -317,8 +294,9 @@ def predict(
     batch_size: int = 4,
     blend: str = "gaussian",
     device: str = "auto",
-    engine: str = "torch",
+    engine: str = "auto",
     precision: str = "auto",
+    threads: int | None = None,
     probabilities: PathLike | None = None,
     probabilities_dtype: str = "uint8",
     confidence: PathLike | None = None,
@@ -333,7 +311,7 @@ def predict(
     bounds: tuple[float, float, float, float] | None = None,
     sar_units: str = "auto",
     predictor: Any = None,
-    read_threads: int = READ_THREADS,
+    read_threads: int | None = None,
 ) -> PredictResult:
     """Predict a land-use map for one scene and write it as georeferenced GeoTIFF(s).
 
@@ -347,6 +325,8 @@ def predict(
         batch_size: windows per model call.
         blend: ``gaussian`` | ``cosine`` | ``constant``.
         device, engine, precision: see :func:`mfaf_cli.engine.create_predictor`.
+        threads: CPU threads for the engine and the readers together (None: all usable
+            cores); see :func:`mfaf_cli.pipeline.spec.split_threads`.
         probabilities, probabilities_dtype, confidence: optional extra outputs.
         vector: polygonise the label map into this file (.gpkg, .geojson, .parquet, .shp).
         cog, creation_options: output format options.
@@ -356,7 +336,7 @@ def predict(
         crs, resolution, bounds: target-grid overrides (bounds in target CRS units).
         sar_units: ``auto`` | ``db`` | ``linear`` (units of the SAR file).
         predictor: an already created Predictor (reused across scenes by batch mode).
-        read_threads: background reader threads (0 reads in the calling thread).
+        read_threads: override the reader threads of the split (0 reads in the caller).
 
     Raises:
         MfafError subclasses for every user-facing problem; nothing is left on disk then.
@@ -375,13 +355,7 @@ def predict(
         raise UsageError("nothing to write: give -o/--output (or --probabilities/--confidence)")
     if vector is not None and output is None:
         raise UsageError("--vector polygonises the label map: give -o/--output too")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"--batch-size must be a positive integer, got {batch_size!r}")
-    validate_tiling(256 if tile is None else tile, overlap)  # ranges before anything slow
-    from mfaf_cli.stitch.weights import BLEND_MODES
-
-    if blend not in BLEND_MODES:
-        raise UsageError(f"unknown blend mode {blend!r}; use one of {', '.join(BLEND_MODES)}")
+    spec = InferenceSpec(tile, overlap, batch_size, blend, device, engine, precision, threads)
 
     # Cheap checks first: outputs, then input files, then the model.
     for p in (output, probabilities, confidence):
@@ -400,9 +374,8 @@ def predict(
     if predictor is None:
         in_ch = {m: len(v) for m, v in bands.items() if m in inputs}
         predictor, source = load_predictor(
-            model, tuple(inputs), in_channels=in_ch or None, engine=engine, device=device,
-            precision=precision, batch_size=batch_size, tile=tile,
-        )  # fmt: skip
+            model, tuple(inputs), in_channels=in_ch or None, spec=spec
+        )
         model_name, trained = source.name, not source.untrained
         meta: ModelMeta = predictor.meta
     else:
@@ -425,21 +398,8 @@ def predict(
                 "where they overlap, so there is nothing to predict"
             )
 
-    # Grid and aligned reads.
-    ref = meta.reference_modality
-    grid = grid_from_reference(inputs[ref], crs=crs, resolution=resolution, bounds=bounds)
-    ordered = {m: inputs[m] for m in meta.modality_names}
-    t_scene = time.perf_counter()
-    limit_malloc_growth()
-    with (
-        AlignedScene(ordered, grid, bands=bands, units=sar_units, meta=meta) as scene,
-        _bounded_gdal_cache(scene, tile),
-    ):
-        band_choices = {m: c.to_dict() for m, c in scene.band_choices.items()}
-        for m, c in scene.band_choices.items():
-            log.info("%s bands: %s", m, c.summary())
-        percentiles = scene.percentiles(meta)
-        outputs = OutputSet(
+    def _outputs(grid: Grid) -> Any:
+        return OutputSet(
             grid,
             meta,
             output,
@@ -451,21 +411,17 @@ def predict(
             overwrite=overwrite,
             tags=model_tags(getattr(predictor, "source", None), model_name, trained),
         )
-        windows, skipped, model_s = _run_windows(
-            scene,
-            grid,
-            meta,
-            predictor,
-            percentiles,
-            outputs,
-            tile=tile,
-            overlap=overlap,
-            batch_size=batch_size,
-            blend=blend,
-            progress=progress,
-            read_threads=read_threads,
-            before_commit=_before_commit,
-        )
+
+    ordered = {m: inputs[m] for m in meta.modality_names}
+    if read_threads is None:
+        read_threads = spec.thread_split(on_gpu=on_gpu(predictor))[1]
+    t_scene = time.perf_counter()
+    grid, stats, outputs = run_on_scene(
+        ordered, meta, predictor, _outputs, spec.with_tile(tile), bands=bands,
+        sar_units=sar_units, crs=crs, resolution=resolution, bounds=bounds,
+        progress=progress, read_threads=read_threads, before_commit=_before_commit,
+    )  # fmt: skip
+    windows, skipped, model_s = stats.windows, stats.skipped, stats.model_seconds
     seconds_scene = time.perf_counter() - t_scene
 
     written = {k: str(Path(v).absolute()) for k, v in outputs.paths.items() if v is not None}
@@ -480,7 +436,7 @@ def predict(
     return PredictResult(
         inputs={k: str(Path(v).absolute()) for k, v in ordered.items()},
         grid=grid.to_dict(),
-        windows=len(windows),
+        windows=windows,
         skipped_windows=skipped,
         seconds=round(seconds, 3),
         megapixels_per_second=round(mpix / max(seconds_scene, 1e-9), 4),
@@ -497,74 +453,8 @@ def predict(
         valid_fraction=round(valid_fraction, 6),
         class_fractions={k: round(v, 6) for k, v in fractions.items()},
         model_seconds=round(model_s, 3),
-        bands=band_choices,
+        bands=stats.bands,
     )
-
-
-def _run_windows(
-    scene: AlignedScene,
-    grid: Grid,
-    meta: ModelMeta,
-    predictor: Any,
-    percentiles: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    outputs: Any,
-    *,
-    tile: int,
-    overlap: float,
-    batch_size: int,
-    blend: str,
-    progress: bool,
-    read_threads: int,
-    before_commit: Any = None,
-) -> tuple[list[Window], int, float]:
-    """Stream every window through the model into the outputs; returns (windows, skipped,
-    seconds spent in the model). The outputs keep the per-class pixel counts.
-
-    ``before_commit(outputs)`` runs once every row is written but before the temp
-    files are renamed into place; if it raises, no output appears."""
-    from tqdm import tqdm
-
-    from mfaf_cli.stitch import StreamingMerger, make_weight_fn
-
-    windows = tile_windows(grid.height, grid.width, tile, overlap)
-    weight_fn = make_weight_fn(windows, blend)
-    batches = list(batched(windows, batch_size))
-    model_s = 0.0
-    bar = tqdm(
-        total=len(windows),
-        unit="win",
-        desc="predict",
-        disable=not progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
-    try:
-        with outputs as out:
-            merger = StreamingMerger(
-                grid.height, grid.width, meta.num_classes, windows, weight_fn, out
-            )
-            for pb in iter_prepared(scene, batches, meta, percentiles, threads=read_threads):
-                probs = None
-                if pb.run:
-                    t0 = time.perf_counter()
-                    probs = predictor(pb.arrays)
-                    model_s += time.perf_counter() - t0
-                k = 0
-                for i, w in enumerate(pb.windows):
-                    if k < len(pb.run) and pb.run[k] == i:
-                        assert probs is not None
-                        merger.add(w, probs[k], pb.valid[i])
-                        k += 1
-                    else:
-                        merger.add_skipped(w)
-                bar.update(len(pb.windows))
-            merger.finish()
-            bar.close()
-            if before_commit is not None:
-                before_commit(out)
-    finally:
-        bar.close()
-    return windows, merger.windows_skipped, model_s
 
 
 # ---- coregister -------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 Both accumulate one confusion matrix and report
 :func:`~mfaf_cli.training.metrics.metrics_from_confusion`.
-Georeferenced scenes (Sen1Floods11, WHU-OPT-SAR, folder scenes) go through the real predict
-pipeline (co-registration, sliding windows, blending) into a temporary GeoTIFF that is then
-scored like ``mfaf evaluate PRED.tif --truth LABEL.tif``; PNG patches (OMBRIA) run the same
+Georeferenced scenes (Sen1Floods11, WHU-OPT-SAR, folder scenes) go through the inference core
+that predict uses (co-registration, sliding windows, blending), whose confusion-matrix sink
+scores the rows as they are blended, exactly like ``mfaf evaluate PRED.tif --truth LABEL.tif``
+scores a written map (no temporary map); PNG patches (OMBRIA) run the same
 normalise → predictor → blend steps in memory.
 """
 
@@ -14,7 +15,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,6 +176,24 @@ def footprints_overlap(a: Any, b: Any) -> bool:
     )
 
 
+def truth_labels(
+    t: np.ndarray,
+    label_fn: Callable[[np.ndarray], np.ndarray] | None,
+    mapping: dict[int, int] | None,
+    ignore_index: int,
+) -> np.ndarray:
+    """Truth values (float, NaN = nodata/outside) → class ids, ``ignore_index`` where unusable."""
+    finite = np.isfinite(t)
+    raw = np.where(finite, t, -1).astype(np.int64)
+    if label_fn is not None:
+        truth = label_fn(raw)
+        truth[~finite] = ignore_index
+    else:
+        truth = apply_mapping(raw, mapping)
+        truth[(raw == -1) | ~finite] = ignore_index
+    return truth
+
+
 def raster_confusion(
     pred_path: str | os.PathLike[str],
     truth_path: str | os.PathLike[str],
@@ -223,14 +241,7 @@ def raster_confusion(
                     t[t == tds.nodata] = np.nan
             else:
                 t = truth_on_grid(tds, pds.crs, pds.window_transform(win), (h, pds.width))
-            finite = np.isfinite(t)
-            raw = np.where(finite, t, -1).astype(np.int64)
-            if label_fn is not None:
-                truth = label_fn(raw)
-                truth[~finite] = ignore_index
-            else:
-                truth = apply_mapping(raw, mapping)
-                truth[(raw == -1) | ~finite] = ignore_index
+            truth = truth_labels(t, label_fn, mapping, ignore_index)
             try:
                 cm += confusion_matrix(pred, truth, num_classes, ignore_index)
             except LabelError as err:
@@ -393,6 +404,26 @@ def predict_arrays(
 
 
 # ---- a model on a dataset ------------------------------------------------------------------
+def scene_confusion(predictor: Any, scene: Any, ds: Any, spec: Any) -> np.ndarray:
+    """Confusion matrix of one georeferenced dataset scene, scored row band by row band by
+    the inference core's :class:`~mfaf_cli.pipeline.sinks.ConfusionSink` (no map written)."""
+    from mfaf_cli.pipeline.predict import run_on_scene
+    from mfaf_cli.pipeline.sinks import ConfusionSink
+
+    meta: ModelMeta = predictor.meta
+    k = meta.num_classes
+
+    def make_sink(grid: Any) -> ConfusionSink:
+        return ConfusionSink(scene.label, grid, k, label_fn=ds.map_label,
+                             ignore_index=ds.ignore_index)  # fmt: skip
+
+    inputs = {m: os.fspath(scene.inputs[m]) for m in meta.modality_names}
+    bands = {m: scene.bands[m] for m in meta.modality_names if scene.bands.get(m)}
+    _, _, sink = run_on_scene(inputs, meta, predictor, make_sink, spec, bands=bands,
+                              read_threads=spec.thread_split()[1])  # fmt: skip
+    return sink.confusion
+
+
 def evaluate_model(
     model: str | os.PathLike[str] | None,
     dataset: str,
@@ -404,8 +435,9 @@ def evaluate_model(
     batch_size: int = 4,
     blend: str = "gaussian",
     device: str = "auto",
-    engine: str = "torch",
+    engine: str = "auto",
     precision: str = "auto",
+    threads: int | None = None,
     bands: Mapping[str, list[int]] | None = None,
     seed: int = 0,
     val_fraction: float = 0.15,
@@ -422,6 +454,9 @@ def evaluate_model(
 
     from mfaf_cli.data.datasets import open_dataset
     from mfaf_cli.engine import create_predictor
+    from mfaf_cli.pipeline.spec import InferenceSpec
+
+    spec = InferenceSpec(tile, overlap, batch_size, blend, device, engine, precision, threads)
 
     opts: dict[str, Any] = {"seed": seed, "val_fraction": val_fraction, "augment": False}
     if bands:
@@ -435,6 +470,7 @@ def evaluate_model(
         modalities=probe.modalities,
         batch_size=batch_size,
         tile=tile,
+        threads=spec.thread_split(on_gpu=str(device).startswith("cuda"))[0],
     )
     meta: ModelMeta = predictor.meta
     ds = open_dataset(dataset, root, split, modalities=meta.modality_names, **opts)
@@ -456,31 +492,12 @@ def evaluate_model(
     scenes = ds.scenes()
     n_items = 0
     if scenes is not None:
-        from mfaf_cli.pipeline.predict import predict
-
         todo = scenes if max_items is None else scenes[:max_items]
-        with tempfile.TemporaryDirectory(prefix="mfaf-eval-") as tmp:
-            for sc in tqdm(
-                todo, desc=f"evaluate {dataset}/{split}", file=sys.stderr, disable=not progress
-            ):
-                out = Path(tmp) / "pred.tif"
-                predict(
-                    {m: sc.inputs[m] for m in meta.modality_names},
-                    out,
-                    predictor=predictor,
-                    tile=tile,
-                    overlap=overlap,
-                    batch_size=batch_size,
-                    blend=blend,
-                    bands={m: sc.bands[m] for m in meta.modality_names if sc.bands.get(m)},
-                    overwrite=True,
-                    progress=False,
-                )
-                cm += raster_confusion(
-                    out, sc.label, k, label_fn=ds.map_label, ignore_index=ds.ignore_index
-                )
-                n_items += 1
-                out.unlink(missing_ok=True)
+        for sc in tqdm(
+            todo, desc=f"evaluate {dataset}/{split}", file=sys.stderr, disable=not progress
+        ):
+            cm += scene_confusion(predictor, sc, ds, spec.with_tile(tile))
+            n_items += 1
     else:
         n = len(ds) if max_items is None else min(len(ds), max_items)
         for i in tqdm(

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# GPU evidence in one run (< 5 min on a CUDA machine): the predict benchmark at 8192² with the
+# shipped MFAFNet-S (fp32 and AMP, PyTorch and the ONNX Runtime CUDA provider, 1 and 4 reader
+# threads), the null engine (the machinery's own ceiling), and one AMP training epoch.
+# Prints one JSON object per line on stdout; progress on stderr.
+#
+#   bash benchmarks/gpu_check.sh                  # on the GPU machine, from the repo root
+#   SIZE=256 DEVICE=cpu TRAIN_N=4 TRAIN_SIZE=64 bash benchmarks/gpu_check.sh  # CPU smoke test
+set -euo pipefail
+
+SIZE=${SIZE:-8192}
+DEVICE=${DEVICE:-cuda}
+MODEL=${MODEL:-mfafnet-s-ombria-water}
+PY=${PYTHON:-python3}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/mfaf-gpu-check.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export MFAF_CACHE_DIR="${MFAF_CACHE_DIR:-$WORK/cache}"
+TRAIN_N=${TRAIN_N:-256}        # generated training patches
+TRAIN_SIZE=${TRAIN_SIZE:-256}  # their side (and the training tile)
+cd "$ROOT"
+
+note() { echo "[gpu_check $(date +%H:%M:%S)] $*" >&2; }
+bench() {  # label, then predict_bench arguments
+    local label=$1
+    shift
+    note "$label"
+    local out
+    if out=$("$PY" benchmarks/predict_bench.py --size "$SIZE" --workdir "$WORK/data" "$@" | tail -1); then
+        echo "{\"check\": \"$label\", \"result\": $out}"
+    else
+        echo "{\"check\": \"$label\", \"error\": \"exit $?\"}"
+    fi
+}
+
+note "machine"
+"$PY" - <<'EOF'
+import json, os, torch
+info = {"check": "machine", "torch": torch.__version__, "cuda": torch.version.cuda,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "cpu_cores": len(os.sched_getaffinity(0))}
+try:
+    import onnxruntime as ort
+    info["onnxruntime"] = ort.__version__
+    info["ort_providers"] = ort.get_available_providers()
+except ImportError:
+    info["onnxruntime"] = None
+print(json.dumps(info))
+EOF
+
+common=(--model "$MODEL" --device "$DEVICE" --tile 256 --batch-size 16)
+bench torch-fp32-readers1 "${common[@]}" --engine torch --precision fp32 --read-threads 1
+bench torch-fp32-readers4 "${common[@]}" --engine torch --precision fp32 --read-threads 4
+bench torch-amp-readers4 "${common[@]}" --engine torch --precision auto --read-threads 4
+bench onnx-cuda-readers4 "${common[@]}" --engine onnx --read-threads 4
+bench null-readers4 --model "$MODEL" --engine null --read-threads 4
+
+note "one AMP training epoch (generated OMBRIA-layout patches)"
+"$PY" - "$WORK/ombria" "$TRAIN_N" "$TRAIN_SIZE" <<'EOF'
+import sys
+from pathlib import Path
+sys.path.insert(0, "tests")
+from test_datasets import make_ombria
+make_ombria(Path(sys.argv[1]), n_train=int(sys.argv[2]), n_test=8, size=int(sys.argv[3]))
+EOF
+now() { "$PY" -c 'import time; print(time.time())'; }
+t0=$(now)
+if "$PY" -m mfaf_cli train --dataset ombria --data-root "$WORK/ombria" --model mfafnet-s \
+    --epochs 1 --batch-size 16 --tile "$TRAIN_SIZE" --amp --device "$DEVICE" -o "$WORK/run" -q >&2; then
+    secs=$("$PY" -c "print(round($(now) - $t0, 2))")
+    echo "{\"check\": \"train-amp-epoch\", \"samples\": $TRAIN_N, \"seconds\": $secs}"
+else
+    echo "{\"check\": \"train-amp-epoch\", \"error\": \"exit $?\"}"
+fi
+note "done"

@@ -1,0 +1,299 @@
+"""The sliding-window inference core shared by predict, batch mode and evaluate.
+
+Stages, each on its own thread(s) so that none waits for another:
+
+1. **reader pool** (``read_threads`` threads): read and warp full-width row chunks ahead of
+   the windows (:class:`~mfaf_cli.pipeline.strips.StripReader`: each grid row read once;
+   GDAL and numpy release the GIL); windows are sliced from them and normalised in order;
+2. **predictor** (the calling thread): the network on one batch;
+3. **merge worker** (one thread): blends each window into the
+   :class:`~mfaf_cli.stitch.StreamingMerger`'s row band and hands finished rows to the
+   **sink** — label/probability/confidence GeoTIFFs (:class:`~mfaf_cli.io.raster.OutputSet`),
+   a confusion matrix (:class:`~mfaf_cli.pipeline.sinks.ConfusionSink`) or nothing
+   (:class:`~mfaf_cli.pipeline.sinks.NullSink`). A new output is one sink class.
+
+Windows come from a :class:`~mfaf_cli.tiling.plan.WindowPlan` anchored to the reference
+raster's pixel grid, so a crop computes exactly the windows of the whole run.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mfaf_cli.coreg.align import AlignedScene
+from mfaf_cli.coreg.grid import Grid
+from mfaf_cli.metadata import ModelMeta
+from mfaf_cli.normalize import apply_normalisation
+from mfaf_cli.pipeline.strips import StripReader
+from mfaf_cli.tiling.plan import WindowPlan, plan_windows
+from mfaf_cli.tiling.windows import Window, batched
+
+log = logging.getLogger("mfaf")
+
+#: Batches read ahead of the model, and batches queued for the merge worker.
+PREFETCH_BATCHES = 3
+MERGE_QUEUE = 2
+
+Sink = Callable[[int, np.ndarray, np.ndarray], None]
+Percentiles = Mapping[str, tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class PreparedBatch:
+    """A batch of windows read and normalised, ready for the model."""
+
+    windows: list[Window]
+    run: list[int]  # indexes into ``windows`` that go to the model
+    arrays: dict[str, np.ndarray]  # modality -> (len(run), C, h, w) normalised float32
+    valid: np.ndarray  # (len(windows), h, w) bool
+
+
+@dataclass
+class RunStats:
+    """What one pass over a scene did."""
+
+    windows: int
+    skipped: int
+    model_seconds: float
+    #: modality -> which bands were read and how they were chosen (BandChoice.to_dict())
+    bands: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- window plan ------------------------------------------------------------------------------
+def reference_anchor(ref_path: str, grid: Grid) -> tuple[int, int, int, int] | None:
+    """``(row0, col0, ref_height, ref_width)`` when ``grid`` lies on the reference raster's
+    pixel lattice (same CRS and pixel size, whole-pixel offset: e.g. a ``--bounds`` crop
+    snapped to its pixels); None when it was reprojected or resampled (then the grid anchors
+    its own windows)."""
+    import rasterio
+
+    from mfaf_cli.coreg.align import _grid_offset
+
+    with rasterio.open(ref_path) as ds:
+        off = _grid_offset(ds, grid)
+        if off is None:
+            return None
+        return off[0], off[1], int(ds.height), int(ds.width)
+
+
+def scene_plan(ref_path: str, grid: Grid, tile: int, overlap: float) -> WindowPlan:
+    """The plan of a run over ``grid``, anchored to the reference raster when possible."""
+    anchor = reference_anchor(ref_path, grid)
+    if anchor is not None and anchor[:2] == (0, 0) and anchor[2:] == (grid.height, grid.width):
+        anchor = None  # the whole raster: its own anchor
+    plan = plan_windows(grid.height, grid.width, tile, overlap, anchor)
+    if anchor is not None and not plan.windows:  # crop outside the raster: nothing to anchor
+        plan = plan_windows(grid.height, grid.width, tile, overlap)
+    return plan
+
+
+def read_grid(grid: Grid, plan: WindowPlan) -> Grid:
+    """The grid the reader reads: ``grid`` grown to the plan's read extent (same lattice)."""
+    if not plan.anchored:
+        return grid
+    from rasterio.transform import Affine
+
+    dr, dc = plan.read_offset
+    h, w = plan.read_shape
+    return Grid(grid.crs, grid.transform @ Affine.translation(dc, dr), w, h)
+
+
+# ---- reader pool ------------------------------------------------------------------------------
+def prepare_batch(
+    scene: Any, windows: list[Window], meta: ModelMeta, percentiles: Percentiles
+) -> PreparedBatch:
+    """Read and normalise a batch; windows without a single valid pixel are left out."""
+    per_mod: dict[str, list[np.ndarray]] = {m: [] for m in meta.modality_names}
+    valids: list[np.ndarray] = []
+    run: list[int] = []
+    for i, w in enumerate(windows):
+        arrays, valid = scene.read(w)
+        valids.append(valid)
+        if not valid.any():
+            continue
+        run.append(i)
+        for spec in meta.modalities:
+            lo, hi = percentiles.get(spec.name, (None, None))
+            per_mod[spec.name].append(
+                apply_normalisation(arrays[spec.name], spec.normalisation, lo, hi)
+            )
+    stacked = {m: np.stack(v) if v else np.empty((0,)) for m, v in per_mod.items()}
+    return PreparedBatch(windows, run, stacked, np.stack(valids))
+
+
+def iter_prepared(
+    scene: Any,
+    batches: Sequence[list[Window]],
+    meta: ModelMeta,
+    percentiles: Percentiles,
+    threads: int = 1,
+    prefetch: int = PREFETCH_BATCHES,
+) -> Iterator[PreparedBatch]:
+    """Yield prepared batches in order, reading up to ``prefetch`` batches ahead in threads
+    (``threads=0``: read in the calling thread)."""
+    if threads <= 0:
+        for b in batches:
+            yield prepare_batch(scene, b, meta, percentiles)
+        return
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mfaf-read")
+    pending: deque[Future[PreparedBatch]] = deque()
+    it = iter(batches)
+    try:
+        for b in it:
+            pending.append(pool.submit(prepare_batch, scene, b, meta, percentiles))
+            if len(pending) >= max(prefetch, threads):
+                break
+        while pending:
+            fut = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(prepare_batch, scene, nxt, meta, percentiles))
+            yield fut.result()
+    finally:
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---- merge worker -----------------------------------------------------------------------------
+class MergeWorker:
+    """Blend batches into the merger (and so into the sink) on a background thread.
+
+    ``submit`` queues a batch (blocking while ``MERGE_QUEUE`` batches wait, so memory stays
+    bounded); the first error raised in the worker is re-raised by the next ``submit`` or by
+    ``close``. ``threaded=False`` merges in the calling thread (for debugging).
+    """
+
+    def __init__(self, merger: Any, threaded: bool = True) -> None:
+        self._merger = merger
+        self._error: BaseException | None = None
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=MERGE_QUEUE)
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(target=self._loop, name="mfaf-merge", daemon=True)
+            self._thread.start()
+
+    def _merge(self, windows: list[Window], probs: Any, valid: np.ndarray) -> None:
+        for i, w in enumerate(windows):
+            p = None if probs is None else probs[i]
+            if p is None:
+                self._merger.add_skipped(w)
+            else:
+                self._merger.add(w, p, valid[i])
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    self._merge(*item)
+                except BaseException as err:  # re-raised in the caller's thread
+                    self._error = err
+
+    def submit(self, windows: list[Window], probs: Sequence[Any], valid: np.ndarray) -> None:
+        """Queue windows with their probabilities (None entries: skipped windows)."""
+        self._raise()
+        if self._thread is None:
+            self._merge(windows, probs, valid)
+            return
+        while True:
+            try:
+                self._queue.put((windows, probs, valid), timeout=0.5)
+                return
+            except queue.Full:
+                self._raise()
+
+    def close(self, ok: bool = True) -> None:
+        """Wait for the queued batches (``ok``) or drop them, stop the thread, re-raise."""
+        if self._thread is not None:
+            if not ok:
+                self._error = self._error or RuntimeError("aborted")
+            self._put_stop()
+            self._thread.join()
+            self._thread = None
+        if ok:
+            self._raise()
+
+    def _put_stop(self) -> None:
+        while True:
+            try:
+                self._queue.put(None, timeout=0.5)
+                return
+            except queue.Full:
+                if self._thread is None or not self._thread.is_alive():
+                    return
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+# ---- the pass over a scene ---------------------------------------------------------------------
+def run_scene(
+    scene: AlignedScene,
+    plan: WindowPlan,
+    meta: ModelMeta,
+    predictor: Any,
+    percentiles: Percentiles,
+    sink: Sink,
+    *,
+    batch_size: int,
+    blend: str,
+    read_threads: int,
+    progress: bool = False,
+    desc: str = "predict",
+) -> RunStats:
+    """Stream every window of ``plan`` through ``predictor`` into ``sink``.
+
+    ``scene`` reads the plan's read grid; the sink receives finished rows of the output grid
+    in order, ``(row0, probs (K, r, W), valid (r, W))``."""
+    from tqdm import tqdm
+
+    from mfaf_cli.stitch import StreamingMerger
+
+    reads = [plan.read_window(w) for w in plan.windows]
+    to_out = dict(zip(reads, plan.windows, strict=True))
+    merger = StreamingMerger(plan.height, plan.width, meta.num_classes, plan.windows,
+                             plan.weight_fn(blend), sink)  # fmt: skip
+    bar = tqdm(total=len(reads), unit="win", desc=desc, disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+    worker = MergeWorker(merger)
+    reader = StripReader(scene, [w.row_off for w in reads], plan.tile, threads=read_threads,
+                         ahead=max(4, 2 * read_threads))  # fmt: skip
+    model_s, ok = 0.0, False
+    try:
+        batches = list(batched(reads, batch_size))
+        # windows are sliced from row chunks that reader threads read ahead; slicing and
+        # normalising a batch is cheap, so it runs here, in window order
+        for pb in iter_prepared(reader, batches, meta, percentiles, threads=0):
+            probs: list[Any] = [None] * len(pb.windows)
+            if pb.run:
+                t0 = time.perf_counter()
+                out = predictor(pb.arrays)
+                model_s += time.perf_counter() - t0
+                for k, i in enumerate(pb.run):
+                    probs[i] = out[k]
+            worker.submit([to_out[w] for w in pb.windows], probs, pb.valid)
+            bar.update(len(pb.windows))
+        worker.close()
+        ok = True
+        merger.finish()
+    finally:
+        if not ok:
+            worker.close(ok=False)
+        reader.close()
+        bar.close()
+    return RunStats(len(reads), merger.windows_skipped, model_s)

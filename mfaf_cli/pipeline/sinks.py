@@ -1,0 +1,105 @@
+"""Sinks of the inference core: what happens to finished rows of blended probabilities.
+
+A sink is called with ``(row0, probs (K, r, W) float32, valid (r, W) bool)`` for consecutive
+row bands of the output grid, in order, from the core's merge worker thread. The GeoTIFF
+outputs (label / probabilities / confidence) are :class:`~mfaf_cli.io.raster.OutputSet`;
+this module adds a confusion-matrix sink (so evaluate scores a scene without writing a map)
+and a null sink (so benchmarks measure the machinery alone).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from mfaf_cli.coreg.grid import Grid
+from mfaf_cli.errors import LabelError
+from mfaf_cli.metadata import NODATA_LABEL
+
+
+class NullSink:
+    """Counts pixels and nothing else."""
+
+    def __init__(self) -> None:
+        self.pixels = 0
+        self.valid_pixels = 0
+
+    def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
+        self.pixels += valid.size
+        self.valid_pixels += int(valid.sum())
+
+    def __enter__(self) -> NullSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class ConfusionSink:
+    """Scores rows against a truth raster as they come, the way
+    :func:`~mfaf_cli.training.evaluate.raster_confusion` scores a written label map:
+    label = arg-max where valid (nodata elsewhere), truth resampled nearest onto the grid,
+    ``label_fn``/``mapping`` applied, ``ignore_index`` skipped."""
+
+    def __init__(
+        self,
+        truth_path: str | os.PathLike[str],
+        grid: Grid,
+        num_classes: int,
+        *,
+        label_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+        mapping: dict[int, int] | None = None,
+        ignore_index: int = NODATA_LABEL,
+    ) -> None:
+        self.truth_path = truth_path
+        self.grid = grid
+        self.num_classes = int(num_classes)
+        self.label_fn, self.mapping, self.ignore_index = label_fn, mapping, ignore_index
+        self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+        self._ds: Any = None
+
+    def __enter__(self) -> ConfusionSink:
+        from mfaf_cli.io.inputs import open_raster
+
+        self._ds = open_raster(self.truth_path, "truth", require_crs=False).__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._ds is not None:
+            self._ds.close()
+            self._ds = None
+
+    def _truth_rows(self, row0: int, rows: int) -> np.ndarray:
+        from rasterio.windows import Window as RioWindow
+
+        from mfaf_cli.training.evaluate import truth_on_grid
+
+        ds, g = self._ds, self.grid
+        if ds.crs == g.crs and ds.transform == g.transform and ds.shape == (g.height, g.width):
+            t = ds.read(1, window=RioWindow(0, row0, g.width, rows)).astype(np.float64)
+            if ds.nodata is not None:
+                t[t == ds.nodata] = np.nan
+            return t
+        from rasterio.transform import Affine
+
+        transform = g.transform @ Affine.translation(0, row0)
+        return truth_on_grid(ds, g.crs, transform, (rows, g.width))
+
+    def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
+        from mfaf_cli.io.raster import argmax_max
+        from mfaf_cli.training.evaluate import truth_labels
+        from mfaf_cli.training.metrics import confusion_matrix
+
+        idx = argmax_max(probs)[0].astype(np.int64)
+        idx[~valid] = self.ignore_index
+        truth = truth_labels(
+            self._truth_rows(row0, valid.shape[0]), self.label_fn, self.mapping, self.ignore_index
+        )
+        try:
+            self.confusion += confusion_matrix(idx, truth, self.num_classes, self.ignore_index)
+        except LabelError as err:
+            name = os.path.basename(os.fspath(self.truth_path))
+            raise LabelError(f"{name}: {err} (classes the model does not know)") from None

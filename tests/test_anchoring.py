@@ -1,0 +1,118 @@
+"""Window anchoring (issue 8.3): a --bounds crop computes exactly the windows of the whole run,
+reading real pixels past the crop, so four quadrant runs mosaic to the whole-scene map."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from conftest import EXAMPLES
+from tiny_net import tiny_meta
+from torch import nn
+
+from mfaf_cli.io import weights as W
+from mfaf_cli.metadata import ModalitySpec, Normalisation
+from mfaf_cli.pipeline import core
+from mfaf_cli.pipeline.predict import predict
+from mfaf_cli.tiling.plan import plan_windows
+from mfaf_cli.tiling.windows import tile_windows
+
+CHIP = EXAMPLES / "sen1floods11"
+BANDS = {"optical": [4, 3, 2, 8], "sar": [1]}
+
+
+class ContextNet(nn.Module):
+    """Two zero-padded 5×5 convs: each output pixel sees 9×9 px, so window placement and the
+    context at a window's border change the result (a 1×1 net would hide both)."""
+
+    divisor = 16
+
+    def __init__(self, in_channels: dict[str, int], num_classes: int) -> None:
+        super().__init__()
+        self.modalities = tuple(in_channels)
+        self.a = nn.Conv2d(sum(in_channels.values()), 8, 5, padding=2)
+        self.b = nn.Conv2d(8, num_classes, 5, padding=2)
+
+    def forward(self, *inputs: torch.Tensor, return_aux: bool = False):  # type: ignore[no-untyped-def]
+        logits = self.b(torch.tanh(self.a(torch.cat(inputs, dim=1))))
+        return (logits, {}) if return_aux else logits
+
+
+@pytest.fixture
+def context_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A checkpoint with extent-independent ("fixed") normalisation."""
+    monkeypatch.setattr(W, "build_model", lambda meta: ContextNet(meta.in_channels, 2))
+    fixed = (
+        ModalitySpec("optical", ("red", "green", "blue", "nir"),
+                     Normalisation("fixed", (1500.0,) * 4, (1000.0,) * 4)),
+        ModalitySpec("sar", ("vv",), Normalisation("fixed", (-15.0,), (5.0,)), units="db"),
+    )  # fmt: skip
+    meta = replace(tiny_meta(tile=64), modalities=fixed)
+    torch.manual_seed(0)
+    return W.save_checkpoint(ContextNet(meta.in_channels, 2), meta, tmp_path / "ctx.safetensors")
+
+
+def _run(model: Path, out: Path, bounds: tuple[float, ...] | None = None) -> None:
+    predict({"optical": CHIP / "S2.tif", "sar": CHIP / "S1.tif"}, out, str(model),
+            bounds=bounds, bands=BANDS, engine="torch", device="cpu", progress=False,
+            probabilities=out.with_suffix(".p.tif"), probabilities_dtype="float32")  # fmt: skip
+
+
+def _quadrant_mosaic(model: Path, tmp: Path) -> tuple[np.ndarray, np.ndarray]:
+    with rasterio.open(CHIP / "S2.tif") as ds:
+        t, h, w = ds.transform, ds.height, ds.width
+    labels = np.full((h, w), 255, np.uint8)
+    probs = np.full((2, h, w), np.nan, np.float32)
+    for r0, r1 in ((0, h // 2), (h // 2, h)):
+        for c0, c1 in ((0, w // 2), (w // 2, w)):
+            (left, top), (right, bottom) = t @ (c0, r0), t @ (c1, r1)
+            out = tmp / f"q{r0}_{c0}.tif"
+            _run(model, out, (left, bottom, right, top))
+            with rasterio.open(out) as q:
+                assert q.shape == (r1 - r0, c1 - c0)
+                labels[r0:r1, c0:c1] = q.read(1)
+            with rasterio.open(out.with_suffix(".p.tif")) as q:
+                probs[:, r0:r1, c0:c1] = q.read()
+    return labels, probs
+
+
+def test_anchored_plan_of_whole_raster_is_the_plain_plan() -> None:
+    assert plan_windows(384, 384, 64, 0.25).windows == tile_windows(384, 384, 64, 0.25)
+    crop = plan_windows(100, 90, 64, 0.25, anchor=(192, 200, 384, 384))
+    full = {(w.row_off, w.col_off) for w in tile_windows(384, 384, 64, 0.25)}
+    shifted = {(w.row_off + 192, w.col_off + 200) for w in crop.windows}
+    touching = {(r, c) for r, c in full if r < 292 and r + 64 > 192 and c < 290 and c + 64 > 200}
+    assert shifted == touching
+    assert crop.read_offset[0] <= 0 and crop.read_offset[1] <= 0
+
+
+def test_quadrant_runs_equal_the_whole_run(context_model: Path, tmp_path: Path) -> None:
+    whole = tmp_path / "whole.tif"
+    _run(context_model, whole)
+    with rasterio.open(whole) as ds:
+        ref = ds.read(1)
+    with rasterio.open(whole.with_suffix(".p.tif")) as ds:
+        ref_p = ds.read()
+    labels, probs = _quadrant_mosaic(context_model, tmp_path)
+    valid = ref != 255
+    assert valid.mean() > 0.5 and 0 < (ref[valid] == 1).mean() < 1  # both classes occur
+    np.testing.assert_array_equal(labels, ref)  # same pixels, same nodata
+    np.testing.assert_array_equal(probs[:, valid], ref_p[:, valid])
+
+
+def test_unanchored_quadrants_differ(
+    context_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Control: windows placed relative to the crop (the old behaviour) change pixels."""
+    whole = tmp_path / "whole.tif"
+    _run(context_model, whole)
+    with rasterio.open(whole.with_suffix(".p.tif")) as ds:
+        ref_p = ds.read()
+    monkeypatch.setattr(core, "reference_anchor", lambda path, grid: None)
+    _, probs = _quadrant_mosaic(context_model, tmp_path)
+    valid = np.isfinite(ref_p[0])
+    assert np.abs(probs[:, valid] - ref_p[:, valid]).max() > 1e-3
