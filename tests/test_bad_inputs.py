@@ -823,9 +823,10 @@ def test_read_only_output_folder(files: Files, tmp_path: Path, runner, monkeypat
 
 # ---- Ctrl-C and SIGTERM during a real run ----------------------------------------------------
 def _start_slow_predict(files: Files, folder: Path) -> subprocess.Popen[bytes]:
-    """A run of a few seconds: 640² px, 32 px tiles at 50 % overlap, one window per call."""
+    """A run of several seconds: 1280² px, 32 px tiles at 50 % overlap, one window per call,
+    the torch engine (the default ONNX path finished 640² before the signal arrived)."""
     rng = np.random.default_rng(0)
-    n = 640
+    n = 1280
     t = from_origin(500_000.0, 4_500_000.0, 10.0, 10.0)
     opt = write_tif(
         folder / "opt.tif", rng.integers(0, 3000, (4, n, n)).astype("int16"), transform=t
@@ -838,7 +839,7 @@ def _start_slow_predict(files: Files, folder: Path) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "mfaf_cli", "predict", "--model", str(files["ckpt"]),
            "--optical", str(opt), "--sar", str(sar), "-o", str(out / "map.tif"),
            "--probabilities", str(out / "probs.tif"), "--tile", "32", "--overlap", "0.5",
-           "--batch-size", "1", "--device", "cpu", "-q"]  # fmt: skip
+           "--batch-size", "1", "--device", "cpu", "--engine", "torch", "-q"]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
