@@ -171,7 +171,7 @@ def _check(opt: Raster, sar: Raster, exact: bool, ckpt: Path) -> None:
         assert code in (1, 2) and len(lines) == 1 and lines[0].startswith("Error: "), err
         assert os.listdir(out) == [], "a failed run left files behind"
     else:
-        assert os.listdir(out) == ["map.tif"]
+        assert sorted(os.listdir(out)) == ["map.tif", "map.tif.aux.xml"]  # + class names
     if exact:  # the expected nodata, computed from the data: any input missing → 255
         h, w = opt.data.shape[1:]
         sar_ok = np.zeros((h, w), bool)

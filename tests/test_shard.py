@@ -56,9 +56,13 @@ def _batch(folder: Path, n: int = 5) -> Path:
     return folder / "scenes.csv"
 
 
-def _tifs(folder: Path) -> dict[str, np.ndarray]:
-    out = {}
+def _tifs(folder: Path) -> dict[str, np.ndarray | str]:
+    """Pixels of every output raster, text of every class-name sidecar (.aux.xml)."""
+    out: dict[str, np.ndarray | str] = {}
     for p in sorted((folder / "out").iterdir()):
+        if p.name.endswith(".aux.xml"):
+            out[p.name] = p.read_text()
+            continue
         with rasterio.open(p) as ds:
             out[p.name] = ds.read()
     return out
@@ -78,7 +82,7 @@ def test_two_sharded_processes_equal_one(ckpt: Path, tmp_path: Path) -> None:  #
     assert [p.returncode for p in procs] == [0, 0]
     assert [line.count('"status": "ok"') for line in outs] == [3, 2]  # scenes 0,2,4 and 1,3
     a, b = _tifs(tmp_path / "single"), _tifs(tmp_path / "split")
-    assert list(a) == list(b) == [f"s{i}.tif" for i in range(5)]
+    assert list(a) == list(b) == sorted(f"s{i}.tif{x}" for i in range(5) for x in ("", ".aux.xml"))
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
 

@@ -24,7 +24,7 @@ Examples:
   mfaf info S2.tif S1.tif
   mfaf info S2.tif --json
   mfaf info --models
-  mfaf info weights/mfafnet-s-ombria-water.safetensors   # a model file's record
+  mfaf info mfaf_cli/weights/unet-ombria-water.safetensors   # a model file's record
 
 A .safetensors / .onnx argument is described from the record inside it (modalities, bands,
 normalisation, classes, training data, metrics); other arguments are rasters.

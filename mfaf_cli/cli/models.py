@@ -15,7 +15,7 @@ Examples:
   mfaf models
   mfaf models --json
   mfaf models mfafnet-s          # one architecture or shipped model in detail
-  mfaf models weights/mfafnet-s-ombria-water.safetensors   # the record inside a model file
+  mfaf models mfaf_cli/weights/unet-ombria-water.safetensors   # the record inside a model file
 \b
 Registry models are untrained; predict uses the shipped weights marked default for the
 modalities given, and stops (exit 2) when none is shipped. Random weights run only when an
