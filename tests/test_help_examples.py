@@ -206,9 +206,11 @@ def _scratch(folder: Path, source: str) -> Path:
     (folder / "LabelHand.tif").symlink_to(SAMPLE / "label.tif")
     (folder / "examples").symlink_to(ROOT / "examples")
     (folder / "weights").symlink_to(ROOT / "weights")
+    (folder / "mfaf_cli").mkdir()
+    (folder / "mfaf_cli" / "weights").symlink_to(ROOT / "mfaf_cli" / "weights")
     (folder / "runs" / "x").mkdir(parents=True)
     (folder / "runs" / "x" / "best.safetensors").symlink_to(
-        ROOT / "weights" / "unet-ombria-water.safetensors"
+        ROOT / "mfaf_cli" / "weights" / "unet-ombria-water.safetensors"
     )
     for sub in ("s2", "s1", "maps"):
         (folder / sub).mkdir()
