@@ -11,6 +11,8 @@
 # PNGs mapped by weights/fit_ombria_calibration.py), calibration jitter 0.25, MFAFNet-S with the
 # head-free RBF MMD on its deep features. Random 128 px crops of the 256 px patches; validation
 # on whole patches; the shipped checkpoint of each run is its best validation epoch.
+# Round 4 (not shipped; weights/README.md): the same with --epochs 8 --photometric 0.5 and run
+# names *-r4-s$seed. All eight runs' metrics, logs and evaluations are in weights/logs/.
 set -euo pipefail
 DATA=../shared/data/ombria
 COMMON=(--epochs 6 --batch-size 8 --tile 128 --photometric 0.25 --normalisation fixed --lr 1e-3
