@@ -272,7 +272,7 @@ def run_scene(
                file=sys.stderr, dynamic_ncols=True)  # fmt: skip
     worker = MergeWorker(merger)
     reader = StripReader(scene, [w.row_off for w in reads], plan.tile, threads=read_threads,
-                         ahead=max(4, 2 * read_threads))  # fmt: skip
+                         ahead=max(2, read_threads))  # fmt: skip
     model_s, ok = 0.0, False
     try:
         batches = list(batched(reads, batch_size))
