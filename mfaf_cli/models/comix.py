@@ -20,7 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mfaf_cli.models.deform import (
+    deform_sample,
+    kernel_taps_2d,
+    kernel_taps_3d,
+    per_tap_from_features,
+    resolve_mode,
+)
 from mfaf_cli.models.mfafnet import LayerNorm2d
+
+__all__ = ["CoMiX", "deform_sample", "kernel_taps_2d", "kernel_taps_3d"]
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "s": {
@@ -45,68 +54,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 VARIANTS["lite"] = {**VARIANTS["s"], "k3": 7}
 
 
-# ---- kernel taps and pure-torch deformable sampling ------------------------------------------
-def kernel_taps_2d() -> list[tuple[int, int]]:
-    """3×3 taps as (dx, dy), row-major (matches a conv weight's flattened (ky, kx) order)."""
-    return [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-
-
-def kernel_taps_3d(k: int) -> list[tuple[int, int, int]]:
-    """3-D taps as (dx, dy, dd): K=27 full 3×3×3 (row-major over d, y, x) or K=7 axial."""
-    if k == 27:
-        return [(dx, dy, dd) for dd in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-    if k == 7:
-        return [(0, 0, 0), (0, 0, -1), (0, 0, 1), (0, -1, 0), (0, 1, 0), (-1, 0, 0), (1, 0, 0)]
-    raise ValueError(f"k3 must be 27 (full) or 7 (axial), not {k}")
-
-
-def _base_grid(sizes: Sequence[int], taps: torch.Tensor) -> torch.Tensor:
-    """Pixel positions p0 + p_k of shape (*sizes, K, ndim) in (x, y[, d]) order."""
-    axes = [torch.arange(n, dtype=taps.dtype, device=taps.device) for n in sizes]
-    mesh = torch.meshgrid(*axes, indexing="ij")  # (d,) y, x order
-    pos = torch.stack(mesh[::-1], dim=-1)  # (*sizes, ndim) in x, y[, d] order
-    return pos.unsqueeze(-2) + taps  # (*sizes, K, ndim)
-
-
-def deform_sample(
-    v: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, taps: torch.Tensor, groups: int
-) -> torch.Tensor:
-    """Modulated deformable aggregation Σ_k m_k · v(p + p_k + Δ_k), per channel group.
-
-    Args:
-        v: (B, C, *S) values, S = (h, w) or (D, h, w).
-        offset: (B, G·K·n, *S) offsets in pixels, ordered (group, tap, axis x/y[/d]).
-        mask: (B, G·K, *S) modulation (e.g. softmax over K).
-        taps: (K, n) integer tap positions in (x, y[, d]) order.
-        groups: G; channels in a group share offsets and mask.
-
-    Returns:
-        (B, C, *S). Sampling is bilinear/trilinear with zeros outside, align_corners=False.
-    """
-    b, c = v.shape[:2]
-    sizes = tuple(v.shape[2:])
-    nd = len(sizes)
-    k = taps.shape[0]
-    g = groups
-    # (B, G, K, n, *S) → (B·G, *S, K, n)
-    off = offset.reshape(b * g, k, nd, *sizes)
-    perm = (0, *range(3, 3 + nd), 1, 2)
-    off = off.permute(*perm)
-    pos = _base_grid(sizes, taps.to(v.dtype)) + off  # (B·G, *S, K, n)
-    # pixel → normalised coordinate, x axis normalised by w, y by h, d by D
-    extent = torch.tensor(sizes[::-1], dtype=v.dtype, device=v.device)
-    grid = (2.0 * pos + 1.0) / extent - 1.0
-    # fold K into the last spatial axis: (B·G, *S[:-1], S[-1]·K, n)
-    grid = grid.reshape(b * g, *sizes[:-1], sizes[-1] * k, nd)
-    sampled = F.grid_sample(
-        v.reshape(b * g, c // g, *sizes),
-        grid,
-        mode="bilinear",
-        padding_mode="zeros",
-        align_corners=False,
-    ).reshape(b * g, c // g, *sizes, k)
-    m = mask.reshape(b * g, k, *sizes).permute(0, *range(2, 2 + nd), 1).unsqueeze(1)
-    return (sampled * m).sum(-1).reshape(b, c, *sizes)
+# ---- deformable sampling lives in mfaf_cli.models.deform (re-exported here) ------------------
 
 
 class DropPath(nn.Module):
@@ -131,8 +79,12 @@ class DCN(nn.Module):
     (zero init → uniform); out = Linear(Σ_k m_k · v(p + p_k + Δ_k)).
     """
 
-    def __init__(self, c: int, group_channels: int, ndim: int = 2, k3: int = 27) -> None:
+    def __init__(
+        self, c: int, group_channels: int, ndim: int = 2, k3: int = 27, sampling: str = "auto"
+    ) -> None:
         super().__init__()
+        resolve_mode(sampling)  # validate early
+        self.sampling = sampling
         if c % group_channels:
             raise ValueError(f"{c} channels not divisible by group size {group_channels}")
         conv = nn.Conv2d if ndim == 2 else nn.Conv3d
@@ -152,12 +104,17 @@ class DCN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v = self.input_proj(x)
         q = F.gelu(self.dw_norm(self.dw(x)))
+        if resolve_mode(self.sampling, v, q) == "per_tap":
+            out = per_tap_from_features(v, q, self.offset, self.mask, self.taps, self.groups)
+            return self.output_proj(out)
         offset = self.offset(q)
         logits = self.mask(q)
         b = logits.shape[0]
         mask = torch.softmax(logits.reshape(b, self.groups, self.k, *logits.shape[2:]), dim=2)
         mask = mask.reshape(logits.shape)
-        return self.output_proj(deform_sample(v, offset, mask, self.taps, self.groups))
+        return self.output_proj(
+            deform_sample(v, offset, mask, self.taps, self.groups, self.sampling)
+        )
 
 
 class DCNBlock(nn.Module):
@@ -171,11 +128,12 @@ class DCNBlock(nn.Module):
         mlp_ratio: int,
         k3: int = 27,
         drop_path: float = 0.0,
+        sampling: str = "auto",
     ) -> None:
         super().__init__()
         conv = nn.Conv2d if ndim == 2 else nn.Conv3d
         self.norm1 = LayerNorm2d(c)
-        self.dcn = DCN(c, group_channels, ndim, k3)
+        self.dcn = DCN(c, group_channels, ndim, k3, sampling)
         self.norm2 = LayerNorm2d(c)
         self.mlp = nn.Sequential(conv(c, c * mlp_ratio, 1), nn.GELU(), conv(c * mlp_ratio, c, 1))
         self.drop = DropPath(drop_path)
@@ -315,6 +273,8 @@ class CoMiX(nn.Module):
         k3: 3-D taps, 27 or 7.
         cmfex_channel, cmfex_spatial, cmfex_backproject, cmfex_spectral_attention: CMFeX parts.
         ffm_heads, decoder_dim, drop_path, x_widths/x_depths/h_widths/h_depths.
+        dcn_sampling: "auto" (per-tap accumulation when no graph is recorded, one batched
+            grid_sample while training), or force "batched" / "per_tap"; the results agree.
     """
 
     modalities: tuple[str, ...] = ("hsi", "lidar")
@@ -342,6 +302,7 @@ class CoMiX(nn.Module):
         cmfex_spatial: bool = True,
         cmfex_backproject: bool = True,
         cmfex_spectral_attention: bool = False,
+        dcn_sampling: str = "auto",
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -407,7 +368,7 @@ class CoMiX(nn.Module):
             self.h_blocks.append(
                 nn.Sequential(
                     *(
-                        DCNBlock(hw[i], 3, group_channels_3d, 2, k3, rates_h[ih + j])
+                        DCNBlock(hw[i], 3, group_channels_3d, 2, k3, rates_h[ih + j], dcn_sampling)
                         for j in range(hd[i])
                     )
                 )
@@ -415,7 +376,7 @@ class CoMiX(nn.Module):
             self.x_blocks.append(
                 nn.Sequential(
                     *(
-                        DCNBlock(xw[i], 2, group_channels_2d, 4, 9, rates_x[ix + j])
+                        DCNBlock(xw[i], 2, group_channels_2d, 4, 9, rates_x[ix + j], dcn_sampling)
                         for j in range(xd[i])
                     )
                 )
