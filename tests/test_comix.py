@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mfaf_cli.errors import ModelError
 from mfaf_cli.models import create_model
-from mfaf_cli.models.comix import DCN
+from mfaf_cli.models.comix import DCN, FFM
 from mfaf_cli.models.deform import (
     deform_sample,
     kernel_taps_2d,
@@ -153,3 +154,43 @@ def test_dcn_inference_path_projects_taps_lazily_but_equals_training_path(
     with torch.no_grad():
         got = dcn(x)  # per-tap form, offsets and mask projected one tap at a time
     assert torch.allclose(got, want.detach(), atol=2e-5, rtol=1e-4)
+
+
+# ---- FFM: attention independent of the tile size ---------------------------------------------
+def _stage1_contexts(cross: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    _, u = F.relu(cross.channel_proj[0](x)).chunk(2, dim=1)
+    return cross.context(u, 0)
+
+
+@pytest.mark.parametrize("norm", ["mean", "sum"])
+def test_ffm_attention_for_the_same_content_agrees_across_tile_sizes(norm: str) -> None:
+    """A 32² stage-1 pattern (a 128² tile) repeated to 64² and 128² (256², 512² tiles): with
+    the mean over pixels the attention weights agree to 1e-5; CMX's sum does not."""
+    torch.manual_seed(0)
+    ffm = FFM(32, 1, norm=norm).eval()
+    pattern = torch.randn(1, 32, 32, 32)
+    with torch.no_grad():
+        ctx = [_stage1_contexts(ffm.cross, pattern.repeat(1, 1, r, r)) for r in (1, 2, 4)]
+    gaps = [(c - ctx[0]).abs().max().item() for c in ctx[1:]]
+    if norm == "mean":
+        assert max(gaps) < 1e-5
+    else:
+        assert min(gaps) > 0.05
+
+
+def test_ffm_norm_flag_is_validated() -> None:
+    with pytest.raises(ModelError, match="ffm_norm"):
+        create_model("comix-lite", ffm_norm="max")
+
+
+@pytest.mark.slow
+def test_fp16_forward_at_1024_stays_finite() -> None:
+    """CPU fp16 (torch supports every CoMiX op there): the stage-1 FFM sees 256² = 65 536
+    tokens, where CMX's summed kᵀv exceeds what the softmax can take in fp16."""
+    torch.manual_seed(0)
+    model = create_model("comix-lite", {"hsi": 16, "lidar": 1}, 4).eval().half()
+    xs = (torch.randn(1, 16, 1024, 1024).half(), torch.randn(1, 1, 1024, 1024).half())
+    with torch.no_grad():
+        out = model(*xs)
+    assert out.dtype == torch.float16 and out.shape == (1, 4, 1024, 1024)
+    assert torch.isfinite(out).all()

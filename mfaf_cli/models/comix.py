@@ -52,6 +52,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 VARIANTS["lite"] = {**VARIANTS["s"], "k3": 7}
+#: FFM cross-attention normalisation of kᵀv over the N pixels of a tile
+FFM_NORMS = ("mean", "sum")
 
 
 # ---- deformable sampling lives in mfaf_cli.models.deform (re-exported here) ------------------
@@ -181,8 +183,13 @@ class CMFeX(nn.Module):
 
     def forward(
         self, h3: torch.Tensor, h: torch.Tensor, x: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """h3: (B,C3,D,h,w); h = P(h3): (B,C,h,w); x: (B,C,h,w) → (H3', X')."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """h3: (B,C3,D,h,w); h = P(h3): (B,C,h,w); x: (B,C,h,w) → (H3', Ĥ', X').
+
+        Ĥ' (the enhanced 2-D HSI feature) goes to the FFM as CMX passes FRM's rectified
+        features on; projecting H3' again would run P, and its BatchNorm statistics update,
+        twice per stage.
+        """
         b = x.shape[0]
         x_new, h_new = x, h
         if self.use_channel:
@@ -202,24 +209,36 @@ class CMFeX(nn.Module):
         if self.spec is not None:
             att = self.spec(x.mean((2, 3))).reshape(b, 1, self.depth, 1, 1)
             h3 = h3 * att
-        return h3, x_new
+        return h3, h_new, x_new
 
 
 class CrossPath(nn.Module):
     """CMX CrossPath, channels-first: efficient cross-attention via (C/h × C/h) contexts."""
 
-    def __init__(self, c: int, heads: int) -> None:
+    def __init__(self, c: int, heads: int, norm: str = "mean") -> None:
         super().__init__()
-        self.heads = heads
+        if norm not in FFM_NORMS:
+            raise ValueError(f"ffm_norm must be one of {FFM_NORMS}, not {norm!r}")
+        self.heads, self.norm_kind = heads, norm
         self.scale = (c // heads) ** -0.5
         self.channel_proj = nn.ModuleList(nn.Conv2d(c, 2 * c, 1) for _ in range(2))
         self.kv = nn.ModuleList(nn.Conv2d(c, 2 * c, 1, bias=False) for _ in range(2))
         self.end_proj = nn.ModuleList(nn.Conv2d(2 * c, c, 1) for _ in range(2))
         self.norm = nn.ModuleList(LayerNorm2d(c) for _ in range(2))
 
-    def _context(self, u: torch.Tensor, m: int) -> torch.Tensor:
+    def context(self, u: torch.Tensor, m: int) -> torch.Tensor:
+        """Attention weights (B, heads, d, d) of modality m: softmax over keys of kᵀv·scale.
+
+        CMX sums kᵀv over the N pixels, so scores grow with the tile area (stage-1 maxima 44,
+        175, 706 at 128², 256², 512²) and the softmax saturates differently at training and
+        prediction tile sizes. ``norm="mean"`` averages instead; k and v are each scaled by
+        N^-1/2 before the product so that no fp16 partial sum exceeds the mean's magnitude.
+        """
         b, c, h, w = u.shape
         k, v = self.kv[m](u).reshape(b, 2, self.heads, c // self.heads, h * w).unbind(1)
+        if self.norm_kind == "mean":
+            r = float(h * w) ** -0.5
+            k, v = k * r, v * r
         # token-layout kᵀv is (d×d) = k_cf @ v_cfᵀ; softmax over the key channel axis
         return torch.softmax((k @ v.transpose(-2, -1)) * self.scale, dim=-2)
 
@@ -227,7 +246,7 @@ class CrossPath(nn.Module):
         b, c, h, w = x1.shape
         y1, u1 = F.relu(self.channel_proj[0](x1)).chunk(2, dim=1)
         y2, u2 = F.relu(self.channel_proj[1](x2)).chunk(2, dim=1)
-        ctx1, ctx2 = self._context(u1, 0), self._context(u2, 1)
+        ctx1, ctx2 = self.context(u1, 0), self.context(u2, 1)
         q1 = u1.reshape(b, self.heads, c // self.heads, h * w)
         q2 = u2.reshape(b, self.heads, c // self.heads, h * w)
         # token-layout q @ ctx is ctxᵀ @ q_cf in channels-first layout
@@ -241,9 +260,9 @@ class CrossPath(nn.Module):
 class FFM(nn.Module):
     """CMX Feature Fusion Module: CrossPath then ChannelEmbed → (B, C, h, w)."""
 
-    def __init__(self, c: int, heads: int) -> None:
+    def __init__(self, c: int, heads: int, norm: str = "mean") -> None:
         super().__init__()
-        self.cross = CrossPath(c, heads)
+        self.cross = CrossPath(c, heads, norm)
         self.residual = nn.Conv2d(2 * c, c, 1, bias=False)
         self.embed = nn.Sequential(
             nn.Conv2d(2 * c, c, 1),
@@ -273,6 +292,8 @@ class CoMiX(nn.Module):
         k3: 3-D taps, 27 or 7.
         cmfex_channel, cmfex_spatial, cmfex_backproject, cmfex_spectral_attention: CMFeX parts.
         ffm_heads, decoder_dim, drop_path, x_widths/x_depths/h_widths/h_depths.
+        ffm_norm: "mean" (kᵀv averaged over pixels: attention independent of the tile size) or
+            "sum" (CMX as published).
         dcn_sampling: "auto" (per-tap accumulation when no graph is recorded, one batched
             grid_sample while training), or force "batched" / "per_tap"; the results agree.
     """
@@ -303,6 +324,7 @@ class CoMiX(nn.Module):
         cmfex_backproject: bool = True,
         cmfex_spectral_attention: bool = False,
         dcn_sampling: str = "auto",
+        ffm_norm: str = "mean",
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -397,7 +419,7 @@ class CoMiX(nn.Module):
                     cmfex_spectral_attention,
                 )
             )
-            self.ffm.append(FFM(xw[i], ffm_heads[i]))
+            self.ffm.append(FFM(xw[i], ffm_heads[i], ffm_norm))
         # ALL-MLP decoder
         self.dec_proj = nn.ModuleList(nn.Conv2d(xw[i], e, 1) for i in range(4))
         self.dec_fuse = nn.Sequential(
@@ -422,8 +444,8 @@ class CoMiX(nn.Module):
                 xs = self.x_down[i - 1](xs)
             h3 = self.h_blocks[i](h3)
             xs = self.x_blocks[i](xs)
-            h3, xs = self.cmfex[i](h3, self._p(i, h3), xs)
-            fused.append(self.ffm[i](self._p(i, h3), xs))
+            h3, h2, xs = self.cmfex[i](h3, self._p(i, h3), xs)
+            fused.append(self.ffm[i](h2, xs))
         outs = []
         for i, f in enumerate(fused):
             y = self.dec_proj[i](f)
