@@ -77,6 +77,22 @@ CASES: list[tuple[str, str, dict[str, int], int, dict[str, Any], tuple[float, fl
         {"dcn_sampling": "batched"},
         None,
     ),
+    (
+        "comix-s (banded band reduction)",
+        "comix-s",
+        {"hsi": 144, "lidar": 1},
+        15,
+        {"band_reduction": "banded"},
+        None,
+    ),
+    (
+        "comix-lite (banded band reduction)",
+        "comix-lite",
+        {"hsi": 144, "lidar": 1},
+        15,
+        {"band_reduction": "banded"},
+        None,
+    ),
     ("comix-b", "comix-b", {"hsi": 144, "lidar": 1}, 15, {}, (40.8, 38.2)),
 ]
 
@@ -172,6 +188,8 @@ RATIOS = [
     ("comix-lite", "mfafnet-s"),
     ("comix-s (batched sampler, as before)", "mfafnet-s"),
     ("comix-lite (batched sampler, as before)", "mfafnet-s"),
+    ("comix-s (banded band reduction)", "comix-s"),
+    ("comix-lite (banded band reduction)", "comix-lite"),
 ]
 
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from mfaf_cli.errors import ModelError
 from mfaf_cli.models import create_model
-from mfaf_cli.models.comix import DCN, FFM
+from mfaf_cli.models.comix import DCN, FFM, banded_weights
 from mfaf_cli.models.deform import (
     deform_sample,
     kernel_taps_2d,
@@ -194,3 +194,61 @@ def test_fp16_forward_at_1024_stays_finite() -> None:
         out = model(*xs)
     assert out.dtype == torch.float16 and out.shape == (1, 4, 1024, 1024)
     assert torch.isfinite(out).all()
+
+
+# ---- order-preserving band reduction -------------------------------------------------------
+@pytest.mark.parametrize(("bands", "pseudo"), [(5, 64), (48, 64), (144, 64), (244, 64)])
+def test_banded_weights_are_contiguous_monotone_and_normalised(bands: int, pseudo: int) -> None:
+    w = banded_weights(bands, pseudo)
+    assert w.shape == (pseudo, bands)
+    assert torch.allclose(w.sum(1), torch.ones(pseudo))
+    first, last = [], []
+    for row in w:
+        idx = torch.nonzero(row > 0).flatten()
+        assert idx.numel() >= 1 and idx[-1] - idx[0] + 1 == idx.numel()  # one interval
+        first.append(int(idx[0]))
+        last.append(int(idx[-1]))
+    assert first == sorted(first) and last == sorted(last)  # supports move with j
+    assert first[0] == 0 and last[-1] == bands - 1  # every band reaches some pseudo-band
+
+
+def test_banded_weights_interpolate_linearly_with_few_bands() -> None:
+    w = banded_weights(2, 4)  # centres at −0.25, 0.25, 0.75, 1.25 band units
+    want = torch.tensor([[1.0, 0.0], [0.75, 0.25], [0.25, 0.75], [0.0, 1.0]])
+    assert torch.allclose(w, want)
+
+
+def _band_response(model: torch.nn.Module, bands: int, band: int) -> torch.Tensor:
+    """Which pseudo-bands change when only input band ``band`` changes."""
+    proj = model.band_proj[0]
+    x = torch.zeros(1, bands, 1, 1)
+    with torch.no_grad():
+        base = proj(x)
+        x[0, band] = 1.0
+        return (proj(x) - base).abs().flatten() > 0
+
+
+def test_banded_reduction_keeps_a_narrow_spectral_feature_local_even_after_training() -> None:
+    torch.manual_seed(0)
+    banded = create_model("comix-lite", {"hsi": 144}, 3, band_reduction="banded")
+    dense = create_model("comix-lite", {"hsi": 144}, 3)
+    assert _band_response(dense, 144, 100).sum() == 64  # dense: every pseudo-band moves
+    hit = torch.nonzero(_band_response(banded, 144, 100)).flatten().tolist()
+    assert hit and max(hit) - min(hit) <= 2 and min(hit) <= 100 * 64 / 144 <= max(hit) + 1
+    # one optimiser step on a random target: the support (and so the order) survives
+    proj = banded.band_proj[0]
+    opt = torch.optim.SGD(proj.parameters(), lr=1.0)
+    proj(torch.randn(2, 144, 4, 4)).square().sum().backward()
+    assert proj.weight.grad is not None
+    assert (proj.weight.grad.squeeze() * (1 - proj.support.squeeze())).abs().max() == 0
+    opt.step()
+    assert torch.nonzero(_band_response(banded, 144, 100)).flatten().tolist() == hit
+
+
+def test_band_reduction_flag_is_validated_and_dense_keeps_the_parameter_count() -> None:
+    with pytest.raises(ModelError, match="band_reduction"):
+        create_model("comix-lite", band_reduction="pca")
+    a = create_model("comix-s", num_classes=15)
+    b = create_model("comix-s", num_classes=15, band_reduction="banded")
+    assert sum(p.numel() for p in a.parameters()) == sum(p.numel() for p in b.parameters())
+    assert set(a.state_dict()) == set(b.state_dict())

@@ -59,6 +59,48 @@ FFM_NORMS = ("mean", "sum")
 # ---- deformable sampling lives in mfaf_cli.models.deform (re-exported here) ------------------
 
 
+def banded_weights(bands: int, pseudo: int) -> torch.Tensor:
+    """(pseudo, bands) hat weights: pseudo-band j averages the contiguous input bands around
+    centre c_j = (j + ½)·bands/pseudo − ½, within radius max(1, bands/pseudo), rows sum to 1.
+
+    With fewer bands than pseudo-bands this is linear interpolation along the spectrum; with
+    more it is a triangular smoothing over ~2·bands/pseudo neighbours (windows overlap by half).
+    Either way the support of row j is one interval that moves monotonically with j, so the
+    pseudo-band axis keeps the wavelength order.
+    """
+    ratio = bands / pseudo
+    radius = max(1.0, ratio)
+    centre = (torch.arange(pseudo, dtype=torch.float64) + 0.5) * ratio - 0.5
+    dist = (torch.arange(bands, dtype=torch.float64)[None, :] - centre[:, None]).abs()
+    w = (1.0 - dist / radius).clamp(min=0.0)
+    return (w / w.sum(1, keepdim=True)).to(torch.float32)  # every row has a band within r
+
+
+class BandedProjection(nn.Module):
+    """Order-preserving spectral reduction: a learnable 1×1 map restricted to a band.
+
+    The weight has the dense projection's shape (pseudo, bands, 1, 1) but is multiplied by a
+    fixed support mask, so pseudo-band j only ever mixes the contiguous input bands around
+    its centre (init: the hat weights of :func:`banded_weights`). Then the 3-D stem's spectral
+    kernel and the 3-D DCN's spectral offsets act along wavelength, not along an arbitrary
+    learned order.
+    """
+
+    def __init__(self, bands: int, pseudo: int) -> None:
+        super().__init__()
+        init = banded_weights(bands, pseudo)
+        self.weight = nn.Parameter(init.reshape(pseudo, bands, 1, 1).clone())
+        self.bias = nn.Parameter(torch.zeros(pseudo))
+        self.register_buffer("support", (init > 0).to(torch.float32)[..., None, None], False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.support, self.bias)
+
+
+#: spectral reductions of the HSI stem (``band_reduction``)
+BAND_REDUCTIONS = ("dense", "banded")
+
+
 class DropPath(nn.Module):
     """Stochastic depth (identity at eval, so nothing random reaches an exported graph)."""
 
@@ -289,6 +331,10 @@ class CoMiX(nn.Module):
         stem_stride: 4 (strides 4/8/16/32, divisor 32) or 2 (2/4/8/16, divisor 16, for small
             HSI scenes).
         band_proj: pseudo-bands after the learned 1×1 spectral projection (D_1 = band_proj/4).
+        band_reduction: "dense" (every pseudo-band mixes all bands; the spectral axis has no
+            order) or "banded" (:class:`BandedProjection`: contiguous wavelengths →
+            pseudo-bands, so the 3-D kernels work along the spectrum; HSI bands must then be
+            in wavelength order).
         k3: 3-D taps, 27 or 7.
         cmfex_channel, cmfex_spatial, cmfex_backproject, cmfex_spectral_attention: CMFeX parts.
         ffm_heads, decoder_dim, drop_path, x_widths/x_depths/h_widths/h_depths.
@@ -309,6 +355,7 @@ class CoMiX(nn.Module):
         variant: str = "s",
         stem_stride: int = 4,
         band_proj: int = 64,
+        band_reduction: str = "dense",
         k3: int | None = None,
         x_widths: Sequence[int] | None = None,
         x_depths: Sequence[int] | None = None,
@@ -331,6 +378,10 @@ class CoMiX(nn.Module):
             raise ValueError(f"variant must be one of {sorted(VARIANTS)}, not {variant!r}")
         if stem_stride not in (2, 4):
             raise ValueError(f"stem_stride must be 2 or 4, not {stem_stride}")
+        if band_reduction not in BAND_REDUCTIONS:
+            raise ValueError(
+                f"band_reduction must be one of {BAND_REDUCTIONS}, not {band_reduction!r}"
+            )
         if band_proj % 16:
             raise ValueError(f"band_proj must be a multiple of 16, not {band_proj}")
         v = VARIANTS[variant]
@@ -351,8 +402,11 @@ class CoMiX(nn.Module):
 
         # stems
         s = stem_stride
+        n_hsi = self.in_channels["hsi"]
         self.band_proj = nn.Sequential(
-            nn.Conv2d(self.in_channels["hsi"], band_proj, 1),
+            nn.Conv2d(n_hsi, band_proj, 1)
+            if band_reduction == "dense"
+            else BandedProjection(n_hsi, band_proj),
             nn.BatchNorm2d(band_proj),
             nn.GELU(),
         )
