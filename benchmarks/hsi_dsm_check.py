@@ -53,7 +53,7 @@ MODELS = {
     "comix-lite": ["--model-opt", "stem_stride=2"],
     "unet-hsi-lidar": [],
 }
-BUDGET = {"epochs": 40, "batch_size": 4, "tile": 64, "lr": 6e-4}
+BUDGET = {"epochs": 15, "batch_size": 4, "tile": 64, "lr": 6e-4}
 
 
 def write_crops(work: Path) -> Path:

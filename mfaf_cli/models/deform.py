@@ -49,7 +49,17 @@ def normalised_base_grid(
     """
     key = tuple(tuple(int(t) for t in row) for row in taps.tolist())
     return _cached_grid(
-        tuple(int(s) for s in sizes), key, dtype, device, torch.is_inference_mode_enabled()
+        tuple(int(s) for s in sizes), key, dtype, device, torch.is_inference_mode_enabled(), True
+    )
+
+
+def pixel_base_grid(
+    sizes: Sequence[int], taps: torch.Tensor, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """(K, *sizes, n) pixel positions p0 + p_k, (x, y[, d]) last; cached like the above."""
+    key = tuple(tuple(int(t) for t in row) for row in taps.tolist())
+    return _cached_grid(
+        tuple(int(s) for s in sizes), key, dtype, device, torch.is_inference_mode_enabled(), False
     )
 
 
@@ -60,13 +70,15 @@ def _cached_grid(
     dtype: torch.dtype,
     device: torch.device,
     inference: bool,
+    normalised: bool,
 ) -> torch.Tensor:
     del inference  # part of the cache key only
     axes = [torch.arange(n, dtype=torch.float64) for n in sizes]
     pos = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1)  # (*S, n) x, y[, d]
     t = torch.tensor(taps, dtype=torch.float64).reshape(len(taps), *(1,) * len(sizes), -1)
     extent = torch.tensor(sizes[::-1], dtype=torch.float64)
-    return ((2.0 * (pos + t) + 1.0) / extent - 1.0).to(dtype=dtype, device=device)
+    grid = (2.0 * (pos + t) + 1.0) / extent - 1.0 if normalised else pos + t
+    return grid.to(dtype=dtype, device=device)
 
 
 def offset_scale(sizes: Sequence[int], like: torch.Tensor) -> torch.Tensor:
@@ -165,13 +177,15 @@ def per_tap_from_features(
     taps: torch.Tensor,
     groups: int,
     chunk: int | None = None,
+    sliced_3d: bool = True,
 ) -> torch.Tensor:
     """Inference-only DCN aggregation that never holds all K taps' offsets at once.
 
     Equal to ``deform_sample(v, offset_layer(q), softmax_K(mask_layer(q)), taps, groups)`` for
     1×1 offset/mask projections. The offsets (at CoMiX-S stage 1, 10× the feature map) are
     projected from q for ``chunk`` taps at a time (default: as many as fit in one feature
-    map's memory), the mask's softmax is taken in place.
+    map's memory), the mask's softmax is taken in place. 3-D sampling goes through
+    :func:`accumulate_trilinear` unless ``sliced_3d`` is False.
     """
     b, c = v.shape[:2]
     sizes = tuple(v.shape[2:])
@@ -183,9 +197,12 @@ def per_tap_from_features(
     logits = mask_layer(q).reshape(b * g, k, 1, *sizes)
     m = logits.sub_(logits.amax(1, keepdim=True)).exp_()
     m = m.div_(m.sum(1, keepdim=True))  # softmax over K, in place
-    base = normalised_base_grid(sizes, taps, v.dtype, v.device)  # (K, *S, n)
+    sliced = nd == 3 and sliced_3d
+    grid_fn = pixel_base_grid if sliced else normalised_base_grid
+    base = grid_fn(sizes, taps, v.dtype, v.device)  # (K, *S, n)
     scale = offset_scale(sizes, v)
     vg = v.reshape(b * g, c // g, *sizes)
+    wide = slices_side_by_side(vg) if sliced else vg
     out = torch.zeros_like(vg)
     to_last = (0, *range(2, 2 + nd), 1)  # (B·G, n, *S) → (B·G, *S, n)
     for t0 in range(0, k, step):
@@ -194,7 +211,51 @@ def per_tap_from_features(
         off = torch.baddbmm(b_off[:, t0:t1].reshape(1, -1, 1), w.expand(b, -1, -1), q_flat)
         off = off.reshape(b * g, t1 - t0, nd, *sizes)
         for j, t in enumerate(range(t0, t1)):
+            if sliced:
+                accumulate_trilinear(out, wide, off[:, j].permute(*to_last) + base[t], m[:, t])
+                continue
             grid = torch.addcmul(base[t], off[:, j].permute(*to_last), scale)
             s = F.grid_sample(vg, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
             out.addcmul_(s, m[:, t])
     return out.reshape(b, c, *sizes)
+
+
+def slices_side_by_side(vg: torch.Tensor) -> torch.Tensor:
+    """(N, C, D, h, w) → (N, C, h, (D+2)·(w+2)): the D slices in a row, each with a zero
+    column on both sides, plus an all-zero slice at each end."""
+    p = F.pad(vg, (1, 1, 0, 0, 1, 1))
+    return p.permute(0, 1, 3, 2, 4).reshape(vg.shape[0], vg.shape[1], vg.shape[3], -1)
+
+
+def accumulate_trilinear(
+    out: torch.Tensor, wide: torch.Tensor, pix: torch.Tensor, m: torch.Tensor
+) -> None:
+    """out += m · trilinear(v at pixel positions pix), with two *2-D* samples per point.
+
+    PyTorch's 5-D CPU grid_sample is a scalar loop while the 4-D one is vectorised, so the
+    depth interpolation is done by hand: (1 − f)·bilinear(slice ⌊d⌋) + f·bilinear(slice ⌊d⌋+1)
+    on :func:`slices_side_by_side`'s image. Clamping x to [−1, w] and d to [−1, D] lands
+    outside points on the zero borders, which reproduces zeros padding exactly; the only
+    difference from the 5-D sampler is float32 rounding of the long normalised x axis
+    (~1e-4 px at CoMiX-S stage 1).
+
+    Args:
+        out: (N, C, D, h, w) accumulator; wide: the side-by-side slices of v;
+        pix: (N, D, h, w, 3) positions (x, y, d) in pixels; m: (N, 1, D, h, w) weights.
+    """
+    n, c, d, h, w = out.shape
+    wt = float(wide.shape[-1])
+    px = pix[..., 0].clamp(-1.0, float(w))
+    pd = pix[..., 2].clamp(-1.0, float(d))
+    d0 = pd.floor().clamp_(max=d - 1)
+    fd = (pd - d0).unsqueeze(1)
+    gx = (px + (d0 + 1.0) * (w + 2) + 1.0) * (2.0 / wt) + (1.0 / wt - 1.0)
+    gy = pix[..., 1] * (2.0 / h) + (1.0 / h - 1.0)
+    shift = 2.0 * (w + 2) / wt  # one slice further along the row
+    grid = torch.stack([torch.cat([gx, gx + shift], 1), torch.cat([gy, gy], 1)], dim=-1)
+    s = F.grid_sample(
+        wide, grid.reshape(n, 2 * d * h, w, 2), "bilinear", "zeros", align_corners=False
+    ).reshape(n, c, 2, d, h, w)
+    w1 = m * fd
+    out.addcmul_(s[:, :, 0], m - w1)
+    out.addcmul_(s[:, :, 1], w1)
