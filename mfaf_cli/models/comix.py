@@ -20,7 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mfaf_cli.models.deform import (
+    deform_sample,
+    kernel_taps_2d,
+    kernel_taps_3d,
+    per_tap_from_features,
+    resolve_mode,
+)
 from mfaf_cli.models.mfafnet import LayerNorm2d
+
+__all__ = ["CoMiX", "deform_sample", "kernel_taps_2d", "kernel_taps_3d"]
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "s": {
@@ -43,70 +52,53 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 VARIANTS["lite"] = {**VARIANTS["s"], "k3": 7}
+#: FFM cross-attention normalisation of kᵀv over the N pixels of a tile
+FFM_NORMS = ("mean", "sum")
 
 
-# ---- kernel taps and pure-torch deformable sampling ------------------------------------------
-def kernel_taps_2d() -> list[tuple[int, int]]:
-    """3×3 taps as (dx, dy), row-major (matches a conv weight's flattened (ky, kx) order)."""
-    return [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+# ---- deformable sampling lives in mfaf_cli.models.deform (re-exported here) ------------------
 
 
-def kernel_taps_3d(k: int) -> list[tuple[int, int, int]]:
-    """3-D taps as (dx, dy, dd): K=27 full 3×3×3 (row-major over d, y, x) or K=7 axial."""
-    if k == 27:
-        return [(dx, dy, dd) for dd in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-    if k == 7:
-        return [(0, 0, 0), (0, 0, -1), (0, 0, 1), (0, -1, 0), (0, 1, 0), (-1, 0, 0), (1, 0, 0)]
-    raise ValueError(f"k3 must be 27 (full) or 7 (axial), not {k}")
+def banded_weights(bands: int, pseudo: int) -> torch.Tensor:
+    """(pseudo, bands) hat weights: pseudo-band j averages the contiguous input bands around
+    centre c_j = (j + ½)·bands/pseudo − ½, within radius max(1, bands/pseudo), rows sum to 1.
 
-
-def _base_grid(sizes: Sequence[int], taps: torch.Tensor) -> torch.Tensor:
-    """Pixel positions p0 + p_k of shape (*sizes, K, ndim) in (x, y[, d]) order."""
-    axes = [torch.arange(n, dtype=taps.dtype, device=taps.device) for n in sizes]
-    mesh = torch.meshgrid(*axes, indexing="ij")  # (d,) y, x order
-    pos = torch.stack(mesh[::-1], dim=-1)  # (*sizes, ndim) in x, y[, d] order
-    return pos.unsqueeze(-2) + taps  # (*sizes, K, ndim)
-
-
-def deform_sample(
-    v: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, taps: torch.Tensor, groups: int
-) -> torch.Tensor:
-    """Modulated deformable aggregation Σ_k m_k · v(p + p_k + Δ_k), per channel group.
-
-    Args:
-        v: (B, C, *S) values, S = (h, w) or (D, h, w).
-        offset: (B, G·K·n, *S) offsets in pixels, ordered (group, tap, axis x/y[/d]).
-        mask: (B, G·K, *S) modulation (e.g. softmax over K).
-        taps: (K, n) integer tap positions in (x, y[, d]) order.
-        groups: G; channels in a group share offsets and mask.
-
-    Returns:
-        (B, C, *S). Sampling is bilinear/trilinear with zeros outside, align_corners=False.
+    With fewer bands than pseudo-bands this is linear interpolation along the spectrum; with
+    more it is a triangular smoothing over ~2·bands/pseudo neighbours (windows overlap by half).
+    Either way the support of row j is one interval that moves monotonically with j, so the
+    pseudo-band axis keeps the wavelength order.
     """
-    b, c = v.shape[:2]
-    sizes = tuple(v.shape[2:])
-    nd = len(sizes)
-    k = taps.shape[0]
-    g = groups
-    # (B, G, K, n, *S) → (B·G, *S, K, n)
-    off = offset.reshape(b * g, k, nd, *sizes)
-    perm = (0, *range(3, 3 + nd), 1, 2)
-    off = off.permute(*perm)
-    pos = _base_grid(sizes, taps.to(v.dtype)) + off  # (B·G, *S, K, n)
-    # pixel → normalised coordinate, x axis normalised by w, y by h, d by D
-    extent = torch.tensor(sizes[::-1], dtype=v.dtype, device=v.device)
-    grid = (2.0 * pos + 1.0) / extent - 1.0
-    # fold K into the last spatial axis: (B·G, *S[:-1], S[-1]·K, n)
-    grid = grid.reshape(b * g, *sizes[:-1], sizes[-1] * k, nd)
-    sampled = F.grid_sample(
-        v.reshape(b * g, c // g, *sizes),
-        grid,
-        mode="bilinear",
-        padding_mode="zeros",
-        align_corners=False,
-    ).reshape(b * g, c // g, *sizes, k)
-    m = mask.reshape(b * g, k, *sizes).permute(0, *range(2, 2 + nd), 1).unsqueeze(1)
-    return (sampled * m).sum(-1).reshape(b, c, *sizes)
+    ratio = bands / pseudo
+    radius = max(1.0, ratio)
+    centre = (torch.arange(pseudo, dtype=torch.float64) + 0.5) * ratio - 0.5
+    dist = (torch.arange(bands, dtype=torch.float64)[None, :] - centre[:, None]).abs()
+    w = (1.0 - dist / radius).clamp(min=0.0)
+    return (w / w.sum(1, keepdim=True)).to(torch.float32)  # every row has a band within r
+
+
+class BandedProjection(nn.Module):
+    """Order-preserving spectral reduction: a learnable 1×1 map restricted to a band.
+
+    The weight has the dense projection's shape (pseudo, bands, 1, 1) but is multiplied by a
+    fixed support mask, so pseudo-band j only ever mixes the contiguous input bands around
+    its centre (init: the hat weights of :func:`banded_weights`). Then the 3-D stem's spectral
+    kernel and the 3-D DCN's spectral offsets act along wavelength, not along an arbitrary
+    learned order.
+    """
+
+    def __init__(self, bands: int, pseudo: int) -> None:
+        super().__init__()
+        init = banded_weights(bands, pseudo)
+        self.weight = nn.Parameter(init.reshape(pseudo, bands, 1, 1).clone())
+        self.bias = nn.Parameter(torch.zeros(pseudo))
+        self.register_buffer("support", (init > 0).to(torch.float32)[..., None, None], False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.support, self.bias)
+
+
+#: spectral reductions of the HSI stem (``band_reduction``)
+BAND_REDUCTIONS = ("dense", "banded")
 
 
 class DropPath(nn.Module):
@@ -131,8 +123,12 @@ class DCN(nn.Module):
     (zero init → uniform); out = Linear(Σ_k m_k · v(p + p_k + Δ_k)).
     """
 
-    def __init__(self, c: int, group_channels: int, ndim: int = 2, k3: int = 27) -> None:
+    def __init__(
+        self, c: int, group_channels: int, ndim: int = 2, k3: int = 27, sampling: str = "auto"
+    ) -> None:
         super().__init__()
+        resolve_mode(sampling)  # validate early
+        self.sampling = sampling
         if c % group_channels:
             raise ValueError(f"{c} channels not divisible by group size {group_channels}")
         conv = nn.Conv2d if ndim == 2 else nn.Conv3d
@@ -152,12 +148,17 @@ class DCN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v = self.input_proj(x)
         q = F.gelu(self.dw_norm(self.dw(x)))
+        if resolve_mode(self.sampling, v, q) == "per_tap":
+            out = per_tap_from_features(v, q, self.offset, self.mask, self.taps, self.groups)
+            return self.output_proj(out)
         offset = self.offset(q)
         logits = self.mask(q)
         b = logits.shape[0]
         mask = torch.softmax(logits.reshape(b, self.groups, self.k, *logits.shape[2:]), dim=2)
         mask = mask.reshape(logits.shape)
-        return self.output_proj(deform_sample(v, offset, mask, self.taps, self.groups))
+        return self.output_proj(
+            deform_sample(v, offset, mask, self.taps, self.groups, self.sampling)
+        )
 
 
 class DCNBlock(nn.Module):
@@ -171,11 +172,12 @@ class DCNBlock(nn.Module):
         mlp_ratio: int,
         k3: int = 27,
         drop_path: float = 0.0,
+        sampling: str = "auto",
     ) -> None:
         super().__init__()
         conv = nn.Conv2d if ndim == 2 else nn.Conv3d
         self.norm1 = LayerNorm2d(c)
-        self.dcn = DCN(c, group_channels, ndim, k3)
+        self.dcn = DCN(c, group_channels, ndim, k3, sampling)
         self.norm2 = LayerNorm2d(c)
         self.mlp = nn.Sequential(conv(c, c * mlp_ratio, 1), nn.GELU(), conv(c * mlp_ratio, c, 1))
         self.drop = DropPath(drop_path)
@@ -223,8 +225,13 @@ class CMFeX(nn.Module):
 
     def forward(
         self, h3: torch.Tensor, h: torch.Tensor, x: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """h3: (B,C3,D,h,w); h = P(h3): (B,C,h,w); x: (B,C,h,w) → (H3', X')."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """h3: (B,C3,D,h,w); h = P(h3): (B,C,h,w); x: (B,C,h,w) → (H3', Ĥ', X').
+
+        Ĥ' (the enhanced 2-D HSI feature) goes to the FFM as CMX passes FRM's rectified
+        features on; projecting H3' again would run P, and its BatchNorm statistics update,
+        twice per stage.
+        """
         b = x.shape[0]
         x_new, h_new = x, h
         if self.use_channel:
@@ -244,24 +251,36 @@ class CMFeX(nn.Module):
         if self.spec is not None:
             att = self.spec(x.mean((2, 3))).reshape(b, 1, self.depth, 1, 1)
             h3 = h3 * att
-        return h3, x_new
+        return h3, h_new, x_new
 
 
 class CrossPath(nn.Module):
     """CMX CrossPath, channels-first: efficient cross-attention via (C/h × C/h) contexts."""
 
-    def __init__(self, c: int, heads: int) -> None:
+    def __init__(self, c: int, heads: int, norm: str = "mean") -> None:
         super().__init__()
-        self.heads = heads
+        if norm not in FFM_NORMS:
+            raise ValueError(f"ffm_norm must be one of {FFM_NORMS}, not {norm!r}")
+        self.heads, self.norm_kind = heads, norm
         self.scale = (c // heads) ** -0.5
         self.channel_proj = nn.ModuleList(nn.Conv2d(c, 2 * c, 1) for _ in range(2))
         self.kv = nn.ModuleList(nn.Conv2d(c, 2 * c, 1, bias=False) for _ in range(2))
         self.end_proj = nn.ModuleList(nn.Conv2d(2 * c, c, 1) for _ in range(2))
         self.norm = nn.ModuleList(LayerNorm2d(c) for _ in range(2))
 
-    def _context(self, u: torch.Tensor, m: int) -> torch.Tensor:
+    def context(self, u: torch.Tensor, m: int) -> torch.Tensor:
+        """Attention weights (B, heads, d, d) of modality m: softmax over keys of kᵀv·scale.
+
+        CMX sums kᵀv over the N pixels, so scores grow with the tile area (stage-1 maxima 44,
+        175, 706 at 128², 256², 512²) and the softmax saturates differently at training and
+        prediction tile sizes. ``norm="mean"`` averages instead; k and v are each scaled by
+        N^-1/2 before the product so that no fp16 partial sum exceeds the mean's magnitude.
+        """
         b, c, h, w = u.shape
         k, v = self.kv[m](u).reshape(b, 2, self.heads, c // self.heads, h * w).unbind(1)
+        if self.norm_kind == "mean":
+            r = float(h * w) ** -0.5
+            k, v = k * r, v * r
         # token-layout kᵀv is (d×d) = k_cf @ v_cfᵀ; softmax over the key channel axis
         return torch.softmax((k @ v.transpose(-2, -1)) * self.scale, dim=-2)
 
@@ -269,7 +288,7 @@ class CrossPath(nn.Module):
         b, c, h, w = x1.shape
         y1, u1 = F.relu(self.channel_proj[0](x1)).chunk(2, dim=1)
         y2, u2 = F.relu(self.channel_proj[1](x2)).chunk(2, dim=1)
-        ctx1, ctx2 = self._context(u1, 0), self._context(u2, 1)
+        ctx1, ctx2 = self.context(u1, 0), self.context(u2, 1)
         q1 = u1.reshape(b, self.heads, c // self.heads, h * w)
         q2 = u2.reshape(b, self.heads, c // self.heads, h * w)
         # token-layout q @ ctx is ctxᵀ @ q_cf in channels-first layout
@@ -283,9 +302,9 @@ class CrossPath(nn.Module):
 class FFM(nn.Module):
     """CMX Feature Fusion Module: CrossPath then ChannelEmbed → (B, C, h, w)."""
 
-    def __init__(self, c: int, heads: int) -> None:
+    def __init__(self, c: int, heads: int, norm: str = "mean") -> None:
         super().__init__()
-        self.cross = CrossPath(c, heads)
+        self.cross = CrossPath(c, heads, norm)
         self.residual = nn.Conv2d(2 * c, c, 1, bias=False)
         self.embed = nn.Sequential(
             nn.Conv2d(2 * c, c, 1),
@@ -312,9 +331,17 @@ class CoMiX(nn.Module):
         stem_stride: 4 (strides 4/8/16/32, divisor 32) or 2 (2/4/8/16, divisor 16, for small
             HSI scenes).
         band_proj: pseudo-bands after the learned 1×1 spectral projection (D_1 = band_proj/4).
+        band_reduction: "dense" (every pseudo-band mixes all bands; the spectral axis has no
+            order) or "banded" (:class:`BandedProjection`: contiguous wavelengths →
+            pseudo-bands, so the 3-D kernels work along the spectrum; HSI bands must then be
+            in wavelength order).
         k3: 3-D taps, 27 or 7.
         cmfex_channel, cmfex_spatial, cmfex_backproject, cmfex_spectral_attention: CMFeX parts.
         ffm_heads, decoder_dim, drop_path, x_widths/x_depths/h_widths/h_depths.
+        ffm_norm: "mean" (kᵀv averaged over pixels: attention independent of the tile size) or
+            "sum" (CMX as published).
+        dcn_sampling: "auto" (per-tap accumulation when no graph is recorded, one batched
+            grid_sample while training), or force "batched" / "per_tap"; the results agree.
     """
 
     modalities: tuple[str, ...] = ("hsi", "lidar")
@@ -328,6 +355,7 @@ class CoMiX(nn.Module):
         variant: str = "s",
         stem_stride: int = 4,
         band_proj: int = 64,
+        band_reduction: str = "dense",
         k3: int | None = None,
         x_widths: Sequence[int] | None = None,
         x_depths: Sequence[int] | None = None,
@@ -342,12 +370,18 @@ class CoMiX(nn.Module):
         cmfex_spatial: bool = True,
         cmfex_backproject: bool = True,
         cmfex_spectral_attention: bool = False,
+        dcn_sampling: str = "auto",
+        ffm_norm: str = "mean",
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {sorted(VARIANTS)}, not {variant!r}")
         if stem_stride not in (2, 4):
             raise ValueError(f"stem_stride must be 2 or 4, not {stem_stride}")
+        if band_reduction not in BAND_REDUCTIONS:
+            raise ValueError(
+                f"band_reduction must be one of {BAND_REDUCTIONS}, not {band_reduction!r}"
+            )
         if band_proj % 16:
             raise ValueError(f"band_proj must be a multiple of 16, not {band_proj}")
         v = VARIANTS[variant]
@@ -368,8 +402,11 @@ class CoMiX(nn.Module):
 
         # stems
         s = stem_stride
+        n_hsi = self.in_channels["hsi"]
         self.band_proj = nn.Sequential(
-            nn.Conv2d(self.in_channels["hsi"], band_proj, 1),
+            nn.Conv2d(n_hsi, band_proj, 1)
+            if band_reduction == "dense"
+            else BandedProjection(n_hsi, band_proj),
             nn.BatchNorm2d(band_proj),
             nn.GELU(),
         )
@@ -407,7 +444,7 @@ class CoMiX(nn.Module):
             self.h_blocks.append(
                 nn.Sequential(
                     *(
-                        DCNBlock(hw[i], 3, group_channels_3d, 2, k3, rates_h[ih + j])
+                        DCNBlock(hw[i], 3, group_channels_3d, 2, k3, rates_h[ih + j], dcn_sampling)
                         for j in range(hd[i])
                     )
                 )
@@ -415,7 +452,7 @@ class CoMiX(nn.Module):
             self.x_blocks.append(
                 nn.Sequential(
                     *(
-                        DCNBlock(xw[i], 2, group_channels_2d, 4, 9, rates_x[ix + j])
+                        DCNBlock(xw[i], 2, group_channels_2d, 4, 9, rates_x[ix + j], dcn_sampling)
                         for j in range(xd[i])
                     )
                 )
@@ -436,7 +473,7 @@ class CoMiX(nn.Module):
                     cmfex_spectral_attention,
                 )
             )
-            self.ffm.append(FFM(xw[i], ffm_heads[i]))
+            self.ffm.append(FFM(xw[i], ffm_heads[i], ffm_norm))
         # ALL-MLP decoder
         self.dec_proj = nn.ModuleList(nn.Conv2d(xw[i], e, 1) for i in range(4))
         self.dec_fuse = nn.Sequential(
@@ -461,8 +498,8 @@ class CoMiX(nn.Module):
                 xs = self.x_down[i - 1](xs)
             h3 = self.h_blocks[i](h3)
             xs = self.x_blocks[i](xs)
-            h3, xs = self.cmfex[i](h3, self._p(i, h3), xs)
-            fused.append(self.ffm[i](self._p(i, h3), xs))
+            h3, h2, xs = self.cmfex[i](h3, self._p(i, h3), xs)
+            fused.append(self.ffm[i](h2, xs))
         outs = []
         for i, f in enumerate(fused):
             y = self.dec_proj[i](f)
