@@ -304,3 +304,17 @@ def test_confusion_sink_equals_scoring_a_written_map(tmp_path: Path) -> None:
         np.testing.assert_array_equal(cm, ref)
         total += cm
     assert total.sum() > 0 and total[0].sum() > 0 and total[1].sum() > 0
+
+
+def test_truth_labels_never_hands_the_nodata_filler_to_a_dataset_mapping() -> None:
+    """Regression: NaN (outside / nodata) reached a folder dataset's mapping as -1, which it
+    rejected as 'outside the class table'."""
+    from mfaf_cli.training.evaluate import truth_labels
+
+    def strict(raw: np.ndarray) -> np.ndarray:
+        assert (raw >= 0).all(), raw
+        return raw + 10
+
+    t = np.array([[0.0, np.nan], [2.0, 1.0]])
+    assert truth_labels(t, strict, None, 255).tolist() == [[10, 255], [12, 11]]
+    assert truth_labels(np.full((1, 2), np.nan), strict, None, 255).tolist() == [[255, 255]]

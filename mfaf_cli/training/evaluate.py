@@ -185,9 +185,10 @@ def truth_labels(
     """Truth values (float, NaN = nodata/outside) → class ids, ``ignore_index`` where unusable."""
     finite = np.isfinite(t)
     raw = np.where(finite, t, -1).astype(np.int64)
-    if label_fn is not None:
-        truth = label_fn(raw)
-        truth[~finite] = ignore_index
+    if label_fn is not None:  # only real values reach the dataset's mapping (no -1 filler)
+        truth = np.full(raw.shape, ignore_index, dtype=np.int64)
+        if finite.any():
+            truth[finite] = label_fn(raw[finite])
     else:
         truth = apply_mapping(raw, mapping)
         truth[(raw == -1) | ~finite] = ignore_index
