@@ -8,6 +8,8 @@ changes made to an example's text, so that it fits a CPU-only test machine:
 - ``mfaf`` → ``python -m mfaf_cli`` (this checkout), ``--device cuda`` → ``--device cpu``;
 - ``mfaf train`` runs get ``--epochs 1 --max-batches 1 --max-val-batches 1 --tile 32
   --batch-size 2`` appended (a resumed run ``--epochs 2``), the last value of a flag winning;
+- ``mfaf predict`` gets ``--overwrite`` (several examples write the same ``map.tif``), and a
+  trailing ``# comment`` is dropped before anything is appended;
 - in README, ``pip install ...`` steps and the test-suite command itself are left out.
 
 Examples that elide arguments (``...``) are skipped. Those that run a model are marked slow;
@@ -232,10 +234,13 @@ def _scratch(folder: Path, source: str) -> Path:
 # ---- running ----------------------------------------------------------------------------------
 def adapt(command: str) -> str:
     """The documented changes for a CPU-only test machine (see the module docstring)."""
-    cmd = command.replace("--device cuda", "--device cpu")
+    cmd = re.sub(r"\s+#.*$", "", command)  # a trailing comment would swallow added flags
+    cmd = cmd.replace("--device cuda", "--device cpu")
+    if cmd.startswith("mfaf predict") and "--overwrite" not in cmd:
+        cmd += " --overwrite"  # several examples write the same map.tif in one scratch folder
     if cmd.startswith("mfaf train"):
         if "--resume" in cmd:
-            cmd = re.sub(r"--epochs \d+", "--epochs 2", cmd) + " --max-batches 1"
+            cmd = re.sub(r"--epochs \d+", "", cmd) + " --epochs 2 --max-batches 1"
         else:
             cmd += " --epochs 1 --max-batches 1 --tile 32 --batch-size 2"
         cmd += " --max-val-batches 1 -q"
@@ -266,7 +271,8 @@ def _params() -> list[object]:
             out.append(pytest.param(source, fast, id=f"{source}-fast"))
             fast = []
         if fast or slow:  # in order: later examples may read what earlier ones wrote
-            out.append(pytest.param(source, fast + slow, id=source, marks=pytest.mark.slow))
+            run = cmds if fast else slow
+            out.append(pytest.param(source, run, id=source, marks=pytest.mark.slow))
     return out
 
 
