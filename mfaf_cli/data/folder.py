@@ -7,7 +7,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,46 @@ def read_scene_list(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return scenes, opts
 
 
+def find_scene_list(root: Path) -> Path:
+    """The scene list itself, or the one a folder holds (scenes.toml, scenes.csv, then any)."""
+    if not root.is_dir():
+        return root
+    cands = (
+        [root / n for n in ("scenes.toml", "scenes.csv")]
+        + sorted(root.glob("*.csv"))
+        + sorted(root.glob("*.toml"))
+    )
+    lists = [p for p in cands if p.exists()]
+    if not lists:
+        raise DatasetError(f"expected {root}/scenes.csv or {root}/scenes.toml listing the scenes")
+    return lists[0]
+
+
+def _select_scenes(
+    scenes: Sequence[dict[str, Any]], split: str, val: float, test: float, seed: int
+) -> list[int]:
+    """Scene indexes of ``split``: the split column, else a seeded split of ≥ 3 scenes, else all
+    scenes (their windows are split later)."""
+    if split == "all":
+        return list(range(len(scenes)))
+    if any(s["split"] for s in scenes):
+        alias = {"valid": "val", "validation": "val"}
+        return [i for i, s in enumerate(scenes) if alias.get(s["split"], s["split"]) == split]
+    if len(scenes) >= 3:
+        parts = seeded_split3([str(i) for i in range(len(scenes))], val, test, seed)
+        return sorted(int(i) for i in parts[split])
+    return list(range(len(scenes)))
+
+
+def _split_windows(
+    windows: Sequence[tuple[int, int, int]], split: str, val: float, test: float, seed: int
+) -> list[tuple[int, int, int]]:
+    """The windows of ``split`` in a seeded window-level split (for lists of < 3 scenes)."""
+    keys = [f"{w[0]}:{w[1]}:{w[2]}" for w in windows]
+    keep = set(seeded_split3(keys, val, test, seed)[split])
+    return [w for w, k in zip(windows, keys, strict=True) if k in keep]
+
+
 class FolderDataset(SegDataset):
     """A user's scenes from a CSV/TOML list, co-registered on the fly onto each label's grid.
 
@@ -116,19 +156,7 @@ class FolderDataset(SegDataset):
         **kw: Any,
     ) -> None:
         super().__init__(split, **kw)
-        import rasterio
-
-        r = _check_root(root)
-        if r.is_dir():
-            cands = (
-                [r / n for n in ("scenes.toml", "scenes.csv")]
-                + sorted(r.glob("*.csv"))
-                + sorted(r.glob("*.toml"))
-            )
-            lists = [p for p in cands if p.exists()]
-            if not lists:
-                raise DatasetError(f"expected {r}/scenes.csv or {r}/scenes.toml listing the scenes")
-            r = lists[0]
+        r = find_scene_list(_check_root(root))
         self.list_path = r
         scenes, opts = read_scene_list(r)
         available = tuple(scenes[0]["inputs"])
@@ -137,59 +165,20 @@ class FolderDataset(SegDataset):
         self.bands_opt = {k: list(v) for k, v in dict(opts.get("bands", {})).items()}
         self.units = {"sar": str(dict(opts.get("units", {})).get("sar", "auto"))}
         # Class table over *all* scenes so every split agrees on K.
-        names = opts.get("classes")
-        if names:
-            self.classes = tuple(
-                ClassInfo(i, str(n), default_classes(len(names))[i].color)
-                for i, n in enumerate(names)
-            )
-        else:
-            k = num_classes or opts.get("num_classes")
-            if k is None:
-                mx = -1
-                for sc in scenes:
-                    lab = self._label_values(sc["label"])
-                    if lab.size:
-                        mx = max(mx, int(lab.max()))
-                k = mx + 1
-            if int(k) < 1:
-                raise DatasetError(f"{r}: the label rasters hold no class values")
-            self.classes = default_classes(int(k))
+        self.classes = self._class_table(r, scenes, opts, num_classes)
         self._scenes_all = scenes
-        self.windows: list[tuple[int, int, int]] = []  # (scene index, row, col)
         has_split = any(s["split"] for s in scenes)
-        sel: list[int]
-        if split == "all":
-            sel = list(range(len(scenes)))
-        elif has_split:
-            alias = {"valid": "val", "validation": "val"}
-            sel = [i for i, s in enumerate(scenes) if alias.get(s["split"], s["split"]) == split]
-        elif len(scenes) >= 3:
-            parts = seeded_split3(
-                [str(i) for i in range(len(scenes))], val_fraction, test_fraction, self.seed
-            )
-            sel = sorted(int(i) for i in parts[split])
-        else:
-            sel = list(range(len(scenes)))
-        self.scene_idx = sel
+        self.scene_idx = _select_scenes(scenes, split, val_fraction, test_fraction, self.seed)
         self.sizes: dict[int, tuple[int, int]] = {}
-        for i in sel:
-            with rasterio.open(scenes[i]["label"]) as ds:
-                self.sizes[i] = (ds.height, ds.width)
-            self.windows += [
-                (i, rr, cc)
-                for rr in grid_offsets(self.sizes[i][0], self.tile)
-                for cc in grid_offsets(self.sizes[i][1], self.tile)
-            ]
+        self.windows: list[tuple[int, int, int]] = self._cut_windows(self.scene_idx)
         if split != "all" and not has_split and len(scenes) < 3:
             log.warning(
                 "folder dataset: no 'split' column and fewer than 3 scenes; splitting windows "
                 "(neighbouring windows share context, so validation scores are optimistic)"
             )
-            keys = [f"{w[0]}:{w[1]}:{w[2]}" for w in self.windows]
-            parts = seeded_split3(keys, val_fraction, test_fraction, self.seed)
-            keep = set(parts[split])
-            self.windows = [w for w, k in zip(self.windows, keys, strict=True) if k in keep]
+            self.windows = _split_windows(
+                self.windows, split, val_fraction, test_fraction, self.seed
+            )
         self.split_source = (
             "the scene list's split column"
             if has_split
@@ -197,16 +186,54 @@ class FolderDataset(SegDataset):
         )
         if not self.windows:
             raise DatasetError(f"the {split} split of the folder dataset {r} is empty")
-        self.band_names = {}
         self._aligned: dict[int, Any] = {}
         self._pid = -1
         self.lohi: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
         first = self._scene(self.windows[0][0])
-        counts = first.band_counts
         # SAR units as read (resolved from "auto"), recorded in the model metadata
         self.units = {m: u for m, u in first.units.items() if u in ("db", "linear")}
-        for m in self.modalities:
-            self.band_names[m] = _default_band_names(m, counts[m])
+        self.band_names = {m: _default_band_names(m, first.band_counts[m]) for m in self.modalities}
+
+    def _class_table(
+        self,
+        where: Path,
+        scenes: Sequence[dict[str, Any]],
+        opts: Mapping[str, Any],
+        num_classes: int | None,
+    ) -> tuple[ClassInfo, ...]:
+        """Classes named in the list, else ``num_classes``, else 1 + the largest label value."""
+        names = opts.get("classes")
+        if names:
+            return tuple(
+                ClassInfo(i, str(n), default_classes(len(names))[i].color)
+                for i, n in enumerate(names)
+            )
+        k = num_classes or opts.get("num_classes")
+        if k is None:
+            mx = -1
+            for sc in scenes:
+                lab = self._label_values(sc["label"])
+                if lab.size:
+                    mx = max(mx, int(lab.max()))
+            k = mx + 1
+        if int(k) < 1:
+            raise DatasetError(f"{where}: the label rasters hold no class values")
+        return default_classes(int(k))
+
+    def _cut_windows(self, selected: Sequence[int]) -> list[tuple[int, int, int]]:
+        """(scene index, row, col) of the tile grid of every selected scene; records sizes."""
+        import rasterio
+
+        windows: list[tuple[int, int, int]] = []
+        for i in selected:
+            with rasterio.open(self._scenes_all[i]["label"]) as ds:
+                self.sizes[i] = (ds.height, ds.width)
+            windows += [
+                (i, rr, cc)
+                for rr in grid_offsets(self.sizes[i][0], self.tile)
+                for cc in grid_offsets(self.sizes[i][1], self.tile)
+            ]
+        return windows
 
     @staticmethod
     def _label_values(path: Path) -> np.ndarray:
