@@ -22,7 +22,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -129,6 +129,20 @@ class SegDataset(Dataset):
 
     name = "base"
     patch_based = True
+    # -- what the dataset is, readable without opening it (as TorchGeo datasets describe
+    # themselves); instances narrow these to what was asked for and found on disk.
+    #: modalities the dataset provides (a model may take a subset, in its own order)
+    all_modalities: ClassVar[tuple[str, ...]] = ()
+    #: band meanings per modality as the files hold them (empty: known only from the files)
+    all_bands: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: sensor units per modality where they matter (SAR "db"/"linear")
+    sensor_units: ClassVar[dict[str, str]] = {}
+    #: the class table labels map to (empty: given by the user's scene list)
+    class_table: ClassVar[tuple[ClassInfo, ...]] = ()
+    #: the on-disk layout the reader expects
+    layout: ClassVar[str] = ""
+    #: what one label file is, in :meth:`summary`
+    item_unit: ClassVar[str] = "patches"
 
     def __init__(
         self,
@@ -305,7 +319,7 @@ class SegDataset(Dataset):
             hist = np.bincount(ids[ok].ravel(), minlength=self.num_classes)
             counts += scale * hist[: self.num_classes]
         total = float(counts.sum())
-        unit = "patches" if self.patch_based else ("sheets" if self.name == "whu" else "scenes")
+        unit = self.item_unit
         return {
             "source": self.split_source or f"{self.name} {self.split} split (seed {self.seed})",
             unit: files,

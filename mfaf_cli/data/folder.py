@@ -143,6 +143,12 @@ class FolderDataset(SegDataset):
 
     name = "folder"
     patch_based = False
+    item_unit = "scenes"
+    all_modalities = MODALITY_COLUMNS
+    layout = (
+        "a CSV/TOML scene list (<root>/scenes.csv or scenes.toml, or the file itself): "
+        "label and modality rasters per scene, optional id and split"
+    )
 
     def __init__(
         self,

@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -51,6 +51,17 @@ class OmbriaDataset(SegDataset):
     """
 
     name = "ombria"
+    all_modalities = ("optical", "sar")
+    all_bands: ClassVar[dict[str, tuple[str, ...]]] = {
+        "optical": OMBRIA_OPTICAL_BANDS,
+        "sar": ("vv",),
+    }
+    sensor_units: ClassVar[dict[str, str]] = {"sar": "db"}
+    class_table = WATER_CLASSES
+    layout = (
+        "<root>/OmbriaS2/{train,test}/{AFTER,MASK}/S2_{after,mask}_<id>.png, "
+        "<root>/OmbriaS1/{train,test}/AFTER/S1_after_<id>.png"
+    )
 
     def __init__(
         self,
@@ -63,13 +74,13 @@ class OmbriaDataset(SegDataset):
     ) -> None:
         super().__init__(split, **kw)
         root = _check_root(root)
-        self.modalities = _check_modalities(self.name, ("optical", "sar"), modalities)
+        self.modalities = _check_modalities(self.name, self.all_modalities, modalities)
         # OMBRIA's S2 PNGs are 3-channel 8-bit composites. Their look (saturated green
         # vegetation, pink built-up, black water) is that of a SWIR / NIR / red false-colour
         # composite, not true colour; on raw Sentinel-2 pass bands B12,B8,B4 (weights/README.md).
-        self.band_names = {"optical": OMBRIA_OPTICAL_BANDS, "sar": ("vv",)}
-        self.units = {"sar": "db"}
-        self.classes = WATER_CLASSES
+        self.band_names = dict(self.all_bands)
+        self.units = dict(self.sensor_units)
+        self.classes = self.class_table
         folders = ["train", "test"] if split == "all" else ["test" if split == "test" else "train"]
         self.items: list[tuple[str, str]] = []  # (folder, id)
         for folder in folders:

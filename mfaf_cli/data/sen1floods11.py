@@ -8,7 +8,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -64,6 +64,19 @@ class Sen1Floods11Dataset(SegDataset):
 
     name = "sen1floods11"
     patch_based = True
+    all_modalities = ("optical", "sar")
+    all_bands: ClassVar[dict[str, tuple[str, ...]]] = {
+        "optical": tuple(SENTINEL2_L1C_MEANINGS),
+        "sar": ("vv", "vh"),
+    }
+    #: 1-based bands read unless ``bands`` says otherwise (B4, B3, B2; VV)
+    default_bands: ClassVar[dict[str, tuple[int, ...]]] = {"optical": (4, 3, 2), "sar": (1,)}
+    sensor_units: ClassVar[dict[str, str]] = {"sar": "db"}
+    class_table = WATER_CLASSES
+    layout = (
+        "S1Hand/, S2Hand/, LabelHand/ folders (anywhere below the root) or a flat folder of "
+        "<id>_{S1Hand,S2Hand,LabelHand}.tif; splits from flood_{train,valid,test}_data.csv"
+    )
 
     def __init__(
         self,
@@ -79,18 +92,18 @@ class Sen1Floods11Dataset(SegDataset):
         super().__init__(split, **kw)
         root = _check_root(root)
         self.root = root
-        self.modalities = _check_modalities(self.name, ("optical", "sar"), modalities)
+        self.modalities = _check_modalities(self.name, self.all_modalities, modalities)
         bands = dict(bands or {})
         self.bands = {
-            "optical": [int(b) for b in bands.get("optical", (4, 3, 2))],
-            "sar": [int(b) for b in bands.get("sar", (1,))],
+            "optical": [int(b) for b in bands.get("optical", self.default_bands["optical"])],
+            "sar": [int(b) for b in bands.get("sar", self.default_bands["sar"])],
         }
         self.band_names = {
             "optical": tuple(S2_BAND_NAMES.get(b, f"B{b}") for b in self.bands["optical"]),
             "sar": tuple({1: "vv", 2: "vh"}.get(b, f"b{b}") for b in self.bands["sar"]),
         }
-        self.units = {"sar": "db"}
-        self.classes = WATER_CLASSES
+        self.units = dict(self.sensor_units)
+        self.classes = self.class_table
         found = self._discover(root)
         self.files = {k: v for k, v in found.items() if len(v) == 3}
         for kind, pattern in (("sar", "S1Hand"), ("optical", "S2Hand"), ("label", "LabelHand")):

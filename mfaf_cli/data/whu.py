@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -33,6 +33,21 @@ log = logging.getLogger("mfaf.data")
 OPT_NAMES = ("optical", "opt")
 SAR_NAMES = ("sar",)
 LBL_NAMES = ("lbl", "label", "labels")
+
+
+#: Band meanings of the WHU-OPT-SAR optical sheets (bands beyond these are named b<n>).
+WHU_OPTICAL_BANDS = ("red", "green", "blue", "nir")
+
+
+class _WhuMeta:
+    """What both WHU-OPT-SAR layouts share: modalities, bands, classes (mixed into each)."""
+
+    all_modalities = ("optical", "sar")
+    all_bands: ClassVar[dict[str, tuple[str, ...]]] = {
+        "optical": WHU_OPTICAL_BANDS,
+        "sar": ("vv",),
+    }
+    class_table = WHU_CLASSES
 
 
 def whu_map_label(raw: np.ndarray, ignore_index: int, nodata: float | None = None) -> np.ndarray:
@@ -67,7 +82,7 @@ def _whu_bands(
         "optical": [int(b) for b in bands.get("optical", range(1, n_opt + 1))],
         "sar": [int(b) for b in bands.get("sar", (1,))],
     }
-    opt_names = ("red", "green", "blue", "nir")
+    opt_names = WHU_OPTICAL_BANDS
     names = {
         "optical": tuple(opt_names[b - 1] if b <= 4 else f"b{b}" for b in sel["optical"]),
         "sar": ("vv",) if len(sel["sar"]) == 1 else tuple(f"b{b}" for b in sel["sar"]),
@@ -85,7 +100,7 @@ def _complete_ids(
     return sorted(set.intersection(*(set(f) for f in files.values())))
 
 
-class WhuSheetDataset(SegDataset):
+class WhuSheetDataset(_WhuMeta, SegDataset):
     """WHU-OPT-SAR full map sheets read as tile windows on the fly (no pre-cutting).
 
     Per-modality folders discovered case-insensitively (``optical``/``opt``, ``sar``,
@@ -96,6 +111,11 @@ class WhuSheetDataset(SegDataset):
 
     name = "whu"
     patch_based = False
+    item_unit = "sheets"
+    layout = (
+        "<root>/{optical|opt}/, <root>/sar/, <root>/{lbl|label}/ holding same-named sheets "
+        "(e.g. NH49E001013.tif); splits from a *division*.txt / *split*.txt file"
+    )
 
     def __init__(
         self,
@@ -113,8 +133,8 @@ class WhuSheetDataset(SegDataset):
         import rasterio
 
         self.root = root
-        self.modalities = _check_modalities(self.name, ("optical", "sar"), modalities)
-        self.classes = WHU_CLASSES
+        self.modalities = _check_modalities(self.name, self.all_modalities, modalities)
+        self.classes = self.class_table
         self.units = {"sar": ""}
         files = {k: _tifs(v) for k, v in folders.items()}
         ids = _complete_ids(self, files, folders, str(root))
@@ -272,7 +292,7 @@ class WhuSheetDataset(SegDataset):
         return _file_scenes(((s, self.files[s]) for s in self.ids), self.modalities, self.bands)
 
 
-class WhuPrecutDataset(SegDataset):
+class WhuPrecutDataset(_WhuMeta, SegDataset):
     """The common pre-cut WHU-OPT-SAR layout ``{train,val,test}/{opt,sar,lbl}/*.tif``.
 
     Percentiles are per tile (patch dataset). Without a ``val`` folder, ``val`` is a seeded
@@ -280,6 +300,7 @@ class WhuPrecutDataset(SegDataset):
     """
 
     name = "whu"
+    layout = "<root>/{train,val,test}/{opt,sar,lbl}/<id>.tif (val optional)"
 
     def __init__(
         self,
@@ -293,8 +314,8 @@ class WhuPrecutDataset(SegDataset):
     ) -> None:
         super().__init__(split, **kw)
         self.root = root
-        self.modalities = _check_modalities(self.name, ("optical", "sar"), modalities)
-        self.classes = WHU_CLASSES
+        self.modalities = _check_modalities(self.name, self.all_modalities, modalities)
+        self.classes = self.class_table
         self.units = {"sar": ""}
         has_val = find_dir(root, ["val", "valid", "validation"]) is not None
         if split == "all":
