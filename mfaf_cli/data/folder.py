@@ -47,38 +47,8 @@ def read_scene_list(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     ``classes`` (names), ``num_classes``, ``ignore_value``, ``[bands]`` and ``[units]``.
     Relative paths are relative to the list's folder.
     """
-    base = path.parent
-    opts: dict[str, Any] = {}
-    if path.suffix.lower() == ".toml":
-        try:
-            doc = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise DatasetError(f"{path} is not valid TOML ({err})") from None
-        rows = doc.get("scene") or doc.get("scenes") or []
-        opts = {k: v for k, v in doc.items() if k not in ("scene", "scenes")}
-    else:
-        with open(path, newline="") as f:
-            rows = [
-                {k.strip().lower(): (v or "").strip() for k, v in r.items() if k}
-                for r in csv.DictReader(f)
-            ]
-    scenes = []
-    for n, row in enumerate(rows, start=1):
-        if "label" not in row or not row["label"]:
-            raise DatasetError(f"{path}: scene {n} has no 'label' raster")
-        sc: dict[str, Any] = {
-            "id": str(row.get("id") or f"scene{n}"),
-            "split": str(row.get("split") or "").lower() or None,
-            "label": (base / str(row["label"])).resolve(),
-            "inputs": {},
-        }
-        for m in MODALITY_COLUMNS:
-            if row.get(m):
-                sc["inputs"][m] = (base / str(row[m])).resolve()
-        for p in [sc["label"], *sc["inputs"].values()]:
-            if not p.exists():
-                raise DatasetError(f"{path}: scene {sc['id']}: {p} does not exist")
-        scenes.append(sc)
+    rows, opts = _list_rows(path)
+    scenes = [_scene_entry(path, n, row) for n, row in enumerate(rows, start=1)]
     if not scenes:
         raise DatasetError(f"{path} lists no scenes")
     mods = [tuple(s["inputs"]) for s in scenes]
@@ -89,6 +59,43 @@ def read_scene_list(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             f"{path}: scenes list no modality column ({', '.join(MODALITY_COLUMNS)})"
         )
     return scenes, opts
+
+
+def _list_rows(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The raw scene rows and top-level options of a TOML or CSV scene list."""
+    if path.suffix.lower() == ".toml":
+        try:
+            doc = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise DatasetError(f"{path} is not valid TOML ({err})") from None
+        rows = doc.get("scene") or doc.get("scenes") or []
+        return rows, {k: v for k, v in doc.items() if k not in ("scene", "scenes")}
+    with open(path, newline="") as f:
+        rows = [
+            {k.strip().lower(): (v or "").strip() for k, v in r.items() if k}
+            for r in csv.DictReader(f)
+        ]
+    return rows, {}
+
+
+def _scene_entry(path: Path, n: int, row: Mapping[str, Any]) -> dict[str, Any]:
+    """Scene ``n`` of the list with resolved paths; every file it names must exist."""
+    base = path.parent
+    if "label" not in row or not row["label"]:
+        raise DatasetError(f"{path}: scene {n} has no 'label' raster")
+    sc: dict[str, Any] = {
+        "id": str(row.get("id") or f"scene{n}"),
+        "split": str(row.get("split") or "").lower() or None,
+        "label": (base / str(row["label"])).resolve(),
+        "inputs": {},
+    }
+    for m in MODALITY_COLUMNS:
+        if row.get(m):
+            sc["inputs"][m] = (base / str(row[m])).resolve()
+    for p in [sc["label"], *sc["inputs"].values()]:
+        if not p.exists():
+            raise DatasetError(f"{path}: scene {sc['id']}: {p} does not exist")
+    return sc
 
 
 def find_scene_list(root: Path) -> Path:

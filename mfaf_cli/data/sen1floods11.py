@@ -50,6 +50,21 @@ def _water_map(raw: np.ndarray, ignore_index: int, nodata: float | None = None) 
     return out
 
 
+def _find_s1hand(root: Path) -> Path | None:
+    """The S1Hand folder: directly under the root, else the first within 6 levels below it."""
+    s1 = find_dir(root, ["S1Hand"])
+    if s1 is not None:
+        return s1
+    for cand in sorted(root.rglob("*")):
+        if (
+            cand.is_dir()
+            and cand.name.lower() == "s1hand"
+            and len(cand.relative_to(root).parts) <= 6
+        ):
+            return cand
+    return None
+
+
 class Sen1Floods11Dataset(SegDataset):
     """Sen1Floods11 hand-labelled chips: S2Hand (13 bands), S1Hand (VV, VH dB), LabelHand.
 
@@ -129,16 +144,7 @@ class Sen1Floods11Dataset(SegDataset):
                     kind = {k.lower(): v for k, v in kinds.items()}[m.group(2).lower()]
                     found.setdefault(m.group(1), {})[kind] = p
 
-        s1 = find_dir(root, ["S1Hand"])
-        if s1 is None:
-            for cand in sorted(root.rglob("*")):
-                if (
-                    cand.is_dir()
-                    and cand.name.lower() == "s1hand"
-                    and len(cand.relative_to(root).parts) <= 6
-                ):
-                    s1 = cand
-                    break
+        s1 = _find_s1hand(root)
         if s1 is not None:
             parent = s1.parent
             for sub in ("S1Hand", "S2Hand", "LabelHand"):

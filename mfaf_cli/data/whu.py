@@ -292,6 +292,31 @@ class WhuSheetDataset(_WhuMeta, SegDataset):
         return _file_scenes(((s, self.files[s]) for s in self.ids), self.modalities, self.bands)
 
 
+def _precut_plan(split: str, has_val: bool) -> list[tuple[str, str | None]]:
+    """(folder, part) pairs to read for ``split``; part "kept"/"held" splits ``train`` when
+    there is no ``val`` folder."""
+    if split == "all":
+        return [("train", None), ("val", None), ("test", None)]
+    if split in ("train", "val") and not has_val:
+        return [("train", "held" if split == "val" else "kept")]
+    return [(split, None)]
+
+
+def _precut_folders(d: Path) -> tuple[dict[str, dict[str, Path]], dict[str, Path]]:
+    """The .tif files by id, and the folder, of each of optical/sar/label under a split folder."""
+    mods, subs = {}, {}
+    for key, alts in (("optical", OPT_NAMES), ("sar", SAR_NAMES), ("label", LBL_NAMES)):
+        sub = find_dir(d, alts)
+        if sub is None:
+            raise DatasetError(
+                f"expected {d / alts[0]} (or {'/'.join(alts[1:]) or alts[0]}) in the "
+                "pre-cut WHU-OPT-SAR layout"
+            )
+        mods[key] = _tifs(sub)
+        subs[key] = sub
+    return mods, subs
+
+
 class WhuPrecutDataset(_WhuMeta, SegDataset):
     """The common pre-cut WHU-OPT-SAR layout ``{train,val,test}/{opt,sar,lbl}/*.tif``.
 
@@ -318,16 +343,8 @@ class WhuPrecutDataset(_WhuMeta, SegDataset):
         self.classes = self.class_table
         self.units = {"sar": ""}
         has_val = find_dir(root, ["val", "valid", "validation"]) is not None
-        if split == "all":
-            plan = [("train", None), ("val", None), ("test", None)]
-        elif split == "val" and not has_val:
-            plan = [("train", "held")]
-        elif split == "train" and not has_val:
-            plan = [("train", "kept")]
-        else:
-            plan = [(split, None)]
         self.files: list[dict[str, Path]] = []
-        for src, part in plan:
+        for src, part in _precut_plan(split, has_val):
             names = ["val", "valid", "validation"] if src == "val" else [src]
             d = find_dir(root, names)
             if d is None:
@@ -336,16 +353,7 @@ class WhuPrecutDataset(_WhuMeta, SegDataset):
                 raise DatasetError(
                     f"expected {root / src}/{{opt,sar,lbl}} (pre-cut WHU-OPT-SAR layout)"
                 )
-            mods, subs = {}, {}
-            for key, alts in (("optical", OPT_NAMES), ("sar", SAR_NAMES), ("label", LBL_NAMES)):
-                sub = find_dir(d, alts)
-                if sub is None:
-                    raise DatasetError(
-                        f"expected {d / alts[0]} (or {'/'.join(alts[1:]) or alts[0]}) in the "
-                        "pre-cut WHU-OPT-SAR layout"
-                    )
-                mods[key] = _tifs(sub)
-                subs[key] = sub
+            mods, subs = _precut_folders(d)
             ids = _complete_ids(self, mods, subs, f"{d.name} ({root})")
             if part is not None:
                 kept, held = seeded_holdout(ids, val_fraction, self.seed)
