@@ -7,6 +7,8 @@ normalisation it perturbs.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 
@@ -18,7 +20,7 @@ def pad_to(
     if h0 >= h and w0 >= w:
         return arrays, mask
     ph, pw = max(0, h - h0), max(0, w - w0)
-    mode = "reflect" if (ph < h0 and pw < w0) else "edge"
+    mode: Literal["reflect", "edge"] = "reflect" if (ph < h0 and pw < w0) else "edge"
     out = {k: np.pad(v, ((0, 0), (0, ph), (0, pw)), mode=mode) for k, v in arrays.items()}
     m = np.pad(mask, ((0, ph), (0, pw)), constant_values=ignore_index)
     return out, m

@@ -26,6 +26,7 @@ from mfaf_cli.data.transforms import jitter_window, pad_to
 from mfaf_cli.errors import DatasetError, LabelError
 from mfaf_cli.metadata import (
     WHU_CLASSES,
+    ClassInfo,
 )
 
 log = logging.getLogger("mfaf.data")
@@ -42,12 +43,12 @@ WHU_OPTICAL_BANDS = ("red", "green", "blue", "nir")
 class _WhuMeta:
     """What both WHU-OPT-SAR layouts share: modalities, bands, classes (mixed into each)."""
 
-    all_modalities = ("optical", "sar")
+    all_modalities: ClassVar[tuple[str, ...]] = ("optical", "sar")
     all_bands: ClassVar[dict[str, tuple[str, ...]]] = {
         "optical": WHU_OPTICAL_BANDS,
         "sar": ("vv",),
     }
-    class_table = WHU_CLASSES
+    class_table: ClassVar[tuple[ClassInfo, ...]] = WHU_CLASSES
 
 
 def whu_map_label(raw: np.ndarray, ignore_index: int, nodata: float | None = None) -> np.ndarray:
