@@ -492,3 +492,88 @@ def test_photometric_option_changes_training_samples_only(tmp_path: Path) -> Non
     val_plain = open_dataset("ombria", root, "val")[0]
     val_jit = open_dataset("ombria", root, "val", photometric=0.2)[0]
     assert torch.equal(val_plain["inputs"]["optical"], val_jit["inputs"]["optical"])
+
+
+# ---- the data/ rooms: shared transforms, class-level metadata, import graph ---------------------
+def test_jitter_window_stays_inside_and_within_half_a_tile() -> None:
+    from mfaf_cli.data.transforms import jitter_window
+
+    assert jitter_window(32, 64, 100, 120, 32, None) == (32, 64)
+    assert jitter_window(0, 0, 20, 20, 32, np.random.default_rng(0)) == (0, 0)  # sheet < tile
+    rng = np.random.default_rng(3)
+    moved = [jitter_window(32, 64, 100, 120, 32, rng) for _ in range(200)]
+    rows, cols = np.array(moved).T
+    assert rows.min() >= 16 and rows.max() <= 48 and cols.min() >= 48 and cols.max() <= 80
+    assert len(set(moved)) > 20  # it does move
+    edge = [jitter_window(68, 88, 100, 120, 32, rng) for _ in range(50)]
+    assert max(r for r, _ in edge) == 68 and max(c for _, c in edge) == 88  # clipped at h-t, w-t
+
+
+def test_random_crop_cuts_arrays_and_mask_at_the_same_place() -> None:
+    from mfaf_cli.data.transforms import random_crop
+
+    h, w = 40, 50
+    pos = np.arange(h * w, dtype=np.float32).reshape(1, h, w)
+    mask = np.arange(h * w, dtype=np.int64).reshape(h, w)
+    out, m = random_crop({"a": pos}, mask, 16, 255, np.random.default_rng(1))
+    assert out["a"].shape == (1, 16, 16) and m.shape == (16, 16)
+    np.testing.assert_array_equal(out["a"][0].astype(np.int64), m)
+    small, sm = random_crop({"a": pos[:, :8, :8]}, mask[:8, :8], 16, 255, np.random.default_rng(1))
+    assert small["a"].shape == (1, 16, 16) and (sm[8:] == 255).all() and (sm[:, 8:] == 255).all()
+
+
+def test_class_metadata_describes_what_an_opened_dataset_holds(tmp_path: Path) -> None:
+    from mfaf_cli.data.folder import FolderDataset
+    from mfaf_cli.data.ombria import OmbriaDataset
+    from mfaf_cli.data.sen1floods11 import Sen1Floods11Dataset
+    from mfaf_cli.data.whu import WhuPrecutDataset, WhuSheetDataset
+    from mfaf_cli.metadata import WATER_CLASSES, WHU_CLASSES
+
+    for cls in (OmbriaDataset, Sen1Floods11Dataset, WhuSheetDataset, WhuPrecutDataset):
+        assert cls.all_modalities == ("optical", "sar") and cls.layout
+        assert set(cls.all_bands) == set(cls.all_modalities)
+    assert FolderDataset.all_modalities == ("optical", "sar", "hsi", "lidar")
+    assert FolderDataset.class_table == ()  # from the user's scene list
+    om = open_dataset("ombria", make_ombria(tmp_path / "om"), "all")
+    assert om.band_names == OmbriaDataset.all_bands and om.classes == WATER_CLASSES
+    assert om.units == OmbriaDataset.sensor_units == {"sar": "db"}
+    s1f = open_dataset("sen1floods11", make_sen1floods11(tmp_path / "s1f"), "all")
+    meanings = Sen1Floods11Dataset.all_bands["optical"]
+    defaults = Sen1Floods11Dataset.default_bands["optical"]
+    assert s1f.band_names["optical"] == tuple(meanings[b - 1] for b in defaults)
+    whu = open_dataset("whu", make_whu_sheets(tmp_path / "whu"), "all", tile=32)
+    assert isinstance(whu, WhuSheetDataset) and whu.classes == WHU_CLASSES
+    assert whu.band_names["optical"] == WhuSheetDataset.all_bands["optical"]
+    assert whu.summary()["sheets"] == 3 and om.summary()["patches"] == len(om)
+
+
+def test_data_modules_import_no_circle() -> None:
+    """The data/ rooms import downward only: their import graph has no cycle."""
+    import ast
+
+    import mfaf_cli.data
+
+    folder = Path(mfaf_cli.data.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for p in folder.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                "mfaf_cli.data."
+            ):
+                deps.add(node.module.rsplit(".", 1)[1])
+        graph[p.stem] = deps
+    assert graph["datasets"] and not graph["transforms"] and not graph["splits"]
+    state: dict[str, int] = {}
+
+    def visit(n: str, path: tuple[str, ...]) -> None:
+        assert state.get(n) != 1, f"import circle {' -> '.join((*path, n))}"
+        if state.get(n) == 2:
+            return
+        state[n] = 1
+        for d in graph.get(n, ()):
+            visit(d, (*path, n))
+        state[n] = 2
+
+    for n in graph:
+        visit(n, ())

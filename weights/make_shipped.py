@@ -12,7 +12,7 @@ What it changes, and why, in the metadata record only (the weights are copied bi
 - ``tile_size`` 256: training used random 128 px crops of OMBRIA's 256 px patches and validation
   ran on whole 256 px patches; 256 px windows are the inference default (fewer seams);
 - optical band names ``swir, nir, red``: OMBRIA's optical PNGs are a false-colour composite
-  (see mfaf_cli/data/datasets.py, OmbriaDataset); runs started before that was recorded carry the
+  (see mfaf_cli/data/ombria.py, OmbriaDataset); runs started before that was recorded carry the
   PNG's nominal "red, green, blue" names;
 - ``metrics``: adds the held-out test figures measured by ``mfaf evaluate`` (JSON outputs).
 Then it registers the file in mfaf_cli/weights/manifest.json with its sha256.

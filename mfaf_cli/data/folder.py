@@ -1,0 +1,382 @@
+"""A user's own scenes from a CSV/TOML scene list, co-registered onto each label's grid."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mfaf_cli.data.base import (
+    DECIMATED_SIDE,
+    Scene,
+    SegDataset,
+    _check_modalities,
+    _check_root,
+)
+from mfaf_cli.data.splits import grid_offsets, seeded_split3
+from mfaf_cli.data.transforms import jitter_window
+from mfaf_cli.errors import DatasetError, LabelError
+from mfaf_cli.metadata import (
+    ClassInfo,
+    ModelMeta,
+    default_classes,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+log = logging.getLogger("mfaf.data")
+
+MODALITY_COLUMNS = ("optical", "sar", "hsi", "lidar")
+
+
+def read_scene_list(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Scenes (dicts with modality paths, ``label``, optional ``id``/``split``) and options.
+
+    CSV: a header with ``label``, modality columns (optical, sar, hsi, lidar) and optionally
+    ``id``, ``split``. TOML: ``[[scene]]`` tables with the same keys, plus optional top-level
+    ``classes`` (names), ``num_classes``, ``ignore_value``, ``[bands]`` and ``[units]``.
+    Relative paths are relative to the list's folder.
+    """
+    rows, opts = _list_rows(path)
+    scenes = [_scene_entry(path, n, row) for n, row in enumerate(rows, start=1)]
+    if not scenes:
+        raise DatasetError(f"{path} lists no scenes")
+    mods = [tuple(s["inputs"]) for s in scenes]
+    if len(set(mods)) > 1:
+        raise DatasetError(f"{path}: scenes list different modalities {sorted(set(mods))}")
+    if not mods[0]:
+        raise DatasetError(
+            f"{path}: scenes list no modality column ({', '.join(MODALITY_COLUMNS)})"
+        )
+    return scenes, opts
+
+
+def _list_rows(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The raw scene rows and top-level options of a TOML or CSV scene list."""
+    if path.suffix.lower() == ".toml":
+        try:
+            doc = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise DatasetError(f"{path} is not valid TOML ({err})") from None
+        rows = doc.get("scene") or doc.get("scenes") or []
+        return rows, {k: v for k, v in doc.items() if k not in ("scene", "scenes")}
+    with open(path, newline="") as f:
+        rows = [
+            {k.strip().lower(): (v or "").strip() for k, v in r.items() if k}
+            for r in csv.DictReader(f)
+        ]
+    return rows, {}
+
+
+def _scene_entry(path: Path, n: int, row: Mapping[str, Any]) -> dict[str, Any]:
+    """Scene ``n`` of the list with resolved paths; every file it names must exist."""
+    base = path.parent
+    if "label" not in row or not row["label"]:
+        raise DatasetError(f"{path}: scene {n} has no 'label' raster")
+    sc: dict[str, Any] = {
+        "id": str(row.get("id") or f"scene{n}"),
+        "split": str(row.get("split") or "").lower() or None,
+        "label": (base / str(row["label"])).resolve(),
+        "inputs": {},
+    }
+    for m in MODALITY_COLUMNS:
+        if row.get(m):
+            sc["inputs"][m] = (base / str(row[m])).resolve()
+    for p in [sc["label"], *sc["inputs"].values()]:
+        if not p.exists():
+            raise DatasetError(f"{path}: scene {sc['id']}: {p} does not exist")
+    return sc
+
+
+def find_scene_list(root: Path) -> Path:
+    """The scene list itself, or the one a folder holds (scenes.toml, scenes.csv, then any)."""
+    if not root.is_dir():
+        return root
+    cands = (
+        [root / n for n in ("scenes.toml", "scenes.csv")]
+        + sorted(root.glob("*.csv"))
+        + sorted(root.glob("*.toml"))
+    )
+    lists = [p for p in cands if p.exists()]
+    if not lists:
+        raise DatasetError(f"expected {root}/scenes.csv or {root}/scenes.toml listing the scenes")
+    return lists[0]
+
+
+def _select_scenes(
+    scenes: Sequence[dict[str, Any]], split: str, val: float, test: float, seed: int
+) -> list[int]:
+    """Scene indexes of ``split``: the split column, else a seeded split of ≥ 3 scenes, else all
+    scenes (their windows are split later)."""
+    if split == "all":
+        return list(range(len(scenes)))
+    if any(s["split"] for s in scenes):
+        alias = {"valid": "val", "validation": "val"}
+        return [i for i, s in enumerate(scenes) if alias.get(s["split"], s["split"]) == split]
+    if len(scenes) >= 3:
+        parts = seeded_split3([str(i) for i in range(len(scenes))], val, test, seed)
+        return sorted(int(i) for i in parts[split])
+    return list(range(len(scenes)))
+
+
+def _split_windows(
+    windows: Sequence[tuple[int, int, int]], split: str, val: float, test: float, seed: int
+) -> list[tuple[int, int, int]]:
+    """The windows of ``split`` in a seeded window-level split (for lists of < 3 scenes)."""
+    keys = [f"{w[0]}:{w[1]}:{w[2]}" for w in windows]
+    keep = set(seeded_split3(keys, val, test, seed)[split])
+    return [w for w, k in zip(windows, keys, strict=True) if k in keep]
+
+
+class FolderDataset(SegDataset):
+    """A user's scenes from a CSV/TOML list, co-registered on the fly onto each label's grid.
+
+    Windows (``tile``, non-overlapping; jittered in training) are read through
+    :class:`mfaf_cli.coreg.align.AlignedScene`, the same reader predict uses. Splits come from
+    the ``split`` column; without one, ≥3 scenes get a seeded scene-level split and fewer
+    scenes a seeded window-level split (spatially leaky: a warning says so).
+    Label values are class ids; the label raster's nodata and ``ignore_value`` are ignored.
+    """
+
+    name = "folder"
+    patch_based = False
+    item_unit = "scenes"
+    all_modalities = MODALITY_COLUMNS
+    layout = (
+        "a CSV/TOML scene list (<root>/scenes.csv or scenes.toml, or the file itself): "
+        "label and modality rasters per scene, optional id and split"
+    )
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        split: str,
+        *,
+        modalities: Sequence[str] | None = None,
+        num_classes: int | None = None,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        **kw: Any,
+    ) -> None:
+        super().__init__(split, **kw)
+        r = find_scene_list(_check_root(root))
+        self.list_path = r
+        scenes, opts = read_scene_list(r)
+        available = tuple(scenes[0]["inputs"])
+        self.modalities = _check_modalities(self.name, available, modalities)
+        self.ignore_value = opts.get("ignore_value")
+        self.bands_opt = {k: list(v) for k, v in dict(opts.get("bands", {})).items()}
+        self.units = {"sar": str(dict(opts.get("units", {})).get("sar", "auto"))}
+        # Class table over *all* scenes so every split agrees on K.
+        self.classes = self._class_table(r, scenes, opts, num_classes)
+        self._scenes_all = scenes
+        has_split = any(s["split"] for s in scenes)
+        self.scene_idx = _select_scenes(scenes, split, val_fraction, test_fraction, self.seed)
+        self.sizes: dict[int, tuple[int, int]] = {}
+        self.windows: list[tuple[int, int, int]] = self._cut_windows(self.scene_idx)
+        if split != "all" and not has_split and len(scenes) < 3:
+            log.warning(
+                "folder dataset: no 'split' column and fewer than 3 scenes; splitting windows "
+                "(neighbouring windows share context, so validation scores are optimistic)"
+            )
+            self.windows = _split_windows(
+                self.windows, split, val_fraction, test_fraction, self.seed
+            )
+        self.split_source = (
+            "the scene list's split column"
+            if has_split
+            else f"seeded split (seed {self.seed}, val {val_fraction}, test {test_fraction})"
+        )
+        if not self.windows:
+            raise DatasetError(f"the {split} split of the folder dataset {r} is empty")
+        self._aligned: dict[int, Any] = {}
+        self._pid = -1
+        self.lohi: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        first = self._scene(self.windows[0][0])
+        # SAR units as read (resolved from "auto"), recorded in the model metadata
+        self.units = {m: u for m, u in first.units.items() if u in ("db", "linear")}
+        self.band_names = {m: _default_band_names(m, first.band_counts[m]) for m in self.modalities}
+
+    def _class_table(
+        self,
+        where: Path,
+        scenes: Sequence[dict[str, Any]],
+        opts: Mapping[str, Any],
+        num_classes: int | None,
+    ) -> tuple[ClassInfo, ...]:
+        """Classes named in the list, else ``num_classes``, else 1 + the largest label value."""
+        names = opts.get("classes")
+        if names:
+            return tuple(
+                ClassInfo(i, str(n), default_classes(len(names))[i].color)
+                for i, n in enumerate(names)
+            )
+        k = num_classes or opts.get("num_classes")
+        if k is None:
+            mx = -1
+            for sc in scenes:
+                lab = self._label_values(sc["label"])
+                if lab.size:
+                    mx = max(mx, int(lab.max()))
+            k = mx + 1
+        if int(k) < 1:
+            raise DatasetError(f"{where}: the label rasters hold no class values")
+        return default_classes(int(k))
+
+    def _cut_windows(self, selected: Sequence[int]) -> list[tuple[int, int, int]]:
+        """(scene index, row, col) of the tile grid of every selected scene; records sizes."""
+        import rasterio
+
+        windows: list[tuple[int, int, int]] = []
+        for i in selected:
+            with rasterio.open(self._scenes_all[i]["label"]) as ds:
+                self.sizes[i] = (ds.height, ds.width)
+            windows += [
+                (i, rr, cc)
+                for rr in grid_offsets(self.sizes[i][0], self.tile)
+                for cc in grid_offsets(self.sizes[i][1], self.tile)
+            ]
+        return windows
+
+    @staticmethod
+    def _label_values(path: Path) -> np.ndarray:
+        import rasterio
+
+        with rasterio.open(path) as ds:
+            f = max(1.0, max(ds.height, ds.width) / DECIMATED_SIDE)
+            shape = (max(1, round(ds.height / f)), max(1, round(ds.width / f)))
+            lab = ds.read(1, out_shape=shape)
+            if ds.nodata is not None:
+                lab = lab[lab != ds.nodata]
+        return np.asarray(lab).reshape(-1)
+
+    def __getstate__(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["_aligned"] = {}
+        d["_pid"] = -1
+        return d
+
+    def _scene(self, i: int) -> Any:
+        from mfaf_cli.coreg.align import AlignedScene
+        from mfaf_cli.coreg.grid import grid_from_reference
+
+        if self._pid != os.getpid():
+            self._aligned = {}
+            self._pid = os.getpid()
+        if i not in self._aligned:
+            sc = self._scenes_all[i]
+            grid = grid_from_reference(sc["label"])
+            self._aligned[i] = AlignedScene(
+                {m: sc["inputs"][m] for m in self.modalities},
+                grid,
+                {m: self.bands_opt[m] for m in self.modalities if m in self.bands_opt},
+                units=self.units.get("sar", "auto"),
+            )
+        return self._aligned[i]
+
+    def _stat_meta(self) -> ModelMeta:
+        return ModelMeta(arch="folder", modalities=self.modality_specs(), classes=self.classes)
+
+    def scene_percentiles(self, i: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        if i not in self.lohi:
+            self.lohi[i] = self._scene(i).percentiles(self._stat_meta())
+        return self.lohi[i]
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def map_label(self, raw: np.ndarray, nodata: float | None = None) -> np.ndarray:
+        raw = np.asarray(raw)
+        keep = np.ones(raw.shape, dtype=bool)
+        if nodata is not None:
+            keep &= ~(
+                np.isnan(raw) if isinstance(nodata, float) and math.isnan(nodata) else raw == nodata
+            )
+        if self.ignore_value is not None:
+            keep &= raw != self.ignore_value
+        vals = raw[keep]
+        bad = (vals < 0) | (vals >= self.num_classes) | (vals != np.round(vals))
+        if bad.any():
+            raise LabelError(
+                f"label values {np.unique(vals[bad])[:8].tolist()} are outside the class table "
+                f"0..{self.num_classes - 1}; set the label raster's nodata or 'ignore_value'"
+            )
+        out = np.full(raw.shape, self.ignore_index, dtype=np.int64)
+        out[keep] = vals.astype(np.int64)
+        return out
+
+    def label_arrays(self) -> list[tuple[str, np.ndarray]]:
+        return [
+            (str(self._scenes_all[i]["label"]), self._label_values(self._scenes_all[i]["label"]))
+            for i in sorted({w[0] for w in self.windows})
+        ]
+
+    def stat_arrays(self, max_items: int) -> dict[str, list[np.ndarray]]:
+        out: dict[str, list[np.ndarray]] = {m: [] for m in self.modalities}
+        used = sorted({w[0] for w in self.windows})[:max_items]
+        for i in used:
+            arrays, valid, _ = self._scene(i).read_decimated()
+            for m in self.modalities:
+                a = arrays[m].copy()
+                a[:, ~valid] = np.nan
+                out[m].append(a)
+        return out
+
+    def raw(self, index, rng=None):  # type: ignore[override]
+        import rasterio
+        from rasterio.windows import Window as RioWindow
+
+        from mfaf_cli.tiling.windows import Window
+
+        i, r, c = self.windows[index]
+        h, w = self.sizes[i]
+        t = self.tile
+        r, c = jitter_window(r, c, h, w, t, rng)
+        arrays, valid = self._scene(i).read(Window(r, c, t, t))
+        arrays = {m: arrays[m] for m in self.modalities}
+        with rasterio.open(self._scenes_all[i]["label"]) as ds:
+            lab = ds.read(1, window=RioWindow(c, r, min(t, w - c), min(t, h - r)))
+            nodata = ds.nodata
+        mask = self.map_label(lab, nodata)
+        mask = np.pad(
+            mask,
+            ((0, t - mask.shape[0]), (0, t - mask.shape[1])),
+            constant_values=self.ignore_index,
+        )
+        mask[~valid] = self.ignore_index
+        return arrays, mask, self.scene_percentiles(i)
+
+    def scenes(self) -> list[Scene]:
+        used = sorted({w[0] for w in self.windows})
+        return [
+            Scene(
+                self._scenes_all[i]["id"],
+                {m: self._scenes_all[i]["inputs"][m] for m in self.modalities},
+                self._scenes_all[i]["label"],
+                {m: self.bands_opt[m] for m in self.modalities if m in self.bands_opt},
+            )
+            for i in used
+        ]
+
+
+def _default_band_names(modality: str, n: int) -> tuple[str, ...]:
+    from mfaf_cli.metadata import DEFAULT_BANDS
+
+    d = DEFAULT_BANDS.get(modality, ())
+    if len(d) == n:
+        return d
+    if modality == "optical" and n == 3:
+        return ("red", "green", "blue")
+    if modality == "sar" and n == 2:
+        return ("vv", "vh")
+    return tuple(f"b{i + 1}" for i in range(n))
