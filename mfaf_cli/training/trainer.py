@@ -457,6 +457,12 @@ def _alignment(
     return loss, (embedding_cosine(z_a), head_free)
 
 
+# (loss, ce, mmd, logits, mask, alignment monitors or None)
+_LossOut = tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[float, float] | None
+]
+
+
 def _forward_loss(
     model: nn.Module,
     batch: dict[str, Any],
@@ -468,9 +474,7 @@ def _forward_loss(
     ignore_index: int,
     autocast: tuple[bool, torch.dtype],
     want_aux: bool = True,
-) -> tuple[
-    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[float, float] | None
-]:
+) -> _LossOut:
     """(loss, ce, mmd, logits, mask, alignment monitors or None) for one batch.
 
     The alignment branch runs whenever MMD is on, even while its ramped weight is still 0,
@@ -912,6 +916,23 @@ class Trainer:
             sums += self._train_step(batch, epoch, bar)
         return _all_reduce(sums.to(self.device), d).cpu()
 
+    def _forward(
+        self, net: nn.Module, batch: dict[str, Any], mmd_weight: float, want_aux: bool
+    ) -> _LossOut:
+        """:func:`_forward_loss` with this run's modalities, device, padding and AMP."""
+        return _forward_loss(
+            net,
+            batch,
+            self.modalities,
+            self.device,
+            self.cfg,
+            mmd_weight,
+            self.divisor,
+            self.ignore_index,
+            self.autocast,
+            want_aux,
+        )
+
     def _train_step(self, batch: dict[str, Any], epoch: int, bar: Any) -> torch.Tensor:
         """Forward, backward, (clipped) optimiser and schedule step; the batch's sums row."""
         from mfaf_cli.models.losses import ramp_weight
@@ -920,10 +941,7 @@ class Trainer:
         w = 0.0
         if cfg.mmd != "none":
             w = ramp_weight(self.global_step, self.total_steps, cfg.mmd_lambda, cfg.mmd_warmup)
-        loss, ce, mmd, _, _, monitors = _forward_loss(
-            self.net, batch, self.modalities, self.device, cfg, w, self.divisor,
-            self.ignore_index, self.autocast,
-        )  # fmt: skip
+        loss, ce, mmd, _, _, monitors = self._forward(self.net, batch, w, want_aux=True)
         self.mmd_used = self.mmd_used or monitors is not None
         cos, head_free = monitors or (0.0, 0.0)
         if not torch.isfinite(loss):
@@ -949,9 +967,12 @@ class Trainer:
         values += [cos, head_free, float(monitors is not None)]
         return torch.tensor(values, dtype=torch.float64)
 
-    def validate(self, loader: Any) -> tuple[np.ndarray, float]:
-        """(confusion matrix, mean CE) over the validation split, summed over processes."""
+    def validate(self, loader: Any | None = None) -> tuple[np.ndarray, float]:
+        """(confusion matrix, mean CE) over the validation split, summed over processes;
+        ``loader`` is this process's share of it (built here if not given)."""
         cfg, d, k = self.cfg, self.d, self.k
+        if loader is None:
+            loader = _val_loader(self.val_ds, cfg, d)
         self.model.eval()
         cm = torch.zeros((k, k), dtype=torch.float64)
         loss_sum = torch.zeros(2, dtype=torch.float64)
@@ -960,10 +981,7 @@ class Trainer:
             for batch in _progress(
                 _limited(loader, cfg.max_val_batches), n, "val", cfg.progress and d.main
             ):
-                _, ce, _, logits, mask, _ = _forward_loss(
-                    self.model, batch, self.modalities, self.device, cfg, 0.0, self.divisor,
-                    self.ignore_index, self.autocast, False,
-                )  # fmt: skip
+                _, ce, _, logits, mask, _ = self._forward(self.model, batch, 0.0, want_aux=False)
                 pred = logits.argmax(1).cpu().numpy()
                 m = mask.cpu().numpy()
                 cm_b = confusion_matrix(pred, m, k, self.ignore_index).astype(np.float64)
