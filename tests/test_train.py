@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,11 @@ from safetensors.torch import load_file
 from test_datasets import make_folder, make_ombria
 
 from mfaf_cli.io.weights import read_meta
+from mfaf_cli.models.registry import get_entry, model_divisor
+from mfaf_cli.training.distributed import _Dist
 from mfaf_cli.training.trainer import (
     TrainConfig,
+    Trainer,
     config_to_toml,
     load_config_file,
     lr_factor,
@@ -114,6 +118,33 @@ def test_train_writes_checkpoints_metrics_and_curves(ombria: Path, tmp_path: Pat
     # the saved config reproduces the run settings
     cfg = load_config_file(out / "config.toml")
     assert cfg["epochs"] == 2 and cfg["model_config"] == {"base_width": 4}
+
+
+def test_trainer_steps_one_epoch_and_validates(ombria: Path, tmp_path: Path) -> None:
+    """The Trainer's parts on their own: set-up writes only config.toml, one train_epoch takes
+    every batch of the split, validate scores every labelled val pixel once."""
+    cfg = TrainConfig(
+        dataset="ombria",
+        data_root=str(ombria),
+        model="unet",
+        out=str(tmp_path / "run"),
+        tile=32,
+        batch_size=2,
+        val_fraction=0.34,
+        progress=False,
+        model_config={"base_width": 4},
+    )
+    divisor = model_divisor(cfg.model, cfg.model_config)
+    t = Trainer(cfg, _Dist(), get_entry(cfg.model), divisor, Path(cfg.out), time.time())
+    t.setup()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.toml"]
+    before = [p.detach().clone() for p in t.model.parameters()]
+    sums = t.train_epoch(0)
+    assert t.steps_per_epoch == 2 and t.global_step == 2 and int(sums[3]) == 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, t.model.parameters(), strict=True))
+    cm, val_loss = t.validate()
+    assert cm.shape == (2, 2) and int(cm.sum()) == t.splits["val"]["labelled_pixels"]
+    assert np.isfinite(val_loss) and val_loss > 0
 
 
 def test_resume_is_exact(ombria: Path, tmp_path: Path) -> None:

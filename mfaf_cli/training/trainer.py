@@ -46,62 +46,31 @@ from mfaf_cli.errors import (
     WeightsError,
 )
 from mfaf_cli.metadata import ModelMeta
+from mfaf_cli.training.config import (  # noqa: F401  (re-exported: the public training API)
+    MMD_KINDS,
+    SCHEDULES,
+    TrainConfig,
+    _parse_config_text,
+    _toml_value,
+    config_to_toml,
+    load_config_file,
+    validate_config,
+)
+from mfaf_cli.training.distributed import (
+    _all_reduce,
+    _barrier,
+    _Dist,
+    _init_distributed,
+    _resolve_device,
+    _shutdown,
+)
 from mfaf_cli.training.metrics import confusion_matrix, metrics_from_confusion, to_jsonable
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = ("poly", "cosine")
-MMD_KINDS = ("none", "rbf", "paired", "linear", "class")
 STATE_NAME = "last_state.pt"
 LAST_NAME = "last.safetensors"
 BEST_NAME = "best.safetensors"
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on; the CLI flags and config files map onto it 1:1."""
-
-    dataset: str = ""
-    data_root: str = ""
-    model: str = ""
-    out: str = ""
-    epochs: int = 30
-    batch_size: int = 8
-    lr: float = 6e-4
-    weight_decay: float = 0.01
-    schedule: str = "poly"
-    warmup: float = 0.0  # linear LR warm-up, fraction of all steps
-    mmd: str = "rbf"  # MFAFNet alignment: "rbf" (head-free, on deep features), others, "none"
-    mmd_lambda: float = 0.1
-    mmd_warmup: float = 0.05
-    amp: bool = True  # mixed precision, CUDA only
-    grad_clip: float = 1.0  # max gradient norm; 0 disables
-    seed: int = 0
-    num_workers: int = 0
-    tile: int = 256
-    photometric: float = 0.15  # training-only per-band stretch/gamma jitter strength (0 = off)
-    normalisation: str = "fixed"  # "fixed" (extent-independent) or "scene-percentile"
-    val_fraction: float = 0.15
-    device: str = "auto"
-    resume: str | None = None
-    overwrite: bool = False
-    max_batches: int | None = None  # cap on training batches per epoch (dry runs, timing)
-    max_val_batches: int | None = None
-    stop_after: int | None = (
-        None  # stop after this many epochs in this invocation (time-boxed jobs)
-    )
-    num_classes: int | None = None  # folder datasets: override the class count
-    bands: dict[str, list[int]] = field(default_factory=dict)
-    model_config: dict[str, Any] = field(default_factory=dict)
-    progress: bool = True
-    command: str = ""  # the exact command line, recorded in the checkpoint
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -120,110 +89,6 @@ class TrainResult:
         d["run_dir"], d["last"] = str(self.run_dir), str(self.last)
         d["best"] = str(self.best) if self.best else None
         return json.dumps(to_jsonable(d))
-
-
-# ---- config files --------------------------------------------------------------------------
-def _parse_config_text(p: Path) -> Any:
-    """The parsed document of a TOML or YAML file; a syntax error is a one-line UsageError."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10: the tomli backport (a dependency there)
-        import tomli as tomllib
-
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(f"config file {p} is not UTF-8 text") from None
-    if p.suffix.lower() == ".toml":
-        errors: tuple[type[Exception], ...] = (tomllib.TOMLDecodeError,)
-        parse: Any = tomllib.loads
-    else:
-        try:
-            import yaml
-        except ImportError:
-            raise UsageError(
-                f"config file {p} is YAML, which needs PyYAML (pip install pyyaml); "
-                "or write it as a .toml file"
-            ) from None
-        errors, parse = (yaml.YAMLError,), lambda t: yaml.safe_load(t) or {}
-    try:
-        return parse(text)
-    except errors as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UsageError(f"config file {p} could not be parsed ({msg})") from None
-
-
-def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a TOML / YAML (or JSON) training config; keys are TrainConfig fields (- or _)."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"config file {p} does not exist")
-    doc = _parse_config_text(p)
-    if not isinstance(doc, dict):
-        raise UsageError(f"config file {p} must hold a table of settings")
-    doc = {str(k).replace("-", "_"): v for k, v in doc.items()}
-    if "train" in doc and isinstance(doc["train"], dict) and len(doc) == 1:
-        doc = {str(k).replace("-", "_"): v for k, v in doc["train"].items()}
-    unknown = sorted(set(doc) - set(TrainConfig.field_names()))
-    if unknown:
-        raise UsageError(
-            f"config file {p}: unknown setting(s) {', '.join(unknown)}; valid: "
-            + ", ".join(TrainConfig.field_names())
-        )
-    return doc
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return json.dumps(str(v))
-
-
-def config_to_toml(cfg: TrainConfig) -> str:
-    """The resolved configuration as TOML (loadable with ``--config``)."""
-    d = cfg.to_dict()
-    lines, tables = [], []
-    for k, v in d.items():
-        if v is None:
-            continue
-        if isinstance(v, dict):
-            if v:
-                tables.append(f"\n[{k}]")
-                tables += [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items()]
-        else:
-            lines.append(f"{k} = {_toml_value(v)}")
-    return "\n".join(lines + tables) + "\n"
-
-
-def validate_config(cfg: TrainConfig) -> None:
-    """Usage errors for values that cannot work, before anything is read or written."""
-    for name in ("dataset", "data_root", "model", "out"):
-        if not getattr(cfg, name):
-            raise UsageError(f"{name.replace('_', '-')} is required")
-    checks = [
-        (cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}"),
-        (cfg.batch_size >= 1, f"batch size must be >= 1, got {cfg.batch_size}"),
-        (cfg.lr > 0 and math.isfinite(cfg.lr), f"lr must be positive, got {cfg.lr}"),
-        (cfg.weight_decay >= 0, f"weight decay must be >= 0, got {cfg.weight_decay}"),
-        (cfg.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
-        (cfg.mmd in MMD_KINDS, f"mmd must be one of {', '.join(MMD_KINDS)}, got {cfg.mmd!r}"),
-        (cfg.mmd_lambda >= 0, f"mmd lambda must be >= 0, got {cfg.mmd_lambda}"),
-        (0 <= cfg.warmup < 1, f"warmup must be a fraction in [0, 1), got {cfg.warmup}"),
-        (cfg.grad_clip >= 0, f"grad clip must be >= 0, got {cfg.grad_clip}"),
-        (cfg.num_workers >= 0, f"num workers must be >= 0, got {cfg.num_workers}"),
-        (cfg.tile >= 8, f"tile must be >= 8 pixels, got {cfg.tile}"),
-        (0 < cfg.val_fraction < 1, f"val fraction must be in (0, 1), got {cfg.val_fraction}"),
-        (cfg.max_batches is None or cfg.max_batches >= 1, "max batches must be >= 1"),
-        (cfg.max_val_batches is None or cfg.max_val_batches >= 0, "max val batches must be >= 0"),
-        (cfg.stop_after is None or cfg.stop_after >= 1, "stop after must be >= 1 epochs"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise UsageError(msg)
 
 
 # ---- pure helpers ---------------------------------------------------------------------------
@@ -326,69 +191,6 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
-
-
-# ---- distributed ----------------------------------------------------------------------------
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    initialised_here: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-
-def _init_distributed(device: str) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    import torch.distributed as dist
-
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    here = False
-    if not dist.is_initialized():
-        use_cuda = torch.cuda.is_available() and device != "cpu"
-        if use_cuda:
-            torch.cuda.set_device(local)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        here = True
-    return _Dist(rank, world, local, here)
-
-
-def _all_reduce(t: torch.Tensor, d: _Dist) -> torch.Tensor:
-    if d.enabled:
-        import torch.distributed as dist
-
-        dist.all_reduce(t)
-    return t
-
-
-def _barrier(d: _Dist) -> None:
-    if d.enabled:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def _resolve_device(spec: str, d: _Dist) -> torch.device:
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError("device cuda requested but no CUDA GPU is available; use --device cpu")
-        return torch.device("cuda", d.local_rank)
-    try:
-        return torch.device(spec)
-    except RuntimeError as err:
-        raise UsageError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from err
 
 
 # ---- data loading ---------------------------------------------------------------------------
@@ -655,6 +457,12 @@ def _alignment(
     return loss, (embedding_cosine(z_a), head_free)
 
 
+# (loss, ce, mmd, logits, mask, alignment monitors or None)
+_LossOut = tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[float, float] | None
+]
+
+
 def _forward_loss(
     model: nn.Module,
     batch: dict[str, Any],
@@ -666,9 +474,7 @@ def _forward_loss(
     ignore_index: int,
     autocast: tuple[bool, torch.dtype],
     want_aux: bool = True,
-) -> tuple[
-    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[float, float] | None
-]:
+) -> _LossOut:
     """(loss, ce, mmd, logits, mask, alignment monitors or None) for one batch.
 
     The alignment branch runs whenever MMD is on, even while its ramped weight is still 0,
@@ -693,51 +499,9 @@ def _forward_loss(
     return ce + mmd_weight * mmd, ce, mmd, logits, mask, monitors
 
 
-def _validate(
-    model: nn.Module,
-    loader: Any,
-    modalities: tuple[str, ...],
-    device: torch.device,
-    cfg: TrainConfig,
-    k: int,
-    divisor: int,
-    ignore_index: int,
-    d: _Dist,
-    autocast: tuple[bool, torch.dtype],
-) -> tuple[np.ndarray, float]:
-    model.eval()
-    cm = torch.zeros((k, k), dtype=torch.float64)
-    loss_sum = torch.zeros(2, dtype=torch.float64)
-    n = len(loader) if cfg.max_val_batches is None else min(len(loader), cfg.max_val_batches)
-    with torch.inference_mode():
-        for batch in _progress(
-            _limited(loader, cfg.max_val_batches), n, "val", cfg.progress and d.main
-        ):
-            _, ce, _, logits, mask, _ = _forward_loss(
-                model, batch, modalities, device, cfg, 0.0, divisor, ignore_index, autocast, False
-            )
-            pred = logits.argmax(1).cpu().numpy()
-            m = mask.cpu().numpy()
-            cm += torch.from_numpy(confusion_matrix(pred, m, k, ignore_index).astype(np.float64))
-            loss_sum += torch.tensor([float(ce), 1.0], dtype=torch.float64)
-    cm = _all_reduce(cm.to(device), d).cpu()
-    loss_sum = _all_reduce(loss_sum.to(device), d).cpu()
-    val_loss = float(loss_sum[0] / loss_sum[1]) if loss_sum[1] > 0 else float("nan")
-    return cm.numpy().astype(np.int64), val_loss
-
-
 # ---- main entry -------------------------------------------------------------------------------
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train ``cfg.model`` on ``cfg.dataset``; see the module docstring for outputs."""
-    from mfaf_cli.models.registry import get_entry, model_divisor
-    from mfaf_cli.tiling.windows import check_tile
-
-    t_start = time.time()
-    validate_config(cfg)
-    entry = get_entry(cfg.model)
-    divisor = model_divisor(cfg.model, cfg.model_config)
-    check_tile(cfg.tile, divisor, cfg.model)
-    run_dir = Path(cfg.out)
+def _check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
+    """Refuse to write over an existing run unless ``--resume`` or ``--overwrite`` says so."""
     resume = cfg.resume
     if (
         resume is None
@@ -754,342 +518,488 @@ def train(cfg: TrainConfig) -> TrainResult:
     if run_dir.is_dir() and any(run_dir.iterdir()) and resume is None and not cfg.overwrite:
         raise OutputExistsError(f"{run_dir} is not empty; use --overwrite or another -o")
 
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.dataset``; see the module docstring for outputs."""
+    from mfaf_cli.models.registry import get_entry, model_divisor
+    from mfaf_cli.tiling.windows import check_tile
+
+    t_start = time.time()
+    validate_config(cfg)
+    entry = get_entry(cfg.model)
+    divisor = model_divisor(cfg.model, cfg.model_config)
+    check_tile(cfg.tile, divisor, cfg.model)
+    run_dir = Path(cfg.out)
+    _check_run_dir(cfg, run_dir)
     d = _init_distributed(cfg.device)
     try:
-        return _run(cfg, d, entry, divisor, run_dir, t_start)
+        trainer = Trainer(cfg, d, entry, divisor, run_dir, t_start)
+        trainer.setup()
+        return trainer.fit()
     finally:
-        if d.initialised_here:
-            import torch.distributed as dist
-
-            with contextlib.suppress(Exception):
-                dist.destroy_process_group()
+        _shutdown(d)
 
 
-def _run(
-    cfg: TrainConfig, d: _Dist, entry: Any, divisor: int, run_dir: Path, t_start: float
-) -> TrainResult:
-    from mfaf_cli.data.datasets import open_dataset
-    from mfaf_cli.io.weights import load_checkpoint, read_meta, save_checkpoint
-    from mfaf_cli.models.registry import create_model
+_RUN_FILES = (
+    LAST_NAME,
+    BEST_NAME,
+    STATE_NAME,
+    "metrics.jsonl",
+    "metrics.csv",
+    "curves.png",
+    "config.toml",
+)
 
-    device = _resolve_device(cfg.device, d)
-    common = dict(
-        modalities=entry.modalities,
-        tile=cfg.tile,
-        seed=cfg.seed,
-        val_fraction=cfg.val_fraction,
-        bands=cfg.bands or None,
-        normalisation=cfg.normalisation,
-    )
-    if cfg.dataset == "folder" and cfg.num_classes:
-        common["num_classes"] = cfg.num_classes
-    train_ds = open_dataset(
-        cfg.dataset, cfg.data_root, "train", photometric=cfg.photometric, **common
-    )
-    val_ds = open_dataset(cfg.dataset, cfg.data_root, "val", augment=False, **common)
-    if train_ds.num_classes != val_ds.num_classes:
-        raise DatasetError("train and val splits disagree on the class table")
-    train_ds.check_labels()
-    val_ds.check_labels()
-    splits = split_summaries(cfg, train_ds, val_ds, common, show=cfg.progress and d.main)
-    if len(train_ds) < d.world:
-        raise DatasetError(
-            f"the train split has {len(train_ds)} samples, fewer than {d.world} processes"
+
+class Trainer:
+    """One training run: :meth:`setup` validates every input and builds the model, optimiser
+    and schedule (restoring them on ``--resume``); :meth:`fit` runs the epochs, each one
+    :meth:`train_epoch`, :meth:`validate`, then checkpoint and log on rank 0."""
+
+    def __init__(
+        self, cfg: TrainConfig, d: _Dist, entry: Any, divisor: int, run_dir: Path, t_start: float
+    ) -> None:
+        self.cfg, self.d, self.entry, self.divisor = cfg, d, entry, divisor
+        self.run_dir, self.t_start = run_dir, t_start
+        self.modalities: tuple[str, ...] = tuple(entry.modalities)
+        self.device = _resolve_device(cfg.device, d)
+        self.state: dict[str, Any] | None = None
+        self.resume_meta: ModelMeta | None = None
+        self.resume_ckpt: Path | None = None
+        self.start_epoch, self.global_step, self.wall_before = 0, 0, 0.0
+        self.best_miou, self.best_epoch = -1.0, 0
+        self.history: list[dict[str, Any]] = []
+        self.created = False
+        self.mmd_used = cfg.mmd != "none" and cfg.model.startswith("mfafnet")
+
+    # ---- set-up ----------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Everything before the first epoch; writes into the run directory only at the end."""
+        self._open_datasets()
+        if self.cfg.resume:
+            self._read_resume()
+        # ---- everything validated: from here on we may write into run_dir ----
+        self._set_normalisation()
+        self._seed()
+        self._build_model()
+        self._build_optimiser()
+        if self.state is not None:
+            self._restore_state(self.state)
+        self._prepare_run_dir()
+        _barrier(self.d)
+
+    def _open_datasets(self) -> None:
+        from mfaf_cli.data.datasets import open_dataset
+
+        cfg, d = self.cfg, self.d
+        common: dict[str, Any] = dict(
+            modalities=self.entry.modalities,
+            tile=cfg.tile,
+            seed=cfg.seed,
+            val_fraction=cfg.val_fraction,
+            bands=cfg.bands or None,
+            normalisation=cfg.normalisation,
         )
+        if cfg.dataset == "folder" and cfg.num_classes:
+            common["num_classes"] = cfg.num_classes
+        train_ds = open_dataset(
+            cfg.dataset, cfg.data_root, "train", photometric=cfg.photometric, **common
+        )
+        val_ds = open_dataset(cfg.dataset, cfg.data_root, "val", augment=False, **common)
+        if train_ds.num_classes != val_ds.num_classes:
+            raise DatasetError("train and val splits disagree on the class table")
+        train_ds.check_labels()
+        val_ds.check_labels()
+        self.splits = split_summaries(cfg, train_ds, val_ds, common, show=cfg.progress and d.main)
+        if len(train_ds) < d.world:
+            raise DatasetError(
+                f"the train split has {len(train_ds)} samples, fewer than {d.world} processes"
+            )
+        self.train_ds, self.val_ds = train_ds, val_ds
+        self.k, self.ignore_index = train_ds.num_classes, train_ds.ignore_index
 
-    state: dict[str, Any] | None = None
-    resume_meta: ModelMeta | None = None
-    resume_ckpt: Path | None = None
-    if cfg.resume:
-        resume_ckpt, state_path = _resume_paths(cfg.resume)
-        resume_meta = read_meta(resume_ckpt)
-        _check_resume_meta(resume_meta, cfg, train_ds, resume_ckpt)
-        state = _load_state(state_path)
-        if state.get("arch") != cfg.model:
+    def _read_resume(self) -> None:
+        from mfaf_cli.io.weights import read_meta
+
+        assert self.cfg.resume
+        self.resume_ckpt, state_path = _resume_paths(self.cfg.resume)
+        self.resume_meta = read_meta(self.resume_ckpt)
+        _check_resume_meta(self.resume_meta, self.cfg, self.train_ds, self.resume_ckpt)
+        self.state = _load_state(state_path)
+        if self.state.get("arch") != self.cfg.model:
             raise WeightsError(
-                f"cannot resume: {state_path} belongs to model {state.get('arch')!r}"
+                f"cannot resume: {state_path} belongs to model {self.state.get('arch')!r}"
             )
-    # ---- everything validated: from here on we may write into run_dir ----
-    k = train_ds.num_classes
-    ignore_index = train_ds.ignore_index
-    if resume_meta is not None:
-        norms = {m.name: m.normalisation for m in resume_meta.modalities}
-    else:
-        norms = train_ds.compute_normalisation()
-    train_ds.set_normalisation(norms)
-    val_ds.set_normalisation(norms)
 
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed % (2**32))
-    random.seed(cfg.seed)
-    model = create_model(cfg.model, train_ds.in_channels, k, **cfg.model_config)
-    if resume_ckpt is not None:
-        loaded, _ = load_checkpoint(resume_ckpt)
-        model.load_state_dict(loaded.state_dict())
-        del loaded
-    model.to(device)
-    net: nn.Module = model
-    if d.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    def _set_normalisation(self) -> None:
+        if self.resume_meta is not None:
+            norms = {m.name: m.normalisation for m in self.resume_meta.modalities}
+        else:
+            norms = self.train_ds.compute_normalisation()
+        self.train_ds.set_normalisation(norms)
+        self.val_ds.set_normalisation(norms)
 
-        net = DDP(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            # the projection head is unused without a projected MMD kind
-            find_unused_parameters=cfg.mmd in ("none", "rbf"),
+    def _seed(self) -> None:
+        seed = self.cfg.seed
+        torch.manual_seed(seed)
+        np.random.seed(seed % (2**32))
+        random.seed(seed)
+
+    def _build_model(self) -> None:
+        from mfaf_cli.io.weights import load_checkpoint
+        from mfaf_cli.models.registry import create_model
+
+        cfg, device = self.cfg, self.device
+        model = create_model(cfg.model, self.train_ds.in_channels, self.k, **cfg.model_config)
+        if self.resume_ckpt is not None:
+            loaded, _ = load_checkpoint(self.resume_ckpt)
+            model.load_state_dict(loaded.state_dict())
+            del loaded
+        model.to(device)
+        self.model: nn.Module = model
+        self.net: nn.Module = model
+        if self.d.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.net = DDP(
+                model,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                # the projection head is unused without a projected MMD kind
+                find_unused_parameters=cfg.mmd in ("none", "rbf"),
+            )
+
+    def _build_optimiser(self) -> None:
+        """AdamW, the LR schedule over every step of ``cfg.epochs``, and AMP (CUDA only)."""
+        cfg = self.cfg
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = len(_train_loader(train_ds, cfg, 0, d))
-    if cfg.max_batches is not None:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_batches)
-    if steps_per_epoch < 1:
-        raise DatasetError("the train split yields no batch; lower --batch-size")
-    total_steps = cfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _LRLambda(total_steps, cfg.schedule, cfg.warmup))
-    use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    autocast = (use_amp, amp_dtype)
+        steps = len(_train_loader(self.train_ds, cfg, 0, self.d))
+        if cfg.max_batches is not None:
+            steps = min(steps, cfg.max_batches)
+        if steps < 1:
+            raise DatasetError("the train split yields no batch; lower --batch-size")
+        self.steps_per_epoch = steps
+        self.total_steps = cfg.epochs * steps
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, _LRLambda(self.total_steps, cfg.schedule, cfg.warmup)
+        )
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+        bf16 = self.use_amp and torch.cuda.is_bf16_supported()
+        amp_dtype = torch.bfloat16 if bf16 else torch.float16
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.use_amp and amp_dtype == torch.float16
+        )
+        self.autocast = (self.use_amp, amp_dtype)
 
-    start_epoch, global_step, best_miou, best_epoch, wall_before = 0, 0, -1.0, 0, 0.0
-    history: list[dict[str, Any]] = []
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        _load_scheduler(sched, state["scheduler"], cfg.lr)
-        if "scaler" in state and scaler.is_enabled():
-            scaler.load_state_dict(state["scaler"])
-        start_epoch = int(state["epoch"])
-        global_step = int(state["global_step"])
-        best_miou = float(state["best_miou"])
-        best_epoch = int(state["best_epoch"])
-        wall_before = float(state.get("wall_time_s", 0.0))
-        assert resume_ckpt is not None
-        history = _read_history(resume_ckpt.parent / "metrics.jsonl", start_epoch)
+    # ---- checkpoint / resume ---------------------------------------------------------------
+    def _restore_state(self, state: dict[str, Any]) -> None:
+        """Optimiser, schedule (this run's, at the saved step), counters, history and RNG."""
+        self.opt.load_state_dict(state["optimizer"])
+        _load_scheduler(self.sched, state["scheduler"], self.cfg.lr)
+        if "scaler" in state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.best_miou = float(state["best_miou"])
+        self.best_epoch = int(state["best_epoch"])
+        self.wall_before = float(state.get("wall_time_s", 0.0))
+        assert self.resume_ckpt is not None
+        self.history = _read_history(self.resume_ckpt.parent / "metrics.jsonl", self.start_epoch)
         _set_rng_state(state["rng"])
-        if start_epoch >= cfg.epochs:
+        if self.start_epoch >= self.cfg.epochs:
             raise UsageError(
-                f"the run in {resume_ckpt.parent} already finished {start_epoch} epochs; "
-                f"raise --epochs above {start_epoch} to continue"
+                f"the run in {self.resume_ckpt.parent} already finished {self.start_epoch} "
+                f"epochs; raise --epochs above {self.start_epoch} to continue"
             )
 
-    created = False
-    if d.main:
+    def _prepare_run_dir(self) -> None:
+        """Rank 0: clear an overwritten run, create the folder, carry best.safetensors over
+        from a resumed run elsewhere, write config.toml."""
+        if not self.d.main:
+            return
+        cfg, run_dir, ckpt = self.cfg, self.run_dir, self.resume_ckpt
         if cfg.overwrite and cfg.resume is None and run_dir.is_dir():
-            for name in (
-                LAST_NAME,
-                BEST_NAME,
-                STATE_NAME,
-                "metrics.jsonl",
-                "metrics.csv",
-                "curves.png",
-                "config.toml",
-            ):
+            for name in _RUN_FILES:
                 with contextlib.suppress(FileNotFoundError):
                     (run_dir / name).unlink()
-        created = not run_dir.exists()
+        self.created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
-        if (
-            state is not None
-            and resume_ckpt is not None
-            and resume_ckpt.parent.resolve() != run_dir.resolve()
-        ):
-            best_src = resume_ckpt.parent / BEST_NAME
-            if best_src.is_file():
-                shutil.copy2(best_src, run_dir / BEST_NAME)
+        if self.state is not None and ckpt is not None:
+            if ckpt.parent.resolve() != run_dir.resolve():
+                best_src = ckpt.parent / BEST_NAME
+                if best_src.is_file():
+                    shutil.copy2(best_src, run_dir / BEST_NAME)
         _atomic_write_text(run_dir / "config.toml", config_to_toml(cfg))
-    _barrier(d)
 
-    def make_meta(epoch_done: int, val_metrics: dict[str, Any], wall: float) -> ModelMeta:
+    def make_meta(self, epoch_done: int, val_metrics: dict[str, Any], wall: float) -> ModelMeta:
+        """The ModelMeta stored with each checkpoint: data, split, settings and metrics."""
+        cfg = self.cfg
+        training = {
+            "dataset": cfg.dataset,
+            "data_root": str(cfg.data_root),
+            "split": {
+                "train": len(self.train_ds),
+                "val": len(self.val_ds),
+                "rule": f"val = seeded holdout (seed {cfg.seed}, fraction {cfg.val_fraction}) "
+                "of the training data where the dataset has no val split",
+            },
+            "splits": self.splits,
+            "command": cfg.command,
+            "epochs": epoch_done,
+            "epochs_planned": cfg.epochs,
+            "best_epoch": self.best_epoch,
+            "wall_time_s": round(wall, 1),
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "weight_decay": cfg.weight_decay,
+            "schedule": cfg.schedule,
+            "mmd": (
+                {"kind": cfg.mmd, "lambda": cfg.mmd_lambda, "warmup": cfg.mmd_warmup}
+                if self.mmd_used
+                else None
+            ),
+            "tile": cfg.tile,
+            "seed": cfg.seed,
+            "world_size": self.d.world,
+            "device": self.device.type,
+            "amp": bool(self.use_amp),
+            "torch": torch.__version__,
+        }
         return ModelMeta(
             arch=cfg.model,
-            modalities=train_ds.modality_specs(),
-            classes=train_ds.classes,
+            modalities=self.train_ds.modality_specs(),
+            classes=self.train_ds.classes,
             config=dict(cfg.model_config),
-            ignore_index=ignore_index,
+            ignore_index=self.ignore_index,
             tile_size=cfg.tile,
-            divisor=divisor,
-            training={
-                "dataset": cfg.dataset,
-                "data_root": str(cfg.data_root),
-                "split": {
-                    "train": len(train_ds),
-                    "val": len(val_ds),
-                    "rule": f"val = seeded holdout (seed {cfg.seed}, fraction {cfg.val_fraction}) "
-                    "of the training data where the dataset has no val split",
-                },
-                "splits": splits,
-                "command": cfg.command,
-                "epochs": epoch_done,
-                "epochs_planned": cfg.epochs,
-                "best_epoch": best_epoch,
-                "wall_time_s": round(wall, 1),
-                "batch_size": cfg.batch_size,
-                "lr": cfg.lr,
-                "weight_decay": cfg.weight_decay,
-                "schedule": cfg.schedule,
-                "mmd": (
-                    {"kind": cfg.mmd, "lambda": cfg.mmd_lambda, "warmup": cfg.mmd_warmup}
-                    if mmd_used
-                    else None
-                ),
-                "tile": cfg.tile,
-                "seed": cfg.seed,
-                "world_size": d.world,
-                "device": device.type,
-                "amp": bool(use_amp),
-                "torch": torch.__version__,
-            },
+            divisor=self.divisor,
+            training=training,
             metrics={"val": val_metrics},
             trained=True,
         )
 
-    from mfaf_cli.models.losses import ramp_weight
+    def _state_out(self, epoch_done: int, wall: float) -> dict[str, Any]:
+        """The resume state (plain tensors/dicts, loadable with ``weights_only=True``)."""
+        out: dict[str, Any] = {
+            "format": 1,
+            "arch": self.cfg.model,
+            "epoch": epoch_done,
+            "global_step": self.global_step,
+            "best_miou": self.best_miou,
+            "best_epoch": self.best_epoch,
+            "wall_time_s": wall,
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "rng": _rng_state(),
+        }
+        if self.scaler.is_enabled():
+            out["scaler"] = self.scaler.state_dict()
+        return out
 
-    modalities = entry.modalities
-    mmd_used = cfg.mmd != "none" and cfg.model.startswith("mfafnet")
-    completed = start_epoch
-    try:
-        val_loader = _val_loader(val_ds, cfg, d)
-        for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.time()
-            net.train()
-            loader = _train_loader(train_ds, cfg, epoch, d)
-            # loss, ce, mmd, batches, embedding cosine, head-free MMD², monitored batches
-            sums = torch.zeros(7, dtype=torch.float64)
-            bar = _progress(
-                _limited(loader, cfg.max_batches),
-                steps_per_epoch,
-                f"epoch {epoch + 1}/{cfg.epochs}",
-                cfg.progress and d.main,
+    def save(self, row: dict[str, Any], vm: dict[str, Any], improved: bool, wall: float) -> None:
+        """Rank 0: last (and best) checkpoint, the resume state and the history files."""
+        from mfaf_cli.io.weights import save_checkpoint
+
+        epoch_done = int(row["epoch"])
+        summary = {
+            "epoch": epoch_done,
+            "oa": vm["oa"],
+            "miou": vm["miou"],
+            "kappa": vm["kappa"],
+            "mean_accuracy": vm["mean_accuracy"],
+            "per_class_iou": {n: v["iou"] for n, v in vm["per_class"].items()},
+            "split": "val",
+            "alignment": {k: row[k] for k in ("embed_cosine", "headfree_mmd")},
+        }
+        meta = self.make_meta(epoch_done, to_jsonable(summary), wall)
+        save_checkpoint(self.model, meta, self.run_dir / LAST_NAME)
+        if improved:
+            save_checkpoint(self.model, meta, self.run_dir / BEST_NAME)
+        _atomic_torch_save(self._state_out(epoch_done, wall), self.run_dir / STATE_NAME)
+        _write_history(self.run_dir, self.history)
+
+    # ---- the loop --------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        """Run the remaining epochs; a failure before the first epoch finished removes a run
+        directory this run created."""
+        cfg, d = self.cfg, self.d
+        completed = self.start_epoch
+        try:
+            val_loader = _val_loader(self.val_ds, cfg, d)
+            for epoch in range(self.start_epoch, cfg.epochs):
+                self.run_epoch(epoch, val_loader)
+                completed = epoch + 1
+                _barrier(d)
+                if cfg.stop_after is not None and completed - self.start_epoch >= cfg.stop_after:
+                    break
+        except BaseException:
+            if d.main and self.created and completed == self.start_epoch:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
+        best = self.run_dir / BEST_NAME
+        return TrainResult(
+            run_dir=self.run_dir,
+            epochs=completed,
+            best_epoch=self.best_epoch,
+            best_miou=self.best_miou,
+            wall_time_s=self.wall_before + (time.time() - self.t_start),
+            last=self.run_dir / LAST_NAME,
+            best=best if best.exists() else None,
+            splits=self.splits,
+        )
+
+    def run_epoch(self, epoch: int, val_loader: Any) -> None:
+        """Train, validate, update the best score, then checkpoint and log on rank 0."""
+        t0 = time.time()
+        sums = self.train_epoch(epoch)
+        t_train = time.time() - t0
+        cm, val_loss = self.validate(val_loader)
+        vm = metrics_from_confusion(cm, [c.name for c in self.train_ds.classes])
+        miou = vm["miou"] if math.isfinite(vm["miou"]) else -1.0
+        improved = miou > self.best_miou
+        if improved:
+            self.best_miou, self.best_epoch = miou, epoch + 1
+        wall = self.wall_before + (time.time() - self.t_start)
+        row = self._epoch_row(epoch, sums, vm, val_loss, t_train, t0)
+        self.history.append(row)
+        _warn_if_collapsed(row, epoch + 1)
+        if self.d.main:
+            self.save(row, vm, improved, wall)
+            if self.cfg.progress:
+                _print_epoch(row, vm, self.cfg.epochs, improved)
+
+    def _epoch_row(
+        self,
+        epoch: int,
+        sums: torch.Tensor,
+        vm: dict[str, Any],
+        val_loss: float,
+        t_train: float,
+        t0: float,
+    ) -> dict[str, Any]:
+        """One metrics.csv / metrics.jsonl row."""
+        nb = max(1.0, float(sums[3]))
+        return {
+            "epoch": epoch + 1,
+            "step": self.global_step,
+            "lr": self.sched.get_last_lr()[0],
+            "train_loss": float(sums[0]) / nb,
+            "train_ce": float(sums[1]) / nb,
+            "train_mmd": float(sums[2]) / nb,
+            **_monitor_columns(sums),
+            "val_loss": val_loss,
+            "val_oa": vm["oa"],
+            "val_miou": vm["miou"],
+            "val_mean_accuracy": vm["mean_accuracy"],
+            "val_kappa": vm["kappa"],
+            **{f"val_iou_{n}": v["iou"] for n, v in vm["per_class"].items()},
+            "train_time_s": round(t_train, 2),
+            "epoch_time_s": round(time.time() - t0, 2),
+            "batches": int(sums[3]),
+        }
+
+    def train_epoch(self, epoch: int) -> torch.Tensor:
+        """One pass over the training loader; the per-epoch sums, reduced over processes:
+        loss, ce, mmd, batches, embedding cosine, head-free MMD², monitored batches."""
+        cfg, d = self.cfg, self.d
+        self.net.train()
+        loader = _train_loader(self.train_ds, cfg, epoch, d)
+        sums = torch.zeros(7, dtype=torch.float64)
+        bar = _progress(
+            _limited(loader, cfg.max_batches),
+            self.steps_per_epoch,
+            f"epoch {epoch + 1}/{cfg.epochs}",
+            cfg.progress and d.main,
+        )
+        for batch in bar:
+            sums += self._train_step(batch, epoch, bar)
+        return _all_reduce(sums.to(self.device), d).cpu()
+
+    def _forward(
+        self, net: nn.Module, batch: dict[str, Any], mmd_weight: float, want_aux: bool
+    ) -> _LossOut:
+        """:func:`_forward_loss` with this run's modalities, device, padding and AMP."""
+        return _forward_loss(
+            net,
+            batch,
+            self.modalities,
+            self.device,
+            self.cfg,
+            mmd_weight,
+            self.divisor,
+            self.ignore_index,
+            self.autocast,
+            want_aux,
+        )
+
+    def _train_step(self, batch: dict[str, Any], epoch: int, bar: Any) -> torch.Tensor:
+        """Forward, backward, (clipped) optimiser and schedule step; the batch's sums row."""
+        from mfaf_cli.models.losses import ramp_weight
+
+        cfg = self.cfg
+        w = 0.0
+        if cfg.mmd != "none":
+            w = ramp_weight(self.global_step, self.total_steps, cfg.mmd_lambda, cfg.mmd_warmup)
+        loss, ce, mmd, _, _, monitors = self._forward(self.net, batch, w, want_aux=True)
+        self.mmd_used = self.mmd_used or monitors is not None
+        cos, head_free = monitors or (0.0, 0.0)
+        if not torch.isfinite(loss):
+            raise DatasetError(
+                f"training diverged at epoch {epoch + 1} step {self.global_step} "
+                f"(loss {float(loss)}); "
+                "lower --lr or enable --grad-clip"
             )
-            for batch in bar:
-                w = 0.0
-                if cfg.mmd != "none":
-                    w = ramp_weight(global_step, total_steps, cfg.mmd_lambda, cfg.mmd_warmup)
-                loss, ce, mmd, _, _, monitors = _forward_loss(
-                    net, batch, modalities, device, cfg, w, divisor, ignore_index, autocast
-                )
-                mmd_used = mmd_used or monitors is not None
-                cos, head_free = monitors or (0.0, 0.0)
-                if not torch.isfinite(loss):
-                    raise DatasetError(
-                        f"training diverged at epoch {epoch + 1} step {global_step} "
-                        f"(loss {float(loss)}); "
-                        "lower --lr or enable --grad-clip"
-                    )
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                global_step += 1
-                sums += torch.tensor(
-                    [
-                        float(loss.detach()),
-                        float(ce.detach()),
-                        float(mmd.detach()),
-                        1.0,
-                        cos,
-                        head_free,
-                        float(monitors is not None),
-                    ],
-                    dtype=torch.float64,
-                )
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(
-                        loss=f"{float(loss.detach()):.4f}", lr=f"{sched.get_last_lr()[0]:.2e}"
-                    )
-            sums = _all_reduce(sums.to(device), d).cpu()
-            nb = max(1.0, float(sums[3]))
-            t_train = time.time() - t0
-            cm, val_loss = _validate(
-                model, val_loader, modalities, device, cfg, k, divisor, ignore_index, d, autocast
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.opt)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        self.global_step += 1
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(
+                loss=f"{float(loss.detach()):.4f}", lr=f"{self.sched.get_last_lr()[0]:.2e}"
             )
-            vm = metrics_from_confusion(cm, [c.name for c in train_ds.classes])
-            miou = vm["miou"] if math.isfinite(vm["miou"]) else -1.0
-            improved = miou > best_miou
-            if improved:
-                best_miou, best_epoch = miou, epoch + 1
-            wall = wall_before + (time.time() - t_start)
-            row: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "step": global_step,
-                "lr": sched.get_last_lr()[0],
-                "train_loss": float(sums[0]) / nb,
-                "train_ce": float(sums[1]) / nb,
-                "train_mmd": float(sums[2]) / nb,
-                **_monitor_columns(sums),
-                "val_loss": val_loss,
-                "val_oa": vm["oa"],
-                "val_miou": vm["miou"],
-                "val_mean_accuracy": vm["mean_accuracy"],
-                "val_kappa": vm["kappa"],
-                **{f"val_iou_{n}": v["iou"] for n, v in vm["per_class"].items()},
-                "train_time_s": round(t_train, 2),
-                "epoch_time_s": round(time.time() - t0, 2),
-                "batches": int(sums[3]),
-            }
-            history.append(row)
-            _warn_if_collapsed(row, epoch + 1)
-            if d.main:
-                summary = {
-                    "epoch": epoch + 1,
-                    "oa": vm["oa"],
-                    "miou": vm["miou"],
-                    "kappa": vm["kappa"],
-                    "mean_accuracy": vm["mean_accuracy"],
-                    "per_class_iou": {n: v["iou"] for n, v in vm["per_class"].items()},
-                    "split": "val",
-                    "alignment": {k: row[k] for k in ("embed_cosine", "headfree_mmd")},
-                }
-                meta = make_meta(epoch + 1, to_jsonable(summary), wall)
-                save_checkpoint(model, meta, run_dir / LAST_NAME)
-                if improved:
-                    save_checkpoint(model, meta, run_dir / BEST_NAME)
-                state_out = {
-                    "format": 1,
-                    "arch": cfg.model,
-                    "epoch": epoch + 1,
-                    "global_step": global_step,
-                    "best_miou": best_miou,
-                    "best_epoch": best_epoch,
-                    "wall_time_s": wall,
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "rng": _rng_state(),
-                }
-                if scaler.is_enabled():
-                    state_out["scaler"] = scaler.state_dict()
-                _atomic_torch_save(state_out, run_dir / STATE_NAME)
-                _write_history(run_dir, history)
-                if cfg.progress:
-                    print(
-                        f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} "
-                        f"(ce {row['train_ce']:.4f}, mmd {row['train_mmd']:.4f}) | val loss "
-                        f"{val_loss:.4f} OA {vm['oa']:.4f} mIoU {vm['miou']:.4f} "
-                        f"kappa {vm['kappa']:.4f} | {row['epoch_time_s']:.1f}s"
-                        + (" *best*" if improved else ""),
-                        file=sys.stderr,
-                        flush=True,
-                    )
-            completed = epoch + 1
-            _barrier(d)
-            if cfg.stop_after is not None and completed - start_epoch >= cfg.stop_after:
-                break
-    except BaseException:
-        if d.main and created and completed == start_epoch:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    return TrainResult(
-        run_dir=run_dir,
-        epochs=completed,
-        best_epoch=best_epoch,
-        best_miou=best_miou,
-        wall_time_s=wall_before + (time.time() - t_start),
-        last=run_dir / LAST_NAME,
-        best=(run_dir / BEST_NAME) if (run_dir / BEST_NAME).exists() else None,
-        splits=splits,
+        values = [float(loss.detach()), float(ce.detach()), float(mmd.detach()), 1.0]
+        values += [cos, head_free, float(monitors is not None)]
+        return torch.tensor(values, dtype=torch.float64)
+
+    def validate(self, loader: Any | None = None) -> tuple[np.ndarray, float]:
+        """(confusion matrix, mean CE) over the validation split, summed over processes;
+        ``loader`` is this process's share of it (built here if not given)."""
+        cfg, d, k = self.cfg, self.d, self.k
+        if loader is None:
+            loader = _val_loader(self.val_ds, cfg, d)
+        self.model.eval()
+        cm = torch.zeros((k, k), dtype=torch.float64)
+        loss_sum = torch.zeros(2, dtype=torch.float64)
+        n = len(loader) if cfg.max_val_batches is None else min(len(loader), cfg.max_val_batches)
+        with torch.inference_mode():
+            for batch in _progress(
+                _limited(loader, cfg.max_val_batches), n, "val", cfg.progress and d.main
+            ):
+                _, ce, _, logits, mask, _ = self._forward(self.model, batch, 0.0, want_aux=False)
+                pred = logits.argmax(1).cpu().numpy()
+                m = mask.cpu().numpy()
+                cm_b = confusion_matrix(pred, m, k, self.ignore_index).astype(np.float64)
+                cm += torch.from_numpy(cm_b)
+                loss_sum += torch.tensor([float(ce), 1.0], dtype=torch.float64)
+        cm = _all_reduce(cm.to(self.device), d).cpu()
+        loss_sum = _all_reduce(loss_sum.to(self.device), d).cpu()
+        val_loss = float(loss_sum[0] / loss_sum[1]) if loss_sum[1] > 0 else float("nan")
+        return cm.numpy().astype(np.int64), val_loss
+
+
+def _print_epoch(row: dict[str, Any], vm: dict[str, Any], epochs: int, improved: bool) -> None:
+    """The one-line epoch summary on stderr."""
+    print(
+        f"epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.4f} "
+        f"(ce {row['train_ce']:.4f}, mmd {row['train_mmd']:.4f}) | val loss "
+        f"{row['val_loss']:.4f} OA {vm['oa']:.4f} mIoU {vm['miou']:.4f} "
+        f"kappa {vm['kappa']:.4f} | {row['epoch_time_s']:.1f}s" + (" *best*" if improved else ""),
+        file=sys.stderr,
+        flush=True,
     )
