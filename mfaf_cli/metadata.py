@@ -295,12 +295,6 @@ HOUSTON2013_CLASSES: tuple[ClassInfo, ...] = tuple(
     )
 )
 
-CLASS_TABLES: dict[str, tuple[ClassInfo, ...]] = {
-    "water": WATER_CLASSES,
-    "whu": WHU_CLASSES,
-    "houston2013": HOUSTON2013_CLASSES,
-}
-
 # ---- default band names per modality (used for untrained/registry defaults) ---------------
 DEFAULT_BANDS: dict[str, tuple[str, ...]] = {
     "optical": ("red", "green", "blue", "nir"),

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from mfaf_cli.errors import ModelError
 from mfaf_cli.models import count_parameters, create_model, default_meta, list_models
 from mfaf_cli.models.comix import DCN, deform_sample, kernel_taps_2d, kernel_taps_3d
-from mfaf_cli.models.haar import HWD, haar_dwt, haar_idwt
+from mfaf_cli.models.haar import HWD, haar_dwt
 from mfaf_cli.models.losses import mmd_loss, ramp_weight
 from mfaf_cli.models.mfafnet import INNNode, bounded_exp, split_channels
 
@@ -131,6 +131,19 @@ def test_mfafnet_mmd_gradient_flows_through_aux() -> None:
 
 
 # ---- Haar -----------------------------------------------------------------------------------
+def haar_idwt(y: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`haar_dwt`, written out independently to check it is exact."""
+    ll, d1, d2, d3 = torch.chunk(y, 4, dim=1)
+    a = (ll + d1 + d2 + d3) * 0.5
+    b = (ll + d1 - d2 - d3) * 0.5
+    c = (ll - d1 + d2 - d3) * 0.5
+    d = (ll - d1 - d2 + d3) * 0.5
+    n, ch, h, w = ll.shape
+    top = torch.stack([a, b], dim=-1).reshape(n, ch, h, 2 * w)
+    bottom = torch.stack([c, d], dim=-1).reshape(n, ch, h, 2 * w)
+    return torch.stack([top, bottom], dim=-2).reshape(n, ch, 2 * h, 2 * w)
+
+
 def test_haar_known_block_and_exact_inverse() -> None:
     x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])  # a=1 b=2 c=3 d=4
     y = haar_dwt(x).flatten().tolist()

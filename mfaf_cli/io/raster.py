@@ -51,17 +51,6 @@ _COG_DROP = {"TILED", "BLOCKYSIZE", "INTERLEAVE", "PHOTOMETRIC"}
 
 
 # ---- creation options --------------------------------------------------------------------
-def parse_creation_options(items: Iterable[str]) -> dict[str, str]:
-    """``["COMPRESS=ZSTD", "ZSTD_LEVEL=9"]`` -> ``{"COMPRESS": "ZSTD", "ZSTD_LEVEL": "9"}``."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise UsageError(f"--co expects KEY=VALUE, got {item!r}; e.g. --co ZSTD_LEVEL=9")
-        out[key.strip().upper()] = value.strip()
-    return out
-
-
 def gtiff_options(
     compress: str = "deflate", creation_options: Mapping[str, Any] | None = None
 ) -> dict[str, str]:
@@ -159,16 +148,6 @@ def ids_to_labels(
     labels = (idx if class_ids is None else class_ids[idx]).astype(np.uint8)
     labels[~valid] = NODATA_LABEL
     return labels
-
-
-def labels_from_probs(
-    probs: np.ndarray, valid: np.ndarray, class_ids: np.ndarray | None = None
-) -> np.ndarray:
-    """Arg-max class id per pixel as uint8, :data:`NODATA_LABEL` where not valid.
-
-    ``class_ids[k]`` is the id written for probability plane ``k`` (default: ``k``).
-    """
-    return ids_to_labels(argmax_max(probs)[0], valid, class_ids)
 
 
 def scale_probs(probs: np.ndarray, valid: np.ndarray, dtype: ProbDtype) -> np.ndarray:

@@ -517,7 +517,6 @@ def coregister(
     so any scene size works in bounded memory. ``out_dir`` is created if its parent exists.
     """
     import rasterio
-    from rasterio.windows import Window as RioWindow
     from tqdm import tqdm
 
     from mfaf_cli.io.raster import atomic_outputs, gtiff_options
@@ -608,7 +607,7 @@ def coregister(
                         dtype, nodata = specs[m]
                         if dtype != "float32":
                             vals = np.where(ok[None], vals, nodata).astype(dtype)
-                        ds.write(vals, window=RioWindow(w.col_off, w.row_off, w.width, w.height))
+                        ds.write(vals, window=w.to_rasterio())
                     valid_px += int(joint.sum())
             finally:
                 for ds in dsets.values():
