@@ -31,6 +31,8 @@ RESAMPLING_KIND: dict[str, str] = {
 }
 
 NODATA_LABEL = 255
+#: Key of the JSON model record in a checkpoint's, ONNX model's or raster's string metadata.
+META_KEY = "mfaf_meta"
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mfaf_cli.errors import ModelError, WeightsError
-from mfaf_cli.metadata import ModelMeta
+from mfaf_cli.metadata import META_KEY, ModelMeta
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mfaf")
 
-META_KEY = "mfaf_meta"
 DIGEST_KEY = "mfaf_sha256"
 MANIFEST_NAME = "manifest.json"
 CHECKPOINT_SUFFIXES = (".safetensors",)
