@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -306,9 +306,14 @@ DEFAULT_BANDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def default_classes(n: int) -> tuple[ClassInfo, ...]:
-    """A class table for ``n`` classes: a named one if sizes match, else generic colours."""
-    for table in (WATER_CLASSES, WHU_CLASSES, HOUSTON2013_CLASSES):
+def default_classes(
+    n: int,
+    tables: Sequence[tuple[ClassInfo, ...]] = (WATER_CLASSES, WHU_CLASSES, HOUSTON2013_CLASSES),
+) -> tuple[ClassInfo, ...]:
+    """A class table for ``n`` classes: the first of ``tables`` with ``n`` classes, else
+    generic names and colours (pass only the tables of a model's own tasks, so that a model
+    for another modality pair is not named after a task it never does)."""
+    for table in tables:
         if len(table) == n:
             return table
     import colorsys

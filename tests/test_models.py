@@ -332,3 +332,17 @@ def test_default_meta_and_divisors() -> None:
     assert default_meta("comix-b").divisor == 32
     assert create_model("comix-lite", stem_stride=2).divisor == 16
     assert create_model("unet-sar").modalities == ("sar",)
+
+
+def test_default_classes_follow_the_entrys_own_task() -> None:
+    """An untrained HSI+LiDAR model is not named after the optical+SAR water/WHU tasks."""
+    from mfaf_cli.metadata import HOUSTON2013_CLASSES, WATER_CLASSES, WHU_CLASSES
+
+    assert default_meta("mfafnet-s").classes == WATER_CLASSES
+    assert default_meta("unet-sar", num_classes=8).classes == WHU_CLASSES
+    n = len(HOUSTON2013_CLASSES)
+    for name in ("comix-s", "unet-hsi-lidar"):
+        assert default_meta(name).class_names == ["class-0", "class-1"]
+        assert default_meta(name, num_classes=8).class_names == [f"class-{i}" for i in range(8)]
+        assert default_meta(name, num_classes=n).classes == HOUSTON2013_CLASSES
+    assert default_meta("unet", num_classes=n).class_names[0] == "class-0"
