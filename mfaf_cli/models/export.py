@@ -173,7 +173,7 @@ def export_onnx(
         import onnx
     except ImportError:
         raise EngineError("ONNX export needs the onnx package: pip install mfaf[onnx]") from None
-    from mfaf_cli.io.weights import atomic_path
+    from mfaf_cli.io.atomic import atomic_path
 
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
