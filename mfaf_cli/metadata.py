@@ -15,11 +15,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from mfaf_cli.errors import WeightsError
+from mfaf_cli.types import MODALITIES
+from mfaf_cli.types import Modality as Modality  # re-exported; defined in mfaf_cli.types
 
-Modality = Literal["optical", "sar", "hsi", "lidar"]
 #: Modalities whose grid is the default target grid, in order of preference.
 REFERENCE_MODALITIES: tuple[str, ...] = ("optical", "hsi")
-ALL_MODALITIES: tuple[str, ...] = ("optical", "sar", "hsi", "lidar")
+ALL_MODALITIES: tuple[str, ...] = MODALITIES
 
 #: How each modality is resampled when warped onto the target grid.
 #: "sar" = averaged in linear power (dB converted to power and back), not in dB.

@@ -75,7 +75,8 @@ def softmax(x: np.ndarray, axis: int = 1) -> np.ndarray:
 
 def _pad_hw(x: np.ndarray, th: int, tw: int) -> np.ndarray:
     """Pad (N,C,h,w) at the bottom/right to (th, tw): reflect where it fits, else edge."""
-    ph, pw, mode = bottom_right_pad(*x.shape[-2:], th, tw)
+    h, w = x.shape[-2:]
+    ph, pw, mode = bottom_right_pad(h, w, th, tw)
     if not ph and not pw:
         return x
     return np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)

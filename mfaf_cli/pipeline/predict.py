@@ -40,6 +40,7 @@ from mfaf_cli.pipeline.core import (  # noqa: F401 (PreparedBatch, ...: re-expor
 )
 from mfaf_cli.pipeline.spec import InferenceSpec
 from mfaf_cli.tiling.windows import Window, check_tile, validate_tiling
+from mfaf_cli.types import Blend, Engine, Precision
 
 if TYPE_CHECKING:
     from mfaf_cli.models.resolve import ModelSource
@@ -65,11 +66,11 @@ class PredictResult:
     arch: str
     trained: bool
     device: str
-    engine: str
-    precision: str
+    engine: Engine
+    precision: Precision
     tile: int
     overlap: float
-    blend: str
+    blend: Blend
     valid_fraction: float
     class_fractions: dict[str, float] = field(default_factory=dict)
     model_seconds: float = 0.0
@@ -292,10 +293,10 @@ def predict(
     tile: int | None = None,
     overlap: float = 0.25,
     batch_size: int = 4,
-    blend: str = "gaussian",
+    blend: Blend = "gaussian",
     device: str = "auto",
-    engine: str = "auto",
-    precision: str = "auto",
+    engine: Engine = "auto",
+    precision: Precision = "auto",
     threads: int | None = None,
     probabilities: PathLike | None = None,
     probabilities_dtype: str = "uint8",

@@ -26,6 +26,7 @@ from mfaf_cli.errors import BandMismatchError, InputError, LabelError, NoOverlap
 from mfaf_cli.metadata import NODATA_LABEL, ModelMeta, default_classes
 from mfaf_cli.normalize import apply_normalisation, band_percentiles
 from mfaf_cli.training.metrics import confusion_matrix, metrics_from_confusion, to_jsonable
+from mfaf_cli.types import Blend, Engine, Precision
 
 #: Rows of the prediction processed at once when scoring rasters (bounded memory).
 BLOCK_ROWS = 1024
@@ -342,7 +343,7 @@ def predict_arrays(
     *,
     tile: int,
     overlap: float = 0.25,
-    blend: str = "gaussian",
+    blend: Blend = "gaussian",
     batch_size: int = 4,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class ids (H, W) uint8 (255 = nodata) and validity for one in-memory scene.
@@ -434,10 +435,10 @@ def evaluate_model(
     tile: int | None = None,
     overlap: float = 0.25,
     batch_size: int = 4,
-    blend: str = "gaussian",
+    blend: Blend = "gaussian",
     device: str = "auto",
-    engine: str = "auto",
-    precision: str = "auto",
+    engine: Engine = "auto",
+    precision: Precision = "auto",
     threads: int | None = None,
     bands: Mapping[str, list[int]] | None = None,
     seed: int = 0,
