@@ -296,20 +296,18 @@ def atomic_outputs(
             temps.append(tmp)
         yield temps
         if not overwrite:  # something may have appeared while we worked
-            for final in real:
-                if final.exists():
-                    raise OutputExistsError(
-                        f"output {final} exists; pass --overwrite to replace it"
-                    )
-        for final, tmp in zip(finals, temps, strict=True):
-            if final is not None and tmp is not None:
-                os.replace(tmp, final)
-                _move_sidecar(tmp, final)
-                remove_quietly(tmp)  # sidecars only; tmp itself is gone
+            for out in real:
+                if out.exists():
+                    raise OutputExistsError(f"output {out} exists; pass --overwrite to replace it")
+        for dst, src in zip(finals, temps, strict=True):
+            if dst is not None and src is not None:
+                os.replace(src, dst)
+                _move_sidecar(src, dst)
+                remove_quietly(src)  # sidecars only; src itself is gone
     finally:
-        for tmp in temps:
-            if tmp is not None:
-                remove_quietly(tmp)
+        for leftover in temps:
+            if leftover is not None:
+                remove_quietly(leftover)
 
 
 # ---- class names for GIS (GDAL category names + raster attribute table) -----------------------
@@ -718,7 +716,7 @@ class OutputSet:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
+    ) -> Literal[False]:
         assert self._atomic is not None, "OutputSet used without 'with'"
         if exc is None:
             try:
