@@ -66,8 +66,8 @@ class PredictResult:
     arch: str
     trained: bool
     device: str
-    engine: Engine
-    precision: Precision
+    engine: str  # the engine and precision that ran (auto resolved)
+    precision: str
     tile: int
     overlap: float
     blend: Blend
@@ -142,7 +142,8 @@ def load_predictor(
         threads=spec.thread_split(on_gpu=gpu)[0],
     )
     with contextlib.suppress(AttributeError):  # read-only predictors: tags then say less
-        predictor.source = source  # for the output tags (weights name, sha256)
+        # for the output tags (weights name, sha256); not part of the Predictor protocol
+        predictor.source = source  # type: ignore[attr-defined]
     return predictor, source
 
 
@@ -373,7 +374,7 @@ def predict(
         check_readable(path, name)
 
     if predictor is None:
-        in_ch = {m: len(v) for m, v in bands.items() if m in inputs}
+        in_ch = {m: len(v) for m, v in bands.items() if m in inputs and v}
         predictor, source = load_predictor(
             model, tuple(inputs), in_channels=in_ch or None, spec=spec
         )

@@ -226,6 +226,7 @@ def pixel_size_m(transform: Affine, crs: Any, width: int, height: int) -> float:
     from pyproj import CRS as ProjCRS
 
     geod = ProjCRS.from_user_input(crs.to_wkt()).get_geod()
+    assert geod is not None, "a geographic CRS always has an ellipsoid"
     cx, cy = transform @ (width / 2, height / 2)
     dx, dy = math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e)
     _, _, east_m = geod.inv(cx - dx / 2, cy, cx + dx / 2, cy)
