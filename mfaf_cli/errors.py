@@ -76,7 +76,3 @@ class LabelError(InputError):
 
 class VectorOutputError(MfafError):
     """The rasters of a predict run were written but its --vector step failed (exit 1)."""
-
-
-class MfafWarning(UserWarning):
-    """Recoverable problem worth telling the user about."""

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from mfaf_cli.errors import WeightsError
+from mfaf_cli.types import MODALITIES
+from mfaf_cli.types import Modality as Modality  # re-exported; defined in mfaf_cli.types
 
-Modality = Literal["optical", "sar", "hsi", "lidar"]
 #: Modalities whose grid is the default target grid, in order of preference.
 REFERENCE_MODALITIES: tuple[str, ...] = ("optical", "hsi")
-ALL_MODALITIES: tuple[str, ...] = ("optical", "sar", "hsi", "lidar")
+ALL_MODALITIES: tuple[str, ...] = MODALITIES
 
 #: How each modality is resampled when warped onto the target grid.
 #: "sar" = averaged in linear power (dB converted to power and back), not in dB.
@@ -31,6 +32,8 @@ RESAMPLING_KIND: dict[str, str] = {
 }
 
 NODATA_LABEL = 255
+#: Key of the JSON model record in a checkpoint's, ONNX model's or raster's string metadata.
+META_KEY = "mfaf_meta"
 
 
 @dataclass(frozen=True)
@@ -295,12 +298,6 @@ HOUSTON2013_CLASSES: tuple[ClassInfo, ...] = tuple(
     )
 )
 
-CLASS_TABLES: dict[str, tuple[ClassInfo, ...]] = {
-    "water": WATER_CLASSES,
-    "whu": WHU_CLASSES,
-    "houston2013": HOUSTON2013_CLASSES,
-}
-
 # ---- default band names per modality (used for untrained/registry defaults) ---------------
 DEFAULT_BANDS: dict[str, tuple[str, ...]] = {
     "optical": ("red", "green", "blue", "nir"),
@@ -310,9 +307,14 @@ DEFAULT_BANDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def default_classes(n: int) -> tuple[ClassInfo, ...]:
-    """A class table for ``n`` classes: a named one if sizes match, else generic colours."""
-    for table in (WATER_CLASSES, WHU_CLASSES, HOUSTON2013_CLASSES):
+def default_classes(
+    n: int,
+    tables: Sequence[tuple[ClassInfo, ...]] = (WATER_CLASSES, WHU_CLASSES, HOUSTON2013_CLASSES),
+) -> tuple[ClassInfo, ...]:
+    """A class table for ``n`` classes: the first of ``tables`` with ``n`` classes, else
+    generic names and colours (pass only the tables of a model's own tasks, so that a model
+    for another modality pair is not named after a task it never does)."""
+    for table in tables:
         if len(table) == n:
             return table
     import colorsys

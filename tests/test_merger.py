@@ -58,7 +58,8 @@ def merge(arr, tile, overlap, mode, reader=read_window, valid=None, batch=1, k=N
         v = None
         if valid is not None:
             v = np.stack([read_window(valid[None], win, fill=0)[0].astype(bool) for win in group])
-        m.add_batch(group, probs, v)
+        for i, win in enumerate(group):
+            m.add(win, probs[i], None if v is None else v[i])
     m.finish()
     assert m.done and m.pending == 0 and sink.next == h
     return sink, m
@@ -215,7 +216,8 @@ def test_band_memory_does_not_grow_with_height(mode):
         m = StreamingMerger(h, w, 4, wins, make_weight_fn(wins, mode), lambda *a: None)
         probs = np.full((4, tile, tile), 0.25, np.float32)
         for batch in batched(wins, 3):  # batches straddle window rows
-            m.add_batch(batch, np.stack([probs] * len(batch)))
+            for win in batch:
+                m.add(win, probs)
         m.finish()
         assert m.max_band_rows <= tile + stride
         assert m.capacity <= tile + stride

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from mfaf_cli.errors import ModelError
 from mfaf_cli.models import count_parameters, create_model, default_meta, list_models
 from mfaf_cli.models.comix import DCN, deform_sample, kernel_taps_2d, kernel_taps_3d
-from mfaf_cli.models.haar import HWD, haar_dwt, haar_idwt
+from mfaf_cli.models.haar import HWD, haar_dwt
 from mfaf_cli.models.losses import mmd_loss, ramp_weight
 from mfaf_cli.models.mfafnet import INNNode, bounded_exp, split_channels
 
@@ -131,6 +131,19 @@ def test_mfafnet_mmd_gradient_flows_through_aux() -> None:
 
 
 # ---- Haar -----------------------------------------------------------------------------------
+def haar_idwt(y: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`haar_dwt`, written out independently to check it is exact."""
+    ll, d1, d2, d3 = torch.chunk(y, 4, dim=1)
+    a = (ll + d1 + d2 + d3) * 0.5
+    b = (ll + d1 - d2 - d3) * 0.5
+    c = (ll - d1 + d2 - d3) * 0.5
+    d = (ll - d1 - d2 + d3) * 0.5
+    n, ch, h, w = ll.shape
+    top = torch.stack([a, b], dim=-1).reshape(n, ch, h, 2 * w)
+    bottom = torch.stack([c, d], dim=-1).reshape(n, ch, h, 2 * w)
+    return torch.stack([top, bottom], dim=-2).reshape(n, ch, 2 * h, 2 * w)
+
+
 def test_haar_known_block_and_exact_inverse() -> None:
     x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])  # a=1 b=2 c=3 d=4
     y = haar_dwt(x).flatten().tolist()
@@ -319,3 +332,17 @@ def test_default_meta_and_divisors() -> None:
     assert default_meta("comix-b").divisor == 32
     assert create_model("comix-lite", stem_stride=2).divisor == 16
     assert create_model("unet-sar").modalities == ("sar",)
+
+
+def test_default_classes_follow_the_entrys_own_task() -> None:
+    """An untrained HSI+LiDAR model is not named after the optical+SAR water/WHU tasks."""
+    from mfaf_cli.metadata import HOUSTON2013_CLASSES, WATER_CLASSES, WHU_CLASSES
+
+    assert default_meta("mfafnet-s").classes == WATER_CLASSES
+    assert default_meta("unet-sar", num_classes=8).classes == WHU_CLASSES
+    n = len(HOUSTON2013_CLASSES)
+    for name in ("comix-s", "unet-hsi-lidar"):
+        assert default_meta(name).class_names == ["class-0", "class-1"]
+        assert default_meta(name, num_classes=8).class_names == [f"class-{i}" for i in range(8)]
+        assert default_meta(name, num_classes=n).classes == HOUSTON2013_CLASSES
+    assert default_meta("unet", num_classes=n).class_names[0] == "class-0"

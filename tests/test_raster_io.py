@@ -22,8 +22,7 @@ from mfaf_cli.io.raster import (
     category_sidecar_xml,
     cog_options,
     gtiff_options,
-    labels_from_probs,
-    parse_creation_options,
+    ids_to_labels,
     scale_probs,
 )
 from mfaf_cli.metadata import WATER_CLASSES, WHU_CLASSES, ClassInfo, ModelMeta
@@ -56,9 +55,9 @@ def listing(folder: Path) -> list[str]:
 def test_labels_and_scaling():
     probs = np.array([[[0.7, 0.1, 0.5]], [[0.3, 0.9, 0.5]]], np.float32)
     valid = np.array([[True, True, False]])
-    np.testing.assert_array_equal(labels_from_probs(probs, valid), [[0, 1, 255]])
+    np.testing.assert_array_equal(ids_to_labels(argmax_max(probs)[0], valid), [[0, 1, 255]])
     ids = np.array([3, 7])
-    np.testing.assert_array_equal(labels_from_probs(probs, valid, ids), [[3, 7, 255]])
+    np.testing.assert_array_equal(ids_to_labels(argmax_max(probs)[0], valid, ids), [[3, 7, 255]])
     np.testing.assert_array_equal(
         scale_probs(probs, valid, "uint8"), [[[178, 25, 255]], [[76, 229, 255]]]
     )
@@ -78,12 +77,6 @@ def test_argmax_max_matches_numpy_and_breaks_ties_like_it(rng):
 
 
 def test_creation_options():
-    assert parse_creation_options(["zstd_level=9", "NUM_THREADS = 2"]) == {
-        "ZSTD_LEVEL": "9",
-        "NUM_THREADS": "2",
-    }
-    with pytest.raises(UsageError, match="KEY=VALUE"):
-        parse_creation_options(["COMPRESS"])
     opts = gtiff_options("zstd", {"blockxsize": 256, "ZSTD_LEVEL": "9"})
     assert opts["COMPRESS"] == "ZSTD" and opts["BLOCKXSIZE"] == "256"
     assert opts["BIGTIFF"] == "IF_SAFER" and opts["TILED"] == "YES"

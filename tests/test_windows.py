@@ -136,3 +136,15 @@ def test_batched_keeps_order_and_sizes():
     assert all(len(b) == 4 for b in batches[:-1]) and 1 <= len(batches[-1]) <= 4
     with pytest.raises(UsageError):
         list(batched(wins, 0))
+
+
+def test_bottom_right_pad_reflects_only_where_it_fits() -> None:
+    from mfaf_cli.tiling.pad import bottom_right_pad, round_up
+
+    assert [round_up(n, 16) for n in (1, 15, 16, 17, 32)] == [16, 16, 16, 32, 32]
+    assert bottom_right_pad(20, 30, 32, 32) == (12, 2, "reflect")
+    assert bottom_right_pad(20, 30, 20, 30) == (0, 0, "reflect")
+    assert bottom_right_pad(5, 30, 16, 32) == (11, 2, "edge")  # 11 rows of pad > 5 rows
+    assert bottom_right_pad(16, 8, 16, 16) == (0, 8, "edge")  # pad == size cannot reflect
+    with pytest.raises(ValueError, match="cannot pad"):
+        bottom_right_pad(20, 30, 16, 32)

@@ -16,6 +16,7 @@ from mfaf_cli.cli.options import (
     quiet_opt,
     tile_opt,
 )
+from mfaf_cli.types import Blend, Engine, Precision
 
 EPILOG = """\b
 Examples:
@@ -98,10 +99,10 @@ def command(
     tile: int | None,
     overlap: float,
     batch_size: int,
-    blend: str,
+    blend: Blend,
     device: str,
-    engine: str,
-    precision: str,
+    engine: Engine,
+    precision: Precision,
     threads: int | None,
     plot: str | None,
     as_json: bool,

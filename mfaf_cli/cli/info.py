@@ -112,6 +112,7 @@ def box_area_m2(box: tuple[float, float, float, float], crs: Any) -> float:
         from pyproj import CRS
 
         geod = CRS.from_user_input(crs.to_wkt()).get_geod()
+        assert geod is not None, "a geographic CRS always has an ellipsoid"
         n = 64  # densify edges: a lon/lat box's sides are not geodesics
         xs = np.concatenate(
             [

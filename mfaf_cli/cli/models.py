@@ -102,13 +102,13 @@ def detail(name: str) -> dict[str, Any]:
 
         valid = ", ".join([e["name"] for e in read_manifest()] + names)
         raise ModelError(f"unknown model {name!r}; valid names: {valid}")
-    meta = default_meta(name)
+    untrained = default_meta(name)
     return {
         "name": name,
         "kind": "architecture",
         "parameters": count_parameters(name),
         "description": get_entry(name).description,
-        "meta": meta.to_dict(),
+        "meta": untrained.to_dict(),
     }
 
 

@@ -16,11 +16,13 @@ from typing import Any, TypeVar
 
 import click
 
+from mfaf_cli.types import BLENDS, ENGINES, PRECISIONS
+
 F = TypeVar("F", bound=Callable[..., Any])
 
-BLEND_CHOICES = ("gaussian", "cosine", "constant")
-ENGINE_CHOICES = ("auto", "torch", "onnx")
-PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
+BLEND_CHOICES = BLENDS
+ENGINE_CHOICES = ENGINES
+PRECISION_CHOICES = PRECISIONS
 SAR_UNITS_CHOICES = ("auto", "db", "linear")
 
 

@@ -105,13 +105,12 @@ def grid_from_reference(
 def _grid_for(
     ds: Any, crs: CRS | None, resolution: float | tuple[float, float] | None, bounds: Bounds | None
 ) -> Grid:
+    res: tuple[float, float] | None = None
     if resolution is not None:
-        rx, ry = (resolution, resolution) if isinstance(resolution, int | float) else resolution
-        rx, ry = float(rx), float(ry)
-        if not (rx > 0 and ry > 0 and math.isfinite(rx) and math.isfinite(ry)):
+        pair = (resolution, resolution) if isinstance(resolution, int | float) else resolution
+        res = (float(pair[0]), float(pair[1]))
+        if not all(v > 0 and math.isfinite(v) for v in res):
             raise UsageError(f"--resolution must be positive, got {resolution}")
-    else:
-        rx = ry = None  # type: ignore[assignment]
     if bounds is not None:
         left, bottom, right, top = (float(v) for v in bounds)
         if not (right > left and top > bottom):
@@ -121,7 +120,7 @@ def _grid_for(
             )
     same_crs = crs is None or crs == ds.crs
     target_crs = ds.crs if crs is None else crs
-    if same_crs and rx is None and bounds is None and ds.transform.b == 0 and ds.transform.d == 0:
+    if same_crs and res is None and bounds is None and ds.transform.b == 0 and ds.transform.d == 0:
         return Grid(target_crs, ds.transform, ds.width, ds.height)
     # Reprojected / resampled / cropped grid.
     if same_crs and ds.transform.b == 0 and ds.transform.d == 0:
@@ -133,8 +132,7 @@ def _grid_for(
         )
         native_res = (abs(t.a), abs(t.e))
         native_bounds = (t.c, t.f + t.e * h, t.c + t.a * w, t.f)
-    if rx is None:
-        rx, ry = native_res
+    rx, ry = res if res is not None else native_res
     left, bottom, right, top = bounds if bounds is not None else native_bounds
     width = max(1, round((right - left) / rx))
     height = max(1, round((top - bottom) / ry))

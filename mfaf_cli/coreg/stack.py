@@ -28,7 +28,7 @@ import numpy as np
 
 from mfaf_cli.errors import CRSError, InputError, UsageError
 
-F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")
 
 #: ``..._B8A``, ``..._B02_10m``, ``T29SND_20200101T112431_B12_20m`` (a file stem's band token).
 _S2_TOKEN = re.compile(r"(?:^|_)B(0?[1-9]|1[0-2]|8A)(?:_(\d+)m)?$", re.IGNORECASE)
@@ -337,15 +337,18 @@ def stacked_inputs(
         yield flat, new_bands, described
 
 
-def expand_stacks(fn: F) -> F:
+def expand_stacks(fn: Callable[..., R]) -> Callable[..., R]:
     """Let ``fn(inputs, ...)`` (predict, coregister) take several files or a Sentinel-2 folder
     per modality. Extra keyword ``stack_grid``: ``finest`` (default), ``coarsest``, a 1-based
     file position or a file name. A folder picks the bands given in ``bands``, else the
-    bands the model takes (``model`` / ``predictor`` arguments), else all its bands."""
+    bands the model takes (``model`` / ``predictor`` arguments), else all its bands.
+
+    The wrapper takes more than ``fn`` does (lists of files, ``stack_grid``), so it is typed
+    ``Callable[..., R]``: only the result type carries over."""
     sig = inspect.signature(fn)
 
     @functools.wraps(fn)
-    def wrapper(inputs: Mapping[str, Any], *args: Any, **kw: Any) -> Any:
+    def wrapper(inputs: Mapping[str, Any], *args: Any, **kw: Any) -> R:
         grid = kw.pop("stack_grid", None)
         if not any(needs_stacking(v, m) for m, v in inputs.items() if v is not None):
             flat = {k: (v[0] if isinstance(v, list | tuple) else v) for k, v in inputs.items()}
@@ -366,7 +369,7 @@ def expand_stacks(fn: F) -> F:
             result.inputs.update(described)
         return result
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def _model_band_names(

@@ -17,14 +17,14 @@ import numpy as np
 
 from mfaf_cli.errors import BandMismatchError, ModalityError, UsageError
 from mfaf_cli.metadata import ModelMeta
+from mfaf_cli.types import ENGINES as ENGINES  # re-exported; defined in mfaf_cli.types
+from mfaf_cli.types import PRECISIONS as PRECISIONS
+from mfaf_cli.types import Engine, Precision
 
 if TYPE_CHECKING:
     from mfaf_cli.models.resolve import ModelSource
 
 log = logging.getLogger("mfaf")
-
-ENGINES: tuple[str, ...] = ("auto", "torch", "onnx")
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
 
 
 @runtime_checkable
@@ -113,7 +113,9 @@ def _no_nvidia_device() -> bool:
     return sys.platform.startswith("linux") and not any(Path("/dev").glob("nvidia[0-9]*"))
 
 
-def choose_engine(engine: str, source: ModelSource, device: str, precision: str = "auto") -> str:
+def choose_engine(
+    engine: Engine, source: ModelSource, device: str, precision: Precision = "auto"
+) -> str:
     """Resolve ``auto``: ONNX Runtime (cached export) for fp32 checkpoints on CPU when
     installed; PyTorch on CUDA, for reduced precision, for untrained builds, and when
     onnxruntime is missing."""
@@ -131,9 +133,9 @@ def choose_engine(engine: str, source: ModelSource, device: str, precision: str 
 
 def create_predictor(
     spec: str | os.PathLike[str] | ModelSource | None = None,
-    engine: str = "auto",
+    engine: Engine = "auto",
     device: str = "auto",
-    precision: str = "auto",
+    precision: Precision = "auto",
     modalities: Iterable[str] | None = None,
     batch_size: int | None = None,
     *,

@@ -20,6 +20,7 @@ import numpy as np
 from mfaf_cli.engine.base import check_batch
 from mfaf_cli.errors import EngineError, UsageError
 from mfaf_cli.metadata import ModelMeta
+from mfaf_cli.tiling.pad import bottom_right_pad
 
 if TYPE_CHECKING:
     from mfaf_cli.models.resolve import ModelSource
@@ -75,10 +76,9 @@ def softmax(x: np.ndarray, axis: int = 1) -> np.ndarray:
 def _pad_hw(x: np.ndarray, th: int, tw: int) -> np.ndarray:
     """Pad (N,C,h,w) at the bottom/right to (th, tw): reflect where it fits, else edge."""
     h, w = x.shape[-2:]
-    ph, pw = th - h, tw - w
+    ph, pw, mode = bottom_right_pad(h, w, th, tw)
     if not ph and not pw:
         return x
-    mode = "reflect" if ph < h and pw < w else "edge"
     return np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)
 
 

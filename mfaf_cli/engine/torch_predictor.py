@@ -15,6 +15,7 @@ from torch import nn
 from mfaf_cli.engine.base import check_batch
 from mfaf_cli.errors import EngineError, UsageError
 from mfaf_cli.metadata import ModelMeta
+from mfaf_cli.tiling.pad import bottom_right_pad, round_up
 
 if TYPE_CHECKING:
     from mfaf_cli.models.resolve import ModelSource
@@ -95,11 +96,10 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
 def pad_to_multiple(x: torch.Tensor, divisor: int) -> torch.Tensor:
     """Pad H and W at the bottom/right up to a multiple of ``divisor`` (reflect where possible)."""
     h, w = x.shape[-2:]
-    ph, pw = (-h) % divisor, (-w) % divisor
+    ph, pw, mode = bottom_right_pad(h, w, round_up(h, divisor), round_up(w, divisor))
     if not ph and not pw:
         return x
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
+    return F.pad(x, (0, pw, 0, ph), mode="replicate" if mode == "edge" else mode)
 
 
 class TorchPredictor:

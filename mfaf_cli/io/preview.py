@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from mfaf_cli.errors import OutputExistsError, OutputPathError, UsageError
+from mfaf_cli.io.atomic import atomic_path
 from mfaf_cli.metadata import NODATA_LABEL
 
 #: Opacity of the class colours over the greyscale.
@@ -126,11 +127,9 @@ def write_preview(
     ]
     fig.legend(handles=handles, loc="upper right", title=title or None, fontsize=9, frameon=True)
     target = Path(out)
-    tmp = target.with_name(f".{target.stem}.mfaf-tmp-{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return target

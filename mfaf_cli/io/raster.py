@@ -51,17 +51,6 @@ _COG_DROP = {"TILED", "BLOCKYSIZE", "INTERLEAVE", "PHOTOMETRIC"}
 
 
 # ---- creation options --------------------------------------------------------------------
-def parse_creation_options(items: Iterable[str]) -> dict[str, str]:
-    """``["COMPRESS=ZSTD", "ZSTD_LEVEL=9"]`` -> ``{"COMPRESS": "ZSTD", "ZSTD_LEVEL": "9"}``."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise UsageError(f"--co expects KEY=VALUE, got {item!r}; e.g. --co ZSTD_LEVEL=9")
-        out[key.strip().upper()] = value.strip()
-    return out
-
-
 def gtiff_options(
     compress: str = "deflate", creation_options: Mapping[str, Any] | None = None
 ) -> dict[str, str]:
@@ -159,16 +148,6 @@ def ids_to_labels(
     labels = (idx if class_ids is None else class_ids[idx]).astype(np.uint8)
     labels[~valid] = NODATA_LABEL
     return labels
-
-
-def labels_from_probs(
-    probs: np.ndarray, valid: np.ndarray, class_ids: np.ndarray | None = None
-) -> np.ndarray:
-    """Arg-max class id per pixel as uint8, :data:`NODATA_LABEL` where not valid.
-
-    ``class_ids[k]`` is the id written for probability plane ``k`` (default: ``k``).
-    """
-    return ids_to_labels(argmax_max(probs)[0], valid, class_ids)
 
 
 def scale_probs(probs: np.ndarray, valid: np.ndarray, dtype: ProbDtype) -> np.ndarray:
@@ -317,20 +296,18 @@ def atomic_outputs(
             temps.append(tmp)
         yield temps
         if not overwrite:  # something may have appeared while we worked
-            for final in real:
-                if final.exists():
-                    raise OutputExistsError(
-                        f"output {final} exists; pass --overwrite to replace it"
-                    )
-        for final, tmp in zip(finals, temps, strict=True):
-            if final is not None and tmp is not None:
-                os.replace(tmp, final)
-                _move_sidecar(tmp, final)
-                remove_quietly(tmp)  # sidecars only; tmp itself is gone
+            for out in real:
+                if out.exists():
+                    raise OutputExistsError(f"output {out} exists; pass --overwrite to replace it")
+        for dst, src in zip(finals, temps, strict=True):
+            if dst is not None and src is not None:
+                os.replace(src, dst)
+                _move_sidecar(src, dst)
+                remove_quietly(src)  # sidecars only; src itself is gone
     finally:
-        for tmp in temps:
-            if tmp is not None:
-                remove_quietly(tmp)
+        for leftover in temps:
+            if leftover is not None:
+                remove_quietly(leftover)
 
 
 # ---- class names for GIS (GDAL category names + raster attribute table) -----------------------
@@ -739,7 +716,7 @@ class OutputSet:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
+    ) -> Literal[False]:
         assert self._atomic is not None, "OutputSet used without 'with'"
         if exc is None:
             try:

@@ -17,20 +17,19 @@ says what is wrong with which file; nothing leaks a safetensors/JSON traceback t
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import struct
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mfaf_cli.errors import ModelError, WeightsError
-from mfaf_cli.metadata import ModelMeta
+from mfaf_cli.io.atomic import atomic_path
+from mfaf_cli.metadata import META_KEY, ModelMeta
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mfaf")
 
-META_KEY = "mfaf_meta"
 DIGEST_KEY = "mfaf_sha256"
 MANIFEST_NAME = "manifest.json"
 CHECKPOINT_SUFFIXES = (".safetensors",)
@@ -64,29 +62,6 @@ def verify_sha256(path: str | os.PathLike[str], expected: str) -> None:
             f"checksum mismatch for {path}: expected sha256 {expected[:12]}…, got {actual[:12]}… "
             "(the file was altered or truncated; re-download or re-train it)"
         )
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
-
-    A crash or Ctrl-C therefore never leaves a half-written checkpoint under the final name.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        # mkstemp (and writers that recreate the file) leave it 0600; give the usual mode
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
 
 
 def _tensor_digest(tensors: dict[str, torch.Tensor], meta_json: str) -> str:

@@ -86,6 +86,8 @@ class BandedProjection(nn.Module):
     learned order.
     """
 
+    support: torch.Tensor  # buffer
+
     def __init__(self, bands: int, pseudo: int) -> None:
         super().__init__()
         init = banded_weights(bands, pseudo)
@@ -122,6 +124,8 @@ class DCN(nn.Module):
     v = Linear(x); q = GELU(LN(DWConv(x))); Δ = Linear(q) (zero init), m = softmax_K(Linear(q))
     (zero init → uniform); out = Linear(Σ_k m_k · v(p + p_k + Δ_k)).
     """
+
+    taps: torch.Tensor  # buffer
 
     def __init__(
         self, c: int, group_channels: int, ndim: int = 2, k3: int = 27, sampling: str = "auto"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -192,8 +193,8 @@ def per_tap_from_features(
     nd, k, g = len(sizes), taps.shape[0], groups
     step = chunk or max(1, c // (g * nd))
     q_flat = q.reshape(b, q.shape[1], -1)  # (B, C, N)
-    w_off = offset_layer.weight.reshape(g, k, nd, -1)
-    b_off = offset_layer.bias.reshape(g, k, nd, 1)
+    w_off = cast(torch.Tensor, offset_layer.weight).reshape(g, k, nd, -1)
+    b_off = cast(torch.Tensor, offset_layer.bias).reshape(g, k, nd, 1)
     logits = mask_layer(q).reshape(b * g, k, 1, *sizes)
     m = logits.sub_(logits.amax(1, keepdim=True)).exp_()
     m = m.div_(m.sum(1, keepdim=True))  # softmax over K, in place

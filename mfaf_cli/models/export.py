@@ -24,14 +24,13 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from mfaf_cli.errors import EngineError, ModelError, UsageError
-from mfaf_cli.metadata import ModelMeta
+from mfaf_cli.metadata import META_KEY, ModelMeta
 
 log = logging.getLogger("mfaf")
 
 DEFAULT_OPSET = 17
 #: GridSample accepts 5-D (volumetric) input from this opset on.
 GRID_SAMPLE_3D_OPSET = 20
-META_KEY = "mfaf_meta"
 OUTPUT_NAME = "probabilities"
 EXPORTERS = ("auto", "dynamo", "torchscript")
 
@@ -174,7 +173,7 @@ def export_onnx(
         import onnx
     except ImportError:
         raise EngineError("ONNX export needs the onnx package: pip install mfaf[onnx]") from None
-    from mfaf_cli.io.weights import atomic_path
+    from mfaf_cli.io.atomic import atomic_path
 
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")

@@ -37,19 +37,6 @@ def haar_dwt(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([ll, d1, d2, d3], dim=1)
 
 
-def haar_idwt(y: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`haar_dwt` (the transform is orthonormal: it is its own transpose)."""
-    ll, d1, d2, d3 = torch.chunk(y, 4, dim=1)
-    a = (ll + d1 + d2 + d3) * 0.5
-    b = (ll + d1 - d2 - d3) * 0.5
-    c = (ll - d1 + d2 - d3) * 0.5
-    d = (ll - d1 - d2 + d3) * 0.5
-    n, ch, h, w = ll.shape
-    top = torch.stack([a, b], dim=-1).reshape(n, ch, h, 2 * w)
-    bottom = torch.stack([c, d], dim=-1).reshape(n, ch, h, 2 * w)
-    return torch.stack([top, bottom], dim=-2).reshape(n, ch, 2 * h, 2 * w)
-
-
 class HWD(nn.Module):
     """Haar wavelet downsampling: DWT → Conv1×1(4·C_in→C_out, no bias) → BN → ReLU."""
 

@@ -10,7 +10,7 @@ and pixels are co-registered, so sample p of one modality is paired with sample 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +66,7 @@ def rbf_mmd(
     d2 = torch.cdist(x, x).pow(2)
     med = d2.detach()[d2.detach() > 0]
     sigma2 = med.median() if med.numel() else d2.new_tensor(1.0)
-    k = sum(torch.exp(-d2 / (sigma2 * s)) for s in scales)
+    k = cast(torch.Tensor, sum(torch.exp(-d2 / (sigma2 * s)) for s in scales))
     m = a.shape[0]
     kxx, kyy, kxy = k[:m, :m], k[m:, m:], k[:m, m:]
     return (kxx.mean() + kyy.mean() - 2 * kxy.mean()).clamp_min(0.0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -126,7 +126,7 @@ class InvertedResidual(nn.Module):
             nn.Conv2d(hid, c, 1, bias=False),
         )
         if zero_init:  # node starts as identity plus an additive term (A4)
-            nn.init.zeros_(self.body[-1].weight)
+            nn.init.zeros_(cast(nn.Conv2d, self.body[-1]).weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
@@ -406,7 +406,7 @@ class MFAFNet(nn.Module):
             levels = []
             for i in range(4):
                 if share_deep_fdm and i >= 2 and m != self.modalities[0]:
-                    levels.append(self.encoders[self.modalities[0]][i])
+                    levels.append(cast(nn.ModuleList, self.encoders[self.modalities[0]])[i])
                 else:
                     levels.append(ModalityEncoderLevel(c_prev, widths[i], depths[i], **fdm_kw[i]))
                 c_prev = widths[i]
@@ -446,7 +446,7 @@ class MFAFNet(nn.Module):
         skips = []
         for i in range(4):
             for m in self.modalities:
-                x[m] = self.encoders[m][i](x[m])
+                x[m] = cast(nn.ModuleList, self.encoders[m])[i](x[m])
             deep = (x["optical"], x["sar"])  # x^m_4 before the CFFB (for MMD) at i == 3
             f, r_o, r_s = self.cffb[i](x["optical"], x["sar"])
             skips.append(self._skip(f, x["optical"], x["sar"]))

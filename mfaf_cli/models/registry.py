@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any
 from mfaf_cli.errors import ModelError
 from mfaf_cli.metadata import (
     DEFAULT_BANDS,
+    HOUSTON2013_CLASSES,
+    WATER_CLASSES,
+    WHU_CLASSES,
     ClassInfo,
     ModalitySpec,
     ModelMeta,
@@ -26,22 +29,34 @@ if TYPE_CHECKING:
 
 #: Default band count per modality (WHU-OPT-SAR optical RGBN, SAR VV, Houston 2013 HSI, DSM).
 DEFAULT_IN_CHANNELS: dict[str, int] = {"optical": 4, "sar": 1, "hsi": 144, "lidar": 1}
+#: Named class tables of the tasks each modality family is trained for (OMBRIA water,
+#: WHU-OPT-SAR land use; Houston 2013); an untrained model of another size gets generic names.
+_OPTICAL_SAR_TABLES: tuple[tuple[ClassInfo, ...], ...] = (WATER_CLASSES, WHU_CLASSES)
+_HSI_LIDAR_TABLES: tuple[tuple[ClassInfo, ...], ...] = (HOUSTON2013_CLASSES,)
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One registry row (``divisor`` is the default; CoMiX's depends on ``stem_stride``)."""
+    """One registry row (``divisor`` is the default; CoMiX's depends on ``stem_stride``;
+    ``class_tables`` are the named class tables of the tasks this architecture is for)."""
 
     name: str
     modalities: tuple[str, ...]
     default_in_channels: dict[str, int]
     divisor: int
     description: str
+    class_tables: tuple[tuple[ClassInfo, ...], ...] = ()
 
 
 def _entry(name: str, modalities: tuple[str, ...], divisor: int, description: str) -> ModelEntry:
+    tables = _HSI_LIDAR_TABLES if set(modalities) <= {"hsi", "lidar"} else _OPTICAL_SAR_TABLES
     return ModelEntry(
-        name, modalities, {m: DEFAULT_IN_CHANNELS[m] for m in modalities}, divisor, description
+        name,
+        modalities,
+        {m: DEFAULT_IN_CHANNELS[m] for m in modalities},
+        divisor,
+        description,
+        tables,
     )
 
 
@@ -187,7 +202,8 @@ def default_meta(
     classes: tuple[ClassInfo, ...] | None = None,
     **config: Any,
 ) -> ModelMeta:
-    """Metadata for an untrained model: default band names, neutral normalisation."""
+    """Metadata for an untrained model: default band names, neutral normalisation, and the
+    class table of the entry's own task with ``num_classes`` classes (else generic names)."""
     entry = get_entry(name)
     chans = _resolve_channels(entry, in_channels)
     if classes is not None:
@@ -204,7 +220,11 @@ def default_meta(
     return ModelMeta(
         arch=name,
         modalities=mods,
-        classes=tuple(classes) if classes is not None else default_classes(num_classes),
+        classes=(
+            tuple(classes)
+            if classes is not None
+            else default_classes(num_classes, entry.class_tables)
+        ),
         config=dict(config),
         divisor=model_divisor(name, config),
         trained=False,

@@ -33,6 +33,7 @@ from typing import Any
 
 from mfaf_cli.errors import MfafError, OutputPathError, UsageError
 from mfaf_cli.metadata import ALL_MODALITIES
+from mfaf_cli.types import Blend, Engine, Precision
 
 log = logging.getLogger("mfaf")
 
@@ -274,10 +275,10 @@ def predict_batch(
     tile: int | None = None,
     overlap: float = 0.25,
     batch_size: int = 4,
-    blend: str = "gaussian",
+    blend: Blend = "gaussian",
     device: str = "auto",
-    engine: str = "auto",
-    precision: str = "auto",
+    engine: Engine = "auto",
+    precision: Precision = "auto",
     threads: int | None = None,
     shard: Any = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,

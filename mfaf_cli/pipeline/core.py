@@ -38,6 +38,7 @@ from mfaf_cli.normalize import apply_normalisation
 from mfaf_cli.pipeline.strips import StripReader
 from mfaf_cli.tiling.plan import WindowPlan, plan_windows
 from mfaf_cli.tiling.windows import Window, batched
+from mfaf_cli.types import Blend
 
 log = logging.getLogger("mfaf")
 
@@ -251,7 +252,7 @@ def run_scene(
     sink: Sink,
     *,
     batch_size: int,
-    blend: str,
+    blend: Blend,
     read_threads: int,
     progress: bool = False,
     desc: str = "predict",

@@ -40,6 +40,7 @@ from mfaf_cli.pipeline.core import (  # noqa: F401 (PreparedBatch, ...: re-expor
 )
 from mfaf_cli.pipeline.spec import InferenceSpec
 from mfaf_cli.tiling.windows import Window, check_tile, validate_tiling
+from mfaf_cli.types import Blend, Engine, Precision
 
 if TYPE_CHECKING:
     from mfaf_cli.models.resolve import ModelSource
@@ -65,11 +66,11 @@ class PredictResult:
     arch: str
     trained: bool
     device: str
-    engine: str
+    engine: str  # the engine and precision that ran (auto resolved)
     precision: str
     tile: int
     overlap: float
-    blend: str
+    blend: Blend
     valid_fraction: float
     class_fractions: dict[str, float] = field(default_factory=dict)
     model_seconds: float = 0.0
@@ -141,7 +142,8 @@ def load_predictor(
         threads=spec.thread_split(on_gpu=gpu)[0],
     )
     with contextlib.suppress(AttributeError):  # read-only predictors: tags then say less
-        predictor.source = source  # for the output tags (weights name, sha256)
+        # for the output tags (weights name, sha256); not part of the Predictor protocol
+        predictor.source = source  # type: ignore[attr-defined]
     return predictor, source
 
 
@@ -292,10 +294,10 @@ def predict(
     tile: int | None = None,
     overlap: float = 0.25,
     batch_size: int = 4,
-    blend: str = "gaussian",
+    blend: Blend = "gaussian",
     device: str = "auto",
-    engine: str = "auto",
-    precision: str = "auto",
+    engine: Engine = "auto",
+    precision: Precision = "auto",
     threads: int | None = None,
     probabilities: PathLike | None = None,
     probabilities_dtype: str = "uint8",
@@ -372,7 +374,7 @@ def predict(
         check_readable(path, name)
 
     if predictor is None:
-        in_ch = {m: len(v) for m, v in bands.items() if m in inputs}
+        in_ch = {m: len(v) for m, v in bands.items() if m in inputs and v}
         predictor, source = load_predictor(
             model, tuple(inputs), in_channels=in_ch or None, spec=spec
         )
@@ -517,7 +519,6 @@ def coregister(
     so any scene size works in bounded memory. ``out_dir`` is created if its parent exists.
     """
     import rasterio
-    from rasterio.windows import Window as RioWindow
     from tqdm import tqdm
 
     from mfaf_cli.io.raster import atomic_outputs, gtiff_options
@@ -608,7 +609,7 @@ def coregister(
                         dtype, nodata = specs[m]
                         if dtype != "float32":
                             vals = np.where(ok[None], vals, nodata).astype(dtype)
-                        ds.write(vals, window=RioWindow(w.col_off, w.row_off, w.width, w.height))
+                        ds.write(vals, window=w.to_rasterio())
                     valid_px += int(joint.sum())
             finally:
                 for ds in dsets.values():

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from mfaf_cli.errors import UsageError
 from mfaf_cli.tiling.windows import validate_tiling
+from mfaf_cli.types import Blend, Engine, Precision
 
 
 def usable_cores() -> int:
@@ -52,10 +53,10 @@ class InferenceSpec:
     tile: int | None = None
     overlap: float = 0.25
     batch_size: int = 4
-    blend: str = "gaussian"
+    blend: Blend = "gaussian"
     device: str = "auto"
-    engine: str = "auto"
-    precision: str = "auto"
+    engine: Engine = "auto"
+    precision: Precision = "auto"
     threads: int | None = None
 
     def __post_init__(self) -> None:

@@ -135,15 +135,6 @@ class StreamingMerger:
         self.windows_added += 1
         self._emit_ready()
 
-    def add_batch(
-        self, windows: Sequence[Window], probs: np.ndarray, valid: np.ndarray | None = None
-    ) -> None:
-        """Add a batch: ``probs`` (N, K, h, w), ``valid`` (N, h, w) or None, N = len(windows)."""
-        if len(probs) != len(windows) or (valid is not None and len(valid) != len(windows)):
-            raise ValueError(f"batch of {len(windows)} windows but {len(probs)} predictions")
-        for i, w in enumerate(windows):
-            self.add(w, probs[i], None if valid is None else valid[i])
-
     def add_skipped(self, window: Window) -> None:
         """Account for a window that was not predicted (entirely nodata), so rows can finish."""
         self._take(window)

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from mfaf_cli.errors import BandMismatchError, InputError, LabelError, NoOverlap
 from mfaf_cli.metadata import NODATA_LABEL, ModelMeta, default_classes
 from mfaf_cli.normalize import apply_normalisation, band_percentiles
 from mfaf_cli.training.metrics import confusion_matrix, metrics_from_confusion, to_jsonable
+from mfaf_cli.types import Blend, Engine, Precision
 
 #: Rows of the prediction processed at once when scoring rasters (bounded memory).
 BLOCK_ROWS = 1024
@@ -54,6 +55,7 @@ def parse_mapping(spec: str | Mapping[Any, Any] | None) -> dict[int, int] | None
     """``"10:1,20:2,0:255"`` (or a dict, or a JSON file path) → {truth value: class id}."""
     if spec is None or spec == "":
         return None
+    items: Iterable[tuple[Any, Any]]
     if isinstance(spec, Mapping):
         items = spec.items()
     elif Path(str(spec)).is_file():
@@ -62,14 +64,15 @@ def parse_mapping(spec: str | Mapping[Any, Any] | None) -> dict[int, int] | None
         except (json.JSONDecodeError, AttributeError) as err:
             raise InputError(f"mapping file {spec} must hold a JSON object ({err})") from None
     else:
-        items = []
+        pairs: list[tuple[str, str]] = []
         for part in str(spec).split(","):
             if not part.strip():
                 continue
             if ":" not in part:
                 raise InputError(f"bad mapping item {part!r}; use TRUTH:CLASS pairs like 10:1,20:2")
             a, b = part.split(":", 1)
-            items.append((a.strip(), b.strip()))
+            pairs.append((a.strip(), b.strip()))
+        items = pairs
     try:
         return {int(float(k)): int(float(v)) for k, v in items}
     except ValueError as err:
@@ -318,6 +321,7 @@ def evaluate_rasters(
             _check_inferred(tmax, Path(truth).name, "map them to class ids with --map")
             num_classes = max(pmax or 0, tmax) + 1
     if names is None:
+        assert num_classes is not None  # given, or inferred from the rasters above
         names = [c.name for c in default_classes(num_classes)]
     k = len(names)
     cm = raster_confusion(pred, truth, k, mapping=m)
@@ -327,7 +331,7 @@ def evaluate_rasters(
             f"{Path(truth).name} (all nodata or ignored where they overlap); nothing to score"
         )
     metrics = metrics_from_confusion(cm, names)
-    info = {"mode": "rasters", "prediction": str(pred), "truth": str(truth)}
+    info: dict[str, Any] = {"mode": "rasters", "prediction": str(pred), "truth": str(truth)}
     if m:
         info["mapping"] = {str(a): b for a, b in m.items()}
     return EvalResult(metrics, names, info)
@@ -342,7 +346,7 @@ def predict_arrays(
     *,
     tile: int,
     overlap: float = 0.25,
-    blend: str = "gaussian",
+    blend: Blend = "gaussian",
     batch_size: int = 4,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class ids (H, W) uint8 (255 = nodata) and validity for one in-memory scene.
@@ -434,10 +438,10 @@ def evaluate_model(
     tile: int | None = None,
     overlap: float = 0.25,
     batch_size: int = 4,
-    blend: str = "gaussian",
+    blend: Blend = "gaussian",
     device: str = "auto",
-    engine: str = "auto",
-    precision: str = "auto",
+    engine: Engine = "auto",
+    precision: Precision = "auto",
     threads: int | None = None,
     bands: Mapping[str, list[int]] | None = None,
     seed: int = 0,

@@ -39,7 +39,7 @@ from mfaf_cli.errors import (
     UsageError,
 )
 from mfaf_cli.io.inputs import open_raster, read_error
-from mfaf_cli.metadata import NODATA_LABEL
+from mfaf_cli.metadata import META_KEY, NODATA_LABEL
 
 log = logging.getLogger("mfaf")
 
@@ -128,7 +128,7 @@ def parse_class_names(tags: Mapping[str, str]) -> dict[int, str]:
     (id -> name); ``CLASS_<id>=name``.
     """
     names: dict[int, str] = {}
-    meta = tags.get("mfaf_meta") or tags.get("MFAF_META")
+    meta = tags.get(META_KEY) or tags.get(META_KEY.upper())
     if meta:
         try:
             for c in json.loads(meta).get("classes", []):
@@ -226,6 +226,7 @@ def pixel_size_m(transform: Affine, crs: Any, width: int, height: int) -> float:
     from pyproj import CRS as ProjCRS
 
     geod = ProjCRS.from_user_input(crs.to_wkt()).get_geod()
+    assert geod is not None, "a geographic CRS always has an ellipsoid"
     cx, cy = transform @ (width / 2, height / 2)
     dx, dy = math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e)
     _, _, east_m = geod.inv(cx - dx / 2, cy, cx + dx / 2, cy)

@@ -1,0 +1,16 @@
+"""The small closed vocabularies of the public API, as ``Literal`` types (for type checkers)
+and as tuples (for validation and CLI choices), defined once."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Modality = Literal["optical", "sar", "hsi", "lidar"]
+Blend = Literal["gaussian", "cosine", "constant"]
+Engine = Literal["auto", "torch", "onnx"]
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+
+MODALITIES: tuple[str, ...] = get_args(Modality)
+BLENDS: tuple[str, ...] = get_args(Blend)
+ENGINES: tuple[str, ...] = get_args(Engine)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
