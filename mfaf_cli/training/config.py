@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,9 @@ class TrainConfig:
 # ---- config files --------------------------------------------------------------------------
 def _parse_config_text(p: Path) -> Any:
     """The parsed document of a TOML or YAML file; a syntax error is a one-line UsageError."""
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10: the tomli backport (a dependency there)
+    else:  # Python 3.10: the tomli backport (a dependency there)
         import tomli as tomllib
 
     try:

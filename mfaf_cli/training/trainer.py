@@ -151,7 +151,7 @@ def pad_batch(
 
 
 def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = tuple(np.random.get_state())
     py_state = random.getstate()
     out: dict[str, Any] = {
         "torch": torch.get_rng_state(),
