@@ -45,6 +45,7 @@ from mfaf_cli.errors import (
     UsageError,
     WeightsError,
 )
+from mfaf_cli.io.atomic import atomic_path
 from mfaf_cli.metadata import ModelMeta
 from mfaf_cli.training.config import (  # noqa: F401  (re-exported: the public training API)
     MMD_KINDS,
@@ -182,15 +183,13 @@ def _set_rng_state(s: dict[str, Any]) -> None:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 # ---- data loading ---------------------------------------------------------------------------
