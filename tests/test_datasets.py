@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_geotiff
+from dataset_builders import make_folder, make_ombria, make_sen1floods11, make_whu_sheets
 from PIL import Image
 from rasterio.transform import from_origin
 
@@ -30,84 +31,8 @@ def _one_thread():
 
 
 # ---- builders (also used by test_train / test_evaluate) -----------------------------------
-def make_ombria(
-    root: Path, n_train: int = 8, n_test: int = 3, size: int = 32, seed: int = 0
-) -> Path:
-    """OMBRIA layout; water (mask 255) where the S2 patch is dark blue and S1 is dark."""
-    rng = np.random.default_rng(seed)
-    for folder, n, start in (("train", n_train, 1), ("test", n_test, 100)):
-        for sub in ("AFTER", "BEFORE", "MASK"):
-            (root / "OmbriaS2" / folder / sub).mkdir(parents=True, exist_ok=True)
-            (root / "OmbriaS1" / folder / sub).mkdir(parents=True, exist_ok=True)
-        for i in range(start, start + n):
-            water = np.zeros((size, size), dtype=bool)
-            r = int(rng.integers(0, size // 2))
-            water[r : r + size // 2, : int(rng.integers(size // 4, size))] = True
-            s2 = rng.integers(120, 220, size=(size, size, 3)).astype(np.uint8)
-            s2[water] = rng.integers(10, 60, size=(int(water.sum()), 3))
-            s1 = rng.integers(150, 250, size=(size, size)).astype(np.uint8)
-            s1[water] = rng.integers(0, 40, size=int(water.sum()))
-            mask = np.where(water, 255, 0).astype(np.uint8)
-            tag = f"{i:04d}"
-            Image.fromarray(s2).save(root / "OmbriaS2" / folder / "AFTER" / f"S2_after_{tag}.png")
-            Image.fromarray(s1).save(root / "OmbriaS1" / folder / "AFTER" / f"S1_after_{tag}.png")
-            Image.fromarray(mask).save(root / "OmbriaS2" / folder / "MASK" / f"S2_mask_{tag}.png")
-            Image.fromarray(mask).save(root / "OmbriaS1" / folder / "MASK" / f"S1_mask_{tag}.png")
-    return root
 
 
-def make_sen1floods11(
-    root: Path, ids=("Spain_1", "Spain_2", "Bolivia_3"), size=32, flat=False
-) -> Path:
-    """Sen1Floods11 chips: S2 13-band int16 (0 = nodata), S1 VV/VH float dB (NaN), labels -1/0/1."""
-    rng = np.random.default_rng(3)
-    dirs = {k: root if flat else root / k for k in ("S1Hand", "S2Hand", "LabelHand")}
-    for d in dirs.values():
-        d.mkdir(parents=True, exist_ok=True)
-    t = from_origin(-3.0, 40.0, 0.0001, 0.0001)
-    for cid in ids:
-        water = np.zeros((size, size), dtype=bool)
-        water[:, : size // 3] = True
-        s2 = rng.integers(500, 3000, size=(13, size, size)).astype(np.int16)
-        s2[:, water] //= 5
-        s2[:, 0, 0] = 0  # nodata pixel
-        s1 = rng.normal(-10, 2, size=(2, size, size)).astype(np.float32)
-        s1[:, water] -= 12
-        s1[:, 1, 1] = np.nan
-        lab = water.astype(np.int16)
-        lab[-1, :] = -1
-        write_geotiff(
-            dirs["S2Hand"] / f"{cid}_S2Hand.tif", s2, crs="EPSG:4326", transform=t, nodata=0
-        )
-        write_geotiff(
-            dirs["S1Hand"] / f"{cid}_S1Hand.tif",
-            s1,
-            crs="EPSG:4326",
-            transform=t,
-            nodata=float("nan"),
-        )
-        write_geotiff(dirs["LabelHand"] / f"{cid}_LabelHand.tif", lab, crs="EPSG:4326", transform=t)
-    return root
-
-
-def make_whu_sheets(
-    root: Path, names=("Optical", "SAR", "Lbl"), sheets=("NH1", "NH2", "NH3"), h=60, w=80
-):
-    rng = np.random.default_rng(5)
-    for n in names:
-        (root / n).mkdir(parents=True, exist_ok=True)
-    for k, s in enumerate(sheets):
-        t = from_origin(500_000.0 + k * 1000, 3_500_000.0, 5.0, 5.0)
-        opt = rng.integers(0, 255, size=(4, h, w)).astype(np.uint8)
-        sar = rng.integers(0, 255, size=(1, h, w)).astype(np.uint8)
-        lab = (rng.integers(0, 8, size=(h, w)) * 10).astype(np.uint8)
-        write_geotiff(root / names[0] / f"{s}.tif", opt, transform=t)
-        write_geotiff(root / names[1] / f"{s}.tif", sar, transform=t)
-        write_geotiff(root / names[2] / f"{s}.tif", lab, transform=t)
-    return root
-
-
-# ---- pure helpers -----------------------------------------------------------------------------
 def test_seeded_holdout_and_grid_offsets() -> None:
     ids = [f"{i:03d}" for i in range(20)]
     kept, held = seeded_holdout(ids, 0.15, seed=7)
@@ -397,28 +322,6 @@ def test_whu_precut_layout(tmp_path: Path) -> None:
 
 
 # ---- folder (scene list, co-registered on the fly) -----------------------------------------
-def make_folder(root: Path, n_scenes: int = 2, split_column: bool = True) -> Path:
-    """HSI (5 bands, 10 m) + LiDAR DSM (5 m, different grid) + label raster (10 m reference)."""
-    rng = np.random.default_rng(11)
-    root.mkdir(parents=True, exist_ok=True)
-    rows = ["id,hsi,lidar,label" + (",split" if split_column else "")]
-    for k in range(n_scenes):
-        x0 = 600_000.0 + 5000 * k
-        lab = rng.integers(0, 3, size=(48, 64)).astype(np.uint8)
-        lab[0, :] = 255
-        hsi = (rng.random((5, 48, 64)) * 1000 + (lab[None] % 255) * 300.0).astype(np.float32)
-        dsm = np.repeat(np.repeat((lab % 255).astype(np.float32) * 4, 2, 0), 2, 1) + rng.random(
-            (96, 128)
-        ).astype(np.float32)
-        write_geotiff(root / f"hsi{k}.tif", hsi, transform=from_origin(x0, 4_000_000.0, 10, 10))
-        write_geotiff(root / f"dsm{k}.tif", dsm, transform=from_origin(x0, 4_000_000.0, 5, 5))
-        write_geotiff(
-            root / f"gt{k}.tif", lab, transform=from_origin(x0, 4_000_000.0, 10, 10), nodata=255
-        )
-        split = ",train" if k == 0 else ",val"
-        rows.append(f"s{k},hsi{k}.tif,dsm{k}.tif,gt{k}.tif" + (split if split_column else ""))
-    (root / "scenes.csv").write_text("\n".join(rows) + "\n")
-    return root / "scenes.csv"
 
 
 def test_folder_csv_coregistered(tmp_path: Path) -> None:

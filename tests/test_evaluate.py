@@ -10,8 +10,8 @@ import pytest
 import rasterio
 import torch
 from conftest import write_geotiff
+from dataset_builders import make_ombria, make_sen1floods11
 from rasterio.transform import from_origin
-from test_datasets import make_ombria, make_sen1floods11
 
 from mfaf_cli.errors import BandMismatchError, LabelError
 from mfaf_cli.metadata import WATER_CLASSES, ModelMeta

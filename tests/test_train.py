@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dataset_builders import make_folder, make_ombria
 from safetensors.torch import load_file
-from test_datasets import make_folder, make_ombria
 
 from mfaf_cli.io.weights import read_meta
 from mfaf_cli.models.registry import get_entry, model_divisor
@@ -454,7 +454,7 @@ def test_training_reports_and_records_the_splits(ombria: Path, tmp_path: Path, r
 
 def test_whu_split_source_names_the_division_file(tmp_path: Path) -> None:
     import rasterio
-    from test_datasets import make_whu_sheets
+    from dataset_builders import make_whu_sheets
 
     from mfaf_cli.data.datasets import open_dataset, whu_map_label
 
