@@ -96,3 +96,17 @@ def runner():
         return code, streams[0].getvalue().decode(), streams[1].getvalue().decode()
 
     return _run
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A narrow U-Net checkpoint tagged trained (batch and scale-out tests)."""
+    from dataclasses import replace
+
+    from mfaf_cli.io.weights import save_checkpoint
+    from mfaf_cli.models import registry
+
+    meta = registry.default_meta("unet", None, 2, base_width=4)
+    meta = replace(meta, trained=True, tile_size=32)
+    model = registry.create_model("unet", meta.in_channels, 2, **meta.config)
+    return save_checkpoint(model, meta, tmp_path_factory.mktemp("w") / "unet.safetensors")

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,30 +15,11 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-from conftest import write_geotiff as write_tif
+from scenes import scene_pair
 
 from mfaf_cli.errors import MfafError, UsageError
-from mfaf_cli.io.weights import save_checkpoint
-from mfaf_cli.models import registry
 from mfaf_cli.pipeline import batch as B
 from mfaf_cli.pipeline.predict import predict
-
-
-def scene_pair(folder: Path, name: str, size: int = 40, seed: int = 0, bands: int = 4):
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    opt = rng.integers(0, 3000, (bands, size, size)).astype("int16")
-    opt[-1] += (900 * np.sin(np.arange(size) / 4.0)).astype("int16")[None, :]
-    sar = rng.normal(-12.0, 3.0, (1, size, size)).astype("float32")
-    return write_tif(folder / f"{name}_s2.tif", opt), write_tif(folder / f"{name}_s1.tif", sar)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    meta = registry.default_meta("unet", None, 2, base_width=4)
-    meta = replace(meta, trained=True, tile_size=32)
-    model = registry.create_model("unet", meta.in_channels, 2, **meta.config)
-    return save_checkpoint(model, meta, tmp_path_factory.mktemp("w") / "unet.safetensors")
 
 
 def hidden(folder: Path) -> list[str]:

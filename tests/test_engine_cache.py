@@ -15,6 +15,7 @@ from mfaf_cli.engine.onnx_predictor import OnnxPredictor
 from mfaf_cli.engine.torch_predictor import TorchPredictor
 from mfaf_cli.io import weights as W
 from mfaf_cli.models import export as E
+from mfaf_cli.models.resolve import resolve_model
 
 MODS = ("optical", "sar")
 
@@ -97,7 +98,7 @@ def test_auto_falls_back_to_torch(checkpoint: Path, monkeypatch: pytest.MonkeyPa
     assert isinstance(pred, TorchPredictor)
     monkeypatch.setattr(base, "cuda_requested", lambda device: True)
     monkeypatch.setattr(base, "onnxruntime_available", lambda: True)
-    source = W.resolve_model(str(checkpoint), MODS)
+    source = resolve_model(str(checkpoint), MODS)
     assert base.choose_engine("auto", source, "cuda") == "torch"
     assert base.choose_engine("onnx", source, "cuda") == "onnx"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from test_batch import ckpt, scene_pair  # noqa: F401 (fixture)
+from scenes import scene_pair
 
 from mfaf_cli.errors import UsageError
 from mfaf_cli.pipeline import batch as B
@@ -68,7 +68,7 @@ def _tifs(folder: Path) -> dict[str, np.ndarray | str]:
     return out
 
 
-def test_two_sharded_processes_equal_one(ckpt: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_two_sharded_processes_equal_one(ckpt: Path, tmp_path: Path) -> None:
     single = _batch(tmp_path / "single")
     recs = B.predict_batch(single, str(ckpt), tile=32, progress=False, shard=Shard(0, 1))
     assert [r["status"] for r in recs] == ["ok"] * 5

@@ -275,23 +275,23 @@ def test_register_and_resolve_default(
     on_disk = json.loads((weights_dir / "manifest.json").read_text())
     assert [e["name"] for e in on_disk["models"]] == ["tiny-water"]
 
-    source = W.resolve_model(None, ["sar", "optical"])
+    source = R.resolve_model(None, ["sar", "optical"])
     assert (source.kind, source.name, source.sha256) == (
         "checkpoint",
         "tiny-water",
         entry["sha256"],
     )
     assert source.meta == meta
-    model, meta2 = W.load_model(None, ["optical", "sar"])
+    model, meta2 = R.load_model(None, ["optical", "sar"])
     assert isinstance(model, TinyFusion) and meta2 == meta
-    assert W.resolve_model("tiny-water").path == weights_dir / "tiny-water.safetensors"
+    assert R.resolve_model("tiny-water").path == weights_dir / "tiny-water.safetensors"
 
     # A second default for the same modalities takes over; the first stays listed.
     src2 = W.save_checkpoint(make_tiny(meta, seed=1), meta, tmp_path / "b.safetensors")
     W.register_weights(src2, "tiny-water-2", default=True)
     defaults = [e["name"] for e in W.read_manifest() if e["default"]]
     assert defaults == ["tiny-water-2"]
-    assert W.resolve_model(None, ["optical", "sar"]).name == "tiny-water-2"
+    assert R.resolve_model(None, ["optical", "sar"]).name == "tiny-water-2"
 
 
 def test_manifest_checksum_is_checked(
@@ -303,7 +303,7 @@ def test_manifest_checksum_is_checked(
     # Replace the shipped file with another *valid* checkpoint: only the manifest can tell.
     W.save_checkpoint(make_tiny(meta, seed=9), meta, weights_dir / "tiny-water.safetensors")
     with pytest.raises(WeightsError, match=r"checksum mismatch.*altered or truncated"):
-        W.load_model("tiny-water")
+        R.load_model("tiny-water")
     with pytest.raises(WeightsError, match="checksum mismatch"):  # by path too
         W.load_checkpoint(weights_dir / "tiny-water.safetensors")
 
@@ -325,7 +325,7 @@ def test_malformed_manifest(weights_dir: Path) -> None:
         W.read_manifest()
     (weights_dir / "manifest.json").write_text("{oops")
     with pytest.raises(WeightsError, match="malformed"):
-        W.resolve_model(None, ["optical", "sar"])
+        R.resolve_model(None, ["optical", "sar"])
 
 
 def test_manifest_entry_with_missing_file(weights_dir: Path) -> None:
@@ -338,7 +338,7 @@ def test_manifest_entry_with_missing_file(weights_dir: Path) -> None:
     }
     (weights_dir / "manifest.json").write_text(json.dumps({"models": [entry]}))
     with pytest.raises(WeightsError, match=r"listed in the manifest but .* is missing"):
-        W.resolve_model(None, ["optical", "sar"])
+        R.resolve_model(None, ["optical", "sar"])
 
 
 # ---- resolution without shipped weights -------------------------------------------------------
@@ -399,21 +399,17 @@ def test_shipped_weights_are_package_data(monkeypatch: pytest.MonkeyPatch) -> No
     assert all(R.resolve_model(e["name"]).meta.trained for e in entries)
 
 
-def test_old_import_location_still_works() -> None:
-    assert W.resolve_model is R.resolve_model and W.ModelSource is R.ModelSource
-
-
 def test_resolution_errors(tmp_path: Path, weights_dir: Path, tiny_ckpt: Path) -> None:
     with pytest.raises(ModalityError, match="no shipped model takes hsi \\+ sar"):
-        W.resolve_model(None, ["hsi", "sar"])
+        R.resolve_model(None, ["hsi", "sar"])
     with pytest.raises(ModalityError, match="takes optical \\+ sar"):
-        W.resolve_model(tiny_ckpt, ["hsi", "lidar"])
+        R.resolve_model(tiny_ckpt, ["hsi", "lidar"])
     with pytest.raises(ModalityError, match="takes hsi \\+ lidar"):
-        W.resolve_model("comix-s", ["optical", "sar"])
+        R.resolve_model("comix-s", ["optical", "sar"])
     with pytest.raises(ModelError, match=r"unknown model 'mfafnet-xl'.*mfafnet-s.*comix-lite"):
-        W.resolve_model("mfafnet-xl", ["optical", "sar"])
+        R.resolve_model("mfafnet-xl", ["optical", "sar"])
     with pytest.raises(WeightsError, match="not found"):
-        W.resolve_model(str(tmp_path / "missing.safetensors"), ["optical", "sar"])
+        R.resolve_model(str(tmp_path / "missing.safetensors"), ["optical", "sar"])
     assert ModelError.exit_code == 2 and WeightsError.exit_code == 1
 
 
@@ -421,10 +417,10 @@ def test_resolve_paths(
     tiny_ckpt: Path, weights_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="mfaf"):
-        source = W.resolve_model(str(tiny_ckpt), ["optical", "sar"])
+        source = R.resolve_model(str(tiny_ckpt), ["optical", "sar"])
     assert (source.kind, source.path, source.name) == ("checkpoint", tiny_ckpt, "tiny")
     assert "UNTRAINED" not in caplog.text  # meta says trained
-    assert W.resolve_model(tiny_ckpt).meta == tiny_meta()  # Path objects work, no modality check
+    assert R.resolve_model(tiny_ckpt).meta == tiny_meta()  # Path objects work, no modality check
 
 
 def test_untrained_checkpoint_warns(tmp_path: Path, tiny_registry: None, caplog) -> None:  # type: ignore[no-untyped-def]
@@ -433,7 +429,7 @@ def test_untrained_checkpoint_warns(tmp_path: Path, tiny_registry: None, caplog)
     )
     path = W.save_checkpoint(make_tiny(meta), meta, tmp_path / "u.safetensors")
     with caplog.at_level(logging.WARNING, logger="mfaf"):
-        assert W.resolve_model(str(path)).untrained
+        assert R.resolve_model(str(path)).untrained
     assert "UNTRAINED" in caplog.text
 
 

@@ -435,16 +435,3 @@ def register_weights(
     entries.append(entry)
     _write_manifest(entries, base)
     return entry
-
-
-#: Names that moved to :mod:`mfaf_cli.models.resolve`; still importable from here so that code
-#: written against the old layout keeps working (resolved lazily: no import cycle).
-_MOVED = ("ModelSource", "resolve_model", "load_model")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from mfaf_cli.models import resolve
-
-        return getattr(resolve, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
