@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -147,8 +148,9 @@ def test_trainer_steps_one_epoch_and_validates(ombria: Path, tmp_path: Path) -> 
     assert np.isfinite(val_loss) and val_loss > 0
 
 
-def test_resume_is_exact(ombria: Path, tmp_path: Path) -> None:
-    base = dict(
+def _tiny_unet_settings(ombria: Path) -> dict[str, Any]:
+    """TrainConfig settings of a seconds-long U-Net run on the tiny OMBRIA layout."""
+    return dict(
         dataset="ombria",
         data_root=str(ombria),
         model="unet",
@@ -159,6 +161,10 @@ def test_resume_is_exact(ombria: Path, tmp_path: Path) -> None:
         progress=False,
         model_config={"base_width": 4},
     )
+
+
+def test_resume_is_exact(ombria: Path, tmp_path: Path) -> None:
+    base = _tiny_unet_settings(ombria)
     train(TrainConfig(out=str(tmp_path / "straight"), epochs=2, **base))
     train(TrainConfig(out=str(tmp_path / "split"), epochs=2, stop_after=1, **base))  # interrupted
     assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 1
@@ -190,17 +196,7 @@ def test_resume_follows_the_new_epoch_count_and_schedule(
     ombria: Path, tmp_path: Path, schedule: str
 ) -> None:
     """Regression: LambdaLR's state dict carried the old total, so epochs 2.. trained at LR 0."""
-    base = dict(
-        dataset="ombria",
-        data_root=str(ombria),
-        model="unet",
-        tile=32,
-        batch_size=2,
-        val_fraction=0.34,
-        lr=0.01,
-        progress=False,
-        model_config={"base_width": 4},
-    )
+    base = _tiny_unet_settings(ombria)
     run = tmp_path / "run"
     train(TrainConfig(out=str(run), epochs=1, schedule="poly", **base))
     train(TrainConfig(out=str(run), epochs=4, schedule=schedule, resume=str(run), **base))
