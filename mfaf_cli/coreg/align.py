@@ -30,6 +30,7 @@ from rasterio.windows import Window as RioWindow
 from mfaf_cli.coreg.bands import BAND_FLAG, BandChoice, choose_bands, select_bands
 from mfaf_cli.coreg.bands import band_tokens as band_tokens  # moved; importable from here
 from mfaf_cli.coreg.grid import Grid, check_overlap, footprint_in
+from mfaf_cli.coreg.resample import axis_aligned, resample_block
 from mfaf_cli.errors import UsageError
 from mfaf_cli.io.inputs import open_raster, read_error
 from mfaf_cli.metadata import RESAMPLING_KIND, ModelMeta
@@ -48,6 +49,10 @@ STATS_MAX_VALUES = 32_000_000
 #: (rare "no geotransform" warnings under load), so warps are serialised; file reads and
 #: decoding, the expensive part, still run in parallel.
 _WARP_LOCK = threading.Lock()
+
+#: Resamplings done in numpy between north-up grids of one CRS (see ``coreg/resample.py``);
+#: ``average`` (SAR downsampling) and other CRSs stay with GDAL.
+_NUMPY_RESAMPLING = {Resampling.bilinear: "bilinear", Resampling.nearest: "nearest"}
 
 
 # ---- pure helpers (tested exactly) ---------------------------------------------------------
@@ -109,6 +114,7 @@ class _Source:
     downsampling: bool
     res_in_grid: tuple[float, float]
     dtype: str
+    same_crs: bool  # the file is in the grid's CRS (then a north-up pair resamples in numpy)
 
 
 class AlignedScene:
@@ -215,6 +221,7 @@ class AlignedScene:
             downsampling=downsampling,
             res_in_grid=res_in_grid,
             dtype=ds.dtypes[indexes[0] - 1],
+            same_crs=ds.crs == self.grid.crs,
         )
 
     def _choose(
@@ -466,7 +473,6 @@ def _read_warped(
     c = len(src.indexes)
     dst_transform = grid.transform @ Affine.translation(col, row)
     data = np.full((c, h, w), np.nan, dtype=np.float32)
-    ok8 = np.zeros((h, w), dtype=np.uint8)
     left, top = dst_transform @ (0, 0)
     right, bottom = dst_transform @ (w, h)
     b = transform_bounds(
@@ -485,10 +491,11 @@ def _read_warped(
     r1 = min(ds.height, math.ceil(max(fwin.row_off, fwin.row_off + fwin.height)) + pad)
     c1 = min(ds.width, math.ceil(max(fwin.col_off, fwin.col_off + fwin.width)) + pad)
     if r1 <= r0 or c1 <= c0:
-        return data, ok8.astype(bool)
+        return data, np.zeros((h, w), dtype=bool)
     win = RioWindow(c0, r0, c1 - c0, r1 - r0)
     out_shape = None
     src_transform = ds.transform @ Affine.translation(c0, r0)
+    src_place = (ds.transform, r0, c0)  # the block in its file, for numpy resampling
     if stats:
         # Decimate the source read to about the coarse grid's resolution.
         f = int(min(grid.res[0] / src.res_in_grid[0], grid.res[1] / src.res_in_grid[1]))
@@ -497,6 +504,7 @@ def _read_warped(
             src_transform = src_transform @ Affine.scale(
                 (c1 - c0) / out_shape[1], (r1 - r0) / out_shape[0]
             )
+            src_place = (src_transform, 0, 0)
     vals, vok = _read_block(ds, src, win, out_shape)
     if src.kind == "sar":
         vals = convert_units(vals, src.units, "linear")
@@ -507,18 +515,56 @@ def _read_warped(
         resampling = Resampling.average
     else:
         resampling = Resampling.bilinear
+    geometry = _Geometry(src_transform, dst_transform, src_place, (grid.transform, row, col))
+    data, ok = _warp(vals, vok, ds, src, grid, geometry, data, resampling)
+    if src.kind == "sar":
+        data = convert_units(data, "linear", src.out_units)
+    return data, ok
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """Where a source block and a grid block lie: block transforms for GDAL, and each block's
+    raster transform with its first (row, col) for the numpy resampler."""
+
+    src_transform: Affine
+    dst_transform: Affine
+    src_place: tuple[Affine, int, int]
+    dst_place: tuple[Affine, int, int]
+
+
+def _warp(
+    vals: np.ndarray,
+    vok: np.ndarray,
+    ds: Any,
+    src: _Source,
+    grid: Grid,
+    geo: _Geometry,
+    data: np.ndarray,
+    resampling: Resampling,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a source block onto the grid block ``data`` covers: in numpy between north-up
+    grids of one CRS, with GDAL otherwise (and on ties). Returns (values, valid)."""
+    if (
+        src.same_crs
+        and resampling in _NUMPY_RESAMPLING
+        and axis_aligned(geo.src_transform, geo.dst_transform)
+    ):
+        method = _NUMPY_RESAMPLING[resampling]
+        shape = (data.shape[1], data.shape[2])
+        fast = resample_block(vals, vok, geo.src_place, geo.dst_place, shape, method)
+        if fast is not None:
+            return fast
+    ok8 = np.zeros(data.shape[1:], dtype=np.uint8)
     common = {
-        "src_transform": src_transform,
+        "src_transform": geo.src_transform,
         "src_crs": ds.crs,
-        "dst_transform": dst_transform,
+        "dst_transform": geo.dst_transform,
         "dst_crs": grid.crs,
     }
     with _WARP_LOCK:
         _reproject_pair(vals, data, vok, ok8, resampling, common)
-    ok = (ok8 > 0) & np.isfinite(data).all(axis=0)
-    if src.kind == "sar":
-        data = convert_units(data, "linear", src.out_units)
-    return data, ok
+    return data, (ok8 > 0) & np.isfinite(data).all(axis=0)
 
 
 def _reproject_pair(

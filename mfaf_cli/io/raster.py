@@ -402,11 +402,12 @@ class GeoTiffWriter:
             nodata=nodata,
             **self.options,
         )
-        stripe = int(self._ds.block_shapes[0][0])
-        self._buf = np.empty((count, min(stripe, self.height), self.width), dtype=dtype)
+        self._stripe = min(int(self._ds.block_shapes[0][0]), self.height)
+        self._cols = (0, self.width)  # the columns the buffer holds (one panel at a time)
+        self._buf = np.empty((count, self._stripe, self.width), dtype=dtype)
         self._buf_row0 = 0  # first raster row held in the buffer
         self._filled = 0  # rows of the buffer filled
-        self.rows_written = 0
+        self.pixels_written = 0
 
     @property
     def dataset(self) -> Any:
@@ -417,15 +418,23 @@ class GeoTiffWriter:
         """Bytes of one buffered stripe: what a single write needs on disk (uncompressed)."""
         return int(self._buf.nbytes)
 
-    def write_rows(self, row0: int, data: np.ndarray) -> None:
-        """Append rows ``row0 .. row0 + r`` (``data`` (count, r, W)); rows must come in order."""
+    def write_rows(self, row0: int, data: np.ndarray, col0: int = 0) -> None:
+        """Append rows ``row0 .. row0 + r`` of columns ``col0 .. col0 + w`` (``data``
+        (count, r, w)). Rows of one column range come in order; a new range (the next column
+        panel) flushes the last one and starts over. Whole-width rows are the usual case."""
+        cols = (col0, col0 + data.shape[2])
+        if data.shape[0] != self.count or col0 < 0 or cols[1] > self.width:
+            raise ValueError(
+                f"rows of shape {data.shape} at column {col0} for a {self.count}-band "
+                f"{self.width}-wide raster"
+            )
+        if cols != self._cols:
+            self._flush()
+            self._cols, self._buf_row0 = cols, row0
+            self._buf = np.empty((self.count, self._stripe, cols[1] - col0), self._buf.dtype)
         if row0 != self._buf_row0 + self._filled:
             raise ValueError(
                 f"rows out of order: got {row0}, expected {self._buf_row0 + self._filled}"
-            )
-        if data.shape[0] != self.count or data.shape[2] != self.width:
-            raise ValueError(
-                f"rows of shape {data.shape} for a {self.count}-band {self.width}-wide raster"
             )
         if row0 + data.shape[1] > self.height:
             raise ValueError(
@@ -444,9 +453,10 @@ class GeoTiffWriter:
         from rasterio.windows import Window as RioWindow
 
         if self._filled:
-            window = RioWindow(0, self._buf_row0, self.width, self._filled)
+            c0, c1 = self._cols
+            window = RioWindow(c0, self._buf_row0, c1 - c0, self._filled)
             self._ds.write(self._buf[:, : self._filled], window=window)
-            self.rows_written += self._filled
+            self.pixels_written += self._filled * (c1 - c0)
             self._buf_row0 += self._filled
             self._filled = 0
 
@@ -456,8 +466,10 @@ class GeoTiffWriter:
             return
         self._flush()
         self._ds.close()
-        if self.rows_written != self.height:
-            raise RuntimeError(f"{self.path}: {self.rows_written} of {self.height} rows written")
+        if self.pixels_written != self.height * self.width:
+            raise RuntimeError(
+                f"{self.path}: {self.pixels_written} of {self.height * self.width} pixels written"
+            )
 
     def abort(self) -> None:
         """Close without flushing or checking (the file is about to be deleted)."""
@@ -506,14 +518,14 @@ class LabelWriter(GeoTiffWriter):
         )
         ds.update_tags(1, **{f"CLASS_{k}": v for k, v in names.items()})
 
-    def write(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
-        self.write_index(row0, argmax_max(probs)[0], valid)
+    def write(self, row0: int, probs: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
+        self.write_index(row0, argmax_max(probs)[0], valid, col0)
 
-    def write_index(self, row0: int, idx: np.ndarray, valid: np.ndarray) -> None:
-        """Write rows given the arg-max class-plane index (r, W)."""
+    def write_index(self, row0: int, idx: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
+        """Write rows given the arg-max class-plane index (r, w)."""
         labels = ids_to_labels(idx, valid, self._ids)
         self.counts += np.bincount(labels.ravel(), minlength=256)
-        self.write_rows(row0, labels[None])
+        self.write_rows(row0, labels[None], col0)
 
 
 class ProbabilityWriter(GeoTiffWriter):
@@ -549,8 +561,8 @@ class ProbabilityWriter(GeoTiffWriter):
             MODEL_WEIGHTS=weights_status(meta),
         )
 
-    def write(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
-        self.write_rows(row0, scale_probs(probs, valid, self.prob_dtype))
+    def write(self, row0: int, probs: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
+        self.write_rows(row0, scale_probs(probs, valid, self.prob_dtype), col0)
 
 
 class ConfidenceWriter(GeoTiffWriter):
@@ -571,12 +583,12 @@ class ConfidenceWriter(GeoTiffWriter):
             self.dataset.scales = (1.0 / PROB_SCALE,)
             self.dataset.offsets = (0.0,)
 
-    def write(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
-        self.write_max(row0, argmax_max(probs)[1], valid)
+    def write(self, row0: int, probs: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
+        self.write_max(row0, argmax_max(probs)[1], valid, col0)
 
-    def write_max(self, row0: int, best: np.ndarray, valid: np.ndarray) -> None:
-        """Write rows given the maximum probability (r, W)."""
-        self.write_rows(row0, scale_probs(best[None], valid, self.prob_dtype))
+    def write_max(self, row0: int, best: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
+        """Write rows given the maximum probability (r, w)."""
+        self.write_rows(row0, scale_probs(best[None], valid, self.prob_dtype), col0)
 
 
 def to_cog(src: Path, options: Mapping[str, str], resampling: str) -> None:
@@ -680,19 +692,20 @@ class OutputSet:
             raise write_failure(final, err) from err
         return self
 
-    def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
-        """Merger sink: write finished rows ``probs`` (K, r, W), ``valid`` (r, W) everywhere."""
+    def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
+        """Merger sink: write finished rows ``probs`` (K, r, w), ``valid`` (r, w) of columns
+        ``col0 .. col0 + w`` (the whole width, or one column panel) everywhere."""
         idx, best = argmax_max(probs)  # one pass, shared by the counts, label and confidence
         self.pixels += valid.size
         self.class_counts += np.bincount(idx[valid], minlength=len(self.class_counts))
         for key, w in self.writers.items():
             with self._write_errors(key):
                 if isinstance(w, ProbabilityWriter):
-                    w.write(row0, probs, valid)
+                    w.write(row0, probs, valid, col0)
                 elif isinstance(w, LabelWriter):
-                    w.write_index(row0, idx, valid)
+                    w.write_index(row0, idx, valid, col0)
                 elif isinstance(w, ConfidenceWriter):
-                    w.write_max(row0, best, valid)
+                    w.write_max(row0, best, valid, col0)
 
     write = __call__
 

@@ -1,7 +1,9 @@
 """Sinks of the inference core: what happens to finished rows of blended probabilities.
 
-A sink is called with ``(row0, probs (K, r, W) float32, valid (r, W) bool)`` for consecutive
-row bands of the output grid, in order, from the core's merge worker thread. The GeoTIFF
+A sink is called with ``(row0, probs (K, r, w) float32, valid (r, w) bool, col0=0)`` for
+consecutive row bands of the output grid, in order, from the core's merge worker thread; a
+scene wider than the core's column panel comes panel by panel (each panel's rows in order,
+``col0`` its first column), so memory does not grow with the scene's width. The GeoTIFF
 outputs (label / probabilities / confidence) are :class:`~mfaf_cli.io.raster.OutputSet`;
 this module adds a confusion-matrix sink (so evaluate scores a scene without writing a map)
 and a null sink (so benchmarks measure the machinery alone).
@@ -27,7 +29,7 @@ class NullSink:
         self.pixels = 0
         self.valid_pixels = 0
 
-    def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
+    def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
         self.pixels += valid.size
         self.valid_pixels += int(valid.sum())
 
@@ -72,23 +74,23 @@ class ConfusionSink:
             self._ds.close()
             self._ds = None
 
-    def _truth_rows(self, row0: int, rows: int) -> np.ndarray:
+    def _truth_rows(self, row0: int, rows: int, col0: int, cols: int) -> np.ndarray:
         from rasterio.windows import Window as RioWindow
 
         from mfaf_cli.training.evaluate import truth_on_grid
 
         ds, g = self._ds, self.grid
         if ds.crs == g.crs and ds.transform == g.transform and ds.shape == (g.height, g.width):
-            t = ds.read(1, window=RioWindow(0, row0, g.width, rows)).astype(np.float64)
+            t = ds.read(1, window=RioWindow(col0, row0, cols, rows)).astype(np.float64)
             if ds.nodata is not None:
                 t[t == ds.nodata] = np.nan
             return t
         from rasterio.transform import Affine
 
-        transform = g.transform @ Affine.translation(0, row0)
-        return truth_on_grid(ds, g.crs, transform, (rows, g.width))
+        transform = g.transform @ Affine.translation(col0, row0)
+        return truth_on_grid(ds, g.crs, transform, (rows, cols))
 
-    def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
+    def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
         from mfaf_cli.io.raster import argmax_max
         from mfaf_cli.training.evaluate import truth_labels
         from mfaf_cli.training.metrics import confusion_matrix
@@ -96,7 +98,10 @@ class ConfusionSink:
         idx = argmax_max(probs)[0].astype(np.int64)
         idx[~valid] = self.ignore_index
         truth = truth_labels(
-            self._truth_rows(row0, valid.shape[0]), self.label_fn, self.mapping, self.ignore_index
+            self._truth_rows(row0, valid.shape[0], col0, valid.shape[1]),
+            self.label_fn,
+            self.mapping,
+            self.ignore_index,
         )
         try:
             self.confusion += confusion_matrix(idx, truth, self.num_classes, self.ignore_index)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -25,6 +25,9 @@ from mfaf_cli.coreg.align import AlignedScene, reflect_pad
 from mfaf_cli.tiling.windows import Window
 
 Chunk = tuple[dict[str, np.ndarray], np.ndarray]
+#: Applied to each chunk's arrays once, in the reader thread (e.g. the model's normalisation,
+#: which is per pixel, so a chunk normalised equals its windows normalised one by one).
+ChunkTransform = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 def chunk_edges(row_offsets: Sequence[int], tile: int, height: int) -> list[int]:
@@ -41,7 +44,8 @@ class StripReader:
 
     Windows must be requested from one thread in raster order of their rows (as the core
     does); ``threads`` chunk readers run ahead by up to ``ahead`` chunks (0: read in the
-    caller).
+    caller). ``transform`` (per-pixel) is applied to every chunk as it is read, so each pixel
+    is transformed once, in a reader thread, however many windows overlap it.
     """
 
     def __init__(
@@ -51,9 +55,14 @@ class StripReader:
         tile: int,
         threads: int = 1,
         ahead: int = 4,
+        transform: ChunkTransform | None = None,
+        cols: tuple[int, int] | None = None,
     ) -> None:
         self.scene = scene
+        self._transform = transform
         self.height, self.width = scene.grid.height, scene.grid.width
+        #: The grid columns the chunks span (a column panel's windows need no more).
+        self.cols = cols or (0, self.width)
         self.tile = tile
         self.edges = chunk_edges(row_offsets, tile, self.height)
         self._pool = (
@@ -68,7 +77,14 @@ class StripReader:
 
     def _read_chunk(self, j: int) -> Chunk:
         r0, r1 = self.edges[j], self.edges[j + 1]
-        return self.scene.read(Window(r0, 0, r1 - r0, self.width))
+        a, b = self.cols
+        return self._read_scene(Window(r0, a, r1 - r0, b - a))
+
+    def _read_scene(self, window: Window) -> Chunk:
+        arrays, valid = self.scene.read(window)
+        if self._transform is not None:
+            arrays = self._transform(arrays)
+        return arrays, valid
 
     def _chunk(self, j: int) -> Chunk:
         with self._lock:
@@ -98,7 +114,9 @@ class StripReader:
         r0, c0 = max(0, r0w), max(0, c0w)
         r1, c1 = min(self.height, r0w + hw), min(self.width, c0w + ww)
         if r1 <= r0 or c1 <= c0:
-            return self.scene.read(window)  # all outside: zeros, as the scene gives
+            return self._read_scene(window)  # all outside: zeros, as the scene gives
+        if c0 < self.cols[0] or c1 > self.cols[1]:
+            raise ValueError(f"{window} reaches past the reader's columns {self.cols}")
         first = bisect.bisect_right(self.edges, r0) - 1
         parts: list[Chunk] = []
         j = first
@@ -121,9 +139,10 @@ class StripReader:
         for k, (arrs, ok) in enumerate(parts):
             e0, e1 = self.edges[first + k], self.edges[first + k + 1]
             a, b = max(r0, e0) - e0, min(r1, e1) - e0
-            valids.append(ok[a:b, c0:c1])
+            x0, x1 = c0 - self.cols[0], c1 - self.cols[0]
+            valids.append(ok[a:b, x0:x1])
             for name, v in arrs.items():
-                arrays.setdefault(name, []).append(v[:, a:b, c0:c1])
+                arrays.setdefault(name, []).append(v[:, a:b, x0:x1])
         out = {name: np.concatenate(v, axis=1) for name, v in arrays.items()}
         return out, np.concatenate(valids, axis=0)
 
