@@ -52,15 +52,18 @@ def apply_normalisation(
     norm: Normalisation,
     lo: np.ndarray | None = None,
     hi: np.ndarray | None = None,
+    *,
+    copy: bool = True,
 ) -> np.ndarray:
     """Normalise a (C, H, W) array to the model's input distribution, as float32.
 
     For ``scene-percentile`` mode, ``lo``/``hi`` are the scene's per-band percentiles (from
     :func:`band_percentiles`); they are required. ``fixed`` mode ignores them and clips to the
     record's own bounds. Non-finite values become 0 after normalisation (they are masked as
-    nodata elsewhere and never reach the output).
+    nodata elsewhere and never reach the output). ``copy=False`` normalises a float32 ``arr``
+    in place (the inference core's freshly read chunks, which nothing else holds).
     """
-    x = arr.astype(np.float32, copy=True)
+    x = arr.astype(np.float32, copy=copy)
     c = x.shape[0]
     mean = np.asarray(norm.mean, dtype=np.float32).reshape(c, 1, 1)
     std = np.asarray(norm.std, dtype=np.float32).reshape(c, 1, 1)

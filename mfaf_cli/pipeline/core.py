@@ -126,16 +126,19 @@ def read_grid(grid: Grid, plan: WindowPlan) -> Grid:
 
 # ---- reader pool ------------------------------------------------------------------------------
 def normaliser(
-    meta: ModelMeta, percentiles: Percentiles
+    meta: ModelMeta, percentiles: Percentiles, *, in_place: bool = False
 ) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
-    """The model's per-pixel normalisation of a read's arrays (other modalities pass as read)."""
+    """The model's per-pixel normalisation of a read's arrays (other modalities pass as read);
+    ``in_place`` overwrites the arrays given (fresh reads that nothing else holds)."""
 
     def normalise(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = dict(arrays)
         for spec in meta.modalities:
             if spec.name in arrays:
                 lo, hi = percentiles.get(spec.name, (None, None))
-                out[spec.name] = apply_normalisation(arrays[spec.name], spec.normalisation, lo, hi)
+                out[spec.name] = apply_normalisation(
+                    arrays[spec.name], spec.normalisation, lo, hi, copy=not in_place
+                )
         return out
 
     return normalise
@@ -151,6 +154,8 @@ def prepare_batch(
 ) -> PreparedBatch:
     """Read and normalise a batch (``normalised``: ``scene`` already returns normalised
     arrays); windows without a single valid pixel are left out."""
+    if normalised and hasattr(scene, "read_into") and windows:
+        return _fill_batch(scene, windows, meta)
     per_mod: dict[str, list[np.ndarray]] = {m: [] for m in meta.modality_names}
     valids: list[np.ndarray] = []
     run: list[int] = []
@@ -167,6 +172,21 @@ def prepare_batch(
             per_mod[m].append(arrays[m])
     stacked = {m: np.stack(v) if v else np.empty((0,)) for m, v in per_mod.items()}
     return PreparedBatch(windows, run, stacked, np.stack(valids))
+
+
+def _fill_batch(scene: Any, windows: list[Window], meta: ModelMeta) -> PreparedBatch:
+    """:func:`prepare_batch` from a reader that writes windows straight into batch slots."""
+    n, (h, w) = len(windows), windows[0].shape
+    arrays: dict[str, np.ndarray] = {
+        m.name: np.empty((n, m.n_bands, h, w), np.float32) for m in meta.modalities
+    }
+    valid = np.empty((n, h, w), dtype=bool)
+    for i, win in enumerate(windows):
+        scene.read_into(win, {m: a[i] for m, a in arrays.items()}, valid[i])
+    run = [i for i in range(n) if valid[i].any()]
+    if len(run) < n:
+        arrays = {m: a[run] if run else np.empty((0,)) for m, a in arrays.items()}
+    return PreparedBatch(windows, run, arrays, valid)
 
 
 def iter_prepared(
@@ -361,8 +381,9 @@ def _run_panel(
     merger = StreamingMerger(plan.height, plan.width, meta.num_classes, plan.windows,
                              plan.weight_fn(blend), sink)  # fmt: skip
     worker = MergeWorker(merger)
+    normalise = normaliser(meta, percentiles, in_place=True)
     reader = StripReader(scene, [w.row_off for w in reads], plan.tile, threads=read_threads,
-                         ahead=max(2, read_threads), transform=normaliser(meta, percentiles),
+                         ahead=max(2, read_threads), transform=normalise,
                          cols=read_columns(plan, scene.grid.width))  # fmt: skip
     model_s, ok, skipped = 0.0, False, []
     try:
