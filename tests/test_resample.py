@@ -69,12 +69,17 @@ def test_equals_gdal_on_random_geometries():
     assert compared > 100  # ties are rare: almost every case ran in numpy
 
 
-def test_blocks_are_bit_identical_to_one_read():
-    """Row chunks and column panels see the same taps and weights as the whole read."""
+@pytest.mark.parametrize("holes", ["scattered", "one corner"])
+def test_blocks_are_bit_identical_to_one_read(holes):
+    """Row chunks and column panels see the same taps and weights as the whole read, whether
+    or not their own source block holds an invalid pixel."""
     rng = np.random.default_rng(1)
     file_t, grid_t = from_origin(0, 0, 20.0, 20.0), from_origin(3.0, -7.0, 10.0, 10.0)
     vals = rng.gamma(2.0, 0.05, (1, 40, 40)).astype(np.float32)
     vok = rng.random((40, 40)) > 0.1
+    if holes == "one corner":  # blocks away from it are all valid, the whole read is not
+        vok[:] = True
+        vok[0, 0] = False
     whole = resample_block(vals, vok, (file_t, 0, 0), (grid_t, 0, 0), (70, 70), "bilinear")
     assert whole is not None
     for r0, c0, h, w in [(0, 0, 70, 33), (0, 33, 70, 37), (21, 0, 30, 70), (5, 9, 40, 50)]:

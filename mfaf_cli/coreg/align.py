@@ -369,7 +369,8 @@ class AlignedScene:
                 data = convert_units(data, src.units, src.out_units)
         else:
             data, ok = _read_warped(ds, src, grid, row, col, h, w, stats=stats)
-        data[:, ~ok] = np.nan
+        if not ok.all():
+            data[:, ~ok] = np.nan
         return data, ok
 
     def read_modality(self, name: str, window: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -74,8 +74,9 @@ def nearest_taps(u: np.ndarray, start: int, n_src: int) -> tuple[np.ndarray, np.
 
 
 def bilinear_taps(u: np.ndarray, start: int, n_src: int) -> Taps:
-    """The two source pixels whose centres bracket each output centre, weighted by distance;
-    a neighbour past the block's edge gets weight 0 (its twin then carries the value)."""
+    """The two source pixels whose centres bracket each output centre, weighted by distance
+    and normalised to sum 1; a neighbour past the block's edge gets weight 0 (its twin then
+    carries the value, as GDAL renormalises there)."""
     _, inside = nearest_taps(u, start, n_src)
     v = u - 0.5
     g0 = np.floor(v)
@@ -84,6 +85,9 @@ def bilinear_taps(u: np.ndarray, start: int, n_src: int) -> Taps:
     i1 = i0 + 1
     w0 = np.where((i0 >= 0) & (i0 < n_src), np.float32(1) - frac, np.float32(0))
     w1 = np.where((i1 >= 0) & (i1 < n_src), frac, np.float32(0))
+    total = w0 + w1
+    np.divide(w0, total, out=w0, where=total > 0)
+    np.divide(w1, total, out=w1, where=total > 0)
     return Taps(np.clip(i0, 0, n_src - 1), np.clip(i1, 0, n_src - 1), w0, w1, inside)
 
 
@@ -96,29 +100,33 @@ def _pass(a: np.ndarray, taps: Taps, axis: int) -> np.ndarray:
     return out
 
 
+def _touches(bad: np.ndarray, taps: Taps, axis: int) -> np.ndarray:
+    """Whether either tap with a non-zero weight along ``axis`` is ``bad``."""
+    shape = [1] * bad.ndim
+    shape[axis] = -1
+    out = np.take(bad, taps.i0, axis=axis) & (taps.w0 > 0).reshape(shape)
+    out |= np.take(bad, taps.i1, axis=axis) & (taps.w1 > 0).reshape(shape)
+    return out
+
+
 def bilinear(
     vals: np.ndarray, valid: np.ndarray, rows: Taps, cols: Taps
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bilinear over valid source pixels only: (C,h,w) values, NaN where no weight is valid.
 
-    The weights are separable, so the sums over the 2×2 neighbourhood of values × validity and
-    of validity alone are a column pass then a row pass; their ratio renormalises over the
-    valid neighbours as GDAL does. A fully valid block takes a shortcut with the same float
-    operations (so blocks stay bit-identical whichever way they go).
+    The weights are separable: a column pass, then a row pass. A pixel whose four taps are
+    valid is just that weighted sum; one that touches an invalid pixel is divided by the
+    weight of its valid taps (GDAL's renormalisation). The choice is per pixel, so a pixel's
+    value never depends on the block it was read in.
     """
-    if valid.all():
-        num = _pass(_pass(vals, cols, 2), rows, 1)
-        cden = cols.w0 + cols.w1
-        den = cden[None, :] * rows.w0[:, None]
-        den += cden[None, :] * rows.w1[:, None]
-    else:
-        m = valid.astype(np.float32)
-        num = _pass(_pass(np.where(valid, vals, np.float32(0)), cols, 2), rows, 1)
-        den = _pass(_pass(m[None], cols, 2), rows, 1)[0]
-    ok = (den >= MIN_WEIGHT) & rows.inside[:, None] & cols.inside[None, :]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        num /= den
-    num[:, ~ok] = np.nan
+    num = _pass(_pass(np.where(valid, vals, np.float32(0)), cols, 2), rows, 1)
+    ok = rows.inside[:, None] & cols.inside[None, :]
+    if not valid.all():
+        touched = _touches(_touches(~valid, cols, 1), rows, 0)
+        den = _pass(_pass(valid.astype(np.float32)[None], cols, 2), rows, 1)[0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            np.divide(num, den, out=num, where=touched)
+        ok &= den >= MIN_WEIGHT
     return num, ok
 
 
@@ -167,5 +175,6 @@ def resample_block(
         raise ValueError(f"numpy resampling does {method!r}? only bilinear and nearest")
     data, ok = bilinear(vals, valid, bilinear_taps(v, sr, hs), bilinear_taps(u, sc, ws))
     ok &= near_ok
-    data[:, ~ok] = np.nan
+    if not ok.all():
+        data[:, ~ok] = np.nan
     return data, ok
