@@ -268,13 +268,14 @@ class AlignedScene:
         """SAR units of the values returned by :meth:`read` (per SAR modality)."""
         return {k: s.out_units for k, s in self.sources.items() if s.kind == "sar"}
 
-    def cache_bytes(self, tile: int) -> int:
-        """A GDAL block-cache size that holds the source rows a row of windows touches.
+    def cache_bytes(self, tile: int, columns: int | None = None) -> int:
+        """A GDAL block-cache size that holds the source blocks a row of windows touches.
 
         GDAL's default cache (5 % of RAM) keeps every decoded block of a scene read window by
         window, so memory would grow with the scene; this is enough for raster-order reads
         (two block rows plus a window's height per input, all bands of pixel-interleaved
-        files) and no more, clamped to [32 MiB, 2 GiB].
+        files) over ``columns`` grid columns at a time (a column panel and its windows'
+        reach; default the whole grid) and no more, clamped to [32 MiB, 2 GiB].
         """
         from rasterio.enums import Interleaving
 
@@ -283,10 +284,13 @@ class AlignedScene:
             ds = self._handles()[name]
             bands = ds.count if ds.interleaving == Interleaving.pixel else len(src.indexes)
             itemsize = np.dtype(ds.dtypes[src.indexes[0] - 1]).itemsize
-            block_h = int(ds.block_shapes[0][0])
+            block_h, block_w = (int(v) for v in ds.block_shapes[0])
             span = math.ceil(tile * self.grid.res[1] / max(src.res_in_grid[1], 1e-12))
             rows = ((span - 1) // block_h + 2) * block_h  # block rows a window row can touch
-            total += rows * ds.width * bands * itemsize
+            cols = columns if columns is not None else self.grid.width
+            across = math.ceil(cols * self.grid.res[0] / max(src.res_in_grid[0], 1e-12))
+            width = min(ds.width, ((across - 1) // block_w + 2) * block_w)
+            total += rows * width * bands * itemsize
         return int(min(max(total + (16 << 20), 32 << 20), 2 << 30))
 
     def _handles(self) -> dict[str, Any]:

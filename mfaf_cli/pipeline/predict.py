@@ -30,6 +30,7 @@ from mfaf_cli.errors import InputError, ModalityError, OutputPathError, UsageErr
 from mfaf_cli.io.inputs import check_readable
 from mfaf_cli.malloc import limit_malloc_growth as limit_malloc_growth
 from mfaf_cli.metadata import ALL_MODALITIES, ModelMeta
+from mfaf_cli.pipeline import core
 from mfaf_cli.pipeline.core import (  # noqa: F401 (PreparedBatch, ...: re-exported)
     PreparedBatch,
     iter_prepared,
@@ -211,7 +212,7 @@ def run_on_scene(
     with (
         AlignedScene(inputs, read_grid(grid, plan), bands=bands, units=sar_units, meta=meta)
         as scene,
-        _bounded_gdal_cache(scene, spec.tile),
+        _bounded_gdal_cache(scene, spec.tile, core.PANEL_WIDTH + 2 * spec.tile),
     ):  # fmt: skip
         for m, c in scene.band_choices.items():
             log.info("%s bands: %s", m, c.summary())
@@ -247,7 +248,7 @@ def _extent_percentiles(
         return crop.percentiles(meta)
 
 
-def _bounded_gdal_cache(scene: AlignedScene, tile: int) -> Any:
+def _bounded_gdal_cache(scene: AlignedScene, tile: int, columns: int | None = None) -> Any:
     """Cap GDAL's block cache for this run (unless the user set GDAL_CACHEMAX), so peak
     memory does not grow with the scene; see :meth:`AlignedScene.cache_bytes`."""
     import contextlib
@@ -256,7 +257,7 @@ def _bounded_gdal_cache(scene: AlignedScene, tile: int) -> Any:
 
     if os.environ.get("GDAL_CACHEMAX"):
         return contextlib.nullcontext()
-    return rasterio.Env(GDAL_CACHEMAX=scene.cache_bytes(tile))
+    return rasterio.Env(GDAL_CACHEMAX=scene.cache_bytes(tile, columns))
 
 
 def vectorize_finished_map(
