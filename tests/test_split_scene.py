@@ -72,13 +72,13 @@ def _assert_same(a: dict[str, object], b: dict[str, object]) -> None:
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def centred(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A narrow random U-Net whose head bias is centred on this scene, so both classes occur
     and labels flip wherever blending or context differ (an all-one-class map hides that)."""
     from mfaf_cli.io.weights import save_checkpoint
     from mfaf_cli.models import registry
 
-    folder = tmp_path_factory.mktemp("ckpt")
+    folder = tmp_path_factory.mktemp("centred")
     meta = replace(registry.default_meta("unet", None, 2, base_width=4), trained=True,
                    tile_size=64)  # fmt: skip
     torch.manual_seed(3)
@@ -95,12 +95,12 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def single(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+def single(centred: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
     """The scene's inputs and the outputs of one process over the whole scene."""
     folder = tmp_path_factory.mktemp("split")
     inputs = _scene(folder / "in")
     outs = _outputs(folder, "single")
-    predict(inputs, outs["label"], str(ckpt), probabilities=outs["probabilities"],
+    predict(inputs, outs["label"], str(centred), probabilities=outs["probabilities"],
             confidence=outs["confidence"], probabilities_dtype="float32", progress=False,
             **OPTS)  # fmt: skip
     read = _read(outs)
@@ -124,11 +124,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_two_gloo_ranks_equal_one_process(ckpt: Path, single, tmp_path: Path) -> None:
+def test_two_gloo_ranks_equal_one_process(centred: Path, single, tmp_path: Path) -> None:
     inputs, ref = single
     outs = _outputs(tmp_path, "split")
     cmd = [sys.executable, "-m", "mfaf_cli", "predict", "--optical", str(inputs["optical"]),
-           "--sar", str(inputs["sar"]), "--model", str(ckpt), "-o", str(outs["label"]),
+           "--sar", str(inputs["sar"]), "--model", str(centred), "-o", str(outs["label"]),
            "--probabilities", str(outs["probabilities"]), "--confidence",
            str(outs["confidence"]), "--probabilities-dtype", "float32", *FLAGS,
            "--split-scene", "--json", "-q"]  # fmt: skip
@@ -149,18 +149,19 @@ def test_two_gloo_ranks_equal_one_process(ckpt: Path, single, tmp_path: Path) ->
     )  # parts, their sidecars and the lock are gone
 
 
-def test_shard_processes_last_one_assembles(ckpt: Path, single, tmp_path: Path, runner) -> None:
+def test_shard_processes_last_one_assembles(centred: Path, single, tmp_path: Path, runner) -> None:
     """Without a process group (--shard, Slurm): parts of another run are refused, the last
     process to finish assembles, and --assemble redoes it after a killed assembler."""
     inputs, ref = single
     outs = _outputs(tmp_path, "split")
     kw = dict(probabilities=outs["probabilities"], confidence=outs["confidence"],
               probabilities_dtype="float32", progress=False, **OPTS)  # fmt: skip
-    first = predict_split(inputs, outs["label"], str(ckpt), shard="0/2", **kw)
+    first = predict_split(inputs, outs["label"], str(centred), shard="0/2", **kw)
     assert not first.assembled and Path(first.part_files["label"]).exists()
-    other = predict_split(inputs, outs["label"], str(ckpt), shard="1/2", **{**kw, "overlap": 0.5})
-    assert not other.assembled  # part 0 is from another run (overlap): not its to assemble
-    args = ["predict", "--optical", inputs["optical"], "--sar", inputs["sar"], "--model", ckpt,
+    other = predict_split(inputs, outs["label"], str(centred), shard="1/2",
+                          **{**kw, "overlap": 0.5})  # fmt: skip
+    assert not other.assembled  # to this run, part 0 is another run's (overlap 0.25)
+    args = ["predict", "--optical", inputs["optical"], "--sar", inputs["sar"], "--model", centred,
             "-o", outs["label"], "--probabilities", outs["probabilities"], "--confidence",
             outs["confidence"], "--probabilities-dtype", "float32", *FLAGS, "--assemble",
             "--shard", "0/2", "-q"]  # fmt: skip
@@ -170,9 +171,40 @@ def test_shard_processes_last_one_assembles(ckpt: Path, single, tmp_path: Path, 
 
     lock = tmp_path / f".{outs['label'].name}.mfaf-assemble.lock"
     lock.write_text("12345\n")  # an assembler that was killed
-    again = predict_split(inputs, outs["label"], str(ckpt), shard="1/2", **kw)
+    again = predict_split(inputs, outs["label"], str(centred), shard="1/2", **kw)
     assert not again.assembled and not outs["label"].exists()
     code, _, err = runner(*args[:-3], "--json")  # N found from the part files
     assert code == 0, err
     _assert_same(_read(outs), ref)
     assert not lock.exists() and not list(tmp_path.glob("*.part-*"))
+
+
+@pytest.mark.parametrize(
+    "grid",
+    [
+        {"bounds": (500_130.0, 4_498_610.0, 501_870.0, 4_499_880.0)},  # a crop, on the lattice
+        {"resolution": 12.5},  # a resampled grid: it anchors its own windows
+    ],
+    ids=["crop", "resampled"],
+)
+def test_three_strips_on_other_grids(centred: Path, single, tmp_path: Path, grid: dict) -> None:
+    inputs, _ = single
+    kw = {**OPTS, **grid, "probabilities_dtype": "float32", "progress": False}
+    one, three = _outputs(tmp_path, "one"), _outputs(tmp_path, "three")
+    predict(inputs, one["label"], str(centred), probabilities=one["probabilities"],
+            confidence=one["confidence"], **kw)  # fmt: skip
+    recs = [predict_split(inputs, three["label"], str(centred), shard=f"{i}/3",
+                          probabilities=three["probabilities"], confidence=three["confidence"],
+                          **kw) for i in (2, 0, 1)]  # fmt: skip
+    assert [r.assembled for r in recs] == [False, False, True]
+    assert recs[1].rows[0] == 0 and recs[0].rows[1] == _read(one)["label"][0].shape[1]  # type: ignore[index]
+    _assert_same(_read(three), _read(one))
+
+
+def test_split_scene_usage_errors(runner, tmp_path: Path) -> None:
+    base = ["predict", "--optical", tmp_path / "a.tif", "-o", tmp_path / "m.tif", "--split-scene"]
+    code, _, err = runner(*base, "--vector", tmp_path / "m.gpkg")
+    assert code == 2 and "--vector cannot be used with --split-scene" in err
+    code, _, err = runner("predict", "--optical", tmp_path / "a.tif", "-o", tmp_path / "m.tif",
+                          "--shard", "0/2")  # fmt: skip
+    assert code == 2 and "--split-scene" in err

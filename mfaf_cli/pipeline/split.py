@@ -457,23 +457,28 @@ def _copy_rows(part: Path, writer: Any, row0: int, final: Path) -> None:
 
 def assemble(run: _Run, count: int) -> dict[str, str]:
     """Write the final outputs from the ``count`` parts (atomically), then remove the parts."""
-    from mfaf_cli.io.raster import remove_quietly
-
     fp = run.fingerprint(count)
     finals = {k: Path(f) for k, f in run.finals.items() if f is not None}
     parts = {k: check_parts(f, count, fp, run.grid) for k, f in finals.items()}
     first = next(iter(parts.values()))
     if sum(int((read_part_info(p) or {}).get("valid", 0)) for p, _ in first) == 0:
+        _remove_parts(parts)  # as a single run, nothing is left behind
         names = ", ".join(f"{m} {Path(p).name}" for m, p in run.inputs.items())
         raise InputError(f"no pixel has data in every input ({names}): there is nothing to predict")
     with run.output_set(run.grid, {k: finals.get(k) for k in OUTPUT_KEYS}) as out:
         for key, writer in out.writers.items():
             for part, row0 in parts[key]:
                 _copy_rows(part, writer, row0, finals[key])
+    _remove_parts(parts)
+    return {k: str(f.absolute()) for k, f in finals.items()}
+
+
+def _remove_parts(parts: Mapping[str, list[tuple[Path, int]]]) -> None:
+    from mfaf_cli.io.raster import remove_quietly
+
     for plist in parts.values():
         for p, _ in plist:
             remove_quietly(p)
-    return {k: str(f.absolute()) for k, f in finals.items()}
 
 
 @contextlib.contextmanager
@@ -623,6 +628,9 @@ def predict_split(
     default from torchrun / Slurm) and ``assemble_only`` (only assemble the parts on disk)."""
     t0 = time.perf_counter()
     share = resolve_shard(shard)
+    if share.count == 1 and not assemble_only:
+        log.warning("--split-scene without --shard I/N, torchrun or a Slurm array: this one "
+                    "process predicts the whole scene")  # fmt: skip
     spec = InferenceSpec(
         tile, overlap, batch_size, blend, device_for(share, device), engine, precision, threads
     )
