@@ -304,6 +304,8 @@ def _prepare(
     grid_opts: Mapping[str, Any],
     options: dict[str, Any],
 ) -> _Run:
+    """predict's checks in predict's order (outputs, inputs, model, tiling), then the full
+    grid, its plan anchor and scene statistics: the same in every process of the run."""
     flat = {k: os.fspath(v) for k, v in inputs.items() if v is not None}
     band_lists = {k: list(v) for k, v in (bands or {}).items() if v}
     stray = [m for m in band_lists if m not in flat]
