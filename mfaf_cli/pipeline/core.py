@@ -11,6 +11,9 @@ Stages, each on its own thread(s) so that none waits for another:
    **sink** — label/probability/confidence GeoTIFFs (:class:`~mfaf_cli.io.raster.OutputSet`),
    a confusion matrix (:class:`~mfaf_cli.pipeline.sinks.ConfusionSink`) or nothing
    (:class:`~mfaf_cli.pipeline.sinks.NullSink`). A new output is one sink class.
+   With a torch predictor on CUDA the band lives on the GPU instead
+   (:class:`~mfaf_cli.stitch.torch_merger.DeviceMerger`, see :func:`use_device_merger`):
+   probabilities stay there and only labels and the planes the sink asks for come back.
 
 Windows come from a :class:`~mfaf_cli.tiling.plan.WindowPlan` anchored to the reference
 raster's pixel grid, so a crop computes exactly the windows of the whole run.
@@ -19,6 +22,7 @@ raster's pixel grid, so a crop computes exactly the windows of the whole run.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sys
 import threading
@@ -242,6 +246,56 @@ class MergeWorker:
             raise self._error
 
 
+# ---- which merger ------------------------------------------------------------------------------
+#: ``1``: use the device merger wherever the predictor and sink allow it (on CPU too, for
+#: tests); ``0``: never; unset: only for a torch predictor on CUDA.
+DEVICE_MERGER_ENV = "MFAF_DEVICE_MERGER"
+
+
+def use_device_merger(
+    predictor: Any, sink: Any, num_classes: int, force: bool | None = None
+) -> bool:
+    """Whether to keep the row band on the predictor's device: the predictor can hand out
+    device tensors (``predict_tensor``), the sink takes finished rows, the index fits uint8,
+    and the device is a GPU (or ``force`` / :data:`DEVICE_MERGER_ENV` says so)."""
+    from mfaf_cli.stitch.rows import MAX_INDEXED_CLASSES, FinishedRowsSink
+
+    if force is None:
+        env = os.environ.get(DEVICE_MERGER_ENV, "").strip()
+        force = {"1": True, "0": False}.get(env)
+    able = (
+        callable(getattr(predictor, "predict_tensor", None))
+        and isinstance(sink, FinishedRowsSink)
+        and num_classes <= MAX_INDEXED_CLASSES
+    )
+    if not able or force is False:
+        return False
+    return bool(force) or str(getattr(predictor, "device", "cpu")).startswith("cuda")
+
+
+def make_merger(
+    plan: WindowPlan, meta: ModelMeta, predictor: Any, sink: Any, blend: Blend, device: bool
+) -> tuple[Any, Callable[[Any], Any]]:
+    """``(merger, predict)``: the numpy merger fed by ``predictor(batch)``, or (``device``)
+    the device merger fed by ``predictor.predict_tensor(batch)``."""
+    from mfaf_cli.stitch import StreamingMerger
+
+    weight_fn = plan.weight_fn(blend)
+    if not device:
+        merger = StreamingMerger(plan.height, plan.width, meta.num_classes, plan.windows,
+                                 weight_fn, sink)  # fmt: skip
+        return merger, predictor
+    from mfaf_cli.stitch.torch_merger import DeviceMerger
+
+    log.debug("row band on %s", predictor.device)
+    on_device = DeviceMerger(
+        plan.height, plan.width, meta.num_classes, plan.windows, weight_fn,
+        sink.write_finished, device=predictor.device, needs=sink.row_needs(),
+        nonfinite=getattr(predictor, "nonfinite_error", None),
+    )  # fmt: skip
+    return on_device, predictor.predict_tensor
+
+
 # ---- the pass over a scene ---------------------------------------------------------------------
 def run_scene(
     scene: AlignedScene,
@@ -256,19 +310,19 @@ def run_scene(
     read_threads: int,
     progress: bool = False,
     desc: str = "predict",
+    device_merger: bool | None = None,
 ) -> RunStats:
     """Stream every window of ``plan`` through ``predictor`` into ``sink``.
 
     ``scene`` reads the plan's read grid; the sink receives finished rows of the output grid
-    in order, ``(row0, probs (K, r, W), valid (r, W))``."""
+    in order, ``(row0, probs (K, r, W), valid (r, W))``, or as ``sink.write_finished(rows)``
+    from the device merger (``device_merger``: see :func:`use_device_merger`)."""
     from tqdm import tqdm
-
-    from mfaf_cli.stitch import StreamingMerger
 
     reads = [plan.read_window(w) for w in plan.windows]
     to_out = dict(zip(reads, plan.windows, strict=True))
-    merger = StreamingMerger(plan.height, plan.width, meta.num_classes, plan.windows,
-                             plan.weight_fn(blend), sink)  # fmt: skip
+    on_device = use_device_merger(predictor, sink, meta.num_classes, device_merger)
+    merger, predict = make_merger(plan, meta, predictor, sink, blend, on_device)
     bar = tqdm(total=len(reads), unit="win", desc=desc, disable=not progress,
                file=sys.stderr, dynamic_ncols=True)  # fmt: skip
     worker = MergeWorker(merger)
@@ -283,7 +337,7 @@ def run_scene(
             probs: list[Any] = [None] * len(pb.windows)
             if pb.run:
                 t0 = time.perf_counter()
-                out = predictor(pb.arrays)
+                out = predict(pb.arrays)
                 model_s += time.perf_counter() - t0
                 for k, i in enumerate(pb.run):
                     probs[i] = out[k]

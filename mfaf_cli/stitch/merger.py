@@ -16,7 +16,7 @@ finished, how far the band reaches); :class:`StreamingMerger` keeps the band in 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -25,9 +25,11 @@ from mfaf_cli.tiling.windows import Window
 #: ``sink(row0, probs (K, r, W) float32, valid (r, W) bool)``; called for finished rows, in order.
 Sink = Callable[[int, np.ndarray, np.ndarray], None]
 WeightFn = Callable[[Window], np.ndarray]
+#: The band's array type: numpy arrays, or torch tensors on a device.
+A = TypeVar("A")
 
 
-class RowBandMerger:
+class RowBandMerger(Generic[A]):
     """Window and row bookkeeping of a streaming merger; subclasses hold the band itself.
 
     Args:
@@ -141,9 +143,11 @@ class RowBandMerger:
         """Make the buffers ``rows`` rows tall, keeping their first ``used`` rows."""
         raise NotImplementedError
 
-    def _accumulate(
-        self, p: Any, w: np.ndarray, v: np.ndarray | None, b: slice, cols: slice
-    ) -> None:
+    def _weights(self, window: Window, shape: tuple[int, int], ys: slice, xs: slice) -> A:
+        """Blend weights of the clipped part ``[ys, xs]`` (of size ``shape``) of ``window``."""
+        raise NotImplementedError
+
+    def _accumulate(self, p: A, w: A, v: np.ndarray | None, b: slice, cols: slice) -> None:
         """Add probabilities ``p`` (K, r, c) with weights ``w`` (r, c) to band rows ``b``."""
         raise NotImplementedError
 
@@ -166,13 +170,14 @@ class RowBandMerger:
         except KeyError:
             raise ValueError(f"{window} is not in the plan or was already added") from None
 
-    def _weights(self, window: Window, shape: tuple[int, int], ys: slice, xs: slice) -> np.ndarray:
+    def _window_weights(self, window: Window) -> np.ndarray | None:
+        """``weight_fn(window)`` as float32, checked; None for equal weights."""
         if self._weight_fn is None:
-            return np.ones(shape, dtype=np.float32)
+            return None
         w = np.asarray(self._weight_fn(window), dtype=np.float32)
         if w.shape != window.shape:
             raise ValueError(f"weight_fn gave shape {w.shape} for {window}")
-        return w[ys, xs]
+        return w
 
     def _grow_to(self, row_end: int) -> None:
         """Make the band reach ``row_end`` (absolute), reallocating only if it must."""
@@ -208,7 +213,7 @@ class RowBandMerger:
         self._band_end = max(self._band_end, stop)
 
 
-class StreamingMerger(RowBandMerger):
+class StreamingMerger(RowBandMerger[np.ndarray]):
     """Blend window probabilities in a rolling band of rows (numpy) and emit finished rows.
 
     Arguments as :class:`RowBandMerger`, plus ``sink``: receives finished rows (fresh arrays
@@ -247,6 +252,10 @@ class StreamingMerger(RowBandMerger):
             self._acc[:, :used] = acc[:, :used]
             self._wsum[:used] = wsum[:used]
             self._invalid[:used] = inv[:used]
+
+    def _weights(self, window: Window, shape: tuple[int, int], ys: slice, xs: slice) -> np.ndarray:
+        w = self._window_weights(window)
+        return np.ones(shape, dtype=np.float32) if w is None else w[ys, xs]
 
     def _accumulate(
         self, p: np.ndarray, w: np.ndarray, v: np.ndarray | None, b: slice, cols: slice
