@@ -273,6 +273,12 @@ def use_device_merger(
     return bool(force) or str(getattr(predictor, "device", "cpu")).startswith("cuda")
 
 
+def _nonfinite_error() -> Exception:
+    from mfaf_cli.errors import EngineError
+
+    return EngineError("the model produced non-finite probabilities")
+
+
 def make_merger(
     plan: WindowPlan, meta: ModelMeta, predictor: Any, sink: Any, blend: Blend, device: bool
 ) -> tuple[Any, Callable[[Any], Any]]:
@@ -291,7 +297,7 @@ def make_merger(
     on_device = DeviceMerger(
         plan.height, plan.width, meta.num_classes, plan.windows, weight_fn,
         sink.write_finished, device=predictor.device, needs=sink.row_needs(),
-        nonfinite=getattr(predictor, "nonfinite_error", None),
+        nonfinite=getattr(predictor, "nonfinite_error", _nonfinite_error),
     )  # fmt: skip
     return on_device, predictor.predict_tensor
 

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from mfaf_cli.errors import EngineError
 from mfaf_cli.metadata import NODATA_LABEL
 from mfaf_cli.stitch.merger import RowBandMerger, WeightFn
 from mfaf_cli.stitch.rows import (
@@ -66,10 +65,10 @@ class DeviceMerger(RowBandMerger[torch.Tensor]):
     """:class:`~mfaf_cli.stitch.StreamingMerger` on ``device``, emitting
     :class:`~mfaf_cli.stitch.rows.FinishedRows` to ``sink``.
 
-    ``add`` takes probabilities as tensors (any device; numpy is accepted too). A non-finite
-    value in any added window raises ``nonfinite()`` (default: an
-    :class:`~mfaf_cli.errors.EngineError`) at the next emission, when the host waits for the
-    device anyway.
+    ``add`` takes probabilities as tensors (any device; numpy is accepted too). With
+    ``nonfinite`` given, a NaN / inf anywhere in an added window (the check a predictor does
+    on its host output) raises ``nonfinite()`` at the next emission, when the host waits for
+    the device anyway; without it, invalid pixels may hold anything, as in StreamingMerger.
     """
 
     def __init__(
@@ -104,7 +103,8 @@ class DeviceMerger(RowBandMerger[torch.Tensor]):
     def add(self, window: Window, probs: Any, valid: np.ndarray | None = None) -> None:
         with torch.inference_mode():
             probs = torch.as_tensor(probs, dtype=torch.float32, device=self.device)
-            self._finite &= torch.isfinite(probs).all()  # no host sync: checked at emission
+            if self._nonfinite is not None:  # no host sync here: checked at emission
+                self._finite &= torch.isfinite(probs).all()
             super().add(window, probs, valid)
 
     def add_skipped(self, window: Window) -> None:
@@ -138,7 +138,7 @@ class DeviceMerger(RowBandMerger[torch.Tensor]):
         if hit is None or hit[0] is not w:
             if len(self._weight_cache) >= _WEIGHT_CACHE:
                 self._weight_cache.clear()
-            hit = (w, torch.from_numpy(np.ascontiguousarray(w)).to(self.device))
+            hit = (w, torch.tensor(w, device=self.device))
             self._weight_cache[id(w)] = hit  # keeps ``w`` alive, so its id stays unique
         return hit[1][ys, xs]
 
@@ -209,7 +209,5 @@ class DeviceMerger(RowBandMerger[torch.Tensor]):
         return [None if h is None else h.numpy() for h in host]
 
     def _check_finite(self) -> None:
-        if not bool(self._finite.item()):
-            if self._nonfinite is not None:
-                raise self._nonfinite()
-            raise EngineError("the model produced non-finite probabilities")
+        if self._nonfinite is not None and not bool(self._finite.item()):
+            raise self._nonfinite()
