@@ -233,3 +233,18 @@ def test_confusion_and_null_sinks_through_the_device_merger(
     assert out["1", "confusion"].sum() > 0
     assert out["1", "null"] == out["0", "null"]
     assert out["1", "null"][0] == 70 * 90 > out["1", "null"][1] > 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_predict_tensor_equals_the_host_output(ckpt: Path, device: str) -> None:
+    """Chunked by the predictor's batch size (the last chunk partial), left on the device."""
+    from mfaf_cli.engine import create_predictor
+
+    pr = create_predictor(str(ckpt), engine="torch", device=device, precision="fp32",
+                          batch_size=2)  # fmt: skip
+    rng = np.random.default_rng(0)
+    batch = {m.name: rng.normal(size=(5, m.n_bands, 32, 32)).astype(np.float32)
+             for m in pr.meta.modalities}  # fmt: skip
+    t = pr.predict_tensor(batch)
+    assert t.device.type == device and t.dtype == torch.float32 and t.shape == (5, 2, 32, 32)
+    _check_close(t.cpu().numpy(), pr(batch), device)

@@ -159,20 +159,26 @@ class TorchPredictor:
             logits = logits[0]
         return torch.softmax(logits.float(), dim=1)[..., :h, :w]
 
-    def _chunks(self, batch: Mapping[str, np.ndarray]) -> Iterator[tuple[int, torch.Tensor]]:
+    def _chunks(
+        self, batch: Mapping[str, np.ndarray], pin: bool = False
+    ) -> Iterator[tuple[int, torch.Tensor]]:
         """``(first tile, probabilities on the device)`` per ``batch_size`` tiles of ``batch``;
-        call inside ``torch.inference_mode()``."""
+        call inside ``torch.inference_mode()``. ``pin``: stage the inputs in pinned memory, so
+        their copy to the GPU does not wait for the work already queued there."""
         n, h, w = check_batch(batch, self.meta)
         step = self.batch_size or n or 1
         try:
             with _torch_threads(self.threads):
                 for i in range(0, n, step):
-                    inputs = [
+                    host = [
                         torch.from_numpy(
                             np.ascontiguousarray(batch[m][i : i + step], dtype=np.float32)
-                        ).to(self._device, non_blocking=True)
+                        )
                         for m in self.meta.modality_names
                     ]
+                    if pin:
+                        host = [x.pin_memory() for x in host]
+                    inputs = [x.to(self._device, non_blocking=True) for x in host]
                     probs = self._forward(inputs)
                     if probs.shape[1] != self.meta.num_classes:
                         raise EngineError(
@@ -206,6 +212,7 @@ class TorchPredictor:
         host and no wait for the device, for a merger whose band lives there
         (:class:`~mfaf_cli.stitch.torch_merger.DeviceMerger`). Not checked for non-finite
         values: the consumer does that when it synchronises (see :meth:`nonfinite_error`)."""
+        pin = self._device.type == "cuda"
         with torch.inference_mode():
-            chunks = [probs for _, probs in self._chunks(batch)]
+            chunks = [probs for _, probs in self._chunks(batch, pin)]
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
