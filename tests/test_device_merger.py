@@ -248,3 +248,13 @@ def test_predict_tensor_equals_the_host_output(ckpt: Path, device: str) -> None:
     t = pr.predict_tensor(batch)
     assert t.device.type == device and t.dtype == torch.float32 and t.shape == (5, 2, 32, 32)
     _check_close(t.cpu().numpy(), pr(batch), device)
+
+
+def test_finished_index_with_nodata_maps_to_class_ids() -> None:
+    """A finished-rows index holds 255 where invalid; mapping plane -> class id must not
+    index the class table with it."""
+    from mfaf_cli.io.raster import ids_to_labels
+
+    rows = FinishedRows(0, np.array([[0, 1, 255]], np.uint8))
+    got = ids_to_labels(rows.index, rows.valid, np.array([3, 7]))
+    np.testing.assert_array_equal(got, [[3, 7, 255]])
