@@ -34,6 +34,7 @@ from mfaf_cli.stitch.rows import (
 from mfaf_cli.tiling.windows import Window
 
 RowsSink = Callable[[FinishedRows], None]
+_F32 = torch.float32  # explicit: the band must not follow torch's default dtype
 #: Device copies of distinct weight arrays kept (a plan has at most 9 tapers per tile shape).
 _WEIGHT_CACHE = 64
 
@@ -94,15 +95,15 @@ class DeviceMerger(RowBandMerger[torch.Tensor]):
         self._weight_cache: dict[int, tuple[np.ndarray, torch.Tensor]] = {}
         with torch.inference_mode():
             self._finite = torch.ones((), dtype=torch.bool, device=self.device)
-            self._acc = torch.empty((0, 0, 0), device=self.device)
-            self._wsum = torch.empty((0, 0), device=self.device)
+            self._acc = torch.empty((0, 0, 0), dtype=_F32, device=self.device)
+            self._wsum = torch.empty((0, 0), dtype=_F32, device=self.device)
             self._invalid = torch.empty((0, 0), dtype=torch.bool, device=self.device)
             super().__init__(height, width, num_classes, windows, weight_fn)
 
     # ---- input -----------------------------------------------------------------------
     def add(self, window: Window, probs: Any, valid: np.ndarray | None = None) -> None:
         with torch.inference_mode():
-            probs = torch.as_tensor(probs, dtype=torch.float32, device=self.device)
+            probs = torch.as_tensor(probs, dtype=_F32, device=self.device)
             if self._nonfinite is not None:  # no host sync here: checked at emission
                 self._finite &= torch.isfinite(probs).all()
             super().add(window, probs, valid)
@@ -120,8 +121,8 @@ class DeviceMerger(RowBandMerger[torch.Tensor]):
     def _realloc(self, rows: int, used: int) -> None:
         acc, wsum, inv = self._acc, self._wsum, self._invalid
         dev = self.device
-        self._acc = torch.zeros((self.num_classes, rows, self.width), device=dev)
-        self._wsum = torch.zeros((rows, self.width), device=dev)
+        self._acc = torch.zeros((self.num_classes, rows, self.width), dtype=_F32, device=dev)
+        self._wsum = torch.zeros((rows, self.width), dtype=_F32, device=dev)
         self._invalid = torch.zeros((rows, self.width), dtype=torch.bool, device=dev)
         if used:
             self._acc[:, :used] = acc[:, :used]
@@ -133,7 +134,7 @@ class DeviceMerger(RowBandMerger[torch.Tensor]):
     ) -> torch.Tensor:
         w = self._window_weights(window)
         if w is None:
-            return torch.ones(shape, device=self.device)
+            return torch.ones(shape, dtype=_F32, device=self.device)
         hit = self._weight_cache.get(id(w))
         if hit is None or hit[0] is not w:
             if len(self._weight_cache) >= _WEIGHT_CACHE:
