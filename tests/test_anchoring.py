@@ -123,11 +123,14 @@ def _read_outputs(out: Path) -> tuple[np.ndarray, np.ndarray]:
         return ds.read(1), p.read()
 
 
+@pytest.mark.parametrize("device_merger", ["0", "1"])
 def test_column_panels_equal_the_whole_width_run(
-    context_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    context_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device_merger: str
 ) -> None:
     """A scene run as column panels (memory bounded by the panel, not the width) writes the
-    pixels of the whole-width run: same windows, same weights, same order per pixel."""
+    pixels of the whole-width run: same windows, same weights, same order per pixel; with the
+    numpy row band and with the device one (forced here on the CPU)."""
+    monkeypatch.setenv(core.DEVICE_MERGER_ENV, device_merger)
     _run(context_model, tmp_path / "whole.tif")
     ref, ref_p = _read_outputs(tmp_path / "whole.tif")
     monkeypatch.setattr(core, "PANEL_WIDTH", 100)  # 384 px: panels of 100, 100, 100, 84

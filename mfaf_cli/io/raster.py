@@ -30,18 +30,18 @@ import numpy as np
 
 from mfaf_cli.errors import OutputExistsError, OutputPathError, OutputWriteError, UsageError
 from mfaf_cli.metadata import NODATA_LABEL, ModelMeta
+from mfaf_cli.stitch.rows import PROB_NODATA_U8 as PROB_NODATA_U8
+from mfaf_cli.stitch.rows import PROB_SCALE as PROB_SCALE
+from mfaf_cli.stitch.rows import FinishedRows, RowNeeds
+from mfaf_cli.stitch.rows import ProbDtype as ProbDtype
 
 log = logging.getLogger("mfaf")
 
 PathLike = str | os.PathLike[str]
-ProbDtype = Literal["uint8", "float32"]
 
 #: Compression codecs accepted for ``--compress`` (GDAL names, case-insensitive).
 COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
 BLOCK_SIZE = 512
-#: uint8 probabilities: 0..254 maps to 0..1, 255 is nodata.
-PROB_SCALE = 254
-PROB_NODATA_U8 = 255
 #: Sidecars GDAL may create next to a dataset (the COG driver's own temporaries included);
 #: removed with a failed temp file.
 _SIDECARS = (".aux.xml", ".ovr", ".msk", ".ovr.tmp", ".msk.ovr.tmp", ".msk.tmp")
@@ -144,8 +144,12 @@ def argmax_max(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def ids_to_labels(
     idx: np.ndarray, valid: np.ndarray, class_ids: np.ndarray | None = None
 ) -> np.ndarray:
-    """Class-plane indexes -> uint8 class ids, :data:`NODATA_LABEL` where not valid."""
-    labels = (idx if class_ids is None else class_ids[idx]).astype(np.uint8)
+    """Class-plane indexes -> uint8 class ids, :data:`NODATA_LABEL` where not valid (where
+    ``idx`` may hold anything, e.g. the nodata value of a finished-rows index)."""
+    if class_ids is None:
+        labels = idx.astype(np.uint8)
+    else:
+        labels = class_ids[np.where(valid, idx, 0)].astype(np.uint8)
     labels[~valid] = NODATA_LABEL
     return labels
 
@@ -708,6 +712,30 @@ class OutputSet:
                     w.write_max(row0, best, valid, col0)
 
     write = __call__
+
+    def row_needs(self) -> RowNeeds:
+        """The planes :meth:`write_finished` needs besides the index (for a device merger)."""
+        dtype = self.probability_dtype
+        return RowNeeds(
+            probabilities=dtype if self.paths["probabilities"] is not None else None,
+            confidence=dtype if self.paths["confidence"] is not None else None,
+        )
+
+    def write_finished(self, rows: FinishedRows) -> None:
+        """Write rows whose index and stored planes were computed already (asked for through
+        :meth:`row_needs`), e.g. on the GPU; same files as :meth:`__call__` writes."""
+        idx, valid = rows.index, rows.valid
+        self.pixels += valid.size
+        self.class_counts += np.bincount(idx[valid], minlength=len(self.class_counts))
+        for key, w in self.writers.items():
+            data = {"probabilities": rows.probabilities, "confidence": rows.confidence}.get(key)
+            with self._write_errors(key):
+                if isinstance(w, LabelWriter):
+                    w.write_index(rows.row0, idx, valid, rows.col0)
+                elif data is None:
+                    raise ValueError(f"finished rows carry no {key} planes (see row_needs)")
+                else:
+                    w.write_rows(rows.row0, data, rows.col0)
 
     @property
     def label_counts(self) -> np.ndarray | None:

@@ -11,6 +11,9 @@ Stages, each on its own thread(s) so that none waits for another:
    **sink** — label/probability/confidence GeoTIFFs (:class:`~mfaf_cli.io.raster.OutputSet`),
    a confusion matrix (:class:`~mfaf_cli.pipeline.sinks.ConfusionSink`) or nothing
    (:class:`~mfaf_cli.pipeline.sinks.NullSink`). A new output is one sink class.
+   With a torch predictor on CUDA the band lives on the GPU instead
+   (:class:`~mfaf_cli.stitch.torch_merger.DeviceMerger`, see :func:`use_device_merger`):
+   probabilities stay there and only labels and the planes the sink asks for come back.
 
 Windows come from a :class:`~mfaf_cli.tiling.plan.WindowPlan` anchored to the reference
 raster's pixel grid, so a crop computes exactly the windows of the whole run.
@@ -18,8 +21,9 @@ raster's pixel grid, so a crop computes exactly the windows of the whole run.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import logging
+import os
 import queue
 import sys
 import threading
@@ -304,6 +308,62 @@ class MergeWorker:
             raise self._error
 
 
+# ---- which merger ------------------------------------------------------------------------------
+#: ``1``: use the device merger wherever the predictor and sink allow it (on CPU too, for
+#: tests); ``0``: never; unset: only for a torch predictor on CUDA.
+DEVICE_MERGER_ENV = "MFAF_DEVICE_MERGER"
+
+
+def use_device_merger(
+    predictor: Any, sink: Any, num_classes: int, force: bool | None = None
+) -> bool:
+    """Whether to keep the row band on the predictor's device: the predictor can hand out
+    device tensors (``predict_tensor``), the sink takes finished rows, the index fits uint8,
+    and the device is a GPU (or ``force`` / :data:`DEVICE_MERGER_ENV` says so)."""
+    from mfaf_cli.stitch.rows import MAX_INDEXED_CLASSES, FinishedRowsSink
+
+    if force is None:
+        env = os.environ.get(DEVICE_MERGER_ENV, "").strip()
+        force = {"1": True, "0": False}.get(env)
+    able = (
+        callable(getattr(predictor, "predict_tensor", None))
+        and isinstance(sink, FinishedRowsSink)
+        and num_classes <= MAX_INDEXED_CLASSES
+    )
+    if not able or force is False:
+        return False
+    return bool(force) or str(getattr(predictor, "device", "cpu")).startswith("cuda")
+
+
+def _nonfinite_error() -> Exception:
+    from mfaf_cli.errors import EngineError
+
+    return EngineError("the model produced non-finite probabilities")
+
+
+def make_merger(
+    plan: WindowPlan, meta: ModelMeta, predictor: Any, sink: Any, blend: Blend, device: bool
+) -> tuple[Any, Callable[[Any], Any]]:
+    """``(merger, predict)``: the numpy merger fed by ``predictor(batch)``, or (``device``)
+    the device merger fed by ``predictor.predict_tensor(batch)``."""
+    from mfaf_cli.stitch import StreamingMerger
+
+    weight_fn = plan.weight_fn(blend)
+    if not device:
+        merger = StreamingMerger(plan.height, plan.width, meta.num_classes, plan.windows,
+                                 weight_fn, sink)  # fmt: skip
+        return merger, predictor
+    from mfaf_cli.stitch.torch_merger import DeviceMerger
+
+    log.debug("row band on %s", predictor.device)
+    on_device = DeviceMerger(
+        plan.height, plan.width, meta.num_classes, plan.windows, weight_fn,
+        sink.write_finished, device=predictor.device, needs=sink.row_needs(),
+        nonfinite=getattr(predictor, "nonfinite_error", _nonfinite_error),
+    )  # fmt: skip
+    return on_device, predictor.predict_tensor
+
+
 # ---- the pass over a scene ---------------------------------------------------------------------
 def column_panels(width: int, panel: int) -> list[tuple[int, int]]:
     """``[c0, c1)`` column ranges of at most ``panel`` columns covering ``[0, width)``."""
@@ -333,25 +393,30 @@ def run_scene(
     read_threads: int,
     progress: bool = False,
     desc: str = "predict",
+    device_merger: bool | None = None,
 ) -> RunStats:
     """Stream every window of ``plan`` through ``predictor`` into ``sink``, column panel by
     column panel (:data:`PANEL_WIDTH`; one panel for most scenes).
 
     ``scene`` reads the plan's read grid; the sink receives finished rows of the output grid,
-    each panel's in order, ``(row0, probs (K, r, w), valid (r, w), col0=...)``."""
+    each panel's in order, ``(row0, probs (K, r, w), valid (r, w), col0=...)``, or as
+    ``sink.write_finished(rows)`` from the device merger (``device_merger``: see
+    :func:`use_device_merger`)."""
     from tqdm import tqdm
 
     panels = column_panels(plan.width, PANEL_WIDTH)
     subplans = [plan if len(panels) == 1 else plan.columns(c0, c1) for c0, c1 in panels]
+    on_device = use_device_merger(predictor, sink, meta.num_classes, device_merger)
     bar = tqdm(total=sum(len(p.windows) for p in subplans), unit="win", desc=desc,
                disable=not progress, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
     model_s, skipped = 0.0, set()
     try:
         for (c0, _), sub in zip(panels, subplans, strict=True):
-            panel_sink = sink if len(panels) == 1 else functools.partial(sink, col0=c0)
+            panel_sink = sink if len(panels) == 1 else PanelSink(sink, c0)
+            merger, predict = make_merger(sub, meta, predictor, panel_sink, blend, on_device)
             seconds, skip = _run_panel(
-                scene, sub, meta, predictor, percentiles, panel_sink, batch_size=batch_size,
-                blend=blend, read_threads=read_threads, bar=bar,
+                scene, sub, meta, merger, predict, percentiles, batch_size=batch_size,
+                read_threads=read_threads, bar=bar,
             )  # fmt: skip
             model_s += seconds
             skipped |= {(w.row_off, w.col_off + c0) for w in skip}
@@ -360,26 +425,37 @@ def run_scene(
     return RunStats(len(plan.windows), len(skipped), model_s)
 
 
+class PanelSink:
+    """A sink seen through one column panel: rows come with the panel's first column."""
+
+    def __init__(self, sink: Any, col0: int) -> None:
+        self.sink, self.col0 = sink, col0
+
+    def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
+        self.sink(row0, probs, valid, col0=self.col0 + col0)
+
+    def row_needs(self) -> Any:
+        return self.sink.row_needs()
+
+    def write_finished(self, rows: Any) -> None:
+        self.sink.write_finished(dataclasses.replace(rows, col0=rows.col0 + self.col0))
+
+
 def _run_panel(
     scene: AlignedScene,
     plan: WindowPlan,
     meta: ModelMeta,
-    predictor: Any,
+    merger: Any,
+    predict: Callable[[Any], Any],
     percentiles: Percentiles,
-    sink: Sink,
     *,
     batch_size: int,
-    blend: Blend,
     read_threads: int,
     bar: Any,
 ) -> tuple[float, list[Window]]:
     """One panel (or the whole scene): ``(model seconds, windows skipped as all nodata)``."""
-    from mfaf_cli.stitch import StreamingMerger
-
     reads = [plan.read_window(w) for w in plan.windows]
     to_out = dict(zip(reads, plan.windows, strict=True))
-    merger = StreamingMerger(plan.height, plan.width, meta.num_classes, plan.windows,
-                             plan.weight_fn(blend), sink)  # fmt: skip
     worker = MergeWorker(merger)
     normalise = normaliser(meta, percentiles, in_place=True)
     reader = StripReader(scene, [w.row_off for w in reads], plan.tile, threads=read_threads,
@@ -394,7 +470,7 @@ def _run_panel(
             probs: list[Any] = [None] * len(pb.windows)
             if pb.run:
                 t0 = time.perf_counter()
-                out = predictor(pb.arrays)
+                out = predict(pb.arrays)
                 model_s += time.perf_counter() - t0
                 for k, i in enumerate(pb.run):
                     probs[i] = out[k]

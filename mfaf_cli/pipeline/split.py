@@ -47,7 +47,7 @@ from mfaf_cli.coreg.stack import expand_stacks
 from mfaf_cli.errors import InputError, MfafError, ModalityError, UsageError
 from mfaf_cli.io.inputs import check_readable
 from mfaf_cli.metadata import ModelMeta
-from mfaf_cli.pipeline.core import read_grid, reference_anchor, run_scene
+from mfaf_cli.pipeline.core import PANEL_WIDTH, read_grid, reference_anchor, run_scene
 from mfaf_cli.pipeline.predict import (
     _bounded_gdal_cache,
     check_modalities,
@@ -375,7 +375,7 @@ def _predict_part(
             units=run.sar_units,
             meta=run.meta,
         ) as scene,
-        _bounded_gdal_cache(scene, plan.tile),
+        _bounded_gdal_cache(scene, plan.tile, PANEL_WIDTH + 2 * plan.tile),
         run.output_set(
             strip_grid(run.grid, rows), paths, cog=False, creation_options=None, overwrite=True
         ) as out,
