@@ -75,7 +75,7 @@ note "one AMP training epoch (generated OMBRIA-layout patches)"
 import sys
 from pathlib import Path
 sys.path.insert(0, "tests")
-from test_datasets import make_ombria
+from dataset_builders import make_ombria
 make_ombria(Path(sys.argv[1]), n_train=int(sys.argv[2]), n_test=8, size=int(sys.argv[3]))
 EOF
 now() { "$PY" -c 'import time; print(time.time())'; }
