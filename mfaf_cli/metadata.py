@@ -306,6 +306,9 @@ DEFAULT_BANDS: dict[str, tuple[str, ...]] = {
     "lidar": ("dsm",),
 }
 
+#: Units of a modality's values when nothing says otherwise (SAR backscatter in dB).
+DEFAULT_UNITS: dict[str, str] = {"sar": "db"}
+
 
 def default_band_names(modality: str, n: int) -> tuple[str, ...]:
     """Band names for ``n`` bands of ``modality`` when nothing names them: the modality's
