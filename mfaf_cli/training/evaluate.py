@@ -357,18 +357,12 @@ def predict_arrays(
     The same steps as the predict spine: scene percentiles over valid pixels, the model's
     normalisation, overlapping windows (reflect-padded past the edges), blended merge.
     """
-    from mfaf_cli.coreg.align import reflect_pad
     from mfaf_cli.stitch.merger import StreamingMerger
     from mfaf_cli.stitch.weights import make_weight_fn
     from mfaf_cli.tiling.windows import batched, tile_windows
 
     h, w = valid.shape
-    norm: dict[str, np.ndarray] = {}
-    for spec in meta.modalities:
-        a = arrays[spec.name]
-        n = spec.normalisation
-        lo, hi = band_percentiles(a, valid, n.p_low, n.p_high)
-        norm[spec.name] = apply_normalisation(a, n, lo, hi)
+    norm = _normalised(arrays, valid, meta)
     windows = tile_windows(h, w, tile, overlap)
     out = np.full((h, w), NODATA_LABEL, dtype=np.uint8)
     ok = np.zeros((h, w), dtype=bool)
@@ -381,34 +375,51 @@ def predict_arrays(
         ok[row0 : row0 + r] = v
 
     merger = StreamingMerger(h, w, meta.num_classes, windows, make_weight_fn(windows, blend), sink)
-
-    def cut(a: np.ndarray, win: Any) -> np.ndarray:
-        c = win.clip(h, w)
-        block = a[..., c.row_off : c.row_end, c.col_off : c.col_end]
-        pads = (
-            (c.row_off - win.row_off, win.row_end - c.row_end),
-            (c.col_off - win.col_off, win.col_end - c.col_end),
-        )
-        if any(p for pair in pads for p in pair):
-            if block.ndim == 2:
-                return np.pad(block, pads, constant_values=False)
-            return reflect_pad(block, pads)
-        return block
-
     for group in batched(windows, batch_size):
-        vs = [cut(valid, win) for win in group]
+        vs = [_cut(valid, win) for win in group]
         run = [i for i, v in enumerate(vs) if v.any()]
         for i, win in enumerate(group):
             if i not in run:
                 merger.add_skipped(win)
         if not run:
             continue
-        batch = {m: np.stack([cut(norm[m], group[i]) for i in run]) for m in meta.modality_names}
+        batch = {m: np.stack([_cut(norm[m], group[i]) for i in run]) for m in meta.modality_names}
         probs = predictor(batch)
         for j, i in enumerate(run):
             merger.add(group[i], probs[j], vs[i])
     merger.finish()
     return out, ok
+
+
+def _normalised(
+    arrays: Mapping[str, np.ndarray], valid: np.ndarray, meta: ModelMeta
+) -> dict[str, np.ndarray]:
+    """Each modality in the model's normalisation (scene percentiles over valid pixels)."""
+    norm: dict[str, np.ndarray] = {}
+    for spec in meta.modalities:
+        a = arrays[spec.name]
+        n = spec.normalisation
+        lo, hi = band_percentiles(a, valid, n.p_low, n.p_high)
+        norm[spec.name] = apply_normalisation(a, n, lo, hi)
+    return norm
+
+
+def _cut(a: np.ndarray, win: Any) -> np.ndarray:
+    """``a``'s pixels under ``win``: reflect-padded past the edges (a 2-D mask pads False)."""
+    from mfaf_cli.coreg.align import reflect_pad
+
+    h, w = a.shape[-2:]
+    c = win.clip(h, w)
+    block = a[..., c.row_off : c.row_end, c.col_off : c.col_end]
+    pads = (
+        (c.row_off - win.row_off, win.row_end - c.row_end),
+        (c.col_off - win.col_off, win.col_end - c.col_end),
+    )
+    if any(p for pair in pads for p in pair):
+        if block.ndim == 2:
+            return np.pad(block, pads, constant_values=False)
+        return reflect_pad(block, pads)
+    return block
 
 
 # ---- a model on a dataset ------------------------------------------------------------------
