@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU evidence in one run (< 5 min on a CUDA machine): the predict benchmark at 8192² with the
 # shipped MFAFNet-S (fp32 and AMP, PyTorch and the ONNX Runtime CUDA provider, 1 and 4 reader
-# threads), the null engine (the machinery's own ceiling), and one AMP training epoch.
+# threads), the null engine (the machinery's own ceiling), the row-band merger on the GPU
+# against the numpy one (torch AMP, and the null engine), the device-merger equivalence tests
+# on CUDA, and one AMP training epoch.
 # Prints one JSON object per line on stdout; progress on stderr.
 #
 #   bash benchmarks/gpu_check.sh                  # on the GPU machine, from the repo root
@@ -55,6 +57,18 @@ bench torch-fp32-readers4 "${common[@]}" --engine torch --precision fp32 --read-
 bench torch-amp-readers4 "${common[@]}" --engine torch --precision auto --read-threads 4
 bench onnx-cuda-readers4 "${common[@]}" --engine onnx --read-threads 4
 bench null-readers4 --model "$MODEL" --engine null --read-threads 4
+# the torch runs above merge on the GPU (automatic on CUDA); the same run with the numpy merger,
+# end to end only, and the null engine handing out device tensors to the device merger
+bench torch-amp-readers4-numpy-merger "${common[@]}" --engine torch --precision auto \
+    --read-threads 4 --merger numpy --no-model-only
+bench null-device-merger-readers4 --model "$MODEL" --engine null --device "$DEVICE" \
+    --read-threads 4 --merger device
+
+note "device-merger equivalence tests (CUDA cases run only where CUDA is)"
+if tests_out=$("$PY" -m pytest -q -p no:cacheprovider tests/test_device_merger.py 2>&1); then rc=0; else rc=$?; fi
+[ "$rc" = 0 ] || printf '%s\n' "$tests_out" >&2
+summary=$(printf '%s\n' "$tests_out" | tail -1 | tr -d '"\\')
+echo "{\"check\": \"device-merger-tests\", \"rc\": $rc, \"summary\": \"$summary\"}"
 
 note "one AMP training epoch (generated OMBRIA-layout patches)"
 "$PY" - "$WORK/ombria" "$TRAIN_N" "$TRAIN_SIZE" <<'EOF'

@@ -109,22 +109,56 @@ def save_narrow_unet(folder: Path, width: int) -> Path:
 
 
 class NullPredictor:
-    """Zero-cost engine: fixed probabilities, so the machinery's own ceiling is measured."""
+    """Zero-cost engine: fixed probabilities, so the machinery's own ceiling is measured.
+
+    With ``device`` other than cpu (``--device cuda``) it also hands out the probabilities as a
+    tensor on that device (``predict_tensor``), so the device merger's ceiling is measured too.
+    """
 
     engine = "null"
-    device = "cpu"
     precision = "fp32"
 
-    def __init__(self, meta: object, batch_size: int, tile: int) -> None:
+    def __init__(self, meta: object, batch_size: int, tile: int, device: str = "cpu") -> None:
         self.meta = meta
+        self.device = device
         k = meta.num_classes  # type: ignore[attr-defined]
         probs = np.linspace(1.0, 2.0, k, dtype=np.float32)
         probs /= probs.sum()
         self._out = np.broadcast_to(probs[None, :, None, None], (batch_size, k, tile, tile))
+        self._tensor = None
 
     def __call__(self, batch: dict) -> np.ndarray:
         n = len(next(iter(batch.values())))
         return self._out[:n]
+
+    def predict_tensor(self, batch: dict) -> object:  # a torch.Tensor (torch imported lazily)
+        import torch
+
+        if self._tensor is None:
+            self._tensor = torch.from_numpy(np.ascontiguousarray(self._out[:1])).to(self.device)
+        n = len(next(iter(batch.values())))
+        return self._tensor.expand(n, *self._out.shape[1:])
+
+
+class _RowsSinkProbe:
+    """Stands for a sink that takes finished rows, to ask the core which merger it picks."""
+
+    def row_needs(self) -> object:
+        from mfaf_cli.stitch.rows import RowNeeds
+
+        return RowNeeds()
+
+    def write_finished(self, rows: object) -> None:
+        return None
+
+
+#: ``--merger`` -> MFAF_DEVICE_MERGER for the worker (unset: the core's automatic choice)
+MERGER_ENV = {"auto": None, "numpy": "0", "device": "1"}
+
+
+def null_device(device: str) -> str:
+    """The null engine's device: cpu unless a GPU is named explicitly."""
+    return device if device.startswith("cuda") else "cpu"
 
 
 def run_worker(args: argparse.Namespace) -> dict:
@@ -148,7 +182,7 @@ def run_worker(args: argparse.Namespace) -> dict:
     if args.read_threads is not None:
         readers = args.read_threads
     if args.engine == "null":
-        predictor = NullPredictor(source.meta, args.batch_size, tile)
+        predictor = NullPredictor(source.meta, args.batch_size, tile, null_device(args.device))
     else:
         predictor = create_predictor(source, engine=args.engine, device=args.device,
                                      precision=args.precision, modalities=("optical", "sar"),
@@ -159,6 +193,11 @@ def run_worker(args: argparse.Namespace) -> dict:
     warm = {m.name: np.zeros((args.batch_size, m.n_bands, tile, tile), np.float32)
             for m in meta.modalities}  # fmt: skip
     predictor(warm)
+    from mfaf_cli.pipeline.core import use_device_merger
+
+    on_device = use_device_merger(predictor, _RowsSinkProbe(), meta.num_classes)
+    if on_device:  # torch imported and the device's context made before the clock starts
+        predictor.predict_tensor(warm)
     rss_loaded = peak_rss_bytes("VmRSS")  # model loaded and warmed up
 
     # the generated optical has 4 bands; a model taking fewer gets the first n
@@ -178,7 +217,7 @@ def run_worker(args: argparse.Namespace) -> dict:
     with AlignedScene(scene_inputs, grid, bands=bands, meta=meta) as scene:
         pct = scene.percentiles(meta)
         windows = tile_windows(grid.height, grid.width, tile, args.overlap)
-        if args.engine == "null":  # nothing to time: the null engine costs nothing
+        if args.engine == "null" or args.no_model_only:  # nothing (asked) to time
             windows = []
         for batch in batched(windows, args.batch_size):
             pb = prepare_batch(scene, batch, meta, pct)
@@ -210,6 +249,7 @@ def run_worker(args: argparse.Namespace) -> dict:
         "mp_per_cpu_second": round(mpix / predict_cpu_s, 4) if predict_cpu_s else None,
         "rss_after_model_load_mb": round(rss_loaded / 2**20, 1),
         "read_threads": readers,
+        "merger": "device" if on_device else "numpy",
         "engine_threads": engine_threads,
         "threads": args.threads or usable_cores(),
         "total_seconds_with_model_load": res.seconds,
@@ -290,6 +330,18 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="override the reader threads of the --threads split",
     )
+    ap.add_argument(
+        "--merger",
+        choices=sorted(MERGER_ENV),
+        default="auto",
+        help="row-band merger: auto (on the GPU for a torch predictor on CUDA), numpy, or "
+        "device (the torch merger on the predictor's device, also on CPU)",
+    )
+    ap.add_argument(
+        "--no-model-only",
+        action="store_true",
+        help="skip the model-only pass (only the end-to-end figures are wanted)",
+    )
     ap.add_argument("--workdir", default=None, help="keep generated data here (default: temp)")
     ap.add_argument("--progress", action="store_true", help="show tqdm bars (stderr)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -338,7 +390,12 @@ def main(argv: list[str] | None = None) -> int:
             cmd += [] if args.read_threads is None else ["--read-threads", str(args.read_threads)]
             cmd += [] if args.threads is None else ["--threads", str(args.threads)]
             cmd += ["--progress"] if args.progress else []
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+            cmd += ["--no-model-only"] if args.no_model_only else []
+            env = dict(os.environ)
+            env.pop("MFAF_DEVICE_MERGER", None)
+            if MERGER_ENV[args.merger] is not None:
+                env["MFAF_DEVICE_MERGER"] = MERGER_ENV[args.merger]
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
             if proc.returncode != 0:
                 print(json.dumps({"error": f"size {size} failed (exit {proc.returncode})"}))
                 return 1

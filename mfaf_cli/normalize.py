@@ -52,30 +52,38 @@ def apply_normalisation(
     norm: Normalisation,
     lo: np.ndarray | None = None,
     hi: np.ndarray | None = None,
+    *,
+    copy: bool = True,
 ) -> np.ndarray:
     """Normalise a (C, H, W) array to the model's input distribution, as float32.
 
     For ``scene-percentile`` mode, ``lo``/``hi`` are the scene's per-band percentiles (from
     :func:`band_percentiles`); they are required. ``fixed`` mode ignores them and clips to the
     record's own bounds. Non-finite values become 0 after normalisation (they are masked as
-    nodata elsewhere and never reach the output).
+    nodata elsewhere and never reach the output). ``copy=False`` normalises a float32 ``arr``
+    in place (the inference core's freshly read chunks, which nothing else holds).
     """
-    x = arr.astype(np.float32, copy=True)
+    x = arr.astype(np.float32, copy=copy)
     c = x.shape[0]
     mean = np.asarray(norm.mean, dtype=np.float32).reshape(c, 1, 1)
     std = np.asarray(norm.std, dtype=np.float32).reshape(c, 1, 1)
+    # in place, operation for operation the same float32 arithmetic as the plain expressions
+    # ((x - lo) / (hi - lo), clip, (x - mean) / std): bit-identical, without the temporaries
     if norm.mode == "scene-percentile":
         if lo is None or hi is None:
             raise ValueError("scene-percentile normalisation needs the scene's lo/hi")
         lo_ = np.asarray(lo, dtype=np.float32).reshape(c, 1, 1)
         hi_ = np.asarray(hi, dtype=np.float32).reshape(c, 1, 1)
-        x = np.clip((x - lo_) / (hi_ - lo_), 0.0, 1.0)
+        x -= lo_
+        x /= hi_ - lo_
+        np.clip(x, 0.0, 1.0, out=x)
     elif norm.clip_low is not None and norm.clip_high is not None:
         lo_ = np.asarray(norm.clip_low, dtype=np.float32).reshape(c, 1, 1)
         hi_ = np.asarray(norm.clip_high, dtype=np.float32).reshape(c, 1, 1)
-        x = np.clip(x, lo_, hi_)
-    x = (x - mean) / std
-    x[~np.isfinite(x)] = 0.0
+        np.clip(x, lo_, hi_, out=x)
+    x -= mean
+    x /= std
+    np.copyto(x, np.float32(0.0), where=~np.isfinite(x))
     return x
 
 

@@ -116,3 +116,69 @@ def test_unanchored_quadrants_differ(
     _, probs = _quadrant_mosaic(context_model, tmp_path)
     valid = np.isfinite(ref_p[0])
     assert np.abs(probs[:, valid] - ref_p[:, valid]).max() > 1e-3
+
+
+def _read_outputs(out: Path) -> tuple[np.ndarray, np.ndarray]:
+    with rasterio.open(out) as ds, rasterio.open(out.with_suffix(".p.tif")) as p:
+        return ds.read(1), p.read()
+
+
+@pytest.mark.parametrize("device_merger", ["0", "1"])
+def test_column_panels_equal_the_whole_width_run(
+    context_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device_merger: str
+) -> None:
+    """A scene run as column panels (memory bounded by the panel, not the width) writes the
+    pixels of the whole-width run: same windows, same weights, same order per pixel; with the
+    numpy row band and with the device one (forced here on the CPU)."""
+    monkeypatch.setenv(core.DEVICE_MERGER_ENV, device_merger)
+    _run(context_model, tmp_path / "whole.tif")
+    ref, ref_p = _read_outputs(tmp_path / "whole.tif")
+    monkeypatch.setattr(core, "PANEL_WIDTH", 100)  # 384 px: panels of 100, 100, 100, 84
+    _run(context_model, tmp_path / "panels.tif")
+    labels, probs = _read_outputs(tmp_path / "panels.tif")
+    valid = ref != 255
+    assert valid.mean() > 0.5 and 0 < (ref[valid] == 1).mean() < 1
+    np.testing.assert_array_equal(labels, ref)
+    np.testing.assert_array_equal(probs[:, valid], ref_p[:, valid])
+
+
+def test_confusion_sink_scores_panels_like_the_whole_width(
+    context_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mfaf_cli.engine import create_predictor
+    from mfaf_cli.pipeline.predict import run_on_scene
+    from mfaf_cli.pipeline.sinks import ConfusionSink
+    from mfaf_cli.pipeline.spec import InferenceSpec
+
+    predictor = create_predictor(str(context_model), engine="torch", device="cpu")
+    inputs = {"optical": CHIP / "S2.tif", "sar": CHIP / "S1.tif"}
+
+    def confusion() -> np.ndarray:
+        def make_sink(grid):  # type: ignore[no-untyped-def]
+            return ConfusionSink(CHIP / "label.tif", grid, 2, ignore_index=255)
+
+        _, stats, sink = run_on_scene(inputs, predictor.meta, predictor, make_sink,
+                                      InferenceSpec(tile=64), bands=BANDS)  # fmt: skip
+        assert stats.windows == len(tile_windows(384, 384, 64, 0.25))
+        return sink.confusion
+
+    whole = confusion()
+    monkeypatch.setattr(core, "PANEL_WIDTH", 128)
+    assert whole.sum() > 100_000 and np.array_equal(confusion(), whole)
+
+
+def test_panel_plans_cover_the_plan_with_its_tapers() -> None:
+    plan = plan_windows(300, 300, 64, 0.25)
+    seen = set()
+    for c0, c1 in core.column_panels(300, 128):
+        sub = plan.columns(c0, c1)
+        assert sub.width == c1 - c0
+        for w in sub.windows:
+            full = next(
+                v for v in plan.windows if (v.row_off, v.col_off) == (w.row_off, w.col_off + c0)
+            )
+            assert sub.tapers[w] == plan.tapers[full]
+            assert sub.read_window(w).col_off == plan.read_window(full).col_off
+            seen.add(full)
+    assert seen == set(plan.windows)
+    assert core.column_panels(300, 128) == [(0, 128), (128, 256), (256, 300)]

@@ -224,7 +224,7 @@ def test_rows_out_of_order_or_missing_leave_nothing(tmp_path, rng):
             out(0, probs[:, :5], valid[:5])
             out(10, probs[:, 10:], valid[10:])
     assert listing(tmp_path) == []
-    with pytest.raises(RuntimeError, match="5 of 20 rows"):
+    with pytest.raises(RuntimeError, match="50 of 200 pixels"):
         with OutputSet(grid(10, 20), META, tmp_path / "l.tif") as out:
             out(0, probs[:, :5], valid[:5])
     assert listing(tmp_path) == []

@@ -44,6 +44,11 @@ Examples:
   xargs -P 4 -I{} mfaf predict --optical s2/{}.tif --optical-bands B12,B8,B4 \\
       --sar s1/{}.tif --sar-bands VV -o maps/{}.tif --skip-existing -q < scene-ids.txt
 \b
+  # one scene across the GPUs of a node: each rank predicts a strip of rows (with the
+  # blending halo); rank 0 assembles map.tif, pixel for pixel a single run's
+  torchrun --standalone --nproc-per-node 2 -m mfaf_cli predict --optical S2.tif \\
+      --optical-bands B12,B8,B4 --sar S1.tif --sar-bands VV -o map.tif --split-scene --overwrite
+\b
 The output grid is the optical (or HSI) raster's grid unless --crs/--resolution/--bounds
 change it; other inputs are warped onto it window by window (SAR is resampled in linear
 power). Pixels where any input is nodata or outside its footprint are written as 255.
@@ -139,8 +144,22 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
     "--shard",
     default=None,
     metavar="I/N",
-    help="With --batch: predict only scenes I, I+N, ... (0-based). Default: from torchrun "
-    "(RANK/WORLD_SIZE) or a Slurm job array (SLURM_ARRAY_TASK_ID/COUNT), else all scenes.",
+    help="With --batch: predict only scenes I, I+N, ... (0-based); with --split-scene: row "
+    "strip I of N. Default: from torchrun (RANK/WORLD_SIZE) or a Slurm job array "
+    "(SLURM_ARRAY_TASK_ID/COUNT), else all scenes.",
+)
+@click.option(
+    "--split-scene",
+    is_flag=True,
+    help="Split ONE scene between N processes (torchrun, Slurm array or --shard I/N): each "
+    "writes its row strip to OUTPUT.part-I-of-N.tif, then one assembles the outputs, "
+    "pixel for pixel those of a single run.",
+)
+@click.option(
+    "--assemble",
+    is_flag=True,
+    help="With the same command line as the --split-scene processes: only assemble their "
+    "part files (e.g. after the assembling process was killed).",
 )
 @click.option(
     "--skip-existing",
@@ -159,8 +178,14 @@ def command(**kw: Any) -> None:
     if kw["batch_csv"] is not None:
         _run_batch(kw)
         return
+    if kw["split_scene"] or kw["assemble"]:
+        _run_split(kw)
+        return
     if kw["shard"]:
-        raise click.UsageError("--shard splits a --batch CSV between processes; add --batch")
+        raise click.UsageError(
+            "--shard splits a --batch CSV (or, with --split-scene, one scene) between "
+            "processes; add --batch or --split-scene"
+        )
     from mfaf_cli.pipeline.predict import predict
 
     inputs = opt.collect_inputs(**kw)
@@ -314,3 +339,43 @@ def _run_batch(kw: dict[str, Any]) -> None:
         )
     if counts["error"]:
         raise click.exceptions.Exit(1)
+
+
+def _run_split(kw: dict[str, Any]) -> None:
+    """--split-scene / --assemble: this process's strip of one scene (and maybe the outputs)."""
+    from mfaf_cli.pipeline.split import predict_split
+
+    for flag in ("batch_csv", "vector", "preview"):
+        if kw[flag]:
+            name = "--batch" if flag == "batch_csv" else f"--{flag}"
+            raise click.UsageError(
+                f"{name} cannot be used with --split-scene/--assemble; run `mfaf vectorize` "
+                "or `mfaf predict` on the assembled map afterwards"
+            )
+    if kw["output"] is None and not (kw["probabilities"] or kw["confidence"]):
+        raise click.UsageError("give -o/--output PATH for the label map")
+    if kw["skip_existing"] and not kw["assemble"] and _all_exist(kw):
+        if not kw["quiet"]:
+            click.echo(f"skipped: {kw['output']} exists (--skip-existing)", err=True)
+        return
+    result = predict_split(
+        opt.collect_inputs(**kw),
+        kw["output"],
+        kw["model"],
+        shard=kw["shard"],
+        assemble_only=kw["assemble"],
+        probabilities=kw["probabilities"],
+        confidence=kw["confidence"],
+        overwrite=kw["overwrite"],
+        bands=opt.collect_bands(**kw),
+        **_run_options(kw),
+    )
+    if kw["as_json"]:
+        click.echo(result.to_json())
+    elif not kw["quiet"]:
+        done = f"assembled {', '.join(result.outputs.values())}" if result.assembled else ""
+        if result.status == "part":
+            part = (f"part {result.part}/{result.parts}: rows {result.rows[0]}..{result.rows[1]},"
+                    f" {result.windows} windows, {result.seconds:.1f} s")  # fmt: skip
+            done = f"{part}; {done}" if done else f"{part}; another process assembles"
+        click.echo(done, err=True)

@@ -159,32 +159,60 @@ class TorchPredictor:
             logits = logits[0]
         return torch.softmax(logits.float(), dim=1)[..., :h, :w]
 
-    def __call__(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+    def _chunks(
+        self, batch: Mapping[str, np.ndarray], pin: bool = False
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(first tile, probabilities on the device)`` per ``batch_size`` tiles of ``batch``;
+        call inside ``torch.inference_mode()``. ``pin``: stage the inputs in pinned memory, so
+        their copy to the GPU does not wait for the work already queued there."""
         n, h, w = check_batch(batch, self.meta)
         step = self.batch_size or n or 1
-        out = np.empty((n, self.meta.num_classes, h, w), dtype=np.float32)
         try:
-            with torch.inference_mode(), _torch_threads(self.threads):
+            with _torch_threads(self.threads):
                 for i in range(0, n, step):
-                    inputs = [
+                    host = [
                         torch.from_numpy(
                             np.ascontiguousarray(batch[m][i : i + step], dtype=np.float32)
-                        ).to(self._device, non_blocking=True)
+                        )
                         for m in self.meta.modality_names
                     ]
+                    if pin:
+                        host = [x.pin_memory() for x in host]
+                    inputs = [x.to(self._device, non_blocking=True) for x in host]
                     probs = self._forward(inputs)
                     if probs.shape[1] != self.meta.num_classes:
                         raise EngineError(
                             f"the model returned {probs.shape[1]} classes but its metadata "
                             f"lists {self.meta.num_classes}"
                         )
-                    out[i : i + step] = probs.cpu().numpy()
+                    yield i, probs
         except torch.cuda.OutOfMemoryError:
             raise EngineError(
                 f"the GPU ran out of memory on a batch of {step} tiles of {h}×{w}; "
                 "lower --batch-size or --tile"
             ) from None
+
+    def nonfinite_error(self) -> EngineError:
+        """The error for NaN / inf in the model's output."""
+        hint = "; try --precision fp32" if self.autocast_dtype is not None else ""
+        return EngineError(f"the model produced non-finite probabilities{hint}")
+
+    def __call__(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+        n, h, w = check_batch(batch, self.meta)
+        out = np.empty((n, self.meta.num_classes, h, w), dtype=np.float32)
+        with torch.inference_mode():
+            for i, probs in self._chunks(batch):
+                out[i : i + len(probs)] = probs.cpu().numpy()
         if not np.isfinite(out).all():
-            hint = "; try --precision fp32" if self.autocast_dtype is not None else ""
-            raise EngineError(f"the model produced non-finite probabilities{hint}")
+            raise self.nonfinite_error()
         return out
+
+    def predict_tensor(self, batch: Mapping[str, np.ndarray]) -> torch.Tensor:
+        """Probabilities (N, K, h, w) float32 left on the predictor's device: no copy to the
+        host and no wait for the device, for a merger whose band lives there
+        (:class:`~mfaf_cli.stitch.torch_merger.DeviceMerger`). Not checked for non-finite
+        values: the consumer does that when it synchronises (see :meth:`nonfinite_error`)."""
+        pin = self._device.type == "cuda"
+        with torch.inference_mode():
+            chunks = [probs for _, probs in self._chunks(batch, pin)]
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)

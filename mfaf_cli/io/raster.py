@@ -30,18 +30,18 @@ import numpy as np
 
 from mfaf_cli.errors import OutputExistsError, OutputPathError, OutputWriteError, UsageError
 from mfaf_cli.metadata import NODATA_LABEL, ModelMeta
+from mfaf_cli.stitch.rows import PROB_NODATA_U8 as PROB_NODATA_U8
+from mfaf_cli.stitch.rows import PROB_SCALE as PROB_SCALE
+from mfaf_cli.stitch.rows import FinishedRows, RowNeeds
+from mfaf_cli.stitch.rows import ProbDtype as ProbDtype
 
 log = logging.getLogger("mfaf")
 
 PathLike = str | os.PathLike[str]
-ProbDtype = Literal["uint8", "float32"]
 
 #: Compression codecs accepted for ``--compress`` (GDAL names, case-insensitive).
 COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
 BLOCK_SIZE = 512
-#: uint8 probabilities: 0..254 maps to 0..1, 255 is nodata.
-PROB_SCALE = 254
-PROB_NODATA_U8 = 255
 #: Sidecars GDAL may create next to a dataset (the COG driver's own temporaries included);
 #: removed with a failed temp file.
 _SIDECARS = (".aux.xml", ".ovr", ".msk", ".ovr.tmp", ".msk.ovr.tmp", ".msk.tmp")
@@ -144,8 +144,12 @@ def argmax_max(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def ids_to_labels(
     idx: np.ndarray, valid: np.ndarray, class_ids: np.ndarray | None = None
 ) -> np.ndarray:
-    """Class-plane indexes -> uint8 class ids, :data:`NODATA_LABEL` where not valid."""
-    labels = (idx if class_ids is None else class_ids[idx]).astype(np.uint8)
+    """Class-plane indexes -> uint8 class ids, :data:`NODATA_LABEL` where not valid (where
+    ``idx`` may hold anything, e.g. the nodata value of a finished-rows index)."""
+    if class_ids is None:
+        labels = idx.astype(np.uint8)
+    else:
+        labels = class_ids[np.where(valid, idx, 0)].astype(np.uint8)
     labels[~valid] = NODATA_LABEL
     return labels
 
@@ -401,11 +405,12 @@ class GeoTiffWriter:
             nodata=nodata,
             **self.options,
         )
-        stripe = int(self._ds.block_shapes[0][0])
-        self._buf = np.empty((count, min(stripe, self.height), self.width), dtype=dtype)
+        self._stripe = min(int(self._ds.block_shapes[0][0]), self.height)
+        self._cols = (0, self.width)  # the columns the buffer holds (one panel at a time)
+        self._buf = np.empty((count, self._stripe, self.width), dtype=dtype)
         self._buf_row0 = 0  # first raster row held in the buffer
         self._filled = 0  # rows of the buffer filled
-        self.rows_written = 0
+        self.pixels_written = 0
 
     @property
     def dataset(self) -> Any:
@@ -416,15 +421,23 @@ class GeoTiffWriter:
         """Bytes of one buffered stripe: what a single write needs on disk (uncompressed)."""
         return int(self._buf.nbytes)
 
-    def write_rows(self, row0: int, data: np.ndarray) -> None:
-        """Append rows ``row0 .. row0 + r`` (``data`` (count, r, W)); rows must come in order."""
+    def write_rows(self, row0: int, data: np.ndarray, col0: int = 0) -> None:
+        """Append rows ``row0 .. row0 + r`` of columns ``col0 .. col0 + w`` (``data``
+        (count, r, w)). Rows of one column range come in order; a new range (the next column
+        panel) flushes the last one and starts over. Whole-width rows are the usual case."""
+        cols = (col0, col0 + data.shape[2])
+        if data.shape[0] != self.count or col0 < 0 or cols[1] > self.width:
+            raise ValueError(
+                f"rows of shape {data.shape} at column {col0} for a {self.count}-band "
+                f"{self.width}-wide raster"
+            )
+        if cols != self._cols:
+            self._flush()
+            self._cols, self._buf_row0 = cols, row0
+            self._buf = np.empty((self.count, self._stripe, cols[1] - col0), self._buf.dtype)
         if row0 != self._buf_row0 + self._filled:
             raise ValueError(
                 f"rows out of order: got {row0}, expected {self._buf_row0 + self._filled}"
-            )
-        if data.shape[0] != self.count or data.shape[2] != self.width:
-            raise ValueError(
-                f"rows of shape {data.shape} for a {self.count}-band {self.width}-wide raster"
             )
         if row0 + data.shape[1] > self.height:
             raise ValueError(
@@ -443,9 +456,10 @@ class GeoTiffWriter:
         from rasterio.windows import Window as RioWindow
 
         if self._filled:
-            window = RioWindow(0, self._buf_row0, self.width, self._filled)
+            c0, c1 = self._cols
+            window = RioWindow(c0, self._buf_row0, c1 - c0, self._filled)
             self._ds.write(self._buf[:, : self._filled], window=window)
-            self.rows_written += self._filled
+            self.pixels_written += self._filled * (c1 - c0)
             self._buf_row0 += self._filled
             self._filled = 0
 
@@ -455,8 +469,10 @@ class GeoTiffWriter:
             return
         self._flush()
         self._ds.close()
-        if self.rows_written != self.height:
-            raise RuntimeError(f"{self.path}: {self.rows_written} of {self.height} rows written")
+        if self.pixels_written != self.height * self.width:
+            raise RuntimeError(
+                f"{self.path}: {self.pixels_written} of {self.height * self.width} pixels written"
+            )
 
     def abort(self) -> None:
         """Close without flushing or checking (the file is about to be deleted)."""
@@ -505,14 +521,14 @@ class LabelWriter(GeoTiffWriter):
         )
         ds.update_tags(1, **{f"CLASS_{k}": v for k, v in names.items()})
 
-    def write(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
-        self.write_index(row0, argmax_max(probs)[0], valid)
+    def write(self, row0: int, probs: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
+        self.write_index(row0, argmax_max(probs)[0], valid, col0)
 
-    def write_index(self, row0: int, idx: np.ndarray, valid: np.ndarray) -> None:
-        """Write rows given the arg-max class-plane index (r, W)."""
+    def write_index(self, row0: int, idx: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
+        """Write rows given the arg-max class-plane index (r, w)."""
         labels = ids_to_labels(idx, valid, self._ids)
         self.counts += np.bincount(labels.ravel(), minlength=256)
-        self.write_rows(row0, labels[None])
+        self.write_rows(row0, labels[None], col0)
 
 
 class ProbabilityWriter(GeoTiffWriter):
@@ -548,8 +564,8 @@ class ProbabilityWriter(GeoTiffWriter):
             MODEL_WEIGHTS=weights_status(meta),
         )
 
-    def write(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
-        self.write_rows(row0, scale_probs(probs, valid, self.prob_dtype))
+    def write(self, row0: int, probs: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
+        self.write_rows(row0, scale_probs(probs, valid, self.prob_dtype), col0)
 
 
 class ConfidenceWriter(GeoTiffWriter):
@@ -570,12 +586,12 @@ class ConfidenceWriter(GeoTiffWriter):
             self.dataset.scales = (1.0 / PROB_SCALE,)
             self.dataset.offsets = (0.0,)
 
-    def write(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
-        self.write_max(row0, argmax_max(probs)[1], valid)
+    def write(self, row0: int, probs: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
+        self.write_max(row0, argmax_max(probs)[1], valid, col0)
 
-    def write_max(self, row0: int, best: np.ndarray, valid: np.ndarray) -> None:
-        """Write rows given the maximum probability (r, W)."""
-        self.write_rows(row0, scale_probs(best[None], valid, self.prob_dtype))
+    def write_max(self, row0: int, best: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
+        """Write rows given the maximum probability (r, w)."""
+        self.write_rows(row0, scale_probs(best[None], valid, self.prob_dtype), col0)
 
 
 def to_cog(src: Path, options: Mapping[str, str], resampling: str) -> None:
@@ -679,21 +695,46 @@ class OutputSet:
             raise write_failure(final, err) from err
         return self
 
-    def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
-        """Merger sink: write finished rows ``probs`` (K, r, W), ``valid`` (r, W) everywhere."""
+    def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
+        """Merger sink: write finished rows ``probs`` (K, r, w), ``valid`` (r, w) of columns
+        ``col0 .. col0 + w`` (the whole width, or one column panel) everywhere."""
         idx, best = argmax_max(probs)  # one pass, shared by the counts, label and confidence
         self.pixels += valid.size
         self.class_counts += np.bincount(idx[valid], minlength=len(self.class_counts))
         for key, w in self.writers.items():
             with self._write_errors(key):
                 if isinstance(w, ProbabilityWriter):
-                    w.write(row0, probs, valid)
+                    w.write(row0, probs, valid, col0)
                 elif isinstance(w, LabelWriter):
-                    w.write_index(row0, idx, valid)
+                    w.write_index(row0, idx, valid, col0)
                 elif isinstance(w, ConfidenceWriter):
-                    w.write_max(row0, best, valid)
+                    w.write_max(row0, best, valid, col0)
 
     write = __call__
+
+    def row_needs(self) -> RowNeeds:
+        """The planes :meth:`write_finished` needs besides the index (for a device merger)."""
+        dtype = self.probability_dtype
+        return RowNeeds(
+            probabilities=dtype if self.paths["probabilities"] is not None else None,
+            confidence=dtype if self.paths["confidence"] is not None else None,
+        )
+
+    def write_finished(self, rows: FinishedRows) -> None:
+        """Write rows whose index and stored planes were computed already (asked for through
+        :meth:`row_needs`), e.g. on the GPU; same files as :meth:`__call__` writes."""
+        idx, valid = rows.index, rows.valid
+        self.pixels += valid.size
+        self.class_counts += np.bincount(idx[valid], minlength=len(self.class_counts))
+        for key, w in self.writers.items():
+            data = {"probabilities": rows.probabilities, "confidence": rows.confidence}.get(key)
+            with self._write_errors(key):
+                if isinstance(w, LabelWriter):
+                    w.write_index(rows.row0, idx, valid, rows.col0)
+                elif data is None:
+                    raise ValueError(f"finished rows carry no {key} planes (see row_needs)")
+                else:
+                    w.write_rows(rows.row0, data, rows.col0)
 
     @property
     def label_counts(self) -> np.ndarray | None:

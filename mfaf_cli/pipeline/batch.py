@@ -313,34 +313,20 @@ def predict_batch(
         per-scene problems are recorded, not raised. KeyboardInterrupt/SystemExit stop the
         batch.
     """
-    from mfaf_cli.pipeline.predict import check_modalities, predict
-    from mfaf_cli.pipeline.shard import device_for, resolve_shard
+    from mfaf_cli.pipeline.predict import predict
     from mfaf_cli.pipeline.spec import InferenceSpec
-    from mfaf_cli.tiling.windows import check_tile
 
     for key in ("inputs", "output", "vector", "probabilities", "confidence"):
         if key in predict_kwargs:
             raise UsageError(f"{key} comes from the batch CSV, not from an option")
-    scenes = read_scenes(csv_path, bands)
-    share = resolve_shard(shard)
-    if share.count > 1:
-        scenes = share.take(scenes)
-        device = device_for(share, device)
-        log.info("shard %d/%d (%s): %d scenes", share.index, share.count, share.source,
-                 len(scenes))  # fmt: skip
-        if not scenes:
-            return []
+    scenes, device = _my_scenes(read_scenes(csv_path, bands), shard, device)
+    if not scenes:
+        return []
     spec = InferenceSpec(tile, overlap, batch_size, blend, device, engine, precision, threads)
-
-    if predictor is None:
-        t0 = time.perf_counter()
-        predictor = _create_predictor(model, scenes, spec=spec)
-        log.info("model loaded once for %d scenes in %.1f s", len(scenes), time.perf_counter() - t0)
-    meta = predictor.meta
-    name = getattr(predictor, "name", None) or meta.arch
-    check_modalities(tuple(scenes[0].inputs), meta, name)
-    check_tile(int(meta.tile_size if tile is None else tile), meta.divisor, meta.arch)
-
+    predictor = _batch_predictor(predictor, model, scenes, spec)
+    options = dict(tile=tile, overlap=overlap, batch_size=batch_size, blend=blend,
+                   device=device, engine=engine, precision=precision, threads=threads,
+                   overwrite=overwrite, **predict_kwargs)  # fmt: skip
     records: list[dict[str, Any]] = []
     for s in scenes:
         head: dict[str, Any] = {"scene": s.name, "line": s.line}
@@ -350,24 +336,9 @@ def predict_batch(
             try:
                 _make_output_folders(s)
                 result = predict(
-                    s.inputs,
-                    s.output,
-                    predictor=predictor,
-                    tile=tile,
-                    overlap=overlap,
-                    batch_size=batch_size,
-                    blend=blend,
-                    device=device,
-                    engine=engine,
-                    precision=precision,
-                    threads=threads,
-                    probabilities=s.probabilities,
-                    confidence=s.confidence,
-                    vector=s.vector,
-                    overwrite=overwrite,
-                    bands=s.bands or None,
-                    **predict_kwargs,
-                )
+                    s.inputs, s.output, predictor=predictor, probabilities=s.probabilities,
+                    confidence=s.confidence, vector=s.vector, bands=s.bands or None, **options,
+                )  # fmt: skip
             except Exception as err:  # a failing scene must not stop the batch
                 log.debug("scene %s failed", s.name, exc_info=True)
                 rec = head | {"status": "error", "error": _error_text(err)}
@@ -377,6 +348,36 @@ def predict_batch(
         if on_result is not None:
             on_result(rec)
     return records
+
+
+def _my_scenes(scenes: list[Scene], shard: Any, device: str) -> tuple[list[Scene], str]:
+    """This process's share of the scenes (``--shard``, torchrun, Slurm array) and its
+    device (one GPU per rank)."""
+    from mfaf_cli.pipeline.shard import device_for, resolve_shard
+
+    share = resolve_shard(shard)
+    if share.count <= 1:
+        return scenes, device
+    mine = share.take(scenes)
+    log.info("shard %d/%d (%s): %d scenes", share.index, share.count, share.source, len(mine))
+    return mine, device_for(share, device)
+
+
+def _batch_predictor(predictor: Any, model: Any, scenes: list[Scene], spec: Any) -> Any:
+    """The one predictor of the batch (loaded here unless given), checked against the first
+    scene's modalities and the tile."""
+    from mfaf_cli.pipeline.predict import check_modalities
+    from mfaf_cli.tiling.windows import check_tile
+
+    if predictor is None:
+        t0 = time.perf_counter()
+        predictor = _create_predictor(model, scenes, spec=spec)
+        log.info("model loaded once for %d scenes in %.1f s", len(scenes), time.perf_counter() - t0)
+    meta = predictor.meta
+    name = getattr(predictor, "name", None) or meta.arch
+    check_modalities(tuple(scenes[0].inputs), meta, name)
+    check_tile(int(meta.tile_size if spec.tile is None else spec.tile), meta.divisor, meta.arch)
+    return predictor
 
 
 def _make_output_folders(scene: Scene) -> None:

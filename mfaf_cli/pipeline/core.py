@@ -3,14 +3,17 @@
 Stages, each on its own thread(s) so that none waits for another:
 
 1. **reader pool** (``read_threads`` threads): read and warp full-width row chunks ahead of
-   the windows (:class:`~mfaf_cli.pipeline.strips.StripReader`: each grid row read once;
-   GDAL and numpy release the GIL); windows are sliced from them and normalised in order;
+   the windows (:class:`~mfaf_cli.pipeline.strips.StripReader`: each grid row read and
+   normalised once; GDAL and numpy release the GIL); windows are sliced from them in order;
 2. **predictor** (the calling thread): the network on one batch;
 3. **merge worker** (one thread): blends each window into the
    :class:`~mfaf_cli.stitch.StreamingMerger`'s row band and hands finished rows to the
    **sink** — label/probability/confidence GeoTIFFs (:class:`~mfaf_cli.io.raster.OutputSet`),
    a confusion matrix (:class:`~mfaf_cli.pipeline.sinks.ConfusionSink`) or nothing
    (:class:`~mfaf_cli.pipeline.sinks.NullSink`). A new output is one sink class.
+   With a torch predictor on CUDA the band lives on the GPU instead
+   (:class:`~mfaf_cli.stitch.torch_merger.DeviceMerger`, see :func:`use_device_merger`):
+   probabilities stay there and only labels and the planes the sink asks for come back.
 
 Windows come from a :class:`~mfaf_cli.tiling.plan.WindowPlan` anchored to the reference
 raster's pixel grid, so a crop computes exactly the windows of the whole run.
@@ -18,7 +21,9 @@ raster's pixel grid, so a crop computes exactly the windows of the whole run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import queue
 import sys
 import threading
@@ -27,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -45,8 +50,21 @@ log = logging.getLogger("mfaf")
 #: Batches read ahead of the model, and batches queued for the merge worker.
 PREFETCH_BATCHES = 3
 MERGE_QUEUE = 2
+#: A scene wider than this runs as column panels of this width (a multiple of 512, so no
+#: GeoTIFF block of the outputs is shared by two panels): every buffer of the core — read
+#: chunks, GDAL's block cache, the merger's band, the writers' stripes — then spans a panel,
+#: not the scene, so memory does not grow with the width. Windows that straddle a panel edge
+#: are predicted for each panel they touch (one extra window column per edge, ~9 % at 2048).
+PANEL_WIDTH = 2048
 
-Sink = Callable[[int, np.ndarray, np.ndarray], None]
+
+class Sink(Protocol):
+    """Receives finished rows: ``(row0, probs (K, r, w), valid (r, w), col0=0)``."""
+
+    def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
+        """Take rows ``row0 .. row0 + r`` of columns ``col0 .. col0 + w``."""
+
+
 Percentiles = Mapping[str, tuple[np.ndarray, np.ndarray]]
 
 
@@ -111,26 +129,68 @@ def read_grid(grid: Grid, plan: WindowPlan) -> Grid:
 
 
 # ---- reader pool ------------------------------------------------------------------------------
+def normaliser(
+    meta: ModelMeta, percentiles: Percentiles, *, in_place: bool = False
+) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """The model's per-pixel normalisation of a read's arrays (other modalities pass as read);
+    ``in_place`` overwrites the arrays given (fresh reads that nothing else holds)."""
+
+    def normalise(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = dict(arrays)
+        for spec in meta.modalities:
+            if spec.name in arrays:
+                lo, hi = percentiles.get(spec.name, (None, None))
+                out[spec.name] = apply_normalisation(
+                    arrays[spec.name], spec.normalisation, lo, hi, copy=not in_place
+                )
+        return out
+
+    return normalise
+
+
 def prepare_batch(
-    scene: Any, windows: list[Window], meta: ModelMeta, percentiles: Percentiles
+    scene: Any,
+    windows: list[Window],
+    meta: ModelMeta,
+    percentiles: Percentiles,
+    *,
+    normalised: bool = False,
 ) -> PreparedBatch:
-    """Read and normalise a batch; windows without a single valid pixel are left out."""
+    """Read and normalise a batch (``normalised``: ``scene`` already returns normalised
+    arrays); windows without a single valid pixel are left out."""
+    if normalised and hasattr(scene, "read_into") and windows:
+        return _fill_batch(scene, windows, meta)
     per_mod: dict[str, list[np.ndarray]] = {m: [] for m in meta.modality_names}
     valids: list[np.ndarray] = []
     run: list[int] = []
+    normalise = None if normalised else normaliser(meta, percentiles)
     for i, w in enumerate(windows):
         arrays, valid = scene.read(w)
         valids.append(valid)
         if not valid.any():
             continue
         run.append(i)
-        for spec in meta.modalities:
-            lo, hi = percentiles.get(spec.name, (None, None))
-            per_mod[spec.name].append(
-                apply_normalisation(arrays[spec.name], spec.normalisation, lo, hi)
-            )
+        if normalise is not None:
+            arrays = normalise(arrays)
+        for m in meta.modality_names:
+            per_mod[m].append(arrays[m])
     stacked = {m: np.stack(v) if v else np.empty((0,)) for m, v in per_mod.items()}
     return PreparedBatch(windows, run, stacked, np.stack(valids))
+
+
+def _fill_batch(scene: Any, windows: list[Window], meta: ModelMeta) -> PreparedBatch:
+    """:func:`prepare_batch` from a reader that writes windows straight into batch slots."""
+    n, (h, w) = len(windows), windows[0].shape
+    arrays: dict[str, np.ndarray] = {
+        m.name: np.empty((n, m.n_bands, h, w), np.float32) for m in meta.modalities
+    }
+    valid = np.empty((n, h, w), dtype=bool)
+    for i, win in enumerate(windows):
+        scene.read_into(win, {m: a[i] for m, a in arrays.items()}, valid[i])
+    run = [i for i in range(n) if valid[i].any()]
+    if len(run) < n:
+        arrays = {m: a[run] if run else np.empty((0,)) for m, a in arrays.items()}
+    return PreparedBatch(windows, run, arrays, valid)
 
 
 def iter_prepared(
@@ -140,26 +200,32 @@ def iter_prepared(
     percentiles: Percentiles,
     threads: int = 1,
     prefetch: int = PREFETCH_BATCHES,
+    *,
+    normalised: bool = False,
 ) -> Iterator[PreparedBatch]:
     """Yield prepared batches in order, reading up to ``prefetch`` batches ahead in threads
     (``threads=0``: read in the calling thread)."""
     if threads <= 0:
         for b in batches:
-            yield prepare_batch(scene, b, meta, percentiles)
+            yield prepare_batch(scene, b, meta, percentiles, normalised=normalised)
         return
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mfaf-read")
     pending: deque[Future[PreparedBatch]] = deque()
     it = iter(batches)
     try:
         for b in it:
-            pending.append(pool.submit(prepare_batch, scene, b, meta, percentiles))
+            pending.append(
+                pool.submit(prepare_batch, scene, b, meta, percentiles, normalised=normalised)
+            )
             if len(pending) >= max(prefetch, threads):
                 break
         while pending:
             fut = pending.popleft()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(pool.submit(prepare_batch, scene, nxt, meta, percentiles))
+                pending.append(
+                    pool.submit(prepare_batch, scene, nxt, meta, percentiles, normalised=normalised)
+                )
             yield fut.result()
     finally:
         for f in pending:
@@ -242,7 +308,78 @@ class MergeWorker:
             raise self._error
 
 
+# ---- which merger ------------------------------------------------------------------------------
+#: ``1``: use the device merger wherever the predictor and sink allow it (on CPU too, for
+#: tests); ``0``: never; unset: only for a torch predictor on CUDA.
+DEVICE_MERGER_ENV = "MFAF_DEVICE_MERGER"
+
+
+def use_device_merger(
+    predictor: Any, sink: Any, num_classes: int, force: bool | None = None
+) -> bool:
+    """Whether to keep the row band on the predictor's device: the predictor can hand out
+    device tensors (``predict_tensor``), the sink takes finished rows, the index fits uint8,
+    and the device is a GPU (or ``force`` / :data:`DEVICE_MERGER_ENV` says so)."""
+    from mfaf_cli.stitch.rows import MAX_INDEXED_CLASSES, FinishedRowsSink
+
+    if force is None:
+        env = os.environ.get(DEVICE_MERGER_ENV, "").strip()
+        force = {"1": True, "0": False}.get(env)
+    able = (
+        callable(getattr(predictor, "predict_tensor", None))
+        and isinstance(sink, FinishedRowsSink)
+        and num_classes <= MAX_INDEXED_CLASSES
+    )
+    if not able or force is False:
+        return False
+    return bool(force) or str(getattr(predictor, "device", "cpu")).startswith("cuda")
+
+
+def _nonfinite_error() -> Exception:
+    from mfaf_cli.errors import EngineError
+
+    return EngineError("the model produced non-finite probabilities")
+
+
+def make_merger(
+    plan: WindowPlan, meta: ModelMeta, predictor: Any, sink: Any, blend: Blend, device: bool
+) -> tuple[Any, Callable[[Any], Any]]:
+    """``(merger, predict)``: the numpy merger fed by ``predictor(batch)``, or (``device``)
+    the device merger fed by ``predictor.predict_tensor(batch)``."""
+    from mfaf_cli.stitch import StreamingMerger
+
+    weight_fn = plan.weight_fn(blend)
+    if not device:
+        merger = StreamingMerger(plan.height, plan.width, meta.num_classes, plan.windows,
+                                 weight_fn, sink)  # fmt: skip
+        return merger, predictor
+    from mfaf_cli.stitch.torch_merger import DeviceMerger
+
+    log.debug("row band on %s", predictor.device)
+    on_device = DeviceMerger(
+        plan.height, plan.width, meta.num_classes, plan.windows, weight_fn,
+        sink.write_finished, device=predictor.device, needs=sink.row_needs(),
+        nonfinite=getattr(predictor, "nonfinite_error", _nonfinite_error),
+    )  # fmt: skip
+    return on_device, predictor.predict_tensor
+
+
 # ---- the pass over a scene ---------------------------------------------------------------------
+def column_panels(width: int, panel: int) -> list[tuple[int, int]]:
+    """``[c0, c1)`` column ranges of at most ``panel`` columns covering ``[0, width)``."""
+    if panel < 1:
+        raise ValueError(f"panel width must be >= 1, got {panel}")
+    return [(c, min(c + panel, width)) for c in range(0, width, panel)]
+
+
+def read_columns(plan: WindowPlan, read_width: int) -> tuple[int, int]:
+    """The read-grid columns a plan's windows read (inside the read grid)."""
+    reads = [plan.read_window(w) for w in plan.windows]
+    lo = min((w.col_off for w in reads), default=0)
+    hi = max((w.col_off + w.width for w in reads), default=read_width)
+    return max(lo, 0), min(max(hi, 1), read_width)
+
+
 def run_scene(
     scene: AlignedScene,
     plan: WindowPlan,
@@ -256,38 +393,90 @@ def run_scene(
     read_threads: int,
     progress: bool = False,
     desc: str = "predict",
+    device_merger: bool | None = None,
 ) -> RunStats:
-    """Stream every window of ``plan`` through ``predictor`` into ``sink``.
+    """Stream every window of ``plan`` through ``predictor`` into ``sink``, column panel by
+    column panel (:data:`PANEL_WIDTH`; one panel for most scenes).
 
-    ``scene`` reads the plan's read grid; the sink receives finished rows of the output grid
-    in order, ``(row0, probs (K, r, W), valid (r, W))``."""
+    ``scene`` reads the plan's read grid; the sink receives finished rows of the output grid,
+    each panel's in order, ``(row0, probs (K, r, w), valid (r, w), col0=...)``, or as
+    ``sink.write_finished(rows)`` from the device merger (``device_merger``: see
+    :func:`use_device_merger`)."""
     from tqdm import tqdm
 
-    from mfaf_cli.stitch import StreamingMerger
+    panels = column_panels(plan.width, PANEL_WIDTH)
+    subplans = [plan if len(panels) == 1 else plan.columns(c0, c1) for c0, c1 in panels]
+    on_device = use_device_merger(predictor, sink, meta.num_classes, device_merger)
+    bar = tqdm(total=sum(len(p.windows) for p in subplans), unit="win", desc=desc,
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+    model_s, skipped = 0.0, set()
+    try:
+        for (c0, _), sub in zip(panels, subplans, strict=True):
+            panel_sink = sink if len(panels) == 1 else PanelSink(sink, c0)
+            merger, predict = make_merger(sub, meta, predictor, panel_sink, blend, on_device)
+            seconds, skip = _run_panel(
+                scene, sub, meta, merger, predict, percentiles, batch_size=batch_size,
+                read_threads=read_threads, bar=bar,
+            )  # fmt: skip
+            model_s += seconds
+            skipped |= {(w.row_off, w.col_off + c0) for w in skip}
+    finally:
+        bar.close()
+    return RunStats(len(plan.windows), len(skipped), model_s)
 
+
+class PanelSink:
+    """A sink seen through one column panel: rows come with the panel's first column."""
+
+    def __init__(self, sink: Any, col0: int) -> None:
+        self.sink, self.col0 = sink, col0
+
+    def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
+        self.sink(row0, probs, valid, col0=self.col0 + col0)
+
+    def row_needs(self) -> Any:
+        return self.sink.row_needs()
+
+    def write_finished(self, rows: Any) -> None:
+        self.sink.write_finished(dataclasses.replace(rows, col0=rows.col0 + self.col0))
+
+
+def _run_panel(
+    scene: AlignedScene,
+    plan: WindowPlan,
+    meta: ModelMeta,
+    merger: Any,
+    predict: Callable[[Any], Any],
+    percentiles: Percentiles,
+    *,
+    batch_size: int,
+    read_threads: int,
+    bar: Any,
+) -> tuple[float, list[Window]]:
+    """One panel (or the whole scene): ``(model seconds, windows skipped as all nodata)``."""
     reads = [plan.read_window(w) for w in plan.windows]
     to_out = dict(zip(reads, plan.windows, strict=True))
-    merger = StreamingMerger(plan.height, plan.width, meta.num_classes, plan.windows,
-                             plan.weight_fn(blend), sink)  # fmt: skip
-    bar = tqdm(total=len(reads), unit="win", desc=desc, disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)  # fmt: skip
     worker = MergeWorker(merger)
+    normalise = normaliser(meta, percentiles, in_place=True)
     reader = StripReader(scene, [w.row_off for w in reads], plan.tile, threads=read_threads,
-                         ahead=max(2, read_threads))  # fmt: skip
-    model_s, ok = 0.0, False
+                         ahead=max(2, read_threads), transform=normalise,
+                         cols=read_columns(plan, scene.grid.width))  # fmt: skip
+    model_s, ok, skipped = 0.0, False, []
     try:
         batches = list(batched(reads, batch_size))
-        # windows are sliced from row chunks that reader threads read ahead; slicing and
-        # normalising a batch is cheap, so it runs here, in window order
-        for pb in iter_prepared(reader, batches, meta, percentiles, threads=0):
+        # windows are sliced from row chunks that reader threads read and normalise ahead;
+        # slicing a batch is cheap, so it runs here, in window order
+        for pb in iter_prepared(reader, batches, meta, percentiles, threads=0, normalised=True):
             probs: list[Any] = [None] * len(pb.windows)
             if pb.run:
                 t0 = time.perf_counter()
-                out = predictor(pb.arrays)
+                out = predict(pb.arrays)
                 model_s += time.perf_counter() - t0
                 for k, i in enumerate(pb.run):
                     probs[i] = out[k]
-            worker.submit([to_out[w] for w in pb.windows], probs, pb.valid)
+            windows = [to_out[w] for w in pb.windows]
+            skipped += [w for w, p in zip(windows, probs, strict=True) if p is None]
+            worker.submit(windows, probs, pb.valid)
             bar.update(len(pb.windows))
         worker.close()
         ok = True
@@ -296,5 +485,4 @@ def run_scene(
         if not ok:
             worker.close(ok=False)
         reader.close()
-        bar.close()
-    return RunStats(len(reads), merger.windows_skipped, model_s)
+    return model_s, skipped

@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,7 @@ from mfaf_cli.errors import InputError, ModalityError, OutputPathError, UsageErr
 from mfaf_cli.io.inputs import check_readable
 from mfaf_cli.malloc import limit_malloc_growth as limit_malloc_growth
 from mfaf_cli.metadata import ALL_MODALITIES, ModelMeta
+from mfaf_cli.pipeline import core
 from mfaf_cli.pipeline.core import (  # noqa: F401 (PreparedBatch, ...: re-exported)
     PreparedBatch,
     iter_prepared,
@@ -211,7 +212,7 @@ def run_on_scene(
     with (
         AlignedScene(inputs, read_grid(grid, plan), bands=bands, units=sar_units, meta=meta)
         as scene,
-        _bounded_gdal_cache(scene, spec.tile),
+        _bounded_gdal_cache(scene, spec.tile, core.PANEL_WIDTH + 2 * spec.tile),
     ):  # fmt: skip
         for m, c in scene.band_choices.items():
             log.info("%s bands: %s", m, c.summary())
@@ -247,7 +248,7 @@ def _extent_percentiles(
         return crop.percentiles(meta)
 
 
-def _bounded_gdal_cache(scene: AlignedScene, tile: int) -> Any:
+def _bounded_gdal_cache(scene: AlignedScene, tile: int, columns: int | None = None) -> Any:
     """Cap GDAL's block cache for this run (unless the user set GDAL_CACHEMAX), so peak
     memory does not grow with the scene; see :meth:`AlignedScene.cache_bytes`."""
     import contextlib
@@ -256,7 +257,7 @@ def _bounded_gdal_cache(scene: AlignedScene, tile: int) -> Any:
 
     if os.environ.get("GDAL_CACHEMAX"):
         return contextlib.nullcontext()
-    return rasterio.Env(GDAL_CACHEMAX=scene.cache_bytes(tile))
+    return rasterio.Env(GDAL_CACHEMAX=scene.cache_bytes(tile, columns))
 
 
 def vectorize_finished_map(
@@ -348,57 +349,16 @@ def predict(
     t_start = time.perf_counter()
     inputs = {k: os.fspath(v) for k, v in inputs.items() if v is not None}
     bands = {k: list(v) for k, v in (bands or {}).items() if v}
-    if not inputs:
-        raise ModalityError("give the input rasters, e.g. --optical s2.tif --sar s1.tif")
-    stray = [m for m in bands if m not in inputs]
-    if stray:
-        raise UsageError(f"--{stray[0]}-bands is given but there is no --{stray[0]} input")
-    if output is None and probabilities is None and confidence is None:
-        raise UsageError("nothing to write: give -o/--output (or --probabilities/--confidence)")
-    if vector is not None and output is None:
-        raise UsageError("--vector polygonises the label map: give -o/--output too")
+    _check_request(inputs, bands, (output, probabilities, confidence), vector)
     spec = InferenceSpec(tile, overlap, batch_size, blend, device, engine, precision, threads)
-
-    # Cheap checks first: outputs, then input files, then the model.
-    for p in (output, probabilities, confidence):
-        if p is not None:
-            from mfaf_cli.io.raster import check_output_path
-
-            check_output_path(p, overwrite)
-    from mfaf_cli.io.raster import check_creation_options
-
-    check_creation_options(creation_options)
-    if vector is not None:
-        check_vector_path(vector, overwrite)
+    _check_outputs((output, probabilities, confidence), vector, creation_options, overwrite)
     for name, path in inputs.items():
         check_readable(path, name)
-
-    if predictor is None:
-        in_ch = {m: len(v) for m, v in bands.items() if m in inputs and v}
-        predictor, source = load_predictor(
-            model, tuple(inputs), in_channels=in_ch or None, spec=spec
-        )
-        model_name, trained = source.name, not source.untrained
-        meta: ModelMeta = predictor.meta
-    else:
-        meta = predictor.meta
-        model_name = getattr(predictor, "name", None) or meta.arch
-        trained = bool(meta.trained)
-        check_modalities(tuple(inputs), meta, model_name)
-
+    predictor, model_name, trained = _predictor_for(predictor, model, inputs, bands, spec)
+    meta: ModelMeta = predictor.meta
     tile = int(meta.tile_size if tile is None else tile)
     check_tile(tile, meta.divisor, meta.arch)
     validate_tiling(tile, overlap)
-
-    def _before_commit(outputs: Any) -> None:
-        # Runs while the rasters are still temp files: a scene without a single valid pixel
-        # leaves no raster behind.
-        if int(outputs.class_counts.sum()) == 0:
-            names = ", ".join(f"{m} {Path(p).name}" for m, p in inputs.items())
-            raise InputError(
-                f"no pixel has data in every input ({names}): the inputs are all nodata/NaN "
-                "where they overlap, so there is nothing to predict"
-            )
 
     def _outputs(grid: Grid) -> Any:
         return OutputSet(
@@ -421,9 +381,9 @@ def predict(
     grid, stats, outputs = run_on_scene(
         ordered, meta, predictor, _outputs, spec.with_tile(tile), bands=bands,
         sar_units=sar_units, crs=crs, resolution=resolution, bounds=bounds,
-        progress=progress, read_threads=read_threads, before_commit=_before_commit,
+        progress=progress, read_threads=read_threads,
+        before_commit=_require_valid_pixels(inputs),
     )  # fmt: skip
-    windows, skipped, model_s = stats.windows, stats.skipped, stats.model_seconds
     seconds_scene = time.perf_counter() - t_scene
 
     written = {k: str(Path(v).absolute()) for k, v in outputs.paths.items() if v is not None}
@@ -432,16 +392,14 @@ def predict(
             output, vector, list(written.values()), overwrite=overwrite, progress=progress
         )
         written["vector"] = str(Path(vector).absolute())
-    seconds = time.perf_counter() - t_start
     valid_fraction, fractions = class_fractions(outputs, meta)
-    mpix = grid.width * grid.height / 1e6
     return PredictResult(
         inputs={k: str(Path(v).absolute()) for k, v in ordered.items()},
         grid=grid.to_dict(),
-        windows=windows,
-        skipped_windows=skipped,
-        seconds=round(seconds, 3),
-        megapixels_per_second=round(mpix / max(seconds_scene, 1e-9), 4),
+        windows=stats.windows,
+        skipped_windows=stats.skipped,
+        seconds=round(time.perf_counter() - t_start, 3),
+        megapixels_per_second=round(grid.width * grid.height / 1e6 / max(seconds_scene, 1e-9), 4),
         outputs=written,
         model=model_name,
         arch=meta.arch,
@@ -454,9 +412,78 @@ def predict(
         blend=blend,
         valid_fraction=round(valid_fraction, 6),
         class_fractions={k: round(v, 6) for k, v in fractions.items()},
-        model_seconds=round(model_s, 3),
+        model_seconds=round(stats.model_seconds, 3),
         bands=stats.bands,
     )
+
+
+def _check_request(
+    inputs: Mapping[str, Any],
+    bands: Mapping[str, Any],
+    outputs: tuple[PathLike | None, ...],
+    vector: PathLike | None,
+) -> None:
+    """The arguments make sense together (before any file is looked at)."""
+    if not inputs:
+        raise ModalityError("give the input rasters, e.g. --optical s2.tif --sar s1.tif")
+    stray = [m for m in bands if m not in inputs]
+    if stray:
+        raise UsageError(f"--{stray[0]}-bands is given but there is no --{stray[0]} input")
+    output = outputs[0]
+    if all(p is None for p in outputs):
+        raise UsageError("nothing to write: give -o/--output (or --probabilities/--confidence)")
+    if vector is not None and output is None:
+        raise UsageError("--vector polygonises the label map: give -o/--output too")
+
+
+def _check_outputs(
+    outputs: tuple[PathLike | None, ...],
+    vector: PathLike | None,
+    creation_options: Mapping[str, str] | None,
+    overwrite: bool,
+) -> None:
+    """Output paths and options are usable: cheap, so checked before the model loads."""
+    from mfaf_cli.io.raster import check_creation_options, check_output_path
+
+    for p in outputs:
+        if p is not None:
+            check_output_path(p, overwrite)
+    check_creation_options(creation_options)
+    if vector is not None:
+        check_vector_path(vector, overwrite)
+
+
+def _predictor_for(
+    predictor: Any, model: Any, inputs: Mapping[str, Any], bands: Mapping[str, Any],
+    spec: InferenceSpec,
+) -> tuple[Any, str, bool]:  # fmt: skip
+    """``(predictor, model name, trained)``: the given predictor (checked against the
+    inputs) or one loaded for ``model``."""
+    if predictor is None:
+        in_ch = {m: len(v) for m, v in bands.items() if m in inputs and v}
+        predictor, source = load_predictor(
+            model, tuple(inputs), in_channels=in_ch or None, spec=spec
+        )
+        return predictor, source.name, not source.untrained
+    meta = predictor.meta
+    model_name = getattr(predictor, "name", None) or meta.arch
+    check_modalities(tuple(inputs), meta, model_name)
+    return predictor, model_name, bool(meta.trained)
+
+
+def _require_valid_pixels(inputs: Mapping[str, Any]) -> Callable[[Any], None]:
+    """A ``before_commit`` check: a scene without a single valid pixel leaves no raster (it
+    runs while the rasters are still temp files)."""
+
+    def check(outputs: Any) -> None:
+        if int(outputs.class_counts.sum()) == 0:
+            names = ", ".join(f"{m} {Path(p).name}" for m, p in inputs.items())
+            raise InputError(
+                f"no pixel has data in every input ({names}): the inputs are all nodata/NaN "
+                "where they overlap, so there is nothing to predict"
+            )
+
+    return check
 
 
 # ---- coregister -------------------------------------------------------------------------------
@@ -496,6 +523,60 @@ class CoregisterResult:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
+def _coregister_dtype(src: Any) -> tuple[str, float]:
+    """(dtype, nodata) of a coregistered output: float32/NaN for continuous values; a
+    categorical input keeps its dtype, and its nodata (or the dtype's largest value)."""
+    if src.kind != "nearest":
+        return "float32", float("nan")
+    dtype, nodata = src.dtype, src.nodata[0]
+    if nodata is None:
+        if dtype == "uint8":
+            nodata = 255
+        elif np.issubdtype(np.dtype(dtype), np.integer):
+            nodata = float(np.iinfo(dtype).max)
+        else:
+            nodata = float("nan")
+    return dtype, nodata
+
+
+def _open_coregistered(
+    tmp: Any, src: Any, grid: Grid, spec: tuple[str, float], options: Mapping[str, Any]
+) -> Any:
+    """Open one coregistered output on ``grid``, with its source's band descriptions and
+    provenance tags."""
+    import rasterio
+
+    dtype, nodata = spec
+    ds = rasterio.open(
+        tmp, "w", driver="GTiff", width=grid.width, height=grid.height,
+        count=len(src.indexes), dtype=dtype, crs=grid.crs, transform=grid.transform,
+        nodata=nodata, **options,
+    )  # fmt: skip
+    with rasterio.open(src.uri) as s:
+        for j, i in enumerate(src.indexes, start=1):
+            ds.set_band_description(j, s.descriptions[i - 1] or f"band {i}")
+    tags = {"SOURCE": src.uri, "SOURCE_BANDS": ",".join(map(str, src.indexes))}
+    if src.kind == "sar":
+        tags["SAR_UNITS"] = src.out_units
+    ds.update_tags(**tags)
+    return ds
+
+
+def _coregister_block(
+    scene: AlignedScene, dsets: Mapping[str, Any], specs: Mapping[str, Any], w: Window
+) -> int:
+    """Write one block of every output; returns its pixels valid in every modality."""
+    joint = np.ones((w.height, w.width), dtype=bool)
+    for m, ds in dsets.items():
+        vals, ok = scene.read_modality(m, w)
+        joint &= ok
+        dtype, nodata = specs[m]
+        if dtype != "float32":
+            vals = np.where(ok[None], vals, nodata).astype(dtype)
+        ds.write(vals, window=w.to_rasterio())
+    return int(joint.sum())
+
+
 @expand_stacks
 def coregister(
     inputs: Mapping[str, PathLike],
@@ -518,7 +599,6 @@ def coregister(
     resampled nearest) keeps its dtype and nodata. Blocks are read and written one at a time,
     so any scene size works in bounded memory. ``out_dir`` is created if its parent exists.
     """
-    import rasterio
     from tqdm import tqdm
 
     from mfaf_cli.io.raster import atomic_outputs, gtiff_options
@@ -545,72 +625,23 @@ def coregister(
     bands = {k: list(v) for k, v in (bands or {}).items() if v}
     options = gtiff_options("deflate", creation_options)
     finals = [out / f"{m}.tif" for m in inputs]
-    valid_px = 0
     with (
         AlignedScene(inputs, grid, bands=bands, units=sar_units) as scene,
         _bounded_gdal_cache(scene, block),
     ):
-        specs = {}
-        for m, src in scene.sources.items():
-            if src.kind == "nearest":
-                dtype = src.dtype
-                nodata = src.nodata[0]
-                if nodata is None:
-                    nodata = (
-                        255
-                        if dtype == "uint8"
-                        else float(np.iinfo(dtype).max)
-                        if (np.issubdtype(np.dtype(dtype), np.integer))
-                        else float("nan")
-                    )
-            else:
-                dtype, nodata = "float32", float("nan")
-            specs[m] = (dtype, nodata)
+        specs = {m: _coregister_dtype(src) for m, src in scene.sources.items()}
         blocks = [
             Window(r, c, min(block, grid.height - r), min(block, grid.width - c))
             for r in range(0, grid.height, block)
             for c in range(0, grid.width, block)
         ]
         with _output_folder(out), atomic_outputs(finals, overwrite) as temps:
-            dsets = {}
+            dsets: dict[str, Any] = {}
             try:
                 for (m, src), tmp in zip(scene.sources.items(), temps, strict=True):
-                    dtype, nodata = specs[m]
-                    ds = rasterio.open(
-                        tmp,
-                        "w",
-                        driver="GTiff",
-                        width=grid.width,
-                        height=grid.height,
-                        count=len(src.indexes),
-                        dtype=dtype,
-                        crs=grid.crs,
-                        transform=grid.transform,
-                        nodata=nodata,
-                        **options,
-                    )
-                    dsets[m] = ds
-                    with rasterio.open(src.uri) as s:
-                        for j, i in enumerate(src.indexes, start=1):
-                            desc = s.descriptions[i - 1] or f"band {i}"
-                            ds.set_band_description(j, desc)
-                    tags = {
-                        "SOURCE": src.uri,
-                        "SOURCE_BANDS": ",".join(map(str, src.indexes)),
-                    }
-                    if src.kind == "sar":
-                        tags["SAR_UNITS"] = src.out_units
-                    ds.update_tags(**tags)
-                for w in tqdm(blocks, unit="block", disable=not progress, file=sys.stderr):
-                    joint = np.ones((w.height, w.width), dtype=bool)
-                    for m, ds in dsets.items():
-                        vals, ok = scene.read_modality(m, w)
-                        joint &= ok
-                        dtype, nodata = specs[m]
-                        if dtype != "float32":
-                            vals = np.where(ok[None], vals, nodata).astype(dtype)
-                        ds.write(vals, window=w.to_rasterio())
-                    valid_px += int(joint.sum())
+                    dsets[m] = _open_coregistered(tmp, src, grid, specs[m], options)
+                bar = tqdm(blocks, unit="block", disable=not progress, file=sys.stderr)
+                valid_px = sum(_coregister_block(scene, dsets, specs, w) for w in bar)
             finally:
                 for ds in dsets.values():
                     ds.close()

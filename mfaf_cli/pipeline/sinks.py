@@ -1,7 +1,12 @@
 """Sinks of the inference core: what happens to finished rows of blended probabilities.
 
-A sink is called with ``(row0, probs (K, r, W) float32, valid (r, W) bool)`` for consecutive
-row bands of the output grid, in order, from the core's merge worker thread. The GeoTIFF
+A sink is called with ``(row0, probs (K, r, w) float32, valid (r, w) bool, col0=0)`` for
+consecutive row bands of the output grid, in order, from the core's merge worker thread; a
+scene wider than the core's column panel comes panel by panel (each panel's rows in order,
+``col0`` its first column), so memory does not grow with the scene's width. A sink that also
+has ``row_needs()`` and ``write_finished(rows)``
+(:class:`~mfaf_cli.stitch.rows.FinishedRowsSink`) can be fed by the device merger instead,
+which hands it labels and stored planes computed on the GPU. The GeoTIFF
 outputs (label / probabilities / confidence) are :class:`~mfaf_cli.io.raster.OutputSet`;
 this module adds a confusion-matrix sink (so evaluate scores a scene without writing a map)
 and a null sink (so benchmarks measure the machinery alone).
@@ -18,6 +23,7 @@ import numpy as np
 from mfaf_cli.coreg.grid import Grid
 from mfaf_cli.errors import LabelError
 from mfaf_cli.metadata import NODATA_LABEL
+from mfaf_cli.stitch.rows import FinishedRows, RowNeeds
 
 
 class NullSink:
@@ -27,9 +33,16 @@ class NullSink:
         self.pixels = 0
         self.valid_pixels = 0
 
-    def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
+    def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
         self.pixels += valid.size
         self.valid_pixels += int(valid.sum())
+
+    def row_needs(self) -> RowNeeds:
+        return RowNeeds()
+
+    def write_finished(self, rows: FinishedRows) -> None:
+        self.pixels += rows.index.size
+        self.valid_pixels += int(np.count_nonzero(rows.valid))
 
     def __enter__(self) -> NullSink:
         return self
@@ -72,31 +85,44 @@ class ConfusionSink:
             self._ds.close()
             self._ds = None
 
-    def _truth_rows(self, row0: int, rows: int) -> np.ndarray:
+    def _truth_rows(self, row0: int, rows: int, col0: int, cols: int) -> np.ndarray:
         from rasterio.windows import Window as RioWindow
 
         from mfaf_cli.training.evaluate import truth_on_grid
 
         ds, g = self._ds, self.grid
         if ds.crs == g.crs and ds.transform == g.transform and ds.shape == (g.height, g.width):
-            t = ds.read(1, window=RioWindow(0, row0, g.width, rows)).astype(np.float64)
+            t = ds.read(1, window=RioWindow(col0, row0, cols, rows)).astype(np.float64)
             if ds.nodata is not None:
                 t[t == ds.nodata] = np.nan
             return t
         from rasterio.transform import Affine
 
-        transform = g.transform @ Affine.translation(0, row0)
-        return truth_on_grid(ds, g.crs, transform, (rows, g.width))
+        transform = g.transform @ Affine.translation(col0, row0)
+        return truth_on_grid(ds, g.crs, transform, (rows, cols))
 
-    def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
+    def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
         from mfaf_cli.io.raster import argmax_max
+
+        self._score(row0, col0, argmax_max(probs)[0].astype(np.int64), valid)
+
+    def row_needs(self) -> RowNeeds:
+        return RowNeeds()  # the index is all it scores
+
+    def write_finished(self, rows: FinishedRows) -> None:
+        self._score(rows.row0, rows.col0, rows.index.astype(np.int64), rows.valid)
+
+    def _score(self, row0: int, col0: int, idx: np.ndarray, valid: np.ndarray) -> None:
+        """Add rows of predicted class planes ``idx`` (int64, overwritten where not valid)."""
         from mfaf_cli.training.evaluate import truth_labels
         from mfaf_cli.training.metrics import confusion_matrix
 
-        idx = argmax_max(probs)[0].astype(np.int64)
         idx[~valid] = self.ignore_index
         truth = truth_labels(
-            self._truth_rows(row0, valid.shape[0]), self.label_fn, self.mapping, self.ignore_index
+            self._truth_rows(row0, valid.shape[0], col0, valid.shape[1]),
+            self.label_fn,
+            self.mapping,
+            self.ignore_index,
         )
         try:
             self.confusion += confusion_matrix(idx, truth, self.num_classes, self.ignore_index)

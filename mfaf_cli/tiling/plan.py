@@ -90,6 +90,24 @@ class WindowPlan:
         dr, dc = self.read_offset
         return Window(window.row_off - dr, window.col_off - dc, window.height, window.width)
 
+    def columns(self, c0: int, c1: int) -> WindowPlan:
+        """The plan of output columns ``[c0, c1)`` alone (a column panel): the windows that
+        touch them, in panel pixels, with their tapers from this plan and the same read grid
+        (so each panel pixel gets exactly the contributions it gets in the whole plan)."""
+        if not 0 <= c0 < c1 <= self.width:
+            raise ValueError(f"columns {c0}..{c1} outside 0..{self.width}")
+        windows: list[Window] = []
+        tapers: dict[Window, Taper] = {}
+        for w in self.windows:
+            if w.col_off < c1 and w.col_off + w.width > c0:
+                moved = Window(w.row_off, w.col_off - c0, w.height, w.width)
+                windows.append(moved)
+                tapers[moved] = self.tapers[w]
+        dr, dc = self.read_offset
+        return WindowPlan(
+            self.height, c1 - c0, self.tile, windows, tapers, (dr, dc - c0), self.read_shape
+        )
+
     def weight_fn(self, mode: str) -> Callable[[Window], np.ndarray]:
         """``weight_fn(window)`` for the streaming merger, tapered as in the full layout."""
         from mfaf_cli.stitch.weights import BLEND_MODES, blend_weights
