@@ -9,8 +9,11 @@ Modality = Literal["optical", "sar", "hsi", "lidar"]
 Blend = Literal["gaussian", "cosine", "constant"]
 Engine = Literal["auto", "torch", "onnx"]
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
+#: Cross-modal alignment (MMD) losses a network can support (``--mmd``; ``none`` turns it off).
+AlignmentKind = Literal["rbf", "paired", "linear", "class"]
 
 MODALITIES: tuple[str, ...] = get_args(Modality)
 BLENDS: tuple[str, ...] = get_args(Blend)
 ENGINES: tuple[str, ...] = get_args(Engine)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+ALIGNMENT_KINDS: tuple[str, ...] = get_args(AlignmentKind)

@@ -199,8 +199,8 @@ def test_predict_vector_end_to_end(ckpt: Path, tmp_path: Path, runner) -> None:
     from mfaf_cli.io.weights import file_sha256
 
     with rasterio.open(out) as ds:  # the map names the weights that made it
-        assert ds.tags()["WEIGHTS"] == ckpt.stem and ds.tags()["TRAINED"] == "TRAINED"
-        assert ds.tags()["WEIGHTS_SHA256"] == file_sha256(ckpt)
+        assert ds.tags()["WEIGHTS"] == ckpt.stem and ds.tags()["MODEL_WEIGHTS"] == "TRAINED"
+        assert ds.tags()["WEIGHTS_SHA256"] == file_sha256(ckpt) and "TRAINED" not in ds.tags()
     gdf = gpd.read_file(vec)
     assert gdf.crs.to_epsg() == 32630
     assert set(gdf["class_name"]) <= {"not-water", "water"}

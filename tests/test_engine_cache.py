@@ -10,7 +10,7 @@ import pytest
 import torch
 from tiny_net import TinyFusion, tiny_meta, use_tiny_builder
 
-from mfaf_cli.engine import base, cache, create_predictor
+from mfaf_cli.engine import base, cache, create_predictor, factory
 from mfaf_cli.engine.onnx_predictor import OnnxPredictor
 from mfaf_cli.engine.torch_predictor import TorchPredictor
 from mfaf_cli.io import weights as W
@@ -99,8 +99,8 @@ def test_auto_falls_back_to_torch(checkpoint: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(base, "cuda_requested", lambda device: True)
     monkeypatch.setattr(base, "onnxruntime_available", lambda: True)
     source = resolve_model(str(checkpoint), MODS)
-    assert base.choose_engine("auto", source, "cuda") == "torch"
-    assert base.choose_engine("onnx", source, "cuda") == "onnx"
+    assert factory.choose_engine("auto", source, "cuda") == "torch"
+    assert factory.choose_engine("onnx", source, "cuda") == "onnx"
 
 
 def test_engine_threads_are_applied(checkpoint: Path) -> None:

@@ -13,7 +13,12 @@ from tiny_net import TinyFusion, tiny_meta, use_tiny_builder
 from torch import nn
 
 from mfaf_cli.engine import Predictor, create_predictor
-from mfaf_cli.engine.onnx_predictor import OnnxPredictor, choose_providers, softmax
+from mfaf_cli.engine.onnx_predictor import (
+    OnnxPredictor,
+    choose_providers,
+    runtime_errors,
+    softmax,
+)
 from mfaf_cli.engine.torch_predictor import TorchPredictor, resolve_device, resolve_precision
 from mfaf_cli.errors import (
     BandMismatchError,
@@ -300,6 +305,33 @@ def test_onnx_cuda_request_without_provider(tiny_onnx: Path) -> None:
         pytest.skip("onnxruntime has CUDA here")
     with pytest.raises(EngineError, match="no CUDA provider"):
         OnnxPredictor(tiny_onnx, device="cuda")
+
+
+def test_onnx_runtime_failures_are_engine_errors_others_propagate(
+    tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ONNX Runtime's own failures become one EngineError line; a bug (here an AttributeError
+    raised inside the session) is not disguised as an engine failure."""
+    import onnxruntime as ort
+
+    caught = runtime_errors(ort)
+    assert Exception not in caught and AttributeError not in caught
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf")
+    with pytest.raises(EngineError, match="onnxruntime could not load"):
+        OnnxPredictor(bad, meta=tiny_meta(), device="cpu")
+    pred = OnnxPredictor(tiny_onnx, device="cpu")
+    x = {"optical": np.zeros((1, 4, 32, 32), np.float32)}
+    x["sar"] = np.zeros((1, 1, 32, 32), np.float32)
+    with pytest.raises(EngineError, match="onnxruntime failed"):
+        pred._run({"optical": x["optical"].astype(np.float64), "sar": x["sar"]})
+
+    def broken(*a: object) -> None:
+        raise AttributeError("a bug")
+
+    monkeypatch.setattr(pred.session, "run", broken)
+    with pytest.raises(AttributeError, match="a bug"):
+        pred(x)
 
 
 def test_missing_onnxruntime_says_how_to_install(

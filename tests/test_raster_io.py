@@ -24,6 +24,8 @@ from mfaf_cli.io.raster import (
     gtiff_options,
     ids_to_labels,
     scale_probs,
+    weights_status,
+    weights_tags,
 )
 from mfaf_cli.metadata import WATER_CLASSES, WHU_CLASSES, ClassInfo, ModelMeta
 
@@ -451,7 +453,7 @@ def test_gdal_reads_category_names_rat_and_weights_tags(tmp_path, rng):
     from rasterio.shutil import copy as rio_copy
 
     probs = random_probs(rng, len(WHU_CLASSES), 20, 30)
-    tags = {"WEIGHTS": "w1", "WEIGHTS_SHA256": "ab" * 32, "TRAINED": "UNTRAINED"}
+    tags = weights_tags("w1", "ab" * 32)
     for overwrite in (False, True):
         out = OutputSet(grid(30, 20), META, tmp_path / "m.tif", overwrite=overwrite, tags=tags)
         with out:
@@ -459,6 +461,8 @@ def test_gdal_reads_category_names_rat_and_weights_tags(tmp_path, rng):
     assert listing(tmp_path) == ["m.tif", "m.tif.aux.xml"]
     with rasterio.open(tmp_path / "m.tif") as ds:
         assert {k: ds.tags()[k] for k in tags} == tags and ds.tags()["MODEL"] == "mfafnet-s"
+        assert "TRAINED" not in ds.tags()  # MODEL_WEIGHTS says it, once
+        assert ds.tags()["MODEL_WEIGHTS"] == weights_status(META)
     rio_copy(str(tmp_path / "m.tif"), str(tmp_path / "m.vrt"), driver="VRT")
     vrt = (tmp_path / "m.vrt").read_text()
     cats = re.findall(r"<Category>([^<]*)</Category>", vrt)

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from mfaf_cli.cli import options as opt
+from mfaf_cli.metadata import ALL_MODALITIES
 
 EPILOG = """\b
 Examples:
@@ -41,7 +42,7 @@ resampled in linear power and written in its input units; --label is resampled n
 )
 @click.option(
     "--reference",
-    type=click.Choice(("optical", "sar", "hsi", "lidar")),
+    type=click.Choice(ALL_MODALITIES),
     default=None,
     help="Modality whose grid is the target (default: optical, else hsi).",
 )

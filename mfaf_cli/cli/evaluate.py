@@ -110,16 +110,9 @@ def command(
 ) -> None:
     """Score a model on a dataset split, or a predicted map (PREDICTION) against --truth."""
     from mfaf_cli.errors import UsageError
-    from mfaf_cli.training.metrics import format_table, plot_confusion
 
+    _check_plot_path(plot)
     result: Any
-    if plot:
-        from pathlib import Path
-
-        from mfaf_cli.errors import OutputPathError
-
-        if not Path(plot).resolve().parent.is_dir():
-            raise OutputPathError(f"folder of --plot {plot} does not exist; create it first")
     if prediction is not None:
         if truth is None:
             raise UsageError("give --truth LABELS.tif to compare the prediction with")
@@ -138,28 +131,34 @@ def command(
         from mfaf_cli.training.evaluate import evaluate_model
 
         result = evaluate_model(
-            model,
-            dataset,
-            data_root,
-            split,
-            tile=tile,
-            overlap=overlap,
-            batch_size=batch_size,
-            blend=blend,
-            device=device,
-            engine=engine,
-            precision=precision,
-            threads=threads,
-            bands=bands or None,
-            seed=seed,
-            val_fraction=val_fraction,
-            progress=not quiet,
-        )
+            model, dataset, data_root, split, tile=tile, overlap=overlap,
+            batch_size=batch_size, blend=blend, device=device, engine=engine,
+            precision=precision, threads=threads, bands=bands or None, seed=seed,
+            val_fraction=val_fraction, progress=not quiet,
+        )  # fmt: skip
+    _report(result, plot, as_json, quiet)
+
+
+def _check_plot_path(plot: str | None) -> None:
+    """Fail before any work when the --plot folder does not exist."""
+    if not plot:
+        return
+    from pathlib import Path
+
+    from mfaf_cli.errors import OutputPathError
+
+    if not Path(plot).resolve().parent.is_dir():
+        raise OutputPathError(f"folder of --plot {plot} does not exist; create it first")
+
+
+def _report(result: Any, plot: str | None, as_json: bool, quiet: bool) -> None:
+    """The plot, then the result on stdout (so `> metrics.txt` keeps it): the JSON line with
+    --json (the table then on stderr for the eye), else the table."""
+    from mfaf_cli.training.metrics import format_table, plot_confusion
+
     if plot:
         title = result.info.get("dataset") or result.info.get("prediction", "")
         plot_confusion(result.confusion, result.class_names, plot, title=str(title))
-    # The result goes to stdout (so `> metrics.txt` keeps it): the JSON line with --json
-    # (the table then on stderr for the eye), else the table.
     if as_json:
         if not quiet:
             click.echo(format_table(result.metrics), err=True)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
+from mfaf_cli.metadata import ALL_MODALITIES
 from mfaf_cli.types import BLENDS, ENGINES, PRECISIONS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -288,7 +289,7 @@ stack_grid_opt = click.option(
 def collect_inputs(**kw: Any) -> dict[str, str | list[str]]:
     """The modality → path (or list of paths to stack) from ``--optical/--sar/...`` values."""
     out: dict[str, str | list[str]] = {}
-    for m in ("optical", "sar", "hsi", "lidar"):
+    for m in ALL_MODALITIES:
         v = kw.get(m)
         if v:
             out[m] = v if isinstance(v, str) else (v[0] if len(v) == 1 else list(v))
@@ -296,4 +297,4 @@ def collect_inputs(**kw: Any) -> dict[str, str | list[str]]:
 
 
 def collect_bands(**kw: Any) -> dict[str, list[int | str]]:
-    return {m: kw[f"{m}_bands"] for m in ("optical", "sar", "hsi", "lidar") if kw.get(f"{m}_bands")}
+    return {m: kw[f"{m}_bands"] for m in ALL_MODALITIES if kw.get(f"{m}_bands")}

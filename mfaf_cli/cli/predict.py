@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from mfaf_cli.cli import options as opt
+from mfaf_cli.metadata import ALL_MODALITIES
 
 log = logging.getLogger("mfaf")
 
@@ -290,7 +291,7 @@ def _all_exist(kw: dict[str, Any]) -> bool:
 
 #: options that a batch CSV gives per row, so they must not be given with --batch
 _PER_ROW = (
-    "optical", "sar", "hsi", "lidar", "output", "probabilities", "confidence", "vector", "preview",
+    *ALL_MODALITIES, "output", "probabilities", "confidence", "vector", "preview",
 )  # fmt: skip
 
 

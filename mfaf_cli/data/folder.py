@@ -24,8 +24,10 @@ from mfaf_cli.data.splits import grid_offsets, seeded_split3
 from mfaf_cli.data.transforms import jitter_window
 from mfaf_cli.errors import DatasetError, LabelError
 from mfaf_cli.metadata import (
+    ALL_MODALITIES,
     ClassInfo,
     ModelMeta,
+    default_band_names,
     default_classes,
 )
 
@@ -36,7 +38,7 @@ else:  # pragma: no cover
 
 log = logging.getLogger("mfaf.data")
 
-MODALITY_COLUMNS = ("optical", "sar", "hsi", "lidar")
+MODALITY_COLUMNS = ALL_MODALITIES
 
 
 def read_scene_list(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -205,7 +207,7 @@ class FolderDataset(SegDataset):
         first = self._scene(self.windows[0][0])
         # SAR units as read (resolved from "auto"), recorded in the model metadata
         self.units = {m: u for m, u in first.units.items() if u in ("db", "linear")}
-        self.band_names = {m: _default_band_names(m, first.band_counts[m]) for m in self.modalities}
+        self.band_names = {m: default_band_names(m, first.band_counts[m]) for m in self.modalities}
 
     def _class_table(
         self,
@@ -367,16 +369,3 @@ class FolderDataset(SegDataset):
             )
             for i in used
         ]
-
-
-def _default_band_names(modality: str, n: int) -> tuple[str, ...]:
-    from mfaf_cli.metadata import DEFAULT_BANDS
-
-    d = DEFAULT_BANDS.get(modality, ())
-    if len(d) == n:
-        return d
-    if modality == "optical" and n == 3:
-        return ("red", "green", "blue")
-    if modality == "sar" and n == 2:
-        return ("vv", "vh")
-    return tuple(f"b{i + 1}" for i in range(n))

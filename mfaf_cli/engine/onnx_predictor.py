@@ -42,6 +42,24 @@ def import_onnxruntime() -> Any:
     return onnxruntime
 
 
+def runtime_errors(ort: Any) -> tuple[type[BaseException], ...]:
+    """What ONNX Runtime raises for a bad model, feed or provider: its own exception classes
+    (``Fail``, ``InvalidArgument``, ``InvalidProtobuf``, ``NoSuchFile``... which derive from
+    ``Exception`` directly), and the ``RuntimeError``/``ValueError``/``TypeError`` its Python
+    wrapper raises for feeds it cannot convert. Programming errors elsewhere still propagate."""
+    state = getattr(getattr(ort, "capi", None), "onnxruntime_pybind11_state", None)
+    own = (
+        tuple(
+            v
+            for v in vars(state).values()
+            if isinstance(v, type) and issubclass(v, Exception) and v.__module__ == state.__name__
+        )
+        if state is not None
+        else ()
+    )
+    return (*own, RuntimeError, ValueError, TypeError, OSError)
+
+
 def choose_providers(device: str, available: list[str]) -> tuple[list[Any], str]:
     """Execution providers for ``device`` (auto|cpu|cuda[:N]) and the device they imply."""
     d = device.strip().lower()
@@ -125,7 +143,7 @@ class OnnxPredictor:
         opts.enable_mem_pattern = False
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-        except Exception as err:
+        except runtime_errors(ort) as err:
             first = (str(err).strip().splitlines() or [""])[0][:300]
             raise EngineError(f"onnxruntime could not load {path}: {first}") from None
         if self.device != "cpu" and self.session.get_providers()[0] != "CUDAExecutionProvider":
@@ -136,6 +154,7 @@ class OnnxPredictor:
                 )
             log.warning("onnxruntime CUDA provider failed to start; running on CPU")
             self.device = "cpu"
+        self._errors = runtime_errors(ort)
         self._check_io(path)
 
     def _check_io(self, path: Path) -> None:
@@ -200,7 +219,7 @@ class OnnxPredictor:
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         try:
             (out,) = self.session.run([self.output_name], feeds)
-        except Exception as err:
+        except self._errors as err:
             first = (str(err).strip().splitlines() or [""])[0][:300]
             raise EngineError(f"onnxruntime failed: {first}") from None
         out = np.asarray(out, dtype=np.float32)

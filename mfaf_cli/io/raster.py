@@ -350,13 +350,12 @@ def category_sidecar_xml(meta: ModelMeta) -> str:
     )
 
 
-def weights_tags(name: str, sha256: str | None, trained: bool) -> dict[str, str]:
-    """Tags that say which weights made a map, and whether they were trained at all."""
-    return {
-        "WEIGHTS": name,
-        "WEIGHTS_SHA256": sha256 or "unknown",
-        "TRAINED": "TRAINED" if trained else "UNTRAINED",
-    }
+def weights_tags(name: str, sha256: str | None, trained: bool | None = None) -> dict[str, str]:
+    """Tags that say which weights made a map. Whether they were trained is the label
+    writer's ``MODEL_WEIGHTS`` tag (from the model record), so ``trained`` adds nothing; it
+    is accepted for callers that still pass it."""
+    del trained
+    return {"WEIGHTS": name, "WEIGHTS_SHA256": sha256 or "unknown"}
 
 
 def _move_sidecar(tmp: Path, final: Path) -> None:
@@ -641,7 +640,7 @@ class OutputSet:
         self.probability_dtype = probability_dtype
         self.cog = cog
         self.overwrite = overwrite
-        self.tags = dict(tags or {})  # extra label tags (the weights used, TRAINED)
+        self.tags = dict(tags or {})  # extra label tags (the weights used)
         self.paths: dict[str, Path | None] = {
             "label": None if label is None else Path(label),
             "probabilities": None if probabilities is None else Path(probabilities),

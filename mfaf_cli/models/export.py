@@ -177,16 +177,7 @@ def export_onnx(
 
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
-    divisor = int(getattr(model, "divisor", meta.divisor) or 1)
-    if meta.tile_size < divisor or meta.tile_size % divisor:
-        raise UsageError(
-            f"tile size {meta.tile_size} must be a multiple of {divisor} for {meta.arch}"
-        )
-    names = list(meta.modality_names)
-    if tuple(getattr(model, "modalities", names)) != tuple(names):
-        raise ModelError(
-            f"model inputs {getattr(model, 'modalities', ())} differ from the metadata's {names}"
-        )
+    divisor = _check_exportable(model, meta)
     model = model.to("cpu").eval()
     inputs = example_inputs(meta)
     needed = _probe_opset(model, meta, divisor)
@@ -201,23 +192,7 @@ def export_onnx(
     path = Path(path)
     order = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
     with atomic_path(path) as tmp:
-        errors: list[str] = []
-        for name in order:
-            fn = _export_torchscript if name == "torchscript" else _export_dynamo
-            try:
-                with _quiet():
-                    fn(head, inputs, names, tmp, opset)
-                used = name
-                break
-            # Deliberately broad: either exporter may fail with any type (torch.onnx errors,
-            # RuntimeError, TypeError from tracing...) and the next one is then tried; all
-            # failures are reported together below, with --debug logging each.
-            except Exception as err:
-                first = (str(err).strip().splitlines() or [""])[0][:300]
-                errors.append(f"{name}: {type(err).__name__}: {first}")
-                log.debug("%s exporter failed for %s: %s", name, meta.arch, err)
-        else:
-            raise EngineError(f"ONNX export of {meta.arch} failed ({'; '.join(errors)})")
+        used = _run_exporters(head, inputs, meta, tmp, opset, order)
         proto = onnx.load(str(tmp))
         _set_metadata(proto, meta, used)
         try:
@@ -227,6 +202,47 @@ def export_onnx(
         onnx.save(proto, str(tmp))
     log.info("exported %s to %s (opset %d, %s exporter)", meta.arch, path, opset, used)
     return path
+
+
+def _check_exportable(model: nn.Module, meta: ModelMeta) -> int:
+    """The model's divisor, after checking the record's tile fits it and the inputs match."""
+    divisor = int(getattr(model, "divisor", meta.divisor) or 1)
+    if meta.tile_size < divisor or meta.tile_size % divisor:
+        raise UsageError(
+            f"tile size {meta.tile_size} must be a multiple of {divisor} for {meta.arch}"
+        )
+    names = list(meta.modality_names)
+    if tuple(getattr(model, "modalities", names)) != tuple(names):
+        raise ModelError(
+            f"model inputs {getattr(model, 'modalities', ())} differ from the metadata's {names}"
+        )
+    return divisor
+
+
+def _run_exporters(
+    head: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    meta: ModelMeta,
+    tmp: Path,
+    opset: int,
+    order: list[str],
+) -> str:
+    """Try the exporters in ``order`` into ``tmp``; the name of the first that worked."""
+    errors: list[str] = []
+    for name in order:
+        fn = _export_torchscript if name == "torchscript" else _export_dynamo
+        try:
+            with _quiet():
+                fn(head, inputs, list(meta.modality_names), tmp, opset)
+            return name
+        # Deliberately broad: either exporter may fail with any type (torch.onnx errors,
+        # RuntimeError, TypeError from tracing...) and the next one is then tried; all
+        # failures are reported together below, with --debug logging each.
+        except Exception as err:
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            errors.append(f"{name}: {type(err).__name__}: {first}")
+            log.debug("%s exporter failed for %s: %s", name, meta.arch, err)
+    raise EngineError(f"ONNX export of {meta.arch} failed ({'; '.join(errors)})")
 
 
 def _set_metadata(proto: Any, meta: ModelMeta, exporter: str) -> None:

@@ -15,7 +15,9 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 
-MMD_KINDS = ("rbf", "paired", "linear", "class")
+from mfaf_cli.types import ALIGNMENT_KINDS
+
+MMD_KINDS = ALIGNMENT_KINDS
 #: Kinds computed on the head-free deep features; the others use the shared projection.
 FEATURE_KINDS = ("rbf",)
 #: Mean pixel-pair cosine above which an embedding counts as collapsed.

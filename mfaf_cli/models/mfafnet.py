@@ -388,34 +388,61 @@ class MFAFNet(nn.Module):
         self.cffb_rectify = float(cffb_rectify)
         self.decoder_streams = decoder_streams
 
-        fdm_kw = [
-            {
-                "low_ratio": split_ratios[i],
-                "heads": heads[i],
-                "inn_nodes": inn_nodes,
-                "ffn_expansion": ffn,
-                "qkv_conv": qkv_conv,
-                "inn_clamp": inn_clamp,
-                "inn_clamp_value": inn_clamp_value,
-            }
-            for i in range(4)
-        ]
-        self.encoders = nn.ModuleDict()
+        fdm_kw = {
+            "inn_nodes": inn_nodes,
+            "ffn_expansion": ffn,
+            "qkv_conv": qkv_conv,
+            "inn_clamp": inn_clamp,
+            "inn_clamp_value": inn_clamp_value,
+        }
+        # module creation order (encoders, CFFBs, decoder, stem, head, projection) fixes the
+        # seeded initialisation; keep it
+        self.encoders = self._encoders(depths, split_ratios, heads, share_deep_fdm, fdm_kw)
+        self.cffb = nn.ModuleList(
+            CFFB(widths[i], heads[i], cffb_attention, cffb_sr[i]) for i in range(4)
+        )
+        self._build_decoder(heads, ffn, decoder_block, head_stem, stem_channels, head_channels)
+        # Shared projection into the common latent space for the MMD alignment loss (A9).
+        self.align_proj = nn.Sequential(
+            nn.Conv2d(widths[3], proj_dim, 1), nn.GELU(), nn.Conv2d(proj_dim, proj_dim, 1)
+        )
+
+    def _encoders(
+        self,
+        depths: Sequence[int],
+        split_ratios: Sequence[float],
+        heads: Sequence[int],
+        share_deep_fdm: bool,
+        fdm_kw: dict[str, Any],
+    ) -> nn.ModuleDict:
+        """Four FDM levels per modality (levels 3-4 shared with the first modality's when
+        ``share_deep_fdm``)."""
+        widths, encoders = self.widths, nn.ModuleDict()
         for m in self.modalities:
             c_prev = self.in_channels[m]
             levels = []
             for i in range(4):
                 if share_deep_fdm and i >= 2 and m != self.modalities[0]:
-                    levels.append(cast(nn.ModuleList, self.encoders[self.modalities[0]])[i])
+                    levels.append(cast(nn.ModuleList, encoders[self.modalities[0]])[i])
                 else:
-                    levels.append(ModalityEncoderLevel(c_prev, widths[i], depths[i], **fdm_kw[i]))
+                    kw = {"low_ratio": split_ratios[i], "heads": heads[i], **fdm_kw}
+                    levels.append(ModalityEncoderLevel(c_prev, widths[i], depths[i], **kw))
                 c_prev = widths[i]
-            self.encoders[m] = nn.ModuleList(levels)
-        self.cffb = nn.ModuleList(
-            CFFB(widths[i], heads[i], cffb_attention, cffb_sr[i]) for i in range(4)
-        )
+            encoders[m] = nn.ModuleList(levels)
+        return encoders
 
-        skip_mult = 3 if decoder_streams else 1
+    def _build_decoder(
+        self,
+        heads: Sequence[int],
+        ffn: float,
+        decoder_block: str,
+        head_stem: bool,
+        stem_channels: int,
+        head_channels: int,
+    ) -> None:
+        """Bottleneck, the three up/decoder levels, the optional full-resolution stem, head."""
+        widths = self.widths
+        skip_mult = 3 if self.decoder_streams else 1
         self.bottleneck = DecoderBlock(
             widths[3] * skip_mult, widths[3], decoder_block, heads[3], ffn
         )
@@ -429,11 +456,7 @@ class MFAFNet(nn.Module):
         )
         self.head = nn.Sequential(
             conv_bn_relu(widths[0] + (stem_channels if head_stem else 0), head_channels),
-            nn.Conv2d(head_channels, num_classes, 1),
-        )
-        # Shared projection into the common latent space for the MMD alignment loss (A9).
-        self.align_proj = nn.Sequential(
-            nn.Conv2d(widths[3], proj_dim, 1), nn.GELU(), nn.Conv2d(proj_dim, proj_dim, 1)
+            nn.Conv2d(head_channels, self.num_classes, 1),
         )
 
     def _skip(self, f: torch.Tensor, x_o: torch.Tensor, x_s: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from mfaf_cli.errors import UsageError
+from mfaf_cli.types import ALIGNMENT_KINDS
 
 SCHEDULES = ("poly", "cosine")
-MMD_KINDS = ("none", "rbf", "paired", "linear", "class")
+MMD_KINDS = ("none", *ALIGNMENT_KINDS)
 
 
 @dataclass

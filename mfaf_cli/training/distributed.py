@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mfaf_cli.errors import UsageError
+from mfaf_cli.devices import resolve_device
 
 
 @dataclass
@@ -62,16 +62,9 @@ def _barrier(d: _Dist) -> None:
 
 
 def _resolve_device(spec: str, d: _Dist) -> torch.device:
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError("device cuda requested but no CUDA GPU is available; use --device cpu")
-        return torch.device("cuda", d.local_rank)
-    try:
-        return torch.device(spec)
-    except RuntimeError as err:
-        raise UsageError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from err
+    """This process's training device (:func:`mfaf_cli.devices.resolve_device`; under
+    ``torchrun``, ``auto``/``cuda`` mean the local rank's GPU)."""
+    return resolve_device(spec, local_rank=d.local_rank)
 
 
 def _shutdown(d: _Dist) -> None:

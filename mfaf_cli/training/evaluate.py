@@ -15,10 +15,10 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from mfaf_cli.metadata import NODATA_LABEL, ModelMeta, default_classes
 from mfaf_cli.normalize import apply_normalisation, band_percentiles
 from mfaf_cli.training.metrics import confusion_matrix, metrics_from_confusion, to_jsonable
 from mfaf_cli.types import Blend, Engine, Precision
+
+if TYPE_CHECKING:
+    from mfaf_cli.pipeline.spec import InferenceSpec
 
 #: Rows of the prediction processed at once when scoring rasters (bounded memory).
 BLOCK_ROWS = 1024
@@ -354,18 +357,12 @@ def predict_arrays(
     The same steps as the predict spine: scene percentiles over valid pixels, the model's
     normalisation, overlapping windows (reflect-padded past the edges), blended merge.
     """
-    from mfaf_cli.coreg.align import reflect_pad
     from mfaf_cli.stitch.merger import StreamingMerger
     from mfaf_cli.stitch.weights import make_weight_fn
     from mfaf_cli.tiling.windows import batched, tile_windows
 
     h, w = valid.shape
-    norm: dict[str, np.ndarray] = {}
-    for spec in meta.modalities:
-        a = arrays[spec.name]
-        n = spec.normalisation
-        lo, hi = band_percentiles(a, valid, n.p_low, n.p_high)
-        norm[spec.name] = apply_normalisation(a, n, lo, hi)
+    norm = _normalised(arrays, valid, meta)
     windows = tile_windows(h, w, tile, overlap)
     out = np.full((h, w), NODATA_LABEL, dtype=np.uint8)
     ok = np.zeros((h, w), dtype=bool)
@@ -378,34 +375,51 @@ def predict_arrays(
         ok[row0 : row0 + r] = v
 
     merger = StreamingMerger(h, w, meta.num_classes, windows, make_weight_fn(windows, blend), sink)
-
-    def cut(a: np.ndarray, win: Any) -> np.ndarray:
-        c = win.clip(h, w)
-        block = a[..., c.row_off : c.row_end, c.col_off : c.col_end]
-        pads = (
-            (c.row_off - win.row_off, win.row_end - c.row_end),
-            (c.col_off - win.col_off, win.col_end - c.col_end),
-        )
-        if any(p for pair in pads for p in pair):
-            if block.ndim == 2:
-                return np.pad(block, pads, constant_values=False)
-            return reflect_pad(block, pads)
-        return block
-
     for group in batched(windows, batch_size):
-        vs = [cut(valid, win) for win in group]
+        vs = [_cut(valid, win) for win in group]
         run = [i for i, v in enumerate(vs) if v.any()]
         for i, win in enumerate(group):
             if i not in run:
                 merger.add_skipped(win)
         if not run:
             continue
-        batch = {m: np.stack([cut(norm[m], group[i]) for i in run]) for m in meta.modality_names}
+        batch = {m: np.stack([_cut(norm[m], group[i]) for i in run]) for m in meta.modality_names}
         probs = predictor(batch)
         for j, i in enumerate(run):
             merger.add(group[i], probs[j], vs[i])
     merger.finish()
     return out, ok
+
+
+def _normalised(
+    arrays: Mapping[str, np.ndarray], valid: np.ndarray, meta: ModelMeta
+) -> dict[str, np.ndarray]:
+    """Each modality in the model's normalisation (scene percentiles over valid pixels)."""
+    norm: dict[str, np.ndarray] = {}
+    for spec in meta.modalities:
+        a = arrays[spec.name]
+        n = spec.normalisation
+        lo, hi = band_percentiles(a, valid, n.p_low, n.p_high)
+        norm[spec.name] = apply_normalisation(a, n, lo, hi)
+    return norm
+
+
+def _cut(a: np.ndarray, win: Any) -> np.ndarray:
+    """``a``'s pixels under ``win``: reflect-padded past the edges (a 2-D mask pads False)."""
+    from mfaf_cli.coreg.align import reflect_pad
+
+    h, w = a.shape[-2:]
+    c = win.clip(h, w)
+    block = a[..., c.row_off : c.row_end, c.col_off : c.col_end]
+    pads = (
+        (c.row_off - win.row_off, win.row_end - c.row_end),
+        (c.col_off - win.col_off, win.col_end - c.col_end),
+    )
+    if any(p for pair in pads for p in pair):
+        if block.ndim == 2:
+            return np.pad(block, pads, constant_values=False)
+        return reflect_pad(block, pads)
+    return block
 
 
 # ---- a model on a dataset ------------------------------------------------------------------
@@ -455,78 +469,25 @@ def evaluate_model(
     modalities). The dataset must provide the model's modalities with the same band counts,
     and its class table must fit in the model's (else BandMismatchError / LabelError).
     """
-    from tqdm import tqdm
-
-    from mfaf_cli.data.datasets import open_dataset
-    from mfaf_cli.engine import create_predictor
     from mfaf_cli.pipeline.spec import InferenceSpec
 
     spec = InferenceSpec(tile, overlap, batch_size, blend, device, engine, precision, threads)
-
     opts: dict[str, Any] = {"seed": seed, "val_fraction": val_fraction, "augment": False}
     if bands:
         opts["bands"] = {k: list(v) for k, v in bands.items()}
-    probe = open_dataset(dataset, root, split, **opts)
-    predictor = create_predictor(
-        None if model is None else os.fspath(model) if not isinstance(model, str) else model,
-        engine=engine,
-        device=device,
-        precision=precision,
-        modalities=probe.modalities,
-        batch_size=batch_size,
-        tile=tile,
-        threads=spec.thread_split(on_gpu=str(device).startswith("cuda"))[0],
-    )
+    predictor, ds = _predictor_and_dataset(model, dataset, root, split, spec, opts)
     meta: ModelMeta = predictor.meta
-    ds = open_dataset(dataset, root, split, modalities=meta.modality_names, **opts)
-    if ds.in_channels != meta.in_channels:
-        raise BandMismatchError(
-            f"the {dataset} data gives bands {ds.in_channels} but the model takes "
-            f"{meta.in_channels}; select bands with --bands (e.g. optical=4,3,2)"
-        )
-    k = meta.num_classes
-    if ds.num_classes > k:
-        raise LabelError(
-            f"the {dataset} labels have {ds.num_classes} classes "
-            f"({', '.join(c.name for c in ds.classes)}) "
-            f"but the model predicts {k} ({', '.join(meta.class_names)})"
-        )
-    names = meta.class_names
     tile = int(tile or meta.tile_size)
-    cm = np.zeros((k, k), dtype=np.int64)
+    desc = f"evaluate {dataset}/{split}"
     scenes = ds.scenes()
-    n_items = 0
     if scenes is not None:
         todo = scenes if max_items is None else scenes[:max_items]
-        for sc in tqdm(
-            todo, desc=f"evaluate {dataset}/{split}", file=sys.stderr, disable=not progress
-        ):
-            cm += scene_confusion(predictor, sc, ds, spec.with_tile(tile))
-            n_items += 1
+        cm = _score_scenes(predictor, ds, todo, spec.with_tile(tile), desc, progress)
+        n_items = len(todo)
     else:
-        n = len(ds) if max_items is None else min(len(ds), max_items)
-        for i in tqdm(
-            range(n), desc=f"evaluate {dataset}/{split}", file=sys.stderr, disable=not progress
-        ):
-            arrays, mask, _ = ds.raw(i, None)
-            valid = np.ones(mask.shape, dtype=bool)
-            for a in arrays.values():
-                valid &= np.isfinite(a).all(axis=0)
-            pred, ok = predict_arrays(
-                predictor,
-                arrays,
-                valid,
-                meta,
-                tile=tile,
-                overlap=overlap,
-                blend=blend,
-                batch_size=batch_size,
-            )
-            pred = pred.astype(np.int64)
-            pred[~ok] = ds.ignore_index
-            cm += confusion_matrix(pred, mask, k, ds.ignore_index)
-            n_items += 1
-    metrics = metrics_from_confusion(cm, names)
+        n_items = len(ds) if max_items is None else min(len(ds), max_items)
+        cm = _score_patches(predictor, ds, n_items, spec.with_tile(tile), desc, progress)
+    metrics = metrics_from_confusion(cm, meta.class_names)
     info = {
         "mode": "dataset",
         "model": meta.arch if model is None else str(model),
@@ -546,4 +507,87 @@ def evaluate_model(
         info["skipped"] = dict(ds.skipped)
     if not math.isfinite(metrics["miou"]):
         info["note"] = "no labelled pixel was evaluated"
-    return EvalResult(metrics, names, info)
+    return EvalResult(metrics, meta.class_names, info)
+
+
+def _predictor_and_dataset(
+    model: str | os.PathLike[str] | None,
+    dataset: str,
+    root: str | os.PathLike[str],
+    split: str,
+    spec: InferenceSpec,
+    opts: dict[str, Any],
+) -> tuple[Any, Any]:
+    """The predictor for the dataset's modalities, and the split opened for its modalities;
+    the data must give the model's band counts and fit in its class table."""
+    from mfaf_cli.data.datasets import open_dataset
+    from mfaf_cli.engine import create_predictor
+
+    probe = open_dataset(dataset, root, split, **opts)
+    predictor = create_predictor(
+        None if model is None else os.fspath(model) if not isinstance(model, str) else model,
+        engine=spec.engine,
+        device=spec.device,
+        precision=spec.precision,
+        modalities=probe.modalities,
+        batch_size=spec.batch_size,
+        tile=spec.tile,
+        threads=spec.thread_split(on_gpu=str(spec.device).startswith("cuda"))[0],
+    )
+    meta: ModelMeta = predictor.meta
+    ds = open_dataset(dataset, root, split, modalities=meta.modality_names, **opts)
+    if ds.in_channels != meta.in_channels:
+        raise BandMismatchError(
+            f"the {dataset} data gives bands {ds.in_channels} but the model takes "
+            f"{meta.in_channels}; select bands with --bands (e.g. optical=4,3,2)"
+        )
+    if ds.num_classes > meta.num_classes:
+        raise LabelError(
+            f"the {dataset} labels have {ds.num_classes} classes "
+            f"({', '.join(c.name for c in ds.classes)}) "
+            f"but the model predicts {meta.num_classes} ({', '.join(meta.class_names)})"
+        )
+    return predictor, ds
+
+
+def _score_scenes(
+    predictor: Any, ds: Any, scenes: Sequence[Any], spec: InferenceSpec, desc: str, progress: bool
+) -> np.ndarray:
+    """Confusion matrix over whole scenes, each through the streaming inference core."""
+    from tqdm import tqdm
+
+    k = predictor.meta.num_classes
+    cm = np.zeros((k, k), dtype=np.int64)
+    for sc in tqdm(scenes, desc=desc, file=sys.stderr, disable=not progress):
+        cm += scene_confusion(predictor, sc, ds, spec)
+    return cm
+
+
+def _score_patches(
+    predictor: Any, ds: Any, n: int, spec: InferenceSpec, desc: str, progress: bool
+) -> np.ndarray:
+    """Confusion matrix over the first ``n`` in-memory patches (invalid where not finite)."""
+    from tqdm import tqdm
+
+    meta = predictor.meta
+    k = meta.num_classes
+    cm = np.zeros((k, k), dtype=np.int64)
+    for i in tqdm(range(n), desc=desc, file=sys.stderr, disable=not progress):
+        arrays, mask, _ = ds.raw(i, None)
+        valid = np.ones(mask.shape, dtype=bool)
+        for a in arrays.values():
+            valid &= np.isfinite(a).all(axis=0)
+        pred, ok = predict_arrays(
+            predictor,
+            arrays,
+            valid,
+            meta,
+            tile=spec.tile or meta.tile_size,
+            overlap=spec.overlap,
+            blend=spec.blend,
+            batch_size=spec.batch_size,
+        )
+        pred = pred.astype(np.int64)
+        pred[~ok] = ds.ignore_index
+        cm += confusion_matrix(pred, mask, k, ds.ignore_index)
+    return cm

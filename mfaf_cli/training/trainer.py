@@ -47,6 +47,7 @@ from mfaf_cli.errors import (
 )
 from mfaf_cli.io.atomic import atomic_path
 from mfaf_cli.metadata import ModelMeta
+from mfaf_cli.models.registry import ModelEntry
 from mfaf_cli.training.config import (  # noqa: F401  (re-exported: the public training API)
     MMD_KINDS,
     SCHEDULES,
@@ -556,7 +557,13 @@ class Trainer:
     :meth:`train_epoch`, :meth:`validate`, then checkpoint and log on rank 0."""
 
     def __init__(
-        self, cfg: TrainConfig, d: _Dist, entry: Any, divisor: int, run_dir: Path, t_start: float
+        self,
+        cfg: TrainConfig,
+        d: _Dist,
+        entry: ModelEntry,
+        divisor: int,
+        run_dir: Path,
+        t_start: float,
     ) -> None:
         self.cfg, self.d, self.entry, self.divisor = cfg, d, entry, divisor
         self.run_dir, self.t_start = run_dir, t_start
@@ -569,7 +576,7 @@ class Trainer:
         self.best_miou, self.best_epoch = -1.0, 0
         self.history: list[dict[str, Any]] = []
         self.created = False
-        self.mmd_used = cfg.mmd != "none" and cfg.model.startswith("mfafnet")
+        self.mmd_used = cfg.mmd in entry.alignment_losses
 
     # ---- set-up ----------------------------------------------------------------------------
     def setup(self) -> None:

@@ -599,92 +599,175 @@ def vectorize_raster(
         :class:`VectorizeResult`.
     """
     t0 = time.perf_counter()
-    src_path = Path(label_path)
-    out = Path(out_path)
+    src_path, out = Path(label_path), Path(out_path)
+    _check_options(connectivity, sieve, simplify, min_area)
+    raster = _read_label_raster(src_path, out, overwrite, band, nodata)
+    names = _with_class_names(raster.names, class_names)
+    geoms, ids = _regions(raster, names, sieve, classes, connectivity, progress)
+    shape, transform, crs = raster.labels.shape, raster.transform, raster.crs
+    del raster  # the label array: polygons from here on
+    if simplify > 0 and len(geoms):
+        geoms, ids = _simplify(geoms, ids, simplify, transform, crs, shape, src_path.name)
+    geoms, areas = _georeference(geoms, transform, crs)
+    if min_area > 0:
+        big = areas >= min_area
+        geoms, ids, areas = geoms[big], ids[big], areas[big]
+    geoms, ids, areas, geometry_type = _feature_geometries(geoms, ids, areas, dissolve)
+    name_of = {int(u): class_name(names, int(u)) for u in np.unique(ids)}
+    gdf, out_crs = _frame(geoms, ids, areas, name_of, crs, out, geojson_wgs84)
+    write_vector_atomic(gdf, out, overwrite=overwrite, geometry_type=geometry_type)
+    uniq, counts = np.unique(ids, return_counts=True)
+    return VectorizeResult(
+        input=str(src_path),
+        output=str(out),
+        format=vector_format(out),
+        crs=crs_label(out_crs),
+        n_polygons=len(gdf),
+        per_class={name_of[int(u)]: int(c) for u, c in zip(uniq, counts, strict=True)},
+        area_m2_per_class={name_of[int(u)]: float(areas[ids == u].sum()) for u in uniq},
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _check_options(connectivity: int, sieve: int, simplify: float, min_area: float) -> None:
     if connectivity not in (4, 8):
         raise UsageError(f"connectivity must be 4 or 8, not {connectivity}")
     if sieve < 0 or simplify < 0 or min_area < 0:
         raise UsageError("--sieve, --simplify and --min-area must not be negative")
+
+
+@dataclass
+class _LabelRaster:
+    """One label band read into memory, with what polygonising and measuring need."""
+
+    crs: Any
+    transform: Any
+    names: dict[int, str]  # class names from the raster's tags
+    labels: np.ndarray
+    valid: np.ndarray
+    nodata: int | float
+
+
+def _read_label_raster(
+    src_path: Path, out: Path, overwrite: bool, band: int, nodata: float | None
+) -> _LabelRaster:
+    """Open, check (output path first, before the possibly long read) and read the labels."""
     # require_crs=False: a missing CRS gets the error below, which says why vectors need one
     with open_raster(src_path, "label raster", require_crs=False) as src:
-        check_output(out, overwrite)  # before the (possibly long) read and polygonisation
+        check_output(out, overwrite)
         if not 1 <= band <= src.count:
             raise UsageError(f"band {band} out of range: {src_path} has {src.count} band(s)")
-        crs = src.crs
-        if crs is None:
+        if src.crs is None:
             raise CRSError(
                 f"{src_path} has no CRS, so polygons cannot be georeferenced or measured in m²; "
                 "assign one (e.g. gdal_edit.py -a_srs EPSG:xxxx)"
             )
-        transform = src.transform
         names = dict(parse_class_names(src.tags()))
         names.update(parse_class_names(src.tags(band)))
         labels, valid, nd = _read_labels(src, band, nodata)
-
-    if class_names is not None:
-        if isinstance(class_names, Mapping):
-            names.update({int(k): str(v) for k, v in class_names.items()})
-        else:
-            names.update(dict(enumerate(str(v) for v in class_names)))
+        raster = _LabelRaster(src.crs, src.transform, names, labels, valid, nd)
     if not valid.any():
         raise InputError(f"{src_path} holds only nodata ({nd:g}); there is nothing to vectorise")
+    return raster
 
+
+def _with_class_names(
+    names: dict[int, str], class_names: Mapping[int, str] | Sequence[str] | None
+) -> dict[int, str]:
+    """The raster's class names, overridden by the caller's (a mapping or a list by id)."""
+    if class_names is None:
+        return names
+    if isinstance(class_names, Mapping):
+        return names | {int(k): str(v) for k, v in class_names.items()}
+    return names | dict(enumerate(str(v) for v in class_names))
+
+
+def _regions(
+    raster: _LabelRaster,
+    names: Mapping[int, str],
+    sieve: int,
+    classes: Sequence[int | str] | None,
+    connectivity: int,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(pixel-space polygons, their int64 class ids) of the sieved, class-filtered labels.
+
+    The sieved labels and the class mask replace ``raster.labels`` / ``raster.valid``, so the
+    arrays they were made from are freed before polygonising (one label array at a time)."""
     if sieve > 1:
         from rasterio import features
 
-        labels = features.sieve(labels, int(sieve), mask=valid, connectivity=connectivity)
-        labels[~valid] = np.asarray(nd).astype(labels.dtype)
-
-    mask = valid
+        valid = raster.valid
+        raster.labels = features.sieve(
+            raster.labels, int(sieve), mask=valid, connectivity=connectivity
+        )
+        raster.labels[~valid] = np.asarray(raster.nodata).astype(raster.labels.dtype)
     if classes:
-        keep = resolve_classes(classes, names, present=())
-        mask = valid & np.isin(labels, np.asarray(keep, dtype=np.int64))
-    del valid
+        keep = np.asarray(resolve_classes(classes, names, present=()), dtype=np.int64)
+        raster.valid = raster.valid & np.isin(raster.labels, keep)
+    geoms, ids = polygonize(raster.labels, raster.valid, connectivity, progress=progress)
+    return geoms, ids.astype(np.int64)
 
-    geoms, ids = polygonize(labels, mask, connectivity, progress=progress)
-    labels_shape = labels.shape
-    del labels, mask
-    ids = ids.astype(np.int64)
 
-    if simplify > 0 and len(geoms):
-        tolerance_px = simplify / pixel_size_m(transform, crs, labels_shape[1], labels_shape[0])
-        if tolerance_px > SIMPLIFY_WARN_PX:
-            log.warning(
-                "--simplify %g m is %.1f pixels of %s: borders will be coarse (a tolerance "
-                "of about 1 pixel keeps the shapes)", simplify, tolerance_px, src_path.name
-            )  # fmt: skip
-        geoms = simplify_coverage(geoms, tolerance_px)
-        keep_mask = ~shapely.is_empty(geoms)
-        geoms, ids = geoms[keep_mask], ids[keep_mask]
+def _simplify(
+    geoms: np.ndarray,
+    ids: np.ndarray,
+    simplify: float,
+    transform: Any,
+    crs: Any,
+    shape: tuple[int, ...],
+    what: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Simplify by ``simplify`` metres (in pixels, borders kept shared); drop what vanishes."""
+    tolerance_px = simplify / pixel_size_m(transform, crs, shape[1], shape[0])
+    if tolerance_px > SIMPLIFY_WARN_PX:
+        log.warning(
+            "--simplify %g m is %.1f pixels of %s: borders will be coarse (a tolerance "
+            "of about 1 pixel keeps the shapes)", simplify, tolerance_px, what
+        )  # fmt: skip
+    geoms = simplify_coverage(geoms, tolerance_px)
+    keep = ~shapely.is_empty(geoms)
+    return geoms[keep], ids[keep]
 
+
+def _georeference(geoms: np.ndarray, transform: Any, crs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(polygons in the raster's CRS, their areas in m²: geodesic for geographic CRSs)."""
     if crs.is_geographic:
         from pyproj import CRS as ProjCRS
 
         geod = ProjCRS.from_user_input(crs.to_wkt()).get_geod()
         geoms = affine_apply(geoms, transform)
-        areas = geodesic_areas_m2(geoms, geod)
-    else:
-        factor = linear_unit_factor(crs)
-        areas = planar_areas_m2(pixel_areas(geoms), transform, factor)
-        geoms = affine_apply(geoms, transform)
+        return geoms, geodesic_areas_m2(geoms, geod)
+    factor = linear_unit_factor(crs)
+    areas = planar_areas_m2(pixel_areas(geoms), transform, factor)
+    return affine_apply(geoms, transform), areas
 
-    if min_area > 0:
-        big = areas >= min_area
-        geoms, ids, areas = geoms[big], ids[big], areas[big]
 
-    geometry_type = "Polygon"
+def _feature_geometries(
+    geoms: np.ndarray, ids: np.ndarray, areas: np.ndarray, dissolve: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """One feature per region (MultiPolygon layer if any region split), or per class."""
     if dissolve:
         geoms, uids = dissolve_by_class(geoms, ids)
         areas = np.array([areas[ids == u].sum() for u in uids], dtype=np.float64)
-        ids = uids
-        geometry_type = "MultiPolygon"
-    elif len(geoms) and (shapely.get_type_id(geoms) != shapely.GeometryType.POLYGON).any():
-        geoms = to_multipolygons(geoms)
-        geometry_type = "MultiPolygon"
+        return geoms, uids, areas, "MultiPolygon"
+    if len(geoms) and (shapely.get_type_id(geoms) != shapely.GeometryType.POLYGON).any():
+        return to_multipolygons(geoms), ids, areas, "MultiPolygon"
+    return geoms, ids, areas, "Polygon"
 
+
+def _frame(
+    geoms: np.ndarray,
+    ids: np.ndarray,
+    areas: np.ndarray,
+    name_of: Mapping[int, str],
+    crs: Any,
+    out: Path,
+    geojson_wgs84: bool,
+) -> tuple[Any, Any]:
+    """(GeoDataFrame of the features, the CRS written: WGS 84 for GeoJSON per RFC 7946)."""
     import geopandas as gpd
 
-    name_of = {int(u): class_name(names, int(u)) for u in np.unique(ids)}
     gdf = gpd.GeoDataFrame(
         {
             "class_id": ids.astype(np.int32),
@@ -693,24 +776,8 @@ def vectorize_raster(
         },
         geometry=gpd.GeoSeries(geoms, crs=crs.to_wkt()),
     )
-    out_crs = crs
     if geojson_wgs84 and vector_format(out) == "GeoJSON" and crs.to_epsg() != 4326:
         from rasterio.crs import CRS as RioCRS
 
-        gdf = gdf.to_crs("EPSG:4326")  # RFC 7946: GeoJSON is WGS 84 longitude/latitude
-        out_crs = RioCRS.from_epsg(4326)
-    write_vector_atomic(gdf, out, overwrite=overwrite, geometry_type=geometry_type)
-
-    uniq, counts = np.unique(ids, return_counts=True)
-    per_class = {name_of[int(u)]: int(c) for u, c in zip(uniq, counts, strict=True)}
-    per_area = {name_of[int(u)]: float(areas[ids == u].sum()) for u in uniq}
-    return VectorizeResult(
-        input=str(src_path),
-        output=str(out),
-        format=vector_format(out),
-        crs=crs_label(out_crs),
-        n_polygons=len(gdf),
-        per_class=per_class,
-        area_m2_per_class=per_area,
-        seconds=time.perf_counter() - t0,
-    )
+        return gdf.to_crs("EPSG:4326"), RioCRS.from_epsg(4326)
+    return gdf, crs
