@@ -17,6 +17,7 @@ from typing import Any
 
 from mfaf_cli.errors import BandMismatchError
 from mfaf_cli.metadata import (
+    ALL_MODALITIES,
     MEANINGS,
     SENTINEL2_L1C_MEANINGS,
     BandId,
@@ -25,7 +26,7 @@ from mfaf_cli.metadata import (
 )
 
 #: Flag names for each modality, used in error messages.
-BAND_FLAG = {m: f"--{m}-bands" for m in ("optical", "sar", "hsi", "lidar")}
+BAND_FLAG = {m: f"--{m}-bands" for m in ALL_MODALITIES}
 
 #: Sentinel-2 band orders of full stacks, from the meaning table's order (L1C: 13 bands;
 #: L2A drops the cirrus band B10): the only index lists a message may propose, and only as

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mfaf_cli.devices import resolve_device
 from mfaf_cli.engine.base import check_batch
 from mfaf_cli.errors import EngineError, UsageError
 from mfaf_cli.metadata import ModelMeta
@@ -21,38 +22,6 @@ if TYPE_CHECKING:
     from mfaf_cli.models.resolve import ModelSource
 
 log = logging.getLogger("mfaf")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` → first CUDA GPU if PyTorch sees one, else CPU; ``cuda[:N]`` must exist."""
-    if isinstance(device, torch.device):
-        device = str(device)
-    d = device.strip().lower()
-    if d == "auto":
-        return (
-            torch.device("cuda", torch.cuda.current_device())
-            if torch.cuda.is_available()
-            else (torch.device("cpu"))
-        )
-    if d == "cpu":
-        return torch.device("cpu")
-    if d == "cuda" or d.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            build = "a CPU-only PyTorch build" if torch.version.cuda is None else "no visible GPU"
-            raise EngineError(
-                f"--device {device} was requested but PyTorch has no CUDA device ({build}); "
-                "use --device cpu (or auto)"
-            )
-        index = 0 if d == "cuda" else d.split(":", 1)[1]
-        try:
-            idx = int(index)
-        except ValueError:
-            raise UsageError(f"invalid device {device!r}; use auto, cpu, cuda or cuda:N") from None
-        count = torch.cuda.device_count()
-        if not 0 <= idx < count:
-            raise EngineError(f"--device {device}: only {count} CUDA device(s) (cuda:0..)")
-        return torch.device("cuda", idx)
-    raise UsageError(f"invalid device {device!r}; use auto, cpu, cuda or cuda:N")
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:

@@ -350,11 +350,9 @@ def category_sidecar_xml(meta: ModelMeta) -> str:
     )
 
 
-def weights_tags(name: str, sha256: str | None, trained: bool | None = None) -> dict[str, str]:
-    """Tags that say which weights made a map. Whether they were trained is the label
-    writer's ``MODEL_WEIGHTS`` tag (from the model record), so ``trained`` adds nothing; it
-    is accepted for callers that still pass it."""
-    del trained
+def weights_tags(name: str, sha256: str | None) -> dict[str, str]:
+    """Tags that say which weights made a map (whether they were trained is the label
+    writer's ``MODEL_WEIGHTS`` tag, from the model record)."""
     return {"WEIGHTS": name, "WEIGHTS_SHA256": sha256 or "unknown"}
 
 

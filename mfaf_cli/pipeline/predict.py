@@ -148,16 +148,16 @@ def load_predictor(
     return predictor, source
 
 
-def model_tags(source: ModelSource | None, name: str, trained: bool) -> dict[str, str]:
-    """WEIGHTS / WEIGHTS_SHA256 / TRAINED tags of the label map (sha256 of the whole file:
-    the manifest's for shipped weights, else computed, streamed)."""
+def model_tags(source: ModelSource | None, name: str) -> dict[str, str]:
+    """WEIGHTS / WEIGHTS_SHA256 tags of the label map (sha256 of the whole file: the
+    manifest's for shipped weights, else computed, streamed)."""
     from mfaf_cli.io.raster import weights_tags
     from mfaf_cli.io.weights import file_sha256
 
     sha = None
     if source is not None:
         sha = source.sha256 or (file_sha256(source.path) if source.path else None)
-    return weights_tags(name, sha, trained)
+    return weights_tags(name, sha)
 
 
 def check_vector_path(path: PathLike, overwrite: bool) -> None:
@@ -371,7 +371,7 @@ def predict(
             probability_dtype=probabilities_dtype,  # type: ignore[arg-type]
             cog=cog,
             overwrite=overwrite,
-            tags=model_tags(getattr(predictor, "source", None), model_name, trained),
+            tags=model_tags(getattr(predictor, "source", None), model_name),
         )
 
     ordered = {m: inputs[m] for m in meta.modality_names}

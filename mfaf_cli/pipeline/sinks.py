@@ -88,7 +88,7 @@ class ConfusionSink:
     def _truth_rows(self, row0: int, rows: int, col0: int, cols: int) -> np.ndarray:
         from rasterio.windows import Window as RioWindow
 
-        from mfaf_cli.training.evaluate import truth_on_grid
+        from mfaf_cli.io.truth import truth_on_grid
 
         ds, g = self._ds, self.grid
         if ds.crs == g.crs and ds.transform == g.transform and ds.shape == (g.height, g.width):
@@ -114,7 +114,7 @@ class ConfusionSink:
 
     def _score(self, row0: int, col0: int, idx: np.ndarray, valid: np.ndarray) -> None:
         """Add rows of predicted class planes ``idx`` (int64, overwritten where not valid)."""
-        from mfaf_cli.training.evaluate import truth_labels
+        from mfaf_cli.io.truth import truth_labels
         from mfaf_cli.training.metrics import confusion_matrix
 
         idx[~valid] = self.ignore_index

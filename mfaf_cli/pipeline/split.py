@@ -270,7 +270,7 @@ def _model(
         return (
             predictor,
             meta,
-            model_tags(getattr(predictor, "source", None), name, bool(meta.trained)),
+            model_tags(getattr(predictor, "source", None), name),
         )
     in_ch = {m: len(v) for m, v in bands.items() if v} or None
     if load:
@@ -278,7 +278,7 @@ def _model(
     else:
         source = resolve_model(model, tuple(inputs), in_channels=in_ch)
         check_modalities(tuple(inputs), source.meta, source.name)
-    return predictor, source.meta, model_tags(source, source.name, not source.untrained)
+    return predictor, source.meta, model_tags(source, source.name)
 
 
 def _full_percentiles(

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mfaf_cli.errors import BandMismatchError, InputError, LabelError, NoOverlapError
+from mfaf_cli.io.truth import apply_mapping, truth_labels, truth_on_grid
 from mfaf_cli.metadata import NODATA_LABEL, ModelMeta, default_classes
 from mfaf_cli.normalize import apply_normalisation, band_percentiles
 from mfaf_cli.training.metrics import confusion_matrix, metrics_from_confusion, to_jsonable
@@ -82,16 +83,6 @@ def parse_mapping(spec: str | Mapping[Any, Any] | None) -> dict[int, int] | None
         raise InputError(f"mapping values must be integers ({err})") from None
 
 
-def apply_mapping(values: np.ndarray, mapping: dict[int, int] | None) -> np.ndarray:
-    """Map truth values; values not in the mapping pass through unchanged."""
-    if not mapping:
-        return values
-    out = values.copy()
-    for k, v in mapping.items():
-        out[values == k] = v
-    return out
-
-
 # ---- rasters -------------------------------------------------------------------------------
 def _classes_from_tags(tags: Mapping[str, str]) -> list[str] | None:
     names = tags.get("CLASS_NAMES")
@@ -107,34 +98,6 @@ def _classes_from_tags(tags: Mapping[str, str]) -> list[str] | None:
     out = [f"class-{i}" for i in range(k)]
     for i, n in zip(ids_l, names_l, strict=False):
         out[i] = n
-    return out
-
-
-def truth_on_grid(
-    truth_ds: Any, dst_crs: Any, dst_transform: Any, shape: tuple[int, int]
-) -> np.ndarray:
-    """Truth band 1 resampled (nearest) onto a grid block; NaN where nodata/outside."""
-    import rasterio
-    from rasterio.enums import Resampling
-    from rasterio.warp import reproject
-
-    if truth_ds.crs is None or dst_crs is None:
-        raise InputError(
-            f"{Path(truth_ds.name).name} or the prediction has no CRS; both must be georeferenced "
-            "(or have the same grid) to be compared"
-        )
-    out = np.full(shape, np.nan, dtype=np.float64)
-    reproject(
-        source=rasterio.band(truth_ds, 1),
-        destination=out,
-        src_transform=truth_ds.transform,
-        src_crs=truth_ds.crs,
-        src_nodata=truth_ds.nodata,
-        dst_transform=dst_transform,
-        dst_crs=dst_crs,
-        dst_nodata=np.nan,
-        resampling=Resampling.nearest,
-    )
     return out
 
 
@@ -180,25 +143,6 @@ def footprints_overlap(a: Any, b: Any) -> bool:
     return not (
         bb[0] >= ab[2] or bb[2] <= ab[0] or bb[1] >= max(ab[1], ab[3]) or bb[3] <= min(ab[1], ab[3])
     )
-
-
-def truth_labels(
-    t: np.ndarray,
-    label_fn: Callable[[np.ndarray], np.ndarray] | None,
-    mapping: dict[int, int] | None,
-    ignore_index: int,
-) -> np.ndarray:
-    """Truth values (float, NaN = nodata/outside) → class ids, ``ignore_index`` where unusable."""
-    finite = np.isfinite(t)
-    raw = np.where(finite, t, -1).astype(np.int64)
-    if label_fn is not None:  # only real values reach the dataset's mapping (no -1 filler)
-        truth = np.full(raw.shape, ignore_index, dtype=np.int64)
-        if finite.any():
-            truth[finite] = label_fn(raw[finite])
-    else:
-        truth = apply_mapping(raw, mapping)
-        truth[(raw == -1) | ~finite] = ignore_index
-    return truth
 
 
 def raster_confusion(
