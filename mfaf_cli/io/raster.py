@@ -650,12 +650,6 @@ class OutputSet:
         self.class_counts = np.zeros(meta.num_classes, dtype=np.int64)
         self.pixels = 0
 
-    def check(self) -> None:
-        """Run the up-front path checks without creating anything (for early CLI errors)."""
-        for p in self.paths.values():
-            if p is not None:
-                check_output_path(p, self.overwrite)
-
     def __enter__(self) -> OutputSet:
         self._atomic = atomic_outputs(list(self.paths.values()), self.overwrite)
         temps = dict(zip(self.paths, self._atomic.__enter__(), strict=True))

@@ -19,6 +19,7 @@ import contextlib
 import csv
 import dataclasses
 import io
+import itertools
 import json
 import logging
 import math
@@ -28,7 +29,6 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,17 +194,8 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 # ---- data loading ---------------------------------------------------------------------------
-def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    mods = list(samples[0]["inputs"])
-    return {
-        "inputs": {m: torch.stack([s["inputs"][m] for s in samples]) for m in mods},
-        "mask": torch.stack([s["mask"] for s in samples]),
-        "index": torch.tensor([s["index"] for s in samples]),
-    }
-
-
 def _train_loader(ds: Any, cfg: TrainConfig, epoch: int, d: _Dist) -> torch.utils.data.DataLoader:
-    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, default_collate
 
     ds.set_epoch(epoch)
     if d.enabled:
@@ -222,14 +213,14 @@ def _train_loader(ds: Any, cfg: TrainConfig, epoch: int, d: _Dist) -> torch.util
         batch_size=cfg.batch_size,
         sampler=sampler,
         num_workers=cfg.num_workers,
-        collate_fn=_collate,
+        collate_fn=default_collate,
         drop_last=per_rank > cfg.batch_size,
         pin_memory=False,
     )
 
 
 def _val_loader(ds: Any, cfg: TrainConfig, d: _Dist) -> torch.utils.data.DataLoader:
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import DataLoader, Subset, default_collate
 
     sub = Subset(ds, list(range(d.rank, len(ds), d.world))) if d.enabled else ds
     return DataLoader(
@@ -237,15 +228,8 @@ def _val_loader(ds: Any, cfg: TrainConfig, d: _Dist) -> torch.utils.data.DataLoa
         batch_size=cfg.batch_size,
         shuffle=False,
         num_workers=cfg.num_workers,
-        collate_fn=_collate,
+        collate_fn=default_collate,
     )
-
-
-def _limited(loader: Any, n: int | None) -> Iterator[Any]:
-    for i, b in enumerate(loader):
-        if n is not None and i >= n:
-            break
-        yield b
 
 
 def _progress(it: Any, total: int, desc: str, enabled: bool) -> Any:
@@ -913,7 +897,7 @@ class Trainer:
         loader = _train_loader(self.train_ds, cfg, epoch, d)
         sums = torch.zeros(7, dtype=torch.float64)
         bar = _progress(
-            _limited(loader, cfg.max_batches),
+            itertools.islice(loader, cfg.max_batches),
             self.steps_per_epoch,
             f"epoch {epoch + 1}/{cfg.epochs}",
             cfg.progress and d.main,
@@ -985,7 +969,7 @@ class Trainer:
         n = len(loader) if cfg.max_val_batches is None else min(len(loader), cfg.max_val_batches)
         with torch.inference_mode():
             for batch in _progress(
-                _limited(loader, cfg.max_val_batches), n, "val", cfg.progress and d.main
+                itertools.islice(loader, cfg.max_val_batches), n, "val", cfg.progress and d.main
             ):
                 _, ce, _, logits, mask, _ = self._forward(self.model, batch, 0.0, want_aux=False)
                 pred = logits.argmax(1).cpu().numpy()
