@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mfaf_cli.errors import ModelError
-from mfaf_cli.models import create_model, deform
+from mfaf_cli.models import count_parameters, create_model, deform
 from mfaf_cli.models.comix import DCN, FFM, CoMiX, banded_weights, depth_slabs
 from mfaf_cli.models.deform import (
     accumulate_trilinear,
@@ -386,3 +389,40 @@ def test_trilinear_from_two_2d_samples_equals_5d_grid_sample() -> None:
     want = m * F.grid_sample(vg, grid, "bilinear", "zeros", align_corners=False)
     assert torch.allclose(got, want, atol=5e-4, rtol=0)
     assert want.abs().max() > 0.5
+
+
+# ---- CoMiX.__init__ split into builders: same modules, same order, same initial values -------
+#: (name, options) → parameters, state_dict entries, sha256[:16] of its "key:shape" lines in
+#: order, and with torch.manual_seed(0) Σ|θ| (or None); recorded before the split (f73d144)
+STATE_DICT_BEFORE = [
+    ("comix-s", {}, 8533523, 519, "9cd3e21e6c68f8ea", 203271.50630288039),
+    ("comix-lite", {"band_reduction": "banded"}, 8271923, 519, "33123a7621aa3223", None),
+    ("comix-b", {}, 40832603, 699, "b6b0619d7817a85b", None),
+    (
+        "comix-s",
+        {"stem_stride": 2, "cmfex_backproject": False, "cmfex_spectral_attention": True},
+        8434351,
+        523,
+        "ab6350e15622c129",
+        None,
+    ),
+    ("comix-lite", {}, 8271923, 519, "33123a7621aa3223", 203313.30249039637),
+]
+
+
+@pytest.mark.parametrize(("name", "opts", "params", "entries", "digest", "init"), STATE_DICT_BEFORE)
+def test_state_dict_and_initialisation_are_those_from_before_the_split(
+    name: str, opts: dict[str, Any], params: int, entries: int, digest: str, init: float | None
+) -> None:
+    """A state_dict saved before loads strictly (same keys, shapes and order) and a seeded
+    model starts from the same weights (modules are still created in the same order)."""
+    torch.manual_seed(0)
+    model = create_model(name, {"hsi": 144, "lidar": 1}, 15, **opts)
+    sd = model.state_dict()
+    lines = "\n".join(f"{k}:{tuple(v.shape)}" for k, v in sd.items())
+    assert (count_parameters(model), len(sd)) == (params, entries)
+    assert hashlib.sha256(lines.encode()).hexdigest()[:16] == digest
+    if init is not None:
+        with torch.no_grad():
+            total = float(sum(p.double().abs().sum() for p in model.parameters()))
+        assert total == pytest.approx(init, rel=1e-12)

@@ -14,6 +14,7 @@ whose taps are averaged uniformly. 5-D GridSample needs ONNX opset ≥ 20.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -411,6 +412,63 @@ class FFM(nn.Module):
         return self.norm(self.residual(merged) + self.embed(merged))
 
 
+def check_options(variant: str, stem_stride: int, band_reduction: str, band_proj: int) -> None:
+    """Reject CoMiX options that no variant supports, before anything is built."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, not {variant!r}")
+    if stem_stride not in (2, 4):
+        raise ValueError(f"stem_stride must be 2 or 4, not {stem_stride}")
+    if band_reduction not in BAND_REDUCTIONS:
+        raise ValueError(f"band_reduction must be one of {BAND_REDUCTIONS}, not {band_reduction!r}")
+    if band_proj % 16:
+        raise ValueError(f"band_proj must be a multiple of 16, not {band_proj}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A variant's stage widths and depths with the keyword overrides applied."""
+
+    x_widths: tuple[int, ...]
+    x_depths: tuple[int, ...]
+    h_widths: tuple[int, ...]
+    h_depths: tuple[int, ...]
+    k3: int
+    decoder_dim: int
+    drop_path: float
+
+    @classmethod
+    def resolve(
+        cls,
+        v: dict[str, Any],
+        k3: int | None,
+        x_widths: Sequence[int] | None,
+        x_depths: Sequence[int] | None,
+        h_widths: Sequence[int] | None,
+        h_depths: Sequence[int] | None,
+        decoder_dim: int | None,
+        drop_path: float | None,
+    ) -> Plan:
+        return cls(
+            tuple(x_widths or v["x_widths"]),
+            tuple(x_depths or v["x_depths"]),
+            tuple(h_widths or v["h_widths"]),
+            tuple(h_depths or v["h_depths"]),
+            int(k3 or v["k3"]),
+            int(decoder_dim or v["decoder_dim"]),
+            float(v["drop_path"] if drop_path is None else drop_path),
+        )
+
+    def stage_rates(self, i: int) -> tuple[list[float], list[float]]:
+        """Stochastic-depth rates of stage i's HSI and X blocks: linear in the block's index
+        over each whole stream, 0 … drop_path."""
+
+        def rates(depths: tuple[int, ...]) -> list[float]:
+            n, first = sum(depths), sum(depths[:i])
+            return [self.drop_path * j / max(n - 1, 1) for j in range(first, first + depths[i])]
+
+        return rates(self.h_depths), rates(self.x_depths)
+
+
 class CoMiX(nn.Module):
     """CoMiX for (HSI, X) → K-class logits at full resolution.
 
@@ -466,35 +524,31 @@ class CoMiX(nn.Module):
         ffm_norm: str = "mean",
     ) -> None:
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {sorted(VARIANTS)}, not {variant!r}")
-        if stem_stride not in (2, 4):
-            raise ValueError(f"stem_stride must be 2 or 4, not {stem_stride}")
-        if band_reduction not in BAND_REDUCTIONS:
-            raise ValueError(
-                f"band_reduction must be one of {BAND_REDUCTIONS}, not {band_reduction!r}"
-            )
-        if band_proj % 16:
-            raise ValueError(f"band_proj must be a multiple of 16, not {band_proj}")
-        v = VARIANTS[variant]
+        check_options(variant, stem_stride, band_reduction, band_proj)
         ch = {"hsi": 144, "lidar": 1, **(in_channels or {})}
         self.in_channels = {m: int(ch[m]) for m in self.modalities}
         self.dcn_sampling = dcn_sampling
         self.num_classes = num_classes
         self.stem_stride = stem_stride
         self.divisor = 8 * stem_stride
-        xw = tuple(x_widths or v["x_widths"])
-        xd = tuple(x_depths or v["x_depths"])
-        hw = tuple(h_widths or v["h_widths"])
-        hd = tuple(h_depths or v["h_depths"])
-        k3 = int(k3 or v["k3"])
-        e = int(decoder_dim or v["decoder_dim"])
-        dp = float(v["drop_path"] if drop_path is None else drop_path)
+        plan = Plan.resolve(
+            VARIANTS[variant], k3, x_widths, x_depths, h_widths, h_depths, decoder_dim, drop_path
+        )
         d1 = band_proj // 4
         self.depths_d = (d1, d1 // 2, d1 // 4, d1 // 4)  # spectral depth per stage
+        self._build_stems(plan, band_proj, band_reduction)
+        self.h_down, self.x_down = nn.ModuleList(), nn.ModuleList()
+        self.h_blocks, self.x_blocks = nn.ModuleList(), nn.ModuleList()
+        self.proj, self.cmfex, self.ffm = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        cmfex_parts = (cmfex_channel, cmfex_spatial, cmfex_backproject, cmfex_spectral_attention)
+        groups = (group_channels_3d, group_channels_2d)
+        for i in range(4):
+            self._build_stage(i, plan, groups, cmfex_parts, ffm_heads[i], ffm_norm)
+        self._build_decoder(plan, num_classes)
 
-        # stems
-        s = stem_stride
+    def _build_stems(self, plan: Plan, band_proj: int, band_reduction: str) -> None:
+        """Band projection, the 3-D HSI stem (kernel = stride = (4, s, s)) and the X stem."""
+        s, hw, xw = self.stem_stride, plan.h_widths, plan.x_widths
         n_hsi = self.in_channels["hsi"]
         self.band_proj = nn.Sequential(
             nn.Conv2d(n_hsi, band_proj, 1)
@@ -512,63 +566,52 @@ class CoMiX(nn.Module):
             nn.Conv2d(xw[0] // 2, xw[0], 3, stride=s // 2, padding=1),
             LayerNorm2d(xw[0]),
         )
-        # stages
-        n_h, n_x = sum(hd), sum(xd)
-        rates_h = [dp * i / max(n_h - 1, 1) for i in range(n_h)]
-        rates_x = [dp * i / max(n_x - 1, 1) for i in range(n_x)]
-        self.h_down, self.x_down = nn.ModuleList(), nn.ModuleList()
-        self.h_blocks, self.x_blocks = nn.ModuleList(), nn.ModuleList()
-        self.proj, self.cmfex, self.ffm = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
-        ih = ix = 0
-        for i in range(4):
-            if i > 0:
-                sd = 2 if i < 3 else 1
-                self.h_down.append(
-                    nn.Sequential(
-                        nn.Conv3d(hw[i - 1], hw[i], 3, stride=(sd, 2, 2), padding=1),
-                        LayerNorm2d(hw[i]),
-                    )
-                )
-                self.x_down.append(
-                    nn.Sequential(
-                        nn.Conv2d(xw[i - 1], xw[i], 3, stride=2, padding=1), LayerNorm2d(xw[i])
-                    )
-                )
-            self.h_blocks.append(
+
+    def _build_stage(
+        self,
+        i: int,
+        plan: Plan,
+        groups: tuple[int, int],
+        cmfex_parts: tuple[bool, bool, bool, bool],
+        heads: int,
+        ffm_norm: str,
+    ) -> None:
+        """Append stage i's downsamplings, blocks, P, CMFeX and FFM, in this order (the order
+        parameters are created and initialised in, and state_dict keys listed in)."""
+        hw, xw = plan.h_widths, plan.x_widths
+        if i > 0:
+            sd = 2 if i < 3 else 1
+            self.h_down.append(
                 nn.Sequential(
-                    *(
-                        DCNBlock(hw[i], 3, group_channels_3d, 2, k3, rates_h[ih + j], dcn_sampling)
-                        for j in range(hd[i])
-                    )
+                    nn.Conv3d(hw[i - 1], hw[i], 3, stride=(sd, 2, 2), padding=1),
+                    LayerNorm2d(hw[i]),
                 )
             )
-            self.x_blocks.append(
+            self.x_down.append(
                 nn.Sequential(
-                    *(
-                        DCNBlock(xw[i], 2, group_channels_2d, 4, 9, rates_x[ix + j], dcn_sampling)
-                        for j in range(xd[i])
-                    )
+                    nn.Conv2d(xw[i - 1], xw[i], 3, stride=2, padding=1), LayerNorm2d(xw[i])
                 )
             )
-            ih, ix = ih + hd[i], ix + xd[i]
-            c3d = hw[i] * self.depths_d[i]
-            self.proj.append(
-                nn.Sequential(nn.Conv2d(c3d, xw[i], 1, bias=False), nn.BatchNorm2d(xw[i]))
+        rates_h, rates_x = plan.stage_rates(i)
+        self.h_blocks.append(
+            nn.Sequential(
+                *(DCNBlock(hw[i], 3, groups[0], 2, plan.k3, r, self.dcn_sampling) for r in rates_h)
             )
-            self.cmfex.append(
-                CMFeX(
-                    xw[i],
-                    hw[i],
-                    self.depths_d[i],
-                    cmfex_channel,
-                    cmfex_spatial,
-                    cmfex_backproject,
-                    cmfex_spectral_attention,
-                )
+        )
+        self.x_blocks.append(
+            nn.Sequential(
+                *(DCNBlock(xw[i], 2, groups[1], 4, 9, r, self.dcn_sampling) for r in rates_x)
             )
-            self.ffm.append(FFM(xw[i], ffm_heads[i], ffm_norm))
-        # ALL-MLP decoder
-        self.dec_proj = nn.ModuleList(nn.Conv2d(xw[i], e, 1) for i in range(4))
+        )
+        c3d = hw[i] * self.depths_d[i]
+        self.proj.append(nn.Sequential(nn.Conv2d(c3d, xw[i], 1, bias=False), nn.BatchNorm2d(xw[i])))
+        self.cmfex.append(CMFeX(xw[i], hw[i], self.depths_d[i], *cmfex_parts))
+        self.ffm.append(FFM(xw[i], heads, ffm_norm))
+
+    def _build_decoder(self, plan: Plan, num_classes: int) -> None:
+        """ALL-MLP decoder: per-stage 1×1 projections to E, fuse 4E → E, classifier."""
+        e = plan.decoder_dim
+        self.dec_proj = nn.ModuleList(nn.Conv2d(plan.x_widths[i], e, 1) for i in range(4))
         self.dec_fuse = nn.Sequential(
             nn.Conv2d(4 * e, e, 1, bias=False), nn.BatchNorm2d(e), nn.ReLU(), nn.Dropout2d(0.1)
         )
