@@ -11,6 +11,10 @@
 node keeps the exported graph small). Both forms share a cached, already normalised base grid
 (p0 + p_k mapped to [-1, 1]), so only ``base + Δ·(2/extent)`` (one ``addcmul``) is computed per
 call.
+
+At inference CoMiX goes further (:func:`inference_only`): whole-map tensors are built slab by
+slab along the first spatial axis (:func:`slab_bounds`, :func:`accumulate_taps`), so only v
+and the result are whole. fp16 / bf16 features are sampled in float32 (:func:`sampling_dtype`).
 """
 
 from __future__ import annotations
