@@ -20,6 +20,7 @@ from mfaf_cli.models.deform import (
     kernel_taps_3d,
     normalised_base_grid,
     resolve_mode,
+    slab_bounds,
     slices_side_by_side,
 )
 
@@ -197,6 +198,15 @@ def test_lean_parts_equal_their_full_forms(monkeypatch: pytest.MonkeyPatch) -> N
             assert torch.allclose(depth_slabs(down, x), down(x), atol=1e-5)
         fused = [torch.randn(2, c, 16 >> i, 24 >> i) for i, c in enumerate((32, 64, 160, 256))]
         assert torch.allclose(model.decode_lean(fused), model.decode(fused), atol=1e-5)
+
+
+def test_slab_bounds_cover_the_axis_in_budgeted_multiples() -> None:
+    assert slab_bounds(10, 3, budget=7) == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+    assert slab_bounds(16, 10, multiple=4, budget=50) == [(0, 4), (4, 8), (8, 12), (12, 16)]
+    assert slab_bounds(5, 10**9) == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]  # ≥ 1 position
+    cpu = slab_bounds(16, 65536)  # CoMiX-lite stage 1 at 256²: 2 of 16 depths per slab on CPU
+    assert len(cpu) == 8 and cpu[-1] == (14, 16)
+    assert slab_bounds(16, 65536, device=torch.device("meta")) == [(0, 16)]
 
 
 def test_lean_forms_only_run_when_nothing_is_recorded() -> None:

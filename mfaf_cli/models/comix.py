@@ -125,7 +125,7 @@ def depth_slabs(down: nn.Sequential, h3: torch.Tensor) -> torch.Tensor:
     # the unfolded input of one output depth: C_in·k³ values per output pixel
     per_depth = conv.in_channels * k**3 * -(-h3.shape[3] // sh) * -(-h3.shape[4] // sw)
     out: torch.Tensor | None = None
-    for o0, o1 in slab_bounds(d_out, per_depth):
+    for o0, o1 in slab_bounds(d_out, per_depth, device=h3.device):
         lo, hi = o0 * sd - p, (o1 - 1) * sd - p + k  # input depths read, padding included
         part = F.pad(
             h3[:, :, max(lo, 0) : min(hi, depth)], (0, 0, 0, 0, max(-lo, 0), max(hi - depth, 0))
@@ -206,7 +206,7 @@ class DCN(nn.Module):
         b, c, n = x.shape[:3]
         g, rest = self.groups, tuple(x.shape[3:])
         src = empty_sampling_source((b * g, c // g, n, *rest), self.ndim == 3, x)
-        for r0, r1 in slab_bounds(n, x[0, :, 0].numel()):
+        for r0, r1 in slab_bounds(n, x[0, :, 0].numel(), device=x.device):
             v = self.input_proj(norm(x[:, :, r0:r1]))
             write_sampling_source(src, v.reshape(b * g, c // g, r1 - r0, *rest), r0, self.ndim == 3)
         return src
@@ -269,7 +269,7 @@ class DCNBlock(nn.Module):
         features exist for one slab at a time."""
         src = self.dcn.lean_source(x, self.norm1)
         y = torch.empty_like(x)
-        for r0, r1 in slab_bounds(x.shape[2], x[0, :, 0].numel()):
+        for r0, r1 in slab_bounds(x.shape[2], x[0, :, 0].numel(), device=x.device):
             a = self.dcn.lean_slab(x, self.norm1, src, r0, r1)
             a += x[:, :, r0:r1]
             a += self.mlp(self.norm2(a))
@@ -658,7 +658,7 @@ class CoMiX(nn.Module):
         rows = hsi.shape[2] // s * s
         per_row = cast(nn.BatchNorm2d, self.band_proj[1]).num_features * hsi.shape[3]
         out: torch.Tensor | None = None
-        for r0, r1 in slab_bounds(rows, per_row, multiple=s):
+        for r0, r1 in slab_bounds(rows, per_row, s, hsi.device):
             y = self.h_stem_norm(self.hsi_stem(hsi[:, :, r0:r1]))
             if out is None:
                 out = y.new_empty(*y.shape[:3], rows // s, y.shape[4])

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 MODES = ("auto", "batched", "per_tap")
 #: elements (per batch item) of one slab of a whole-map tensor in the lean inference forms
 LEAN_SLAB_ELEMENTS = 1 << 17
+#: the same off the CPU, where every slab costs kernel launches and memory is less scarce
+LEAN_SLAB_ELEMENTS_ACCEL = 1 << 23
 
 
 def kernel_taps_2d() -> list[tuple[int, int]]:
@@ -128,11 +130,21 @@ def inference_only(module: torch.nn.Module, mode: str, x: torch.Tensor) -> bool:
 
 
 def slab_bounds(
-    length: int, per_position: int, multiple: int = 1, budget: int | None = None
+    length: int,
+    per_position: int,
+    multiple: int = 1,
+    device: torch.device | None = None,
+    budget: int | None = None,
 ) -> list[tuple[int, int]]:
     """[start, stop) slabs of a first axis of ``length`` positions, each a multiple of
-    ``multiple`` positions long and about ``budget`` elements (``per_position`` per position)."""
-    cap = LEAN_SLAB_ELEMENTS if budget is None else budget
+    ``multiple`` positions long and about ``budget`` elements (``per_position`` per position;
+    default: the CPU or the accelerator budget above, by ``device``)."""
+    if budget is not None:
+        cap = budget
+    elif device is None or device.type == "cpu":
+        cap = LEAN_SLAB_ELEMENTS
+    else:
+        cap = LEAN_SLAB_ELEMENTS_ACCEL
     step = max(1, cap // max(1, per_position * multiple)) * multiple
     return [(a, min(length, a + step)) for a in range(0, length, step)]
 
