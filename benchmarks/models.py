@@ -210,6 +210,24 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+#: (numerator label, denominator label) peak-memory ratios reported with ``--memory``
+MEMORY_RATIOS = [
+    ("comix-s", "comix-s (batched sampler, as before)"),
+    ("comix-lite", "comix-lite (batched sampler, as before)"),
+    ("comix-lite", "mfafnet-s"),
+]
+
+
+def memory_ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Peak forward memory of one network over another's (fresh process each)."""
+    by = {r["label"]: r for r in rows if "forward_peak_mib" in r}
+    return {
+        f"{a} / {b}": round(by[a]["forward_peak_mib"] / by[b]["forward_peak_mib"], 3)
+        for a, b in MEMORY_RATIOS
+        if a in by and b in by
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=256)
@@ -260,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         "timing": "no-grad batch-1 forwards, interleaved round-robin over the networks",
         "memory": "peak RSS of one forward above the RSS before it, fresh process per network",
         "time_ratios": ratios(rows),
+        "memory_ratios": memory_ratios(rows),
         "results": rows,
     }
     text = json.dumps(doc, indent=2)

@@ -14,18 +14,24 @@ whose taps are averaged uniformly. 5-D GridSample needs ONNX opset ≥ 20.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mfaf_cli.models.deform import (
+    accumulate_taps,
     deform_sample,
+    empty_sampling_source,
+    inference_only,
     kernel_taps_2d,
     kernel_taps_3d,
     per_tap_from_features,
     resolve_mode,
+    slab_bounds,
+    write_sampling_source,
 )
 from mfaf_cli.models.mfafnet import LayerNorm2d
 
@@ -103,6 +109,36 @@ class BandedProjection(nn.Module):
 BAND_REDUCTIONS = ("dense", "banded")
 
 
+def depth_slabs(down: nn.Sequential, h3: torch.Tensor) -> torch.Tensor:
+    """``down`` = (Conv3d, pointwise norm) applied to h3 a few output depths at a time.
+
+    PyTorch's CPU Conv3d unfolds its input into a buffer 27× its output (13 MiB at CoMiX's
+    first downsampling of a 256² tile); per slab of output depths it is that much smaller.
+    The input depths a slab reads (with the conv's zero padding at the ends) are cut out and
+    padded by hand, so the result equals ``down(h3)``.
+    """
+    conv = cast(nn.Conv3d, down[0])
+    k, (sd, sh, sw) = conv.kernel_size[0], conv.stride
+    p, ph, pw = cast(tuple[int, int, int], conv.padding)
+    depth = h3.shape[2]
+    d_out = (depth + 2 * p - k) // sd + 1
+    # the unfolded input of one output depth: C_in·k³ values per output pixel
+    per_depth = conv.in_channels * k**3 * -(-h3.shape[3] // sh) * -(-h3.shape[4] // sw)
+    out: torch.Tensor | None = None
+    for o0, o1 in slab_bounds(d_out, per_depth, device=h3.device):
+        lo, hi = o0 * sd - p, (o1 - 1) * sd - p + k  # input depths read, padding included
+        part = F.pad(
+            h3[:, :, max(lo, 0) : min(hi, depth)], (0, 0, 0, 0, max(-lo, 0), max(hi - depth, 0))
+        )
+        y = F.conv3d(part, conv.weight, conv.bias, conv.stride, (0, ph, pw))
+        y = down[1](y)
+        if out is None:
+            out = y.new_empty(y.shape[0], y.shape[1], d_out, *y.shape[3:])
+        out[:, :, o0:o1] = y
+    assert out is not None
+    return out
+
+
 class DropPath(nn.Module):
     """Stochastic depth (identity at eval, so nothing random reaches an exported graph)."""
 
@@ -164,6 +200,41 @@ class DCN(nn.Module):
             deform_sample(v, offset, mask, self.taps, self.groups, self.sampling)
         )
 
+    def lean_source(self, x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        """v = input_proj(norm(x)) in the per-tap sampler's layout, built slab by slab, so
+        neither norm(x) nor a second copy of v is ever whole (inference only)."""
+        b, c, n = x.shape[:3]
+        g, rest = self.groups, tuple(x.shape[3:])
+        src = empty_sampling_source((b * g, c // g, n, *rest), self.ndim == 3, x)
+        for r0, r1 in slab_bounds(n, x[0, :, 0].numel(), device=x.device):
+            v = self.input_proj(norm(x[:, :, r0:r1]))
+            write_sampling_source(src, v.reshape(b * g, c // g, r1 - r0, *rest), r0, self.ndim == 3)
+        return src
+
+    def lean_slab(
+        self, x: torch.Tensor, norm: nn.Module, src: torch.Tensor, r0: int, r1: int
+    ) -> torch.Tensor:
+        """self(norm(x)) at positions r0:r1 of the first spatial axis, sampling the whole map's
+        source; the depthwise 3×3 conv reads one position of halo on each side."""
+        b, c, n = x.shape[:3]
+        lo, hi = max(r0 - 1, 0), min(r1 + 1, n)
+        q = self.dw(norm(x[:, :, lo:hi]))[:, :, r0 - lo : r1 - lo]
+        q = F.gelu(self.dw_norm(q))
+        out = src.new_zeros(b * self.groups, c // self.groups, *q.shape[2:])
+        accumulate_taps(
+            out,
+            src,
+            q,
+            self.offset,
+            self.mask,
+            self.taps,
+            self.groups,
+            x.shape[2:],
+            r0,
+            self.ndim == 3,
+        )
+        return self.output_proj(out.reshape(q.shape).to(q.dtype))
+
 
 class DCNBlock(nn.Module):
     """x + DropPath(DCN(LN(x))); x + DropPath(MLP(LN(x))) on 2-D or 3-D features."""
@@ -187,8 +258,23 @@ class DCNBlock(nn.Module):
         self.drop = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if inference_only(self, self.dcn.sampling, x):
+            return self.forward_lean(x)
         x = x + self.drop(self.dcn(self.norm1(x)))
         return x + self.drop(self.mlp(self.norm2(x)))
+
+    def forward_lean(self, x: torch.Tensor) -> torch.Tensor:
+        """The same block slab by slab along the first spatial axis (inference only): only x,
+        v and the result are whole maps; LN(x), q, offsets, mask, taps and the MLP's 4× hidden
+        features exist for one slab at a time."""
+        src = self.dcn.lean_source(x, self.norm1)
+        y = torch.empty_like(x)
+        for r0, r1 in slab_bounds(x.shape[2], x[0, :, 0].numel(), device=x.device):
+            a = self.dcn.lean_slab(x, self.norm1, src, r0, r1)
+            a += x[:, :, r0:r1]
+            a += self.mlp(self.norm2(a))
+            y[:, :, r0:r1] = a
+        return y
 
 
 class CMFeX(nn.Module):
@@ -228,13 +314,14 @@ class CMFeX(nn.Module):
         )
 
     def forward(
-        self, h3: torch.Tensor, h: torch.Tensor, x: torch.Tensor
+        self, h3: torch.Tensor, h: torch.Tensor, x: torch.Tensor, inplace: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """h3: (B,C3,D,h,w); h = P(h3): (B,C,h,w); x: (B,C,h,w) → (H3', Ĥ', X').
 
         Ĥ' (the enhanced 2-D HSI feature) goes to the FFM as CMX passes FRM's rectified
         features on; projecting H3' again would run P, and its BatchNorm statistics update,
-        twice per stage.
+        twice per stage. ``inplace`` (inference only) builds H3' in the back-projection's
+        buffer, which is as large as h3, instead of in two more such tensors; same values.
         """
         b = x.shape[0]
         x_new, h_new = x, h
@@ -251,7 +338,7 @@ class CMFeX(nn.Module):
             h_new = h_new + self.beta[1] * ws_x * x
         if self.back is not None:
             dh = self.back(h_new - h).reshape(b, self.c3, self.depth, *h.shape[-2:])
-            h3 = h3 + self.gamma * dh
+            h3 = dh.mul_(self.gamma).add_(h3) if inplace else h3 + self.gamma * dh
         if self.spec is not None:
             att = self.spec(x.mean((2, 3))).reshape(b, 1, self.depth, 1, 1)
             h3 = h3 * att
@@ -325,6 +412,63 @@ class FFM(nn.Module):
         return self.norm(self.residual(merged) + self.embed(merged))
 
 
+def check_options(variant: str, stem_stride: int, band_reduction: str, band_proj: int) -> None:
+    """Reject CoMiX options that no variant supports, before anything is built."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, not {variant!r}")
+    if stem_stride not in (2, 4):
+        raise ValueError(f"stem_stride must be 2 or 4, not {stem_stride}")
+    if band_reduction not in BAND_REDUCTIONS:
+        raise ValueError(f"band_reduction must be one of {BAND_REDUCTIONS}, not {band_reduction!r}")
+    if band_proj % 16:
+        raise ValueError(f"band_proj must be a multiple of 16, not {band_proj}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A variant's stage widths and depths with the keyword overrides applied."""
+
+    x_widths: tuple[int, ...]
+    x_depths: tuple[int, ...]
+    h_widths: tuple[int, ...]
+    h_depths: tuple[int, ...]
+    k3: int
+    decoder_dim: int
+    drop_path: float
+
+    @classmethod
+    def resolve(
+        cls,
+        v: dict[str, Any],
+        k3: int | None,
+        x_widths: Sequence[int] | None,
+        x_depths: Sequence[int] | None,
+        h_widths: Sequence[int] | None,
+        h_depths: Sequence[int] | None,
+        decoder_dim: int | None,
+        drop_path: float | None,
+    ) -> Plan:
+        return cls(
+            tuple(x_widths or v["x_widths"]),
+            tuple(x_depths or v["x_depths"]),
+            tuple(h_widths or v["h_widths"]),
+            tuple(h_depths or v["h_depths"]),
+            int(k3 or v["k3"]),
+            int(decoder_dim or v["decoder_dim"]),
+            float(v["drop_path"] if drop_path is None else drop_path),
+        )
+
+    def stage_rates(self, i: int) -> tuple[list[float], list[float]]:
+        """Stochastic-depth rates of stage i's HSI and X blocks: linear in the block's index
+        over each whole stream, 0 … drop_path."""
+
+        def rates(depths: tuple[int, ...]) -> list[float]:
+            n, first = sum(depths), sum(depths[:i])
+            return [self.drop_path * j / max(n - 1, 1) for j in range(first, first + depths[i])]
+
+        return rates(self.h_depths), rates(self.x_depths)
+
+
 class CoMiX(nn.Module):
     """CoMiX for (HSI, X) → K-class logits at full resolution.
 
@@ -352,6 +496,8 @@ class CoMiX(nn.Module):
     #: 5-D (trilinear) GridSample exists in ONNX from opset 20 on.
     onnx_min_opset: int = 20
 
+    dcn_sampling: str
+
     def __init__(
         self,
         in_channels: dict[str, int] | None = None,
@@ -378,34 +524,31 @@ class CoMiX(nn.Module):
         ffm_norm: str = "mean",
     ) -> None:
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {sorted(VARIANTS)}, not {variant!r}")
-        if stem_stride not in (2, 4):
-            raise ValueError(f"stem_stride must be 2 or 4, not {stem_stride}")
-        if band_reduction not in BAND_REDUCTIONS:
-            raise ValueError(
-                f"band_reduction must be one of {BAND_REDUCTIONS}, not {band_reduction!r}"
-            )
-        if band_proj % 16:
-            raise ValueError(f"band_proj must be a multiple of 16, not {band_proj}")
-        v = VARIANTS[variant]
+        check_options(variant, stem_stride, band_reduction, band_proj)
         ch = {"hsi": 144, "lidar": 1, **(in_channels or {})}
         self.in_channels = {m: int(ch[m]) for m in self.modalities}
+        self.dcn_sampling = dcn_sampling
         self.num_classes = num_classes
         self.stem_stride = stem_stride
         self.divisor = 8 * stem_stride
-        xw = tuple(x_widths or v["x_widths"])
-        xd = tuple(x_depths or v["x_depths"])
-        hw = tuple(h_widths or v["h_widths"])
-        hd = tuple(h_depths or v["h_depths"])
-        k3 = int(k3 or v["k3"])
-        e = int(decoder_dim or v["decoder_dim"])
-        dp = float(v["drop_path"] if drop_path is None else drop_path)
+        plan = Plan.resolve(
+            VARIANTS[variant], k3, x_widths, x_depths, h_widths, h_depths, decoder_dim, drop_path
+        )
         d1 = band_proj // 4
         self.depths_d = (d1, d1 // 2, d1 // 4, d1 // 4)  # spectral depth per stage
+        self._build_stems(plan, band_proj, band_reduction)
+        self.h_down, self.x_down = nn.ModuleList(), nn.ModuleList()
+        self.h_blocks, self.x_blocks = nn.ModuleList(), nn.ModuleList()
+        self.proj, self.cmfex, self.ffm = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        cmfex_parts = (cmfex_channel, cmfex_spatial, cmfex_backproject, cmfex_spectral_attention)
+        groups = (group_channels_3d, group_channels_2d)
+        for i in range(4):
+            self._build_stage(i, plan, groups, cmfex_parts, ffm_heads[i], ffm_norm)
+        self._build_decoder(plan, num_classes)
 
-        # stems
-        s = stem_stride
+    def _build_stems(self, plan: Plan, band_proj: int, band_reduction: str) -> None:
+        """Band projection, the 3-D HSI stem (kernel = stride = (4, s, s)) and the X stem."""
+        s, hw, xw = self.stem_stride, plan.h_widths, plan.x_widths
         n_hsi = self.in_channels["hsi"]
         self.band_proj = nn.Sequential(
             nn.Conv2d(n_hsi, band_proj, 1)
@@ -423,63 +566,52 @@ class CoMiX(nn.Module):
             nn.Conv2d(xw[0] // 2, xw[0], 3, stride=s // 2, padding=1),
             LayerNorm2d(xw[0]),
         )
-        # stages
-        n_h, n_x = sum(hd), sum(xd)
-        rates_h = [dp * i / max(n_h - 1, 1) for i in range(n_h)]
-        rates_x = [dp * i / max(n_x - 1, 1) for i in range(n_x)]
-        self.h_down, self.x_down = nn.ModuleList(), nn.ModuleList()
-        self.h_blocks, self.x_blocks = nn.ModuleList(), nn.ModuleList()
-        self.proj, self.cmfex, self.ffm = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
-        ih = ix = 0
-        for i in range(4):
-            if i > 0:
-                sd = 2 if i < 3 else 1
-                self.h_down.append(
-                    nn.Sequential(
-                        nn.Conv3d(hw[i - 1], hw[i], 3, stride=(sd, 2, 2), padding=1),
-                        LayerNorm2d(hw[i]),
-                    )
-                )
-                self.x_down.append(
-                    nn.Sequential(
-                        nn.Conv2d(xw[i - 1], xw[i], 3, stride=2, padding=1), LayerNorm2d(xw[i])
-                    )
-                )
-            self.h_blocks.append(
+
+    def _build_stage(
+        self,
+        i: int,
+        plan: Plan,
+        groups: tuple[int, int],
+        cmfex_parts: tuple[bool, bool, bool, bool],
+        heads: int,
+        ffm_norm: str,
+    ) -> None:
+        """Append stage i's downsamplings, blocks, P, CMFeX and FFM, in this order (the order
+        parameters are created and initialised in, and state_dict keys listed in)."""
+        hw, xw = plan.h_widths, plan.x_widths
+        if i > 0:
+            sd = 2 if i < 3 else 1
+            self.h_down.append(
                 nn.Sequential(
-                    *(
-                        DCNBlock(hw[i], 3, group_channels_3d, 2, k3, rates_h[ih + j], dcn_sampling)
-                        for j in range(hd[i])
-                    )
+                    nn.Conv3d(hw[i - 1], hw[i], 3, stride=(sd, 2, 2), padding=1),
+                    LayerNorm2d(hw[i]),
                 )
             )
-            self.x_blocks.append(
+            self.x_down.append(
                 nn.Sequential(
-                    *(
-                        DCNBlock(xw[i], 2, group_channels_2d, 4, 9, rates_x[ix + j], dcn_sampling)
-                        for j in range(xd[i])
-                    )
+                    nn.Conv2d(xw[i - 1], xw[i], 3, stride=2, padding=1), LayerNorm2d(xw[i])
                 )
             )
-            ih, ix = ih + hd[i], ix + xd[i]
-            c3d = hw[i] * self.depths_d[i]
-            self.proj.append(
-                nn.Sequential(nn.Conv2d(c3d, xw[i], 1, bias=False), nn.BatchNorm2d(xw[i]))
+        rates_h, rates_x = plan.stage_rates(i)
+        self.h_blocks.append(
+            nn.Sequential(
+                *(DCNBlock(hw[i], 3, groups[0], 2, plan.k3, r, self.dcn_sampling) for r in rates_h)
             )
-            self.cmfex.append(
-                CMFeX(
-                    xw[i],
-                    hw[i],
-                    self.depths_d[i],
-                    cmfex_channel,
-                    cmfex_spatial,
-                    cmfex_backproject,
-                    cmfex_spectral_attention,
-                )
+        )
+        self.x_blocks.append(
+            nn.Sequential(
+                *(DCNBlock(xw[i], 2, groups[1], 4, 9, r, self.dcn_sampling) for r in rates_x)
             )
-            self.ffm.append(FFM(xw[i], ffm_heads[i], ffm_norm))
-        # ALL-MLP decoder
-        self.dec_proj = nn.ModuleList(nn.Conv2d(xw[i], e, 1) for i in range(4))
+        )
+        c3d = hw[i] * self.depths_d[i]
+        self.proj.append(nn.Sequential(nn.Conv2d(c3d, xw[i], 1, bias=False), nn.BatchNorm2d(xw[i])))
+        self.cmfex.append(CMFeX(xw[i], hw[i], self.depths_d[i], *cmfex_parts))
+        self.ffm.append(FFM(xw[i], heads, ffm_norm))
+
+    def _build_decoder(self, plan: Plan, num_classes: int) -> None:
+        """ALL-MLP decoder: per-stage 1×1 projections to E, fuse 4E → E, classifier."""
+        e = plan.decoder_dim
+        self.dec_proj = nn.ModuleList(nn.Conv2d(plan.x_widths[i], e, 1) for i in range(4))
         self.dec_fuse = nn.Sequential(
             nn.Conv2d(4 * e, e, 1, bias=False), nn.BatchNorm2d(e), nn.ReLU(), nn.Dropout2d(0.1)
         )
@@ -492,26 +624,73 @@ class CoMiX(nn.Module):
     def forward(
         self, hsi: torch.Tensor, x: torch.Tensor, return_aux: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
-        h3 = self.h_stem(self.band_proj(hsi).unsqueeze(1))
-        h3 = self.h_stem_norm(h3)
+        lean = inference_only(self, self.dcn_sampling, hsi)
+        h3 = self.hsi_stem_lean(hsi) if lean else self.h_stem_norm(self.hsi_stem(hsi))
         xs = self.x_stem(x)
         fused = []
         for i in range(4):
             if i > 0:
-                h3 = self.h_down[i - 1](h3)
+                down = cast(nn.Sequential, self.h_down[i - 1])
+                h3 = depth_slabs(down, h3) if lean else down(h3)
                 xs = self.x_down[i - 1](xs)
             h3 = self.h_blocks[i](h3)
             xs = self.x_blocks[i](xs)
-            h3, h2, xs = self.cmfex[i](h3, self._p(i, h3), xs)
+            h3, h2, xs = self.cmfex[i](h3, self._p(i, h3), xs, inplace=lean)
             fused.append(self.ffm[i](h2, xs))
+        logits = self.decode_lean(fused) if lean else self.decode(fused)
+        logits = F.interpolate(
+            logits, scale_factor=float(self.stem_stride), mode="bilinear", align_corners=False
+        )
+        return (logits, {}) if return_aux else logits
+
+    def hsi_stem(self, hsi: torch.Tensor) -> torch.Tensor:
+        """Band projection then the (4, s, s)/(4, s, s) 3-D stem: (B, bands, H, W) → h3."""
+        return self.h_stem(self.band_proj(hsi).unsqueeze(1))
+
+    def hsi_stem_lean(self, hsi: torch.Tensor) -> torch.Tensor:
+        """h_stem_norm(hsi_stem(hsi)) in slabs of image rows (inference only).
+
+        The full-resolution band projection (64 × H × W) was the largest tensor of the
+        forward; the stem's kernel equals its stride, so slabs of a multiple of s rows are
+        independent and only one slab of pseudo-bands exists at a time.
+        """
+        s = self.stem_stride
+        rows = hsi.shape[2] // s * s
+        per_row = cast(nn.BatchNorm2d, self.band_proj[1]).num_features * hsi.shape[3]
+        out: torch.Tensor | None = None
+        for r0, r1 in slab_bounds(rows, per_row, s, hsi.device):
+            y = self.h_stem_norm(self.hsi_stem(hsi[:, :, r0:r1]))
+            if out is None:
+                out = y.new_empty(*y.shape[:3], rows // s, y.shape[4])
+            out[:, :, :, r0 // s : r1 // s] = y
+        assert out is not None  # rows ≥ s: the model checks divisibility by 8·s
+        return out
+
+    def decode(self, fused: list[torch.Tensor]) -> torch.Tensor:
+        """ALL-MLP decoder: project, upsample to stage 1, concatenate, fuse, classify."""
         outs = []
         for i, f in enumerate(fused):
             y = self.dec_proj[i](f)
             if i > 0:
                 y = F.interpolate(y, scale_factor=float(2**i), mode="bilinear", align_corners=False)
             outs.append(y)
-        logits = self.classifier(self.dec_fuse(torch.cat(outs, dim=1)))
-        logits = F.interpolate(
-            logits, scale_factor=float(self.stem_stride), mode="bilinear", align_corners=False
-        )
-        return (logits, {}) if return_aux else logits
+        return self.classifier(self.dec_fuse(torch.cat(outs, dim=1)))
+
+    def decode_lean(self, fused: list[torch.Tensor]) -> torch.Tensor:
+        """:meth:`decode` without the 4·E-channel concatenation (eval only).
+
+        The fuse conv is linear and bias-free and bilinear upsampling is linear per channel,
+        so W·cat(up(y_i)) = Σ_i up(W_i·y_i): each stage's share is mixed at its own
+        resolution and accumulated; equal up to float rounding.
+        """
+        weight = cast(nn.Conv2d, self.dec_fuse[0]).weight
+        e = weight.shape[0]
+        acc: torch.Tensor | None = None
+        for i, f in enumerate(fused):
+            z = F.conv2d(self.dec_proj[i](f), weight[:, i * e : (i + 1) * e])
+            if i > 0:
+                z = F.interpolate(z, scale_factor=float(2**i), mode="bilinear", align_corners=False)
+            acc = z if acc is None else acc.add_(z)
+        assert acc is not None
+        y = F.relu_(self.dec_fuse[1](acc))  # BatchNorm (eval), ReLU; Dropout2d is identity
+        return self.classifier(y)

@@ -11,6 +11,10 @@
 node keeps the exported graph small). Both forms share a cached, already normalised base grid
 (p0 + p_k mapped to [-1, 1]), so only ``base + Δ·(2/extent)`` (one ``addcmul``) is computed per
 call.
+
+At inference CoMiX goes further (:func:`inference_only`): whole-map tensors are built slab by
+slab along the first spatial axis (:func:`slab_bounds`, :func:`accumulate_taps`), so only v
+and the result are whole. fp16 / bf16 features are sampled in float32 (:func:`sampling_dtype`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ import torch
 import torch.nn.functional as F
 
 MODES = ("auto", "batched", "per_tap")
+#: elements (per batch item) of one slab of a whole-map tensor in the lean inference forms
+LEAN_SLAB_ELEMENTS = 1 << 17
+#: the same off the CPU, where every slab costs kernel launches and memory is less scarce
+LEAN_SLAB_ELEMENTS_ACCEL = 1 << 23
 
 
 def kernel_taps_2d() -> list[tuple[int, int]]:
@@ -100,6 +108,47 @@ def resolve_mode(mode: str, *tensors: torch.Tensor) -> str:
     return "batched" if recording else "per_tap"
 
 
+def sampling_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype deformable sampling runs in: float32 for fp16/bf16 features.
+
+    PyTorch's CPU grid_sample is wrong for half (errors of ~5 on unit-variance values at a
+    256² map, sometimes a crash; pytorch#127224), which made CoMiX's fp16 forward non-finite
+    at 1024²; and a half normalised coordinate resolves only 2⁻¹¹ of its axis, more than a
+    pixel on the sliced 3-D sampler's (D+2)·(w+2)-wide image.
+    """
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def inference_only(module: torch.nn.Module, mode: str, x: torch.Tensor) -> bool:
+    """Whether the memory-lean forms (slab by slab, in place) may run: eval mode, sampling
+    resolved to per-tap, and autograd recording nothing, neither for x nor for a parameter."""
+    if module.training or resolve_mode(mode, x) != "per_tap":
+        return False
+    if not torch.is_grad_enabled():
+        return True
+    return not (x.requires_grad or any(p.requires_grad for p in module.parameters()))
+
+
+def slab_bounds(
+    length: int,
+    per_position: int,
+    multiple: int = 1,
+    device: torch.device | None = None,
+    budget: int | None = None,
+) -> list[tuple[int, int]]:
+    """[start, stop) slabs of a first axis of ``length`` positions, each a multiple of
+    ``multiple`` positions long and about ``budget`` elements (``per_position`` per position;
+    default: the CPU or the accelerator budget above, by ``device``)."""
+    if budget is not None:
+        cap = budget
+    elif device is None or device.type == "cpu":
+        cap = LEAN_SLAB_ELEMENTS
+    else:
+        cap = LEAN_SLAB_ELEMENTS_ACCEL
+    step = max(1, cap // max(1, per_position * multiple)) * multiple
+    return [(a, min(length, a + step)) for a in range(0, length, step)]
+
+
 def deform_sample(
     v: torch.Tensor,
     offset: torch.Tensor,
@@ -122,7 +171,10 @@ def deform_sample(
         (B, C, *S). Sampling is bilinear/trilinear with zeros outside, align_corners=False.
     """
     fn = _batched if resolve_mode(mode, v, offset, mask) == "batched" else _per_tap
-    return fn(v, offset, mask, taps, groups)
+    work = sampling_dtype(v.dtype)
+    if work == v.dtype:
+        return fn(v, offset, mask, taps, groups)
+    return fn(v.to(work), offset.to(work), mask.to(work), taps, groups).to(v.dtype)
 
 
 def _batched(
@@ -183,42 +235,98 @@ def per_tap_from_features(
     """Inference-only DCN aggregation that never holds all K taps' offsets at once.
 
     Equal to ``deform_sample(v, offset_layer(q), softmax_K(mask_layer(q)), taps, groups)`` for
-    1×1 offset/mask projections. The offsets (at CoMiX-S stage 1, 10× the feature map) are
-    projected from q for ``chunk`` taps at a time (default: as many as fit in one feature
-    map's memory), the mask's softmax is taken in place. 3-D sampling goes through
-    :func:`accumulate_trilinear` unless ``sliced_3d`` is False.
+    1×1 offset/mask projections; :func:`accumulate_taps` over the whole map, in
+    :func:`sampling_dtype`.
     """
     b, c = v.shape[:2]
     sizes = tuple(v.shape[2:])
+    sliced = len(sizes) == 3 and sliced_3d
+    vg = v.reshape(b * groups, c // groups, *sizes).to(sampling_dtype(v.dtype))
+    src = sampling_source(vg, sliced)
+    out = torch.zeros_like(vg)
+    accumulate_taps(out, src, q, offset_layer, mask_layer, taps, groups, sizes, 0, sliced, chunk)
+    return out.reshape(b, c, *sizes).to(v.dtype)
+
+
+def sampling_source(vg: torch.Tensor, sliced: bool) -> torch.Tensor:
+    """What the per-tap sampler reads: vg itself, or for the sliced 3-D path the side-by-side
+    slices of :func:`slices_side_by_side`."""
+    return slices_side_by_side(vg) if sliced else vg
+
+
+def empty_sampling_source(
+    vg_shape: Sequence[int], sliced: bool, like: torch.Tensor
+) -> torch.Tensor:
+    """A zero source, in :func:`sampling_dtype`, of the layout :func:`sampling_source` gives
+    for values of ``vg_shape``, to be filled slab by slab with :func:`write_sampling_source`."""
+    dtype = sampling_dtype(like.dtype)
+    if not sliced:
+        return like.new_zeros(*vg_shape, dtype=dtype)
+    n, c, d, h, w = vg_shape
+    return like.new_zeros(n, c, h, (d + 2) * (w + 2), dtype=dtype)
+
+
+def write_sampling_source(src: torch.Tensor, vg: torch.Tensor, start: int, sliced: bool) -> None:
+    """Put the grouped values vg of first-axis positions start… into ``src``."""
+    stop = start + vg.shape[2]
+    if not sliced:
+        src[:, :, start:stop] = vg
+        return
+    n, c, _, h, w = vg.shape
+    slots = src.view(n, c, h, -1, w + 2)  # (N, C, h, D + 2, w + 2)
+    slots[:, :, :, 1 + start : 1 + stop, 1 : w + 1] = vg.transpose(2, 3)
+
+
+def accumulate_taps(
+    out: torch.Tensor,
+    src: torch.Tensor,
+    q: torch.Tensor,
+    offset_layer: torch.nn.Module,
+    mask_layer: torch.nn.Module,
+    taps: torch.Tensor,
+    groups: int,
+    sizes: Sequence[int],
+    start: int = 0,
+    sliced: bool = False,
+    chunk: int | None = None,
+) -> None:
+    """out += Σ_k m_k · v(p + p_k + Δ_k) for the output positions of one slab.
+
+    The slab is positions start… of the first spatial axis of a map of ``sizes``; out
+    (B·G, C/G, slab…) and q (B, C, slab…) cover only it, while ``src`` (from
+    :func:`sampling_source`) holds all of v, since offsets may point anywhere. The offsets
+    (at CoMiX-S stage 1, 10× the features) are projected from q for ``chunk`` taps at a time
+    (default: as many as fit in the slab's feature memory), the mask's softmax is in place.
+    Grids and sums are in out's dtype (:func:`sampling_dtype`), whatever q's.
+    """
+    b = q.shape[0]
+    slab = tuple(q.shape[2:])
     nd, k, g = len(sizes), taps.shape[0], groups
-    step = chunk or max(1, c // (g * nd))
-    q_flat = q.reshape(b, q.shape[1], -1)  # (B, C, N)
-    w_off = cast(torch.Tensor, offset_layer.weight).reshape(g, k, nd, -1)
-    b_off = cast(torch.Tensor, offset_layer.bias).reshape(g, k, nd, 1)
-    logits = mask_layer(q).reshape(b * g, k, 1, *sizes)
+    stop = start + slab[0]
+    step = chunk or max(1, q.shape[1] // (g * nd))
+    work = out.dtype
+    q_flat = q.reshape(b, q.shape[1], -1).to(work)  # (B, C, N)
+    w_off = cast(torch.Tensor, offset_layer.weight).to(work).reshape(g, k, nd, -1)
+    b_off = cast(torch.Tensor, offset_layer.bias).to(work).reshape(g, k, nd, 1)
+    logits = mask_layer(q).to(work).reshape(b * g, k, 1, *slab)
     m = logits.sub_(logits.amax(1, keepdim=True)).exp_()
     m = m.div_(m.sum(1, keepdim=True))  # softmax over K, in place
-    sliced = nd == 3 and sliced_3d
     grid_fn = pixel_base_grid if sliced else normalised_base_grid
-    base = grid_fn(sizes, taps, v.dtype, v.device)  # (K, *S, n)
-    scale = offset_scale(sizes, v)
-    vg = v.reshape(b * g, c // g, *sizes)
-    wide = slices_side_by_side(vg) if sliced else vg
-    out = torch.zeros_like(vg)
+    base = grid_fn(sizes, taps, work, q.device)[:, start:stop]  # (K, slab…, n)
+    scale = offset_scale(sizes, out)
     to_last = (0, *range(2, 2 + nd), 1)  # (B·G, n, *S) → (B·G, *S, n)
     for t0 in range(0, k, step):
         t1 = min(k, t0 + step)
         w = w_off[:, t0:t1].reshape(-1, w_off.shape[-1])
         off = torch.baddbmm(b_off[:, t0:t1].reshape(1, -1, 1), w.expand(b, -1, -1), q_flat)
-        off = off.reshape(b * g, t1 - t0, nd, *sizes)
+        off = off.reshape(b * g, t1 - t0, nd, *slab)
         for j, t in enumerate(range(t0, t1)):
             if sliced:
-                accumulate_trilinear(out, wide, off[:, j].permute(*to_last) + base[t], m[:, t])
+                accumulate_trilinear(out, src, off[:, j].permute(*to_last) + base[t], m[:, t])
                 continue
             grid = torch.addcmul(base[t], off[:, j].permute(*to_last), scale)
-            s = F.grid_sample(vg, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            s = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
             out.addcmul_(s, m[:, t])
-    return out.reshape(b, c, *sizes)
 
 
 def slices_side_by_side(vg: torch.Tensor) -> torch.Tensor:
@@ -241,10 +349,12 @@ def accumulate_trilinear(
     (~1e-4 px at CoMiX-S stage 1).
 
     Args:
-        out: (N, C, D, h, w) accumulator; wide: the side-by-side slices of v;
-        pix: (N, D, h, w, 3) positions (x, y, d) in pixels; m: (N, 1, D, h, w) weights.
+        out: (N, C, D', h, w) accumulator, for D' ≤ D output depths (a slab of the map);
+        wide: the side-by-side slices of v (N, C, D, h, w);
+        pix: (N, D', h, w, 3) positions (x, y, d) in pixels; m: (N, 1, D', h, w) weights.
     """
-    n, c, d, h, w = out.shape
+    n, c, dc, h, w = out.shape
+    d = wide.shape[-1] // (w + 2) - 2  # the source's depth
     wt = float(wide.shape[-1])
     px = pix[..., 0].clamp(-1.0, float(w))
     pd = pix[..., 2].clamp(-1.0, float(d))
@@ -255,8 +365,8 @@ def accumulate_trilinear(
     shift = 2.0 * (w + 2) / wt  # one slice further along the row
     grid = torch.stack([torch.cat([gx, gx + shift], 1), torch.cat([gy, gy], 1)], dim=-1)
     s = F.grid_sample(
-        wide, grid.reshape(n, 2 * d * h, w, 2), "bilinear", "zeros", align_corners=False
-    ).reshape(n, c, 2, d, h, w)
+        wide, grid.reshape(n, 2 * dc * h, w, 2), "bilinear", "zeros", align_corners=False
+    ).reshape(n, c, 2, dc, h, w)
     w1 = m * fd
     out.addcmul_(s[:, :, 0], m - w1)
     out.addcmul_(s[:, :, 1], w1)
