@@ -182,3 +182,33 @@ def test_panel_plans_cover_the_plan_with_its_tapers() -> None:
             seen.add(full)
     assert seen == set(plan.windows)
     assert core.column_panels(300, 128) == [(0, 128), (128, 256), (256, 300)]
+
+
+def test_panels_run_each_window_once(context_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows straddling a panel edge are carried to the next panel, not predicted again."""
+    from mfaf_cli.engine import create_predictor
+    from mfaf_cli.pipeline.predict import run_on_scene
+    from mfaf_cli.pipeline.sinks import NullSink
+    from mfaf_cli.pipeline.spec import InferenceSpec
+
+    monkeypatch.setenv(core.DEVICE_MERGER_ENV, "0")
+    inner = create_predictor(str(context_model), engine="torch", device="cpu")
+    counted: list[int] = []
+
+    class Counting:
+        meta, device, engine, precision = inner.meta, "cpu", "torch", "fp32"
+
+        def __call__(self, batch: dict) -> np.ndarray:
+            counted.append(len(next(iter(batch.values()))))
+            return inner(batch)
+
+    def windows_run() -> int:
+        counted.clear()
+        run_on_scene({"optical": CHIP / "S2.tif", "sar": CHIP / "S1.tif"}, inner.meta,
+                     Counting(), lambda grid: NullSink(), InferenceSpec(tile=64),
+                     bands=BANDS)  # fmt: skip
+        return sum(counted)
+
+    whole = windows_run()
+    monkeypatch.setattr(core, "PANEL_WIDTH", 100)
+    assert whole == len(tile_windows(384, 384, 64, 0.25)) and windows_run() == whole

@@ -409,20 +409,59 @@ def run_scene(
     on_device = use_device_merger(predictor, sink, meta.num_classes, device_merger)
     bar = tqdm(total=sum(len(p.windows) for p in subplans), unit="win", desc=desc,
                disable=not progress, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
-    model_s, skipped = 0.0, set()
+    model_s, skipped, carry = 0.0, set(), EdgeCarry()
     try:
         for (c0, _), sub in zip(panels, subplans, strict=True):
             panel_sink = sink if len(panels) == 1 else PanelSink(sink, c0)
             merger, predict = make_merger(sub, meta, predictor, panel_sink, blend, on_device)
+            carry = carry.next_panel(c0, sub.width, last=c0 == panels[-1][0])
             seconds, skip = _run_panel(
                 scene, sub, meta, merger, predict, percentiles, batch_size=batch_size,
-                read_threads=read_threads, bar=bar,
+                read_threads=read_threads, bar=bar, carry=carry,
             )  # fmt: skip
             model_s += seconds
             skipped |= {(w.row_off, w.col_off + c0) for w in skip}
     finally:
         bar.close()
     return RunStats(len(plan.windows), len(skipped), model_s)
+
+
+class EdgeCarry:
+    """The probabilities of windows that straddle a panel's right edge, kept for the next
+    panel so that no window runs twice: only the columns right of the edge (the next panel
+    clips the rest away), so it holds one window column's overlap, not a panel."""
+
+    def __init__(
+        self, c0: int = 0, width: int | None = None, parts: dict[Any, Any] | None = None
+    ) -> None:
+        self.c0, self.width = c0, width  # width None: no panel follows, nothing to keep
+        self._parts: dict[tuple[int, int], tuple[int, Any]] = parts or {}
+        self._next: dict[tuple[int, int], tuple[int, Any]] = {}
+
+    def next_panel(self, c0: int, width: int, last: bool) -> EdgeCarry:
+        """The carry of the panel ``[c0, c0 + width)``, holding what this one kept."""
+        return EdgeCarry(c0, None if last else width, self._next)
+
+    def key(self, w: Window) -> tuple[int, int]:
+        return (w.row_off, w.col_off + self.c0)  # whole-grid position
+
+    def cached(self, w: Window) -> Any | None:
+        """The window's probabilities (columns left of the panel zero), if carried in."""
+        got = self._parts.pop(self.key(w), None)
+        if got is None:
+            return None
+        cut, part = got
+        shape = (part.shape[0], w.height, w.width)
+        full = part.new_zeros(shape) if hasattr(part, "new_zeros") else np.zeros(shape, part.dtype)
+        full[:, :, cut:] = part
+        return full
+
+    def keep(self, w: Window, probs: Any) -> None:
+        """Keep the columns right of this panel's edge of a window that straddles it."""
+        cut = -1 if self.width is None else self.width - w.col_off
+        if 0 < cut < w.width:
+            part = probs[:, :, cut:]
+            self._next[self.key(w)] = (cut, part.clone() if hasattr(part, "clone") else part.copy())
 
 
 class PanelSink:
@@ -452,6 +491,7 @@ def _run_panel(
     batch_size: int,
     read_threads: int,
     bar: Any,
+    carry: EdgeCarry,
 ) -> tuple[float, list[Window]]:
     """One panel (or the whole scene): ``(model seconds, windows skipped as all nodata)``."""
     reads = [plan.read_window(w) for w in plan.windows]
@@ -467,14 +507,9 @@ def _run_panel(
         # windows are sliced from row chunks that reader threads read and normalise ahead;
         # slicing a batch is cheap, so it runs here, in window order
         for pb in iter_prepared(reader, batches, meta, percentiles, threads=0, normalised=True):
-            probs: list[Any] = [None] * len(pb.windows)
-            if pb.run:
-                t0 = time.perf_counter()
-                out = predict(pb.arrays)
-                model_s += time.perf_counter() - t0
-                for k, i in enumerate(pb.run):
-                    probs[i] = out[k]
             windows = [to_out[w] for w in pb.windows]
+            probs, seconds = _predict_batch(pb, windows, predict, carry)
+            model_s += seconds
             skipped += [w for w, p in zip(windows, probs, strict=True) if p is None]
             worker.submit(windows, probs, pb.valid)
             bar.update(len(pb.windows))
@@ -486,3 +521,27 @@ def _run_panel(
             worker.close(ok=False)
         reader.close()
     return model_s, skipped
+
+
+def _predict_batch(
+    pb: PreparedBatch, windows: list[Window], predict: Callable[[Any], Any], carry: EdgeCarry
+) -> tuple[list[Any], float]:
+    """Probabilities per window of a batch (None: skipped as all nodata) and the model's
+    seconds: windows carried in from the last panel are not run again."""
+    probs: list[Any] = [None] * len(pb.windows)
+    for i in pb.run:
+        probs[i] = carry.cached(windows[i])
+    fresh = [k for k, i in enumerate(pb.run) if probs[i] is None]
+    seconds = 0.0
+    if fresh:
+        arrays = pb.arrays
+        if len(fresh) < len(pb.run):
+            arrays = {m: a[fresh] for m, a in arrays.items()}
+        t0 = time.perf_counter()
+        out = predict(arrays)
+        seconds = time.perf_counter() - t0
+        for j, k in enumerate(fresh):
+            probs[pb.run[k]] = out[j]
+    for i in pb.run:
+        carry.keep(windows[i], probs[i])
+    return probs, seconds
