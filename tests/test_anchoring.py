@@ -90,9 +90,16 @@ def test_anchored_plan_of_whole_raster_is_the_plain_plan() -> None:
     assert crop.read_offset[0] <= 0 and crop.read_offset[1] <= 0
 
 
-def test_quadrant_runs_equal_the_whole_run(context_model: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("panel", [None, 70])
+def test_quadrant_runs_equal_the_whole_run(
+    context_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, panel: int | None
+) -> None:
+    """Four ``--bounds`` quadrants mosaic to the whole run; also when the quadrants (anchored
+    crops, windows reaching past them) run as column panels."""
     whole = tmp_path / "whole.tif"
     _run(context_model, whole)
+    if panel is not None:
+        monkeypatch.setattr(core, "PANEL_WIDTH", panel)
     with rasterio.open(whole) as ds:
         ref = ds.read(1)
     with rasterio.open(whole.with_suffix(".p.tif")) as ds:
