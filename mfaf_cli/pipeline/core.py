@@ -28,9 +28,7 @@ import queue
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -47,8 +45,7 @@ from mfaf_cli.types import Blend
 
 log = logging.getLogger("mfaf")
 
-#: Batches read ahead of the model, and batches queued for the merge worker.
-PREFETCH_BATCHES = 3
+#: Batches queued for the merge worker (reading ahead is the strip reader's).
 MERGE_QUEUE = 2
 #: A scene wider than this runs as column panels of this width (a multiple of 512, so no
 #: GeoTIFF block of the outputs is shared by two panels): every buffer of the core — read
@@ -191,46 +188,6 @@ def _fill_batch(scene: Any, windows: list[Window], meta: ModelMeta) -> PreparedB
     if len(run) < n:
         arrays = {m: a[run] if run else np.empty((0,)) for m, a in arrays.items()}
     return PreparedBatch(windows, run, arrays, valid)
-
-
-def iter_prepared(
-    scene: Any,
-    batches: Sequence[list[Window]],
-    meta: ModelMeta,
-    percentiles: Percentiles,
-    threads: int = 1,
-    prefetch: int = PREFETCH_BATCHES,
-    *,
-    normalised: bool = False,
-) -> Iterator[PreparedBatch]:
-    """Yield prepared batches in order, reading up to ``prefetch`` batches ahead in threads
-    (``threads=0``: read in the calling thread)."""
-    if threads <= 0:
-        for b in batches:
-            yield prepare_batch(scene, b, meta, percentiles, normalised=normalised)
-        return
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mfaf-read")
-    pending: deque[Future[PreparedBatch]] = deque()
-    it = iter(batches)
-    try:
-        for b in it:
-            pending.append(
-                pool.submit(prepare_batch, scene, b, meta, percentiles, normalised=normalised)
-            )
-            if len(pending) >= max(prefetch, threads):
-                break
-        while pending:
-            fut = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(
-                    pool.submit(prepare_batch, scene, nxt, meta, percentiles, normalised=normalised)
-                )
-            yield fut.result()
-    finally:
-        for f in pending:
-            f.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ---- merge worker -----------------------------------------------------------------------------
@@ -503,10 +460,10 @@ def _run_panel(
                          cols=read_columns(plan, scene.grid.width))  # fmt: skip
     model_s, ok, skipped = 0.0, False, []
     try:
-        batches = list(batched(reads, batch_size))
         # windows are sliced from row chunks that reader threads read and normalise ahead;
         # slicing a batch is cheap, so it runs here, in window order
-        for pb in iter_prepared(reader, batches, meta, percentiles, threads=0, normalised=True):
+        for batch in batched(reads, batch_size):
+            pb = prepare_batch(reader, batch, meta, percentiles, normalised=True)
             windows = [to_out[w] for w in pb.windows]
             probs, seconds = _predict_batch(pb, windows, predict, carry)
             model_s += seconds

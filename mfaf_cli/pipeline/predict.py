@@ -33,7 +33,6 @@ from mfaf_cli.metadata import ALL_MODALITIES, ModelMeta
 from mfaf_cli.pipeline import core
 from mfaf_cli.pipeline.core import (  # noqa: F401 (PreparedBatch, ...: re-exported)
     PreparedBatch,
-    iter_prepared,
     prepare_batch,
     read_grid,
     run_scene,
