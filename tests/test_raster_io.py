@@ -476,3 +476,15 @@ def test_gdal_reads_category_names_rat_and_weights_tags(tmp_path, rng):
     with out:
         write_all(out, probs, np.ones((20, 30), bool), 7)
     assert not (tmp_path / "p.tif.aux.xml").exists()
+
+
+def test_count_values_equals_bincount(rng):
+    from mfaf_cli.io.raster import COUNT_BLOCK, count_values
+
+    x = rng.integers(0, 7, (3, COUNT_BLOCK // 2 + 5)).astype(np.uint8)  # spans blocks
+    where = rng.random(x.shape) > 0.4
+    np.testing.assert_array_equal(count_values(x, 7, where), np.bincount(x[where], minlength=7))
+    np.testing.assert_array_equal(count_values(x, 256), np.bincount(x.ravel(), minlength=256))
+    # values past minlength lengthen the counts, as np.bincount's do
+    np.testing.assert_array_equal(count_values(x, 3), np.bincount(x.ravel(), minlength=3))
+    assert count_values(np.zeros((0, 4), np.uint8), 5).tolist() == [0] * 5

@@ -10,7 +10,7 @@ from conftest import write_geotiff
 from rasterio.transform import from_origin
 
 from mfaf_cli.coreg import AlignedScene, grid_from_reference
-from mfaf_cli.pipeline.strips import StripReader, chunk_edges
+from mfaf_cli.pipeline.strips import StripReader, chunk_edges, column_parts
 from mfaf_cli.tiling.windows import Window, tile_windows
 
 
@@ -37,6 +37,56 @@ def test_strip_reads_equal_window_reads(tmp_path: Path, threads: int) -> None:
     with AlignedScene({"optical": o, "sar": s}, grid) as scene:
         reader = StripReader(scene, [w.row_off for w in windows], 64, threads=threads, ahead=1)
         try:
+            for w in windows:
+                a, va = reader.read(w)
+                b, vb = scene.read(w)
+                np.testing.assert_array_equal(va, vb)
+                for m in b:
+                    np.testing.assert_array_equal(a[m], b[m])
+        finally:
+            reader.close()
+
+
+def test_column_parts_cut_at_block_edges() -> None:
+    assert column_parts((0, 2048), 2, 512, 0) == [(0, 1024), (1024, 2048)]
+    assert column_parts((0, 2048), 3, 512, 0) == [(0, 512), (512, 1536), (1536, 2048)]
+    # a read grid that starts 40 columns left of the file: block edges at 40, 552, ...
+    assert column_parts((0, 1100), 2, 512, 40) == [(0, 552), (552, 1100)]
+    # more readers than block columns: one part per block column at most
+    assert column_parts((0, 1024), 8, 512, 0) == [(0, 512), (512, 1024)]
+    assert column_parts((100, 300), 2, 512, 0) == [(100, 300)]  # no block edge inside
+    assert column_parts((0, 10), 4) == [(0, 2), (2, 5), (5, 8), (8, 10)]  # unblocked
+    assert column_parts((0, 10), 1, 4) == [(0, 10)]
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_column_part_readers_equal_window_reads(tmp_path: Path, threads: int) -> None:
+    """Readers that own column parts of each chunk (a tiled file: parts cut at its block
+    edges) give every window exactly as the scene reads it, across the parts' seams."""
+    import rasterio
+
+    rng = np.random.default_rng(1)
+    opt = rng.integers(1, 3000, (3, 100, 160)).astype("uint16")
+    opt[:, 40:50, 60:70] = 0  # nodata across the seam between the first two parts
+    t = from_origin(500_000.0, 4_500_000.0, 10.0, 10.0)
+    o = tmp_path / "o.tif"
+    profile = dict(driver="GTiff", width=160, height=100, count=3, dtype="uint16", crs="EPSG:32630",
+                   transform=t, nodata=0, tiled=True, blockxsize=32, blockysize=32)  # fmt: skip
+    with rasterio.open(o, "w", **profile) as ds:
+        ds.write(opt)
+    sar = rng.normal(-12, 3, (1, 50, 80)).astype("float32")
+    s = write_geotiff(
+        tmp_path / "s.tif", sar, transform=from_origin(500_000.0, 4_500_000.0, 20.0, 20.0)
+    )
+    grid = grid_from_reference(o)
+    windows = tile_windows(grid.height, grid.width, 48, 0.25)
+    windows += [Window(70, 130, 48, 48)]  # past the bottom-right corner: padded
+    windows.sort(key=lambda w: (w.row_off, w.col_off))
+    with AlignedScene({"optical": o, "sar": s}, grid) as scene:
+        reader = StripReader(scene, [w.row_off for w in windows], 48, threads=threads, ahead=2)
+        try:
+            assert len(reader.parts) == threads
+            assert all(a % 32 == 0 for a, _ in reader.parts)
             for w in windows:
                 a, va = reader.read(w)
                 b, vb = scene.read(w)

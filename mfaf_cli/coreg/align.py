@@ -65,29 +65,32 @@ _DB_TO_LN = np.float32(np.log(10.0) / 10.0)
 _LN_TO_DB = np.float32(10.0 / np.log(10.0))
 
 
-def db_to_linear(x: np.ndarray) -> np.ndarray:
-    """SAR backscatter dB → linear power."""
-    out = np.multiply(x, _DB_TO_LN, dtype=np.float32)
+def db_to_linear(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """SAR backscatter dB → linear power (into ``out``, e.g. ``x`` itself, if given)."""
+    out = np.multiply(x, _DB_TO_LN, dtype=np.float32, out=out)
     return np.exp(out, out=out)
 
 
-def linear_to_db(x: np.ndarray) -> np.ndarray:
-    """Linear power → dB; non-positive power is clamped to -100 dB rather than -inf."""
+def linear_to_db(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Linear power → dB; non-positive power is clamped to -100 dB rather than -inf (into
+    ``out``, e.g. ``x`` itself, if given)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.maximum(x, np.float32(1e-10), dtype=np.float32)
+        out = np.maximum(x, np.float32(1e-10), dtype=np.float32, out=out)
         np.log(out, out=out)
         out *= _LN_TO_DB
         return out
 
 
-def convert_units(x: np.ndarray, src: str, dst: str) -> np.ndarray:
-    """Convert SAR values between ``db`` and ``linear``; other pairs are a no-op."""
+def convert_units(x: np.ndarray, src: str, dst: str, *, in_place: bool = False) -> np.ndarray:
+    """Convert SAR values between ``db`` and ``linear``; other pairs are a no-op.
+    ``in_place``: overwrite ``x`` (float32, e.g. a fresh read: no new array per block)."""
     if src == dst or not src or not dst:
         return x
+    out = x if in_place and x.dtype == np.float32 else None
     if src == "db" and dst == "linear":
-        return db_to_linear(x)
+        return db_to_linear(x, out)
     if src == "linear" and dst == "db":
-        return linear_to_db(x)
+        return linear_to_db(x, out)
     raise ValueError(f"unknown SAR units {src!r} -> {dst!r}")
 
 
@@ -293,6 +296,21 @@ class AlignedScene:
             total += rows * width * bands * itemsize
         return int(min(max(total + (16 << 20), 32 << 20), 2 << 30))
 
+    def block_columns(self) -> tuple[int, int]:
+        """``(block width, a grid column where a block starts)`` of the input read straight
+        off the grid with the most bytes per grid pixel (the costliest to decode), so that
+        reads split at such columns decode no block twice; ``(1, 0)`` when none is on-grid."""
+        best, found = 0, (1, 0)
+        for name, src in self.sources.items():
+            if src.offset is None:
+                continue
+            ds = self._handles()[name]
+            size = len(src.indexes) * np.dtype(ds.dtypes[src.indexes[0] - 1]).itemsize
+            if size > best:
+                width = max(int(ds.block_shapes[0][1]), 1)
+                best, found = size, (width, -src.offset[1] % width)
+        return found
+
     def _handles(self) -> dict[str, Any]:
         """This thread's open datasets (GDAL handles are not thread-safe; open once per thread)."""
         h = getattr(self._local, "handles", None)
@@ -370,7 +388,7 @@ class AlignedScene:
         if src.offset is not None and grid is self.grid:
             data, ok = _read_direct(ds, src, row + src.offset[0], col + src.offset[1], h, w)
             if src.kind == "sar":
-                data = convert_units(data, src.units, src.out_units)
+                data = convert_units(data, src.units, src.out_units, in_place=True)
         else:
             data, ok = _read_warped(ds, src, grid, row, col, h, w, stats=stats)
         if not ok.all():
@@ -494,7 +512,6 @@ def _read_warped(
     """
     c = len(src.indexes)
     dst_transform = grid.transform @ Affine.translation(col, row)
-    data = np.full((c, h, w), np.nan, dtype=np.float32)
     left, top = dst_transform @ (0, 0)
     right, bottom = dst_transform @ (w, h)
     b = transform_bounds(
@@ -513,7 +530,7 @@ def _read_warped(
     r1 = min(ds.height, math.ceil(max(fwin.row_off, fwin.row_off + fwin.height)) + pad)
     c1 = min(ds.width, math.ceil(max(fwin.col_off, fwin.col_off + fwin.width)) + pad)
     if r1 <= r0 or c1 <= c0:
-        return data, np.zeros((h, w), dtype=bool)
+        return np.full((c, h, w), np.nan, dtype=np.float32), np.zeros((h, w), dtype=bool)
     win = RioWindow(c0, r0, c1 - c0, r1 - r0)
     out_shape = None
     src_transform = ds.transform @ Affine.translation(c0, r0)
@@ -529,7 +546,7 @@ def _read_warped(
             src_place = (src_transform, 0, 0)
     vals, vok = _read_block(ds, src, win, out_shape)
     if src.kind == "sar":
-        vals = convert_units(vals, src.units, "linear")
+        vals = convert_units(vals, src.units, "linear", in_place=True)
     vals[:, ~vok] = np.nan
     if stats or src.kind == CATEGORICAL_KIND:
         resampling = Resampling.nearest
@@ -538,9 +555,9 @@ def _read_warped(
     else:
         resampling = Resampling.bilinear
     geometry = _Geometry(src_transform, dst_transform, src_place, (grid.transform, row, col))
-    data, ok = _warp(vals, vok, ds, src, grid, geometry, data, resampling)
+    data, ok = _warp(vals, vok, ds, src, grid, geometry, (c, h, w), resampling)
     if src.kind == "sar":
-        data = convert_units(data, "linear", src.out_units)
+        data = convert_units(data, "linear", src.out_units, in_place=True)
     return data, ok
 
 
@@ -562,22 +579,23 @@ def _warp(
     src: _Source,
     grid: Grid,
     geo: _Geometry,
-    data: np.ndarray,
+    shape: tuple[int, int, int],
     resampling: Resampling,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Resample a source block onto the grid block ``data`` covers: in numpy between north-up
-    grids of one CRS, with GDAL otherwise (and on ties). Returns (values, valid)."""
+    """Resample a source block onto the grid block (``shape`` (C, h, w)): in numpy between
+    north-up grids of one CRS, with GDAL otherwise (and on ties). Returns fresh (values,
+    valid)."""
     if (
         src.same_crs
         and resampling in _NUMPY_RESAMPLING
         and axis_aligned(geo.src_transform, geo.dst_transform)
     ):
         method = _NUMPY_RESAMPLING[resampling]
-        shape = (data.shape[1], data.shape[2])
-        fast = resample_block(vals, vok, geo.src_place, geo.dst_place, shape, method)
+        fast = resample_block(vals, vok, geo.src_place, geo.dst_place, shape[1:], method)
         if fast is not None:
             return fast
-    ok8 = np.zeros(data.shape[1:], dtype=np.uint8)
+    data = np.full(shape, np.nan, dtype=np.float32)
+    ok8 = np.zeros(shape[1:], dtype=np.uint8)
     common = {
         "src_transform": geo.src_transform,
         "src_crs": ds.crs,

@@ -92,11 +92,21 @@ def bilinear_taps(u: np.ndarray, start: int, n_src: int) -> Taps:
 
 
 def _pass(a: np.ndarray, taps: Taps, axis: int) -> np.ndarray:
-    """Weighted sum of the two taps along ``axis`` (the weights broadcast along it)."""
+    """Weighted sum of the two taps along ``axis`` (the weights broadcast along it).
+
+    Along the last axis the taps are gathered from the transposed block: taking whole rows
+    is a copy per row, taking single elements a copy per element (4x slower, measured).
+    """
+    if axis == a.ndim - 1 and a.ndim > 1:
+        flipped = np.ascontiguousarray(np.swapaxes(a, -1, -2))
+        return np.ascontiguousarray(np.swapaxes(_pass(flipped, taps, axis - 1), -1, -2))
     shape = [1] * a.ndim
     shape[axis] = -1
-    out = np.take(a, taps.i0, axis=axis) * taps.w0.reshape(shape)
-    out += np.take(a, taps.i1, axis=axis) * taps.w1.reshape(shape)
+    out = np.take(a, taps.i0, axis=axis)
+    out *= taps.w0.reshape(shape)
+    other = np.take(a, taps.i1, axis=axis)  # the same sums as out + other, two arrays fewer
+    other *= taps.w1.reshape(shape)
+    out += other
     return out
 
 
@@ -119,7 +129,8 @@ def bilinear(
     weight of its valid taps (GDAL's renormalisation). The choice is per pixel, so a pixel's
     value never depends on the block it was read in.
     """
-    num = _pass(_pass(np.where(valid, vals, np.float32(0)), cols, 2), rows, 1)
+    zeroed = vals if valid.all() else np.where(valid, vals, np.float32(0))
+    num = _pass(_pass(zeroed, cols, 2), rows, 1)
     ok = rows.inside[:, None] & cols.inside[None, :]
     if not valid.all():
         touched = _touches(_touches(~valid, cols, 1), rows, 0)

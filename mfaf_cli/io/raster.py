@@ -134,11 +134,38 @@ def argmax_max(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     best = probs[0].astype(np.float32, copy=True)
     idx = np.zeros(best.shape, dtype=np.uint8 if len(probs) <= 256 else np.int64)
+    better = np.empty(best.shape, dtype=bool)  # one mask for every plane
     for k in range(1, len(probs)):
-        better = probs[k] > best
+        np.greater(probs[k], best, out=better)
         np.copyto(idx, k, where=better, casting="unsafe")
         np.maximum(best, probs[k], out=best)
     return idx, best
+
+
+#: Values per :func:`count_values` call of ``np.bincount``: its int64 copy of them (128 KiB)
+#: then comes from the heap, reused, not from fresh pages.
+COUNT_BLOCK = 1 << 14
+
+
+def count_values(values: np.ndarray, minlength: int, where: np.ndarray | None = None) -> np.ndarray:
+    """``np.bincount(values[where].ravel(), minlength)`` of small non-negative ints, in blocks.
+
+    Why: ``np.bincount`` first copies its input to int64, 8 bytes a pixel: for a band of
+    finished rows that is megabytes the allocator maps and the kernel zeroes on every call.
+    """
+    flat = values.ravel()
+    mask = None if where is None else where.ravel()
+    counts = np.zeros(minlength, dtype=np.int64)
+    for i in range(0, flat.size, COUNT_BLOCK):
+        part = flat[i : i + COUNT_BLOCK]
+        if mask is not None:
+            part = part[mask[i : i + COUNT_BLOCK]]
+        got = np.bincount(part, minlength=minlength)
+        if got.size > minlength:
+            counts = np.concatenate([counts, np.zeros(got.size - minlength, np.int64)])
+            minlength = got.size
+        counts[: got.size] += got
+    return counts
 
 
 def ids_to_labels(
@@ -147,9 +174,8 @@ def ids_to_labels(
     """Class-plane indexes -> uint8 class ids, :data:`NODATA_LABEL` where not valid (where
     ``idx`` may hold anything, e.g. the nodata value of a finished-rows index)."""
     if class_ids is None:
-        labels = idx.astype(np.uint8)
-    else:
-        labels = class_ids[np.where(valid, idx, 0)].astype(np.uint8)
+        return np.where(valid, idx, NODATA_LABEL).astype(np.uint8, copy=False)
+    labels = class_ids[np.where(valid, idx, 0)].astype(np.uint8)
     labels[~valid] = NODATA_LABEL
     return labels
 
@@ -525,7 +551,7 @@ class LabelWriter(GeoTiffWriter):
     def write_index(self, row0: int, idx: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
         """Write rows given the arg-max class-plane index (r, w)."""
         labels = ids_to_labels(idx, valid, self._ids)
-        self.counts += np.bincount(labels.ravel(), minlength=256)
+        self.counts += count_values(labels, 256)
         self.write_rows(row0, labels[None], col0)
 
 
@@ -692,7 +718,7 @@ class OutputSet:
         ``col0 .. col0 + w`` (the whole width, or one column panel) everywhere."""
         idx, best = argmax_max(probs)  # one pass, shared by the counts, label and confidence
         self.pixels += valid.size
-        self.class_counts += np.bincount(idx[valid], minlength=len(self.class_counts))
+        self.class_counts += count_values(idx, len(self.class_counts), where=valid)
         for key, w in self.writers.items():
             with self._write_errors(key):
                 if isinstance(w, ProbabilityWriter):
@@ -717,7 +743,7 @@ class OutputSet:
         :meth:`row_needs`), e.g. on the GPU; same files as :meth:`__call__` writes."""
         idx, valid = rows.index, rows.valid
         self.pixels += valid.size
-        self.class_counts += np.bincount(idx[valid], minlength=len(self.class_counts))
+        self.class_counts += count_values(idx, len(self.class_counts), where=valid)
         for key, w in self.writers.items():
             data = {"probabilities": rows.probabilities, "confidence": rows.confidence}.get(key)
             with self._write_errors(key):

@@ -2,9 +2,11 @@
 
 Stages, each on its own thread(s) so that none waits for another:
 
-1. **reader pool** (``read_threads`` threads): read and warp full-width row chunks ahead of
-   the windows (:class:`~mfaf_cli.pipeline.strips.StripReader`: each grid row read and
-   normalised once; GDAL and numpy release the GIL); windows are sliced from them in order;
+1. **reader pool** (``read_threads`` threads, each owning a column part): read and warp
+   full-width row chunks ahead of the windows
+   (:class:`~mfaf_cli.pipeline.strips.StripReader`: each grid row read and normalised once;
+   GDAL and numpy release the GIL); windows are copied from them in order into reused
+   :class:`BatchSlots`;
 2. **predictor** (the calling thread): the network on one batch;
 3. **merge worker** (one thread): blends each window into the
    :class:`~mfaf_cli.stitch.StreamingMerger`'s row band and hands finished rows to the
@@ -51,7 +53,7 @@ MERGE_QUEUE = 2
 #: GeoTIFF block of the outputs is shared by two panels): every buffer of the core — read
 #: chunks, GDAL's block cache, the merger's band, the writers' stripes — then spans a panel,
 #: not the scene, so memory does not grow with the width. Windows that straddle a panel edge
-#: are predicted for each panel they touch (one extra window column per edge, ~9 % at 2048).
+#: are predicted once (:class:`EdgeCarry` keeps their part past the edge for the next panel).
 PANEL_WIDTH = 2048
 
 
@@ -152,11 +154,14 @@ def prepare_batch(
     percentiles: Percentiles,
     *,
     normalised: bool = False,
+    slots: BatchSlots | None = None,
 ) -> PreparedBatch:
     """Read and normalise a batch (``normalised``: ``scene`` already returns normalised
-    arrays); windows without a single valid pixel are left out."""
+    arrays); windows without a single valid pixel are left out. ``slots``: fill reused
+    arrays (see :class:`BatchSlots`) when ``scene`` can write into them."""
     if normalised and hasattr(scene, "read_into") and windows:
-        return _fill_batch(scene, windows, meta)
+        slots = slots or BatchSlots(meta, len(windows), windows[0].shape)
+        return _fill_batch(scene, windows, slots)
     per_mod: dict[str, list[np.ndarray]] = {m: [] for m in meta.modality_names}
     valids: list[np.ndarray] = []
     run: list[int] = []
@@ -175,15 +180,48 @@ def prepare_batch(
     return PreparedBatch(windows, run, stacked, np.stack(valids))
 
 
-def _fill_batch(scene: Any, windows: list[Window], meta: ModelMeta) -> PreparedBatch:
+class BatchSlots:
+    """Batch arrays reused from batch to batch.
+
+    Why: a fresh batch is megabytes that the allocator maps and the kernel zeroes page by
+    page, then unmaps: on the null engine at 4096² those page faults cost as much as all the
+    reading. The model inputs are needed only until the predictor returns (the core calls
+    it before filling the next batch), so one set serves every batch; the valid masks go on
+    to the merge worker, so they rotate through ``masks`` sets, handed back with
+    :meth:`release` once merged. (Outputs that alias an input are copied: see
+    :func:`_predict_batch`.)
+    """
+
+    def __init__(
+        self, meta: ModelMeta, batch_size: int, shape: tuple[int, int], masks: int = 1
+    ) -> None:
+        h, w = shape
+        self.shape = (batch_size, h, w)
+        self.arrays = {
+            m.name: np.empty((batch_size, m.n_bands, h, w), np.float32) for m in meta.modalities
+        }
+        self._free: queue.Queue[np.ndarray] = queue.Queue()
+        for _ in range(max(masks, 1)):
+            self._free.put(np.empty(self.shape, dtype=bool))
+
+    def take(self, n: int, shape: tuple[int, int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Arrays for ``n`` windows of ``shape``: the input slots and a free mask set (waits
+        for one while all are with the merge worker)."""
+        if n > self.shape[0] or shape != self.shape[1:]:
+            raise ValueError(f"{n} windows of {shape} do not fit slots of {self.shape}")
+        return {m: a[:n] for m, a in self.arrays.items()}, self._free.get()[:n]
+
+    def release(self, valid: np.ndarray) -> None:
+        """Hand back a mask set from :meth:`take` (its base array) once nothing reads it."""
+        self._free.put(valid if valid.base is None else valid.base)
+
+
+def _fill_batch(scene: Any, windows: list[Window], slots: BatchSlots) -> PreparedBatch:
     """:func:`prepare_batch` from a reader that writes windows straight into batch slots."""
-    n, (h, w) = len(windows), windows[0].shape
-    arrays: dict[str, np.ndarray] = {
-        m.name: np.empty((n, m.n_bands, h, w), np.float32) for m in meta.modalities
-    }
-    valid = np.empty((n, h, w), dtype=bool)
+    arrays, valid = slots.take(len(windows), windows[0].shape)
     for i, win in enumerate(windows):
         scene.read_into(win, {m: a[i] for m, a in arrays.items()}, valid[i])
+    n = len(windows)
     run = [i for i in range(n) if valid[i].any()]
     if len(run) < n:
         arrays = {m: a[run] if run else np.empty((0,)) for m, a in arrays.items()}
@@ -199,8 +237,14 @@ class MergeWorker:
     ``close``. ``threaded=False`` merges in the calling thread (for debugging).
     """
 
-    def __init__(self, merger: Any, threaded: bool = True) -> None:
+    def __init__(
+        self,
+        merger: Any,
+        threaded: bool = True,
+        done: Callable[[np.ndarray], None] | None = None,
+    ) -> None:
         self._merger = merger
+        self._done = done  # called with each batch's valid masks once merged (or dropped)
         self._error: BaseException | None = None
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=MERGE_QUEUE)
         self._thread: threading.Thread | None = None
@@ -226,12 +270,20 @@ class MergeWorker:
                     self._merge(*item)
                 except BaseException as err:  # re-raised in the caller's thread
                     self._error = err
+            self._release(item[2])
+
+    def _release(self, valid: np.ndarray) -> None:
+        if self._done is not None:
+            self._done(valid)
 
     def submit(self, windows: list[Window], probs: Sequence[Any], valid: np.ndarray) -> None:
         """Queue windows with their probabilities (None entries: skipped windows)."""
         self._raise()
         if self._thread is None:
-            self._merge(windows, probs, valid)
+            try:
+                self._merge(windows, probs, valid)
+            finally:
+                self._release(valid)
             return
         while True:
             try:
@@ -453,7 +505,10 @@ def _run_panel(
     """One panel (or the whole scene): ``(model seconds, windows skipped as all nodata)``."""
     reads = [plan.read_window(w) for w in plan.windows]
     to_out = dict(zip(reads, plan.windows, strict=True))
-    worker = MergeWorker(merger)
+    # masks: one per batch the worker may hold (queued, merging) plus the one being filled
+    shape = reads[0].shape if reads else (plan.tile, plan.tile)
+    slots = BatchSlots(meta, batch_size, shape, masks=MERGE_QUEUE + 2)
+    worker = MergeWorker(merger, done=slots.release)
     normalise = normaliser(meta, percentiles, in_place=True)
     reader = StripReader(scene, [w.row_off for w in reads], plan.tile, threads=read_threads,
                          ahead=max(2, read_threads), transform=normalise,
@@ -463,7 +518,7 @@ def _run_panel(
         # windows are sliced from row chunks that reader threads read and normalise ahead;
         # slicing a batch is cheap, so it runs here, in window order
         for batch in batched(reads, batch_size):
-            pb = prepare_batch(reader, batch, meta, percentiles, normalised=True)
+            pb = prepare_batch(reader, batch, meta, percentiles, normalised=True, slots=slots)
             windows = [to_out[w] for w in pb.windows]
             probs, seconds = _predict_batch(pb, windows, predict, carry)
             model_s += seconds
@@ -497,6 +552,11 @@ def _predict_batch(
         t0 = time.perf_counter()
         out = predict(arrays)
         seconds = time.perf_counter() - t0
+        aliased = isinstance(out, np.ndarray) and any(
+            np.may_share_memory(out, a) for a in arrays.values()
+        )
+        if aliased:
+            out = out.copy()  # a view of the inputs, whose slots the next batch refills
         for j, k in enumerate(fresh):
             probs[pb.run[k]] = out[j]
     for i in pb.run:

@@ -231,6 +231,7 @@ class StreamingMerger(RowBandMerger[np.ndarray]):
     ) -> None:
         self._sink = sink
         self._scratch = np.empty(0, dtype=np.float32)
+        self._bool_scratch = np.empty((0, width), dtype=bool)
         self._acc = np.empty((0, 0, 0), dtype=np.float32)  # allocated by the base's __init__
         self._wsum = np.empty((0, 0), dtype=np.float32)
         self._invalid = np.empty((0, 0), dtype=bool)
@@ -273,11 +274,19 @@ class StreamingMerger(RowBandMerger[np.ndarray]):
 
     def _emit_band(self, row0: int, n: int) -> None:
         wsum = self._wsum[:n]
-        valid = (wsum > 0) & ~self._invalid[:n]
-        inv = np.zeros_like(wsum)
+        valid = np.greater(wsum, 0)
+        valid &= np.logical_not(self._invalid[:n], out=self._invalid_scratch(n))
+        inv = self._scratch_for(wsum.shape)
+        inv[...] = 0
         np.divide(np.float32(1), wsum, out=inv, where=valid)
         probs = self._acc[:, :n] * inv  # invalid pixels: 0 * 0
         self._sink(row0, probs, valid)
+
+    def _invalid_scratch(self, n: int) -> np.ndarray:
+        """A reused (n, W) bool work array (see :meth:`_scratch_for`)."""
+        if self._bool_scratch.shape[0] < n:
+            self._bool_scratch = np.empty((n, self.width), dtype=bool)
+        return self._bool_scratch[:n]
 
     def _shift(self, n: int, used: int) -> None:
         m = used - n  # rows still open: move them to the top of the buffers
