@@ -340,13 +340,18 @@ class AlignedScene:
         self.close()
 
     # -- reading ---------------------------------------------------------------------------
-    def read(self, window: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def read(
+        self, window: Any, out: Mapping[str, np.ndarray] | None = None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Read one window (grid pixel coordinates; may extend past the grid).
 
         Returns ``(arrays, valid)``: each array (C, h, w) float32 in the modality's band order
         (NaN where that modality has no data); ``valid`` (h, w) bool, True only where every
         modality has data and the pixel lies inside the grid. Parts of the window outside the
         grid are reflect-padded so the network sees natural-looking context.
+
+        ``out``: modality → (C, h, w) float32 arrays to fill and return, for a window inside
+        the grid (a reader reusing its buffers: fresh arrays cost page faults per read).
         """
         r0w, c0w = int(window.row_off), int(window.col_off)
         hw, ww = int(window.height), int(window.width)
@@ -360,12 +365,16 @@ class AlignedScene:
                 arrays[name] = np.zeros((len(src.indexes), hw, ww), dtype=np.float32)
             return arrays, valid
         valid_in = np.ones((r1 - r0, c1 - c0), dtype=bool)
+        pads = ((r0 - r0w, r0w + hw - r1), (c0 - c0w, c0w + ww - c1))
+        padded = any(p for pair in pads for p in pair)
         for name, src in self.sources.items():
-            arr, ok = self._read_inner(handles[name], src, self.grid, r0, c0, r1 - r0, c1 - c0)
+            into = None if out is None or padded else out.get(name)
+            arr, ok = self._read_inner(
+                handles[name], src, self.grid, r0, c0, r1 - r0, c1 - c0, out=into
+            )
             arrays[name] = arr
             valid_in &= ok
-        pads = ((r0 - r0w, r0w + hw - r1), (c0 - c0w, c0w + ww - c1))
-        if any(p for pair in pads for p in pair):
+        if padded:
             arrays = {k: reflect_pad(v, pads) for k, v in arrays.items()}
             valid = np.pad(valid_in, pads, mode="constant", constant_values=False)
         else:
@@ -383,14 +392,20 @@ class AlignedScene:
         w: int,
         *,
         stats: bool = False,
+        out: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Values (C,h,w) float32 with NaN where invalid, and the valid mask, for a grid block."""
+        """Values (C,h,w) float32 with NaN where invalid (in ``out`` if given), and the valid
+        mask, for a grid block."""
         if src.offset is not None and grid is self.grid:
-            data, ok = _read_direct(ds, src, row + src.offset[0], col + src.offset[1], h, w)
+            place = (row + src.offset[0], col + src.offset[1], h, w)
+            data, ok = _read_direct(ds, src, *place, out=out)
             if src.kind == "sar":
                 data = convert_units(data, src.units, src.out_units, in_place=True)
         else:
             data, ok = _read_warped(ds, src, grid, row, col, h, w, stats=stats)
+        if out is not None and data is not out:
+            out[...] = data
+            data = out
         if not ok.all():
             data[:, ~ok] = np.nan
         return data, ok
@@ -462,9 +477,14 @@ def _invalid_mask(
 
 
 def _read_block(
-    ds: Any, src: _Source, win: RioWindow, out_shape: tuple[int, int] | None = None
+    ds: Any,
+    src: _Source,
+    win: RioWindow,
+    out_shape: tuple[int, int] | None = None,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read a window that lies inside the file: float32 values + valid mask."""
+    """Read a window that lies inside the file: float32 values (into ``out`` where GDAL can
+    convert as it copies) + valid mask."""
     kw: dict[str, Any] = {"window": win}
     if out_shape is not None:
         kw["out_shape"] = (len(src.indexes), *out_shape)
@@ -472,7 +492,10 @@ def _read_block(
     try:
         # GDAL converts as it copies where float32 holds every value (and nodata) exactly
         exact = np.dtype(src.dtype) in _EXACT_IN_FLOAT32
-        raw = ds.read(src.indexes, out_dtype=np.float32 if exact else None, **kw)
+        if exact and out is not None and out_shape is None:
+            raw = ds.read(src.indexes, out=out, **kw)
+        else:
+            raw = ds.read(src.indexes, out_dtype=np.float32 if exact else None, **kw)
         ok = ~_invalid_mask(raw, src.nodata, np.dtype(src.dtype).kind == "f")
         if src.use_mask:
             mkw = dict(kw)
@@ -485,13 +508,13 @@ def _read_block(
 
 
 def _read_direct(
-    ds: Any, src: _Source, row: int, col: int, h: int, w: int
+    ds: Any, src: _Source, row: int, col: int, h: int, w: int, out: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read a block of a file that is on the grid; parts outside the file are invalid."""
     rr0, cc0 = max(row, 0), max(col, 0)
     rr1, cc1 = min(row + h, ds.height), min(col + w, ds.width)
     if (rr0, cc0, rr1, cc1) == (row, col, row + h, col + w):  # inside the file: read as is
-        return _read_block(ds, src, RioWindow(col, row, w, h))
+        return _read_block(ds, src, RioWindow(col, row, w, h), out=out)
     data = np.full((len(src.indexes), h, w), np.nan, dtype=np.float32)
     ok = np.zeros((h, w), dtype=bool)
     if rr1 > rr0 and cc1 > cc0:

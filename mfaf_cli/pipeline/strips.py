@@ -97,6 +97,9 @@ class StripReader:
             for i in range(len(self.parts) if threads > 0 else 0)
         ]
         self._chunks: dict[int, list[Future[Part]]] = {}
+        #: Arrays of dropped chunks, by (modality, shape), for later chunks to read into: a
+        #: fresh array per chunk costs page faults (measured ~30 % of reading the optical).
+        self._free: dict[tuple[str, tuple[int, ...]], list[np.ndarray]] = {}
         self._next = 0  # next chunk index to submit
         self._ahead = max(ahead, 1)
         self._lock = threading.Lock()
@@ -104,21 +107,43 @@ class StripReader:
     def _read_part(self, j: int, p: int) -> Part:
         r0, r1 = self.edges[j], self.edges[j + 1]
         a, b = self.parts[p]
-        arrays, valid = self._read_scene(Window(r0, a, r1 - r0, b - a))
+        window = Window(r0, a, r1 - r0, b - a)
+        arrays, valid = self._read_scene(window, self._buffers(window))
         return arrays, valid, a, b
 
-    def _read_scene(self, window: Window) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        arrays, valid = self.scene.read(window)
+    def _read_scene(
+        self, window: Window, out: dict[str, np.ndarray] | None = None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        arrays, valid = self.scene.read(window, out=out)
         if self._transform is not None:
             arrays = self._transform(arrays)
         return arrays, valid
 
-    def _chunk(self, j: int) -> Chunk:
+    def _buffers(self, window: Window) -> dict[str, np.ndarray]:
+        """Arrays for a chunk part: recycled where one of its shape is free."""
+        out = {}
         with self._lock:
-            if not self._pools and j not in self._chunks:  # no reader threads: read here
-                done: Future[Part] = Future()
-                done.set_result(self._read_part(j, 0))
-                self._chunks[j] = [done]
+            for name, bands in self.scene.band_counts.items():
+                shape = (bands, window.height, window.width)
+                free = self._free.get((name, shape))
+                out[name] = free.pop() if free else np.empty(shape, np.float32)
+        return out
+
+    def _recycle(self, futs: list[Future[Part]]) -> None:
+        """Keep a dropped chunk's arrays for later chunks (nothing else holds them: windows
+        are copied out of the chunks). Called with the lock held."""
+        for fut in futs:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                for name, arr in fut.result()[0].items():
+                    if arr.dtype == np.float32 and arr.flags.c_contiguous:
+                        self._free.setdefault((name, arr.shape), []).append(arr)
+
+    def _chunk(self, j: int) -> Chunk:
+        if not self._pools and j not in self._chunks:  # no reader threads: read here
+            done: Future[Part] = Future()
+            done.set_result(self._read_part(j, 0))
+            self._chunks[j] = [done]
+        with self._lock:
             while (
                 self._pools and self._next < len(self.edges) - 1 and self._next <= j + self._ahead
             ):
@@ -136,7 +161,7 @@ class StripReader:
         """Drop chunks that end at or above ``row`` (no later window row needs them)."""
         with self._lock:
             for j in [j for j in self._chunks if self.edges[j + 1] <= row]:
-                del self._chunks[j]
+                self._recycle(self._chunks.pop(j))
 
     def read(self, window: Window) -> tuple[dict[str, np.ndarray], np.ndarray]:
         r0w, c0w, hw, ww = window.row_off, window.col_off, window.height, window.width
@@ -202,6 +227,7 @@ class StripReader:
         for pool in self._pools:
             pool.shutdown(wait=True, cancel_futures=True)
         self._chunks.clear()
+        self._free.clear()
 
     def __getattr__(self, name: str) -> Any:  # grid, sources, ...: as the scene
         return getattr(self.scene, name)
