@@ -203,8 +203,42 @@ def test_three_strips_on_other_grids(centred: Path, single, tmp_path: Path, grid
 
 def test_split_scene_usage_errors(runner, tmp_path: Path) -> None:
     base = ["predict", "--optical", tmp_path / "a.tif", "-o", tmp_path / "m.tif", "--split-scene"]
+    (tmp_path / "s.csv").write_text("scene,optical,output\n")
+    code, _, err = runner("predict", "--batch", tmp_path / "s.csv", "--split-scene")
+    assert code == 2 and "--batch cannot be used with --split-scene" in err
+    (tmp_path / "m.gpkg").write_text("")
     code, _, err = runner(*base, "--vector", tmp_path / "m.gpkg")
-    assert code == 2 and "--vector cannot be used with --split-scene" in err
+    assert code == 2 and "exists" in err  # checked before any work, as predict does
     code, _, err = runner("predict", "--optical", tmp_path / "a.tif", "-o", tmp_path / "m.tif",
                           "--shard", "0/2")  # fmt: skip
     assert code == 2 and "--split-scene" in err
+
+
+def test_assembler_polygonises_and_previews_the_assembled_map(
+    centred: Path, single, tmp_path: Path, runner
+) -> None:
+    """--vector / --preview with --split-scene: the process that assembles writes them, from
+    the assembled map, equal to what one process writes; the others write neither."""
+    import geopandas as gpd
+
+    inputs, _ = single
+    one, split = tmp_path / "one", tmp_path / "split"
+    one.mkdir()
+    split.mkdir()
+    args = ["predict", "--optical", inputs["optical"], "--sar", inputs["sar"], "--model", centred,
+            *FLAGS, "-q"]  # fmt: skip
+    code, _, err = runner(*args, "-o", one / "m.tif", "--vector", one / "m.gpkg")
+    assert code == 0, err
+    outs = ["-o", split / "m.tif", "--vector", split / "m.gpkg", "--preview", split / "m.png"]
+    code, _, err = runner(*args, *outs, "--split-scene", "--shard", "1/2", "--json")
+    assert code == 0, err
+    assert not (split / "m.gpkg").exists() and not (split / "m.png").exists()
+    code, out, err = runner(*args, *outs, "--split-scene", "--shard", "0/2", "--json")
+    assert code == 0, err
+    rec = json.loads(out)
+    assert rec["assembled"] and set(rec["outputs"]) == {"label", "vector", "preview"}
+    assert rec["model"] == Path(centred).stem
+    assert (split / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    a, b = gpd.read_file(one / "m.gpkg"), gpd.read_file(split / "m.gpkg")
+    assert len(a) == len(b) > 1
+    assert a.geometry.union_all().symmetric_difference(b.geometry.union_all()).area == 0

@@ -175,6 +175,10 @@ def command(**kw: Any) -> None:
     Give optical+SAR (--optical, --sar) or HSI+LiDAR (--hsi, --lidar) rasters in any CRS,
     resolution and extent; the model's metadata says which modalities and bands it takes.
     """
+    if kw["batch_csv"] is not None and (kw["split_scene"] or kw["assemble"]):
+        raise click.UsageError(
+            "--batch cannot be used with --split-scene/--assemble (--shard alone splits a batch)"
+        )
     if kw["batch_csv"] is not None:
         _run_batch(kw)
         return
@@ -229,13 +233,17 @@ def command(**kw: Any) -> None:
 
 def _write_preview(result: Any, png: str) -> None:
     """The quick-look over the reference input (the first file of a stack)."""
+    _write_preview_of(result.outputs, png, result.inputs, result.model)
+
+
+def _write_preview_of(outputs: dict[str, str], png: str, inputs: Any, title: str | None) -> None:
     from mfaf_cli.io.preview import write_preview
     from mfaf_cli.metadata import REFERENCE_MODALITIES
 
-    ref = next((m for m in REFERENCE_MODALITIES if m in result.inputs), next(iter(result.inputs)))
-    write_preview(result.outputs["label"], result.inputs[ref].split(";")[0], png,
-                  title=result.model)  # fmt: skip
-    result.outputs["preview"] = str(Path(png).absolute())
+    first = {k: v[0] if isinstance(v, list) else str(v).split(";")[0] for k, v in inputs.items()}
+    ref = next((m for m in REFERENCE_MODALITIES if m in first), next(iter(first)))
+    write_preview(outputs["label"], first[ref], png, title=title or "")
+    outputs["preview"] = str(Path(png).absolute())
 
 
 def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
@@ -345,15 +353,14 @@ def _run_split(kw: dict[str, Any]) -> None:
     """--split-scene / --assemble: this process's strip of one scene (and maybe the outputs)."""
     from mfaf_cli.pipeline.split import predict_split
 
-    for flag in ("batch_csv", "vector", "preview"):
-        if kw[flag]:
-            name = "--batch" if flag == "batch_csv" else f"--{flag}"
-            raise click.UsageError(
-                f"{name} cannot be used with --split-scene/--assemble; run `mfaf vectorize` "
-                "or `mfaf predict` on the assembled map afterwards"
-            )
     if kw["output"] is None and not (kw["probabilities"] or kw["confidence"]):
         raise click.UsageError("give -o/--output PATH for the label map")
+    if kw["preview"]:
+        from mfaf_cli.io.preview import check_preview_path
+
+        if kw["output"] is None:
+            raise click.UsageError("--preview shows the label map: give -o/--output too")
+        check_preview_path(kw["preview"], kw["overwrite"])
     if kw["skip_existing"] and not kw["assemble"] and _all_exist(kw):
         if not kw["quiet"]:
             click.echo(f"skipped: {kw['output']} exists (--skip-existing)", err=True)
@@ -366,10 +373,13 @@ def _run_split(kw: dict[str, Any]) -> None:
         assemble_only=kw["assemble"],
         probabilities=kw["probabilities"],
         confidence=kw["confidence"],
+        vector=kw["vector"],
         overwrite=kw["overwrite"],
         bands=opt.collect_bands(**kw),
         **_run_options(kw),
     )
+    if kw["preview"] and result.assembled:  # the assembling process: the map is complete
+        _write_preview_of(result.outputs, kw["preview"], opt.collect_inputs(**kw), result.model)
     if kw["as_json"]:
         click.echo(result.to_json())
     elif not kw["quiet"]:

@@ -51,9 +51,11 @@ from mfaf_cli.pipeline.core import PANEL_WIDTH, read_grid, reference_anchor, run
 from mfaf_cli.pipeline.predict import (
     _bounded_gdal_cache,
     check_modalities,
+    check_vector_path,
     load_predictor,
     model_tags,
     on_gpu,
+    vectorize_finished_map,
 )
 from mfaf_cli.pipeline.shard import Shard, device_for, resolve_shard
 from mfaf_cli.pipeline.spec import InferenceSpec
@@ -177,6 +179,7 @@ class SplitResult:
     assembled: bool = False
     outputs: dict[str, str] = field(default_factory=dict)
     status: str = "part"
+    model: str = ""  # the model's name, as predict reports it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -612,6 +615,7 @@ def predict_split(
     probabilities: PathLike | None = None,
     probabilities_dtype: str = "uint8",
     confidence: PathLike | None = None,
+    vector: PathLike | None = None,
     cog: bool = False,
     creation_options: Mapping[str, str] | None = None,
     overwrite: bool = False,
@@ -625,10 +629,15 @@ def predict_split(
     read_threads: int | None = None,
 ) -> SplitResult:
     """Predict this process's row strip of one scene (see the module docstring); the
-    assembling process also writes the outputs, exactly as :func:`predict` would.
-    Arguments as for :func:`~mfaf_cli.pipeline.predict.predict`, plus ``shard`` (``"I/N"``;
-    default from torchrun / Slurm) and ``assemble_only`` (only assemble the parts on disk)."""
+    assembling process also writes the outputs (and polygonises the assembled label map into
+    ``vector``), exactly as :func:`predict` would. Arguments as for
+    :func:`~mfaf_cli.pipeline.predict.predict`, plus ``shard`` (``"I/N"``; default from
+    torchrun / Slurm) and ``assemble_only`` (only assemble the parts on disk)."""
     t0 = time.perf_counter()
+    if vector is not None:
+        if output is None:
+            raise UsageError("--vector polygonises the label map: give -o/--output too")
+        check_vector_path(vector, overwrite)
     share = resolve_shard(shard)
     if share.count == 1 and not assemble_only:
         log.warning("--split-scene without --shard I/N, torchrun or a Slurm array: this one "
@@ -659,8 +668,15 @@ def predict_split(
         grid_opts={"crs": crs, "resolution": resolution, "bounds": bounds},
     )
     if assemble_only:
-        return _assemble_only(run, share, t0)
-    return _run_part(run, share, t0, progress=progress, read_threads=read_threads)
+        result = _assemble_only(run, share, t0)
+    else:
+        result = _run_part(run, share, t0, progress=progress, read_threads=read_threads)
+    result.model = run.tags.get("WEIGHTS", run.meta.arch)
+    if vector is not None and output is not None and result.assembled:
+        written = list(result.outputs.values())
+        vectorize_finished_map(output, vector, written, overwrite=overwrite, progress=progress)
+        result.outputs["vector"] = str(Path(vector).absolute())
+    return result
 
 
 def _run_part(
