@@ -56,7 +56,8 @@ bench torch-fp32-readers1 "${common[@]}" --engine torch --precision fp32 --read-
 bench torch-fp32-readers4 "${common[@]}" --engine torch --precision fp32 --read-threads 4
 bench torch-amp-readers4 "${common[@]}" --engine torch --precision auto --read-threads 4
 bench onnx-cuda-readers4 "${common[@]}" --engine onnx --read-threads 4
-bench null-readers4 --model "$MODEL" --engine null --read-threads 4
+bench null-readers1 --model "$MODEL" --engine null --read-threads 1
+bench null-readers4 --model "$MODEL" --engine null --read-threads 4  # a column part each
 # the torch runs above merge on the GPU (automatic on CUDA); the same run with the numpy merger,
 # end to end only, and the null engine handing out device tensors to the device merger
 bench torch-amp-readers4-numpy-merger "${common[@]}" --engine torch --precision auto \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,19 @@ from rasterio.transform import from_origin
 from mfaf_cli.coreg import AlignedScene, grid_from_reference
 from mfaf_cli.pipeline.strips import StripReader, chunk_edges, column_parts
 from mfaf_cli.tiling.windows import Window, tile_windows
+
+
+def _assert_reads_equal(reader: StripReader, read: Callable, windows: list[Window]) -> None:
+    """Every window from the reader equals ``read`` (the scene's own window read)."""
+    try:
+        for w in windows:
+            a, va = reader.read(w)
+            b, vb = read(w)
+            np.testing.assert_array_equal(va, vb)
+            for m in b:
+                np.testing.assert_array_equal(a[m], b[m])
+    finally:
+        reader.close()
 
 
 def test_chunk_edges() -> None:
@@ -36,15 +50,7 @@ def test_strip_reads_equal_window_reads(tmp_path: Path, threads: int) -> None:
     windows.sort(key=lambda w: (w.row_off, w.col_off))
     with AlignedScene({"optical": o, "sar": s}, grid) as scene:
         reader = StripReader(scene, [w.row_off for w in windows], 64, threads=threads, ahead=1)
-        try:
-            for w in windows:
-                a, va = reader.read(w)
-                b, vb = scene.read(w)
-                np.testing.assert_array_equal(va, vb)
-                for m in b:
-                    np.testing.assert_array_equal(a[m], b[m])
-        finally:
-            reader.close()
+        _assert_reads_equal(reader, scene.read, windows)
 
 
 def test_column_parts_cut_at_block_edges() -> None:
@@ -84,17 +90,9 @@ def test_column_part_readers_equal_window_reads(tmp_path: Path, threads: int) ->
     windows.sort(key=lambda w: (w.row_off, w.col_off))
     with AlignedScene({"optical": o, "sar": s}, grid) as scene:
         reader = StripReader(scene, [w.row_off for w in windows], 48, threads=threads, ahead=2)
-        try:
-            assert len(reader.parts) == threads
-            assert all(a % 32 == 0 for a, _ in reader.parts)
-            for w in windows:
-                a, va = reader.read(w)
-                b, vb = scene.read(w)
-                np.testing.assert_array_equal(va, vb)
-                for m in b:
-                    np.testing.assert_array_equal(a[m], b[m])
-        finally:
-            reader.close()
+        assert len(reader.parts) == threads
+        assert all(a % 32 == 0 for a, _ in reader.parts)
+        _assert_reads_equal(reader, scene.read, windows)
 
 
 @pytest.mark.parametrize("threads", [0, 2])
@@ -119,13 +117,6 @@ def test_dropped_chunks_buffers_are_read_into_again(
 
         monkeypatch.setattr(scene, "read", spy)
         reader = StripReader(scene, [w.row_off for w in windows], 40, threads=threads, ahead=1)
-        try:
-            for w in windows:
-                a, va = reader.read(w)
-                b, vb = read(w)
-                np.testing.assert_array_equal(va, vb)
-                np.testing.assert_array_equal(a["optical"], b["optical"])
-        finally:
-            reader.close()
+        _assert_reads_equal(reader, read, windows)
     assert len(given) == len(reader.edges) - 1  # one read per chunk
     assert len(set(given)) <= 4 < len(given)  # a few buffers, reused
