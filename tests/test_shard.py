@@ -91,3 +91,10 @@ def test_shard_needs_batch(runner, tmp_path: Path) -> None:
     code, _, err = runner("predict", "--optical", tmp_path / "a.tif", "-o", tmp_path / "m.tif",
                           "--shard", "0/2")  # fmt: skip
     assert code == 2 and "--batch" in err
+
+
+def test_only_torchrun_rank_zero_draws_bars() -> None:
+    """torchrun's ranks share a terminal: bars from every rank would interleave."""
+    assert Shard(0, 4, "torchrun").shows_progress
+    assert not Shard(3, 4, "torchrun").shows_progress
+    assert Shard(3, 4, "slurm-array").shows_progress and Shard(1, 2).shows_progress

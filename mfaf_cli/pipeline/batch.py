@@ -33,6 +33,7 @@ from typing import Any
 
 from mfaf_cli.errors import MfafError, OutputPathError, UsageError
 from mfaf_cli.metadata import ALL_MODALITIES
+from mfaf_cli.pipeline.shard import Shard
 from mfaf_cli.types import Blend, Engine, Precision
 
 log = logging.getLogger("mfaf")
@@ -319,9 +320,11 @@ def predict_batch(
     for key in ("inputs", "output", "vector", "probabilities", "confidence"):
         if key in predict_kwargs:
             raise UsageError(f"{key} comes from the batch CSV, not from an option")
-    scenes, device = _my_scenes(read_scenes(csv_path, bands), shard, device)
+    scenes, device, share = _my_scenes(read_scenes(csv_path, bands), shard, device)
     if not scenes:
         return []
+    if not share.shows_progress:
+        predict_kwargs = {**predict_kwargs, "progress": False}
     spec = InferenceSpec(tile, overlap, batch_size, blend, device, engine, precision, threads)
     predictor = _batch_predictor(predictor, model, scenes, spec)
     options = dict(tile=tile, overlap=overlap, batch_size=batch_size, blend=blend,
@@ -350,17 +353,17 @@ def predict_batch(
     return records
 
 
-def _my_scenes(scenes: list[Scene], shard: Any, device: str) -> tuple[list[Scene], str]:
-    """This process's share of the scenes (``--shard``, torchrun, Slurm array) and its
-    device (one GPU per rank)."""
+def _my_scenes(scenes: list[Scene], shard: Any, device: str) -> tuple[list[Scene], str, Shard]:
+    """This process's share of the scenes (``--shard``, torchrun, Slurm array), its device
+    (one GPU per rank) and the share itself."""
     from mfaf_cli.pipeline.shard import device_for, resolve_shard
 
     share = resolve_shard(shard)
     if share.count <= 1:
-        return scenes, device
+        return scenes, device, share
     mine = share.take(scenes)
     log.info("shard %d/%d (%s): %d scenes", share.index, share.count, share.source, len(mine))
-    return mine, device_for(share, device)
+    return mine, device_for(share, device), share
 
 
 def _batch_predictor(predictor: Any, model: Any, scenes: list[Scene], spec: Any) -> Any:

@@ -28,6 +28,12 @@ class Shard:
     source: str = "--shard"
     local_rank: int | None = None
 
+    @property
+    def shows_progress(self) -> bool:
+        """Whether this process draws progress bars: torchrun's ranks share one terminal,
+        so only rank 0 does (every other launcher gives each process its own log)."""
+        return not (self.source == "torchrun" and self.index > 0)
+
     def take(self, items: Sequence[T]) -> list[T]:
         """This shard's items: every ``count``-th, starting at ``index`` (round robin, so
         shares differ by at most one scene)."""

@@ -670,6 +670,7 @@ def predict_split(
     if assemble_only:
         result = _assemble_only(run, share, t0)
     else:
+        progress = progress and share.shows_progress
         result = _run_part(run, share, t0, progress=progress, read_threads=read_threads)
     result.model = run.tags.get("WEIGHTS", run.meta.arch)
     if vector is not None and output is not None and result.assembled:
