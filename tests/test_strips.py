@@ -120,3 +120,26 @@ def test_dropped_chunks_buffers_are_read_into_again(
         _assert_reads_equal(reader, read, windows)
     assert len(given) == len(reader.edges) - 1  # one read per chunk
     assert len(set(given)) <= 4 < len(given)  # a few buffers, reused
+
+
+def test_striped_file_readers_take_whole_chunks(tmp_path: Path) -> None:
+    """A striped file cannot be cut into column parts without decoding its strips twice;
+    its strips are short, so the readers take whole chunks in turn instead."""
+    import rasterio
+
+    rng = np.random.default_rng(3)
+    opt = rng.integers(1, 3000, (3, 120, 90)).astype("uint16")
+    o = tmp_path / "o.tif"
+    profile = dict(driver="GTiff", width=90, height=120, count=3, dtype="uint16", nodata=0,
+                   crs="EPSG:32630", transform=from_origin(500_000.0, 4_500_000.0, 10.0, 10.0),
+                   blockysize=2)  # fmt: skip
+    with rasterio.open(o, "w", **profile) as ds:
+        ds.write(opt)
+        assert ds.block_shapes[0] == (2, 90)
+    grid = grid_from_reference(o)
+    windows = tile_windows(grid.height, grid.width, 40, 0.25)
+    with AlignedScene({"optical": o}, grid) as scene:
+        reader = StripReader(scene, [w.row_off for w in windows], 40, threads=2, ahead=3)
+        assert reader.parts == [(0, 90)] and len(reader._pools) == 1
+        assert reader._pools[0]._max_workers == 2
+        _assert_reads_equal(reader, scene.read, windows)

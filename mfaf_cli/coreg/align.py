@@ -296,19 +296,20 @@ class AlignedScene:
             total += rows * width * bands * itemsize
         return int(min(max(total + (16 << 20), 32 << 20), 2 << 30))
 
-    def block_columns(self) -> tuple[int, int]:
-        """``(block width, a grid column where a block starts)`` of the input read straight
-        off the grid with the most bytes per grid pixel (the costliest to decode), so that
-        reads split at such columns decode no block twice; ``(1, 0)`` when none is on-grid."""
-        best, found = 0, (1, 0)
+    def read_blocks(self) -> tuple[int, int, int]:
+        """``(block height, block width, a grid column where a block starts)`` of the input
+        read straight off the grid with the most bytes per grid pixel (the costliest to
+        decode), so that readers can split their work where no block is decoded twice;
+        ``(1, 1, 0)`` when no input is on the grid."""
+        best, found = 0, (1, 1, 0)
         for name, src in self.sources.items():
             if src.offset is None:
                 continue
             ds = self._handles()[name]
             size = len(src.indexes) * np.dtype(ds.dtypes[src.indexes[0] - 1]).itemsize
             if size > best:
-                width = max(int(ds.block_shapes[0][1]), 1)
-                best, found = size, (width, -src.offset[1] % width)
+                height, width = (max(int(v), 1) for v in ds.block_shapes[0])
+                best, found = size, (height, width, -src.offset[1] % width)
         return found
 
     def _handles(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ depend on how the grid is cut (direct reads exactly; warps up to GDAL's resampli
 from __future__ import annotations
 
 import bisect
+import itertools
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -67,8 +68,10 @@ class StripReader:
 
     Windows must be requested from one thread in raster order of their rows (as the core
     does). Each of ``threads`` readers owns a column part of every chunk (cut at the costliest
-    input's block edges: a reader's own GDAL handle then decodes each of its blocks once) and
-    runs ahead by up to ``ahead`` chunks; ``threads=0`` reads in the caller. ``transform``
+    input's block edges: a reader's own GDAL handle then decodes each of its blocks once);
+    where the blocks cannot be cut (a striped file) but are short, the readers take whole
+    chunks in turn instead. They run ahead by up to ``ahead`` chunks; ``threads=0`` reads in
+    the caller. ``transform``
     (per-pixel) is applied to every part as it is read, so each pixel is transformed once, in
     a reader thread, however many windows overlap it.
     """
@@ -90,11 +93,18 @@ class StripReader:
         self.cols = cols or (0, self.width)
         self.tile = tile
         self.edges = chunk_edges(row_offsets, tile, self.height)
-        block = scene.block_columns() if threads > 1 else (1, 0)
-        self.parts = column_parts(self.cols, threads, *block)
+        block_h, block_w, phase = scene.read_blocks() if threads > 1 else (1, 1, 0)
+        self.parts = column_parts(self.cols, threads, block_w, phase)
+        shortest = min((b - a for a, b in itertools.pairwise(self.edges)), default=1)
+        if len(self.parts) == 1 and threads > 1 and 4 * block_h <= shortest:
+            # blocks too wide to cut (strips) but short: readers take whole chunks in turn,
+            # decoding only the strips that two chunks share a second time
+            sizes = [threads]
+        else:
+            sizes = [1] * (len(self.parts) if threads > 0 else 0)
         self._pools = [
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mfaf-strip{i}")
-            for i in range(len(self.parts) if threads > 0 else 0)
+            ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"mfaf-strip{i}")
+            for i, n in enumerate(sizes)
         ]
         self._chunks: dict[int, list[Future[Part]]] = {}
         #: Arrays of dropped chunks, by (modality, shape), for later chunks to read into: a
