@@ -206,12 +206,7 @@ def command(**kw: Any) -> None:
         )
     if kw["output"] is None and not (kw["probabilities"] or kw["confidence"]):
         raise click.UsageError("give -o/--output PATH for the label map")
-    if kw["preview"]:
-        from mfaf_cli.io.preview import check_preview_path
-
-        if kw["output"] is None:
-            raise click.UsageError("--preview shows the label map: give -o/--output too")
-        check_preview_path(kw["preview"], kw["overwrite"])
+    _check_preview(kw)
     result = predict(
         inputs,
         kw["output"],
@@ -229,6 +224,16 @@ def command(**kw: Any) -> None:
         click.echo(result.to_json())
     elif not kw["quiet"]:
         click.echo(_summary(result.to_dict()), err=True)
+
+
+def _check_preview(kw: dict[str, Any]) -> None:
+    """Before any work: --preview needs the label map and a writable PNG path."""
+    if kw["preview"]:
+        from mfaf_cli.io.preview import check_preview_path
+
+        if kw["output"] is None:
+            raise click.UsageError("--preview shows the label map: give -o/--output too")
+        check_preview_path(kw["preview"], kw["overwrite"])
 
 
 def _write_preview(result: Any, png: str) -> None:
@@ -355,12 +360,7 @@ def _run_split(kw: dict[str, Any]) -> None:
 
     if kw["output"] is None and not (kw["probabilities"] or kw["confidence"]):
         raise click.UsageError("give -o/--output PATH for the label map")
-    if kw["preview"]:
-        from mfaf_cli.io.preview import check_preview_path
-
-        if kw["output"] is None:
-            raise click.UsageError("--preview shows the label map: give -o/--output too")
-        check_preview_path(kw["preview"], kw["overwrite"])
+    _check_preview(kw)
     if kw["skip_existing"] and not kw["assemble"] and _all_exist(kw):
         if not kw["quiet"]:
             click.echo(f"skipped: {kw['output']} exists (--skip-existing)", err=True)
