@@ -156,6 +156,42 @@ def _command_line() -> str:
 @click.option(
     "--num-classes", type=int, help="folder datasets: number of classes (default: from the labels)."
 )
+@click.option(
+    "--classes",
+    metavar="PRESET|FILE",
+    help="folder datasets: the labels' class table, a preset (worldcover, dynamic-world, "
+    "corine-l1, whu-opt-sar, water) or a CSV/JSON file of code, name, colour.",
+)
+@click.option(
+    "--ignore-value",
+    type=float,
+    help="folder datasets: a label value meaning unlabelled (e.g. -1), besides the label "
+    "raster's nodata.",
+)
+@click.option(
+    "--sampling",
+    type=click.Choice(["grid", "random", "balanced"]),
+    help="Training windows each epoch: grid order, random order (default), or balanced: drawn "
+    "in proportion to their rare-class content.",
+)
+@click.option(
+    "--class-weights",
+    metavar="none|auto|FILE",
+    help="Cross-entropy class weights: none (default), auto (median frequency) or a JSON file "
+    "(a list of K weights, or {class name or code: weight}).",
+)
+@click.option(
+    "--init",
+    metavar="CKPT|NAME",
+    help="Fine-tune: start from a checkpoint or shipped model (matching tensors load; the head "
+    "is re-initialised for another class table).",
+)
+@click.option(
+    "--freeze-encoder",
+    type=int,
+    metavar="EPOCHS",
+    help="With --init: keep the encoder fixed for the first EPOCHS epochs.",
+)
 @dataset_bands_opt("Band selection, e.g. optical=4,3,2 (repeatable).")
 @click.option(
     "--model-opt",

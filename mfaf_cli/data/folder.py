@@ -90,6 +90,7 @@ def _scene_entry(path: Path, n: int, row: Mapping[str, Any]) -> dict[str, Any]:
         "split": str(row.get("split") or "").lower() or None,
         "label": (base / str(row["label"])).resolve(),
         "inputs": {},
+        "ignore": _ignore_column(path, n, row.get("ignore_value")),
     }
     for m in MODALITY_COLUMNS:
         if row.get(m):
@@ -98,6 +99,16 @@ def _scene_entry(path: Path, n: int, row: Mapping[str, Any]) -> dict[str, Any]:
         if not p.exists():
             raise DatasetError(f"{path}: scene {sc['id']}: {p} does not exist")
     return sc
+
+
+def _ignore_column(path: Path, n: int, value: Any) -> float | None:
+    """A scene's own ``ignore_value`` (column or key): a label value that means unlabelled."""
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{path}: scene {n}: ignore_value {value!r} is not a number") from None
 
 
 def find_scene_list(root: Path) -> Path:
@@ -166,6 +177,8 @@ class FolderDataset(SegDataset):
         *,
         modalities: Sequence[str] | None = None,
         num_classes: int | None = None,
+        classes: str | None = None,
+        ignore_value: float | None = None,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
         **kw: Any,
@@ -176,11 +189,11 @@ class FolderDataset(SegDataset):
         scenes, opts = read_scene_list(r)
         available = tuple(scenes[0]["inputs"])
         self.modalities = _check_modalities(self.name, available, modalities)
-        self.ignore_value = opts.get("ignore_value")
+        self.ignore_value = ignore_value if ignore_value is not None else opts.get("ignore_value")
         self.bands_opt = {k: list(v) for k, v in dict(opts.get("bands", {})).items()}
         self.units = {"sar": str(dict(opts.get("units", {})).get("sar", "auto"))}
         # Class table over *all* scenes so every split agrees on K.
-        self.classes = self._class_table(r, scenes, opts, num_classes)
+        self.classes = self._class_table(r, scenes, opts, num_classes, classes)
         self._scenes_all = scenes
         has_split = any(s["split"] for s in scenes)
         self.scene_idx = _select_scenes(scenes, split, val_fraction, test_fraction, self.seed)
@@ -215,9 +228,16 @@ class FolderDataset(SegDataset):
         scenes: Sequence[dict[str, Any]],
         opts: Mapping[str, Any],
         num_classes: int | None,
+        spec: str | None = None,
     ) -> tuple[ClassInfo, ...]:
-        """Classes named in the list, else ``num_classes``, else 1 + the largest label value."""
+        """A class table (``spec`` or the list's ``classes`` as a preset name or a CSV/JSON
+        file: product codes mapped to ids), class names in the list, else ``num_classes``,
+        else 1 + the largest label value."""
+        from mfaf_cli.classes import load_class_table
+
         names = opts.get("classes")
+        if spec or isinstance(names, str):
+            return load_class_table(str(spec or names), base=where.parent)
         if names:
             return tuple(
                 ClassInfo(i, str(n), default_classes(len(names))[i].color)
@@ -227,7 +247,9 @@ class FolderDataset(SegDataset):
         if k is None:
             mx = -1
             for sc in scenes:
-                lab = self._label_values(sc["label"])
+                lab = self._label_values(sc["label"], sc.get("ignore"))
+                if self.ignore_value is not None:
+                    lab = lab[lab != self.ignore_value]
                 if lab.size:
                     mx = max(mx, int(lab.max()))
             k = mx + 1
@@ -251,7 +273,7 @@ class FolderDataset(SegDataset):
         return windows
 
     @staticmethod
-    def _label_values(path: Path) -> np.ndarray:
+    def _label_values(path: Path, ignore: float | None = None) -> np.ndarray:
         import rasterio
 
         with rasterio.open(path) as ds:
@@ -260,7 +282,23 @@ class FolderDataset(SegDataset):
             lab = ds.read(1, out_shape=shape)
             if ds.nodata is not None:
                 lab = lab[lab != ds.nodata]
-        return np.asarray(lab).reshape(-1)
+        lab = np.asarray(lab).reshape(-1)
+        return lab if ignore is None else lab[lab != ignore]
+
+    def check_labels(self) -> None:
+        """Codes outside the class table (base check), and a scene whose label raster holds
+        no labelled pixel at all: training on it would write a model trained on nothing."""
+        super().check_labels()
+        from mfaf_cli.data.label_scan import has_labelled_pixel
+
+        for i in sorted({w[0] for w in self.windows}):
+            sc = self._scenes_all[i]
+            ignores = [v for v in (self.ignore_value, sc.get("ignore")) if v is not None]
+            if not has_labelled_pixel(sc["label"], ignores):
+                raise LabelError(
+                    f"scene {sc['id']}: {sc['label']} holds no labelled pixel (all nodata or "
+                    "ignore value); label it, or drop it from the scene list"
+                )
 
     def __getstate__(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -297,15 +335,22 @@ class FolderDataset(SegDataset):
     def __len__(self) -> int:
         return len(self.windows)
 
-    def map_label(self, raw: np.ndarray, nodata: float | None = None) -> np.ndarray:
+    def map_label(
+        self, raw: np.ndarray, nodata: float | None = None, ignore: float | None = None
+    ) -> np.ndarray:
+        from mfaf_cli.classes import codes_to_ids
+
         raw = np.asarray(raw)
         keep = np.ones(raw.shape, dtype=bool)
         if nodata is not None:
             keep &= ~(
                 np.isnan(raw) if isinstance(nodata, float) and math.isnan(nodata) else raw == nodata
             )
-        if self.ignore_value is not None:
-            keep &= raw != self.ignore_value
+        for value in (self.ignore_value, ignore):
+            if value is not None:
+                keep &= raw != value
+        if any(c.code is not None for c in self.classes):
+            return codes_to_ids(raw, self.classes, keep, self.ignore_index)
         vals = raw[keep]
         bad = (vals < 0) | (vals >= self.num_classes) | (vals != np.round(vals))
         if bad.any():
@@ -319,7 +364,10 @@ class FolderDataset(SegDataset):
 
     def label_arrays(self) -> list[tuple[str, np.ndarray]]:
         return [
-            (str(self._scenes_all[i]["label"]), self._label_values(self._scenes_all[i]["label"]))
+            (
+                str(self._scenes_all[i]["label"]),
+                self._label_values(self._scenes_all[i]["label"], self._scenes_all[i].get("ignore")),
+            )
             for i in sorted({w[0] for w in self.windows})
         ]
 
@@ -349,7 +397,7 @@ class FolderDataset(SegDataset):
         with rasterio.open(self._scenes_all[i]["label"]) as ds:
             lab = ds.read(1, window=RioWindow(c, r, min(t, w - c), min(t, h - r)))
             nodata = ds.nodata
-        mask = self.map_label(lab, nodata)
+        mask = self.map_label(lab, nodata, self._scenes_all[i].get("ignore"))
         mask = np.pad(
             mask,
             ((0, t - mask.shape[0]), (0, t - mask.shape[1])),
@@ -357,6 +405,20 @@ class FolderDataset(SegDataset):
         )
         mask[~valid] = self.ignore_index
         return arrays, mask, self.scene_percentiles(i)
+
+    def window_labels(self, index: int) -> np.ndarray:
+        """The class ids of window ``index`` as training reads it (unjittered), from the label
+        raster alone: what balanced sampling's per-window histogram needs."""
+        import rasterio
+        from rasterio.windows import Window as RioWindow
+
+        i, r, c = self.windows[index]
+        h, w = self.sizes[i]
+        t = self.tile
+        with rasterio.open(self._scenes_all[i]["label"]) as ds:
+            lab = ds.read(1, window=RioWindow(c, r, min(t, w - c), min(t, h - r)))
+            nodata = ds.nodata
+        return self.map_label(lab, nodata, self._scenes_all[i].get("ignore"))
 
     def scenes(self) -> list[Scene]:
         used = sorted({w[0] for w in self.windows})
