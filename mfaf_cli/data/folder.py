@@ -177,7 +177,7 @@ class FolderDataset(SegDataset):
         *,
         modalities: Sequence[str] | None = None,
         num_classes: int | None = None,
-        classes: str | None = None,
+        classes: str | Sequence[ClassInfo] | None = None,
         ignore_value: float | None = None,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
@@ -228,7 +228,7 @@ class FolderDataset(SegDataset):
         scenes: Sequence[dict[str, Any]],
         opts: Mapping[str, Any],
         num_classes: int | None,
-        spec: str | None = None,
+        spec: str | Sequence[ClassInfo] | None = None,
     ) -> tuple[ClassInfo, ...]:
         """A class table (``spec`` or the list's ``classes`` as a preset name or a CSV/JSON
         file: product codes mapped to ids), class names in the list, else ``num_classes``,
@@ -236,6 +236,8 @@ class FolderDataset(SegDataset):
         from mfaf_cli.classes import load_class_table
 
         names = opts.get("classes")
+        if spec is not None and not isinstance(spec, str):  # a model's own table (evaluate)
+            return tuple(spec)
         if spec or isinstance(names, str):
             return load_class_table(str(spec or names), base=where.parent)
         if names:

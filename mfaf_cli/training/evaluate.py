@@ -479,6 +479,8 @@ def _predictor_and_dataset(
         threads=spec.thread_split(on_gpu=str(spec.device).startswith("cuda"))[0],
     )
     meta: ModelMeta = predictor.meta
+    if dataset == "folder" and any(c.code is not None for c in meta.classes):
+        opts = opts | {"classes": meta.classes}  # labels in product codes: the model's table
     ds = open_dataset(dataset, root, split, modalities=meta.modality_names, **opts)
     if ds.in_channels != meta.in_channels:
         raise BandMismatchError(
