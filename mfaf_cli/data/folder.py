@@ -238,8 +238,10 @@ class FolderDataset(SegDataset):
         names = opts.get("classes")
         if spec is not None and not isinstance(spec, str):  # a model's own table (evaluate)
             return tuple(spec)
-        if spec or isinstance(names, str):
-            return load_class_table(str(spec or names), base=where.parent)
+        if spec:  # --classes: a path relative to the current folder
+            return load_class_table(str(spec))
+        if isinstance(names, str):  # the list's own key: relative to the list
+            return load_class_table(names, base=where.parent)
         if names:
             return tuple(
                 ClassInfo(i, str(n), default_classes(len(names))[i].color)
