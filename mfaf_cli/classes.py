@@ -28,8 +28,7 @@ _HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
 
 def _table(rows: Iterable[tuple[int, str, str]]) -> tuple[ClassInfo, ...]:
     return tuple(
-        ClassInfo(i, name, _hex(colour), code)
-        for i, (code, name, colour) in enumerate(rows)
+        ClassInfo(i, name, _hex(colour), code) for i, (code, name, colour) in enumerate(rows)
     )
 
 

@@ -61,12 +61,14 @@ def test_class_files_map_non_contiguous_codes_to_ids(tmp_path: Path) -> None:
                                                        (2, 55, "other")]  # fmt: skip
     assert table[1].color == (0, 100, 0)
     js = tmp_path / "c.json"
-    js.write_text(json.dumps([{"code": 3, "name": "a", "color": [1, 2, 3]}, {"code": 1, "name": "b"}]))
-    assert [(c.id, c.code, c.color) for c in load_class_table(str(js))][0] == (0, 3, (1, 2, 3))
+    rows = [{"code": 3, "name": "a", "color": [1, 2, 3]}, {"code": 1, "name": "b"}]
+    js.write_text(json.dumps(rows))
+    first = load_class_table(str(js))[0]
+    assert (first.id, first.code, first.color) == (0, 3, (1, 2, 3))
     raw = np.array([[100, 10, 55], [0, 10, 100]])
     keep = raw != 0
     assert codes_to_ids(raw, table, keep, 255).tolist() == [[0, 1, 2], [255, 1, 0]]
-    with pytest.raises(LabelError, match=r"label codes 7, 9 are not in the class table \(100, 10, 55\)"):
+    with pytest.raises(LabelError, match=r"codes 7, 9 are not in the class table \(100, 10, 55\)"):
         codes_to_ids(np.array([7, 10, 9, 7]), table, np.ones(4, bool), 255)
 
 
@@ -123,11 +125,11 @@ def test_worldcover_labels_in_another_crs_train_predict_evaluate(
     assert t["sampling"] == "balanced" and t["class_weights"]["mode"] == "auto"
     weights = t["class_weights"]["weights"]
     assert weights["shrubland"] == 1.0 and weights["tree-cover"] != 1.0  # absent vs present
-    assert "class_weights = \"auto\"" in (run / "config.toml").read_text()
+    assert 'class_weights = "auto"' in (run / "config.toml").read_text()
     folder = scenes.parent
     out = tmp_path / "map.tif"
-    code, _, err = runner("predict", "-m", run / "last.safetensors", "--optical",
-                          folder / "s2_1.tif", "--sar", folder / "s1_1.tif", "-o", out, "-q")  # fmt: skip
+    code, _, err = runner("predict", "-m", run / "last.safetensors", "-q", "--optical",
+                          folder / "s2_1.tif", "--sar", folder / "s1_1.tif", "-o", out)  # fmt: skip
     assert code == 0, err
     assert "tree-cover (code 10)" in Path(str(out) + ".aux.xml").read_text()
     code, stdout, err = runner("evaluate", "--model", run / "last.safetensors", "--dataset",
@@ -179,9 +181,7 @@ def test_bad_label_inputs_leave_nothing(scenes: Path, tmp_path: Path, runner) ->
     _clean_failure(code, err, out, "--classes: only for --dataset folder")
 
 
-def test_resume_with_a_changed_class_table_is_refused(
-    scenes: Path, tmp_path: Path, runner
-) -> None:
+def test_resume_with_a_changed_class_table_is_refused(scenes: Path, tmp_path: Path, runner) -> None:
     run = tmp_path / "run"
     code, _, err = runner(*_train(scenes, run, "--classes", "worldcover", "--epochs", "2",
                                   "--stop-after", "1", "--max-batches", "1"))  # fmt: skip

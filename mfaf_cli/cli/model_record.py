@@ -47,10 +47,8 @@ def _metric_line(name: str, m: dict[str, Any]) -> str:
     parts = [f"{k} {m[k]:.3f}" for k in ("miou", "oa", "kappa") if isinstance(m.get(k), float)]
     per = m.get("per_class_iou") or {}
     if per:
-        parts.append(
-            "IoU "
-            + ", ".join(f"{c} {v:.3f}" if isinstance(v, float) else f"{c} n/a" for c, v in per.items())
-        )
+        shown = (f"{c} {v:.3f}" if isinstance(v, float) else f"{c} n/a" for c, v in per.items())
+        parts.append("IoU " + ", ".join(shown))
     return f"  {name}: " + ("; ".join(parts) if parts else "(no scores)")
 
 

@@ -26,7 +26,6 @@ from mfaf_cli.metadata import ClassInfo
 from mfaf_cli.training.config import SAMPLINGS as SAMPLINGS
 
 
-
 def window_histograms(ds: Any, k: int, ignore_index: int) -> np.ndarray:
     """(windows, k) pixel counts per class of every window of ``ds`` (unaugmented)."""
     out = np.zeros((len(ds), k), dtype=np.int64)
