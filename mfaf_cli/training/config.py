@@ -173,7 +173,6 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.sampling in SAMPLINGS, f"sampling must be one of {', '.join(SAMPLINGS)}"),
         (cfg.freeze_encoder >= 0, f"freeze encoder must be >= 0 epochs, got {cfg.freeze_encoder}"),
         (not cfg.freeze_encoder or bool(cfg.init), "--freeze-encoder needs --init"),
-        (not (cfg.init and cfg.resume), "--init starts a new run; --resume continues one"),
     ]
     for ok, msg in checks:
         if not ok:

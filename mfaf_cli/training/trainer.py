@@ -788,7 +788,7 @@ class Trainer:
             ),
             "tile": cfg.tile,
             **self.imbalance,
-            "init": self.init_record,
+            "init": self.init_record or (self.resume_meta and self.resume_meta.training.get("init")),
             "seed": cfg.seed,
             "world_size": self.d.world,
             "device": self.device.type,
