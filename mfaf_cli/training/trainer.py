@@ -788,7 +788,7 @@ class Trainer:
             ),
             "tile": cfg.tile,
             **self.imbalance,
-            "init": self.init_record or (self.resume_meta and self.resume_meta.training.get("init")),
+            "init": self.init_record or self._parent_record(),
             "seed": cfg.seed,
             "world_size": self.d.world,
             "device": self.device.type,
@@ -807,6 +807,10 @@ class Trainer:
             metrics={"val": val_metrics},
             trained=True,
         )
+
+    def _parent_record(self) -> dict[str, Any] | None:
+        """A resumed fine-tuning run keeps the parent record of its first invocation."""
+        return self.resume_meta.training.get("init") if self.resume_meta else None
 
     def _state_out(self, epoch_done: int, wall: float) -> dict[str, Any]:
         """The resume state (plain tensors/dicts, loadable with ``weights_only=True``)."""
