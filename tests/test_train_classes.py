@@ -270,3 +270,28 @@ def test_a_full_disk_while_saving_keeps_the_last_good_checkpoint(
                     "device; free some space (the last good checkpoint is kept)")  # fmt: skip
     assert (run / "last.safetensors").read_bytes() == good
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_scene_lists_own_ignore_value_column(scenes: Path, tmp_path: Path) -> None:
+    """``ignore_value`` as a scene-list column: that scene's code 80 is unlabelled, and the
+    per-window histograms balanced sampling reads see no such class."""
+    from mfaf_cli.data.folder import FolderDataset
+    from mfaf_cli.training.sampling import window_histograms
+
+    folder = tmp_path / "lc"
+    shutil.copytree(scenes.parent, folder)
+    rows = (folder / "scenes.csv").read_text().splitlines()
+    text = rows[0] + ",ignore_value\n" + "".join(r + ",80\n" for r in rows[1:])
+    (folder / "scenes.csv").write_text(text)
+    table = folder / "three.json"
+    table.write_text(json.dumps([{"code": c, "name": f"c{c}"} for c in (10, 40, 50)]))
+    ds = FolderDataset(folder / "scenes.csv", "train", modalities=("optical", "sar"),
+                       classes=str(table), tile=32)  # fmt: skip
+    ds.check_labels()
+    hist = window_histograms(ds, 3, ds.ignore_index)
+    with rasterio.open(folder / "worldcover_0.tif") as src:
+        lab = src.read(1)
+    for (_, r, c), row in zip(ds.windows, hist, strict=True):  # windows may overlap
+        win = lab[r : r + 32, c : c + 32]
+        assert row.tolist() == [int((win == code).sum()) for code in (10, 40, 50)]
+    assert (hist.sum(axis=0) > 0).all()
