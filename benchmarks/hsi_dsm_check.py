@@ -22,6 +22,12 @@ it under ``nice -n 10``, as below).
     nice -n 10 python3 benchmarks/hsi_dsm_check.py --work /tmp/hsi_dsm \\
         --out benchmarks/results/hsi_dsm_check.json
 
+Recipes (``--recipes``): ``plain`` (the defaults) and ``balanced`` (``--sampling balanced
+--class-weights auto``). A per-pixel random forest (scikit-learn, a benchmark-only dependency:
+``pip install scikit-learn``; 300 trees, default settings) trained on every labelled pixel of
+columns 0-135 is scored on the same test part with mfaf's metrics (``--no-rf`` skips it).
+Rows are written to ``--out`` after every run, so a time-boxed job keeps what it finished.
+
 Caveat: 5 PCA components are not a hyperspectral cube, so this checks that the HSI + X path
 learns on real imagery; it says nothing about CoMiX's spectral modelling.
 """
