@@ -59,6 +59,25 @@ def s2_band_of(name: str) -> tuple[str, int | None] | None:
     return f"B{band}", (int(m.group(2)) if m.group(2) else None)
 
 
+#: A polarisation token in a SAR file name: BigEarthNet ``..._VV.tif``, Sentinel-1 SAFE
+#: ``s1a-iw-grd-vh-20170613t...-001.tiff``, STAC asset ``vv.tif``.
+_POL_TOKEN = re.compile(r"(?:^|[_\-])(vv|vh|hh|hv)(?=$|[_\-])", re.IGNORECASE)
+
+
+def band_of_file_name(name: str) -> str | None:
+    """The band a one-band file's name says it holds: a Sentinel-2 token (``..._B08`` → ``B8``)
+    or exactly one polarisation token (``..._VH`` / ``-vh-`` / ``vv`` → ``VH`` / ``VV``)."""
+    stem = Path(name).name
+    for suffix in (*RASTER_SUFFIXES, ".vrt"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+    hit = s2_band_of(stem)
+    if hit is not None:
+        return hit[0]
+    pols = {p.upper() for p in _POL_TOKEN.findall(stem)}
+    return pols.pop() if len(pols) == 1 else None
+
+
 def canonical_band(name: str) -> str:
     """One spelling per Sentinel-2 band: ``B08``/``b8``/``nir`` → ``B8``; others unchanged."""
     text = name.strip()
@@ -183,9 +202,9 @@ def band_names(path: str, descriptions: Sequence[str | None]) -> tuple[str, ...]
         hit = s2_band_of(stem)
         if hit is not None:
             return (hit[0],)
-        pol = re.search(r"(?:^|_)(VV|VH|HH|HV)$", stem, re.IGNORECASE)
+        pol = band_of_file_name(path)
         if pol is not None and not descriptions[0]:
-            return (pol.group(1).upper(),)
+            return (pol,)
         return (canonical_band(descriptions[0]) if descriptions[0] else stem,)
     return tuple(canonical_band(d) if d else f"{stem}:{k + 1}" for k, d in enumerate(descriptions))
 
