@@ -176,8 +176,9 @@ def test_contradicting_description_is_an_error_unless_numbered() -> None:
     with pytest.raises(BandMismatchError) as e:
         choose(SAR, None, 1, ["VH"])
     assert str(e.value) == (
-        "sar band 1 of in.tif is described as VH (vh), but model m takes vv ≈ Sentinel-1 VV "
-        "there: give a file with that band, or pass --sar-bands 1 to use this one anyway"
+        "model m takes 1 sar band: vv ≈ Sentinel-1 VV; the band descriptions of in.tif (1=VH) "
+        "name no vv (VV): pass --sar-bands with the names or 1-based indexes of the bands to "
+        "use, or give a file with those bands"
     )
     c = choose(SAR, [1], 1, ["VH"])
     assert (c.indexes, c.picked_by) == ((1,), "--sar-bands")

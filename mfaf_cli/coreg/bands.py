@@ -293,7 +293,6 @@ def contradictions(
     *,
     path: str,
     model: str,
-    consequence: str = "the map may be meaningless",
 ) -> list[str]:
     """Warnings for chosen bands whose descriptions mean something else than the model's
     band in that position (``VH`` given for ``vv``)."""
@@ -306,7 +305,7 @@ def contradictions(
         alias = f" ≈ {' / '.join(f'{s} {b}' for s, b in sensors.items())}" if sensors else ""
         out.append(
             f"{spec.name} band {idx} of {path} is described as {descriptions[idx - 1]} "
-            f"({got.meaning}), but model {model} takes {want}{alias} there: {consequence}"
+            f"({got.meaning}), but model {model} takes {want}{alias} there: the map may be meaningless"
         )
     return out
 
@@ -382,13 +381,11 @@ def choose_bands(
         raise BandMismatchError(positional_message(spec, count, path=path, model=model, flag=flag))
     elif count == spec.n_bands:
         indexes, picked_by = list(range(1, count + 1)), "file order"
-        wrong_order = contradictions(
-            spec, indexes, descriptions, ids, path=path, model=model,
-            consequence=f"give a file with that band, or pass {flag} "
-            f"{','.join(map(str, indexes))} to use this one anyway",
-        )  # fmt: skip
-        if wrong_order:
-            raise BandMismatchError(wrong_order[0])
+        if contradictions(spec, indexes, descriptions, ids, path=path, model=model):
+            # described as other bands (a VH file for a VV model): name what is missing
+            raise BandMismatchError(
+                cannot_pick_message(spec, ids, descriptions, count=count, path=path, model=model)
+            )
     else:
         raise BandMismatchError(
             cannot_pick_message(spec, ids, descriptions, count=count, path=path, model=model)

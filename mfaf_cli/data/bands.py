@@ -49,7 +49,7 @@ def recorded_names(
     for pos, idx in enumerate(indexes):
         typed = spec[pos] if spec and pos < len(spec) and isinstance(spec[pos], str) else None
         desc = descriptions[pos] if pos < len(descriptions) else ""
-        out.append(band_label(str(typed), modality) or band_label(desc, modality) or f"b{idx}")
+        out.append(band_label(typed, modality) or band_label(desc, modality) or f"b{idx}")
     return tuple(out)
 
 
