@@ -207,7 +207,8 @@ def test_recorded_names() -> None:
     assert recorded_names("optical", (13, 8, 4), descr, ["swir", 8, 4]) == ("swir", "B8", "b4")
     assert recorded_names("optical", (3, 2, 1), ("", "", "Band 1"), None) == ("b3", "b2", "b1")
     assert recorded_names("sar", (1,), ("VV",), None) == ("VV",)
-    assert recorded_names("lidar", (1,), ("elevation_m",), None) == ("elevation_m",)
+    assert recorded_names("lidar", (1,), ("elevation_m",), None) == ("dsm",)
+    assert recorded_names("lidar", (2,), ("intensity",), None) == ("intensity",)
 
 
 def test_a_record_without_names_needs_explicit_bands(tmp_path: Path, runner) -> None:
