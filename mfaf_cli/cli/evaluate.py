@@ -96,7 +96,7 @@ def command(
     dataset: str | None,
     data_root: str | None,
     split: str,
-    bands: dict[str, list[int]],
+    bands: dict[str, list[int | str]],
     seed: int,
     val_fraction: float,
     tile: int | None,

@@ -96,3 +96,17 @@ def model_layout_bands(
         if all(m in have for m in spec.meanings):
             out[spec.name] = [have.index(m) + 1 for m in spec.meanings]
     return out
+
+
+def bands_for_model(
+    specs: Sequence[ModalitySpec], layouts: Mapping[str, Sequence[str]], by_name: bool
+) -> dict[str, list[int | str]]:
+    """The band lists that give a dataset a model's bands when the user gave none: by index
+    into a fixed layout (``layouts``: Sen1Floods11, WHU-OPT-SAR), else (``by_name``: a folder
+    of the user's files) the model's band names, matched against each file's descriptions.
+    Records that name bands only by position give nothing (the user must say)."""
+    if layouts:
+        return {k: [*v] for k, v in model_layout_bands(specs, layouts).items()}
+    if not by_name:
+        return {}
+    return {s.name: list(s.bands) for s in specs if s.meanings and all(s.meanings)}

@@ -401,7 +401,7 @@ def evaluate_model(
     engine: Engine = "auto",
     precision: Precision = "auto",
     threads: int | None = None,
-    bands: Mapping[str, list[int]] | None = None,
+    bands: Mapping[str, list[int | str]] | None = None,
     seed: int = 0,
     val_fraction: float = 0.15,
     progress: bool = True,
@@ -479,6 +479,11 @@ def _predictor_and_dataset(
         threads=spec.thread_split(on_gpu=str(spec.device).startswith("cuda"))[0],
     )
     meta: ModelMeta = predictor.meta
+    if not opts.get("bands"):  # the model's bands, by name, as predict picks them
+        from mfaf_cli.data.bands import bands_for_model
+
+        picked = bands_for_model(meta.modalities, probe.all_bands, probe.name == "folder")
+        opts = {**opts, "bands": picked or None}
     ds = open_dataset(dataset, root, split, modalities=meta.modality_names, **opts)
     if ds.in_channels != meta.in_channels:
         raise BandMismatchError(
