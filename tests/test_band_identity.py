@@ -157,12 +157,51 @@ def test_vh_file_for_a_vv_model_is_an_error_unless_numbered(
     assert warning.endswith("the map may be meaningless")
 
 
-def test_sar_band_by_file_name_real_bigearthnet_crop(tmp_path: Path, runner) -> None:
-    """``--sar x_VV.tif --sar-bands VV`` (the README's pattern) works on the real crop."""
-    vv = TEST_DATA / "bigearthnet_crop" / "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48_VV.tif"
-    code, out, err = runner("coregister", "--sar", vv, "--sar-bands", "VV", "-o",
-                            tmp_path / "c", "-q", "--json")  # fmt: skip
-    assert code == 0, err
+def test_sar_bands_by_file_name_on_the_real_bigearthnet_crop(tmp_path: Path, runner) -> None:
+    """The shipped VV model on the real BigEarthNet crop: ``--sar ..._VV.tif --sar-bands VV``
+    (the README's pattern) works; the ``..._VH.tif`` file is refused in one line naming it and
+    the band the model needs; a folder of VV/VH files is accepted like an S2 folder, and picks
+    the same VV file."""
+    crop = TEST_DATA / "bigearthnet_crop"
+    vv, vh = (crop / f"S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48_{p}.tif" for p in ("VV", "VH"))
+    base = ["predict", "--optical", crop, "-q"]
+
+    def labels(name: str, *args: object) -> np.ndarray:
+        code, _, err = runner(*base, *args, "-o", tmp_path / name)
+        assert code == 0, err
+        with rasterio.open(tmp_path / name) as ds:
+            return ds.read(1)
+
+    named = labels("named.tif", "--sar", vv, "--sar-bands", "VV")
+    assert np.array_equal(named, labels("vv.tif", "--sar", vv))
+    assert np.array_equal(named, labels("folder.tif", "--sar", crop))  # picks VV of VV + VH
+    code, _, err = runner(*base, "--sar", vh, "-o", tmp_path / "vh.tif")
+    assert code != 0 and len(err.strip().splitlines()) == 1, err
+    assert f"the band descriptions of {vh.name} (1=VH) name no vv (VV)" in err
+    assert not (tmp_path / "vh.tif").exists()
+    code, _, err = runner(*base, "--sar", vh, "--sar-bands", "VV", "-o", tmp_path / "vh.tif")
+    assert code != 0 and "'VV': no band of" in err and not (tmp_path / "vh.tif").exists()
+    assert labels("override.tif", "--sar", vh, "--sar-bands", "1").shape == named.shape
+
+
+def test_sentinel1_folders(tmp_path: Path) -> None:
+    from mfaf_cli.coreg.stack import find_s1_bands, pick_s1_files
+    from mfaf_cli.errors import InputError, UsageError
+
+    safe = tmp_path / "S1A_IW_GRDH_1SDV_20170613T165043.SAFE" / "measurement"
+    safe.mkdir(parents=True)
+    src = TEST_DATA / "bigearthnet_crop" / "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48_VV.tif"
+    for pol in ("vh", "vv"):
+        shutil.copy(src, safe / f"s1a-iw-grd-{pol}-20170613t165043-20170613t165108-017042-001.tiff")
+    assert list(find_s1_bands(safe.parent)) == ["VV", "VH"]
+    assert [p.name[11:13] for p in pick_s1_files(safe.parent, ["vv"], "sar")] == ["vv"]
+    with pytest.raises(UsageError, match="picked by name"):
+        pick_s1_files(safe.parent, [1], "sar")
+    with pytest.raises(InputError, match="has no HH file; it has VV, VH"):
+        pick_s1_files(safe.parent, ["HH"], "sar")
+    shutil.copy(src, safe / "vv.tif")
+    with pytest.raises(InputError, match="two VV files"):
+        find_s1_bands(safe.parent)
 
 
 @pytest.mark.parametrize(

@@ -261,7 +261,11 @@ inputs_opts = _stack(
         "Optical raster (e.g. Sentinel-2), or a Sentinel-2 SAFE/L2A folder (the bands the "
         "model needs are picked by name); the default reference grid.",
     ),
-    input_opt("sar", "SAR raster (e.g. Sentinel-1 VV/VH, dB or linear power)."),
+    input_opt(
+        "sar",
+        "SAR raster (e.g. Sentinel-1 VV/VH, dB or linear power), or a folder of VV/VH files "
+        "(BigEarthNet ..._VV.tif, terrain-corrected SAFE -vv- files, STAC vv.tif).",
+    ),
     input_opt("hsi", "Hyperspectral raster; the reference grid when there is no optical."),
     input_opt("lidar", "LiDAR raster (e.g. DSM)."),
 )
