@@ -129,7 +129,7 @@ def _command_line() -> str:
     "--normalisation",
     type=click.Choice(["fixed", "scene-percentile"]),
     help="fixed: clip + standardise in sensor units, the same for any extent (default); "
-    "scene-percentile: stretch each scene between its own 2/98 %% values first.",
+    "scene-percentile: stretch each scene between its own 2/98 % values first.",
 )
 @click.option(
     "--val-fraction",

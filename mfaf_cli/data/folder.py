@@ -15,6 +15,7 @@ import numpy as np
 
 from mfaf_cli.data.bands import recorded_names
 from mfaf_cli.data.base import (
+    _REPORTED,
     DECIMATED_SIDE,
     Scene,
     SegDataset,
@@ -98,6 +99,13 @@ def _scene_entry(path: Path, n: int, row: Mapping[str, Any]) -> dict[str, Any]:
         if not p.exists():
             raise DatasetError(f"{path}: scene {sc['id']}: {p} does not exist")
     return sc
+
+
+def warn_once(msg: str) -> None:
+    """A warning given once per process (train, val and test readers open the same list)."""
+    if msg not in _REPORTED:
+        _REPORTED.add(msg)
+        log.warning("%s", msg)
 
 
 def folder_bands(
@@ -207,9 +215,10 @@ class FolderDataset(SegDataset):
         self.sizes: dict[int, tuple[int, int]] = {}
         self.windows: list[tuple[int, int, int]] = self._cut_windows(self.scene_idx)
         if split != "all" and not has_split and len(scenes) < 3:
-            log.warning(
-                "folder dataset: no 'split' column and fewer than 3 scenes; splitting windows "
-                "(neighbouring windows share context, so validation scores are optimistic)"
+            warn_once(
+                f"folder dataset {r}: no 'split' column and fewer than 3 scenes; splitting "
+                "windows (neighbouring windows share context, so validation scores are "
+                "optimistic)"
             )
             self.windows = _split_windows(
                 self.windows, split, val_fraction, test_fraction, self.seed
@@ -292,6 +301,7 @@ class FolderDataset(SegDataset):
     def __getstate__(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["_aligned"] = {}
+        d.pop("_split_label_cache", None)
         d["_pid"] = -1
         return d
 
@@ -370,10 +380,40 @@ class FolderDataset(SegDataset):
         return out
 
     def label_arrays(self) -> list[tuple[str, np.ndarray]]:
-        return [
-            (str(self._scenes_all[i]["label"]), self._label_values(self._scenes_all[i]["label"]))
-            for i in sorted({w[0] for w in self.windows})
-        ]
+        """The labelled values of this split's windows (not of their whole scenes: a window-level
+        split shares scenes between splits), decimated like :meth:`_label_values`."""
+        return [(name, vals) for name, vals, _ in self._split_labels()]
+
+    def _full_label_pixels(self) -> dict[str, int]:
+        return {name: full for name, _, full in self._split_labels()}
+
+    def _split_labels(self) -> list[tuple[str, np.ndarray, int]]:
+        """(label file, its values under this split's windows, how many pixels those are at
+        full resolution) per scene of the split; computed once."""
+        cached: list[tuple[str, np.ndarray, int]] | None = getattr(self, "_split_label_cache", None)
+        if cached is None:
+            cached = [self._covered_labels(i) for i in sorted({w[0] for w in self.windows})]
+            self._split_label_cache = cached
+        return cached
+
+    def _covered_labels(self, i: int) -> tuple[str, np.ndarray, int]:
+        import rasterio
+
+        path, t = self._scenes_all[i]["label"], self.tile
+        with rasterio.open(path) as ds:
+            f = max(1.0, max(ds.height, ds.width) / DECIMATED_SIDE)
+            shape = (max(1, round(ds.height / f)), max(1, round(ds.width / f)))
+            lab, nodata, (h, w) = ds.read(1, out_shape=shape), ds.nodata, (ds.height, ds.width)
+        fy, fx = shape[0] / h, shape[1] / w
+        cover = np.zeros(shape, dtype=bool)
+        for j, r, c in self.windows:
+            if j == i:
+                rows = slice(int(r * fy), math.ceil(min(r + t, h) * fy))
+                cover[rows, int(c * fx) : math.ceil(min(c + t, w) * fx)] = True
+        if nodata is not None:
+            cover &= ~(np.isnan(lab) if math.isnan(nodata) else lab == nodata)
+        vals = np.asarray(lab[cover]).reshape(-1)
+        return str(path), vals, round(vals.size / (fy * fx))
 
     def stat_arrays(self, max_items: int) -> dict[str, list[np.ndarray]]:
         out: dict[str, list[np.ndarray]] = {m: [] for m in self.modalities}
