@@ -36,7 +36,7 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _scenes(root: Path, described: bool = True) -> Path:
+def _scenes(root: Path, described: bool = True, shape: tuple[int, int] = (48, 64)) -> Path:
     """Two scenes: a 13-band S2 L1C stack (band descriptions B1..B12), a one-band SAR file
     named ``..._VV.tif`` (no description), water labels where B12 is low."""
     rng = np.random.default_rng(5)
@@ -44,8 +44,8 @@ def _scenes(root: Path, described: bool = True) -> Path:
     rows = ["id,optical,sar,label,split"]
     for k in range(2):
         t = from_origin(600_000.0 + 5000 * k, 4_000_000.0, 10, 10)
-        lab = (rng.random((48, 64)) < 0.4).astype(np.uint8)
-        opt = (rng.random((13, 48, 64)) * 800 + 500).astype(np.float32)
+        lab = (rng.random(shape) < 0.4).astype(np.uint8)
+        opt = (rng.random((13, *shape)) * 800 + 500).astype(np.float32)
         dry = (1 - lab).astype(np.float32)
         opt[12] += dry * 1500  # B12: dry land bright
         opt[7] += dry * 900  # B8
@@ -256,7 +256,7 @@ def test_a_record_without_names_needs_explicit_bands(tmp_path: Path, runner) -> 
     out = tmp_path / "run"
     code, _, err = runner(
         "train", "--dataset", "folder", "--data-root", data / "scenes.csv", "--model", "unet",
-        "-o", out, "--bands", "optical=13,8,4", *TINY,
+        "-o", out, "--bands", "optical=13,8,4", "--bands", "sar=1", *TINY,
     )  # fmt: skip
     assert code == 0, err
     spec = read_meta(out / "last.safetensors").modality("optical")
@@ -298,3 +298,56 @@ def test_scene_list_toml_bands_string_and_bad_band_names(tmp_path: Path, runner)
                           "-o", bad, *TINY)  # fmt: skip
     assert code != 0 and f"{toml} [bands] optical 'B13'" in err, err
     assert not bad.exists()
+
+
+# ---- runs that move (issue 18 item 6) ---------------------------------------------------------
+def test_resume_from_another_folder_and_per_split_pixels(
+    tmp_path: Path, runner, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Relative paths at train time, ``--resume /abs/run`` from elsewhere; a window-level split
+    (2 scenes, no split column) reports each split's own labelled pixels; its warning once."""
+    work = tmp_path / "work"
+    data = _scenes(work / "scenes", shape=(64, 96))  # tile 32: windows do not overlap
+    rows = data.read_text().splitlines()
+    data.write_text("\n".join(r.rsplit(",", 1)[0] for r in rows) + "\n")  # no split column
+    monkeypatch.chdir(work)
+    tiny = [a if a != "1" else "2" for a in TINY]  # --epochs 2
+    with caplog.at_level("WARNING", logger="mfaf.data"):
+        code, out, err = runner("train", "--dataset", "folder", "--data-root", "scenes",
+                                "--model", "unet", "-o", "run", "--stop-after", "1", "--json",
+                                *tiny)  # fmt: skip
+    assert code == 0, err
+    splits = json.loads(out)["splits"]
+    px = {k: v["labelled_pixels"] for k, v in splits.items()}
+    assert sum(px.values()) == 2 * 64 * 96, px  # every labelled pixel in exactly one split
+    assert min(px.values()) > 0 and px["train"] > px["val"]
+    said = [r.getMessage() for r in caplog.records if "fewer than 3 scenes" in r.getMessage()]
+    assert len(said) == 1, said
+    saved = (work / "run" / "config.toml").read_text()
+    assert f'data_root = "{work / "scenes"}"' in saved and f'out = "{work / "run"}"' in saved
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, out, err = runner("train", "--resume", work / "run", "--json", "-q")
+    assert code == 0, err
+    assert json.loads(out)["epochs"] == 2 and list(elsewhere.iterdir()) == []
+
+
+def test_config_file_bands_use_the_same_grammar(tmp_path: Path) -> None:
+    from mfaf_cli.errors import UsageError
+    from mfaf_cli.training.config import load_config_file
+
+    cfg = tmp_path / "train.toml"
+    cfg.write_text('[bands]\noptical = "B12,B8,B4"\nsar = [1]\n')
+    assert load_config_file(cfg)["bands"] == {"optical": ["B12", "B8", "B4"], "sar": [1]}
+    cfg.write_text('[bands]\noptical = "B12,,B4"\n')
+    with pytest.raises(UsageError, match=rf"^config file {cfg} \[bands\] optical: .*empty item"):
+        load_config_file(cfg)
+
+
+def test_ombria_bands_are_fixed(tmp_path: Path) -> None:
+    from mfaf_cli.data.registry import open_dataset
+    from mfaf_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match="ombria dataset's bands are fixed"):
+        open_dataset("ombria", tmp_path, "train", bands={"optical": [1, 2, 3]})
