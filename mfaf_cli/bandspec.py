@@ -84,9 +84,7 @@ def parse_bands_table(table: Any, where: str) -> dict[str, BandList]:
     if table is None:
         return {}
     if not isinstance(table, Mapping):
-        raise ValueError(
-            f"{where} must be a table of MODALITY = LIST, e.g. optical = \"B12,B8,B4\""
-        )
+        raise ValueError(f'{where} must be a table of MODALITY = LIST, e.g. optical = "B12,B8,B4"')
     out: dict[str, BandList] = {}
     for mod, value in table.items():
         check_modality(str(mod), f"{where} {mod}")

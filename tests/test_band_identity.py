@@ -50,7 +50,9 @@ def _scenes(root: Path, described: bool = True, shape: tuple[int, int] = (48, 64
         opt[12] += dry * 1500  # B12: dry land bright
         opt[7] += dry * 900  # B8
         sar = (-18 + 8 * dry + rng.normal(0, 1, lab.shape)).astype(np.float32)  # water dark
-        write_geotiff(root / f"s2_{k}.tif", opt, transform=t, descriptions=S2 if described else None)
+        write_geotiff(
+            root / f"s2_{k}.tif", opt, transform=t, descriptions=S2 if described else None
+        )
         write_geotiff(root / f"s{k}_VV.tif", sar, transform=t)
         write_geotiff(root / f"gt{k}.tif", lab, transform=t)
         rows.append(f"s{k},s2_{k}.tif,s{k}_VV.tif,gt{k}.tif,{'train' if k == 0 else 'val'}")
@@ -112,15 +114,15 @@ def test_predict_picks_the_recorded_bands_by_name(trained, tmp_path: Path, runne
     with rasterio.open(tmp_path / "auto.tif") as a, rasterio.open(tmp_path / "explicit.tif") as b:
         auto, explicit = a.read(1), b.read(1)
     assert np.array_equal(auto, explicit)
-    code, _, err = runner("predict", *common, "-o", tmp_path / "rgb.tif", "--optical-bands", "4,3,2")
+    code, _, err = runner(
+        "predict", *common, "-o", tmp_path / "rgb.tif", "--optical-bands", "4,3,2"
+    )
     assert code == 0, err
     with rasterio.open(tmp_path / "rgb.tif") as c:
         assert c.read(1).shape == auto.shape  # the explicit override is taken as given
 
 
-def test_recorded_bands_absent_from_the_input_fail_cleanly(
-    trained, tmp_path: Path, runner
-) -> None:
+def test_recorded_bands_absent_from_the_input_fail_cleanly(trained, tmp_path: Path, runner) -> None:
     ckpt, data = trained
     with rasterio.open(data / "s2_1.tif") as ds:
         rgb = ds.read([4, 3, 2])
@@ -232,8 +234,12 @@ def test_one_band_grammar() -> None:
         "sar": ["VV"],
     }
     # a TOML string is a comma list, never read letter by letter
-    assert parse_bands_table({"optical": "B12,B8,B4"}, "[bands]") == {"optical": ["B12", "B8", "B4"]}
-    with pytest.raises(ValueError, match=r"^train\.toml \[bands\] optical: band numbers start at 1"):
+    assert parse_bands_table({"optical": "B12,B8,B4"}, "[bands]") == {
+        "optical": ["B12", "B8", "B4"]
+    }
+    with pytest.raises(
+        ValueError, match=r"^train\.toml \[bands\] optical: band numbers start at 1"
+    ):
         parse_bands_table({"optical": [0, 1]}, "train.toml [bands]")
     with pytest.raises(ValueError, match=r"train\.toml \[bands\] radar: unknown modality"):
         parse_bands_table({"radar": "1"}, "train.toml [bands]")

@@ -29,9 +29,9 @@ from rasterio.windows import Window as RioWindow
 
 from mfaf_cli.coreg.bands import BAND_FLAG, BandChoice, choose_bands, select_bands
 from mfaf_cli.coreg.bands import band_tokens as band_tokens  # moved; importable from here
-from mfaf_cli.coreg.stack import band_of_file_name
 from mfaf_cli.coreg.grid import Grid, check_overlap, footprint_in
 from mfaf_cli.coreg.resample import axis_aligned, resample_block
+from mfaf_cli.coreg.stack import band_of_file_name
 from mfaf_cli.errors import UsageError
 from mfaf_cli.io.inputs import open_raster, read_error
 from mfaf_cli.metadata import RESAMPLING_KIND, ModelMeta

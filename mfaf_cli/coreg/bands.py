@@ -305,7 +305,8 @@ def contradictions(
         alias = f" ≈ {' / '.join(f'{s} {b}' for s, b in sensors.items())}" if sensors else ""
         out.append(
             f"{spec.name} band {idx} of {path} is described as {descriptions[idx - 1]} "
-            f"({got.meaning}), but model {model} takes {want}{alias} there: the map may be meaningless"
+            f"({got.meaning}), but model {model} takes {want}{alias} there: the map may be "
+            "meaningless"
         )
     return out
 
@@ -319,9 +320,7 @@ def needs_explicit_bands(spec: ModalitySpec) -> bool:
     return positional and not in_order
 
 
-def positional_message(
-    spec: ModalitySpec, count: int, *, path: str, model: str, flag: str
-) -> str:
+def positional_message(spec: ModalitySpec, count: int, *, path: str, model: str, flag: str) -> str:
     """Why a record without band names needs ``--<modality>-bands``."""
     idx = ",".join(b[1:] for b in spec.bands)
     return (

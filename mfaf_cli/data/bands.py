@@ -47,7 +47,8 @@ def recorded_names(
     """
     out: list[str] = []
     for pos, idx in enumerate(indexes):
-        typed = spec[pos] if spec and pos < len(spec) and isinstance(spec[pos], str) else None
+        item = spec[pos] if spec and pos < len(spec) else None
+        typed = item if isinstance(item, str) else None
         desc = descriptions[pos] if pos < len(descriptions) else ""
         out.append(band_label(typed, modality) or band_label(desc, modality) or f"b{idx}")
     return tuple(out)

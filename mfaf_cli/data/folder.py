@@ -237,9 +237,7 @@ class FolderDataset(SegDataset):
         # SAR units as read (resolved from "auto"), recorded in the model metadata
         self.units = {m: u for m, u in first.units.items() if u in ("db", "linear")}
         self.band_names = {
-            m: recorded_names(
-                m, c.indexes, c.labels, self.bands_opt.get(m)
-            )
+            m: recorded_names(m, c.indexes, c.labels, self.bands_opt.get(m))
             for m, c in first.band_choices.items()
             if m in self.modalities
         }
