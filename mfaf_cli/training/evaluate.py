@@ -465,6 +465,7 @@ def _predictor_and_dataset(
     """The predictor for the dataset's modalities, and the split opened for its modalities;
     the data must give the model's band counts and fit in its class table."""
     from mfaf_cli.data.datasets import open_dataset
+    from mfaf_cli.data.registry import BAND_SELECTABLE
     from mfaf_cli.engine import create_predictor
 
     probe = open_dataset(dataset, root, split, **opts)
@@ -479,7 +480,7 @@ def _predictor_and_dataset(
         threads=spec.thread_split(on_gpu=str(spec.device).startswith("cuda"))[0],
     )
     meta: ModelMeta = predictor.meta
-    if not opts.get("bands"):  # the model's bands, by name, as predict picks them
+    if not opts.get("bands") and dataset in BAND_SELECTABLE:  # the model's bands, by name
         from mfaf_cli.data.bands import bands_for_model
 
         picked = bands_for_model(meta.modalities, probe.all_bands, probe.name == "folder")
