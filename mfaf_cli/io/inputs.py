@@ -94,7 +94,8 @@ def _checked(ds: Any, p: Any, what: str, require_crs: bool) -> Any:
         probe_pixels(ds)  # a truncated file can lose its CRS tags too: say "truncated" first
         if require_crs and (ds.crs is None or not ds.crs.to_wkt()):
             name = Path(str(p)).name
-            raise CRSError(f"{what} {p} has no CRS; assign one with gdal_edit.py -a_srs EPSG:xxxx {name}")
+            fix = f"assign one with gdal_edit.py -a_srs EPSG:xxxx {name}"
+            raise CRSError(f"{what} {p} has no CRS; {fix}")
     except BaseException:
         ds.close()
         raise
