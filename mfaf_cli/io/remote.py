@@ -55,6 +55,14 @@ def url_of(path: str) -> str:
     return path
 
 
+def shown_path(path: Any) -> str:
+    """An input as reports show it: a URL as given, a local file as an absolute path."""
+    from pathlib import Path
+
+    text = os.fspath(path)
+    return url_of(text) if is_remote(text) else str(Path(text).absolute())
+
+
 def timeout_s() -> float:
     """The run's HTTP timeout: ``$MFAF_HTTP_TIMEOUT`` seconds (default 30)."""
     try:
