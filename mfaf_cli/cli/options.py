@@ -286,6 +286,31 @@ stack_grid_opt = click.option(
 )
 
 
+# ---- cloud-native inputs (STAC items, mosaics, areas of interest; see coreg/sources.py) ----
+stac_opt = click.option(
+    "--stac",
+    default=None,
+    metavar="ITEMS.json",
+    help="A STAC ItemCollection or saved search result (file or URL): its Sentinel-2 items "
+    "are the optical input, its Sentinel-1 items the SAR input (several: a mosaic, most "
+    "recent on top). --optical/--sar also take one item.json each.",
+)
+mosaic_opt = click.option(
+    "--mosaic",
+    is_flag=True,
+    help="Repeated --optical/--sar files are tiles of one mosaic (the first given on top), "
+    "not band files to stack.",
+)
+aoi_opt = click.option(
+    "--aoi",
+    default=None,
+    metavar="FILE",
+    help="Area of interest (GeoJSON, GPKG, SHP; any CRS): the run covers its bounds and "
+    "pixels outside the polygon are nodata; only windows touching it are read.",
+)
+cloud_opts = _stack(stac_opt, mosaic_opt, aoi_opt)
+
+
 def collect_inputs(**kw: Any) -> dict[str, str | list[str]]:
     """The modality → path (or list of paths to stack) from ``--optical/--sar/...`` values."""
     out: dict[str, str | list[str]] = {}

@@ -95,6 +95,7 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
 @opt.engine_opts
 @opt.sar_units_opt
 @opt.stack_grid_opt
+@opt.cloud_opts
 @click.option(
     "--probabilities",
     default=None,
@@ -192,7 +193,7 @@ def command(**kw: Any) -> None:
         )
     from mfaf_cli.pipeline.predict import predict
 
-    inputs = opt.collect_inputs(**kw)
+    inputs = _inputs_with_stac(kw)
     if kw["skip_existing"] and _all_exist(kw):
         if kw["as_json"]:
             outs = {k: kw[k] for k in ("output", "probabilities", "confidence", "vector") if kw[k]}
@@ -226,6 +227,19 @@ def command(**kw: Any) -> None:
         click.echo(_summary(result.to_dict()), err=True)
 
 
+def _inputs_with_stac(kw: dict[str, Any]) -> dict[str, Any]:
+    """``--optical/--sar/...`` values, plus the items of ``--stac`` by modality."""
+    inputs: dict[str, Any] = dict(opt.collect_inputs(**kw))
+    if kw.get("stac"):
+        from mfaf_cli.coreg.stac import stac_inputs
+
+        for mod, items in stac_inputs(kw["stac"]).items():
+            if mod in inputs:
+                raise click.UsageError(f"--{mod} and --stac both give the {mod} input: drop one")
+            inputs[mod] = items
+    return inputs
+
+
 def _check_preview(kw: dict[str, Any]) -> None:
     """Before any work: --preview needs the label map and a writable PNG path."""
     if kw["preview"]:
@@ -245,10 +259,19 @@ def _write_preview_of(outputs: dict[str, str], png: str, inputs: Any, title: str
     from mfaf_cli.io.preview import write_preview
     from mfaf_cli.metadata import REFERENCE_MODALITIES
 
-    first = {k: v[0] if isinstance(v, list) else str(v).split(";")[0] for k, v in inputs.items()}
+    first = {k: v[0] if isinstance(v, list) else _first_file(str(v)) for k, v in inputs.items()}
     ref = next((m for m in REFERENCE_MODALITIES if m in first), next(iter(first)))
     write_preview(outputs["label"], first[ref], png, title=title or "")
     outputs["preview"] = str(Path(png).absolute())
+
+
+def _first_file(text: str) -> str:
+    """The first file of a reported input: ``a.tif;b.tif`` (a stack), ``B12=url|url;...``
+    (the assets of STAC items) or ``a.tif|b.tif`` (a mosaic)."""
+    head = text.split(";")[0]
+    if "=" in head.split("/")[0]:
+        head = head.split("=", 1)[1]
+    return head.split("|")[0]
 
 
 def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
@@ -271,6 +294,8 @@ def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
         "bounds": kw["bounds"],
         "sar_units": kw["sar_units"],
         "stack_grid": kw["stack_grid"],
+        "mosaic": kw["mosaic"],
+        "aoi": kw["aoi"],
     }
 
 
@@ -312,6 +337,8 @@ def _run_batch(kw: dict[str, Any]) -> None:
     """--batch CSV: one model load, a JSON line per scene, exit 1 if any scene failed."""
     from mfaf_cli.pipeline.batch import predict_batch, summarise
 
+    if kw["stac"]:
+        raise click.UsageError("--stac cannot be used with --batch: put items in the CSV cells")
     given = [k for k in _PER_ROW if kw[k]]
     if given:
         flag = "-o/--output" if given[0] == "output" else f"--{given[0]}"
@@ -365,8 +392,11 @@ def _run_split(kw: dict[str, Any]) -> None:
         if not kw["quiet"]:
             click.echo(f"skipped: {kw['output']} exists (--skip-existing)", err=True)
         return
+    if kw["aoi"]:
+        raise click.UsageError("--aoi cannot be used with --split-scene/--assemble (yet)")
+    options = {k: v for k, v in _run_options(kw).items() if k != "aoi"}
     result = predict_split(
-        opt.collect_inputs(**kw),
+        _inputs_with_stac(kw),
         kw["output"],
         kw["model"],
         shard=kw["shard"],
@@ -376,7 +406,7 @@ def _run_split(kw: dict[str, Any]) -> None:
         vector=kw["vector"],
         overwrite=kw["overwrite"],
         bands=opt.collect_bands(**kw),
-        **_run_options(kw),
+        **options,
     )
     if kw["preview"] and result.assembled:  # the assembling process: the map is complete
         _write_preview_of(result.outputs, kw["preview"], opt.collect_inputs(**kw), result.model)
