@@ -170,7 +170,8 @@ def expand_sources(fn: Callable[..., R]) -> Callable[..., R]:
         with remote_env(any_remote(inputs) or special):
             if not special:
                 return fn(inputs, *args, **kw)
-            bound = sig.bind_partial(inputs, *args, **kw).arguments
+            known = {k: v for k, v in kw.items() if k in sig.parameters}  # not stack_grid
+            bound = sig.bind_partial(inputs, *args, **known).arguments
             present = tuple(m for m in inputs if inputs[m] is not None)
 
             def model_bands(mod: str) -> Sequence[str] | None:

@@ -51,7 +51,7 @@ def polygon_mask(geom: Any, grid: Grid, window: Window) -> np.ndarray:
     from rasterio.features import geometry_mask
     from rasterio.transform import Affine
 
-    transform = grid.transform * Affine.translation(window.col_off, window.row_off)
+    transform = grid.transform @ Affine.translation(window.col_off, window.row_off)
     return geometry_mask([geom], (window.height, window.width), transform, invert=True)
 
 

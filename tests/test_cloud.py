@@ -1,0 +1,323 @@
+"""Cloud-native inputs (issue 27): COGs over HTTP, STAC items, mosaics and areas of interest.
+
+Everything is offline: ``cloud_server.serve`` serves COGs made from the examples/ crop
+(Sen1Floods11, Spain) on 127.0.0.1 and honours Range requests; STAC items point at it. A
+small numpy predictor with spatial context (a 3×3 mean of a band mix) stands in for the
+model, so runs take a fraction of a second and window effects still show.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.windows import Window
+
+from cloud_server import serve
+from mfaf_cli.errors import InputError, MfafError
+from mfaf_cli.metadata import WATER_CLASSES, ModalitySpec, ModelMeta, Normalisation
+from mfaf_cli.pipeline.predict import predict
+
+EX = Path(__file__).resolve().parents[1] / "examples" / "sen1floods11"
+OPTICAL = {"B04": 4, "B08": 8, "B12": 13}  # band → 1-based band of examples' S2.tif
+BANDS = {"optical": ["B12", "B8", "B4"], "sar": ["VV"]}
+TILE = 32
+
+
+class BoxPredictor:
+    """Water where a 3×3 mean of (NIR - SWIR)/1000 + (VV + 15)/5 is below 0: per-window
+    context, so a window cut differently would change pixels at its edges."""
+
+    device = "cpu"
+    engine = "numpy"
+    precision = "fp32"
+
+    def __init__(self) -> None:
+        fixed = Normalisation.identity
+        self.meta = ModelMeta(
+            arch="box", classes=WATER_CLASSES, tile_size=TILE, trained=True,
+            modalities=(ModalitySpec("optical", ("swir", "nir", "red"), fixed(3, "fixed")),
+                        ModalitySpec("sar", ("vv",), fixed(1, "fixed"), units="db")),
+        )  # fmt: skip
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        opt, sar = np.nan_to_num(batch["optical"]), np.nan_to_num(batch["sar"])
+        score = (opt[:, 1] - opt[:, 0]) / 1000 + (sar[:, 0] + 15) / 5
+        pad = np.pad(score, ((0, 0), (1, 1), (1, 1)), mode="edge")
+        box = sum(pad[:, i : i + score.shape[1], j : j + score.shape[2]]
+                  for i in range(3) for j in range(3)) / 9  # fmt: skip
+        p = 1 / (1 + np.exp(-box))
+        return np.stack([p, 1 - p], axis=1).astype(np.float32)
+
+
+# ---- data: COGs, items, the server ---------------------------------------------------------
+def _cog(dst: Path, src: Path, bands: list[int], cols: tuple[int, int] = (0, 384),
+         spoil: tuple[int, int] | None = None) -> None:  # fmt: skip
+    """A COG of ``bands`` of ``src``, columns ``cols``; ``spoil`` columns get wrong values."""
+    with rasterio.open(src) as ds:
+        win = Window(cols[0], 0, cols[1] - cols[0], ds.height)
+        data = ds.read(bands, window=win)
+        if spoil is not None:
+            data[:, :, spoil[0] - cols[0] : spoil[1] - cols[0]] = 77
+        prof = {"driver": "COG", "width": data.shape[2], "height": data.shape[1],
+                "count": len(bands), "dtype": data.dtype.name, "crs": ds.crs,
+                "transform": ds.window_transform(win), "nodata": ds.nodata, "blocksize": 32,
+                "compress": "deflate", "overviews": "NONE"}  # fmt: skip
+        descriptions = [ds.descriptions[b - 1] for b in bands]
+    with rasterio.open(dst, "w", **prof) as out:
+        out.write(data)
+        for k, d in enumerate(descriptions, start=1):
+            out.set_band_description(k, d or "")
+
+
+def _item(iid: str, when: str, assets: dict[str, tuple[str, str | None]]) -> dict[str, Any]:
+    """A STAC item; ``assets``: key → (href, eo:bands common name or None for SAR)."""
+    out = {}
+    for key, (href, common) in assets.items():
+        a: dict[str, Any] = {"href": href, "type": "image/tiff; application=geotiff", "roles": ["data"]}
+        if common:
+            a["eo:bands"] = [{"name": key.upper() if key.startswith("B") else "", "common_name": common}]
+        out[key] = a
+    out["thumbnail"] = {"href": "thumb.jpg", "type": "image/jpeg", "roles": ["thumbnail"]}
+    return {"type": "Feature", "stac_version": "1.0.0", "id": iid, "geometry": None,
+            "properties": {"datetime": when}, "assets": out}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The served folder: whole-scene COGs, one COG per band, two overlapping halves (the
+    older one spoiled where they overlap, so only "most recent wins" gives the scene)."""
+    r = tmp_path_factory.mktemp("served")
+    _cog(r / "S2.tif", EX / "S2.tif", list(range(1, 14)))
+    _cog(r / "S1.tif", EX / "S1.tif", [1, 2])
+    for name, b in OPTICAL.items():
+        _cog(r / f"{name}.tif", EX / "S2.tif", [b])
+        _cog(r / f"W_{name}.tif", EX / "S2.tif", [b], (0, 224), spoil=(160, 224))
+        _cog(r / f"E_{name}.tif", EX / "S2.tif", [b], (160, 384))
+    _cog(r / "VV.tif", EX / "S1.tif", [1])
+    _cog(r / "W_VV.tif", EX / "S1.tif", [1], (0, 224), spoil=(160, 224))
+    _cog(r / "E_VV.tif", EX / "S1.tif", [1], (160, 384))
+    (r / "index.html").write_text("<html></html>")
+    return r
+
+
+@pytest.fixture(scope="module")
+def server(root: Path) -> Any:
+    with serve(root, stall_s=6.0) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def predictor() -> BoxPredictor:
+    return BoxPredictor()
+
+
+def _run(inputs: dict[str, Any], out: Path, predictor: Any, **kw: Any) -> np.ndarray:
+    opts = {"bands": BANDS} | kw
+    predict(inputs, out, predictor=predictor, tile=TILE, progress=False, read_threads=1, **opts)
+    with rasterio.open(out) as ds:
+        return ds.read(1)
+
+
+@pytest.fixture(scope="module")
+def local_map(tmp_path_factory: pytest.TempPathFactory, predictor: BoxPredictor) -> np.ndarray:
+    out = tmp_path_factory.mktemp("local") / "map.tif"
+    return _run({"optical": EX / "S2.tif", "sar": EX / "S1.tif"}, out, predictor)
+
+
+# ---- runs from URLs and items equal the local-file run ----------------------------------
+def test_urls_give_the_local_run_pixel_for_pixel(
+    server: Any, tmp_path: Path, predictor: Any, local_map: np.ndarray
+) -> None:
+    from rasterio.env import get_gdal_config
+
+    url = f"{server.url}/urls"
+    label = _run({"optical": f"{url}/S2.tif", "sar": f"{url}/S1.tif"}, tmp_path / "m.tif",
+                 predictor)  # fmt: skip
+    assert (label == local_map).all() and (local_map != 255).mean() > 0.9
+    assert get_gdal_config("GDAL_HTTP_TIMEOUT") is None, "HTTP settings outlived the run"
+
+
+def test_items_give_the_local_run_and_say_which_asset_served_which_band(
+    server: Any, root: Path, tmp_path: Path, predictor: Any, local_map: np.ndarray
+) -> None:
+    url = f"{server.url}/items"
+    # Earth Search style (red/nir/swir22 + eo:bands), hrefs relative to the item's URL
+    optical = _item("S2A_30SXH_20190919", "2019-09-19T11:00:00Z", {
+        "red": ("B04.tif", "red"), "nir": ("B08.tif", "nir"), "swir22": ("B12.tif", "swir22"),
+        "red-jp2": ("B04.jp2", "red")})  # fmt: skip
+    (root / "optical-item.json").write_text(json.dumps(optical))
+    sar = _item("S1B_IW_20190918", "2019-09-18T18:00:00Z", {"vv": (f"{url}/VV.tif", None)})
+    (tmp_path / "sar.json").write_text(json.dumps(sar))  # a local item with URL hrefs
+    res = predict({"optical": f"{url}/optical-item.json", "sar": str(tmp_path / "sar.json")},
+                  tmp_path / "m.tif", predictor=predictor, tile=TILE, progress=False,
+                  read_threads=1)  # fmt: skip
+    with rasterio.open(tmp_path / "m.tif") as ds:
+        assert (ds.read(1) == local_map).all()
+    assert res.inputs["optical"] == f"B12={url}/B12.tif;B8={url}/B08.tif;B4={url}/B04.tif"
+    assert res.inputs["sar"] == f"VV={url}/VV.tif"
+    assert res.bands["optical"]["descriptions"] == ["B12", "B8", "B4"]
+
+
+def test_two_items_split_down_the_middle_mosaic_to_the_whole_scene(
+    server: Any, tmp_path: Path, local_map: np.ndarray, runner: Any, box_model: None
+) -> None:
+    """--stac with a west and an east item per modality (Planetary Computer keys); the older
+    west items are spoiled where they overlap the east ones, so the newer must win."""
+    url = f"{server.url}/mosaic"
+
+    def s2(side: str, when: str) -> dict[str, Any]:
+        return _item(f"S2_{side}", when, {b: (f"{url}/{side}_{b}.tif", c) for b, c in
+                                          (("B04", "red"), ("B08", "nir"), ("B12", "swir22"))})
+
+    def s1(side: str, when: str) -> dict[str, Any]:
+        return _item(f"S1_{side}", when, {"vv": (f"{url}/{side}_VV.tif", None)})
+
+    items = [s2("W", "2019-09-14T11:00:00Z"), s2("E", "2019-09-19T11:00:00Z"),
+             s1("W", "2019-09-12T18:00:00Z"), s1("E", "2019-09-18T18:00:00Z")]  # fmt: skip
+    stac = tmp_path / "items.json"
+    stac.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    code, out, err = runner("predict", "--stac", stac, "-o", tmp_path / "m.tif", "--tile",
+                            TILE, "-q", "--json")  # fmt: skip
+    assert code == 0, err
+    with rasterio.open(tmp_path / "m.tif") as ds:
+        assert ds.shape == local_map.shape
+        assert (ds.read(1) == local_map).all()
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["inputs"]["sar"] == f"VV={url}/E_VV.tif|{url}/W_VV.tif"
+
+
+@pytest.fixture
+def box_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI runs :class:`BoxPredictor` instead of loading a model."""
+    import importlib
+
+    module = importlib.import_module("mfaf_cli.pipeline.predict")
+    monkeypatch.setattr(module, "_predictor_for", lambda *a, **k: (BoxPredictor(), "box", True))
+
+
+# ---- an area of interest reads a fraction of the bytes ----------------------------------
+def _aoi_file(path: Path) -> Path:
+    """A polygon over rows/cols 144..240 of the scene (a sixteenth) less a corner triangle,
+    written in Web Mercator (not the scene's CRS)."""
+    import geopandas as gpd
+    from shapely.geometry import Polygon
+
+    with rasterio.open(EX / "S2.tif") as ds:
+        t = ds.transform
+    corners = [(144, 144), (240, 144), (240, 200), (200, 240), (144, 240)]  # (col, row)
+    poly = Polygon([t * c for c in corners])
+    gpd.GeoDataFrame(geometry=[poly], crs="EPSG:4326").to_crs("EPSG:3857").to_file(path)
+    return path
+
+
+def test_an_aoi_reads_a_quarter_of_the_bytes_and_masks_outside_the_polygon(
+    server: Any, tmp_path: Path, predictor: Any, local_map: np.ndarray
+) -> None:
+    from shapely.geometry import Point
+
+    from mfaf_cli.io.aoi import read_aoi
+
+    aoi = _aoi_file(tmp_path / "field.gpkg")
+    server.reset()
+    whole = _run({"optical": f"{server.url}/whole/S2.tif", "sar": f"{server.url}/whole/S1.tif"},
+                 tmp_path / "whole.tif", predictor)  # fmt: skip
+    whole_bytes = server.bytes_sent
+    server.reset()
+    _run({"optical": f"{server.url}/aoi/S2.tif", "sar": f"{server.url}/aoi/S1.tif"},
+         tmp_path / "aoi.tif", predictor, aoi=str(aoi))  # fmt: skip
+    aoi_bytes = server.bytes_sent
+    assert (whole == local_map).all()
+    assert aoi_bytes < whole_bytes / 4, (aoi_bytes, whole_bytes)
+
+    geom = read_aoi(aoi).in_crs("EPSG:4326")
+    with rasterio.open(tmp_path / "aoi.tif") as ds, rasterio.open(EX / "S2.tif") as ref:
+        label = ds.read(1)
+        col0, row0 = (round(v) for v in ~ref.transform * (ds.transform.c, ds.transform.f))
+        rows, cols = np.indices(label.shape)
+        xs, ys = ds.transform * (cols + 0.5, rows + 0.5)
+    inside = np.array([[geom.contains(Point(x, y)) for x, y in zip(rx, ry, strict=True)]
+                       for rx, ry in zip(xs, ys, strict=True)])  # fmt: skip
+    same = local_map[row0 : row0 + label.shape[0], col0 : col0 + label.shape[1]]
+    assert 0.8 < inside.mean() < 1 and (label[~inside] == 255).all()
+    assert (label[inside] == same[inside]).all()
+
+
+# ---- failures: one line naming the URL and what the server said, and no output -----------
+@pytest.mark.parametrize(
+    ("path", "said"),
+    [("missing/S2.tif", "HTTP 404 Not Found"),
+     ("stall/S2.tif", "no answer within 1 s (timeout)"),
+     ("html/S2.tif", "the server answered an HTML page (text/html; charset=utf-8), not a raster")],
+)  # fmt: skip
+def test_a_bad_url_is_one_line_and_leaves_no_output(
+    server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runner: Any, box_model: None,
+    path: str, said: str,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("MFAF_HTTP_TIMEOUT", "1")
+    monkeypatch.setenv("MFAF_HTTP_RETRIES", "0")
+    out = tmp_path / "m.tif"
+    code, _, err = runner("predict", "--optical", f"{server.url}/{path}", "--sar",
+                          f"{server.url}/ok/S1.tif", "-o", out)  # fmt: skip
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert lines == [f"Error: optical {server.url}/{path} could not be opened: {said}"], lines
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_item_asset_names_the_band_and_the_assets(tmp_path: Path) -> None:
+    item = _item("S2X", "2020-01-01T00:00:00Z", {"red": ("B04.tif", "red")})
+    (tmp_path / "i.json").write_text(json.dumps(item))
+    with pytest.raises(InputError, match=r"item S2X has no asset for band swir, nir \(assets: red\)"):
+        predict({"optical": str(tmp_path / "i.json"), "sar": str(EX / "S1.tif")},
+                tmp_path / "m.tif", predictor=BoxPredictor(), bands={"sar": ["VV"]},
+                progress=False)  # fmt: skip
+    assert not (tmp_path / "m.tif").exists()
+
+
+# ---- pure helpers ---------------------------------------------------------------------------
+def test_asset_keys_of_the_main_catalogues_name_their_bands() -> None:
+    from mfaf_cli.coreg.stac import band_of_key
+
+    assert [band_of_key(k) for k in ("B04", "b8a", "B12_20m", "red", "nir", "swir22",
+                                     "swir16", "nir08", "vv", "VH")] == \
+        ["B4", "B8A", "B12", "B4", "B8", "B12", "B11", "B8A", "VV", "VH"]  # fmt: skip
+
+
+def test_assets_are_picked_by_band_meaning_cogs_first() -> None:
+    from mfaf_cli.coreg.stac import asset_for, by_recency, parse_item
+
+    doc = _item("x", "2020-01-01T00:00:00Z", {"red-jp2": ("a/B04.jp2", "red"),
+                                              "red": ("a/B04.tif", "red")})  # fmt: skip
+    doc["assets"]["visual"] = {"href": "tci.tif", "type": "image/tiff", "eo:bands": [
+        {"name": "B04", "common_name": "red"}, {"name": "B03", "common_name": "green"}]}
+    item = parse_item(doc, "https://h/items/x.json")
+    a, k = asset_for(item, "red")  # type: ignore[misc]
+    assert (a.key, a.href, k) == ("red", "https://h/items/a/B04.tif", 1)
+    a, k = asset_for(item, "green")  # type: ignore[misc]
+    assert (a.key, k) == ("visual", 2)  # the second band of a multi-band asset
+    assert asset_for(item, "nir") is None and item.modality == "optical"
+    older, newer = parse_item(_item("o", "2019-01-01", {})), parse_item(_item("n", "2020-01-01", {}))
+    assert [i.id for i in by_recency([older, newer])] == ["n", "o"]
+
+
+def test_urls_map_to_gdal_virtual_paths_and_back() -> None:
+    from mfaf_cli.io.remote import gdal_path, url_of
+
+    for url, vsi in [("https://h/a.tif", "/vsicurl/https://h/a.tif"),
+                     ("s3://bucket/k/a.tif", "/vsis3/bucket/k/a.tif"),
+                     ("gs://bucket/a.tif", "/vsigs/bucket/a.tif"),
+                     ("/vsizip/x.zip/a.tif", "/vsizip/x.zip/a.tif")]:  # fmt: skip
+        assert gdal_path(url) == vsi and url_of(vsi) == url
+
+
+def test_not_a_stac_document_is_one_error(tmp_path: Path) -> None:
+    from mfaf_cli.coreg.stac import load_items
+
+    (tmp_path / "x.json").write_text(json.dumps({"type": "Feature", "properties": {}}))
+    with pytest.raises(MfafError, match="not a STAC item or item collection"):
+        load_items(str(tmp_path / "x.json"), "optical STAC item")
