@@ -23,6 +23,7 @@ class Served:
         self.root, self.stall_s = root, stall_s
         self.bytes_sent = 0
         self.requests = 0
+        self.log: list[tuple[str, int, int]] = []
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.url = ""
@@ -35,6 +36,7 @@ class Served:
     def reset(self) -> None:
         with self.lock:
             self.bytes_sent = self.requests = 0
+            self.log = []
 
 
 def _handler(state: Served) -> type[BaseHTTPRequestHandler]:
@@ -42,10 +44,10 @@ def _handler(state: Served) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: object) -> None:  # quiet
             pass
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             self._serve(body=False)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self._serve(body=True)
 
         def _serve(self, body: bool) -> None:
@@ -71,6 +73,7 @@ def _handler(state: Served) -> type[BaseHTTPRequestHandler]:
             if a >= len(data):
                 self._send(416, b"", "text/plain", body)
                 return
+            state.log.append((f.name, a, b + 1 - a))
             self._send(206, data[a : b + 1], "image/tiff", body, (a, b, len(data)))
 
         def _send(self, code: int, data: bytes, kind: str, body: bool,

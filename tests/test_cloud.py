@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
+from cloud_server import serve
 from rasterio.windows import Window
 
-from cloud_server import serve
 from mfaf_cli.errors import InputError, MfafError
 from mfaf_cli.metadata import WATER_CLASSES, ModalitySpec, ModelMeta, Normalisation
 from mfaf_cli.pipeline.predict import predict
@@ -78,9 +78,11 @@ def _item(iid: str, when: str, assets: dict[str, tuple[str, str | None]]) -> dic
     """A STAC item; ``assets``: key → (href, eo:bands common name or None for SAR)."""
     out = {}
     for key, (href, common) in assets.items():
-        a: dict[str, Any] = {"href": href, "type": "image/tiff; application=geotiff", "roles": ["data"]}
+        a: dict[str, Any] = {"href": href, "type": "image/tiff; application=geotiff",
+                             "roles": ["data"]}  # fmt: skip
         if common:
-            a["eo:bands"] = [{"name": key.upper() if key.startswith("B") else "", "common_name": common}]
+            name = key.upper() if key.startswith("B") else ""
+            a["eo:bands"] = [{"name": name, "common_name": common}]
         out[key] = a
     out["thumbnail"] = {"href": "thumb.jpg", "type": "image/jpeg", "roles": ["thumbnail"]}
     return {"type": "Feature", "stac_version": "1.0.0", "id": iid, "geometry": None,
@@ -101,8 +103,23 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _cog(r / "VV.tif", EX / "S1.tif", [1])
     _cog(r / "W_VV.tif", EX / "S1.tif", [1], (0, 224), spoil=(160, 224))
     _cog(r / "E_VV.tif", EX / "S1.tif", [1], (160, 384))
-    (r / "index.html").write_text("<html></html>")
+    _mirrored_cog(r / "big_S2.tif", EX / "S2.tif", [4, 8, 13])
+    _mirrored_cog(r / "big_S1.tif", EX / "S1.tif", [1])
     return r
+
+
+def _mirrored_cog(dst: Path, src: Path, bands: list[int]) -> None:
+    """A 768² COG: the crop and its mirror images, 2 × 2 (a scene whose sixteenth is larger
+    than the read granularity of 32² tiles and 16 KiB HTTP chunks)."""
+    with rasterio.open(src) as ds:
+        a = ds.read(bands)
+        prof = {"driver": "COG", "width": 2 * ds.width, "height": 2 * ds.height,
+                "count": len(bands), "dtype": a.dtype.name, "crs": ds.crs,
+                "transform": ds.transform, "nodata": ds.nodata, "blocksize": 32,
+                "compress": "deflate", "overviews": "NONE"}  # fmt: skip
+    top = np.concatenate([a, a[:, :, ::-1]], axis=2)
+    with rasterio.open(dst, "w", **prof) as out:
+        out.write(np.concatenate([top, top[:, ::-1]], axis=1))
 
 
 @pytest.fixture(scope="module")
@@ -202,55 +219,58 @@ def box_model(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ---- an area of interest reads a fraction of the bytes ----------------------------------
 def _aoi_file(path: Path) -> Path:
-    """A polygon over rows/cols 144..240 of the scene (a sixteenth) less a corner triangle,
-    written in Web Mercator (not the scene's CRS)."""
+    """A polygon over rows/cols 288..480 of the 768² scene (a sixteenth) less a corner
+    triangle, written in Web Mercator (not the scene's CRS)."""
     import geopandas as gpd
     from shapely.geometry import Polygon
 
     with rasterio.open(EX / "S2.tif") as ds:
         t = ds.transform
-    corners = [(144, 144), (240, 144), (240, 200), (200, 240), (144, 240)]  # (col, row)
-    poly = Polygon([t * c for c in corners])
+    corners = [(288, 288), (480, 288), (480, 400), (400, 480), (288, 480)]  # (col, row)
+    poly = Polygon([t @ c for c in corners])
     gpd.GeoDataFrame(geometry=[poly], crs="EPSG:4326").to_crs("EPSG:3857").to_file(path)
     return path
 
 
 def test_an_aoi_reads_a_quarter_of_the_bytes_and_masks_outside_the_polygon(
-    server: Any, tmp_path: Path, predictor: Any, local_map: np.ndarray
+    server: Any, tmp_path: Path, predictor: Any
 ) -> None:
+    """The run over a sixteenth fetches < 1/4 of the whole run's bytes (the server counts);
+    inside the polygon its pixels are the whole run's, outside they are nodata."""
     from shapely.geometry import Point
 
     from mfaf_cli.io.aoi import read_aoi
 
     aoi = _aoi_file(tmp_path / "field.gpkg")
-    server.reset()
-    whole = _run({"optical": f"{server.url}/whole/S2.tif", "sar": f"{server.url}/whole/S1.tif"},
-                 tmp_path / "whole.tif", predictor)  # fmt: skip
-    whole_bytes = server.bytes_sent
-    server.reset()
-    _run({"optical": f"{server.url}/aoi/S2.tif", "sar": f"{server.url}/aoi/S1.tif"},
-         tmp_path / "aoi.tif", predictor, aoi=str(aoi))  # fmt: skip
-    aoi_bytes = server.bytes_sent
-    assert (whole == local_map).all()
+    bands = {"optical": [3, 2, 1], "sar": [1]}
+
+    def run(prefix: str, out: Path, **kw: Any) -> tuple[np.ndarray, int]:
+        server.reset()
+        inputs = {m: f"{server.url}/{prefix}/big_{f}.tif" for m, f in (("optical", "S2"),
+                                                                       ("sar", "S1"))}
+        label = _run(inputs, out, predictor, bands=bands, sar_units="db", **kw)
+        return label, server.bytes_sent
+
+    whole, whole_bytes = run("whole", tmp_path / "whole.tif")
+    label, aoi_bytes = run("aoi", tmp_path / "aoi.tif", aoi=str(aoi))
     assert aoi_bytes < whole_bytes / 4, (aoi_bytes, whole_bytes)
 
     geom = read_aoi(aoi).in_crs("EPSG:4326")
-    with rasterio.open(tmp_path / "aoi.tif") as ds, rasterio.open(EX / "S2.tif") as ref:
-        label = ds.read(1)
-        col0, row0 = (round(v) for v in ~ref.transform * (ds.transform.c, ds.transform.f))
+    with rasterio.open(tmp_path / "aoi.tif") as ds, rasterio.open(tmp_path / "whole.tif") as ref:
+        col0, row0 = (round(v) for v in ~ref.transform @ (ds.transform.c, ds.transform.f))
         rows, cols = np.indices(label.shape)
-        xs, ys = ds.transform * (cols + 0.5, rows + 0.5)
+        xs, ys = ds.transform @ (cols + 0.5, rows + 0.5)
     inside = np.array([[geom.contains(Point(x, y)) for x, y in zip(rx, ry, strict=True)]
                        for rx, ry in zip(xs, ys, strict=True)])  # fmt: skip
-    same = local_map[row0 : row0 + label.shape[0], col0 : col0 + label.shape[1]]
+    same = whole[row0 : row0 + label.shape[0], col0 : col0 + label.shape[1]]
     assert 0.8 < inside.mean() < 1 and (label[~inside] == 255).all()
-    assert (label[inside] == same[inside]).all()
+    assert (label[inside] == same[inside]).all() and (same[inside] != 255).all()
 
 
 # ---- failures: one line naming the URL and what the server said, and no output -----------
 @pytest.mark.parametrize(
     ("path", "said"),
-    [("missing/S2.tif", "HTTP 404 Not Found"),
+    [("gone/S2_gone.tif", "HTTP 404 Not Found"),
      ("stall/S2.tif", "no answer within 1 s (timeout)"),
      ("html/S2.tif", "the server answered an HTML page (text/html; charset=utf-8), not a raster")],
 )  # fmt: skip
@@ -265,14 +285,16 @@ def test_a_bad_url_is_one_line_and_leaves_no_output(
                           f"{server.url}/ok/S1.tif", "-o", out)  # fmt: skip
     assert code == 1
     lines = err.strip().splitlines()
-    assert lines == [f"Error: optical {server.url}/{path} could not be opened: {said}"], lines
+    # the optical input is the reference grid, opened first under that role
+    assert lines == [f"Error: reference {server.url}/{path} could not be opened: {said}"], lines
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_missing_item_asset_names_the_band_and_the_assets(tmp_path: Path) -> None:
     item = _item("S2X", "2020-01-01T00:00:00Z", {"red": ("B04.tif", "red")})
     (tmp_path / "i.json").write_text(json.dumps(item))
-    with pytest.raises(InputError, match=r"item S2X has no asset for band swir, nir \(assets: red\)"):
+    msg = r"item S2X has no asset for band swir, nir \(assets: red\)"
+    with pytest.raises(InputError, match=msg):
         predict({"optical": str(tmp_path / "i.json"), "sar": str(EX / "S1.tif")},
                 tmp_path / "m.tif", predictor=BoxPredictor(), bands={"sar": ["VV"]},
                 progress=False)  # fmt: skip
@@ -301,7 +323,8 @@ def test_assets_are_picked_by_band_meaning_cogs_first() -> None:
     a, k = asset_for(item, "green")  # type: ignore[misc]
     assert (a.key, k) == ("visual", 2)  # the second band of a multi-band asset
     assert asset_for(item, "nir") is None and item.modality == "optical"
-    older, newer = parse_item(_item("o", "2019-01-01", {})), parse_item(_item("n", "2020-01-01", {}))
+    older = parse_item(_item("o", "2019-01-01", {}))
+    newer = parse_item(_item("n", "2020-01-01", {}))
     assert [i.id for i in by_recency([older, newer])] == ["n", "o"]
 
 

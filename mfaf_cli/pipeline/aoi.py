@@ -56,13 +56,14 @@ def polygon_mask(geom: Any, grid: Grid, window: Window) -> np.ndarray:
 
 
 def needed_windows(geom: Any, grid: Grid, windows: list[Window]) -> list[Window]:
-    """The windows (read-grid pixels) whose footprint touches the polygon."""
+    """The windows (read-grid pixels) whose pixel centres span an area the polygon enters
+    (a window that only shares an edge with it is not needed)."""
     import shapely
     from shapely.geometry import box
 
     def foot(w: Window) -> Any:
-        x0, y0 = grid.transform * (w.col_off, w.row_off)
-        x1, y1 = grid.transform * (w.col_off + w.width, w.row_off + w.height)
+        x0, y0 = grid.transform @ (w.col_off + 0.5, w.row_off + 0.5)
+        x1, y1 = grid.transform @ (w.col_off + w.width - 0.5, w.row_off + w.height - 0.5)
         return box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
 
     shapely.prepare(geom)
