@@ -344,3 +344,38 @@ def test_not_a_stac_document_is_one_error(tmp_path: Path) -> None:
     (tmp_path / "x.json").write_text(json.dumps({"type": "Feature", "properties": {}}))
     with pytest.raises(MfafError, match="not a STAC item or item collection"):
         load_items(str(tmp_path / "x.json"), "optical STAC item")
+
+
+# ---- mosaics of files, batch cells ---------------------------------------------------------
+def test_files_given_with_mosaic_are_tiles_first_on_top(
+    root: Path, tmp_path: Path, predictor: Any, local_map: np.ndarray
+) -> None:
+    """The east half first: it covers the west half's spoiled overlap."""
+    sar = [str(root / "E_VV.tif"), str(root / "W_VV.tif")]
+    label = _run({"optical": EX / "S2.tif", "sar": sar}, tmp_path / "m.tif", predictor,
+                 mosaic=True)  # fmt: skip
+    assert (label == local_map).all()
+    spoiled = _run({"optical": EX / "S2.tif", "sar": sar[::-1]}, tmp_path / "s.tif", predictor,
+                   mosaic=True)  # fmt: skip
+    assert (spoiled != local_map).any()  # the other order shows the spoiled columns
+
+
+def test_batch_cells_may_be_urls_and_items(
+    server: Any, root: Path, tmp_path: Path, predictor: Any, local_map: np.ndarray
+) -> None:
+    from mfaf_cli.pipeline.batch import predict_batch
+
+    url = f"{server.url}/batch"
+    item = _item("S2", "2019-09-19T11:00:00Z", {b: (f"{url}/{b}.tif", c) for b, c in
+                                                (("B04", "red"), ("B08", "nir"),
+                                                 ("B12", "swir22"))})  # fmt: skip
+    (tmp_path / "item.json").write_text(json.dumps(item))
+    (tmp_path / "scenes.csv").write_text(
+        f"scene,optical,sar,sar_bands,output\nA,item.json,{url}/S1.tif,VV,a.tif\n"
+    )
+    recs = predict_batch(tmp_path / "scenes.csv", predictor=predictor, tile=TILE,
+                         progress=False)  # fmt: skip
+    assert [r["status"] for r in recs] == ["ok"], recs
+    assert recs[0]["inputs"]["sar"] == f"{url}/S1.tif"
+    with rasterio.open(tmp_path / "a.tif") as ds:
+        assert (ds.read(1) == local_map).all()
