@@ -54,8 +54,15 @@ change it; other inputs are warped onto it window by window (SAR is resampled in
 power). Pixels where any input is nodata or outside its footprint are written as 255.
 Outputs are written to temp files and renamed at the end: an error or Ctrl-C leaves nothing.
 \b
---batch CSV: columns optical, sar, hsi, lidar (paths; "a.tif;b.tif" stacks files), output
-(required; missing folders are created), optional vector, probabilities, confidence,
+Inputs may be URLs (https://, s3://, gs://, /vsi...: only the blocks a window needs are
+fetched; MFAF_HTTP_TIMEOUT / MFAF_HTTP_RETRIES tune the transfers) or STAC items
+(--optical item.json, --sar item.json, or --stac items.json from a search: the assets that
+carry the model's bands are picked by name, several items are mosaicked, most recent on
+top). --aoi field.geojson maps only that polygon (nodata outside it).
+\b
+--batch CSV: columns optical, sar, hsi, lidar (paths, URLs or STAC items; "a.tif;b.tif"
+stacks files, "a.json;b.json" mosaics items), output (required; missing folders are
+created), optional vector, probabilities, confidence,
 <modality>_bands (e.g. "B12,B8,B4") and scene (a name for reports); relative paths are
 relative to the CSV's folder. A failing scene is reported as a JSON line
 {"scene": ..., "status": "error", "error": ...} on stdout and the others go on; with --json
