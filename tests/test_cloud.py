@@ -379,3 +379,34 @@ def test_batch_cells_may_be_urls_and_items(
     assert recs[0]["inputs"]["sar"] == f"{url}/S1.tif"
     with rasterio.open(tmp_path / "a.tif") as ds:
         assert (ds.read(1) == local_map).all()
+
+
+def test_a_mosaic_fills_a_tiles_nodata_from_the_tile_below(tmp_path: Path) -> None:
+    """Two overlapping tiles (first on top): where the top tile is nodata the one below
+    shows; where neither covers, the mosaic is nodata; the extent is their union."""
+    from rasterio.transform import from_origin
+
+    from mfaf_cli.coreg.mosaic import write_mosaic
+
+    top = np.full((1, 4, 6), 7, np.uint16)
+    top[0, :, :2] = 0  # a nodata wedge
+    below = np.full((1, 4, 6), 3, np.uint16)
+    prof = {"driver": "GTiff", "height": 4, "width": 6, "count": 1, "dtype": "uint16",
+            "crs": "EPSG:32630", "nodata": 0}  # fmt: skip
+    with rasterio.open(tmp_path / "top.tif", "w", transform=from_origin(40, 100, 10, 10),
+                       **prof) as ds:  # fmt: skip
+        ds.write(top)
+    with rasterio.open(tmp_path / "below.tif", "w", transform=from_origin(0, 110, 10, 10),
+                       **prof) as ds:  # fmt: skip
+        ds.write(below)
+    vrt = tmp_path / "m.vrt"
+    write_mosaic([str(tmp_path / "top.tif"), str(tmp_path / "below.tif")], vrt, "optical")
+    with rasterio.open(vrt) as ds:
+        assert (ds.bounds.left, ds.bounds.top, ds.width, ds.height) == (0, 110, 10, 5)
+        got = ds.read(1)
+    want = np.zeros((5, 10), np.uint16)
+    want[0:4, 0:6] = 3
+    want[1:5, 4:10] = 7
+    want[1:5, 4:6] = 0  # the top tile's nodata wedge ...
+    want[1:4, 4:6] = 3  # ... shows the tile below where it covers
+    assert (got == want).all(), got
