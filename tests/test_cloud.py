@@ -410,3 +410,36 @@ def test_a_mosaic_fills_a_tiles_nodata_from_the_tile_below(tmp_path: Path) -> No
     want[1:5, 4:6] = 0  # the top tile's nodata wedge ...
     want[1:4, 4:6] = 3  # ... shows the tile below where it covers
     assert (got == want).all(), got
+
+
+def test_a_tile_in_another_crs_is_warped_onto_the_top_tiles_lattice(tmp_path: Path) -> None:
+    """West half in WGS 84 on top, east half in Web Mercator below (a tile across a zone
+    boundary): the mosaic is the WGS 84 scene, the east part resampled (bilinear twice)."""
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    from mfaf_cli.coreg.mosaic import write_mosaic
+
+    _cog(tmp_path / "west.tif", EX / "S1.tif", [1], (0, 224))
+    _cog(tmp_path / "east.tif", EX / "S1.tif", [1], (160, 384))
+    with rasterio.open(tmp_path / "east.tif") as src:
+        t, w, h = calculate_default_transform(src.crs, "EPSG:3857", src.width, src.height,
+                                              *src.bounds)  # fmt: skip
+        out = np.full((h, w), np.nan, np.float32)
+        reproject(src.read(1), out, src_transform=src.transform, src_crs=src.crs,
+                  dst_transform=t, dst_crs="EPSG:3857", resampling=Resampling.bilinear,
+                  src_nodata=np.nan, dst_nodata=np.nan)  # fmt: skip
+    with rasterio.open(tmp_path / "east3857.tif", "w", driver="GTiff", width=w, height=h,
+                       count=1, dtype="float32", crs="EPSG:3857", transform=t,
+                       nodata=np.nan) as dst:  # fmt: skip
+        dst.write(out, 1)
+    vrt = tmp_path / "m.vrt"
+    write_mosaic([str(tmp_path / "west.tif"), str(tmp_path / "east3857.tif")], vrt, "sar")
+    with rasterio.open(vrt) as ds, rasterio.open(EX / "S1.tif") as ref:
+        assert ds.crs == ref.crs and ds.res == pytest.approx(ref.res)
+        assert ds.bounds.left == pytest.approx(ref.bounds.left)
+        got = ds.read(1, window=Window(0, 0, 384, 384), boundless=True, fill_value=np.nan)
+        want = ref.read(1)
+    assert np.array_equal(got[:, :224], want[:, :224], equal_nan=True)  # the top tile as is
+    east = got[2:-2, 224:382], want[2:-2, 224:382]
+    assert np.isnan(east[0]).mean() < 0.01  # no gap at the seam
+    assert np.nanmedian(np.abs(east[0] - east[1])) < 0.5  # dB, bilinear twice

@@ -5,17 +5,21 @@ whose extent is the union of theirs, at the finest resolution among them. Where 
 overlap, the file with the higher priority wins (the most recent item, or the first file
 given); a file's nodata pixels never cover another file's data, so the gaps of one tile
 (its no-data wedge) are filled from its neighbour. Pixels no file covers are the mosaic's
-nodata (the files' own, else NaN for float bands and 0 for integer bands). The files of a
-mosaic must share a CRS (tiles of one UTM zone, or items reprojected beforehand).
+nodata (the files' own, else NaN for float bands and 0 for integer bands). A file in another
+CRS than the top one (a tile across a UTM zone boundary) is first reprojected onto the top
+file's CRS and pixel lattice by a warped VRT (bilinear), so the mosaic stays one VRT of
+virtual files and nothing is read before the windows ask for it.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
@@ -57,8 +61,8 @@ def mosaic_grid(infos: Sequence[FileInfo]) -> tuple[tuple[float, ...], int, int]
     anchored at the union's top-left corner (one lattice when the files share one)."""
     first = infos[0]
     for info in infos:
-        if info.crs_wkt != first.crs_wkt:
-            raise CRSError(
+        if info.crs_wkt != first.crs_wkt and not _same_crs(info.crs_wkt, first.crs_wkt):
+            raise CRSError(  # one_crs() warps them first; this is a programming error
                 f"{_name(info)} is in another CRS than {_name(first)}; the tiles of a mosaic "
                 "must share a CRS (warp them to one with gdalwarp first)"
             )
@@ -155,6 +159,105 @@ def _name(info: FileInfo) -> str:
     return url_of(info.path) if is_remote(info.path) else Path(info.path).name
 
 
+# ---- tiles in another CRS: a warped VRT onto the top tile's lattice ---------------------------
+def warped_grid(info: FileInfo, target: FileInfo) -> tuple[tuple[float, ...], int, int]:
+    """``(transform, width, height)`` of ``info`` reprojected onto ``target``'s CRS, pixel
+    size and lattice (its bounds snapped outwards)."""
+    from rasterio.warp import transform_bounds
+
+    left, bottom, right, top = transform_bounds(
+        info.crs_wkt, target.crs_wkt, *info.bounds, densify_pts=21
+    )
+    rx, ry = target.res
+    x0 = target.transform[2] + math.floor((left - target.transform[2]) / rx + 1e-9) * rx
+    y0 = target.transform[5] - math.floor((target.transform[5] - top) / ry + 1e-9) * ry
+    width = max(math.ceil((right - x0) / rx - 1e-9), 1)
+    height = max(math.ceil((y0 - bottom) / ry - 1e-9), 1)
+    return (rx, 0.0, x0, 0.0, -ry, y0), width, height
+
+
+def warped_vrt_xml(info: FileInfo, target: FileInfo) -> tuple[str, FileInfo]:
+    """A GDAL warped VRT of every band of ``info`` on ``target``'s lattice (bilinear), and
+    what it describes. Nodata: the file's, else NaN (float) / 0 (integer)."""
+    from affine import Affine
+
+    transform, width, height = warped_grid(info, target)
+    src_t, dst_t = Affine(*info.transform), Affine(*transform)
+    nodata = tuple(
+        float(nd) if nd is not None else (math.nan if np.dtype(d).kind == "f" else 0.0)
+        for nd, d in zip(info.nodata, info.dtypes, strict=True)
+    )
+    work = np.result_type(*[np.dtype(d) for d in info.dtypes], np.float32).name
+    bands = "".join(
+        f'<VRTRasterBand dataType="{_GDAL_TYPES.get(d, "Float64")}" band="{k + 1}" '
+        f'subClass="VRTWarpedRasterBand"><NoDataValue>{_num(nd)}</NoDataValue></VRTRasterBand>'
+        for k, (d, nd) in enumerate(zip(info.dtypes, nodata, strict=True))
+    )
+    mapping = "".join(
+        f'<BandMapping src="{k + 1}" dst="{k + 1}">'
+        + ("" if info.nodata[k] is None else f"<SrcNoDataReal>{_num(nd)}</SrcNoDataReal>")
+        + f"<DstNoDataReal>{_num(nd)}</DstNoDataReal></BandMapping>"
+        for k, nd in enumerate(nodata)
+    )
+    xml = (
+        f'<VRTDataset subClass="VRTWarpedDataset" rasterXSize="{width}" '
+        f'rasterYSize="{height}"><SRS>{escape(target.crs_wkt)}</SRS>'
+        f"<GeoTransform>{_gt(dst_t)}</GeoTransform>{bands}"
+        "<BlockXSize>512</BlockXSize><BlockYSize>128</BlockYSize><GDALWarpOptions>"
+        "<WarpMemoryLimit>67108864</WarpMemoryLimit><ResampleAlg>Bilinear</ResampleAlg>"
+        f"<WorkingDataType>{_GDAL_TYPES.get(work, 'Float64')}</WorkingDataType>"
+        '<Option name="INIT_DEST">NO_DATA</Option>'
+        f'<SourceDataset relativeToVRT="0">{escape(info.path)}</SourceDataset>'
+        "<Transformer><ApproxTransformer><MaxError>0.125</MaxError><BaseTransformer>"
+        f"<GenImgProjTransformer><SrcGeoTransform>{_gt(src_t)}</SrcGeoTransform>"
+        f"<SrcInvGeoTransform>{_gt(~src_t)}</SrcInvGeoTransform>"
+        f"<DstGeoTransform>{_gt(dst_t)}</DstGeoTransform>"
+        f"<DstInvGeoTransform>{_gt(~dst_t)}</DstInvGeoTransform>"
+        "<ReprojectTransformer><ReprojectionTransformer>"
+        f"<SourceSRS>{escape(info.crs_wkt)}</SourceSRS>"
+        f"<TargetSRS>{escape(target.crs_wkt)}</TargetSRS>"
+        "</ReprojectionTransformer></ReprojectTransformer></GenImgProjTransformer>"
+        "</BaseTransformer></ApproxTransformer></Transformer>"
+        f"<BandList>{mapping}</BandList></GDALWarpOptions></VRTDataset>\n"
+    )
+    warped = FileInfo(
+        path="", crs_wkt=target.crs_wkt, transform=transform,  # type: ignore[arg-type]
+        width=width, height=height, dtypes=info.dtypes, nodata=nodata, names=info.names,
+    )  # fmt: skip
+    return xml, warped
+
+
+def _gt(t: Any) -> str:
+    """GDAL's geotransform order (c, a, b, f, d, e) of an affine transform."""
+    return f"{t.c!r},{t.a!r},{t.b!r},{t.f!r},{t.d!r},{t.e!r}"
+
+
+def one_crs(tiles: Sequence[Tile], folder: Path) -> list[Tile]:
+    """``tiles`` with those in another CRS than the first replaced by warped VRTs (files in
+    ``folder``) on the first tile's lattice."""
+    import dataclasses
+
+    first = tiles[0].info
+    out = []
+    for k, tile in enumerate(tiles):
+        if tile.info.crs_wkt == first.crs_wkt or _same_crs(tile.info.crs_wkt, first.crs_wkt):
+            out.append(tile)
+            continue
+        xml, info = warped_vrt_xml(tile.info, first)
+        fd, name = tempfile.mkstemp(prefix=f"warped-{k}-", suffix=".vrt", dir=folder)
+        os.close(fd)
+        path = Path(name)
+        path.write_text(xml, encoding="utf-8")
+        out.append(Tile(dataclasses.replace(info, path=str(path)), tile.bands))
+    return out
+
+
+def _same_crs(a: str, b: str) -> bool:
+    from rasterio.crs import CRS
+
+    return bool(CRS.from_wkt(a) == CRS.from_wkt(b))
+
+
 def write_mosaic(paths: Sequence[str], out: Path, what: str) -> tuple[str, ...]:
     """Mosaic files (first given wins) with all their bands; returns the band names."""
     infos = [source_info(os.fspath(p), what) for p in paths]
@@ -166,6 +269,6 @@ def write_mosaic(paths: Sequence[str], out: Path, what: str) -> tuple[str, ...]:
             "one product"
         )
     n = counts.pop()
-    tiles = [Tile(i, tuple(range(1, n + 1))) for i in infos]
+    tiles = one_crs([Tile(i, tuple(range(1, n + 1))) for i in infos], out.parent)
     out.write_text(mosaic_vrt_xml(tiles, infos[0].names), encoding="utf-8")
     return infos[0].names

@@ -23,7 +23,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mfaf_cli.coreg.mosaic import Tile, mosaic_info, mosaic_vrt_xml, source_info, write_mosaic
+from mfaf_cli.coreg.mosaic import (
+    Tile,
+    mosaic_info,
+    mosaic_vrt_xml,
+    one_crs,
+    source_info,
+    write_mosaic,
+)
 from mfaf_cli.coreg.stac import BandSource, Item, band_sources, by_recency, is_stac_path
 from mfaf_cli.coreg.stac import load_items as load_items
 from mfaf_cli.coreg.stack import _model_band_names, stack_vrt_xml
@@ -91,6 +98,7 @@ def item_stack(
     infos = []
     for k, sources in enumerate(per_band):
         tiles = [Tile(source_info(s.href, modality), (s.index,)) for s in sources]
+        tiles = one_crs(tiles, folder)  # tiles across a UTM zone boundary: warped VRTs
         vrt = folder / f"{modality}-{k + 1}.vrt"
         vrt.write_text(mosaic_vrt_xml(tiles, [sources[0].band]), encoding="utf-8")
         infos.append(mosaic_info(tiles, [sources[0].band], str(vrt)))
