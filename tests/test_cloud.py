@@ -443,3 +443,32 @@ def test_a_tile_in_another_crs_is_warped_onto_the_top_tiles_lattice(tmp_path: Pa
     east = got[2:-2, 224:382], want[2:-2, 224:382]
     assert np.isnan(east[0]).mean() < 0.01  # no gap at the seam
     assert np.nanmedian(np.abs(east[0] - east[1])) < 0.5  # dB, bilinear twice
+
+
+def test_a_diagonal_aoi_reads_only_the_blocks_its_windows_need(
+    server: Any, tmp_path: Path, predictor: Any
+) -> None:
+    """A strip along the diagonal: its bounds are the whole scene, but blocks no window
+    touching it needs are not fetched (the whole bounding box was, before: 1.0 of the bytes;
+    0.58 measured with 32² blocks and 16 KiB HTTP chunks)."""
+    import geopandas as gpd
+    from shapely.geometry import Polygon
+
+    with rasterio.open(EX / "S2.tif") as ds:
+        t = ds.transform
+    strip = Polygon([t @ c for c in [(0, 0), (48, 0), (768, 720), (768, 768), (720, 768),
+                                     (0, 48)]])  # fmt: skip
+    gpd.GeoDataFrame(geometry=[strip], crs="EPSG:4326").to_file(tmp_path / "diag.geojson")
+    bands = {"optical": [3, 2, 1], "sar": [1]}
+    maps, sent = [], []
+    for prefix, kw in (("whole2", {}), ("diag", {"aoi": str(tmp_path / "diag.geojson")})):
+        server.reset()
+        inputs = {"optical": f"{server.url}/{prefix}/big_S2.tif",
+                  "sar": f"{server.url}/{prefix}/big_S1.tif"}  # fmt: skip
+        maps.append(_run(inputs, tmp_path / f"{prefix}.tif", predictor, bands=bands,
+                         sar_units="db", **kw))  # fmt: skip
+        sent.append(server.bytes_sent)
+    whole, diag = maps
+    assert whole.shape == diag.shape and 0.1 < (diag != 255).mean() < 0.15
+    assert ((diag == whole) | (diag == 255)).all()
+    assert sent[1] < 0.7 * sent[0], sent

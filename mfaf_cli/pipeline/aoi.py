@@ -76,6 +76,15 @@ def _overlaps(a: Window, b: Window) -> bool:
             and a.col_off < b.col_off + b.width and b.col_off < a.col_off + a.width)  # fmt: skip
 
 
+def _clip(win: Window, hits: list[Window]) -> Window:
+    """The part of ``win`` inside the bounding box of the windows ``hits``."""
+    r0 = max(win.row_off, min(h.row_off for h in hits))
+    c0 = max(win.col_off, min(h.col_off for h in hits))
+    r1 = min(win.row_off + win.height, max(h.row_off + h.height for h in hits))
+    c1 = min(win.col_off + win.width, max(h.col_off + h.width for h in hits))
+    return Window(r0, c0, r1 - r0, c1 - c0)
+
+
 class AoiScene:
     """An :class:`~mfaf_cli.coreg.align.AlignedScene` seen through a polygon: ``read``
     marks pixels outside it invalid and skips reads no needed window overlaps."""
@@ -92,10 +101,21 @@ class AoiScene:
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         win = Window(int(window.row_off), int(window.col_off), int(window.height),
                      int(window.width))  # fmt: skip
-        if not any(_overlaps(win, n) for n in self._needed):
+        hits = [n for n in self._needed if _overlaps(win, n)]
+        if not hits:
             self.skipped_reads += 1
             return self._empty(win, out)
-        arrays, valid = self._scene.read(window, out=out)
+        part = _clip(win, hits)
+        if part == win:
+            arrays, valid = self._scene.read(window, out=out)
+        else:  # only the columns / rows the needed windows cover; NaN (invalid) around them
+            self.skipped_reads += 1
+            arrays, valid = self._empty(win, out)
+            got, ok = self._scene.read(part)
+            r, c = part.row_off - win.row_off, part.col_off - win.col_off
+            for name, arr in got.items():
+                arrays[name][:, r : r + part.height, c : c + part.width] = arr
+            valid[r : r + part.height, c : c + part.width] = ok
         valid &= polygon_mask(self._geom, self._scene.grid, win)
         return arrays, valid
 
