@@ -188,8 +188,14 @@ def test_two_items_split_down_the_middle_mosaic_to_the_whole_scene(
     url = f"{server.url}/mosaic"
 
     def s2(side: str, when: str) -> dict[str, Any]:
-        return _item(f"S2_{side}", when, {b: (f"{url}/{side}_{b}.tif", c) for b, c in
-                                          (("B04", "red"), ("B08", "nir"), ("B12", "swir22"))})
+        return _item(
+            f"S2_{side}",
+            when,
+            {
+                b: (f"{url}/{side}_{b}.tif", c)
+                for b, c in (("B04", "red"), ("B08", "nir"), ("B12", "swir22"))
+            },
+        )
 
     def s1(side: str, when: str) -> dict[str, Any]:
         return _item(f"S1_{side}", when, {"vv": (f"{url}/{side}_VV.tif", None)})
@@ -246,8 +252,9 @@ def test_an_aoi_reads_a_quarter_of_the_bytes_and_masks_outside_the_polygon(
 
     def run(prefix: str, out: Path, **kw: Any) -> tuple[np.ndarray, int]:
         server.reset()
-        inputs = {m: f"{server.url}/{prefix}/big_{f}.tif" for m, f in (("optical", "S2"),
-                                                                       ("sar", "S1"))}
+        inputs = {
+            m: f"{server.url}/{prefix}/big_{f}.tif" for m, f in (("optical", "S2"), ("sar", "S1"))
+        }
         label = _run(inputs, out, predictor, bands=bands, sar_units="db", **kw)
         return label, server.bytes_sent
 
@@ -315,8 +322,14 @@ def test_assets_are_picked_by_band_meaning_cogs_first() -> None:
 
     doc = _item("x", "2020-01-01T00:00:00Z", {"red-jp2": ("a/B04.jp2", "red"),
                                               "red": ("a/B04.tif", "red")})  # fmt: skip
-    doc["assets"]["visual"] = {"href": "tci.tif", "type": "image/tiff", "eo:bands": [
-        {"name": "B04", "common_name": "red"}, {"name": "B03", "common_name": "green"}]}
+    doc["assets"]["visual"] = {
+        "href": "tci.tif",
+        "type": "image/tiff",
+        "eo:bands": [
+            {"name": "B04", "common_name": "red"},
+            {"name": "B03", "common_name": "green"},
+        ],
+    }
     item = parse_item(doc, "https://h/items/x.json")
     a, k = asset_for(item, "red")  # type: ignore[misc]
     assert (a.key, a.href, k) == ("red", "https://h/items/a/B04.tif", 1)
@@ -472,3 +485,21 @@ def test_a_diagonal_aoi_reads_only_the_blocks_its_windows_need(
     assert whole.shape == diag.shape and 0.1 < (diag != 255).mean() < 0.15
     assert ((diag == whole) | (diag == 255)).all()
     assert sent[1] < 0.7 * sent[0], sent
+
+
+def test_coregister_writes_the_mosaic_of_two_items_as_the_scenes_bands(
+    server: Any, tmp_path: Path, runner: Any
+) -> None:
+    url = f"{server.url}/coreg"
+    items = [_item(f"S2_{side}", when, {b: (f"{url}/{side}_{b}.tif", c) for b, c in
+                                        (("B04", "red"), ("B08", "nir"), ("B12", "swir22"))})
+             for side, when in (("W", "2019-09-14"), ("E", "2019-09-19"))]  # fmt: skip
+    (tmp_path / "items.json").write_text(json.dumps({"type": "FeatureCollection",
+                                                      "features": items}))  # fmt: skip
+    code, _, err = runner("coregister", "--stac", tmp_path / "items.json", "--optical-bands",
+                          "swir22,nir,red", "-o", tmp_path / "out", "-q")  # fmt: skip
+    assert code == 0, err
+    out = tmp_path / "out" / "optical.tif"
+    with rasterio.open(out) as got, rasterio.open(EX / "S2.tif") as ref:
+        assert got.shape == ref.shape and got.crs == ref.crs
+        assert np.array_equal(got.read(), ref.read([13, 8, 4]).astype(got.dtypes[0]))

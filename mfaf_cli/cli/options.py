@@ -323,3 +323,16 @@ def collect_inputs(**kw: Any) -> dict[str, str | list[str]]:
 
 def collect_bands(**kw: Any) -> dict[str, list[int | str]]:
     return {m: kw[f"{m}_bands"] for m in ALL_MODALITIES if kw.get(f"{m}_bands")}
+
+
+def collect_cloud_inputs(**kw: Any) -> dict[str, Any]:
+    """``collect_inputs`` plus the items of ``--stac`` by modality (optical / sar)."""
+    inputs: dict[str, Any] = dict(collect_inputs(**kw))
+    if kw.get("stac"):
+        from mfaf_cli.coreg.stac import stac_inputs
+
+        for mod, items in stac_inputs(kw["stac"]).items():
+            if mod in inputs:
+                raise click.UsageError(f"--{mod} and --stac both give the {mod} input: drop one")
+            inputs[mod] = items
+    return inputs

@@ -200,7 +200,7 @@ def command(**kw: Any) -> None:
         )
     from mfaf_cli.pipeline.predict import predict
 
-    inputs = _inputs_with_stac(kw)
+    inputs = opt.collect_cloud_inputs(**kw)
     if kw["skip_existing"] and _all_exist(kw):
         if kw["as_json"]:
             outs = {k: kw[k] for k in ("output", "probabilities", "confidence", "vector") if kw[k]}
@@ -232,19 +232,6 @@ def command(**kw: Any) -> None:
         click.echo(result.to_json())
     elif not kw["quiet"]:
         click.echo(_summary(result.to_dict()), err=True)
-
-
-def _inputs_with_stac(kw: dict[str, Any]) -> dict[str, Any]:
-    """``--optical/--sar/...`` values, plus the items of ``--stac`` by modality."""
-    inputs: dict[str, Any] = dict(opt.collect_inputs(**kw))
-    if kw.get("stac"):
-        from mfaf_cli.coreg.stac import stac_inputs
-
-        for mod, items in stac_inputs(kw["stac"]).items():
-            if mod in inputs:
-                raise click.UsageError(f"--{mod} and --stac both give the {mod} input: drop one")
-            inputs[mod] = items
-    return inputs
 
 
 def _check_preview(kw: dict[str, Any]) -> None:
@@ -403,7 +390,7 @@ def _run_split(kw: dict[str, Any]) -> None:
         raise click.UsageError("--aoi cannot be used with --split-scene/--assemble (yet)")
     options = {k: v for k, v in _run_options(kw).items() if k != "aoi"}
     result = predict_split(
-        _inputs_with_stac(kw),
+        opt.collect_cloud_inputs(**kw),
         kw["output"],
         kw["model"],
         shard=kw["shard"],
