@@ -503,3 +503,13 @@ def test_coregister_writes_the_mosaic_of_two_items_as_the_scenes_bands(
     with rasterio.open(out) as got, rasterio.open(EX / "S2.tif") as ref:
         assert got.shape == ref.shape and got.crs == ref.crs
         assert np.array_equal(got.read(), ref.read([13, 8, 4]).astype(got.dtypes[0]))
+
+
+def test_stac_api_item_urls_are_items_and_rasters_are_not() -> None:
+    from mfaf_cli.coreg.stac import is_stac_path
+
+    api = "https://earth-search.aws.element84.com/v1"
+    assert is_stac_path(f"{api}/collections/sentinel-2-l2a/items/S2B_30SXH_20190919_0_L2A")
+    assert is_stac_path(f"{api}/search?collections=sentinel-2-l2a&bbox=-1,38,-0.7,38.2")
+    assert is_stac_path("item.json") and is_stac_path("https://h/x/item.JSON?sig=1")
+    assert not is_stac_path("https://h/items/B04.tif") and not is_stac_path("S2.tif")

@@ -218,13 +218,17 @@ def by_recency(items: Iterable[Item]) -> list[Item]:
 
 # ---- I/O ------------------------------------------------------------------------------------
 def is_stac_path(value: Any) -> bool:
-    """A ``.json`` file or URL (a STAC item or item collection), not a raster."""
+    """A ``.json`` file or URL (a STAC item or item collection), or a STAC API's item URL
+    (``…/collections/<c>/items/<id>``, ``…/search?…``), not a raster."""
     if isinstance(value, Item):
         return True
     if not isinstance(value, str | os.PathLike):
         return False
     text = os.fspath(value).split("?")[0].lower()
-    return text.endswith((".json", ".geojson"))
+    if text.endswith((".json", ".geojson")):
+        return True
+    api = is_http(text) and ("/items/" in text or text.rstrip("/").endswith("/search"))
+    return api and not text.endswith(_RASTER_SUFFIXES)
 
 
 def load_items(path: str, what: str) -> list[Item]:
