@@ -513,3 +513,27 @@ def test_stac_api_item_urls_are_items_and_rasters_are_not() -> None:
     assert is_stac_path(f"{api}/search?collections=sentinel-2-l2a&bbox=-1,38,-0.7,38.2")
     assert is_stac_path("item.json") and is_stac_path("https://h/x/item.JSON?sig=1")
     assert not is_stac_path("https://h/items/B04.tif") and not is_stac_path("S2.tif")
+
+
+def test_an_aoi_file_without_polygons_or_outside_the_scene_is_one_error(
+    tmp_path: Path, predictor: Any
+) -> None:
+    import geopandas as gpd
+    from shapely.geometry import Point, box
+
+    from mfaf_cli.errors import NoOverlapError, UsageError
+
+    pts = tmp_path / "pts.geojson"
+    gpd.GeoDataFrame(geometry=[Point(-0.76, 38.1)], crs="EPSG:4326").to_file(pts)
+    far = tmp_path / "far.gpkg"
+    gpd.GeoDataFrame(geometry=[box(10, 50, 11, 51)], crs="EPSG:4326").to_file(far)
+    (tmp_path / "junk.geojson").write_text("not json")
+    inputs = {"optical": EX / "S2.tif", "sar": EX / "S1.tif"}
+    cases = [(pts, InputError, "holds no polygon"), (far, NoOverlapError, "does not overlap"),
+             (tmp_path / "junk.geojson", InputError, "not a readable vector file")]  # fmt: skip
+    for aoi, kind, words in cases:
+        with pytest.raises(kind, match=words):
+            _run(inputs, tmp_path / "m.tif", predictor, aoi=str(aoi))
+    with pytest.raises(UsageError, match="--aoi and --bounds"):
+        _run(inputs, tmp_path / "m.tif", predictor, aoi=str(far), bounds=(0, 0, 1, 1))
+    assert not (tmp_path / "m.tif").exists()

@@ -237,8 +237,10 @@ def run_on_scene(
     return grid, stats, sink
 
 
-def _read_aoi(aoi: Any) -> Any:
+def _read_aoi(aoi: Any, bounds: Any) -> Any:
     """``--aoi``: a path is read (one error line if it is not a polygon file)."""
+    if aoi is not None and bounds is not None:
+        raise UsageError("--aoi and --bounds both set the extent: give one of them")
     if aoi is None or not isinstance(aoi, str | os.PathLike):
         return aoi
     from mfaf_cli.io.aoi import read_aoi
@@ -376,7 +378,7 @@ def predict(
     _check_outputs((output, probabilities, confidence), vector, creation_options, overwrite)
     for name, path in inputs.items():
         check_readable(path, name)
-    area = _read_aoi(aoi)
+    area = _read_aoi(aoi, bounds)
     predictor, model_name, trained = _predictor_for(predictor, model, inputs, bands, spec)
     meta: ModelMeta = predictor.meta
     tile = int(meta.tile_size if tile is None else tile)
