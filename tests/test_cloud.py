@@ -156,7 +156,7 @@ def test_urls_give_the_local_run_pixel_for_pixel(
     label = _run({"optical": f"{url}/S2.tif", "sar": f"{url}/S1.tif"}, tmp_path / "m.tif",
                  predictor)  # fmt: skip
     assert (label == local_map).all() and (local_map != 255).mean() > 0.9
-    assert get_gdal_config("GDAL_HTTP_TIMEOUT") is None, "HTTP settings outlived the run"
+    assert get_gdal_config("GDAL_HTTP_LOW_SPEED_TIME") is None, "HTTP settings outlived the run"
 
 
 def test_items_give_the_local_run_and_say_which_asset_served_which_band(

@@ -3,7 +3,7 @@
 GDAL reads them through its virtual file systems (``/vsicurl/``, ``/vsis3/``, ``/vsigs/``),
 fetching only the byte ranges a window needs. :func:`remote_env` sets the HTTP behaviour for
 one run (no directory listing on open, a block cache, retries with back-off, a timeout) and
-restores GDAL's settings afterwards; a setting the user exported (``GDAL_HTTP_TIMEOUT=…``)
+restores GDAL's settings afterwards; a setting the user exported (``GDAL_HTTP_MAX_RETRY=…``)
 wins. When GDAL cannot open a URL, :func:`diagnose` asks the server once more, with the same
 timeout, to say *why* in one line (HTTP status, timeout, an HTML page instead of a raster).
 Nothing here touches the network at import time.
@@ -64,7 +64,7 @@ def shown_path(path: Any) -> str:
 
 
 def timeout_s() -> float:
-    """The run's HTTP timeout: ``$MFAF_HTTP_TIMEOUT`` seconds (default 30)."""
+    """The run's HTTP timeout: ``$MFAF_HTTP_TIMEOUT`` seconds without data (default 30)."""
     try:
         return max(float(os.environ.get("MFAF_HTTP_TIMEOUT", "30")), 0.1)
     except ValueError:
@@ -73,18 +73,21 @@ def timeout_s() -> float:
 
 def http_options() -> dict[str, str]:
     """GDAL settings for remote inputs. Retries (``$MFAF_HTTP_RETRIES``, default 3) back off
-    from 0.5 s (GDAL doubles the delay, with jitter); the timeout covers one request."""
+    from 0.5 s (GDAL doubles the delay, with jitter). The timeout is a time without data
+    (connecting, or under 1 byte/s), not a cap on a transfer: a large block on a slow link
+    still arrives, a server that stalls is given up."""
     secs = str(max(round(timeout_s()), 1))
     return {
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no listing of the folder on open
-        "VSI_CACHE": "TRUE",  # a block cache per file handle
-        "VSI_CACHE_SIZE": str(64 * 1024 * 1024),
-        "CPL_VSIL_CURL_CACHE_SIZE": str(256 * 1024 * 1024),
+        # a block cache per file handle, and one of downloaded ranges for the process: both
+        # bounded, so memory does not grow with the scene (GDAL_CACHEMAX is set per run)
+        "VSI_CACHE": "TRUE",
+        "VSI_CACHE_SIZE": str(8 * 1024 * 1024),
+        "CPL_VSIL_CURL_CACHE_SIZE": str(64 * 1024 * 1024),
         "GDAL_HTTP_MULTIRANGE": "YES",
         "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
         "GDAL_HTTP_MAX_RETRY": os.environ.get("MFAF_HTTP_RETRIES", "3"),
         "GDAL_HTTP_RETRY_DELAY": "0.5",
-        "GDAL_HTTP_TIMEOUT": secs,
         "GDAL_HTTP_CONNECTTIMEOUT": secs,
         "GDAL_HTTP_LOW_SPEED_TIME": secs,
         "GDAL_HTTP_LOW_SPEED_LIMIT": "1",
