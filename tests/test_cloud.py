@@ -455,7 +455,8 @@ def test_a_tile_in_another_crs_is_warped_onto_the_top_tiles_lattice(tmp_path: Pa
     assert np.array_equal(got[:, :224], want[:, :224], equal_nan=True)  # the top tile as is
     east = got[2:-2, 224:382], want[2:-2, 224:382]
     assert np.isnan(east[0]).mean() < 0.01  # no gap at the seam
-    assert np.nanmedian(np.abs(east[0] - east[1])) < 0.5  # dB, bilinear twice
+    # dB, bilinear twice: 0.46 measured; the same placed one pixel off: 0.94
+    assert np.nanmedian(np.abs(east[0] - east[1])) < 0.6
 
 
 def test_a_diagonal_aoi_reads_only_the_blocks_its_windows_need(
