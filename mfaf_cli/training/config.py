@@ -59,7 +59,7 @@ class TrainConfig:
     class_weights: str = "none"  # cross-entropy class weights: none | auto | JSON file
     init: str | None = None  # fine-tune from this checkpoint or shipped model name
     freeze_encoder: int = 0  # epochs during which the encoder of an --init model is frozen
-    bands: dict[str, list[int]] = field(default_factory=dict)
+    bands: dict[str, list[int | str]] = field(default_factory=dict)  # 1-based numbers or names
     model_config: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
     command: str = ""  # the exact command line, recorded in the checkpoint
@@ -120,7 +120,23 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"config file {p}: unknown setting(s) {', '.join(unknown)}; valid: "
             + ", ".join(TrainConfig.field_names())
         )
+    if "bands" in doc:
+        doc["bands"] = _bands_setting(doc["bands"], f"config file {p} [bands]")
     return doc
+
+
+def _bands_setting(table: Any, where: str) -> dict[str, list[int | str]]:
+    """The ``[bands]`` table in the one band grammar; errors name the file and key."""
+    from mfaf_cli.bandspec import parse_bands_table
+
+    try:
+        return parse_bands_table(table, where)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+#: Settings that are paths: saved absolute so that ``--resume RUN_DIR`` works from any folder.
+PATH_FIELDS: tuple[str, ...] = ("data_root", "out")
 
 
 def _toml_value(v: Any) -> str:
@@ -136,6 +152,12 @@ def _toml_value(v: Any) -> str:
 def config_to_toml(cfg: TrainConfig) -> str:
     """The resolved configuration as TOML (loadable with ``--config``)."""
     d = cfg.to_dict()
+    for k in PATH_FIELDS:
+        if d.get(k) and "://" not in str(d[k]):
+            d[k] = os.path.abspath(os.path.expanduser(str(d[k])))
+    for k in ("classes", "class_weights", "init"):  # files, or a preset / mode / shipped name
+        if d.get(k) and os.path.isfile(str(d[k])):
+            d[k] = os.path.abspath(str(d[k]))
     lines, tables = [], []
     for k, v in d.items():
         if v is None:
