@@ -228,7 +228,7 @@ def _scratch(folder: Path, source: str) -> Path:
         _hsi_lidar(folder)
     if source in ("train", "evaluate"):
         _datasets(folder)
-    if source in ("train", "README"):
+    if source == "train":
         _landcover(folder)
     return folder
 
