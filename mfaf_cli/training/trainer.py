@@ -675,8 +675,12 @@ class Trainer:
             self.opt, _LRLambda(self.total_steps, cfg.schedule, cfg.warmup)
         )
         self.use_amp = cfg.amp and self.device.type == "cuda"
-        bf16 = self.use_amp and torch.cuda.is_bf16_supported()
-        amp_dtype = torch.bfloat16 if bf16 else torch.float16
+        amp_dtype = torch.float16
+        if self.use_amp:  # bf16 only where native; fp16 (with the GradScaler) elsewhere
+            from mfaf_cli.devices import cuda_autocast_dtype
+
+            amp_dtype, why = cuda_autocast_dtype(self.device)
+            log.info("AMP %s", why)
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.use_amp and amp_dtype == torch.float16
         )
