@@ -478,7 +478,9 @@ def _forward_loss(
         else:
             ce = logits.sum() * 0.0
         mmd = torch.zeros((), device=device)
-        if use_aux and "deep" in aux:
+    if use_aux and "deep" in aux:
+        # in float32: autocast would run the class means' matmul in half precision
+        with torch.autocast(device.type, enabled=False):
             mmd, monitors = _alignment(aux, cfg, mask, ignore_index)
     return ce + mmd_weight * mmd, ce, mmd, logits, mask, monitors
 
