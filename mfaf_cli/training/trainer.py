@@ -65,6 +65,7 @@ from mfaf_cli.training.distributed import (
     _init_distributed,
     _resolve_device,
     _shutdown,
+    nonfinite_ranks,
 )
 from mfaf_cli.training.metrics import confusion_matrix, metrics_from_confusion, to_jsonable
 
@@ -940,10 +941,12 @@ class Trainer:
         loss, ce, mmd, _, _, monitors = self._forward(self.net, batch, w, want_aux=True)
         self.mmd_used = self.mmd_used or monitors is not None
         cos, head_free = monitors or (0.0, 0.0)
-        if not torch.isfinite(loss):
+        bad = nonfinite_ranks(loss, self.d)  # agreed by every rank: all stop together
+        if bad:
+            ranks = f"non-finite on rank {', '.join(map(str, bad))} of {self.d.world}"
             raise DatasetError(
                 f"training diverged at epoch {epoch + 1} step {self.global_step} "
-                f"(loss {float(loss)}); "
+                f"(loss {ranks if self.d.enabled else float(loss)}); "
                 "lower --lr or enable --grad-clip"
             )
         self.opt.zero_grad(set_to_none=True)
