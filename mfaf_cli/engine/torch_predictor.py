@@ -179,6 +179,17 @@ class TorchPredictor:
             raise self.nonfinite_error()
         return out
 
+    def device_event(self) -> torch.cuda.Event | None:
+        """A timing event recorded now on the stream this predictor's work goes to (None on
+        the CPU, where calls return finished results): the pipeline's model clock
+        (:class:`~mfaf_cli.pipeline.clock.ModelClock`) brackets calls with two, because
+        :meth:`predict_tensor` returns before the GPU has finished."""
+        if self._device.type != "cuda":
+            return None
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(self._device))
+        return event
+
     def predict_tensor(self, batch: Mapping[str, np.ndarray]) -> torch.Tensor:
         """Probabilities (N, K, h, w) float32 left on the predictor's device: no copy to the
         host and no wait for the device, for a merger whose band lives there
