@@ -82,7 +82,8 @@ def check_clock(args: argparse.Namespace) -> dict[str, Any]:
     os.environ["MFAF_DEVICE_MERGER"] = "1"  # the asynchronous path (automatic on CUDA)
     inputs = _scene(Path(args.workdir), args.size)
     pr = create_predictor(args.model, engine="torch", device=args.device, precision="auto",
-                          modalities=("optical", "sar"), tile=args.tile)  # fmt: skip
+                          modalities=("optical", "sar"), tile=args.tile,
+                          threads=1 if args.device == "cpu" else None)  # fmt: skip
     cuda = str(pr.device).startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     host = {"seconds": 0.0, "calls": 0}

@@ -300,6 +300,7 @@ def test_model_seconds_cover_device_work_finishing_after_predict_returns(
         "sar": write_geotiff(tmp_path / "s1.tif", rng.normal(-12, 3, (1, 64, 80)).astype("f4")),
     }
     inner = create_predictor(str(ckpt), engine="torch", device="cpu", precision="fp32")
+    assert inner.device_event() is None  # CPU calls return finished work: host time
     fake = AsyncPredictor(inner, work=0.15)
     monkeypatch.setenv("MFAF_DEVICE_MERGER", "1")
     try:
