@@ -116,6 +116,12 @@ if tests_out=$("$PY" -m pytest -q -p no:cacheprovider tests/test_device_merger.p
 summary=$(printf '%s\n' "$tests_out" | tail -1 | tr -d '"\\')
 echo "{\"check\": \"device-merger-tests\", \"rc\": $rc, \"summary\": \"$summary\"}"
 
+note "the float32-under-autocast tests of issue 26 (CUDA cases run only where CUDA is)"
+if tests_out=$("$PY" -m pytest -q -p no:cacheprovider tests/test_gpu_paths.py -k autocast 2>&1); then rc=0; else rc=$?; fi
+[ "$rc" = 0 ] || printf '%s\n' "$tests_out" >&2
+summary=$(printf '%s\n' "$tests_out" | tail -1 | tr -d '"\\')
+echo "{\"check\": \"autocast-dtype-tests\", \"rc\": $rc, \"summary\": \"$summary\"}"
+
 note "one AMP training epoch (generated OMBRIA-layout patches)"
 "$PY" - "$WORK/ombria" "$TRAIN_N" "$TRAIN_SIZE" <<'EOF'
 import sys

@@ -26,6 +26,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from mfaf_cli.training.config import TrainConfig
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+#: the dtype tests run under CPU autocast here, and under CUDA's too where there is a GPU
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+
 
 # ---- 1: auto precision asks the target GPU whether bf16 is native ------------------------------
 class _Props:
@@ -373,15 +377,16 @@ class TwoBranch(nn.Module):
         return logits, {"deep": (f_a, f_b), "align": (z_a, z_b, variance_hinge(z_a))}
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["class", "rbf", "linear", "paired"])
 def test_alignment_losses_run_in_float32_under_autocast(
-    kind: str, monkeypatch: pytest.MonkeyPatch
+    kind: str, device: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mfaf_cli.models.losses import feature_mmd, mmd_loss, valid_samples
     from mfaf_cli.training import trainer
 
     torch.manual_seed(0)
-    model = TwoBranch()
+    model = TwoBranch().to(device)
     batch = {
         "inputs": {"optical": torch.randn(2, 2, 16, 16), "sar": torch.randn(2, 1, 16, 16)},
         "mask": torch.randint(0, 3, (2, 16, 16)),
@@ -392,12 +397,12 @@ def test_alignment_losses_run_in_float32_under_autocast(
     def recorded(aux: dict, *args: Any) -> Any:
         with HalfOps() as ops:
             out = original(aux, *args)
-        seen.update(aux=aux, ops=ops, autocast=torch.is_autocast_enabled("cpu"))
+        seen.update(aux=aux, ops=ops, autocast=torch.is_autocast_enabled(device))
         return out
 
     monkeypatch.setattr(trainer, "_alignment", recorded)
     _, _, mmd, _, mask, _ = trainer._forward_loss(
-        model, batch, ("optical", "sar"), torch.device("cpu"), cfg, 1.0, 1, 255,
+        model, batch, ("optical", "sar"), torch.device(device), cfg, 1.0, 1, 255,
         (True, torch.bfloat16),
     )  # fmt: skip
     assert seen["aux"]["deep"][0].dtype == torch.bfloat16  # the model did run under autocast
@@ -416,21 +421,22 @@ def test_alignment_losses_run_in_float32_under_autocast(
     assert float(mmd.detach()) == pytest.approx(float(want), rel=1e-5, abs=1e-7)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("sampling", ["per_tap", "batched"])
-def test_deformable_offsets_stay_float32_under_autocast(sampling: str) -> None:
+def test_deformable_offsets_stay_float32_under_autocast(sampling: str, device: str) -> None:
     from mfaf_cli.models.comix import DCN
 
     torch.manual_seed(0)
-    dcn = DCN(8, 4, ndim=2, sampling=sampling).eval()
+    dcn = DCN(8, 4, ndim=2, sampling=sampling).eval().to(device)
     with torch.no_grad():  # offsets of several pixels, as a trained layer gives
         nn.init.normal_(dcn.offset.weight, std=2.0)
         nn.init.normal_(dcn.offset.bias, std=2.0)
     offsets: list[torch.dtype] = []
     dcn.offset.register_forward_hook(lambda m, i, out: offsets.append(out.dtype))
-    x = torch.randn(1, 8, 12, 12)
+    x = torch.randn(1, 8, 12, 12, device=device)
     with torch.inference_mode():
         ref = dcn(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16), HalfOps() as ops:
+        with torch.autocast(device, dtype=torch.bfloat16), HalfOps() as ops:
             got = dcn(x)
     # per-tap: the offsets are a batched matmul of q; batched: the offset layer's convolution
     made = ops.dtypes.get("baddbmm", set()) if sampling == "per_tap" else set(offsets[1:])
