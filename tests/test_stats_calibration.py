@@ -134,3 +134,27 @@ def test_normalised_entropy_ends() -> None:
     h = cal.normalised_entropy(p)
     assert h[0] == 0 and h[1] == pytest.approx(1.0)
     assert h[2] == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)) / math.log(2))
+
+
+def test_per_block_counts_sum_to_the_whole() -> None:
+    """Confusion matrices and calibration counts per spatial block sum to the scene's."""
+    from mfaf_cli.training.metrics import confusion_matrix
+
+    rng = np.random.default_rng(5)
+    h, w, k, block = 70, 90, 3, 32
+    p = cal.softmax(rng.normal(0, 2, (k, h, w)))
+    truth = rng.integers(0, k, (h, w))
+    truth[:5] = 255  # ignored rows
+    pred = p.argmax(0)
+    nr, nc = stats.block_grid(h, w, block)
+    assert (nr, nc) == (3, 3)
+    ids = stats.block_ids(0, 0, h, w, block, nc)
+    blocks = confusion_matrix(pred, truth, k, 255, groups=ids, n_groups=nr * nc)
+    assert blocks.shape == (9, k, k)
+    assert np.array_equal(blocks.sum(0), confusion_matrix(pred, truth, k, 255))
+    assert blocks[8].sum() == (h - 64) * (w - 64)  # the partial corner block
+    keep = truth != 255
+    cb = cal.calibration_counts(p, np.where(keep, truth, 0), keep, groups=ids, n_groups=9)
+    assert np.allclose(cb.sum(0), cal.calibration_counts(p, np.where(keep, truth, 0), keep))
+    # a window's ids follow the whole grid's blocks
+    assert np.array_equal(stats.block_ids(40, 10, 30, 80, block, nc), ids[40:70, 10:90])

@@ -25,31 +25,47 @@ def count_length(bins: int = ECE_BINS) -> int:
 
 
 def calibration_counts(
-    probs: np.ndarray, truth: np.ndarray, keep: np.ndarray | None = None, bins: int = ECE_BINS
+    probs: np.ndarray,
+    truth: np.ndarray,
+    keep: np.ndarray | None = None,
+    bins: int = ECE_BINS,
+    *,
+    groups: np.ndarray | None = None,
+    n_groups: int = 1,
 ) -> np.ndarray:
     """Additive calibration counts of probabilities ``probs`` (K, ...) against class ids
     ``truth`` (...) where ``keep`` (pixels with a label and a prediction); truth must be in
-    ``[0, K)`` where kept."""
+    ``[0, K)`` where kept. With ``groups`` (unit id per pixel), one vector per unit
+    (n_groups, L)."""
     k = probs.shape[0]
     p = np.asarray(probs, dtype=np.float64).reshape(k, -1)
     t = np.asarray(truth).reshape(-1)
+    g = None if groups is None else np.asarray(groups).reshape(-1).astype(np.int64)
     if keep is not None:
         m = np.asarray(keep, dtype=bool).reshape(-1)
         p, t = p[:, m], t[m]
-    out = np.zeros(count_length(bins), dtype=np.float64)
-    if t.size == 0:
-        return out
-    t = t.astype(np.int64)
-    conf = p.max(axis=0)
-    correct = (p.argmax(axis=0) == t).astype(np.float64)
-    p_true = p[t, np.arange(t.size)]
-    b = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
-    out[:bins] = np.bincount(b, minlength=bins)
-    out[bins : 2 * bins] = np.bincount(b, weights=conf, minlength=bins)
-    out[2 * bins : 3 * bins] = np.bincount(b, weights=correct, minlength=bins)
-    out[3 * bins] = float(((p * p).sum(axis=0) - 2.0 * p_true + 1.0).sum())
-    out[3 * bins + 1] = float(-np.log(np.maximum(p_true, EPS)).sum())
-    return out
+        g = None if g is None else g[m]
+    length = count_length(bins)
+    out = np.zeros((n_groups if g is not None else 1, length), dtype=np.float64)
+    if t.size:
+        t = t.astype(np.int64)
+        conf = p.max(axis=0)
+        correct = (p.argmax(axis=0) == t).astype(np.float64)
+        p_true = p[t, np.arange(t.size)]
+        b = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+        gb = b if g is None else g * bins + b
+        nb = out.shape[0] * bins
+        gg = np.zeros_like(b) if g is None else g
+        out[:, :bins] = np.bincount(gb, minlength=nb).reshape(-1, bins)
+        out[:, bins : 2 * bins] = np.bincount(gb, weights=conf, minlength=nb).reshape(-1, bins)
+        out[:, 2 * bins : 3 * bins] = np.bincount(gb, weights=correct, minlength=nb).reshape(
+            -1, bins
+        )
+        sq = (p * p).sum(axis=0) - 2.0 * p_true + 1.0
+        out[:, 3 * bins] = np.bincount(gg, weights=sq, minlength=out.shape[0])
+        ll = -np.log(np.maximum(p_true, EPS))
+        out[:, 3 * bins + 1] = np.bincount(gg, weights=ll, minlength=out.shape[0])
+    return out if g is not None else out[0]
 
 
 def _bins(counts: np.ndarray) -> int:

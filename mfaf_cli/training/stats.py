@@ -65,6 +65,19 @@ def confusion_scores(cms: np.ndarray, names: Sequence[str]) -> dict[str, np.ndar
     return out
 
 
+def block_grid(height: int, width: int, block: int) -> tuple[int, int]:
+    """Rows and columns of ``block``-pixel spatial blocks covering a grid (edges partial)."""
+    return -(-int(height) // block), -(-int(width) // block)
+
+
+def block_ids(row0: int, col0: int, rows: int, cols: int, block: int, n_cols: int) -> np.ndarray:
+    """(rows, cols) unit id of every pixel of a grid window: row-major ``block``-pixel blocks
+    of a grid ``n_cols`` blocks wide."""
+    r = (np.arange(row0, row0 + rows) // block)[:, None]
+    c = (np.arange(col0, col0 + cols) // block)[None, :]
+    return (r * n_cols + c).astype(np.int64)
+
+
 def resample_weights(n_units: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
     """(n_boot, n_units) counts: how often each unit is drawn in each resample."""
     rng = np.random.default_rng(seed)
