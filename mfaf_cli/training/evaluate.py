@@ -634,3 +634,75 @@ def _score_patches(
         cals.append(calibration_counts(probs, np.where(keep, mask, 0), keep))
     names = [_item_name(ds, i) for i in range(n)]
     return Units("patch", names, np.stack(cms).reshape(n, k, k), np.stack(cals) if cals else None)
+
+
+# ---- a batch of maps, and paired comparisons ------------------------------------------------
+def read_pairs(
+    csv_path: str | os.PathLike[str], columns: Sequence[str] = ("prediction",)
+) -> list[dict[str, str]]:
+    """Rows of a ``prediction,truth[,scene]`` CSV (paths relative to the CSV's folder);
+    ``columns``: the map columns to read (two for a comparison, e.g. ``unet,mfafnet``)."""
+    import csv
+
+    from mfaf_cli.errors import UsageError
+    from mfaf_cli.io.inputs import check_readable
+
+    path = Path(csv_path)
+    check_readable(path, "pairs CSV")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    need = {*columns, "truth"}
+    if not rows or not need <= set(rows[0]):
+        raise UsageError(
+            f"{path}: needs a header with {','.join(sorted(need))} columns (and scene)"
+        )
+    out = []
+    for n, r in enumerate(rows, start=2):
+        if any(not (r.get(c) or "").strip() for c in need):
+            raise UsageError(f"{path} line {n}: {' and '.join(sorted(need))} are all required")
+        pair = {c: str(path.parent / r[c].strip()) for c in need}
+        pair["scene"] = (r.get("scene") or "").strip() or Path(r[columns[0]]).stem
+        out.append(pair)
+    names = [p["scene"] for p in out]
+    if len(set(names)) != len(names):
+        raise UsageError(f"{path}: scene names repeat; give each row its own scene name")
+    return out
+
+
+def evaluate_batch(
+    csv_path: str | os.PathLike[str],
+    *,
+    mapping: str | Mapping[Any, Any] | None = None,
+    num_classes: int | None = None,
+    column: str = "prediction",
+) -> EvalResult:
+    """Score every ``prediction`` map of a pairs CSV against its ``truth``: overall (the sum),
+    per scene, and intervals from a bootstrap over the scenes."""
+    pairs = read_pairs(csv_path, (column,))
+    first = pairs[0]
+    names, m = raster_classes(first[column], first["truth"], mapping, num_classes, None)
+    cms = []
+    for p in pairs:
+        cm = raster_confusion(p[column], p["truth"], len(names), mapping=m)
+        cms.append(cm)
+    total = np.stack(cms)
+    _check_scored(int(total.sum()), first[column], first["truth"])
+    info: dict[str, Any] = {"mode": "batch", "pairs": str(csv_path), "column": column,
+                            "scenes": len(pairs)}  # fmt: skip
+    units = Units("scene", [p["scene"] for p in pairs], total)
+    return _result(units, names, info)
+
+
+def compare_results(a: EvalResult, b: EvalResult, label_a: str, label_b: str) -> dict[str, Any]:
+    """The paired difference A − B of two evaluations of the same data."""
+    from mfaf_cli.training.scoring import compare
+
+    assert a.units is not None and b.units is not None
+    if a.class_names != b.class_names:
+        raise LabelError(
+            f"the two are scored with different classes ({', '.join(a.class_names)} vs "
+            f"{', '.join(b.class_names)}); a comparison needs one class table"
+        )
+    out = compare(a.units, b.units, a.class_names)
+    return {"mode": "compare", "a": label_a, "b": label_b, **out,
+            "overall": {"a": a.metrics, "b": b.metrics}}  # fmt: skip
