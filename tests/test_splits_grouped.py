@@ -21,7 +21,7 @@ def test_group_split_never_puts_one_group_on_both_sides(seed: int) -> None:
     ids = [f"chip{i}" for i in range(60)]
     groups = [f"event{g}" for g in rng.integers(0, 9, size=60)]
     parts = group_split3(ids, groups, 0.2, 0.2, seed)
-    assert sorted(sum(parts.values(), [])) == sorted(ids)  # every id once
+    assert sorted(i for v in parts.values() for i in v) == sorted(ids)  # every id once
     of = dict(zip(ids, groups, strict=True))
     sides = [{of[i] for i in parts[k]} for k in ("train", "val", "test")]
     assert all(sides)
@@ -49,7 +49,8 @@ def _scenes(root: Path, n: int, size: int, groups: list[str] | None = None) -> P
     for k in range(n):
         t = from_origin(600_000.0 + 10_000 * k, 4_000_000.0, 10, 10)
         lab = rng.integers(0, 2, size=(size, size)).astype(np.uint8)
-        write_geotiff(root / f"o{k}.tif", rng.random((3, size, size)).astype(np.float32), transform=t)
+        opt = rng.random((3, size, size)).astype(np.float32)
+        write_geotiff(root / f"o{k}.tif", opt, transform=t)
         write_geotiff(root / f"l{k}.tif", lab, transform=t)
         rows.append(f"s{k},o{k}.tif,l{k}.tif" + (f",{groups[k]}" if groups else ""))
     (root / "scenes.csv").write_text("\n".join(rows) + "\n")

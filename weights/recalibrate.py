@@ -85,11 +85,13 @@ def checks(before: Path, after: Path, data: Path, tmp: Path) -> dict[str, Any]:
                               {"bands": CHIP_BANDS}),
         "ombria_test": ("ombria", data / "ombria", "test", {}),
     }  # fmt: skip
-    return {
-        name: {"before": calibration_on(before, ds, root, split, **kw),
-               "after": calibration_on(after, ds, root, split, **kw)}  # fmt: skip
-        for name, (ds, root, split, kw) in sets.items()
-    }
+    out = {}
+    for name, (ds, root, split, kw) in sets.items():
+        out[name] = {
+            "before": calibration_on(before, ds, root, split, **kw),
+            "after": calibration_on(after, ds, root, split, **kw),
+        }
+    return out
 
 
 def recalibrate(entry: dict, weights_dir: Path, data: Path, tmp: Path) -> dict[str, Any]:

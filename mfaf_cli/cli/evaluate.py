@@ -165,16 +165,13 @@ def command(
                              "(maps) or --batch (CSV columns)")  # fmt: skip
         from mfaf_cli.training.evaluate import compare_results, evaluate_model
 
-        runs = [
-            evaluate_model(
-                m, dataset, data_root, split, tile=tile, overlap=overlap,
-                batch_size=batch_size, blend=blend, device=device, engine=engine,
-                precision=precision, threads=threads, bands=bands or None, seed=seed,
-                val_fraction=val_fraction, progress=not quiet, block=block_size,
-            )  # fmt: skip
-            for m in compare
-        ]
-        _report_compare(compare_results(*runs, *compare), as_json)
+        opts: dict[str, Any] = dict(
+            tile=tile, overlap=overlap, batch_size=batch_size, blend=blend, device=device,
+            engine=engine, precision=precision, threads=threads, bands=bands or None,
+            seed=seed, val_fraction=val_fraction, progress=not quiet, block=block_size,
+        )  # fmt: skip
+        a, b = (evaluate_model(m, dataset, data_root, split, **opts) for m in compare)
+        _report_compare(compare_results(a, b, *compare), as_json)
         return
     result: Any
     if prediction is not None:

@@ -98,7 +98,7 @@ def summarise(
         ]
     if units.calibration is not None:
         c = cal.calibration_summary(units.calibration.sum(axis=0))
-        c["pixels"] = int(units.calibration[:, : int(c["bins"])].sum())  # type: ignore[call-overload]
+        c["pixels"] = int(units.calibration[:, : cal.ECE_BINS].sum())
         out["calibration"] = c
     return out
 
