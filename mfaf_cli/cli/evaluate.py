@@ -27,9 +27,9 @@ Examples:
   mfaf evaluate --model mfafnet-s-ombria-water --dataset ombria --data-root ombria \\
       --split test --json
   mfaf evaluate --batch pairs.csv --plot report.png      # columns prediction,truth[,scene]
+  mfaf evaluate --compare water.tif water_b.tif --truth label.tif --block-size 128
   mfaf evaluate --compare unet-ombria-water mfafnet-s-ombria-water \\
       --dataset ombria --data-root ombria --split test
-  mfaf evaluate --compare a.tif b.tif --truth label.tif
 \b
 Truth is resampled (nearest) onto the prediction's grid. Ignored pixels: prediction nodata
 (255), truth nodata, truth -1, and truth values mapped to 255. The table goes to stdout
