@@ -131,8 +131,13 @@ def _pct(v: Any) -> str:
     return "-" if v is None or not math.isfinite(float(v)) else f"{100 * float(v):.2f}"
 
 
-def _iv(v: Any) -> str:
-    return "" if v is None else f" [{_pct(v[0])}, {_pct(v[1])}]"
+def _iv(v: Any, pct: bool = True) -> str:
+    if v is None:
+        return ""
+    if pct:
+        return f" [{_pct(v[0])}, {_pct(v[1])}]"
+    f = [("-" if x is None or not math.isfinite(float(x)) else f"{float(x):.4f}") for x in v]
+    return f" [{f[0]}, {f[1]}]"
 
 
 def format_extra(report: dict[str, Any]) -> str:
@@ -140,10 +145,11 @@ def format_extra(report: dict[str, Any]) -> str:
     lines: list[str] = []
     iv, m = report.get("intervals"), report.get("interval_method")
     if iv and m:
-        lines.append(f"95 % intervals ({m['method']} over {m['units']} {m['over']}):")
+        lines.append(f"95 % intervals ({m['method']} over {m['units']} {m['over']}; "
+                     "kappa and Brier as fractions, the rest in %):")  # fmt: skip
         keys = ["oa", "miou", "mean_f1", "kappa"] + [k for k in iv if k.startswith("iou/")]
         keys += [k for k in ("ece", "brier") if k in iv]
-        lines += [f"  {k:<16} {_iv(iv[k]).strip()}" for k in keys]
+        lines += [f"  {k:<16} {_iv(iv[k], k not in ('kappa', 'brier')).strip()}" for k in keys]
         lines += [f"  ({m[k]})" for k in ("caution", "note") if k in m]
     if report.get("per_scene"):
         rows = report["per_scene"]
@@ -159,7 +165,8 @@ def format_extra(report: dict[str, Any]) -> str:
     if c:
         lines.append(
             f"calibration: ECE ({c['bins']} bins) {_pct(c['ece'])}{_iv((iv or {}).get('ece'))}  "
-            f"Brier {c['brier']:.4f}  NLL {c['nll']:.4f}  mean confidence "
+            f"Brier {c['brier']:.4f}{_iv((iv or {}).get('brier'), False)}  NLL {c['nll']:.4f}  "
+            "mean confidence "
             f"{_pct(c['mean_confidence'])} at accuracy {_pct(c['accuracy'])}"
         )
     return "\n".join(lines)
