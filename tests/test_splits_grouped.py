@@ -90,3 +90,17 @@ def test_one_large_scene_gets_a_block_split(tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.WARNING):
         open_dataset("folder", small, "train", tile=16)
     assert "splitting windows" in caplog.text and "'group' column" in caplog.text
+
+
+def test_sen1floods11_seeded_split_holds_countries_out(tmp_path: Path) -> None:
+    from dataset_builders import make_sen1floods11
+
+    ids = ("Spain_1", "Spain_2", "India_3", "India_4", "Ghana_5", "Peru_6", "Peru_7")
+    root = make_sen1floods11(tmp_path / "s1f", ids=ids, size=16)
+    parts = {s: open_dataset("sen1floods11", root, s, val_fraction=0.2) for s in
+             ("train", "val", "test")}  # fmt: skip
+    countries = {s: {i.split("_")[0] for i in d.ids} for s, d in parts.items()}
+    assert all(countries.values()) and sum(len(d.ids) for d in parts.values()) == len(ids)
+    assert not countries["train"] & countries["val"]
+    assert not countries["train"] & countries["test"]
+    assert "by country" in parts["train"].split_source
