@@ -21,6 +21,7 @@ from mfaf_cli.training import stats
 UnitKind = Literal["scene", "patch", "block"]
 #: Pixels per side of the spatial blocks of a one-scene bootstrap.
 DEFAULT_BLOCK = 256
+PLURAL: dict[str, str] = {"scene": "scenes", "patch": "patches", "block": "blocks"}
 #: Fewer units than this: the interval is reported with a caution.
 FEW_UNITS = 10
 
@@ -81,7 +82,7 @@ def summarise(
     iv = stats.bootstrap_intervals(units.stacked(), fn, n_boot=n_boot, seed=seed)
     method: dict[str, Any] = {
         "method": "percentile bootstrap", "level": stats.LEVEL, "resamples": n_boot,
-        "over": f"{units.kind}s", "units": u, "seed": seed,
+        "over": PLURAL[units.kind], "units": u, "seed": seed,
     }  # fmt: skip
     if units.kind == "block":
         method["note"] = (
@@ -89,7 +90,7 @@ def summarise(
             "narrower than one over independent scenes would be"
         )
     if u < FEW_UNITS:
-        method["caution"] = f"only {u} {units.kind}s: the interval is rough"
+        method["caution"] = f"only {u} {PLURAL[units.kind]}: the interval is rough"
     out: dict[str, Any] = {"intervals": {key: list(v) for key, v in iv.items()},
                            "interval_method": method}  # fmt: skip
     if units.kind != "block":
@@ -123,7 +124,7 @@ def compare(
     diff = stats.paired_difference(va, vb, fn, n_boot=n_boot, seed=seed)
     return {"difference": diff, "interval_method": {
         "method": "paired percentile bootstrap", "level": stats.LEVEL, "resamples": n_boot,
-        "over": f"{a.kind}s", "units": len(a.names), "seed": seed}}  # fmt: skip
+        "over": PLURAL[a.kind], "units": len(a.names), "seed": seed}}  # fmt: skip
 
 
 # ---- text -------------------------------------------------------------------------------------
