@@ -91,6 +91,8 @@ def test_compare_two_maps_on_one_truth(tmp_path: Path, runner) -> None:
     assert d["low"] > 0 and d["significant"] is True
     code, out, _ = runner("evaluate", "--compare", good, good, "--truth", t)
     assert code == 0 and "not significant" in out
+    code, _, err = runner("evaluate", "--compare", good, bad, "--truth", t, "--plot", "x.png")
+    assert code == 2 and "--plot" in err
 
 
 def _checkpoint(tmp_path: Path, ds, temperature: float = 1.0) -> Path:

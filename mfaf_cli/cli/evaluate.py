@@ -151,6 +151,8 @@ def command(
     _check_plot_path(plot)
     if compare and (prediction is not None or model is not None):
         raise UsageError("--compare A B replaces PREDICTION and --model: give the two there")
+    if compare and plot:
+        raise UsageError("--plot draws one evaluation; run A and B on their own to plot them")
     if batch is not None:
         if prediction is not None or truth is not None or dataset or data_root:
             raise UsageError("--batch CSV takes the maps and truths from the CSV alone")
