@@ -11,6 +11,7 @@ import click
 
 from mfaf_cli.cli import options as opt
 from mfaf_cli.metadata import ALL_MODALITIES
+from mfaf_cli.types import CONFIDENCE_KINDS
 
 log = logging.getLogger("mfaf")
 
@@ -118,7 +119,7 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
 )
 @click.option(
     "--confidence-kind",
-    type=click.Choice(("top", "entropy")),
+    type=click.Choice(CONFIDENCE_KINDS),
     default="top",
     show_default=True,
     help="--confidence: top = max class probability; entropy = normalised entropy "

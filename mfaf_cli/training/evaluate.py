@@ -26,6 +26,7 @@ from mfaf_cli.errors import BandMismatchError, InputError, LabelError, NoOverlap
 from mfaf_cli.io.truth import apply_mapping, truth_labels, truth_on_grid
 from mfaf_cli.metadata import NODATA_LABEL, ModelMeta, default_classes
 from mfaf_cli.normalize import apply_normalisation, band_percentiles
+from mfaf_cli.training.calibration import count_length
 from mfaf_cli.training.metrics import confusion_matrix, metrics_from_confusion, to_jsonable
 from mfaf_cli.training.scoring import DEFAULT_BLOCK, Units, summarise
 from mfaf_cli.training.stats import block_grid, block_ids
@@ -587,7 +588,9 @@ def _score_scenes(
         cms.append(sink.confusion)
         cals.append(sink.block_calibration.sum(axis=0))
         names.append(str(sc.id))
-    return Units("scene", names, np.stack(cms), np.stack(cals))
+    k = predictor.meta.num_classes
+    return Units("scene", names, np.stack(cms) if cms else np.zeros((0, k, k), np.int64),
+                 np.stack(cals) if cals else np.zeros((0, count_length()), np.float64))  # fmt: skip
 
 
 def _item_name(ds: Any, i: int) -> str:
@@ -633,7 +636,8 @@ def _score_patches(
         keep = ok & (mask != ds.ignore_index)
         cals.append(calibration_counts(probs, np.where(keep, mask, 0), keep))
     names = [_item_name(ds, i) for i in range(n)]
-    return Units("patch", names, np.stack(cms).reshape(n, k, k), np.stack(cals) if cals else None)
+    return Units("patch", names, np.asarray(cms, np.int64).reshape(n, k, k),
+                 np.asarray(cals, np.float64).reshape(n, count_length()))  # fmt: skip
 
 
 # ---- a batch of maps, and paired comparisons ------------------------------------------------

@@ -247,7 +247,8 @@ def _scene_panel(ax: Any, report: dict[str, Any]) -> None:
     ax.set_xlim(0, 1)
     m = report.get("interval_method", {})
     ax.set_title(f"mIoU over {m.get('units', '?')} {m.get('over', 'units')}", fontsize=9)
-    ax.legend(fontsize=7, loc="lower left")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="lower left")
 
 
 def _reliability_panel(ax: Any, c: dict[str, Any]) -> None:
