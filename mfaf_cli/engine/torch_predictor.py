@@ -129,7 +129,8 @@ class TorchPredictor:
             logits = self.model(*padded)
         if isinstance(logits, tuple):  # a model returning (logits, aux) by mistake
             logits = logits[0]
-        return torch.softmax(logits.float(), dim=1)[..., :h, :w]
+        t = float(self.meta.temperature)  # the record's calibration (1 = none)
+        return torch.softmax(logits.float() / t if t != 1.0 else logits.float(), dim=1)[..., :h, :w]
 
     def _chunks(
         self, batch: Mapping[str, np.ndarray], pin: bool = False

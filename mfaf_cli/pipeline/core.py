@@ -339,6 +339,7 @@ def use_device_merger(
         callable(getattr(predictor, "predict_tensor", None))
         and isinstance(sink, FinishedRowsSink)
         and num_classes <= MAX_INDEXED_CLASSES
+        and getattr(sink, "device_rows", True)  # e.g. an entropy plane: host rows only
     )
     if not able or force is False:
         return False

@@ -324,6 +324,7 @@ def predict(
     probabilities: PathLike | None = None,
     probabilities_dtype: str = "uint8",
     confidence: PathLike | None = None,
+    confidence_kind: str = "top",
     vector: PathLike | None = None,
     cog: bool = False,
     creation_options: Mapping[str, str] | None = None,
@@ -352,7 +353,8 @@ def predict(
         device, engine, precision: see :func:`mfaf_cli.engine.create_predictor`.
         threads: CPU threads for the engine and the readers together (None: all usable
             cores); see :func:`mfaf_cli.pipeline.spec.split_threads`.
-        probabilities, probabilities_dtype, confidence: optional extra outputs.
+        probabilities, probabilities_dtype, confidence: optional extra outputs;
+        confidence_kind: ``top`` (max probability) or ``entropy`` (normalised entropy).
         vector: polygonise the label map into this file (.gpkg, .geojson, .parquet, .shp).
         cog, creation_options: output format options.
         overwrite: replace existing outputs.
@@ -397,6 +399,7 @@ def predict(
             cog=cog,
             overwrite=overwrite,
             tags=model_tags(getattr(predictor, "source", None), model_name),
+            confidence_kind=confidence_kind,
         )
 
     ordered = {m: inputs[m] for m in meta.modality_names}

@@ -738,7 +738,8 @@ class Trainer:
             "split": {
                 "train": len(self.train_ds),
                 "val": len(self.val_ds),
-                "rule": f"val = seeded holdout (seed {cfg.seed}, fraction {cfg.val_fraction}) "
+                "rule": getattr(self.val_ds, "split_source", "")
+                or f"val = seeded holdout (seed {cfg.seed}, fraction {cfg.val_fraction}) "
                 "of the training data where the dataset has no val split",
             },
             "splits": self.splits,
@@ -834,6 +835,9 @@ class Trainer:
             if d.main and self.created and completed == self.start_epoch:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
+        if d.main:
+            self.calibrate()
+        _barrier(d)
         best = self.run_dir / BEST_NAME
         return TrainResult(
             run_dir=self.run_dir,
@@ -845,6 +849,38 @@ class Trainer:
             best=best if best.exists() else None,
             splits=self.splits,
         )
+
+    def calibrate(self) -> dict[str, Any] | None:
+        """Rank 0, after the last epoch: fit the temperature of ``best.safetensors`` on the
+        validation split (all of it, this process alone) and store it in that record."""
+        from torch.utils.data import DataLoader, default_collate
+
+        from mfaf_cli.io.weights import load_checkpoint, save_checkpoint
+        from mfaf_cli.training.temperature import collect, fit_report, with_temperature
+
+        best = self.run_dir / BEST_NAME
+        if not best.exists() or len(self.val_ds) == 0:
+            return None
+        cfg = self.cfg
+        model, meta = load_checkpoint(best, device=self.device)
+        model.eval()
+        loader = DataLoader(self.val_ds, batch_size=cfg.batch_size, shuffle=False,
+                            num_workers=cfg.num_workers, collate_fn=default_collate)  # fmt: skip
+
+        def pairs() -> Any:
+            with torch.inference_mode():
+                for batch in itertools.islice(loader, cfg.max_val_batches):
+                    out = self._forward(model, batch, 0.0, want_aux=False)
+                    yield out[3].float().cpu().numpy(), out[4].cpu().numpy()
+
+        z, y = collect(pairs(), self.ignore_index, cfg.seed)
+        report = fit_report(z, y, f"val split ({len(self.val_ds)} items, best epoch)")
+        save_checkpoint(model, with_temperature(meta, report), best)
+        b, a = report["before"], report["after"]
+        print(f"calibrated {best.name}: temperature {report['temperature']:.3f} (val NLL "
+              f"{b['nll']:.4f} -> {a['nll']:.4f}, ECE {b['ece']:.4f} -> {a['ece']:.4f})",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return report
 
     def run_epoch(self, epoch: int, val_loader: Any) -> None:
         """Train, validate, update the best score, then checkpoint and log on rank 0."""
