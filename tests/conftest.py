@@ -26,6 +26,15 @@ def _restore_sigterm() -> Iterator[None]:
     yield
     signal.signal(signal.SIGTERM, before)
 
+
+@pytest.fixture(autouse=True)
+def _forget_reported_warnings() -> Iterator[None]:
+    """Dataset warnings are given once per process; each test is a fresh user run."""
+    from mfaf_cli.data import base
+
+    base._REPORTED.clear()
+    yield
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TEST_DATA = Path(__file__).resolve().parent / "data"
 
