@@ -139,7 +139,7 @@ def box_area_m2(box: tuple[float, float, float, float], crs: Any) -> float:
 
 def overlap_report(descs: list[dict[str, Any]]) -> dict[str, Any]:
     """How the footprints of 2+ rasters overlap, in the first raster's CRS."""
-    from rasterio.warp import transform_bounds
+    from mfaf_cli.coreg.edges import bounds_in, centre_lon, shift_near
 
     ref = descs[0]
     ref_crs = ref["_crs"]
@@ -147,11 +147,12 @@ def overlap_report(descs: list[dict[str, Any]]) -> dict[str, Any]:
         missing = ", ".join(d["path"] for d in descs if d["_crs"] is None)
         return {"crs": None, "note": f"cannot compare footprints: no CRS in {missing}"}
     boxes: list[tuple[float, float, float, float]] = []
+    centre = centre_lon(ref_crs, tuple(ref["bounds"]))  # geographic: unwrap around the first
     for d in descs:
-        if d["_crs"] == ref_crs:
-            boxes.append(tuple(d["bounds"]))  # type: ignore[arg-type]
-        else:
-            boxes.append(transform_bounds(d["_crs"], ref_crs, *d["bounds"], densify_pts=21))
+        box = tuple(d["bounds"]) if d["_crs"] == ref_crs else None
+        if box is None:
+            box = bounds_in(d["_crs"], ref_crs, tuple(d["bounds"]), centre)
+        boxes.append(box if centre is None else shift_near(box, centre))  # type: ignore[arg-type]
     inter = bbox_intersection(boxes)
     inter_area = box_area_m2(inter, ref_crs) if inter else 0.0
     per_file = []

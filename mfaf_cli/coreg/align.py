@@ -24,11 +24,12 @@ import numpy as np
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.transform import Affine
-from rasterio.warp import reproject, transform_bounds
+from rasterio.warp import reproject
 from rasterio.windows import Window as RioWindow
 
 from mfaf_cli.coreg.bands import BAND_FLAG, BandChoice, choose_bands, select_bands
 from mfaf_cli.coreg.bands import band_tokens as band_tokens  # moved; importable from here
+from mfaf_cli.coreg.edges import read_bounds
 from mfaf_cli.coreg.grid import Grid, check_overlap, footprint_in
 from mfaf_cli.coreg.resample import axis_aligned, resample_block
 from mfaf_cli.errors import UsageError
@@ -538,15 +539,8 @@ def _read_warped(
     dst_transform = grid.transform @ Affine.translation(col, row)
     left, top = dst_transform @ (0, 0)
     right, bottom = dst_transform @ (w, h)
-    b = transform_bounds(
-        grid.crs,
-        ds.crs,
-        min(left, right),
-        min(top, bottom),
-        max(left, right),
-        max(top, bottom),
-        densify_pts=21,
-    )
+    block = (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
+    b = read_bounds(grid.crs, block, ds)  # never left > right (antimeridian, poles)
     fwin = ds.window(*b)
     pad = 3
     r0 = max(0, math.floor(min(fwin.row_off, fwin.row_off + fwin.height)) - pad)

@@ -15,8 +15,8 @@ from typing import Any
 
 from rasterio.crs import CRS
 from rasterio.transform import Affine
-from rasterio.warp import calculate_default_transform, transform_bounds
 
+from mfaf_cli.coreg.edges import bounds_in, centre_lon, suggested_grid
 from mfaf_cli.errors import NoOverlapError, UsageError
 from mfaf_cli.io.inputs import open_raster
 
@@ -127,9 +127,7 @@ def _grid_for(
         native_res = (abs(ds.transform.a), abs(ds.transform.e))
         native_bounds: Bounds = tuple(ds.bounds)  # type: ignore[assignment]
     else:
-        t, w, h = calculate_default_transform(
-            ds.crs, target_crs, ds.width, ds.height, *ds.bounds, resolution=resolution
-        )
+        t, w, h = suggested_grid(ds, target_crs, resolution)  # across 180°, around poles
         native_res = (abs(t.a), abs(t.e))
         native_bounds = (t.c, t.f + t.e * h, t.c + t.a * w, t.f)
     rx, ry = res if res is not None else native_res
@@ -140,16 +138,18 @@ def _grid_for(
     return Grid(target_crs, transform, width, height)
 
 
-def footprint_in(ds: Any, crs: CRS) -> Bounds:
-    """A raster's bounds expressed in ``crs`` (densified edges, so curved edges are covered)."""
+def footprint_in(ds: Any, crs: CRS, near: Bounds | None = None) -> Bounds:
+    """A raster's bounds expressed in ``crs`` (densified edges, so curved edges are covered);
+    in a geographic ``crs`` with longitudes continuous around the middle of ``near`` (e.g. the
+    grid's bounds), so a footprint across 180° is never ``left > right``."""
     if ds.crs == crs:
         return tuple(ds.bounds)  # type: ignore[return-value]
-    return transform_bounds(ds.crs, crs, *ds.bounds, densify_pts=21)
+    return bounds_in(ds.crs, crs, tuple(ds.bounds), centre_lon(crs, near) if near else None)
 
 
 def check_overlap(ds: Any, grid: Grid, name: str, ref_name: str = "the target grid") -> None:
     """Raise if ``ds`` does not cover at least one target pixel of ``grid``."""
-    fl, fb, fr, ft = footprint_in(ds, grid.crs)
+    fl, fb, fr, ft = footprint_in(ds, grid.crs, grid.bounds)
     gl, gb, gr, gt = grid.bounds
     ow = min(fr, gr) - max(fl, gl)
     oh = min(ft, gt) - max(fb, gb)
