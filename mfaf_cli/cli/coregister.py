@@ -73,6 +73,8 @@ def command(**kw: Any) -> None:
         reference=kw["reference"],
         sar_units=kw["sar_units"],
         stack_grid=kw["stack_grid"],
+        nodata=kw["nodata"] or None,
+        tap=kw["tap"],
         creation_options=kw["creation_options"] or None,
         overwrite=kw["overwrite"],
         progress=not kw["quiet"],

@@ -271,6 +271,8 @@ def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
         "bounds": kw["bounds"],
         "sar_units": kw["sar_units"],
         "stack_grid": kw["stack_grid"],
+        "nodata": kw["nodata"] or None,
+        "tap": kw["tap"],
     }
 
 

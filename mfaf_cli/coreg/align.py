@@ -32,6 +32,7 @@ from mfaf_cli.coreg.bands import band_tokens as band_tokens  # moved; importable
 from mfaf_cli.coreg.edges import read_bounds
 from mfaf_cli.coreg.grid import Grid, check_overlap, footprint_in
 from mfaf_cli.coreg.resample import axis_aligned, resample_block
+from mfaf_cli.coreg.validity import Limits, current_overrides, limits_for
 from mfaf_cli.errors import UsageError
 from mfaf_cli.io.inputs import open_raster, read_error
 from mfaf_cli.metadata import RESAMPLING_KIND, ModelMeta
@@ -132,6 +133,7 @@ class _Source:
     res_in_grid: tuple[float, float]
     dtype: str
     same_crs: bool  # the file is in the grid's CRS (then a north-up pair resamples in numpy)
+    limits: Limits | None = None  # physically possible values (coreg/validity.py)
 
 
 class AlignedScene:
@@ -146,6 +148,8 @@ class AlignedScene:
         meta: the model's metadata; when given, band counts are checked against it and SAR is
             returned in the units the model expects.
         kinds: override the resampling kind per modality (``bilinear``, ``sar``, ``nearest``).
+        nodata: modality → the value that is nodata in its file (replaces the file's own; by
+            default the ``--nodata`` of :func:`~mfaf_cli.coreg.validity.nodata_overrides`).
     """
 
     def __init__(
@@ -158,8 +162,10 @@ class AlignedScene:
         sar_units: str | None = None,
         meta: ModelMeta | None = None,
         kinds: Mapping[str, str] | None = None,
+        nodata: Mapping[str, float] | None = None,
     ) -> None:
         units = sar_units or units
+        self._nodata = dict(current_overrides() if nodata is None else nodata)
         if units not in ("auto", "db", "linear"):
             raise UsageError(f"SAR units must be auto, db or linear, got {units!r}")
         self.grid = grid
@@ -216,9 +222,12 @@ class AlignedScene:
                     out_units = want
         flags = [ds.mask_flag_enums[i - 1] for i in indexes]
         nodata = [ds.nodatavals[i - 1] for i in indexes]
+        if name in self._nodata:  # --nodata MOD=VALUE replaces the file's own
+            nodata = [self._nodata[name]] * len(indexes)
         use_mask = all(v is None for v in nodata) and any(
             MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags
         )
+        spec = self.meta.modality(name) if self.meta and name in self.meta.modality_names else None
         offset = _grid_offset(ds, self.grid)
         fl, fb, fr, ft = footprint_in(ds, self.grid.crs)
         res_in_grid = ((fr - fl) / ds.width, (ft - fb) / ds.height)
@@ -239,6 +248,7 @@ class AlignedScene:
             res_in_grid=res_in_grid,
             dtype=ds.dtypes[indexes[0] - 1],
             same_crs=ds.crs == self.grid.crs,
+            limits=limits_for(kind, in_units, spec, (ds.height, ds.width)),
         )
 
     def _choose(
@@ -326,6 +336,11 @@ class AlignedScene:
         return h
 
     def close(self) -> None:
+        for name, src in self.sources.items():  # one line per input that had impossible values
+            text = src.limits.warning(name, src.path.name) if src.limits else None
+            if text:
+                log.warning("%s", text)
+                src.limits = None
         with self._lock:
             for ds in self._all_handles:
                 try:
@@ -499,6 +514,9 @@ def _read_block(
         else:
             raw = ds.read(src.indexes, out_dtype=np.float32 if exact else None, **kw)
         ok = ~_invalid_mask(raw, src.nodata, np.dtype(src.dtype).kind == "f")
+        if src.limits is not None:  # counted once per source pixel, not in decimated reads
+            place = (int(win.row_off), int(win.col_off)) if out_shape is None else None
+            ok &= ~src.limits.invalid(raw, place, ok)
         if src.use_mask:
             mkw = dict(kw)
             if out_shape is not None:

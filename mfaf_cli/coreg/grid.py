@@ -89,6 +89,7 @@ def grid_from_reference(
     crs: str | CRS | None = None,
     resolution: float | tuple[float, float] | None = None,
     bounds: Bounds | None = None,
+    tap: bool | None = None,
 ) -> Grid:
     """The target grid: the reference raster's grid with optional overrides.
 
@@ -97,9 +98,18 @@ def grid_from_reference(
         crs: target CRS (the reference extent is reprojected into it).
         resolution: target pixel size in target CRS units (one value or (x, y)).
         bounds: (left, bottom, right, top) in target CRS units; the grid covers exactly that.
+        tap: target-aligned pixels (gdalwarp's ``-tap``): the grid's edges are multiples of
+            the resolution, so grids of neighbouring scenes line up. None: the
+            :func:`~mfaf_cli.coreg.tap.tap_default` in force, else on when ``crs`` or
+            ``resolution`` is given.
     """
+    from mfaf_cli.coreg.tap import align_grid, resolve_tap
+
+    crs_obj = parse_crs(crs)
+    on = resolve_tap(tap, crs_obj, resolution)
     with open_raster(path, "reference") as ds:
-        return _grid_for(ds, parse_crs(crs), resolution, bounds)
+        grid = _grid_for(ds, crs_obj, resolution, bounds)
+    return align_grid(grid) if on else grid
 
 
 def _grid_for(

@@ -25,6 +25,7 @@ import numpy as np
 
 from mfaf_cli.coreg.align import AlignedScene
 from mfaf_cli.coreg.grid import Grid, grid_from_reference
+from mfaf_cli.coreg.overrides import with_input_overrides
 from mfaf_cli.coreg.stack import expand_stacks
 from mfaf_cli.errors import InputError, ModalityError, OutputPathError, UsageError
 from mfaf_cli.io.inputs import check_readable
@@ -285,6 +286,7 @@ def vectorize_finished_map(
 
 
 # ---- predict ----------------------------------------------------------------------------------
+@with_input_overrides  # --nodata MOD=VALUE, --tap (coreg/overrides.py)
 @expand_stacks  # several files or a Sentinel-2 folder per modality (see coreg/stack.py)
 def predict(
     inputs: Mapping[str, PathLike],
@@ -576,6 +578,7 @@ def _coregister_block(
     return int(joint.sum())
 
 
+@with_input_overrides
 @expand_stacks
 def coregister(
     inputs: Mapping[str, PathLike],

@@ -64,7 +64,9 @@ def split_at_antimeridian(poly: Any) -> Any:
         return poly
     minx, _, maxx, _ = poly.bounds
     pieces = []
-    for k in range(int(np.floor((minx + 180.0) / 360.0)), int(np.floor((maxx + 180.0) / 360.0)) + 1):
+    for k in range(
+        int(np.floor((minx + 180.0) / 360.0)), int(np.floor((maxx + 180.0) / 360.0)) + 1
+    ):
         part = poly.intersection(box(360.0 * k - 180.0, -90.0, 360.0 * k + 180.0, 90.0))
         if not part.is_empty:
             pieces.append(shapely.affinity.translate(part, xoff=-360.0 * k))
