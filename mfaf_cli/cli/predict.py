@@ -141,6 +141,14 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
     help="Predict every scene listed in CSV with one model load (see below).",
 )
 @click.option(
+    "--mosaic",
+    default=None,
+    metavar="OUT.vrt",
+    callback=opt.refuse_stdout,
+    help="With --batch: also write a GDAL VRT of the batch's label maps (they must share one "
+    "pixel lattice: use --crs/--resolution, target-aligned).",
+)
+@click.option(
     "--shard",
     default=None,
     metavar="I/N",
@@ -182,6 +190,8 @@ def command(**kw: Any) -> None:
     if kw["batch_csv"] is not None:
         _run_batch(kw)
         return
+    if kw["mosaic"]:
+        raise click.UsageError("--mosaic joins the label maps of a --batch run; add --batch CSV")
     if kw["split_scene"] or kw["assemble"]:
         _run_split(kw)
         return
@@ -276,6 +286,16 @@ def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _write_mosaic(records: list[dict[str, Any]], path: str, quiet: bool) -> None:
+    """--mosaic: a VRT of the label maps of the scenes that are done (ok or skipped)."""
+    from mfaf_cli.io.mosaic import write_mosaic_vrt
+
+    maps = [r["outputs"]["label"] for r in records if r["status"] in ("ok", "skipped")]
+    write_mosaic_vrt([m for m in maps if m], path)
+    if not quiet:
+        click.echo(f"mosaic: {path} ({len(maps)} label maps)", err=True)
+
+
 def _summary(d: dict[str, Any]) -> str:
     note = "" if d["trained"] else "  (UNTRAINED model: output is not meaningful)"
     return (
@@ -322,6 +342,16 @@ def _run_batch(kw: dict[str, Any]) -> None:
             f"columns ({', '.join(_PER_ROW)})"
         )
     as_json, quiet = kw["as_json"], kw["quiet"]
+    if kw["mosaic"]:
+        from mfaf_cli.io.raster import check_output_path
+
+        if kw["shard"]:
+            raise click.UsageError(
+                "--mosaic with --shard would join one share only; after the shards finish, "
+                "run the batch once more with --skip-existing --mosaic OUT.vrt"
+            )
+
+        check_output_path(kw["mosaic"], kw["overwrite"])
     done = [0]
 
     def report(rec: dict[str, Any]) -> None:
@@ -346,6 +376,8 @@ def _run_batch(kw: dict[str, Any]) -> None:
         **_run_options(kw),
     )
     counts = summarise(records)
+    if kw["mosaic"]:
+        _write_mosaic(records, kw["mosaic"], quiet or as_json)
     if not quiet:
         click.echo(
             f"batch: {counts['ok']} ok, {counts['skipped']} skipped, {counts['error']} failed "
