@@ -141,6 +141,12 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
     help="Predict every scene listed in CSV with one model load (see below).",
 )
 @click.option(
+    "--stac-item",
+    is_flag=True,
+    help="Also write a STAC Item beside the map (map.stac-item.json: footprint, grid, classes "
+    "by the classification extension, the provenance record).",
+)
+@click.option(
     "--mosaic",
     default=None,
     metavar="OUT.vrt",
@@ -217,6 +223,7 @@ def command(**kw: Any) -> None:
     if kw["output"] is None and not (kw["probabilities"] or kw["confidence"]):
         raise click.UsageError("give -o/--output PATH for the label map")
     _check_preview(kw)
+    _check_stac_item(kw)
     result = predict(
         inputs,
         kw["output"],
@@ -230,6 +237,8 @@ def command(**kw: Any) -> None:
     )
     if kw["preview"]:
         _write_preview(result, kw["preview"])
+    if kw["stac_item"]:
+        _write_stac_item(result.outputs)
     if kw["as_json"]:
         click.echo(result.to_json())
     elif not kw["quiet"]:
@@ -284,6 +293,25 @@ def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
         "nodata": kw["nodata"] or None,
         "tap": kw["tap"],
     }
+
+
+def _check_stac_item(kw: dict[str, Any]) -> None:
+    """Before any work: the item is written beside the label map, so it needs one."""
+    if kw["stac_item"]:
+        from mfaf_cli.io.raster import check_output_path
+        from mfaf_cli.pipeline.stac import stac_item_path
+
+        if kw["output"] is None:
+            raise click.UsageError("--stac-item describes the label map: give -o/--output too")
+        check_output_path(stac_item_path(kw["output"]), kw["overwrite"])
+
+
+def _write_stac_item(outputs: dict[str, str]) -> None:
+    """The STAC Item beside the label map; added to the outputs (and the --json line)."""
+    from mfaf_cli.pipeline.stac import write_stac_item
+
+    if outputs.get("label"):
+        outputs["stac_item"] = str(write_stac_item(outputs["label"], dict(outputs)))
 
 
 def _write_mosaic(records: list[dict[str, Any]], path: str, quiet: bool) -> None:
@@ -376,6 +404,10 @@ def _run_batch(kw: dict[str, Any]) -> None:
         **_run_options(kw),
     )
     counts = summarise(records)
+    if kw["stac_item"]:
+        for rec in records:
+            if rec["status"] == "ok":
+                _write_stac_item(rec["outputs"])
     if kw["mosaic"]:
         _write_mosaic(records, kw["mosaic"], quiet or as_json)
     if not quiet:

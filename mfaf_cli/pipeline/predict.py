@@ -39,6 +39,7 @@ from mfaf_cli.pipeline.core import (  # noqa: F401 (PreparedBatch, ...: re-expor
     run_scene,
     scene_plan,
 )
+from mfaf_cli.pipeline.provenance import provenance_tags
 from mfaf_cli.pipeline.spec import InferenceSpec
 from mfaf_cli.tiling.windows import Window, check_tile, validate_tiling
 from mfaf_cli.types import Blend, Engine, Precision
@@ -77,6 +78,8 @@ class PredictResult:
     model_seconds: float = 0.0
     #: modality -> which bands were read and how they were chosen (BandChoice.to_dict()).
     bands: dict[str, Any] = field(default_factory=dict)
+    #: how the outputs were made (pipeline/provenance.py), also the label map's tag
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -360,6 +363,8 @@ def predict(
     tile = int(meta.tile_size if tile is None else tile)
     check_tile(tile, meta.divisor, meta.arch)
     validate_tiling(tile, overlap)
+    weights = model_tags(getattr(predictor, "source", None), model_name)
+    record = _provenance(inputs, meta, bands, predictor, weights, trained, spec.with_tile(tile))
 
     def _outputs(grid: Grid) -> Any:
         return OutputSet(
@@ -372,7 +377,7 @@ def predict(
             probability_dtype=probabilities_dtype,  # type: ignore[arg-type]
             cog=cog,
             overwrite=overwrite,
-            tags=model_tags(getattr(predictor, "source", None), model_name),
+            tags={**weights, **provenance_tags(record)},
         )
 
     ordered = {m: inputs[m] for m in meta.modality_names}
@@ -415,7 +420,27 @@ def predict(
         class_fractions={k: round(v, 6) for k, v in fractions.items()},
         model_seconds=round(stats.model_seconds, 3),
         bands=stats.bands,
+        provenance=record,
     )
+
+
+def _provenance(
+    inputs: Mapping[str, Any], meta: ModelMeta, bands: Any, predictor: Any,
+    weights: Mapping[str, str], trained: bool, spec: InferenceSpec,
+) -> dict[str, Any]:  # fmt: skip
+    """The provenance record of this run (see pipeline/provenance.py)."""
+    from mfaf_cli.pipeline.provenance import provenance_record
+
+    model = {"name": weights.get("WEIGHTS"), "sha256": weights.get("WEIGHTS_SHA256"),
+             "trained": trained}  # fmt: skip
+    inference = {
+        "tile": spec.tile, "overlap": spec.overlap, "batch_size": spec.batch_size,
+        "blend": spec.blend, "engine": str(getattr(predictor, "engine", spec.engine)),
+        "device": str(getattr(predictor, "device", spec.device)),
+        "precision": str(getattr(predictor, "precision", spec.precision)),
+    }  # fmt: skip
+    ordered = {m: os.fspath(inputs[m]) for m in meta.modality_names}
+    return provenance_record(ordered, meta, bands, model, inference)
 
 
 def _check_request(
