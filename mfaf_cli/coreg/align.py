@@ -16,7 +16,7 @@ import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from rasterio.windows import Window as RioWindow
 from mfaf_cli.coreg.bands import BAND_FLAG, BandChoice, choose_bands, select_bands
 from mfaf_cli.coreg.bands import band_tokens as band_tokens  # moved; importable from here
 from mfaf_cli.coreg.edges import read_bounds
+from mfaf_cli.coreg.georef import Ground
 from mfaf_cli.coreg.grid import Grid, check_overlap, footprint_in
 from mfaf_cli.coreg.resample import axis_aligned, resample_block
 from mfaf_cli.coreg.validity import Limits, current_overrides, limits_for
@@ -134,6 +135,7 @@ class _Source:
     dtype: str
     same_crs: bool  # the file is in the grid's CRS (then a north-up pair resamples in numpy)
     limits: Limits | None = None  # physically possible values (coreg/validity.py)
+    ground: Ground | None = None  # located by GCPs or RPCs, not a CRS (coreg/georef.py)
 
 
 class AlignedScene:
@@ -249,6 +251,7 @@ class AlignedScene:
             dtype=ds.dtypes[indexes[0] - 1],
             same_crs=ds.crs == self.grid.crs,
             limits=limits_for(kind, in_units, spec, (ds.height, ds.width)),
+            ground=Ground.of(ds),
         )
 
     def _choose(
@@ -558,13 +561,16 @@ def _read_warped(
     left, top = dst_transform @ (0, 0)
     right, bottom = dst_transform @ (w, h)
     block = (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
-    b = read_bounds(grid.crs, block, ds)  # never left > right (antimeridian, poles)
-    fwin = ds.window(*b)
     pad = 3
-    r0 = max(0, math.floor(min(fwin.row_off, fwin.row_off + fwin.height)) - pad)
-    c0 = max(0, math.floor(min(fwin.col_off, fwin.col_off + fwin.width)) - pad)
-    r1 = min(ds.height, math.ceil(max(fwin.row_off, fwin.row_off + fwin.height)) + pad)
-    c1 = min(ds.width, math.ceil(max(fwin.col_off, fwin.col_off + fwin.width)) + pad)
+    if src.ground is not None:  # GCPs / RPCs: the inverse transform finds the pixels
+        r0, c0, r1, c1 = src.ground.source_window(grid.crs, block, pad)
+    else:
+        b = read_bounds(grid.crs, block, ds)  # never left > right (antimeridian, poles)
+        fwin = ds.window(*b)
+        r0 = max(0, math.floor(min(fwin.row_off, fwin.row_off + fwin.height)) - pad)
+        c0 = max(0, math.floor(min(fwin.col_off, fwin.col_off + fwin.width)) - pad)
+        r1 = min(ds.height, math.ceil(max(fwin.row_off, fwin.row_off + fwin.height)) + pad)
+        c1 = min(ds.width, math.ceil(max(fwin.col_off, fwin.col_off + fwin.width)) + pad)
     if r1 <= r0 or c1 <= c0:
         return np.full((c, h, w), np.nan, dtype=np.float32), np.zeros((h, w), dtype=bool)
     win = RioWindow(c0, r0, c1 - c0, r1 - r0)
@@ -591,6 +597,9 @@ def _read_warped(
     else:
         resampling = Resampling.bilinear
     geometry = _Geometry(src_transform, dst_transform, src_place, (grid.transform, row, col))
+    if src.ground is not None:
+        sy, sx = ((r1 - r0) / out_shape[0], (c1 - c0) / out_shape[1]) if out_shape else (1, 1)
+        geometry = replace(geometry, ground=src.ground.warp_kwargs(r0, c0, sy, sx))
     data, ok = _warp(vals, vok, ds, src, grid, geometry, (c, h, w), resampling)
     if src.kind == "sar":
         data = convert_units(data, "linear", src.out_units, in_place=True)
@@ -606,6 +615,7 @@ class _Geometry:
     dst_transform: Affine
     src_place: tuple[Affine, int, int]
     dst_place: tuple[Affine, int, int]
+    ground: dict[str, Any] | None = None  # GCPs / RPCs of the source block, for GDAL
 
 
 def _warp(
@@ -638,6 +648,9 @@ def _warp(
         "dst_transform": geo.dst_transform,
         "dst_crs": grid.crs,
     }
+    if geo.ground is not None:  # located by GCPs or RPCs: no source transform
+        del common["src_transform"]
+        common.update(geo.ground)
     with _WARP_LOCK:
         _reproject_pair(vals, data, vok, ok8, resampling, common)
     return data, (ok8 > 0) & np.isfinite(data).all(axis=0)

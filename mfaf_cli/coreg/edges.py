@@ -87,6 +87,10 @@ def suggested_grid(ds: Any, dst_crs: CRS, resolution: Any = None) -> tuple[Affin
     """GDAL's suggested warp output for ``ds`` in ``dst_crs`` (transform, width, height), kept
     continuous across 180° (a geographic target unwrapped around the footprint) and, around a
     pole, the footprint's whole longitude range with the file's own pixel counts."""
+    if ds.crs is None:  # located by GCPs or RPCs (coreg/georef.py)
+        from mfaf_cli.coreg.georef import Ground
+
+        return Ground.of(ds).suggested_grid(dst_crs, resolution)  # type: ignore[union-attr]
     t, w, h = calculate_default_transform(
         ds.crs, dst_crs, ds.width, ds.height, *ds.bounds, resolution=resolution
     )

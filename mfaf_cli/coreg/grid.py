@@ -128,6 +128,10 @@ def _grid_for(
                 f"--bounds {bounds} is empty; give left,bottom,right,top with left<right, "
                 "bottom<top, in the target CRS units"
             )
+    if ds.crs is None:  # GCPs or RPCs: the grid is in their CRS unless --crs says otherwise
+        from mfaf_cli.coreg.georef import Ground
+
+        crs = crs or Ground.of(ds).crs  # type: ignore[union-attr]
     same_crs = crs is None or crs == ds.crs
     target_crs = ds.crs if crs is None else crs
     if same_crs and res is None and bounds is None and ds.transform.b == 0 and ds.transform.d == 0:
@@ -154,6 +158,10 @@ def footprint_in(ds: Any, crs: CRS, near: Bounds | None = None) -> Bounds:
     grid's bounds), so a footprint across 180° is never ``left > right``."""
     if ds.crs == crs:
         return tuple(ds.bounds)  # type: ignore[return-value]
+    if ds.crs is None:  # GCPs or RPCs
+        from mfaf_cli.coreg.georef import Ground
+
+        return Ground.of(ds).footprint(crs)  # type: ignore[union-attr]
     return bounds_in(ds.crs, crs, tuple(ds.bounds), centre_lon(crs, near) if near else None)
 
 
