@@ -139,9 +139,12 @@ class Ground:
         """``reproject`` keywords for a source block whose pixel (0, 0) is the file's
         (``row``, ``col``), read ``sy`` × ``sx`` times coarser."""
         if self.kind == "rpcs":
+            # RPC line/sample count from pixel centres (GDAL adds half a pixel): scale about
+            # the corners, as for GCPs, then back to centres
             r = self.rpcs
-            shifted = replace_rpcs(r, (r.line_off - row) / sy, r.line_scale / sy,
-                                   (r.samp_off - col) / sx, r.samp_scale / sx)  # fmt: skip
+            line_off = (r.line_off + 0.5 - row) / sy - 0.5
+            samp_off = (r.samp_off + 0.5 - col) / sx - 0.5
+            shifted = replace_rpcs(r, line_off, r.line_scale / sy, samp_off, r.samp_scale / sx)
             return {"rpcs": shifted, "src_crs": self.crs, **self._options()}
         from rasterio.control import GroundControlPoint
 
