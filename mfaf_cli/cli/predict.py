@@ -40,6 +40,14 @@ Examples:
   mfaf predict --batch scenes.csv --optical-bands B12,B8,B4 --sar-bands VV \\
       --skip-existing --json > results.jsonl
 \b
+  # the same scenes on one 10 m UTM pixel lattice (target-aligned), and a VRT of their maps
+  mfaf predict --batch scenes.csv --optical-bands B12,B8,B4 --sar-bands VV \\
+      --crs EPSG:32630 --resolution 10 --mosaic maps.vrt --overwrite
+\b
+  # fill values the files do not tag, and a STAC Item beside the map (map.stac-item.json)
+  mfaf predict --optical S2.tif --optical-bands B12,B8,B4 --sar S1.tif --sar-bands VV \\
+      --nodata optical=0 --nodata sar=-9999 -o map.tif --stac-item
+\b
   # or one process per scene (temp names are unique per process)
   xargs -P 4 -I{} mfaf predict --optical s2/{}.tif --optical-bands B12,B8,B4 \\
       --sar s1/{}.tif --sar-bands VV -o maps/{}.tif --skip-existing -q < scene-ids.txt
@@ -51,7 +59,10 @@ Examples:
 \b
 The output grid is the optical (or HSI) raster's grid unless --crs/--resolution/--bounds
 change it; other inputs are warped onto it window by window (SAR is resampled in linear
-power). Pixels where any input is nodata or outside its footprint are written as 255.
+power). Pixels where any input is nodata or outside its footprint are written as 255, and
+so are values no sensor measures (SAR dB outside -60..40; reflectance x 10^4 below 0, above
+20000, or 0 in every band), counted in a warning. Inputs may be located by GCPs or RPCs
+instead of a CRS. Every map carries a provenance record (tag MFAF_PROVENANCE, --json).
 Outputs are written to temp files and renamed at the end: an error or Ctrl-C leaves nothing.
 \b
 --batch CSV: columns optical, sar, hsi, lidar (paths; "a.tif;b.tif" stacks files), output
