@@ -42,7 +42,8 @@ def dated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_provenance_in_tags_json_and_stac_item(dated, runner, tmp_path) -> None:
     s2, s1 = dated
     out = tmp_path / "map.tif"
-    flags = ("--json", "--quiet", "--engine", "torch", "--tile", 128, "--stac-item")
+    flags = ("--json", "--quiet", "--engine", "torch", "--tile", 128, "--stac-item",
+             "--confidence", tmp_path / "conf.tif")  # fmt: skip
     code, stdout, err = runner("predict", "--optical", s2, "--sar", s1, "-o", out, *flags)
     assert code == 0, err
     result = json.loads(stdout)
@@ -50,6 +51,8 @@ def test_provenance_in_tags_json_and_stac_item(dated, runner, tmp_path) -> None:
         tags = ds.tags()
     record = json.loads(tags[TAG])
     assert record == result["provenance"]
+    with rasterio.open(tmp_path / "conf.tif") as ds:  # every raster output carries it
+        assert json.loads(ds.tags()[TAG]) == record
     assert record["mfaf_version"] == __version__ and record["time"].endswith("Z")
     assert record["model"]["sha256"] == tags["WEIGHTS_SHA256"] and record["model"]["trained"]
     assert record["inference"]["tile"] == 128 and record["inference"]["engine"] == "torch"
@@ -67,7 +70,7 @@ def test_provenance_in_tags_json_and_stac_item(dated, runner, tmp_path) -> None:
     assert props["end_datetime"] == "2019-06-17T06:12:00Z" and props["proj:epsg"] == 4326
     assert props["mfaf:provenance"] == record
     label = item["assets"]["label"]
-    assert label["href"] == "./map.tif"
+    assert label["href"] == "./map.tif" and item["assets"]["confidence"]["href"] == "./conf.tif"
     assert label["classification:classes"] == [
         {"value": 0, "name": "not-water", "color_hint": "E1DCC8"},
         {"value": 1, "name": "water", "color_hint": "1E5AC8"},

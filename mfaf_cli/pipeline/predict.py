@@ -388,7 +388,7 @@ def predict(
         ordered, meta, predictor, _outputs, spec.with_tile(tile), bands=bands,
         sar_units=sar_units, crs=crs, resolution=resolution, bounds=bounds,
         progress=progress, read_threads=read_threads,
-        before_commit=_require_valid_pixels(inputs),
+        before_commit=_tagged(_require_valid_pixels(inputs), record),
     )  # fmt: skip
     seconds_scene = time.perf_counter() - t_scene
 
@@ -510,6 +510,19 @@ def _require_valid_pixels(inputs: Mapping[str, Any]) -> Callable[[Any], None]:
             )
 
     return check
+
+
+def _tagged(check: Callable[[Any], None], record: Mapping[str, Any]) -> Callable[[Any], None]:
+    """``check``, then the provenance tag on the probability and confidence rasters too (the
+    label map has it from the start)."""
+
+    def run(outputs: Any) -> None:
+        check(outputs)
+        for kind, writer in outputs.writers.items():
+            if kind != "label":
+                writer.dataset.update_tags(**provenance_tags(record))
+
+    return run
 
 
 # ---- coregister -------------------------------------------------------------------------------
