@@ -106,9 +106,13 @@ class Limits:
         """(h, w) True where a band is outside the range (or every band is 0); counted, where
         still ``valid`` (not nodata already), when ``place`` (the block's first row, col in
         the file) is given."""
+        lo_all, hi_all = raw.min(), raw.max()  # the common case, all possible: two fast passes
+        if hi_all <= self.high and (lo_all > 0 if self.zero_fill else lo_all >= self.low):
+            return np.zeros(raw.shape[1:], dtype=bool)
+        low, high = raw.min(axis=0), raw.max(axis=0)
         with np.errstate(invalid="ignore"):
-            bad: np.ndarray = np.asarray(((raw < self.low) | (raw > self.high)).any(axis=0))
-            zero = (raw == 0).all(axis=0) if self.zero_fill else None
+            bad: np.ndarray = np.asarray((low < self.low) | (high > self.high))
+            zero = (high == 0) & (low == 0) if self.zero_fill else None
         if zero is not None:
             bad |= zero
         news = bad if valid is None else bad & valid
