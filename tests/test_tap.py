@@ -65,8 +65,13 @@ def test_tap_with_degrees_and_metres_is_an_error(neighbours, runner, tmp_path) -
     out = tmp_path / "map.tif"
     code, _, err = runner("predict", "--optical", opt, "--sar", sar, "-o", out,
                           "--crs", "EPSG:4326", "--resolution", "10")  # fmt: skip
-    assert code == 2 and "--tap with --crs EPSG:4326 (degrees)" in err
+    assert code == 2 and "--tap on a grid in EPSG:4326 (degrees)" in err
     assert len(err.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
+    # the reference's own CRS in degrees, no --crs: the same mistake
+    code, _, err = runner("predict", "--optical", opt, "--sar", sar, "-o", out,
+                          "--resolution", "10")  # fmt: skip
+    assert code == 2 and "--tap on a grid in EPSG:4326 (degrees)" in err
+    assert list(tmp_path.iterdir()) == []
     # an explicit --no-tap keeps the old behaviour (degrees are the user's business)
     grid_from_reference(opt, crs="EPSG:4326", resolution=10, tap=False)
 

@@ -106,9 +106,9 @@ def grid_from_reference(
     from mfaf_cli.coreg.tap import align_grid, resolve_tap
 
     crs_obj = parse_crs(crs)
-    on = resolve_tap(tap, crs_obj, resolution)
     with open_raster(path, "reference") as ds:
         grid = _grid_for(ds, crs_obj, resolution, bounds)
+    on = resolve_tap(tap, crs_obj, resolution, grid.crs)
     return align_grid(grid) if on else grid
 
 

@@ -35,18 +35,20 @@ def tap_default(tap: bool | None) -> Iterator[None]:
         _TAP.reset(token)
 
 
-def resolve_tap(tap: bool | None, crs: Any, resolution: Any) -> bool:
+def resolve_tap(tap: bool | None, crs: Any, resolution: Any, target: Any = None) -> bool:
     """Whether a grid is target-aligned: ``tap``, else the context's, else on when a CRS or a
-    resolution is given. A geographic CRS with a pixel over a degree is a resolution meant in
-    metres: a usage error when aligning (the lattice would be whole degrees)."""
+    resolution is given. A geographic target CRS (``target``, default ``crs``) with a pixel
+    over a degree is a resolution meant in metres: a usage error when aligning (the lattice
+    would be whole degrees)."""
     on = tap if tap is not None else _TAP.get()
     if on is None:
         on = crs is not None or resolution is not None
-    if on and crs is not None and crs.is_geographic and resolution is not None:
+    target = crs if target is None else target
+    if on and target is not None and target.is_geographic and resolution is not None:
         pair = (resolution, resolution) if isinstance(resolution, int | float) else resolution
         if max(float(v) for v in pair) > MAX_DEGREES:
             raise UsageError(
-                f"--tap with --crs {crs.to_string()} (degrees) and --resolution "
+                f"--tap on a grid in {target.to_string()} (degrees) with --resolution "
                 f"{resolution}: the resolution is in the CRS's units, degrees; give e.g. "
                 "--resolution 0.0001 (about 10 m), or a projected CRS for metres"
             )
