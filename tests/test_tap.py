@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import rasterio
 from conftest import EXAMPLES, write_geotiff
+from rasterio.transform import from_origin
 
 from mfaf_cli.coreg.grid import grid_from_reference
 from mfaf_cli.coreg.tap import aligned_bounds
-from mfaf_cli.errors import UsageError
+from mfaf_cli.errors import InputError, UsageError
+from mfaf_cli.io.mosaic import write_mosaic_vrt
 
 CHIP = EXAMPLES / "sen1floods11"
 
@@ -76,20 +78,15 @@ def test_tap_with_degrees_and_metres_is_an_error(neighbours, runner, tmp_path) -
     grid_from_reference(opt, crs="EPSG:4326", resolution=10, tap=False)
 
 
-@pytest.mark.parametrize("tap", [True, False])
-def test_batch_mosaic_vrt(neighbours, runner, tmp_path, tap: bool) -> None:
+def test_batch_mosaic_vrt(neighbours, runner, tmp_path) -> None:
     csv = tmp_path / "scenes.csv"
     rows = [
         f"{n},{o},{s},{tmp_path / (n + '.tif')}" for n, (o, s) in zip("ab", neighbours, strict=True)
     ]
     csv.write_text("scene,optical,sar,output\n" + "\n".join(rows) + "\n")
     vrt = tmp_path / "maps.vrt"
-    flags = () if tap else ("--no-tap",)
     code, _, err = runner("predict", "--batch", csv, "--crs", "EPSG:32630", "--resolution", 10,
-                          "--mosaic", vrt, "--engine", "torch", "--quiet", *flags)  # fmt: skip
-    if not tap:  # the maps' origins are not whole pixels apart: refused, no VRT
-        assert code == 1 and "not on the first map's pixel lattice" in err and not vrt.exists()
-        return
+                          "--mosaic", vrt, "--engine", "torch", "--quiet")  # fmt: skip
     assert code == 0, err
     with rasterio.open(vrt) as m:
         mosaic, mt = m.read(1), m.transform
@@ -104,3 +101,11 @@ def test_batch_mosaic_vrt(neighbours, runner, tmp_path, tap: bool) -> None:
         assert np.array_equal(part[take], labels[take])
         covered[r : r + ds.height, c : c + ds.width] |= labels != 255
     assert (mosaic[~covered] == 255).all() and covered.mean() > 0.5
+    # maps off one lattice (as --no-tap grids of neighbouring scenes are): refused, no VRT
+    shifted = write_geotiff(tmp_path / "c.tif", np.zeros((1, 4, 4), "uint8"), "EPSG:32630",
+                            from_origin(mt.c + 3.3, mt.f, 10, 10))  # fmt: skip
+    with pytest.raises(InputError, match="not on the first map's pixel lattice"):
+        write_mosaic_vrt([tmp_path / "a.tif", shifted], tmp_path / "off.vrt")
+    assert not (tmp_path / "off.vrt").exists()
+    code, _, err = runner("predict", "--optical", neighbours[0][0], "--mosaic", vrt)
+    assert code == 2 and "add --batch" in err
