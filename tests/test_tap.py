@@ -1,4 +1,4 @@
-"""Target-aligned pixels (--tap) and the --batch --mosaic VRT of neighbouring scenes."""
+"""Target-aligned pixels (--tap) and the --batch --mosaic-vrt VRT of neighbouring scenes."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def test_batch_mosaic_vrt(neighbours, runner, tmp_path) -> None:
     csv.write_text("scene,optical,sar,output\n" + "\n".join(rows) + "\n")
     vrt = tmp_path / "maps.vrt"
     code, _, err = runner("predict", "--batch", csv, "--crs", "EPSG:32630", "--resolution", 10,
-                          "--mosaic", vrt, "--engine", "torch", "--quiet")  # fmt: skip
+                          "--mosaic-vrt", vrt, "--engine", "torch", "--quiet")  # fmt: skip
     assert code == 0, err
     with rasterio.open(vrt) as m:
         mosaic, mt = m.read(1), m.transform
@@ -107,5 +107,5 @@ def test_batch_mosaic_vrt(neighbours, runner, tmp_path) -> None:
     with pytest.raises(InputError, match="not on the first map's pixel lattice"):
         write_mosaic_vrt([tmp_path / "a.tif", shifted], tmp_path / "off.vrt")
     assert not (tmp_path / "off.vrt").exists()
-    code, _, err = runner("predict", "--optical", neighbours[0][0], "--mosaic", vrt)
+    code, _, err = runner("predict", "--optical", neighbours[0][0], "--mosaic-vrt", vrt)
     assert code == 2 and "add --batch" in err

@@ -313,6 +313,31 @@ stack_grid_opt = click.option(
 )
 
 
+# ---- cloud-native inputs (STAC items, mosaics, areas of interest; see coreg/sources.py) ----
+stac_opt = click.option(
+    "--stac",
+    default=None,
+    metavar="ITEMS.json",
+    help="A STAC ItemCollection or saved search result (file or URL): its Sentinel-2 items "
+    "are the optical input, its Sentinel-1 items the SAR input (several: a mosaic, most "
+    "recent on top). --optical/--sar also take one item.json each.",
+)
+mosaic_opt = click.option(
+    "--mosaic",
+    is_flag=True,
+    help="Repeated --optical/--sar files are tiles of one mosaic (the first given on top), "
+    "not band files to stack.",
+)
+aoi_opt = click.option(
+    "--aoi",
+    default=None,
+    metavar="FILE",
+    help="Area of interest (GeoJSON, GPKG, SHP; any CRS): the run covers its bounds and "
+    "pixels outside the polygon are nodata; only windows touching it are read.",
+)
+cloud_opts = _stack(stac_opt, mosaic_opt, aoi_opt)
+
+
 def collect_inputs(**kw: Any) -> dict[str, str | list[str]]:
     """The modality → path (or list of paths to stack) from ``--optical/--sar/...`` values."""
     out: dict[str, str | list[str]] = {}
@@ -325,3 +350,16 @@ def collect_inputs(**kw: Any) -> dict[str, str | list[str]]:
 
 def collect_bands(**kw: Any) -> dict[str, list[int | str]]:
     return {m: kw[f"{m}_bands"] for m in ALL_MODALITIES if kw.get(f"{m}_bands")}
+
+
+def collect_cloud_inputs(**kw: Any) -> dict[str, Any]:
+    """``collect_inputs`` plus the items of ``--stac`` by modality (optical / sar)."""
+    inputs: dict[str, Any] = dict(collect_inputs(**kw))
+    if kw.get("stac"):
+        from mfaf_cli.coreg.stac import stac_inputs
+
+        for mod, items in stac_inputs(kw["stac"]).items():
+            if mod in inputs:
+                raise click.UsageError(f"--{mod} and --stac both give the {mod} input: drop one")
+            inputs[mod] = items
+    return inputs

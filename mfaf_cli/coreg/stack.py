@@ -27,6 +27,7 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 
 from mfaf_cli.errors import CRSError, InputError, UsageError
+from mfaf_cli.io.remote import shown_path
 
 R = TypeVar("R")
 
@@ -252,11 +253,12 @@ def pick_s2_files(folder: Path, wanted: Sequence[int | str] | None, modality: st
 # ---- building the stack -----------------------------------------------------------------------
 def file_info(path: str) -> FileInfo:
     from mfaf_cli.io.inputs import open_raster
+    from mfaf_cli.io.remote import gdal_path, is_remote
 
     with open_raster(path, "input") as ds:
         t = ds.transform
         return FileInfo(
-            path=str(Path(path).absolute()),
+            path=gdal_path(path) if is_remote(path) else str(Path(path).absolute()),
             crs_wkt=ds.crs.to_wkt(),
             transform=(t.a, t.b, t.c, t.d, t.e, t.f),
             width=ds.width,
@@ -333,7 +335,7 @@ def stacked_inputs(
             if mod in new_bands:
                 new_bands[mod] = _translate_bands(new_bands[mod], names)
             flat[mod] = str(vrt)
-            described[mod] = ";".join(str(Path(f).absolute()) for f in files)
+            described[mod] = ";".join(shown_path(f) for f in files)
         yield flat, new_bands, described
 
 

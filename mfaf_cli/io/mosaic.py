@@ -1,4 +1,4 @@
-"""A VRT over a batch's label maps (``predict --batch --mosaic OUT.vrt``).
+"""A VRT over a batch's label maps (``predict --batch --mosaic-vrt OUT.vrt``).
 
 A GDAL virtual mosaic: one file that GIS software opens as the whole area, reading each
 scene's map where it lies. The maps must share a CRS and a pixel lattice (same resolution,
