@@ -390,9 +390,12 @@ def predict(
     check_tile(tile, meta.divisor, meta.arch)
     validate_tiling(tile, overlap)
     weights = model_tags(getattr(predictor, "source", None), model_name)
-    record = _provenance(inputs, meta, bands, predictor, weights, trained, spec.with_tile(tile))
+    record: dict[str, Any] = {}  # made once the grid and inputs are open (their errors first)
 
     def _outputs(grid: Grid) -> Any:
+        record.update(
+            _provenance(inputs, meta, bands, predictor, weights, trained, spec.with_tile(tile))
+        )
         return OutputSet(
             grid,
             meta,
