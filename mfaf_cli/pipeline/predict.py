@@ -394,7 +394,7 @@ def predict(
 
     def _outputs(grid: Grid) -> Any:
         record.update(
-            _provenance(inputs, meta, bands, predictor, weights, trained, spec.with_tile(tile))
+            run_provenance(inputs, meta, bands, predictor, weights, trained, spec.with_tile(tile))
         )
         return OutputSet(
             grid,
@@ -453,11 +453,12 @@ def predict(
     )
 
 
-def _provenance(
+def run_provenance(
     inputs: Mapping[str, Any], meta: ModelMeta, bands: Any, predictor: Any,
     weights: Mapping[str, str], trained: bool, spec: InferenceSpec,
 ) -> dict[str, Any]:  # fmt: skip
-    """The provenance record of this run (see pipeline/provenance.py)."""
+    """The provenance record of a run (see pipeline/provenance.py); split-scene runs write it
+    when they assemble."""
     from mfaf_cli.pipeline.provenance import provenance_record
 
     model = {"name": weights.get("WEIGHTS"), "sha256": weights.get("WEIGHTS_SHA256"),
@@ -466,7 +467,7 @@ def _provenance(
         "tile": spec.tile, "overlap": spec.overlap, "batch_size": spec.batch_size,
         "blend": spec.blend, "engine": str(getattr(predictor, "engine", spec.engine)),
         "device": str(getattr(predictor, "device", spec.device)),
-        "precision": str(getattr(predictor, "precision", spec.precision)),
+        "precision": str(getattr(predictor, "precision", _cpu_auto(spec))),
     }  # fmt: skip
     ordered = {m: os.fspath(inputs[m]) for m in meta.modality_names}
     return provenance_record(ordered, meta, bands, model, inference)
@@ -539,6 +540,13 @@ def _require_valid_pixels(inputs: Mapping[str, Any]) -> Callable[[Any], None]:
             )
 
     return check
+
+
+def _cpu_auto(spec: InferenceSpec) -> str:
+    """The precision a predictor on the CPU resolves ``auto`` to (fp32), for records made
+    without one (an --assemble process)."""
+    cpu = str(spec.device).startswith("cpu")
+    return "fp32" if spec.precision == "auto" and cpu else str(spec.precision)
 
 
 def _tagged(check: Callable[[Any], None], record: Mapping[str, Any]) -> Callable[[Any], None]:
