@@ -171,6 +171,9 @@ class ModelMeta:
     metrics: dict[str, Any] = field(default_factory=dict)
     trained: bool = False
     format_version: int = 1
+    #: Softmax temperature fitted on the validation split (1 = uncalibrated); every engine
+    #: divides the logits by it, so labels never change (arg-max is invariant).
+    temperature: float = 1.0
 
     # ---- derived views ---------------------------------------------------------------
     @property
@@ -222,6 +225,7 @@ class ModelMeta:
             "training": self.training,
             "metrics": self.metrics,
             "trained": self.trained,
+            "temperature": self.temperature,
         }
 
     def to_json(self) -> str:
@@ -245,6 +249,7 @@ class ModelMeta:
                 metrics=dict(d.get("metrics", {})),
                 trained=bool(d.get("trained", False)),
                 format_version=int(d.get("format_version", 1)),
+                temperature=_temperature(d.get("temperature", 1.0)),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise WeightsError(f"model metadata record is incomplete or malformed ({err})") from err
@@ -255,6 +260,14 @@ class ModelMeta:
             return cls.from_dict(json.loads(s))
         except json.JSONDecodeError as err:
             raise WeightsError(f"model metadata is not valid JSON ({err})") from err
+
+
+def _temperature(v: Any) -> float:
+    """A record's softmax temperature: a finite positive number."""
+    t = float(v)
+    if not (t > 0 and t < float("inf")):
+        raise ValueError(f"temperature {v!r} is not a positive number")
+    return t
 
 
 # ---- class tables -------------------------------------------------------------------------
@@ -311,14 +324,13 @@ DEFAULT_UNITS: dict[str, str] = {"sar": "db"}
 
 
 def default_band_names(modality: str, n: int) -> tuple[str, ...]:
-    """Band names for ``n`` bands of ``modality`` when nothing names them: the modality's
-    default bands when the count fits, RGB for 3 optical bands, VV+VH for 2 SAR bands, else
-    ``b1..bn`` (so an untrained model and a folder dataset describe the same bands alike)."""
+    """Band names for ``n`` bands of an *untrained* ``modality``: the modality's default bands
+    when the count fits, VV+VH for 2 SAR bands, else ``b1..bn`` (positional: predict then
+    takes the file's bands in order). Never RGB merely because there are 3 optical bands: a
+    trained record names the bands it was trained on (``data/bands.py``)."""
     default = DEFAULT_BANDS.get(modality, ())
     if len(default) == n:
         return default
-    if modality == "optical" and n == 3:
-        return ("red", "green", "blue")
     if modality == "sar" and n == 2:
         return ("vv", "vh")
     return tuple(f"b{i + 1}" for i in range(n))

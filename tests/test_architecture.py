@@ -14,13 +14,15 @@ PACKAGE = Path(mfaf_cli.__file__).parent
 #: room of a lower layer; rooms that share a layer do not import each other.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("mfaf_cli", "mfaf_cli.types", "mfaf_cli.errors", "mfaf_cli.malloc"),
-    ("mfaf_cli.metadata", "mfaf_cli.devices"),
+    ("mfaf_cli.metadata", "mfaf_cli.devices", "mfaf_cli.bandspec"),
     (
         "mfaf_cli.normalize",
         "mfaf_cli.tiling",
         "mfaf_cli.models.registry",
         "mfaf_cli.training.metrics",
         "mfaf_cli.training.config",
+        "mfaf_cli.training.calibration",
+        "mfaf_cli.training.stats",
     ),
     ("mfaf_cli.stitch",),
     ("mfaf_cli.tiling.plan", "mfaf_cli.io"),

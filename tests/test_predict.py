@@ -251,6 +251,23 @@ def test_label_output_opens_georeferenced_coloured_and_labelled(make_geotiff, rn
         assert ds.dtypes == ("uint8",) and conf.min() >= 127  # max prob of 2 classes >= 0.5
 
 
+def test_confidence_kind_entropy_is_the_normalised_entropy(make_geotiff, rng, tmp_path):
+    """--confidence-kind entropy writes -sum p log p / log K of the written probabilities."""
+    from mfaf_cli.training.calibration import normalised_entropy
+
+    opt, sar = make_pair(make_geotiff, rng, 40, 50)
+    meta = pixel_meta(num_classes=3)
+    predict({"optical": opt, "sar": sar}, tmp_path / "m.tif", predictor=PixelPredictor(meta),
+            tile=32, probabilities=tmp_path / "p.tif", probabilities_dtype="float32",
+            confidence=tmp_path / "h.tif", confidence_kind="entropy", progress=False)  # fmt: skip
+    with rasterio.open(tmp_path / "p.tif") as p, rasterio.open(tmp_path / "h.tif") as h:
+        probs, ent = p.read(), h.read(1)
+        assert h.descriptions == ("normalised entropy",)
+    ok = np.isfinite(ent)
+    assert ok.mean() > 0.9 and ent[ok].max() <= 1.0 and ent[ok].std() > 0.01
+    np.testing.assert_allclose(ent[ok], normalised_entropy(probs)[ok], atol=1e-6)
+
+
 def test_failure_midway_leaves_no_output(make_geotiff, rng, tmp_path):
     opt, sar = make_pair(make_geotiff, rng, 80, 80)
 
@@ -531,10 +548,23 @@ def test_cli_bad_flag_values_are_usage_errors(cli_pair, tmp_path, runner):
         assert not (tmp_path / "m.tif").exists()
 
 
-@pytest.mark.parametrize("bad", ["optical", "optical=", "optical=0,1", "optical=-1", "sar=a"])
-def test_dataset_band_lists_are_1_based(bad: str) -> None:
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        ("optical", "is not MODALITY=LIST"),
+        ("optical=", "empty item"),
+        ("optical=0,1", "start at 1"),
+        ("optical=-1", "start at 1"),
+        ("radar=1", "unknown modality"),
+    ],
+)
+def test_dataset_band_lists_are_1_based(bad: str, why: str) -> None:
     from mfaf_cli.cli.options import parse_modality_bands
 
     assert parse_modality_bands(["optical=4,3,2", "sar=1"]) == {"optical": [4, 3, 2], "sar": [1]}
-    with pytest.raises(ValueError, match="optical=4,3,2"):
+    assert parse_modality_bands(["optical=B12,B8,B4", "sar=VV"]) == {
+        "optical": ["B12", "B8", "B4"],
+        "sar": ["VV"],
+    }
+    with pytest.raises(ValueError, match=why):
         parse_modality_bands([bad])

@@ -11,6 +11,7 @@ import click
 
 from mfaf_cli.cli import options as opt
 from mfaf_cli.metadata import ALL_MODALITIES
+from mfaf_cli.types import CONFIDENCE_KINDS
 
 log = logging.getLogger("mfaf")
 
@@ -133,7 +134,15 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
     default=None,
     metavar="PATH",
     callback=opt.refuse_stdout,
-    help="Also write the max class probability.",
+    help="Also write the max class probability (calibrated: the model's temperature).",
+)
+@click.option(
+    "--confidence-kind",
+    type=click.Choice(CONFIDENCE_KINDS),
+    default="top",
+    show_default=True,
+    help="--confidence: top = max class probability; entropy = normalised entropy "
+    "(0 certain .. 1 uniform).",
 )
 @click.option(
     "--vector",
@@ -312,6 +321,7 @@ def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
         "precision": kw["precision"],
         "threads": kw["threads"],
         "probabilities_dtype": kw["probabilities_dtype"],
+        "confidence_kind": kw["confidence_kind"],
         "cog": kw["cog"],
         "creation_options": kw["creation_options"] or None,
         "progress": not kw["quiet"],

@@ -13,21 +13,28 @@ from typing import Any
 
 import numpy as np
 
+from mfaf_cli.data.bands import recorded_names
 from mfaf_cli.data.base import (
+    _REPORTED,
     DECIMATED_SIDE,
     Scene,
     SegDataset,
     _check_modalities,
     _check_root,
 )
-from mfaf_cli.data.splits import grid_offsets, seeded_split3
+from mfaf_cli.data.splits import (
+    block_size_for,
+    block_split,
+    grid_offsets,
+    group_split3,
+    seeded_split3,
+)
 from mfaf_cli.data.transforms import jitter_window
 from mfaf_cli.errors import DatasetError, LabelError
 from mfaf_cli.metadata import (
     ALL_MODALITIES,
     ClassInfo,
     ModelMeta,
-    default_band_names,
     default_classes,
 )
 
@@ -88,6 +95,7 @@ def _scene_entry(path: Path, n: int, row: Mapping[str, Any]) -> dict[str, Any]:
     sc: dict[str, Any] = {
         "id": str(row.get("id") or f"scene{n}"),
         "split": str(row.get("split") or "").lower() or None,
+        "group": str(row.get("group") or "") or None,  # event / region / date: held out whole
         "label": (base / str(row["label"])).resolve(),
         "inputs": {},
     }
@@ -98,6 +106,32 @@ def _scene_entry(path: Path, n: int, row: Mapping[str, Any]) -> dict[str, Any]:
         if not p.exists():
             raise DatasetError(f"{path}: scene {sc['id']}: {p} does not exist")
     return sc
+
+
+def warn_once(msg: str) -> None:
+    """A warning given once per process (train, val and test readers open the same list)."""
+    if msg not in _REPORTED:
+        _REPORTED.add(msg)
+        log.warning("%s", msg)
+
+
+def folder_bands(
+    where: Path, listed: Any, given: Mapping[str, Sequence[int | str]] | None
+) -> tuple[dict[str, list[int | str]], dict[str, str]]:
+    """The band lists of a folder dataset and where each came from (for error messages): the
+    scene list's ``[bands]`` table (one band grammar: ``optical = "B12,B8,B4"`` or a list),
+    overridden per modality by ``--bands`` / the config file's ``[bands]``."""
+    from mfaf_cli.bandspec import format_band_list, parse_bands_table
+
+    try:
+        out = parse_bands_table(listed, f"{where} [bands]")
+    except ValueError as err:
+        raise DatasetError(str(err)) from None
+    flags = {m: f"{where} [bands] {m}" for m in out}
+    for m, v in (given or {}).items():
+        out[m] = list(v)
+        flags[m] = f"--bands {m}={format_band_list(v)}"
+    return out, flags
 
 
 def find_scene_list(root: Path) -> Path:
@@ -125,6 +159,15 @@ def _select_scenes(
     if any(s["split"] for s in scenes):
         alias = {"valid": "val", "validation": "val"}
         return [i for i, s in enumerate(scenes) if alias.get(s["split"], s["split"]) == split]
+    if any(s["group"] for s in scenes):
+        groups = [s["group"] or s["id"] for s in scenes]  # a scene without one: its own group
+        if len(set(groups)) < 3:
+            raise DatasetError(
+                f"the scene list's group column names {len(set(groups))} groups; holding groups "
+                "out whole needs at least 3 (or give a split column)"
+            )
+        ids = [str(i) for i in range(len(scenes))]
+        return sorted(int(i) for i in group_split3(ids, groups, val, test, seed)[split])
     if len(scenes) >= 3:
         parts = seeded_split3([str(i) for i in range(len(scenes))], val, test, seed)
         return sorted(int(i) for i in parts[split])
@@ -168,6 +211,7 @@ class FolderDataset(SegDataset):
         num_classes: int | None = None,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
+        bands: Mapping[str, Sequence[int | str]] | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(split, **kw)
@@ -177,7 +221,7 @@ class FolderDataset(SegDataset):
         available = tuple(scenes[0]["inputs"])
         self.modalities = _check_modalities(self.name, available, modalities)
         self.ignore_value = opts.get("ignore_value")
-        self.bands_opt = {k: list(v) for k, v in dict(opts.get("bands", {})).items()}
+        self.bands_opt, self.band_flags = folder_bands(r, opts.get("bands"), bands)
         self.units = {"sar": str(dict(opts.get("units", {})).get("sar", "auto"))}
         # Class table over *all* scenes so every split agrees on K.
         self.classes = self._class_table(r, scenes, opts, num_classes)
@@ -186,19 +230,18 @@ class FolderDataset(SegDataset):
         self.scene_idx = _select_scenes(scenes, split, val_fraction, test_fraction, self.seed)
         self.sizes: dict[int, tuple[int, int]] = {}
         self.windows: list[tuple[int, int, int]] = self._cut_windows(self.scene_idx)
-        if split != "all" and not has_split and len(scenes) < 3:
-            log.warning(
-                "folder dataset: no 'split' column and fewer than 3 scenes; splitting windows "
-                "(neighbouring windows share context, so validation scores are optimistic)"
-            )
-            self.windows = _split_windows(
-                self.windows, split, val_fraction, test_fraction, self.seed
-            )
         self.split_source = (
             "the scene list's split column"
             if has_split
+            else f"group-held-out split (seed {self.seed}, val {val_fraction}, test "
+            f"{test_fraction}): no group on two sides"
+            if any(sc["group"] for sc in scenes)
             else f"seeded split (seed {self.seed}, val {val_fraction}, test {test_fraction})"
         )
+        if split != "all" and not has_split and len(scenes) < 3:
+            self.windows, self.split_source = self._block_windows(
+                split, val_fraction, test_fraction
+            )
         if not self.windows:
             raise DatasetError(f"the {split} split of the folder dataset {r} is empty")
         self._aligned: dict[int, Any] = {}
@@ -207,7 +250,38 @@ class FolderDataset(SegDataset):
         first = self._scene(self.windows[0][0])
         # SAR units as read (resolved from "auto"), recorded in the model metadata
         self.units = {m: u for m, u in first.units.items() if u in ("db", "linear")}
-        self.band_names = {m: default_band_names(m, first.band_counts[m]) for m in self.modalities}
+        self.band_names = {
+            m: recorded_names(m, c.indexes, c.labels, self.bands_opt.get(m))
+            for m, c in first.band_choices.items()
+            if m in self.modalities
+        }
+        self._check_scene_bands()
+
+    def _block_windows(
+        self, split: str, val: float, test: float
+    ) -> tuple[list[tuple[int, int, int]], str]:
+        """The windows of ``split`` in a spatial block split of each scene, with a one-tile gap
+        between splits; a scene too small for 3 blocks falls back to a leaky window split."""
+        t = self.tile  # whole tiles only: the edge tile shifted back would overlap a neighbour
+        offs = {i: (list(range(0, h - t + 1, t)), list(range(0, w - t + 1, t)))
+                for i, (h, w) in self.sizes.items()}  # fmt: skip
+        if any(len(r) * len(c) < 3 * 4 for r, c in offs.values()):  # < 3 blocks of 2×2 tiles
+            warn_once(
+                "folder dataset: no 'split' column, fewer than 3 scenes and too few tiles for a "
+                "spatial block split; splitting windows (neighbouring windows share context, "
+                "so validation scores are optimistic). Fix: add a 'split' or 'group' column "
+                "with 3+ scenes, or a smaller --tile so each scene has 12+ tiles"
+            )
+            rule = f"window-level seeded split (seed {self.seed}; spatially leaky)"
+            return _split_windows(self.windows, split, val, test, self.seed), rule
+        keep: list[tuple[int, int, int]] = []
+        for i, (rows, cols) in offs.items():
+            block = block_size_for(len(rows), len(cols))
+            cells = block_split(len(rows), len(cols), val, test, self.seed + i, block=block)
+            keep += [(i, rows[r], cols[c]) for r, c in cells[split]]
+        rule = (f"spatial block split per scene (about 16 square blocks of tiles, seed "
+                f"{self.seed}, val {val}, test {test}), one-tile gap between splits")  # fmt: skip
+        return sorted(keep), rule
 
     def _class_table(
         self,
@@ -265,6 +339,7 @@ class FolderDataset(SegDataset):
     def __getstate__(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["_aligned"] = {}
+        d.pop("_split_label_cache", None)
         d["_pid"] = -1
         return d
 
@@ -283,8 +358,33 @@ class FolderDataset(SegDataset):
                 grid,
                 {m: self.bands_opt[m] for m in self.modalities if m in self.bands_opt},
                 units=self.units.get("sar", "auto"),
+                band_flags=self.band_flags,
             )
         return self._aligned[i]
+
+    def _check_scene_bands(self) -> None:
+        """Every scene of the split holds the bands asked for (one line naming the scene and
+        the option or key otherwise), before anything is trained or written."""
+        import rasterio
+
+        from mfaf_cli.coreg.align import file_descriptions
+        from mfaf_cli.coreg.bands import select_bands
+
+        for i in sorted({w[0] for w in self.windows}):
+            for m in self.modalities:
+                path = self._scenes_all[i]["inputs"][m]
+                with rasterio.open(path) as ds:
+                    count, described = ds.count, ds.descriptions
+                found = select_bands(
+                    self.bands_opt.get(m), count, file_descriptions(path.name, count, described),
+                    path=path.name, modality=m, flag=self.band_flags.get(m),
+                )  # fmt: skip
+                if len(found) != len(self.band_names[m]):
+                    raise DatasetError(
+                        f"scene {self._scenes_all[i]['id']}: {path} gives {len(found)} {m} "
+                        f"band(s), the first scene {len(self.band_names[m])}; select the same "
+                        f"bands with {self.band_flags.get(m, '--bands')}"
+                    )
 
     def _stat_meta(self) -> ModelMeta:
         return ModelMeta(arch="folder", modalities=self.modality_specs(), classes=self.classes)
@@ -318,10 +418,40 @@ class FolderDataset(SegDataset):
         return out
 
     def label_arrays(self) -> list[tuple[str, np.ndarray]]:
-        return [
-            (str(self._scenes_all[i]["label"]), self._label_values(self._scenes_all[i]["label"]))
-            for i in sorted({w[0] for w in self.windows})
-        ]
+        """The labelled values of this split's windows (not of their whole scenes: a window-level
+        split shares scenes between splits), decimated like :meth:`_label_values`."""
+        return [(name, vals) for name, vals, _ in self._split_labels()]
+
+    def _full_label_pixels(self) -> dict[str, int]:
+        return {name: full for name, _, full in self._split_labels()}
+
+    def _split_labels(self) -> list[tuple[str, np.ndarray, int]]:
+        """(label file, its values under this split's windows, how many pixels those are at
+        full resolution) per scene of the split; computed once."""
+        cached: list[tuple[str, np.ndarray, int]] | None = getattr(self, "_split_label_cache", None)
+        if cached is None:
+            cached = [self._covered_labels(i) for i in sorted({w[0] for w in self.windows})]
+            self._split_label_cache = cached
+        return cached
+
+    def _covered_labels(self, i: int) -> tuple[str, np.ndarray, int]:
+        import rasterio
+
+        path, t = self._scenes_all[i]["label"], self.tile
+        with rasterio.open(path) as ds:
+            f = max(1.0, max(ds.height, ds.width) / DECIMATED_SIDE)
+            shape = (max(1, round(ds.height / f)), max(1, round(ds.width / f)))
+            lab, nodata, (h, w) = ds.read(1, out_shape=shape), ds.nodata, (ds.height, ds.width)
+        fy, fx = shape[0] / h, shape[1] / w
+        cover = np.zeros(shape, dtype=bool)
+        for j, r, c in self.windows:
+            if j == i:
+                rows = slice(int(r * fy), math.ceil(min(r + t, h) * fy))
+                cover[rows, int(c * fx) : math.ceil(min(c + t, w) * fx)] = True
+        if nodata is not None:
+            cover &= ~(np.isnan(lab) if math.isnan(nodata) else lab == nodata)
+        vals = np.asarray(lab[cover]).reshape(-1)
+        return str(path), vals, round(vals.size / (fy * fx))
 
     def stat_arrays(self, max_items: int) -> dict[str, list[np.ndarray]]:
         out: dict[str, list[np.ndarray]] = {m: [] for m in self.modalities}

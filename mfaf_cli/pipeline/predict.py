@@ -329,6 +329,7 @@ def predict(
     probabilities: PathLike | None = None,
     probabilities_dtype: str = "uint8",
     confidence: PathLike | None = None,
+    confidence_kind: str = "top",
     vector: PathLike | None = None,
     cog: bool = False,
     creation_options: Mapping[str, str] | None = None,
@@ -357,7 +358,8 @@ def predict(
         device, engine, precision: see :func:`mfaf_cli.engine.create_predictor`.
         threads: CPU threads for the engine and the readers together (None: all usable
             cores); see :func:`mfaf_cli.pipeline.spec.split_threads`.
-        probabilities, probabilities_dtype, confidence: optional extra outputs.
+        probabilities, probabilities_dtype, confidence: optional extra outputs;
+        confidence_kind: ``top`` (max probability) or ``entropy`` (normalised entropy).
         vector: polygonise the label map into this file (.gpkg, .geojson, .parquet, .shp).
         cog, creation_options: output format options.
         overwrite: replace existing outputs.
@@ -407,6 +409,7 @@ def predict(
             cog=cog,
             overwrite=overwrite,
             tags={**weights, **provenance_tags(record)},
+            confidence_kind=confidence_kind,
         )
 
     ordered = {m: inputs[m] for m in meta.modality_names}

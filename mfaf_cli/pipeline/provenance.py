@@ -66,13 +66,14 @@ def describe_inputs(
 ) -> dict[str, dict[str, Any]]:
     """Each input's path, bands (as :class:`~mfaf_cli.coreg.align.AlignedScene` picks them)
     and acquisition date."""
+    from mfaf_cli.coreg.align import file_descriptions
     from mfaf_cli.coreg.bands import choose_bands
     from mfaf_cli.io.inputs import open_raster
 
     out: dict[str, dict[str, Any]] = {}
     for name, path in inputs.items():
         with open_raster(path, name) as ds:
-            descriptions = list(ds.descriptions or [None] * ds.count)
+            descriptions = file_descriptions(Path(path).name, ds.count, ds.descriptions)
             choice = choose_bands(
                 meta.modality(name), (bands or {}).get(name), ds.count, descriptions,
                 path=Path(path).name, model=meta.arch,

@@ -632,6 +632,7 @@ def predict_split(
     probabilities: PathLike | None = None,
     probabilities_dtype: str = "uint8",
     confidence: PathLike | None = None,
+    confidence_kind: str = "top",
     vector: PathLike | None = None,
     cog: bool = False,
     creation_options: Mapping[str, str] | None = None,
@@ -669,6 +670,7 @@ def predict_split(
     options = {
         "creation_options": creation_options,
         "probability_dtype": probabilities_dtype,
+        "confidence_kind": confidence_kind,
         "cog": cog,
         "overwrite": overwrite,
     }
