@@ -176,6 +176,9 @@ class ModelMeta:
     metrics: dict[str, Any] = field(default_factory=dict)
     trained: bool = False
     format_version: int = 1
+    #: Softmax temperature fitted on the validation split (1 = uncalibrated); every engine
+    #: divides the logits by it, so labels never change (arg-max is invariant).
+    temperature: float = 1.0
 
     # ---- derived views ---------------------------------------------------------------
     @property
@@ -227,6 +230,7 @@ class ModelMeta:
             "training": self.training,
             "metrics": self.metrics,
             "trained": self.trained,
+            "temperature": self.temperature,
         }
 
     def to_json(self) -> str:
@@ -255,6 +259,7 @@ class ModelMeta:
                 metrics=dict(d.get("metrics", {})),
                 trained=bool(d.get("trained", False)),
                 format_version=int(d.get("format_version", 1)),
+                temperature=_temperature(d.get("temperature", 1.0)),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise WeightsError(f"model metadata record is incomplete or malformed ({err})") from err
@@ -265,6 +270,14 @@ class ModelMeta:
             return cls.from_dict(json.loads(s))
         except json.JSONDecodeError as err:
             raise WeightsError(f"model metadata is not valid JSON ({err})") from err
+
+
+def _temperature(v: Any) -> float:
+    """A record's softmax temperature: a finite positive number."""
+    t = float(v)
+    if not (t > 0 and t < float("inf")):
+        raise ValueError(f"temperature {v!r} is not a positive number")
+    return t
 
 
 # ---- class tables -------------------------------------------------------------------------

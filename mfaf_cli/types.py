@@ -17,3 +17,7 @@ BLENDS: tuple[str, ...] = get_args(Blend)
 ENGINES: tuple[str, ...] = get_args(Engine)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 ALIGNMENT_KINDS: tuple[str, ...] = get_args(AlignmentKind)
+
+#: What ``--confidence`` writes: the top class probability, or the normalised entropy.
+ConfidenceKind = Literal["top", "entropy"]
+CONFIDENCE_KINDS: tuple[ConfidenceKind, ...] = ("top", "entropy")

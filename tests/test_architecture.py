@@ -22,6 +22,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "mfaf_cli.models.registry",
         "mfaf_cli.training.metrics",
         "mfaf_cli.training.config",
+        "mfaf_cli.training.calibration",
+        "mfaf_cli.training.stats",
     ),
     ("mfaf_cli.stitch",),
     ("mfaf_cli.tiling.plan", "mfaf_cli.io"),

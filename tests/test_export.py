@@ -233,3 +233,28 @@ def test_cli_models_unknown_name(runner, tiny_registry: None) -> None:  # type: 
     code, stdout, err = runner("models", "segformer")
     assert code == 2 and not stdout
     assert "unknown model 'segformer'" in err and "comix-lite" in err and "unet-optical" in err
+
+
+def test_calibrated_onnx_export_equals_calibrated_torch(tmp_path: Path) -> None:
+    """A record's temperature is applied by both engines: the ONNX graph divides the logits
+    inside, the torch engine before its softmax; labels are those of the raw logits."""
+    from mfaf_cli.engine.torch_predictor import TorchPredictor
+
+    torch.manual_seed(0)
+    meta = tiny_meta(tile=32, temperature=2.5)
+    model = TinyFusion(meta.in_channels, 2).eval()
+    path = X.export_onnx(model, meta, tmp_path / "cal.onnx")
+    assert W.read_meta(path).temperature == 2.5
+    rng = np.random.default_rng(0)
+    batch = {m.name: rng.normal(0, 2, (2, m.n_bands, 32, 32)).astype(np.float32)
+             for m in meta.modalities}  # fmt: skip
+    got = OnnxPredictor(path, device="cpu")(batch)
+    ref = TorchPredictor(model, meta, device="cpu")(batch)
+    raw = TorchPredictor(model, replace(meta, temperature=1.0), device="cpu")(batch)
+    assert np.abs(got - ref).max() <= 1e-5
+    assert np.abs(ref - raw).max() > 1e-2  # the temperature did change the probabilities
+    assert np.array_equal(ref.argmax(1), raw.argmax(1))  # ... and not the labels
+    with torch.inference_mode():
+        logits = model(*(torch.from_numpy(batch[m]) for m in meta.modality_names)).numpy()
+    assert np.abs(ref - torch.softmax(torch.from_numpy(logits) / 2.5, 1).numpy()).max() <= 1e-5
+    assert ModelMeta.from_json(meta.to_json()).temperature == 2.5

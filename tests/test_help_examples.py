@@ -144,6 +144,15 @@ def _maps(folder: Path) -> None:
         ds.update_tags(CLASS_NAMES=json.dumps(["not-water", "water"]), CLASS_IDS="[0, 1]")
         ds.write_colormap(1, {0: (225, 220, 200, 255), 1: (30, 90, 200, 255)})
     rng = np.random.default_rng(0)
+    # a second, noisier map and the pairs CSV of `evaluate --batch` / `--compare`
+    flip = (rng.random(water.shape) < 0.1) & (water != 255)
+    _write(folder / "water_b.tif", np.where(flip, 1 - water, water).astype(np.uint8),
+           SAMPLE / "label.tif", nodata=255)  # fmt: skip
+    with rasterio.open(folder / "water_b.tif", "r+") as ds:
+        ds.update_tags(CLASS_NAMES=json.dumps(["not-water", "water"]), CLASS_IDS="[0, 1]")
+    (folder / "pairs.csv").write_text(
+        "scene,prediction,truth\na,water.tif,label.tif\nb,water_b.tif,label.tif\n"
+    )
     classes = rng.integers(0, 8, (1, 64, 64)).astype(np.uint8)
     _write(folder / "landuse.tif", classes, SAMPLE / "label.tif", nodata=255)
     with rasterio.open(folder / "landuse.tif", "r+") as ds:

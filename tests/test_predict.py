@@ -251,6 +251,23 @@ def test_label_output_opens_georeferenced_coloured_and_labelled(make_geotiff, rn
         assert ds.dtypes == ("uint8",) and conf.min() >= 127  # max prob of 2 classes >= 0.5
 
 
+def test_confidence_kind_entropy_is_the_normalised_entropy(make_geotiff, rng, tmp_path):
+    """--confidence-kind entropy writes -sum p log p / log K of the written probabilities."""
+    from mfaf_cli.training.calibration import normalised_entropy
+
+    opt, sar = make_pair(make_geotiff, rng, 40, 50)
+    meta = pixel_meta(num_classes=3)
+    predict({"optical": opt, "sar": sar}, tmp_path / "m.tif", predictor=PixelPredictor(meta),
+            tile=32, probabilities=tmp_path / "p.tif", probabilities_dtype="float32",
+            confidence=tmp_path / "h.tif", confidence_kind="entropy", progress=False)  # fmt: skip
+    with rasterio.open(tmp_path / "p.tif") as p, rasterio.open(tmp_path / "h.tif") as h:
+        probs, ent = p.read(), h.read(1)
+        assert h.descriptions == ("normalised entropy",)
+    ok = np.isfinite(ent)
+    assert ok.mean() > 0.9 and ent[ok].max() <= 1.0 and ent[ok].std() > 0.01
+    np.testing.assert_allclose(ent[ok], normalised_entropy(probs)[ok], atol=1e-6)
+
+
 def test_failure_midway_leaves_no_output(make_geotiff, rng, tmp_path):
     opt, sar = make_pair(make_geotiff, rng, 80, 80)
 

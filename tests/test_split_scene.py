@@ -55,7 +55,12 @@ def _read(paths: dict[str, Path]) -> dict[str, object]:
         with rasterio.open(p) as ds:
             prof = {k: str(v) for k, v in ds.profile.items()}
             cmap = ds.colormap(1) if key == "label" else None
-            out[key] = (ds.read(), prof, ds.tags(), ds.tags(1), ds.descriptions, cmap)
+            tags = ds.tags()
+            if "MFAF_PROVENANCE" in tags:  # how it was made, less when: equal to a single run's
+                record = json.loads(tags["MFAF_PROVENANCE"])
+                record.pop("time")
+                tags["MFAF_PROVENANCE"] = json.dumps(record, sort_keys=True)
+            out[key] = (ds.read(), prof, tags, ds.tags(1), ds.descriptions, cmap)
     out["aux"] = Path(str(paths["label"]) + ".aux.xml").read_text()
     return out
 

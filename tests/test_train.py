@@ -113,6 +113,12 @@ def test_train_writes_checkpoints_metrics_and_curves(ombria: Path, tmp_path: Pat
     assert meta.training["dataset"] == "ombria" and meta.training["split"]["train"] == 4
     assert meta.metrics["val"]["epoch"] == res["best_epoch"]
     assert meta.metrics["val"]["miou"] == pytest.approx(rows[res["best_epoch"] - 1]["val_miou"])
+    # the temperature was fitted on the validation split after training (issue 21) and it
+    # lowered the validation NLL; the last checkpoint is left uncalibrated
+    cal = meta.metrics["calibration"]
+    assert meta.temperature == cal["temperature"] and meta.temperature != 1.0
+    assert cal["after"]["nll"] <= cal["before"]["nll"] and cal["pixels"] > 0
+    assert read_meta(out / "last.safetensors").temperature == 1.0
     # the state file holds only plain tensors/containers: loads with weights_only=True
     state = torch.load(out / "last_state.pt", weights_only=True)
     assert state["epoch"] == 2 and state["arch"] == "unet"

@@ -76,6 +76,8 @@ def command(**kw: Any) -> None:
         sar_units=kw["sar_units"],
         stack_grid=kw["stack_grid"],
         mosaic=kw["mosaic"],
+        nodata=kw["nodata"] or None,
+        tap=kw["tap"],
         creation_options=kw["creation_options"] or None,
         overwrite=kw["overwrite"],
         progress=not kw["quiet"],

@@ -78,7 +78,26 @@ def describe_raster(path: str | os.PathLike[str]) -> dict[str, Any]:
             "nodata": nodata,
             "band_descriptions": [d or "" for d in src.descriptions],
             "_crs": crs,
+            **_georeferencing(src),
         }
+
+
+def _georeferencing(src: Any) -> dict[str, Any]:
+    """How the file is located; for GCPs / RPCs also their CRS and the footprint in it, so the
+    overlap report can place the file (``_crs``, ``bounds``, ``resolution``)."""
+    from mfaf_cli.coreg.georef import Ground, describe
+
+    out: dict[str, Any] = {"georeferencing": describe(src)}
+    ground = Ground.of(src) if src.crs is None else None
+    if ground is not None:
+        b = ground.footprint(ground.crs)
+        out.update(
+            _crs=ground.crs,
+            bounds=list(b),
+            resolution=[(b[2] - b[0]) / src.width, (b[3] - b[1]) / src.height],
+            units=_units(ground.crs) + f" (approximate, from the {ground.kind[:-1].upper()}s)",
+        )
+    return out
 
 
 def _json_num(v: float) -> float | int | str:
@@ -139,7 +158,7 @@ def box_area_m2(box: tuple[float, float, float, float], crs: Any) -> float:
 
 def overlap_report(descs: list[dict[str, Any]]) -> dict[str, Any]:
     """How the footprints of 2+ rasters overlap, in the first raster's CRS."""
-    from rasterio.warp import transform_bounds
+    from mfaf_cli.coreg.edges import bounds_in, centre_lon, shift_near
 
     ref = descs[0]
     ref_crs = ref["_crs"]
@@ -147,11 +166,12 @@ def overlap_report(descs: list[dict[str, Any]]) -> dict[str, Any]:
         missing = ", ".join(d["path"] for d in descs if d["_crs"] is None)
         return {"crs": None, "note": f"cannot compare footprints: no CRS in {missing}"}
     boxes: list[tuple[float, float, float, float]] = []
+    centre = centre_lon(ref_crs, tuple(ref["bounds"]))  # geographic: unwrap around the first
     for d in descs:
-        if d["_crs"] == ref_crs:
-            boxes.append(tuple(d["bounds"]))  # type: ignore[arg-type]
-        else:
-            boxes.append(transform_bounds(d["_crs"], ref_crs, *d["bounds"], densify_pts=21))
+        box = tuple(d["bounds"]) if d["_crs"] == ref_crs else None
+        if box is None:
+            box = bounds_in(d["_crs"], ref_crs, tuple(d["bounds"]), centre)
+        boxes.append(box if centre is None else shift_near(box, centre))  # type: ignore[arg-type]
     inter = bbox_intersection(boxes)
     inter_area = box_area_m2(inter, ref_crs) if inter else 0.0
     per_file = []
@@ -167,7 +187,7 @@ def overlap_report(descs: list[dict[str, Any]]) -> dict[str, Any]:
         else [0.0, 0.0]
     )
     return {
-        "crs": ref["crs"],
+        "crs": ref["crs"] or ref_crs.to_string(),  # a GCP / RPC file: their CRS
         "same_crs": all(d["_crs"] == ref_crs for d in descs),
         "intersection": list(inter) if inter else None,
         "area_m2": inter_area,
@@ -185,7 +205,8 @@ def _fmt_area(m2: float) -> str:
 
 
 def format_raster(d: dict[str, Any]) -> str:
-    crs = d["crs"] or "none (no georeferencing)"
+    georef = d.get("georeferencing", "none")
+    crs = d["crs"] or ("none (no georeferencing)" if georef == "none" else "none")
     if d["crs_name"] and d["crs"] and d["crs_name"] != d["crs"]:
         crs = f"{crs} ({d['crs_name']})"
     bands = ", ".join(f"{i}: {desc or '-'}" for i, desc in enumerate(d["band_descriptions"], 1))
@@ -194,6 +215,7 @@ def format_raster(d: dict[str, Any]) -> str:
         f"{d['path']}",
         f"  driver:      {d['driver']}",
         f"  crs:         {crs}",
+        f"  located by:  {georef}",
         f"  size:        {d['width']} x {d['height']} px, {d['count']} band(s)",
         f"  resolution:  {res} {d['units']}" + (" (rotated grid)" if d["rotated"] else ""),
         "  bounds:      " + ", ".join(_fmt_num(v) for v in d["bounds"]) + " (l, b, r, t)",

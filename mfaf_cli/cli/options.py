@@ -201,7 +201,34 @@ bounds_opt = click.option(
     callback=_callback(parse_bounds),
     help="Target extent left,bottom,right,top in target CRS units.",
 )
-grid_opts = _stack(crs_opt, resolution_opt, bounds_opt)
+
+
+def _nodata_pairs(values: tuple[str, ...]) -> dict[str, float]:
+    from mfaf_cli.coreg.validity import parse_nodata
+    from mfaf_cli.errors import UsageError
+
+    try:
+        return parse_nodata(values)
+    except UsageError as err:
+        raise ValueError(str(err)) from None
+
+
+tap_opt = click.option(
+    "--tap/--no-tap",
+    default=None,
+    help="Target-aligned pixels (as gdalwarp -tap): grid edges on multiples of the resolution, "
+    "so neighbouring scenes share one pixel lattice [default: on with --crs/--resolution].",
+)
+nodata_opt = click.option(
+    "--nodata",
+    "nodata",
+    multiple=True,
+    metavar="MOD=VALUE",
+    callback=_callback(_nodata_pairs),
+    help="Nodata value of a modality's file, overriding or supplying its tag "
+    "(repeatable; e.g. --nodata optical=0 --nodata sar=-9999).",
+)
+grid_opts = _stack(crs_opt, resolution_opt, bounds_opt, tap_opt, nodata_opt)
 sar_units_opt = click.option(
     "--sar-units",
     type=click.Choice(SAR_UNITS_CHOICES),

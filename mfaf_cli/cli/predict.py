@@ -11,6 +11,7 @@ import click
 
 from mfaf_cli.cli import options as opt
 from mfaf_cli.metadata import ALL_MODALITIES
+from mfaf_cli.types import CONFIDENCE_KINDS
 
 log = logging.getLogger("mfaf")
 
@@ -40,6 +41,14 @@ Examples:
   mfaf predict --batch scenes.csv --optical-bands B12,B8,B4 --sar-bands VV \\
       --skip-existing --json > results.jsonl
 \b
+  # the same scenes on one 10 m UTM pixel lattice (target-aligned), and a VRT of their maps
+  mfaf predict --batch scenes.csv --optical-bands B12,B8,B4 --sar-bands VV \\
+      --crs EPSG:32630 --resolution 10 --mosaic-vrt maps.vrt --overwrite
+\b
+  # fill values the files do not tag, and a STAC Item beside the map (map.stac-item.json)
+  mfaf predict --optical S2.tif --optical-bands B12,B8,B4 --sar S1.tif --sar-bands VV \\
+      --nodata optical=0 --nodata sar=-9999 -o map.tif --stac-item
+\b
   # or one process per scene (temp names are unique per process)
   xargs -P 4 -I{} mfaf predict --optical s2/{}.tif --optical-bands B12,B8,B4 \\
       --sar s1/{}.tif --sar-bands VV -o maps/{}.tif --skip-existing -q < scene-ids.txt
@@ -51,7 +60,10 @@ Examples:
 \b
 The output grid is the optical (or HSI) raster's grid unless --crs/--resolution/--bounds
 change it; other inputs are warped onto it window by window (SAR is resampled in linear
-power). Pixels where any input is nodata or outside its footprint are written as 255.
+power). Pixels where any input is nodata or outside its footprint are written as 255, and
+so are values no sensor measures (SAR dB outside -60..40; reflectance x 10^4 below 0, above
+20000, or 0 in every band), counted in a warning. Inputs may be located by GCPs or RPCs
+instead of a CRS. Every map carries a provenance record (tag MFAF_PROVENANCE, --json).
 Outputs are written to temp files and renamed at the end: an error or Ctrl-C leaves nothing.
 \b
 Inputs may be URLs (https://, s3://, gs://, /vsi...: only the blocks a window needs are
@@ -122,7 +134,15 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
     default=None,
     metavar="PATH",
     callback=opt.refuse_stdout,
-    help="Also write the max class probability.",
+    help="Also write the max class probability (calibrated: the model's temperature).",
+)
+@click.option(
+    "--confidence-kind",
+    type=click.Choice(CONFIDENCE_KINDS),
+    default="top",
+    show_default=True,
+    help="--confidence: top = max class probability; entropy = normalised entropy "
+    "(0 certain .. 1 uniform).",
 )
 @click.option(
     "--vector",
@@ -147,6 +167,20 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
     default=None,
     metavar="CSV",
     help="Predict every scene listed in CSV with one model load (see below).",
+)
+@click.option(
+    "--stac-item",
+    is_flag=True,
+    help="Also write a STAC Item beside the map (map.stac-item.json: footprint, grid, classes "
+    "by the classification extension, the provenance record).",
+)
+@click.option(
+    "--mosaic-vrt",
+    default=None,
+    metavar="OUT.vrt",
+    callback=opt.refuse_stdout,
+    help="With --batch: also write a GDAL VRT of the batch's label maps (they must share one "
+    "pixel lattice: use --crs/--resolution, target-aligned).",
 )
 @click.option(
     "--shard",
@@ -190,6 +224,10 @@ def command(**kw: Any) -> None:
     if kw["batch_csv"] is not None:
         _run_batch(kw)
         return
+    if kw["mosaic_vrt"]:
+        raise click.UsageError(
+            "--mosaic-vrt joins the label maps of a --batch run; add --batch CSV"
+        )
     if kw["split_scene"] or kw["assemble"]:
         _run_split(kw)
         return
@@ -215,6 +253,7 @@ def command(**kw: Any) -> None:
     if kw["output"] is None and not (kw["probabilities"] or kw["confidence"]):
         raise click.UsageError("give -o/--output PATH for the label map")
     _check_preview(kw)
+    _check_stac_item(kw)
     result = predict(
         inputs,
         kw["output"],
@@ -228,6 +267,8 @@ def command(**kw: Any) -> None:
     )
     if kw["preview"]:
         _write_preview(result, kw["preview"])
+    if kw["stac_item"]:
+        _write_stac_item(result.outputs)
     if kw["as_json"]:
         click.echo(result.to_json())
     elif not kw["quiet"]:
@@ -280,6 +321,7 @@ def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
         "precision": kw["precision"],
         "threads": kw["threads"],
         "probabilities_dtype": kw["probabilities_dtype"],
+        "confidence_kind": kw["confidence_kind"],
         "cog": kw["cog"],
         "creation_options": kw["creation_options"] or None,
         "progress": not kw["quiet"],
@@ -290,7 +332,38 @@ def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
         "stack_grid": kw["stack_grid"],
         "mosaic": kw["mosaic"],
         "aoi": kw["aoi"],
+        "nodata": kw["nodata"] or None,
+        "tap": kw["tap"],
     }
+
+
+def _check_stac_item(kw: dict[str, Any]) -> None:
+    """Before any work: the item is written beside the label map, so it needs one."""
+    if kw["stac_item"]:
+        from mfaf_cli.io.raster import check_output_path
+        from mfaf_cli.pipeline.stac import stac_item_path
+
+        if kw["output"] is None:
+            raise click.UsageError("--stac-item describes the label map: give -o/--output too")
+        check_output_path(stac_item_path(kw["output"]), kw["overwrite"])
+
+
+def _write_stac_item(outputs: dict[str, str]) -> None:
+    """The STAC Item beside the label map; added to the outputs (and the --json line)."""
+    from mfaf_cli.pipeline.stac import write_stac_item
+
+    if outputs.get("label"):
+        outputs["stac_item"] = str(write_stac_item(outputs["label"], dict(outputs)))
+
+
+def _write_mosaic(records: list[dict[str, Any]], path: str, quiet: bool) -> None:
+    """--mosaic-vrt: a VRT of the label maps of the scenes that are done (ok or skipped)."""
+    from mfaf_cli.io.mosaic import write_mosaic_vrt
+
+    maps = [r["outputs"]["label"] for r in records if r["status"] in ("ok", "skipped")]
+    write_mosaic_vrt([m for m in maps if m], path)
+    if not quiet:
+        click.echo(f"mosaic: {path} ({len(maps)} label maps)", err=True)
 
 
 def _summary(d: dict[str, Any]) -> str:
@@ -341,6 +414,16 @@ def _run_batch(kw: dict[str, Any]) -> None:
             f"columns ({', '.join(_PER_ROW)})"
         )
     as_json, quiet = kw["as_json"], kw["quiet"]
+    if kw["mosaic_vrt"]:
+        from mfaf_cli.io.raster import check_output_path
+
+        if kw["shard"]:
+            raise click.UsageError(
+                "--mosaic-vrt with --shard would join one share only; after the shards "
+                "finish, run the batch once more with --skip-existing --mosaic-vrt OUT.vrt"
+            )
+
+        check_output_path(kw["mosaic_vrt"], kw["overwrite"])
     done = [0]
 
     def report(rec: dict[str, Any]) -> None:
@@ -365,6 +448,12 @@ def _run_batch(kw: dict[str, Any]) -> None:
         **_run_options(kw),
     )
     counts = summarise(records)
+    if kw["stac_item"]:
+        for rec in records:
+            if rec["status"] == "ok":
+                _write_stac_item(rec["outputs"])
+    if kw["mosaic_vrt"]:
+        _write_mosaic(records, kw["mosaic_vrt"], quiet or as_json)
     if not quiet:
         click.echo(
             f"batch: {counts['ok']} ok, {counts['skipped']} skipped, {counts['error']} failed "

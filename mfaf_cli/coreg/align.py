@@ -16,7 +16,7 @@ import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +24,17 @@ import numpy as np
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.transform import Affine
-from rasterio.warp import reproject, transform_bounds
+from rasterio.warp import reproject
 from rasterio.windows import Window as RioWindow
 
 from mfaf_cli.coreg.bands import BAND_FLAG, BandChoice, choose_bands, select_bands
 from mfaf_cli.coreg.bands import band_tokens as band_tokens  # moved; importable from here
+from mfaf_cli.coreg.edges import read_bounds
+from mfaf_cli.coreg.georef import Ground
 from mfaf_cli.coreg.grid import Grid, check_overlap, footprint_in
 from mfaf_cli.coreg.resample import axis_aligned, resample_block
 from mfaf_cli.coreg.stack import band_of_file_name
+from mfaf_cli.coreg.validity import Limits, current_overrides, limits_for
 from mfaf_cli.errors import UsageError
 from mfaf_cli.io.inputs import open_raster, read_error
 from mfaf_cli.metadata import RESAMPLING_KIND, ModelMeta
@@ -132,6 +135,8 @@ class _Source:
     res_in_grid: tuple[float, float]
     dtype: str
     same_crs: bool  # the file is in the grid's CRS (then a north-up pair resamples in numpy)
+    limits: Limits | None = None  # physically possible values (coreg/validity.py)
+    ground: Ground | None = None  # located by GCPs or RPCs, not a CRS (coreg/georef.py)
 
 
 def file_descriptions(path: str, count: int, described: Sequence[str | None] | None) -> list[str]:
@@ -156,6 +161,8 @@ class AlignedScene:
             returned in the units the model expects.
         kinds: override the resampling kind per modality (``bilinear``, ``sar``, ``nearest``).
         band_flags: modality → the option or key its band list came from (error messages).
+        nodata: modality → the value that is nodata in its file (replaces the file's own; by
+            default the ``--nodata`` of :func:`~mfaf_cli.coreg.validity.nodata_overrides`).
     """
 
     def __init__(
@@ -169,10 +176,12 @@ class AlignedScene:
         meta: ModelMeta | None = None,
         kinds: Mapping[str, str] | None = None,
         band_flags: Mapping[str, str] | None = None,
+        nodata: Mapping[str, float] | None = None,
     ) -> None:
         units = sar_units or units
         #: modality → the option or key its band list came from, for error messages
         self.band_flags = dict(band_flags or {})
+        self._nodata = dict(current_overrides() if nodata is None else nodata)
         if units not in ("auto", "db", "linear"):
             raise UsageError(f"SAR units must be auto, db or linear, got {units!r}")
         self.grid = grid
@@ -229,9 +238,12 @@ class AlignedScene:
                     out_units = want
         flags = [ds.mask_flag_enums[i - 1] for i in indexes]
         nodata = [ds.nodatavals[i - 1] for i in indexes]
+        if name in self._nodata:  # --nodata MOD=VALUE replaces the file's own
+            nodata = [self._nodata[name]] * len(indexes)
         use_mask = all(v is None for v in nodata) and any(
             MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags
         )
+        spec = self.meta.modality(name) if self.meta and name in self.meta.modality_names else None
         offset = _grid_offset(ds, self.grid)
         fl, fb, fr, ft = footprint_in(ds, self.grid.crs)
         res_in_grid = ((fr - fl) / ds.width, (ft - fb) / ds.height)
@@ -252,6 +264,8 @@ class AlignedScene:
             res_in_grid=res_in_grid,
             dtype=ds.dtypes[indexes[0] - 1],
             same_crs=ds.crs == self.grid.crs,
+            limits=limits_for(kind, in_units, spec, (ds.height, ds.width)),
+            ground=Ground.of(ds),
         )
 
     def _choose(
@@ -342,6 +356,11 @@ class AlignedScene:
         return h
 
     def close(self) -> None:
+        for name, src in self.sources.items():  # one line per input that had impossible values
+            text = src.limits.warning(name, src.path.name) if src.limits else None
+            if text:
+                log.warning("%s", text)
+                src.limits = None
         with self._lock:
             for ds in self._all_handles:
                 try:
@@ -515,6 +534,9 @@ def _read_block(
         else:
             raw = ds.read(src.indexes, out_dtype=np.float32 if exact else None, **kw)
         ok = ~_invalid_mask(raw, src.nodata, np.dtype(src.dtype).kind == "f")
+        if src.limits is not None:  # counted once per source pixel, not in decimated reads
+            place = (int(win.row_off), int(win.col_off)) if out_shape is None else None
+            ok &= ~src.limits.invalid(raw, place, ok)
         if src.use_mask:
             mkw = dict(kw)
             if out_shape is not None:
@@ -555,21 +577,17 @@ def _read_warped(
     dst_transform = grid.transform @ Affine.translation(col, row)
     left, top = dst_transform @ (0, 0)
     right, bottom = dst_transform @ (w, h)
-    b = transform_bounds(
-        grid.crs,
-        ds.crs,
-        min(left, right),
-        min(top, bottom),
-        max(left, right),
-        max(top, bottom),
-        densify_pts=21,
-    )
-    fwin = ds.window(*b)
+    block = (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
     pad = 3
-    r0 = max(0, math.floor(min(fwin.row_off, fwin.row_off + fwin.height)) - pad)
-    c0 = max(0, math.floor(min(fwin.col_off, fwin.col_off + fwin.width)) - pad)
-    r1 = min(ds.height, math.ceil(max(fwin.row_off, fwin.row_off + fwin.height)) + pad)
-    c1 = min(ds.width, math.ceil(max(fwin.col_off, fwin.col_off + fwin.width)) + pad)
+    if src.ground is not None:  # GCPs / RPCs: the inverse transform finds the pixels
+        r0, c0, r1, c1 = src.ground.source_window(grid.crs, block, pad)
+    else:
+        b = read_bounds(grid.crs, block, ds)  # never left > right (antimeridian, poles)
+        fwin = ds.window(*b)
+        r0 = max(0, math.floor(min(fwin.row_off, fwin.row_off + fwin.height)) - pad)
+        c0 = max(0, math.floor(min(fwin.col_off, fwin.col_off + fwin.width)) - pad)
+        r1 = min(ds.height, math.ceil(max(fwin.row_off, fwin.row_off + fwin.height)) + pad)
+        c1 = min(ds.width, math.ceil(max(fwin.col_off, fwin.col_off + fwin.width)) + pad)
     if r1 <= r0 or c1 <= c0:
         return np.full((c, h, w), np.nan, dtype=np.float32), np.zeros((h, w), dtype=bool)
     win = RioWindow(c0, r0, c1 - c0, r1 - r0)
@@ -596,6 +614,9 @@ def _read_warped(
     else:
         resampling = Resampling.bilinear
     geometry = _Geometry(src_transform, dst_transform, src_place, (grid.transform, row, col))
+    if src.ground is not None:
+        sy, sx = ((r1 - r0) / out_shape[0], (c1 - c0) / out_shape[1]) if out_shape else (1, 1)
+        geometry = replace(geometry, ground=src.ground.warp_kwargs(r0, c0, sy, sx))
     data, ok = _warp(vals, vok, ds, src, grid, geometry, (c, h, w), resampling)
     if src.kind == "sar":
         data = convert_units(data, "linear", src.out_units, in_place=True)
@@ -611,6 +632,7 @@ class _Geometry:
     dst_transform: Affine
     src_place: tuple[Affine, int, int]
     dst_place: tuple[Affine, int, int]
+    ground: dict[str, Any] | None = None  # GCPs / RPCs of the source block, for GDAL
 
 
 def _warp(
@@ -643,6 +665,9 @@ def _warp(
         "dst_transform": geo.dst_transform,
         "dst_crs": grid.crs,
     }
+    if geo.ground is not None:  # located by GCPs or RPCs: no source transform
+        del common["src_transform"]
+        common.update(geo.ground)
     with _WARP_LOCK:
         _reproject_pair(vals, data, vok, ok8, resampling, common)
     return data, (ok8 > 0) & np.isfinite(data).all(axis=0)

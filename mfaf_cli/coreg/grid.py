@@ -15,8 +15,8 @@ from typing import Any
 
 from rasterio.crs import CRS
 from rasterio.transform import Affine
-from rasterio.warp import calculate_default_transform, transform_bounds
 
+from mfaf_cli.coreg.edges import bounds_in, centre_lon, suggested_grid
 from mfaf_cli.errors import NoOverlapError, UsageError
 from mfaf_cli.io.inputs import open_raster
 
@@ -89,6 +89,7 @@ def grid_from_reference(
     crs: str | CRS | None = None,
     resolution: float | tuple[float, float] | None = None,
     bounds: Bounds | None = None,
+    tap: bool | None = None,
 ) -> Grid:
     """The target grid: the reference raster's grid with optional overrides.
 
@@ -97,9 +98,18 @@ def grid_from_reference(
         crs: target CRS (the reference extent is reprojected into it).
         resolution: target pixel size in target CRS units (one value or (x, y)).
         bounds: (left, bottom, right, top) in target CRS units; the grid covers exactly that.
+        tap: target-aligned pixels (gdalwarp's ``-tap``): the grid's edges are multiples of
+            the resolution, so grids of neighbouring scenes line up. None: the
+            :func:`~mfaf_cli.coreg.tap.tap_default` in force, else on when ``crs`` or
+            ``resolution`` is given.
     """
+    from mfaf_cli.coreg.tap import align_grid, resolve_tap
+
+    crs_obj = parse_crs(crs)
     with open_raster(path, "reference") as ds:
-        return _grid_for(ds, parse_crs(crs), resolution, bounds)
+        grid = _grid_for(ds, crs_obj, resolution, bounds)
+    on = resolve_tap(tap, crs_obj, resolution, grid.crs)
+    return align_grid(grid) if on else grid
 
 
 def _grid_for(
@@ -118,6 +128,10 @@ def _grid_for(
                 f"--bounds {bounds} is empty; give left,bottom,right,top with left<right, "
                 "bottom<top, in the target CRS units"
             )
+    if ds.crs is None:  # GCPs or RPCs: the grid is in their CRS unless --crs says otherwise
+        from mfaf_cli.coreg.georef import Ground
+
+        crs = crs or Ground.of(ds).crs  # type: ignore[union-attr]
     same_crs = crs is None or crs == ds.crs
     target_crs = ds.crs if crs is None else crs
     if same_crs and res is None and bounds is None and ds.transform.b == 0 and ds.transform.d == 0:
@@ -127,9 +141,7 @@ def _grid_for(
         native_res = (abs(ds.transform.a), abs(ds.transform.e))
         native_bounds: Bounds = tuple(ds.bounds)  # type: ignore[assignment]
     else:
-        t, w, h = calculate_default_transform(
-            ds.crs, target_crs, ds.width, ds.height, *ds.bounds, resolution=resolution
-        )
+        t, w, h = suggested_grid(ds, target_crs, resolution)  # across 180°, around poles
         native_res = (abs(t.a), abs(t.e))
         native_bounds = (t.c, t.f + t.e * h, t.c + t.a * w, t.f)
     rx, ry = res if res is not None else native_res
@@ -140,16 +152,22 @@ def _grid_for(
     return Grid(target_crs, transform, width, height)
 
 
-def footprint_in(ds: Any, crs: CRS) -> Bounds:
-    """A raster's bounds expressed in ``crs`` (densified edges, so curved edges are covered)."""
+def footprint_in(ds: Any, crs: CRS, near: Bounds | None = None) -> Bounds:
+    """A raster's bounds expressed in ``crs`` (densified edges, so curved edges are covered);
+    in a geographic ``crs`` with longitudes continuous around the middle of ``near`` (e.g. the
+    grid's bounds), so a footprint across 180° is never ``left > right``."""
     if ds.crs == crs:
         return tuple(ds.bounds)  # type: ignore[return-value]
-    return transform_bounds(ds.crs, crs, *ds.bounds, densify_pts=21)
+    if ds.crs is None:  # GCPs or RPCs
+        from mfaf_cli.coreg.georef import Ground
+
+        return Ground.of(ds).footprint(crs)  # type: ignore[union-attr]
+    return bounds_in(ds.crs, crs, tuple(ds.bounds), centre_lon(crs, near) if near else None)
 
 
 def check_overlap(ds: Any, grid: Grid, name: str, ref_name: str = "the target grid") -> None:
     """Raise if ``ds`` does not cover at least one target pixel of ``grid``."""
-    fl, fb, fr, ft = footprint_in(ds, grid.crs)
+    fl, fb, fr, ft = footprint_in(ds, grid.crs, grid.bounds)
     gl, gb, gr, gt = grid.bounds
     ow = min(fr, gr) - max(fl, gl)
     oh = min(ft, gt) - max(fb, gb)

@@ -22,7 +22,13 @@ from mfaf_cli.data.base import (
     _check_modalities,
     _check_root,
 )
-from mfaf_cli.data.splits import grid_offsets, seeded_split3
+from mfaf_cli.data.splits import (
+    block_size_for,
+    block_split,
+    grid_offsets,
+    group_split3,
+    seeded_split3,
+)
 from mfaf_cli.data.transforms import jitter_window
 from mfaf_cli.errors import DatasetError, LabelError
 from mfaf_cli.metadata import (
@@ -89,6 +95,7 @@ def _scene_entry(path: Path, n: int, row: Mapping[str, Any]) -> dict[str, Any]:
     sc: dict[str, Any] = {
         "id": str(row.get("id") or f"scene{n}"),
         "split": str(row.get("split") or "").lower() or None,
+        "group": str(row.get("group") or "") or None,  # event / region / date: held out whole
         "label": (base / str(row["label"])).resolve(),
         "inputs": {},
         "ignore": _ignore_column(path, n, row.get("ignore_value")),
@@ -163,6 +170,15 @@ def _select_scenes(
     if any(s["split"] for s in scenes):
         alias = {"valid": "val", "validation": "val"}
         return [i for i, s in enumerate(scenes) if alias.get(s["split"], s["split"]) == split]
+    if any(s["group"] for s in scenes):
+        groups = [s["group"] or s["id"] for s in scenes]  # a scene without one: its own group
+        if len(set(groups)) < 3:
+            raise DatasetError(
+                f"the scene list's group column names {len(set(groups))} groups; holding groups "
+                "out whole needs at least 3 (or give a split column)"
+            )
+        ids = [str(i) for i in range(len(scenes))]
+        return sorted(int(i) for i in group_split3(ids, groups, val, test, seed)[split])
     if len(scenes) >= 3:
         parts = seeded_split3([str(i) for i in range(len(scenes))], val, test, seed)
         return sorted(int(i) for i in parts[split])
@@ -227,20 +243,18 @@ class FolderDataset(SegDataset):
         self.scene_idx = _select_scenes(scenes, split, val_fraction, test_fraction, self.seed)
         self.sizes: dict[int, tuple[int, int]] = {}
         self.windows: list[tuple[int, int, int]] = self._cut_windows(self.scene_idx)
-        if split != "all" and not has_split and len(scenes) < 3:
-            warn_once(
-                f"folder dataset {r}: no 'split' column and fewer than 3 scenes; splitting "
-                "windows (neighbouring windows share context, so validation scores are "
-                "optimistic)"
-            )
-            self.windows = _split_windows(
-                self.windows, split, val_fraction, test_fraction, self.seed
-            )
         self.split_source = (
             "the scene list's split column"
             if has_split
+            else f"group-held-out split (seed {self.seed}, val {val_fraction}, test "
+            f"{test_fraction}): no group on two sides"
+            if any(sc["group"] for sc in scenes)
             else f"seeded split (seed {self.seed}, val {val_fraction}, test {test_fraction})"
         )
+        if split != "all" and not has_split and len(scenes) < 3:
+            self.windows, self.split_source = self._block_windows(
+                split, val_fraction, test_fraction
+            )
         if not self.windows:
             raise DatasetError(f"the {split} split of the folder dataset {r} is empty")
         self._aligned: dict[int, Any] = {}
@@ -255,6 +269,32 @@ class FolderDataset(SegDataset):
             if m in self.modalities
         }
         self._check_scene_bands()
+
+    def _block_windows(
+        self, split: str, val: float, test: float
+    ) -> tuple[list[tuple[int, int, int]], str]:
+        """The windows of ``split`` in a spatial block split of each scene, with a one-tile gap
+        between splits; a scene too small for 3 blocks falls back to a leaky window split."""
+        t = self.tile  # whole tiles only: the edge tile shifted back would overlap a neighbour
+        offs = {i: (list(range(0, h - t + 1, t)), list(range(0, w - t + 1, t)))
+                for i, (h, w) in self.sizes.items()}  # fmt: skip
+        if any(len(r) * len(c) < 3 * 4 for r, c in offs.values()):  # < 3 blocks of 2×2 tiles
+            warn_once(
+                "folder dataset: no 'split' column, fewer than 3 scenes and too few tiles for a "
+                "spatial block split; splitting windows (neighbouring windows share context, "
+                "so validation scores are optimistic). Fix: add a 'split' or 'group' column "
+                "with 3+ scenes, or a smaller --tile so each scene has 12+ tiles"
+            )
+            rule = f"window-level seeded split (seed {self.seed}; spatially leaky)"
+            return _split_windows(self.windows, split, val, test, self.seed), rule
+        keep: list[tuple[int, int, int]] = []
+        for i, (rows, cols) in offs.items():
+            block = block_size_for(len(rows), len(cols))
+            cells = block_split(len(rows), len(cols), val, test, self.seed + i, block=block)
+            keep += [(i, rows[r], cols[c]) for r, c in cells[split]]
+        rule = (f"spatial block split per scene (about 16 square blocks of tiles, seed "
+                f"{self.seed}, val {val}, test {test}), one-tile gap between splits")  # fmt: skip
+        return sorted(keep), rule
 
     def _class_table(
         self,

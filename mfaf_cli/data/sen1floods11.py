@@ -22,7 +22,7 @@ from mfaf_cli.data.base import (
     _file_scenes,
     find_dir,
 )
-from mfaf_cli.data.splits import seeded_split3
+from mfaf_cli.data.splits import group_split3, seeded_split3
 from mfaf_cli.errors import DatasetError, LabelError, UsageError
 from mfaf_cli.metadata import (
     SENTINEL2_L1C_MEANINGS,
@@ -198,6 +198,11 @@ class Sen1Floods11Dataset(SegDataset):
                 f"{split} ({root})", f"listed in {csvs[0].name} but not found", wanted - set(ids)
             )
             return [i for i in ids if i in wanted]
+        groups = [i.rsplit("_", 1)[0] for i in ids]  # Spain_7370579 → the flood event's country
+        if len(set(groups)) >= 3:
+            self.split_source = (f"group-held-out split by country (seed {self.seed}, val "
+                                 f"{val_fraction}, test {test_fraction})")  # fmt: skip
+            return group_split3(ids, groups, val_fraction, test_fraction, self.seed)[split]
         return seeded_split3(ids, val_fraction, test_fraction, self.seed)[split]
 
     def __len__(self) -> int:

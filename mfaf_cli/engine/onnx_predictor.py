@@ -223,7 +223,9 @@ class OnnxPredictor:
             first = (str(err).strip().splitlines() or [""])[0][:300]
             raise EngineError(f"onnxruntime failed: {first}") from None
         out = np.asarray(out, dtype=np.float32)
-        return softmax(out, axis=1) if self.apply_softmax else out
+        if self.apply_softmax:  # a foreign graph's logits: the record's temperature here
+            return softmax(out / float(self.meta.temperature), axis=1)
+        return out  # our exports divide by the temperature inside the graph
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
         n, h, w = check_batch(batch, self.meta)

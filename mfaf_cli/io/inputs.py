@@ -92,10 +92,14 @@ def _checked(ds: Any, p: Any, what: str, require_crs: bool) -> Any:
         if ds.count == 0 or ds.width == 0 or ds.height == 0:
             raise InputError(f"{what} {p} is not a readable raster (it has no bands or no pixels)")
         probe_pixels(ds)  # a truncated file can lose its CRS tags too: say "truncated" first
-        if require_crs and (ds.crs is None or not ds.crs.to_wkt()):
+        # a file located by ground control points or RPCs is georeferenced (coreg/georef.py)
+        located = bool(ds.gcps[0] and ds.gcps[1] is not None) or ds.rpcs is not None
+        if require_crs and (ds.crs is None or not ds.crs.to_wkt()) and not located:
             name = Path(str(p)).name
             fix = f"assign one with gdal_edit.py -a_srs EPSG:xxxx {name}"
-            raise CRSError(f"{what} {p} has no CRS; {fix}")
+            raise CRSError(
+                f"{what} {p} has no CRS; {fix} (it has no ground control points or RPCs either)"
+            )
     except BaseException:
         ds.close()
         raise

@@ -604,20 +604,36 @@ class ConfidenceWriter(GeoTiffWriter):
     overview_resampling = "AVERAGE"
 
     def __init__(
-        self, path: PathLike, grid: Any, options: Mapping[str, str], dtype: ProbDtype = "uint8"
+        self,
+        path: PathLike,
+        grid: Any,
+        options: Mapping[str, str],
+        dtype: ProbDtype = "uint8",
+        kind: str = "top",
     ):
         if dtype not in ("uint8", "float32"):
             raise UsageError(f"probability dtype must be uint8 or float32, got {dtype!r}")
         nodata = PROB_NODATA_U8 if dtype == "uint8" else float("nan")
         super().__init__(path, grid, count=1, dtype=dtype, nodata=nodata, options=options)
         self.prob_dtype: ProbDtype = dtype
-        self.dataset.set_band_description(1, "confidence")
+        self.kind = kind  # "top": max probability; "entropy": normalised entropy (0..1)
+        self.dataset.set_band_description(
+            1, "confidence" if kind == "top" else "normalised entropy"
+        )
         if dtype == "uint8":
             self.dataset.scales = (1.0 / PROB_SCALE,)
             self.dataset.offsets = (0.0,)
 
     def write(self, row0: int, probs: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
-        self.write_max(row0, argmax_max(probs)[1], valid, col0)
+        self.write_max(row0, self.plane(probs, argmax_max(probs)[1]), valid, col0)
+
+    def plane(self, probs: np.ndarray, best: np.ndarray) -> np.ndarray:
+        """The stored quantity: ``best`` (max probability) or the normalised entropy."""
+        if self.kind == "top":
+            return best
+        from mfaf_cli.training.calibration import normalised_entropy
+
+        return normalised_entropy(probs)
 
     def write_max(self, row0: int, best: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
         """Write rows given the maximum probability (r, w)."""
@@ -659,7 +675,13 @@ class OutputSet:
         cog: bool = False,
         overwrite: bool = False,
         tags: Mapping[str, str] | None = None,
+        confidence_kind: str = "top",
     ) -> None:
+        if confidence_kind not in ("top", "entropy"):
+            raise UsageError(f"confidence kind must be top or entropy, got {confidence_kind!r}")
+        self.confidence_kind = confidence_kind
+        # the device merger computes the max probability only: entropy rows come from the host
+        self.device_rows = confidence is None or confidence_kind == "top"
         if probability_dtype not in ("uint8", "float32"):
             raise UsageError(
                 f"probability dtype must be uint8 or float32, got {probability_dtype!r}"
@@ -700,8 +722,9 @@ class OutputSet:
                 )
             if temps["confidence"] is not None:
                 self.writers["confidence"] = ConfidenceWriter(
-                    temps["confidence"], self.grid, self.options, self.probability_dtype
-                )
+                    temps["confidence"], self.grid, self.options, self.probability_dtype,
+                    self.confidence_kind,
+                )  # fmt: skip
         except BaseException as err:
             self._abort()
             self._atomic.__exit__(type(err), err, err.__traceback__)
@@ -732,7 +755,7 @@ class OutputSet:
                 elif isinstance(w, LabelWriter):
                     w.write_index(row0, idx, valid, col0)
                 elif isinstance(w, ConfidenceWriter):
-                    w.write_max(row0, best, valid, col0)
+                    w.write_max(row0, w.plane(probs, best), valid, col0)
 
     write = __call__
 

@@ -36,14 +36,19 @@ EXPORTERS = ("auto", "dynamo", "torchscript")
 
 
 class ProbabilityHead(nn.Module):
-    """Wrap a network so the exported graph returns softmax probabilities in fp32."""
+    """Wrap a network so the exported graph returns softmax probabilities in fp32, of the
+    logits divided by the record's temperature (the same calibration the torch engine uses)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model
+        self.temperature = float(temperature)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(*inputs).float(), dim=1)
+        logits = self.model(*inputs).float()
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        return torch.softmax(logits, dim=1)
 
 
 class _GridSampleSpy(TorchFunctionMode):
@@ -188,7 +193,7 @@ def export_onnx(
             f"{meta.arch} needs opset >= {needed} (5-D grid_sample of its 3-D deformable conv "
             f"became legal ONNX in opset {GRID_SAMPLE_3D_OPSET}); got --opset {opset}"
         )
-    head = ProbabilityHead(model).eval()
+    head = ProbabilityHead(model, meta.temperature).eval()
     path = Path(path)
     order = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
     with atomic_path(path) as tmp:

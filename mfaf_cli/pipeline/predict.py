@@ -25,6 +25,7 @@ import numpy as np
 
 from mfaf_cli.coreg.align import AlignedScene
 from mfaf_cli.coreg.grid import Grid, grid_from_reference
+from mfaf_cli.coreg.overrides import with_input_overrides
 from mfaf_cli.coreg.sources import expand_sources
 from mfaf_cli.coreg.stack import expand_stacks
 from mfaf_cli.errors import InputError, ModalityError, OutputPathError, UsageError
@@ -41,6 +42,7 @@ from mfaf_cli.pipeline.core import (  # noqa: F401 (PreparedBatch, ...: re-expor
     run_scene,
     scene_plan,
 )
+from mfaf_cli.pipeline.provenance import provenance_tags
 from mfaf_cli.pipeline.spec import InferenceSpec
 from mfaf_cli.tiling.windows import Window, check_tile, validate_tiling
 from mfaf_cli.types import Blend, Engine, Precision
@@ -79,6 +81,8 @@ class PredictResult:
     model_seconds: float = 0.0
     #: modality -> which bands were read and how they were chosen (BandChoice.to_dict()).
     bands: dict[str, Any] = field(default_factory=dict)
+    #: how the outputs were made (pipeline/provenance.py), also the label map's tag
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -306,6 +310,7 @@ def vectorize_finished_map(
 
 
 # ---- predict ----------------------------------------------------------------------------------
+@with_input_overrides  # --nodata MOD=VALUE, --tap (coreg/overrides.py)
 @expand_sources  # STAC items, mosaics, URLs (see coreg/sources.py)
 @expand_stacks  # several files or a Sentinel-2 folder per modality (see coreg/stack.py)
 def predict(
@@ -324,6 +329,7 @@ def predict(
     probabilities: PathLike | None = None,
     probabilities_dtype: str = "uint8",
     confidence: PathLike | None = None,
+    confidence_kind: str = "top",
     vector: PathLike | None = None,
     cog: bool = False,
     creation_options: Mapping[str, str] | None = None,
@@ -352,7 +358,8 @@ def predict(
         device, engine, precision: see :func:`mfaf_cli.engine.create_predictor`.
         threads: CPU threads for the engine and the readers together (None: all usable
             cores); see :func:`mfaf_cli.pipeline.spec.split_threads`.
-        probabilities, probabilities_dtype, confidence: optional extra outputs.
+        probabilities, probabilities_dtype, confidence: optional extra outputs;
+        confidence_kind: ``top`` (max probability) or ``entropy`` (normalised entropy).
         vector: polygonise the label map into this file (.gpkg, .geojson, .parquet, .shp).
         cog, creation_options: output format options.
         overwrite: replace existing outputs.
@@ -384,8 +391,13 @@ def predict(
     tile = int(meta.tile_size if tile is None else tile)
     check_tile(tile, meta.divisor, meta.arch)
     validate_tiling(tile, overlap)
+    weights = model_tags(getattr(predictor, "source", None), model_name)
+    record: dict[str, Any] = {}  # made once the grid and inputs are open (their errors first)
 
     def _outputs(grid: Grid) -> Any:
+        record.update(
+            run_provenance(inputs, meta, bands, predictor, weights, trained, spec.with_tile(tile))
+        )
         return OutputSet(
             grid,
             meta,
@@ -396,7 +408,8 @@ def predict(
             probability_dtype=probabilities_dtype,  # type: ignore[arg-type]
             cog=cog,
             overwrite=overwrite,
-            tags=model_tags(getattr(predictor, "source", None), model_name),
+            tags={**weights, **provenance_tags(record)},
+            confidence_kind=confidence_kind,
         )
 
     ordered = {m: inputs[m] for m in meta.modality_names}
@@ -407,7 +420,7 @@ def predict(
         ordered, meta, predictor, _outputs, spec.with_tile(tile), bands=bands,
         sar_units=sar_units, crs=crs, resolution=resolution, bounds=bounds,
         progress=progress, read_threads=read_threads,
-        before_commit=_require_valid_pixels(inputs), aoi=area,
+        before_commit=_tagged(_require_valid_pixels(inputs), record), aoi=area,
     )  # fmt: skip
     seconds_scene = time.perf_counter() - t_scene
 
@@ -439,7 +452,28 @@ def predict(
         class_fractions={k: round(v, 6) for k, v in fractions.items()},
         model_seconds=round(stats.model_seconds, 3),
         bands=stats.bands,
+        provenance=record,
     )
+
+
+def run_provenance(
+    inputs: Mapping[str, Any], meta: ModelMeta, bands: Any, predictor: Any,
+    weights: Mapping[str, str], trained: bool, spec: InferenceSpec,
+) -> dict[str, Any]:  # fmt: skip
+    """The provenance record of a run (see pipeline/provenance.py); split-scene runs write it
+    when they assemble."""
+    from mfaf_cli.pipeline.provenance import provenance_record
+
+    model = {"name": weights.get("WEIGHTS"), "sha256": weights.get("WEIGHTS_SHA256"),
+             "trained": trained}  # fmt: skip
+    inference = {
+        "tile": spec.tile, "overlap": spec.overlap, "batch_size": spec.batch_size,
+        "blend": spec.blend, "engine": str(getattr(predictor, "engine", spec.engine)),
+        "device": str(getattr(predictor, "device", spec.device)),
+        "precision": str(getattr(predictor, "precision", _cpu_auto(spec))),
+    }  # fmt: skip
+    ordered = {m: os.fspath(inputs[m]) for m in meta.modality_names}
+    return provenance_record(ordered, meta, bands, model, inference)
 
 
 def _check_request(
@@ -509,6 +543,26 @@ def _require_valid_pixels(inputs: Mapping[str, Any]) -> Callable[[Any], None]:
             )
 
     return check
+
+
+def _cpu_auto(spec: InferenceSpec) -> str:
+    """The precision a predictor on the CPU resolves ``auto`` to (fp32), for records made
+    without one (an --assemble process)."""
+    cpu = str(spec.device).startswith("cpu")
+    return "fp32" if spec.precision == "auto" and cpu else str(spec.precision)
+
+
+def _tagged(check: Callable[[Any], None], record: Mapping[str, Any]) -> Callable[[Any], None]:
+    """``check``, then the provenance tag on the probability and confidence rasters too (the
+    label map has it from the start)."""
+
+    def run(outputs: Any) -> None:
+        check(outputs)
+        for kind, writer in outputs.writers.items():
+            if kind != "label":
+                writer.dataset.update_tags(**provenance_tags(record))
+
+    return run
 
 
 # ---- coregister -------------------------------------------------------------------------------
@@ -602,6 +656,7 @@ def _coregister_block(
     return int(joint.sum())
 
 
+@with_input_overrides
 @expand_sources
 @expand_stacks
 def coregister(

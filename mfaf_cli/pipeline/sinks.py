@@ -66,13 +66,30 @@ class ConfusionSink:
         label_fn: Callable[[np.ndarray], np.ndarray] | None = None,
         mapping: dict[int, int] | None = None,
         ignore_index: int = NODATA_LABEL,
+        block: int | None = None,
+        calibration: bool = False,
     ) -> None:
+        from mfaf_cli.training.calibration import count_length
+        from mfaf_cli.training.stats import block_grid
+
         self.truth_path = truth_path
         self.grid = grid
         self.num_classes = int(num_classes)
         self.label_fn, self.mapping, self.ignore_index = label_fn, mapping, ignore_index
-        self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+        # spatial blocks (units of a one-scene bootstrap): one matrix per block; the sum is
+        # ``confusion``. ``calibration``: reliability / Brier / NLL counts per block as well.
+        self.block = int(block or max(grid.height, grid.width, 1))
+        self.block_shape = block_grid(grid.height, grid.width, self.block)
+        nb = self.block_shape[0] * self.block_shape[1]
+        self.block_confusion = np.zeros((nb, self.num_classes, self.num_classes), np.int64)
+        self.calibration = calibration
+        self.block_calibration = np.zeros((nb, count_length()), np.float64)
         self._ds: Any = None
+
+    @property
+    def confusion(self) -> np.ndarray:
+        """The scene's confusion matrix (the sum over its blocks)."""
+        return self.block_confusion.sum(axis=0)
 
     def __enter__(self) -> ConfusionSink:
         from mfaf_cli.io.inputs import open_raster
@@ -104,28 +121,44 @@ class ConfusionSink:
     def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
         from mfaf_cli.io.raster import argmax_max
 
-        self._score(row0, col0, argmax_max(probs)[0].astype(np.int64), valid)
+        idx = argmax_max(probs)[0].astype(np.int64)
+        self._score(row0, col0, idx, valid, probs if self.calibration else None)
 
     def row_needs(self) -> RowNeeds:
-        return RowNeeds()  # the index is all it scores
+        # the index is all the confusion needs; calibration needs the probabilities
+        return RowNeeds(probabilities="float32" if self.calibration else None)
 
     def write_finished(self, rows: FinishedRows) -> None:
-        self._score(rows.row0, rows.col0, rows.index.astype(np.int64), rows.valid)
+        self._score(rows.row0, rows.col0, rows.index.astype(np.int64), rows.valid,
+                    rows.probabilities if self.calibration else None)  # fmt: skip
 
-    def _score(self, row0: int, col0: int, idx: np.ndarray, valid: np.ndarray) -> None:
-        """Add rows of predicted class planes ``idx`` (int64, overwritten where not valid)."""
+    def _score(
+        self, row0: int, col0: int, idx: np.ndarray, valid: np.ndarray, probs: Any = None
+    ) -> None:
+        """Add rows of predicted class planes ``idx`` (int64, overwritten where not valid)
+        to their blocks' confusion matrices (and calibration counts, given ``probs``)."""
         from mfaf_cli.io.truth import truth_labels
+        from mfaf_cli.training.calibration import calibration_counts
         from mfaf_cli.training.metrics import confusion_matrix
+        from mfaf_cli.training.stats import block_ids
 
         idx[~valid] = self.ignore_index
+        rows, cols = valid.shape
         truth = truth_labels(
-            self._truth_rows(row0, valid.shape[0], col0, valid.shape[1]),
-            self.label_fn,
-            self.mapping,
+            self._truth_rows(row0, rows, col0, cols), self.label_fn, self.mapping,
             self.ignore_index,
-        )
+        )  # fmt: skip
+        ids = block_ids(row0, col0, rows, cols, self.block, self.block_shape[1])
+        nb = len(self.block_confusion)
         try:
-            self.confusion += confusion_matrix(idx, truth, self.num_classes, self.ignore_index)
+            self.block_confusion += confusion_matrix(
+                idx, truth, self.num_classes, self.ignore_index, groups=ids, n_groups=nb
+            )
         except LabelError as err:
             name = os.path.basename(os.fspath(self.truth_path))
             raise LabelError(f"{name}: {err} (classes the model does not know)") from None
+        if probs is not None:
+            keep = valid & (truth != self.ignore_index)
+            self.block_calibration += calibration_counts(
+                probs, np.where(keep, truth, 0), keep, groups=ids, n_groups=nb
+            )

@@ -43,6 +43,7 @@ import numpy as np
 
 from mfaf_cli.coreg.align import AlignedScene
 from mfaf_cli.coreg.grid import Grid, grid_from_reference
+from mfaf_cli.coreg.overrides import with_input_overrides
 from mfaf_cli.coreg.sources import expand_sources
 from mfaf_cli.coreg.stack import expand_stacks
 from mfaf_cli.errors import InputError, MfafError, ModalityError, UsageError
@@ -475,8 +476,21 @@ def assemble(run: _Run, count: int) -> dict[str, str]:
         for key, writer in out.writers.items():
             for part, row0 in parts[key]:
                 _copy_rows(part, writer, row0, finals[key])
+        _tag_provenance(run, out)
     _remove_parts(parts)
     return {k: str(f.absolute()) for k, f in finals.items()}
+
+
+def _tag_provenance(run: _Run, out: Any) -> None:
+    """The assembled outputs say how they were made, as a single run's do (the record is not
+    in the parts' fingerprint: its time differs between processes)."""
+    from mfaf_cli.pipeline.predict import run_provenance
+    from mfaf_cli.pipeline.provenance import provenance_tags
+
+    record = run_provenance(run.inputs, run.meta, run.bands, run.predictor, run.tags,
+                            run.meta.trained, run.spec)  # fmt: skip
+    for writer in out.writers.values():
+        writer.dataset.update_tags(**provenance_tags(record))
 
 
 def _remove_parts(parts: Mapping[str, list[tuple[Path, int]]]) -> None:
@@ -597,6 +611,7 @@ def _assemble_only(run: _Run, shard: Shard, t0: float) -> SplitResult:
 
 
 # ---- entry point ------------------------------------------------------------------------------
+@with_input_overrides  # --nodata MOD=VALUE, --tap (coreg/overrides.py)
 @expand_sources  # STAC items, mosaics, URLs, as predict
 @expand_stacks  # several files or a Sentinel-2 folder per modality, as predict
 def predict_split(
@@ -617,6 +632,7 @@ def predict_split(
     probabilities: PathLike | None = None,
     probabilities_dtype: str = "uint8",
     confidence: PathLike | None = None,
+    confidence_kind: str = "top",
     vector: PathLike | None = None,
     cog: bool = False,
     creation_options: Mapping[str, str] | None = None,
@@ -654,6 +670,7 @@ def predict_split(
     options = {
         "creation_options": creation_options,
         "probability_dtype": probabilities_dtype,
+        "confidence_kind": confidence_kind,
         "cog": cog,
         "overwrite": overwrite,
     }

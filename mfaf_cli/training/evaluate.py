@@ -26,7 +26,10 @@ from mfaf_cli.errors import BandMismatchError, InputError, LabelError, NoOverlap
 from mfaf_cli.io.truth import apply_mapping, truth_labels, truth_on_grid
 from mfaf_cli.metadata import NODATA_LABEL, ModelMeta, default_classes
 from mfaf_cli.normalize import apply_normalisation, band_percentiles
+from mfaf_cli.training.calibration import count_length
 from mfaf_cli.training.metrics import confusion_matrix, metrics_from_confusion, to_jsonable
+from mfaf_cli.training.scoring import DEFAULT_BLOCK, Units, summarise
+from mfaf_cli.training.stats import block_grid, block_ids
 from mfaf_cli.types import Blend, Engine, Precision
 
 if TYPE_CHECKING:
@@ -45,13 +48,23 @@ class EvalResult:
     metrics: dict[str, Any]
     class_names: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+    #: per-unit counts (scenes, patches or spatial blocks) behind ``report``
+    units: Units | None = None
+    #: intervals, per-scene scores and calibration (:func:`~mfaf_cli.training.scoring.summarise`)
+    report: dict[str, Any] = field(default_factory=dict)
 
     @property
     def confusion(self) -> np.ndarray:
         return np.asarray(self.metrics["confusion_matrix"], dtype=np.int64)
 
     def to_json(self) -> str:
-        return json.dumps(to_jsonable({**self.info, "metrics": self.metrics}))
+        return json.dumps(to_jsonable({**self.info, "metrics": self.metrics, **self.report}))
+
+
+def _result(units: Units, names: list[str], info: dict[str, Any], seed: int = 0) -> EvalResult:
+    """Overall metrics from the units' summed counts, plus intervals / per-scene / calibration."""
+    metrics = metrics_from_confusion(units.confusion.sum(axis=0), names)
+    return EvalResult(metrics, names, info, units, summarise(units, names, seed=seed))
 
 
 # ---- label mapping ---------------------------------------------------------------------------
@@ -160,10 +173,26 @@ def raster_confusion(
     nodata (255), truth nodata / outside its footprint / −1, values mapped to 255. ``label_fn``
     (a dataset's label mapping: raw values → class ids with ignore) replaces ``mapping``.
     """
+    blocks, _ = raster_block_confusion(pred_path, truth_path, num_classes, mapping=mapping,
+                                       label_fn=label_fn, ignore_index=ignore_index)  # fmt: skip
+    return blocks.sum(axis=0)
+
+
+def raster_block_confusion(
+    pred_path: str | os.PathLike[str],
+    truth_path: str | os.PathLike[str],
+    num_classes: int,
+    *,
+    mapping: dict[int, int] | None = None,
+    label_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+    ignore_index: int = NODATA_LABEL,
+    block: int | None = None,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`raster_confusion` per ``block``-pixel spatial block of the prediction's grid:
+    (blocks, K, K) row-major and the block grid's (rows, columns); one block when None."""
     import rasterio
     from rasterio.windows import Window as RioWindow
 
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     with rasterio.open(pred_path) as pds, rasterio.open(truth_path) as tds:
         same = (
             tds.crs == pds.crs and tds.transform == pds.transform and tds.shape == pds.shape
@@ -182,6 +211,9 @@ def raster_confusion(
                 "check that the truth belongs to this scene"
             )
         pnd = pds.nodata if pds.nodata is not None else NODATA_LABEL
+        bsize = int(block or max(pds.height, pds.width))
+        shape = block_grid(pds.height, pds.width, bsize)
+        cm = np.zeros((shape[0] * shape[1], num_classes, num_classes), dtype=np.int64)
         for r0 in range(0, pds.height, BLOCK_ROWS):
             h = min(BLOCK_ROWS, pds.height - r0)
             win = RioWindow(0, r0, pds.width, h)
@@ -193,8 +225,10 @@ def raster_confusion(
             else:
                 t = truth_on_grid(tds, pds.crs, pds.window_transform(win), (h, pds.width))
             truth = truth_labels(t, label_fn, mapping, ignore_index)
+            ids = block_ids(r0, 0, h, pds.width, bsize, shape[1])
             try:
-                cm += confusion_matrix(pred, truth, num_classes, ignore_index)
+                cm += confusion_matrix(pred, truth, num_classes, ignore_index, groups=ids,
+                                       n_groups=len(cm))  # fmt: skip
             except LabelError as err:
                 msg = str(err)
                 if msg.startswith("truth"):
@@ -206,7 +240,7 @@ def raster_confusion(
                     f"{Path(pred_path).name} is not a class map of these {num_classes} classes: "
                     f"{msg.replace('predictions hold', 'it holds')}"
                 ) from None
-    return cm
+    return cm, shape
 
 
 def _fmt_bounds(b: Any) -> str:
@@ -235,12 +269,43 @@ def evaluate_rasters(
     mapping: str | Mapping[Any, Any] | None = None,
     num_classes: int | None = None,
     class_names: list[str] | None = None,
+    block: int = DEFAULT_BLOCK,
 ) -> EvalResult:
-    """Score a predicted label GeoTIFF against a truth raster (see :func:`raster_confusion`).
+    """Score a predicted label GeoTIFF against a truth raster (see :func:`raster_confusion`),
+    with intervals from a bootstrap over ``block``-pixel spatial blocks of the scene.
 
     Classes come from the prediction's tags (written by ``mfaf predict``), else
     ``class_names`` / ``num_classes``, else the largest value found in either raster.
     """
+    names, m = raster_classes(pred, truth, mapping, num_classes, class_names)
+    blocks, shape = raster_block_confusion(pred, truth, len(names), mapping=m, block=block)
+    _check_scored(int(blocks.sum()), pred, truth)
+    info: dict[str, Any] = {"mode": "rasters", "prediction": str(pred), "truth": str(truth),
+                            "block": block, "blocks": list(shape)}  # fmt: skip
+    if m:
+        info["mapping"] = {str(a): b for a, b in m.items()}
+    keep = blocks.reshape(len(blocks), -1).sum(axis=1) > 0  # blocks with a scored pixel
+    ids = [f"r{i // shape[1]}c{i % shape[1]}" for i in range(len(blocks))]
+    units = Units("block", [n for n, k in zip(ids, keep, strict=True) if k], blocks[keep])
+    return _result(units, names, info)
+
+
+def _check_scored(n: int, pred: Any, truth: Any) -> None:
+    if n == 0:
+        raise InputError(
+            f"no pixel of {Path(pred).name} has both a predicted class and a truth label in "
+            f"{Path(truth).name} (all nodata or ignored where they overlap); nothing to score"
+        )
+
+
+def raster_classes(
+    pred: str | os.PathLike[str],
+    truth: str | os.PathLike[str],
+    mapping: str | Mapping[Any, Any] | None,
+    num_classes: int | None,
+    class_names: list[str] | None,
+) -> tuple[list[str], dict[int, int] | None]:
+    """The class names a prediction is scored with, and the parsed truth mapping."""
     from mfaf_cli.io.inputs import check_readable, open_raster
 
     for p, what in ((pred, "prediction"), (truth, "truth")):
@@ -270,18 +335,7 @@ def evaluate_rasters(
     if names is None:
         assert num_classes is not None  # given, or inferred from the rasters above
         names = [c.name for c in default_classes(num_classes)]
-    k = len(names)
-    cm = raster_confusion(pred, truth, k, mapping=m)
-    if int(cm.sum()) == 0:
-        raise InputError(
-            f"no pixel of {Path(pred).name} has both a predicted class and a truth label in "
-            f"{Path(truth).name} (all nodata or ignored where they overlap); nothing to score"
-        )
-    metrics = metrics_from_confusion(cm, names)
-    info: dict[str, Any] = {"mode": "rasters", "prediction": str(pred), "truth": str(truth)}
-    if m:
-        info["mapping"] = {str(a): b for a, b in m.items()}
-    return EvalResult(metrics, names, info)
+    return names, m
 
 
 # ---- in-memory sliding windows (patch datasets) -------------------------------------------
@@ -295,8 +349,10 @@ def predict_arrays(
     overlap: float = 0.25,
     blend: Blend = "gaussian",
     batch_size: int = 4,
+    probs_out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Class ids (H, W) uint8 (255 = nodata) and validity for one in-memory scene.
+    """Class ids (H, W) uint8 (255 = nodata) and validity for one in-memory scene; the
+    blended probabilities go to ``probs_out`` (K, H, W) when given.
 
     The same steps as the predict spine: scene percentiles over valid pixels, the model's
     normalisation, overlapping windows (reflect-padded past the edges), blended merge.
@@ -317,6 +373,8 @@ def predict_arrays(
         lab[~v] = NODATA_LABEL
         out[row0 : row0 + r] = lab
         ok[row0 : row0 + r] = v
+        if probs_out is not None:
+            probs_out[:, row0 : row0 + r] = probs
 
     merger = StreamingMerger(h, w, meta.num_classes, windows, make_weight_fn(windows, blend), sink)
     for group in batched(windows, batch_size):
@@ -370,6 +428,12 @@ def _cut(a: np.ndarray, win: Any) -> np.ndarray:
 def scene_confusion(predictor: Any, scene: Any, ds: Any, spec: Any) -> np.ndarray:
     """Confusion matrix of one georeferenced dataset scene, scored row band by row band by
     the inference core's :class:`~mfaf_cli.pipeline.sinks.ConfusionSink` (no map written)."""
+    return scene_sink(predictor, scene, ds, spec).confusion
+
+
+def scene_sink(predictor: Any, scene: Any, ds: Any, spec: Any, block: int | None = None) -> Any:
+    """The :class:`~mfaf_cli.pipeline.sinks.ConfusionSink` that scored one scene: confusion
+    and calibration counts per ``block``-pixel block (one block when None)."""
     from mfaf_cli.pipeline.predict import run_on_scene
     from mfaf_cli.pipeline.sinks import ConfusionSink
 
@@ -378,13 +442,14 @@ def scene_confusion(predictor: Any, scene: Any, ds: Any, spec: Any) -> np.ndarra
 
     def make_sink(grid: Any) -> ConfusionSink:
         return ConfusionSink(scene.label, grid, k, label_fn=ds.map_label,
-                             ignore_index=ds.ignore_index)  # fmt: skip
+                             ignore_index=ds.ignore_index, block=block,
+                             calibration=True)  # fmt: skip
 
     inputs = {m: os.fspath(scene.inputs[m]) for m in meta.modality_names}
     bands = {m: scene.bands[m] for m in meta.modality_names if scene.bands.get(m)}
     _, _, sink = run_on_scene(inputs, meta, predictor, make_sink, spec, bands=bands,
                               read_threads=spec.thread_split()[1])  # fmt: skip
-    return sink.confusion
+    return sink
 
 
 def evaluate_model(
@@ -406,8 +471,11 @@ def evaluate_model(
     val_fraction: float = 0.15,
     progress: bool = True,
     max_items: int | None = None,
+    block: int = DEFAULT_BLOCK,
 ) -> EvalResult:
-    """Run the predict pipeline over a dataset split and score it with one confusion matrix.
+    """Run the predict pipeline over a dataset split and score it: overall, per scene (or
+    patch) with a bootstrap over them (over ``block``-pixel blocks for a one-scene split),
+    and calibration (ECE, Brier, NLL) from the blended probabilities.
 
     ``model`` is any ``--model`` spec (None = the shipped default for the dataset's
     modalities). The dataset must provide the model's modalities with the same band counts,
@@ -426,12 +494,11 @@ def evaluate_model(
     scenes = ds.scenes()
     if scenes is not None:
         todo = scenes if max_items is None else scenes[:max_items]
-        cm = _score_scenes(predictor, ds, todo, spec.with_tile(tile), desc, progress)
+        units = _score_scenes(predictor, ds, todo, spec.with_tile(tile), desc, progress, block)
         n_items = len(todo)
     else:
         n_items = len(ds) if max_items is None else min(len(ds), max_items)
-        cm = _score_patches(predictor, ds, n_items, spec.with_tile(tile), desc, progress)
-    metrics = metrics_from_confusion(cm, meta.class_names)
+        units = _score_patches(predictor, ds, n_items, spec.with_tile(tile), desc, progress)
     info = {
         "mode": "dataset",
         "model": meta.arch if model is None else str(model),
@@ -446,12 +513,14 @@ def evaluate_model(
         "overlap": overlap,
         "blend": blend,
         "device": getattr(predictor, "device", device),
+        "temperature": float(meta.temperature),
     }
     if ds.skipped:  # items the reader left out, by reason (also logged as warnings)
         info["skipped"] = dict(ds.skipped)
-    if not math.isfinite(metrics["miou"]):
+    result = _result(units, meta.class_names, info, seed)
+    if not math.isfinite(result.metrics["miou"]):
         info["note"] = "no labelled pixel was evaluated"
-    return EvalResult(metrics, meta.class_names, info)
+    return result
 
 
 def _predictor_and_dataset(
@@ -503,32 +572,61 @@ def _predictor_and_dataset(
 
 
 def _score_scenes(
-    predictor: Any, ds: Any, scenes: Sequence[Any], spec: InferenceSpec, desc: str, progress: bool
-) -> np.ndarray:
-    """Confusion matrix over whole scenes, each through the streaming inference core."""
+    predictor: Any,
+    ds: Any,
+    scenes: Sequence[Any],
+    spec: InferenceSpec,
+    desc: str,
+    progress: bool,
+    block: int,
+) -> Units:
+    """Counts per scene, each through the streaming inference core; one scene alone is cut
+    into ``block``-pixel spatial blocks (the bootstrap's units then)."""
     from tqdm import tqdm
 
-    k = predictor.meta.num_classes
-    cm = np.zeros((k, k), dtype=np.int64)
+    one = len(scenes) == 1
+    cms, cals, names = [], [], []
     for sc in tqdm(scenes, desc=desc, file=sys.stderr, disable=not progress):
-        cm += scene_confusion(predictor, sc, ds, spec)
-    return cm
+        sink = scene_sink(predictor, sc, ds, spec, block if one else None)
+        if one:
+            keep = sink.block_confusion.reshape(len(sink.block_confusion), -1).sum(1) > 0
+            nc = sink.block_shape[1]
+            names = [f"{sc.id}/r{i // nc}c{i % nc}" for i in np.flatnonzero(keep)]
+            return Units("block", names, sink.block_confusion[keep], sink.block_calibration[keep])
+        cms.append(sink.confusion)
+        cals.append(sink.block_calibration.sum(axis=0))
+        names.append(str(sc.id))
+    k = predictor.meta.num_classes
+    return Units("scene", names, np.stack(cms) if cms else np.zeros((0, k, k), np.int64),
+                 np.stack(cals) if cals else np.zeros((0, count_length()), np.float64))  # fmt: skip
+
+
+def _item_name(ds: Any, i: int) -> str:
+    """A patch's name for the per-scene table (its dataset item, else its index)."""
+    items = getattr(ds, "items", None)
+    if isinstance(items, Sequence) and len(items) == len(ds):
+        it = items[i]
+        return "/".join(map(str, it)) if isinstance(it, tuple) else str(it)
+    return f"item-{i}"
 
 
 def _score_patches(
     predictor: Any, ds: Any, n: int, spec: InferenceSpec, desc: str, progress: bool
-) -> np.ndarray:
-    """Confusion matrix over the first ``n`` in-memory patches (invalid where not finite)."""
+) -> Units:
+    """Counts per patch over the first ``n`` in-memory patches (invalid where not finite)."""
     from tqdm import tqdm
+
+    from mfaf_cli.training.calibration import calibration_counts
 
     meta = predictor.meta
     k = meta.num_classes
-    cm = np.zeros((k, k), dtype=np.int64)
+    cms, cals = [], []
     for i in tqdm(range(n), desc=desc, file=sys.stderr, disable=not progress):
         arrays, mask, _ = ds.raw(i, None)
         valid = np.ones(mask.shape, dtype=bool)
         for a in arrays.values():
             valid &= np.isfinite(a).all(axis=0)
+        probs = np.zeros((k, *mask.shape), dtype=np.float32)
         pred, ok = predict_arrays(
             predictor,
             arrays,
@@ -538,8 +636,85 @@ def _score_patches(
             overlap=spec.overlap,
             blend=spec.blend,
             batch_size=spec.batch_size,
+            probs_out=probs,
         )
         pred = pred.astype(np.int64)
         pred[~ok] = ds.ignore_index
-        cm += confusion_matrix(pred, mask, k, ds.ignore_index)
-    return cm
+        cms.append(confusion_matrix(pred, mask, k, ds.ignore_index))
+        keep = ok & (mask != ds.ignore_index)
+        cals.append(calibration_counts(probs, np.where(keep, mask, 0), keep))
+    names = [_item_name(ds, i) for i in range(n)]
+    return Units("patch", names, np.asarray(cms, np.int64).reshape(n, k, k),
+                 np.asarray(cals, np.float64).reshape(n, count_length()))  # fmt: skip
+
+
+# ---- a batch of maps, and paired comparisons ------------------------------------------------
+def read_pairs(
+    csv_path: str | os.PathLike[str], columns: Sequence[str] = ("prediction",)
+) -> list[dict[str, str]]:
+    """Rows of a ``prediction,truth[,scene]`` CSV (paths relative to the CSV's folder);
+    ``columns``: the map columns to read (two for a comparison, e.g. ``unet,mfafnet``)."""
+    import csv
+
+    from mfaf_cli.errors import UsageError
+    from mfaf_cli.io.inputs import check_readable
+
+    path = Path(csv_path)
+    check_readable(path, "pairs CSV")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    need = {*columns, "truth"}
+    if not rows or not need <= set(rows[0]):
+        raise UsageError(
+            f"{path}: needs a header with {','.join(sorted(need))} columns (and scene)"
+        )
+    out = []
+    for n, r in enumerate(rows, start=2):
+        if any(not (r.get(c) or "").strip() for c in need):
+            raise UsageError(f"{path} line {n}: {' and '.join(sorted(need))} are all required")
+        pair = {c: str(path.parent / r[c].strip()) for c in need}
+        pair["scene"] = (r.get("scene") or "").strip() or Path(r[columns[0]]).stem
+        out.append(pair)
+    names = [p["scene"] for p in out]
+    if len(set(names)) != len(names):
+        raise UsageError(f"{path}: scene names repeat; give each row its own scene name")
+    return out
+
+
+def evaluate_batch(
+    csv_path: str | os.PathLike[str],
+    *,
+    mapping: str | Mapping[Any, Any] | None = None,
+    num_classes: int | None = None,
+    column: str = "prediction",
+) -> EvalResult:
+    """Score every ``prediction`` map of a pairs CSV against its ``truth``: overall (the sum),
+    per scene, and intervals from a bootstrap over the scenes."""
+    pairs = read_pairs(csv_path, (column,))
+    first = pairs[0]
+    names, m = raster_classes(first[column], first["truth"], mapping, num_classes, None)
+    cms = []
+    for p in pairs:
+        cm = raster_confusion(p[column], p["truth"], len(names), mapping=m)
+        cms.append(cm)
+    total = np.stack(cms)
+    _check_scored(int(total.sum()), first[column], first["truth"])
+    info: dict[str, Any] = {"mode": "batch", "pairs": str(csv_path), "column": column,
+                            "scenes": len(pairs)}  # fmt: skip
+    units = Units("scene", [p["scene"] for p in pairs], total)
+    return _result(units, names, info)
+
+
+def compare_results(a: EvalResult, b: EvalResult, label_a: str, label_b: str) -> dict[str, Any]:
+    """The paired difference A − B of two evaluations of the same data."""
+    from mfaf_cli.training.scoring import compare
+
+    assert a.units is not None and b.units is not None
+    if a.class_names != b.class_names:
+        raise LabelError(
+            f"the two are scored with different classes ({', '.join(a.class_names)} vs "
+            f"{', '.join(b.class_names)}); a comparison needs one class table"
+        )
+    out = compare(a.units, b.units, a.class_names)
+    return {"mode": "compare", "a": label_a, "b": label_b, **out,
+            "overall": {"a": a.metrics, "b": b.metrics}}  # fmt: skip

@@ -32,8 +32,12 @@ def confusion_matrix(
     num_classes: int,
     ignore_index: int | None = 255,
     valid: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+    n_groups: int = 1,
 ) -> np.ndarray:
-    """(K, K) int64 confusion matrix (rows truth, columns prediction) by ``np.bincount``.
+    """(K, K) int64 confusion matrix (rows truth, columns prediction) by ``np.bincount``;
+    with ``groups`` (each pixel's unit id in ``[0, n_groups)``: a spatial block) one matrix
+    per unit, (n_groups, K, K), which sum to the single one.
 
     Pixels are skipped where ``truth == ignore_index``, ``pred == ignore_index`` (prediction
     nodata) or ``valid`` is False. Any other truth or prediction value outside ``[0, K)`` raises
@@ -60,6 +64,10 @@ def confusion_matrix(
                 + (f" (ignore value {ignore_index})" if ignore_index is not None else "")
                 + "; map them to known classes or to the ignore value"
             )
+    if groups is not None:
+        g = np.asarray(groups).reshape(-1)[keep].astype(np.int64, copy=False)
+        flat = np.bincount(g * (k * k) + t * k + p, minlength=n_groups * k * k)
+        return flat.reshape(n_groups, k, k).astype(np.int64)
     return np.bincount(t * k + p, minlength=k * k).reshape(k, k).astype(np.int64)
 
 

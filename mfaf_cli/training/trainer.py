@@ -65,6 +65,7 @@ from mfaf_cli.training.distributed import (
     _init_distributed,
     _resolve_device,
     _shutdown,
+    nonfinite_ranks,
 )
 from mfaf_cli.training.labels import check_same_classes, folder_label_options, guarded_write
 from mfaf_cli.training.metrics import confusion_matrix, metrics_from_confusion, to_jsonable
@@ -488,7 +489,9 @@ def _forward_loss(
         else:
             ce = logits.sum() * 0.0
         mmd = torch.zeros((), device=device)
-        if use_aux and "deep" in aux:
+    if use_aux and "deep" in aux:
+        # in float32: autocast would run the class means' matmul in half precision
+        with torch.autocast(device.type, enabled=False):
             mmd, monitors = _alignment(aux, cfg, mask, ignore_index)
     return ce + mmd_weight * mmd, ce, mmd, logits, mask, monitors
 
@@ -712,8 +715,12 @@ class Trainer:
             self.opt, _LRLambda(self.total_steps, cfg.schedule, cfg.warmup)
         )
         self.use_amp = cfg.amp and self.device.type == "cuda"
-        bf16 = self.use_amp and torch.cuda.is_bf16_supported()
-        amp_dtype = torch.bfloat16 if bf16 else torch.float16
+        amp_dtype = torch.float16
+        if self.use_amp:  # bf16 only where native; fp16 (with the GradScaler) elsewhere
+            from mfaf_cli.devices import cuda_autocast_dtype
+
+            amp_dtype, why = cuda_autocast_dtype(self.device)
+            log.info("AMP %s", why)
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.use_amp and amp_dtype == torch.float16
         )
@@ -768,7 +775,8 @@ class Trainer:
             "split": {
                 "train": len(self.train_ds),
                 "val": len(self.val_ds),
-                "rule": f"val = seeded holdout (seed {cfg.seed}, fraction {cfg.val_fraction}) "
+                "rule": getattr(self.val_ds, "split_source", "")
+                or f"val = seeded holdout (seed {cfg.seed}, fraction {cfg.val_fraction}) "
                 "of the training data where the dataset has no val split",
             },
             "splits": self.splits,
@@ -874,6 +882,9 @@ class Trainer:
             if d.main and self.created and completed == self.start_epoch:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
+        if d.main:
+            self.calibrate()
+        _barrier(d)
         best = self.run_dir / BEST_NAME
         return TrainResult(
             run_dir=self.run_dir,
@@ -885,6 +896,38 @@ class Trainer:
             best=best if best.exists() else None,
             splits=self.splits,
         )
+
+    def calibrate(self) -> dict[str, Any] | None:
+        """Rank 0, after the last epoch: fit the temperature of ``best.safetensors`` on the
+        validation split (all of it, this process alone) and store it in that record."""
+        from torch.utils.data import DataLoader, default_collate
+
+        from mfaf_cli.io.weights import load_checkpoint, save_checkpoint
+        from mfaf_cli.training.temperature import collect, fit_report, with_temperature
+
+        best = self.run_dir / BEST_NAME
+        if not best.exists() or len(self.val_ds) == 0:
+            return None
+        cfg = self.cfg
+        model, meta = load_checkpoint(best, device=self.device)
+        model.eval()
+        loader = DataLoader(self.val_ds, batch_size=cfg.batch_size, shuffle=False,
+                            num_workers=cfg.num_workers, collate_fn=default_collate)  # fmt: skip
+
+        def pairs() -> Any:
+            with torch.inference_mode():
+                for batch in itertools.islice(loader, cfg.max_val_batches):
+                    out = self._forward(model, batch, 0.0, want_aux=False)
+                    yield out[3].float().cpu().numpy(), out[4].cpu().numpy()
+
+        z, y = collect(pairs(), self.ignore_index, cfg.seed)
+        report = fit_report(z, y, f"val split ({len(self.val_ds)} items, best epoch)")
+        save_checkpoint(model, with_temperature(meta, report), best)
+        b, a = report["before"], report["after"]
+        print(f"calibrated {best.name}: temperature {report['temperature']:.3f} (val NLL "
+              f"{b['nll']:.4f} -> {a['nll']:.4f}, ECE {b['ece']:.4f} -> {a['ece']:.4f})",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return report
 
     def run_epoch(self, epoch: int, val_loader: Any) -> None:
         """Train, validate, update the best score, then checkpoint and log on rank 0."""
@@ -993,10 +1036,12 @@ class Trainer:
         )
         self.mmd_used = self.mmd_used or monitors is not None
         cos, head_free = monitors or (0.0, 0.0)
-        if not torch.isfinite(loss):
+        bad = nonfinite_ranks(loss, self.d)  # agreed by every rank: all stop together
+        if bad:
+            ranks = f"non-finite on rank {', '.join(map(str, bad))} of {self.d.world}"
             raise DatasetError(
                 f"training diverged at epoch {epoch + 1} step {self.global_step} "
-                f"(loss {float(loss)}); "
+                f"(loss {ranks if self.d.enabled else float(loss)}); "
                 "lower --lr or enable --grad-clip"
             )
         self.opt.zero_grad(set_to_none=True)

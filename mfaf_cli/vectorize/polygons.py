@@ -776,8 +776,12 @@ def _frame(
         },
         geometry=gpd.GeoSeries(geoms, crs=crs.to_wkt()),
     )
-    if geojson_wgs84 and vector_format(out) == "GeoJSON" and crs.to_epsg() != 4326:
+    if geojson_wgs84 and vector_format(out) == "GeoJSON":
         from rasterio.crs import CRS as RioCRS
 
-        return gdf.to_crs("EPSG:4326"), RioCRS.from_epsg(4326)
+        from mfaf_cli.vectorize.rfc7946 import to_rfc7946
+
+        # cut at 180°, valid round the poles (also for a 4326 raster with longitudes > 180)
+        wgs84 = to_rfc7946(np.asarray(gdf.geometry.values, dtype=object), crs)
+        return gdf.set_geometry(gpd.GeoSeries(wgs84, crs="EPSG:4326")), RioCRS.from_epsg(4326)
     return gdf, crs
