@@ -22,6 +22,12 @@ it under ``nice -n 10``, as below).
     nice -n 10 python3 benchmarks/hsi_dsm_check.py --work /tmp/hsi_dsm \\
         --out benchmarks/results/hsi_dsm_check.json
 
+Recipes (``--recipes``): ``plain`` (the defaults) and ``balanced`` (``--sampling balanced
+--class-weights auto``). A per-pixel random forest (scikit-learn, a benchmark-only dependency:
+``pip install scikit-learn``; 300 trees, default settings) trained on every labelled pixel of
+columns 0-135 is scored on the same test part with mfaf's metrics (``--no-rf`` skips it).
+Rows are written to ``--out`` after every run, so a time-boxed job keeps what it finished.
+
 Caveat: 5 PCA components are not a hyperspectral cube, so this checks that the HSI + X path
 learns on real imagery; it says nothing about CoMiX's spectral modelling.
 """
@@ -51,9 +57,17 @@ PARTS = (
 GAP_COLUMNS = (136, 200)
 MODELS = {
     "comix-lite": ["--model-opt", "stem_stride=2"],
+    "comix-s": ["--model-opt", "stem_stride=2"],
     "unet-hsi-lidar": [],
 }
 BUDGET = {"epochs": 15, "batch_size": 4, "tile": 64, "lr": 6e-4}
+#: training recipes: the defaults, and what issue 18 added for imbalanced land cover
+RECIPES = {
+    "plain": [],
+    "balanced": ["--sampling", "balanced", "--class-weights", "auto"],
+}
+#: the per-pixel baseline a user tries first: scikit-learn's random forest, default settings
+RF_TREES = 300
 
 
 def write_crops(work: Path) -> Path:
@@ -87,7 +101,9 @@ def write_crops(work: Path) -> Path:
     return scenes
 
 
-def train_cmd(scenes: Path, model: str, seed: int, run: Path, budget: dict[str, Any]) -> list[str]:
+def train_cmd(
+    scenes: Path, model: str, seed: int, run: Path, budget: dict[str, Any], recipe: str = "plain"
+) -> list[str]:
     return [
         *(sys.executable, "-m", "mfaf_cli", "train"),
         *("--dataset", "folder", "--data-root", str(scenes), "--model", model),
@@ -95,6 +111,7 @@ def train_cmd(scenes: Path, model: str, seed: int, run: Path, budget: dict[str, 
         *("--batch-size", str(budget["batch_size"]), "--tile", str(budget["tile"])),
         *("--lr", str(budget["lr"]), "--seed", str(seed), "--threads", "1", "--device", "cpu"),
         *MODELS[model],
+        *RECIPES[recipe],
         *("--quiet", "--json", "--overwrite"),
     ]
 
@@ -116,11 +133,14 @@ def last_json(text: str) -> dict[str, Any]:
     raise ValueError(f"no JSON line in output:\n{text[-2000:]}")
 
 
-def run_one(scenes: Path, work: Path, model: str, seed: int, budget: dict[str, Any]) -> dict:
+def run_one(
+    scenes: Path, work: Path, model: str, seed: int, budget: dict[str, Any], recipe: str
+) -> dict:
     """Train, then evaluate on the test crop; the scores, wall times and exact commands."""
-    run = work / "runs" / f"{model}-seed{seed}"
+    run = work / "runs" / f"{model}-{recipe}-seed{seed}"
     env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    tcmd, ecmd = train_cmd(scenes, model, seed, run, budget), eval_cmd(scenes, run, budget["tile"])
+    tcmd = train_cmd(scenes, model, seed, run, budget, recipe)
+    ecmd = eval_cmd(scenes, run, budget["tile"])
     t0 = time.perf_counter()
     tr = subprocess.run(tcmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     t_train = time.perf_counter() - t0
@@ -132,6 +152,7 @@ def run_one(scenes: Path, work: Path, model: str, seed: int, budget: dict[str, A
     scores = last_json(ev.stdout)["metrics"]
     return {
         "model": model,
+        "recipe": recipe,
         "seed": seed,
         "train_wall_s": round(t_train, 1),
         "train_summary": last_json(tr.stdout),
@@ -141,14 +162,47 @@ def run_one(scenes: Path, work: Path, model: str, seed: int, budget: dict[str, A
     }
 
 
+def random_forest(seed: int) -> dict[str, Any]:
+    """The per-pixel baseline: a random forest on the six bands of every labelled pixel of
+    the train and val parts (columns 0-135), scored on the test part with mfaf's metrics."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    from mfaf_cli.training.metrics import confusion_matrix, metrics_from_confusion
+
+    feats = np.concatenate(
+        [np.load(DATA / "hsi_pca5.npy"), np.load(DATA / "dsm.npy")], axis=0
+    ).astype("float32")
+    gt = np.load(DATA / "gt.npy").astype("int64")
+
+    def pixels(cols: slice) -> tuple[np.ndarray, np.ndarray]:
+        x, y = feats[:, :, cols].reshape(feats.shape[0], -1).T, gt[:, cols].reshape(-1)
+        return x[y > 0], y[y > 0] - 1
+
+    x_tr, y_tr = pixels(slice(0, GAP_COLUMNS[0]))
+    x_te, y_te = pixels(PARTS[2][2])
+    t0 = time.perf_counter()
+    rf = RandomForestClassifier(n_estimators=RF_TREES, random_state=seed, n_jobs=1)
+    rf.fit(x_tr, y_tr)
+    cm = confusion_matrix(rf.predict(x_te), y_te, 12, 255)
+    scores = metrics_from_confusion(cm, [f"c{i}" for i in range(1, 13)])
+    return {
+        "model": "random-forest",
+        "recipe": f"sklearn RandomForestClassifier(n_estimators={RF_TREES}), per pixel, 6 bands",
+        "seed": seed,
+        "train_wall_s": round(time.perf_counter() - t0, 1),
+        "train_pixels": int(y_tr.size),
+        "test": {k: scores.get(k) for k in ("oa", "miou", "kappa", "mean_accuracy")},
+        "test_per_class": scores.get("per_class"),
+    }
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per model: mean and min/max over seeds of OA, mIoU and kappa."""
+    """Per model and recipe: mean and min/max over seeds of OA, mIoU and kappa."""
     out: dict[str, Any] = {}
-    for model in MODELS:
-        got = [r["test"] for r in rows if r["model"] == model]
-        if not got:
-            continue
-        out[model] = {
+    keys = sorted({(r["model"], r["recipe"]) for r in rows})
+    for model, recipe in keys:
+        got = [r["test"] for r in rows if r["model"] == model and r["recipe"] == recipe]
+        out[f"{model} / {recipe}"] = {
             k: {
                 "mean": round(statistics.fmean(g[k] for g in got), 4),
                 "min": round(min(g[k] for g in got), 4),
@@ -159,38 +213,48 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=Path("/tmp/hsi_dsm_check"))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    ap.add_argument("--epochs", type=int, default=BUDGET["epochs"])
-    ap.add_argument("--out", type=Path)
-    args = ap.parse_args(argv)
-    budget = BUDGET | {"epochs": args.epochs}
-    scenes = write_crops(args.work)
-    rows = []
-    for seed in args.seeds:
-        for model in args.models:
-            print(f"hsi_dsm_check: {model} seed {seed} ...", file=sys.stderr, flush=True)
-            rows.append(run_one(scenes, args.work, model, seed, budget))
-            print(json.dumps(rows[-1]["test"]), file=sys.stderr, flush=True)
+def write_doc(rows: list[dict[str, Any]], budget: dict[str, Any], out: Path | None) -> str:
+    """The results document (to ``out`` when given) as JSON text."""
     doc = {
         "data": "hsi_dsm_crop (5 PCA components + 8-bit DSM + 12-class gt), see ../shared/data",
         "grid": "synthetic local grid: EPSG:32615, 1 m pixels, arbitrary origin",
         "parts": {p: [rs.start, rs.stop, cs.start, cs.stop] for p, rs, cs in PARTS},
         "gap_columns": list(GAP_COLUMNS),
         "budget": budget,
+        "recipes": RECIPES,
         "load_average_at_end": list(os.getloadavg()),
         "summary": summarise(rows),
         "runs": rows,
         "caveat": "5 PCA bands are not a hyperspectral cube",
     }
     text = json.dumps(doc, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/hsi_dsm_check"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    ap.add_argument("--no-rf", action="store_true", help="skip the random forest baseline")
+    ap.add_argument("--epochs", type=int, default=BUDGET["epochs"])
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    budget = BUDGET | {"epochs": args.epochs}
+    scenes = write_crops(args.work)
+    rows = [] if args.no_rf else [random_forest(seed) for seed in args.seeds]
+    for seed in args.seeds:
+        for model in args.models:
+            for recipe in args.recipes:
+                print(f"hsi_dsm_check: {model} {recipe} seed {seed}", file=sys.stderr, flush=True)
+                rows.append(run_one(scenes, args.work, model, seed, budget, recipe))
+                print(json.dumps(rows[-1]["test"]), file=sys.stderr, flush=True)
+                write_doc(rows, budget, args.out)  # every run: a time-boxed job keeps its rows
+    print(write_doc(rows, budget, args.out))
     return 0
 
 

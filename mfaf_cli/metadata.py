@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mfaf_cli.errors import WeightsError
@@ -43,6 +43,11 @@ class ClassInfo:
     id: int
     name: str
     color: tuple[int, int, int]
+    code: int | None = None  # the label product's code for this class (WorldCover 10, ...)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"id": self.id, "name": self.name, "color": list(self.color)}
+        return d if self.code is None else d | {"code": self.code}
 
 
 @dataclass(frozen=True)
@@ -218,7 +223,7 @@ class ModelMeta:
             "arch": self.arch,
             "config": self.config,
             "modalities": [m.to_dict() for m in self.modalities],
-            "classes": [asdict(c) | {"color": list(c.color)} for c in self.classes],
+            "classes": [c.to_dict() for c in self.classes],
             "ignore_index": self.ignore_index,
             "tile_size": self.tile_size,
             "divisor": self.divisor,
@@ -239,7 +244,12 @@ class ModelMeta:
                 config=dict(d.get("config", {})),
                 modalities=tuple(ModalitySpec.from_dict(m) for m in d["modalities"]),
                 classes=tuple(
-                    ClassInfo(int(c["id"]), str(c["name"]), tuple(c["color"]))  # type: ignore[arg-type]
+                    ClassInfo(
+                        int(c["id"]),
+                        str(c["name"]),
+                        tuple(c["color"]),  # type: ignore[arg-type]
+                        None if c.get("code") is None else int(c["code"]),
+                    )
                     for c in d["classes"]
                 ),
                 ignore_index=int(d.get("ignore_index", 255)),

@@ -113,3 +113,44 @@ def make_folder(root: Path, n_scenes: int = 2, split_column: bool = True) -> Pat
         rows.append(f"s{k},hsi{k}.tif,dsm{k}.tif,gt{k}.tif" + (split if split_column else ""))
     (root / "scenes.csv").write_text("\n".join(rows) + "\n")
     return root / "scenes.csv"
+
+
+#: WorldCover codes of the generated land-cover scenes, and each one's optical/SAR signature
+LANDCOVER_CODES = {10: (300, 900, 250, -9.0), 40: (900, 1800, 700, -12.0),
+                   50: (1600, 1500, 1500, -3.0), 80: (200, 150, 100, -20.0)}  # fmt: skip
+
+
+def make_landcover(root: Path, size: int = 64, seed: int = 5) -> Path:
+    """Two optical (3 bands, 10 m) + SAR (1 band dB, 20 m) scenes in UTM 32N whose land-cover
+    labels are WorldCover codes (10, 40, 50, 80; nodata 0) on an ETRS89-LAEA (EPSG:3035)
+    grid: labels in another CRS, resolution and code space than the imagery. Scene s0 is
+    train, s1 val; the label raster is the scene's reference grid."""
+    import rasterio
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    codes = np.array(list(LANDCOVER_CODES))
+    sig = np.array(list(LANDCOVER_CODES.values()), dtype=np.float32)
+    rows = ["id,optical,sar,label,split"]
+    for k in range(2):
+        t10 = from_origin(500_000.0 + 2000 * k, 5_000_000.0, 10, 10)
+        blocks = rng.integers(0, len(codes), size=(size // 8, size // 8))
+        cls = np.kron(blocks, np.ones((8, 8), dtype=np.int64))
+        opt = sig[cls][..., :3].transpose(2, 0, 1) + rng.normal(0, 60, (3, size, size))
+        sar = sig[cls][::2, ::2, 3] + rng.normal(0, 1.0, (size // 2, size // 2))
+        write_geotiff(root / f"s2_{k}.tif", opt.clip(0).astype(np.uint16), "EPSG:32632", t10)
+        write_geotiff(root / f"s1_{k}.tif", sar.astype(np.float32), "EPSG:32632",
+                      from_origin(500_000.0 + 2000 * k, 5_000_000.0, 20, 20))  # fmt: skip
+        src = codes[cls].astype(np.uint8)
+        dst_t, w, h = calculate_default_transform(
+            "EPSG:32632", "EPSG:3035", size, size, *rasterio.transform.array_bounds(size, size, t10)
+        )
+        lab = np.zeros((h, w), dtype=np.uint8)
+        reproject(src, lab, src_transform=t10, src_crs="EPSG:32632", dst_transform=dst_t,
+                  dst_crs="EPSG:3035", resampling=Resampling.nearest, src_nodata=0,
+                  dst_nodata=0)  # fmt: skip
+        write_geotiff(root / f"worldcover_{k}.tif", lab, "EPSG:3035", dst_t, nodata=0)
+        rows.append(f"s{k},s2_{k}.tif,s1_{k}.tif,worldcover_{k}.tif,{('train', 'val')[k]}")
+    (root / "scenes.csv").write_text("\n".join(rows) + "\n")
+    return root / "scenes.csv"

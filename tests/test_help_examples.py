@@ -237,7 +237,19 @@ def _scratch(folder: Path, source: str) -> Path:
         _hsi_lidar(folder)
     if source in ("train", "evaluate"):
         _datasets(folder)
+    if source == "train":
+        _landcover(folder)
     return folder
+
+
+def _landcover(folder: Path) -> None:
+    """landcover/: two optical + SAR scenes, WorldCover labels in EPSG:3035, a class file."""
+    from dataset_builders import make_landcover
+
+    make_landcover(folder / "landcover")
+    (folder / "landcover" / "classes.csv").write_text(
+        "code,name,colour\n10,trees,#006400\n40,crops,#f096ff\n50,built-up,#fa0000\n"
+    )
 
 
 # ---- running ----------------------------------------------------------------------------------

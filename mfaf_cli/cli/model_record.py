@@ -48,7 +48,8 @@ def _metric_line(name: str, m: dict[str, Any]) -> str:
     parts = [f"{k} {m[k]:.3f}" for k in ("miou", "oa", "kappa") if isinstance(m.get(k), float)]
     per = m.get("per_class_iou") or {}
     if per:
-        parts.append("IoU " + ", ".join(f"{c} {v:.3f}" for c, v in per.items()))
+        shown = (f"{c} {v:.3f}" if isinstance(v, float) else f"{c} n/a" for c, v in per.items())
+        parts.append("IoU " + ", ".join(shown))
     return f"  {name}: " + ("; ".join(parts) if parts else "(no scores)")
 
 
@@ -65,8 +66,30 @@ def _training_lines(t: dict[str, Any]) -> list[str]:
         counts = ", ".join(f"{k} {v}" for k, v in split.items() if isinstance(v, int))
         rule = split.get("rule") or split.get("source")
         lines.append(f"  split: {counts}" + (f" ({rule})" if rule else ""))
+    lines += _imbalance_lines(t)
     if t.get("command"):
         lines.append(f"  command: {t['command']}")
+    return lines
+
+
+def _imbalance_lines(t: dict[str, Any]) -> list[str]:
+    """Sampling, class weights and the parent model of a fine-tuned run."""
+    lines = []
+    cw = t.get("class_weights")
+    if t.get("sampling") or isinstance(cw, dict):
+        weights = ""
+        if isinstance(cw, dict) and cw.get("mode") != "none":
+            shown = ", ".join(f"{k} {v:g}" for k, v in (cw.get("weights") or {}).items())
+            weights = f" ({shown})"
+        mode = cw.get("source") if isinstance(cw, dict) else "none"
+        lines.append(f"  sampling {t.get('sampling', 'random')}; class weights {mode}{weights}")
+    init = t.get("init")
+    if isinstance(init, dict):
+        lines.append(
+            f"  fine-tuned from {init.get('name')} (sha256 {init.get('sha256')}); "
+            f"{init.get('loaded_tensors')} tensors loaded, re-initialised: "
+            + (", ".join(init.get("reinitialised") or []) or "none")
+        )
     return lines
 
 
@@ -93,7 +116,13 @@ def format_record(rec: dict[str, Any]) -> str:
             f"{norm['mode']}{stretch}; mean {[round(v, 4) for v in norm['mean']]}, "
             f"std {[round(v, 4) for v in norm['std']]}"
         )
-    lines.append("classes: " + ", ".join(f"{c['id']} {c['name']}" for c in m["classes"]))
+    lines.append(
+        "classes: "
+        + ", ".join(
+            f"{c['id']} {c['name']}" + (f" (code {c['code']})" if "code" in c else "")
+            for c in m["classes"]
+        )
+    )
     lines.extend(_training_lines(m.get("training") or {}))
     metrics = m.get("metrics") or {}
     lines.append("metrics:" if metrics else "metrics: none recorded")

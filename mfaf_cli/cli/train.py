@@ -29,9 +29,42 @@ Examples:
   mfaf train --resume runs/mfaf --epochs 60     # ... and extend it to 60 epochs
   torchrun --nproc_per_node 4 -m mfaf_cli train --dataset whu ...   # multi-GPU (DDP)
 \b
+Examples, end to end (2 scenes, WorldCover labels in EPSG:3035 -> model -> map -> scores):
+  mfaf train --dataset folder --data-root landcover/scenes.csv --classes worldcover \\
+      --model unet --sampling balanced --class-weights auto -o runs/lc
+  mfaf predict -m runs/lc/best.safetensors --optical landcover/s2_1.tif \\
+      --sar landcover/s1_1.tif -o lc_map.tif
+  mfaf evaluate --model runs/lc/best.safetensors --dataset folder \\
+      --data-root landcover/scenes.csv --split val
+  mfaf train --dataset folder --data-root landcover/scenes.csv \\
+      --classes landcover/classes.csv --ignore-value 80 --model unet \\
+      --init unet-ombria-water --freeze-encoder 2 -o runs/finetuned
+\b
 Datasets: ombria, sen1floods11, whu (sheets or pre-cut), folder (CSV/TOML scene list).
 RUN_DIR gets last.safetensors (+ last_state.pt), best.safetensors (best val mIoU),
 metrics.jsonl, metrics.csv, curves.png and config.toml.
+\b
+Scene list (--dataset folder): a CSV with a header, one scene a row
+  id,optical,sar,label,split,ignore_value
+  s0,s2_0.tif,s1_0.tif,worldcover_0.tif,train,
+  s1,s2_1.tif,s1_1.tif,worldcover_1.tif,val,
+columns: label (required; its grid is the scene's reference: any CRS, resolution,
+dtype), modality rasters (optical, sar, hsi, lidar: those the model takes), id, split
+(train/val/test; without it a seeded split), ignore_value (that scene's unlabelled value).
+Or TOML: [[scene]] tables with the same keys, and top-level keys classes (a preset, a
+class file, or a list of names), num_classes, ignore_value, [bands] and [units].
+Paths are relative to the list. The label raster's nodata is always ignored.
+\b
+Class tables (--classes): presets worldcover (11 classes, codes 10..100),
+dynamic-world (9, codes 0..8), corine-l1 (5, codes 1..5), whu-opt-sar (background 0 +
+7, codes 10..70), water (not-water 0, water 1); or a file, CSV:
+  code,name,colour
+  10,trees,#006400
+  40,crops,#f096ff
+or JSON: [{"code": 10, "name": "trees", "colour": "#006400"}, ...]. Codes need not be
+contiguous: the model predicts ids 0..K-1 in the table's order, and its maps name each
+class with its code. A label code missing from the table is an error unless it is
+the nodata or --ignore-value.
 """
 
 
@@ -155,6 +188,42 @@ def _command_line() -> str:
 @click.option("--max-val-batches", type=int, help="Cap on validation batches per epoch.")
 @click.option(
     "--num-classes", type=int, help="folder datasets: number of classes (default: from the labels)."
+)
+@click.option(
+    "--classes",
+    metavar="PRESET|FILE",
+    help="folder datasets: the labels' class table, a preset (worldcover, dynamic-world, "
+    "corine-l1, whu-opt-sar, water) or a CSV/JSON file of code, name, colour.",
+)
+@click.option(
+    "--ignore-value",
+    type=float,
+    help="folder datasets: a label value meaning unlabelled (e.g. -1), besides the label "
+    "raster's nodata.",
+)
+@click.option(
+    "--sampling",
+    type=click.Choice(["grid", "random", "balanced"]),
+    help="Training windows each epoch: grid order, random order (default), or balanced: drawn "
+    "in proportion to their rare-class content.",
+)
+@click.option(
+    "--class-weights",
+    metavar="none|auto|FILE",
+    help="Cross-entropy class weights: none (default), auto (median frequency) or a JSON file "
+    "(a list of K weights, or {class name or code: weight}).",
+)
+@click.option(
+    "--init",
+    metavar="CKPT|NAME",
+    help="Fine-tune: start from a checkpoint or shipped model (matching tensors load; the head "
+    "is re-initialised for another class table).",
+)
+@click.option(
+    "--freeze-encoder",
+    type=int,
+    metavar="EPOCHS",
+    help="With --init: keep the encoder fixed for the first EPOCHS epochs.",
 )
 @dataset_bands_opt(
     "Bands: 1-based numbers or names, e.g. optical=B12,B8,B4 or optical=13,8,4 (repeatable)."

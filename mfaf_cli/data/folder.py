@@ -98,6 +98,7 @@ def _scene_entry(path: Path, n: int, row: Mapping[str, Any]) -> dict[str, Any]:
         "group": str(row.get("group") or "") or None,  # event / region / date: held out whole
         "label": (base / str(row["label"])).resolve(),
         "inputs": {},
+        "ignore": _ignore_column(path, n, row.get("ignore_value")),
     }
     for m in MODALITY_COLUMNS:
         if row.get(m):
@@ -106,6 +107,16 @@ def _scene_entry(path: Path, n: int, row: Mapping[str, Any]) -> dict[str, Any]:
         if not p.exists():
             raise DatasetError(f"{path}: scene {sc['id']}: {p} does not exist")
     return sc
+
+
+def _ignore_column(path: Path, n: int, value: Any) -> float | None:
+    """A scene's own ``ignore_value`` (column or key): a label value that means unlabelled."""
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{path}: scene {n}: ignore_value {value!r} is not a number") from None
 
 
 def warn_once(msg: str) -> None:
@@ -209,6 +220,8 @@ class FolderDataset(SegDataset):
         *,
         modalities: Sequence[str] | None = None,
         num_classes: int | None = None,
+        classes: str | Sequence[ClassInfo] | None = None,
+        ignore_value: float | None = None,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
         bands: Mapping[str, Sequence[int | str]] | None = None,
@@ -220,11 +233,11 @@ class FolderDataset(SegDataset):
         scenes, opts = read_scene_list(r)
         available = tuple(scenes[0]["inputs"])
         self.modalities = _check_modalities(self.name, available, modalities)
-        self.ignore_value = opts.get("ignore_value")
+        self.ignore_value = ignore_value if ignore_value is not None else opts.get("ignore_value")
         self.bands_opt, self.band_flags = folder_bands(r, opts.get("bands"), bands)
         self.units = {"sar": str(dict(opts.get("units", {})).get("sar", "auto"))}
         # Class table over *all* scenes so every split agrees on K.
-        self.classes = self._class_table(r, scenes, opts, num_classes)
+        self.classes = self._class_table(r, scenes, opts, num_classes, classes)
         self._scenes_all = scenes
         has_split = any(s["split"] for s in scenes)
         self.scene_idx = _select_scenes(scenes, split, val_fraction, test_fraction, self.seed)
@@ -289,9 +302,20 @@ class FolderDataset(SegDataset):
         scenes: Sequence[dict[str, Any]],
         opts: Mapping[str, Any],
         num_classes: int | None,
+        spec: str | Sequence[ClassInfo] | None = None,
     ) -> tuple[ClassInfo, ...]:
-        """Classes named in the list, else ``num_classes``, else 1 + the largest label value."""
+        """A class table (``spec`` or the list's ``classes`` as a preset name or a CSV/JSON
+        file: product codes mapped to ids), class names in the list, else ``num_classes``,
+        else 1 + the largest label value."""
+        from mfaf_cli.classes import load_class_table
+
         names = opts.get("classes")
+        if spec is not None and not isinstance(spec, str):  # a model's own table (evaluate)
+            return tuple(spec)
+        if spec:  # --classes: a path relative to the current folder
+            return load_class_table(str(spec))
+        if isinstance(names, str):  # the list's own key: relative to the list
+            return load_class_table(names, base=where.parent)
         if names:
             return tuple(
                 ClassInfo(i, str(n), default_classes(len(names))[i].color)
@@ -301,7 +325,9 @@ class FolderDataset(SegDataset):
         if k is None:
             mx = -1
             for sc in scenes:
-                lab = self._label_values(sc["label"])
+                lab = self._label_values(sc["label"], sc.get("ignore"))
+                if self.ignore_value is not None:
+                    lab = lab[lab != self.ignore_value]
                 if lab.size:
                     mx = max(mx, int(lab.max()))
             k = mx + 1
@@ -325,7 +351,7 @@ class FolderDataset(SegDataset):
         return windows
 
     @staticmethod
-    def _label_values(path: Path) -> np.ndarray:
+    def _label_values(path: Path, ignore: float | None = None) -> np.ndarray:
         import rasterio
 
         with rasterio.open(path) as ds:
@@ -334,7 +360,23 @@ class FolderDataset(SegDataset):
             lab = ds.read(1, out_shape=shape)
             if ds.nodata is not None:
                 lab = lab[lab != ds.nodata]
-        return np.asarray(lab).reshape(-1)
+        lab = np.asarray(lab).reshape(-1)
+        return lab if ignore is None else lab[lab != ignore]
+
+    def check_labels(self) -> None:
+        """Codes outside the class table (base check), and a scene whose label raster holds
+        no labelled pixel at all: training on it would write a model trained on nothing."""
+        super().check_labels()
+        from mfaf_cli.data.label_scan import has_labelled_pixel
+
+        for i in sorted({w[0] for w in self.windows}):
+            sc = self._scenes_all[i]
+            ignores = [v for v in (self.ignore_value, sc.get("ignore")) if v is not None]
+            if not has_labelled_pixel(sc["label"], ignores):
+                raise LabelError(
+                    f"scene {sc['id']}: {sc['label']} holds no labelled pixel (all nodata or "
+                    "ignore value); label it, or drop it from the scene list"
+                )
 
     def __getstate__(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -397,15 +439,22 @@ class FolderDataset(SegDataset):
     def __len__(self) -> int:
         return len(self.windows)
 
-    def map_label(self, raw: np.ndarray, nodata: float | None = None) -> np.ndarray:
+    def map_label(
+        self, raw: np.ndarray, nodata: float | None = None, ignore: float | None = None
+    ) -> np.ndarray:
+        from mfaf_cli.classes import codes_to_ids
+
         raw = np.asarray(raw)
         keep = np.ones(raw.shape, dtype=bool)
         if nodata is not None:
             keep &= ~(
                 np.isnan(raw) if isinstance(nodata, float) and math.isnan(nodata) else raw == nodata
             )
-        if self.ignore_value is not None:
-            keep &= raw != self.ignore_value
+        for value in (self.ignore_value, ignore):
+            if value is not None:
+                keep &= raw != value
+        if any(c.code is not None for c in self.classes):
+            return codes_to_ids(raw, self.classes, keep, self.ignore_index)
         vals = raw[keep]
         bad = (vals < 0) | (vals >= self.num_classes) | (vals != np.round(vals))
         if bad.any():
@@ -450,6 +499,8 @@ class FolderDataset(SegDataset):
                 cover[rows, int(c * fx) : math.ceil(min(c + t, w) * fx)] = True
         if nodata is not None:
             cover &= ~(np.isnan(lab) if math.isnan(nodata) else lab == nodata)
+        if (ignore := self._scenes_all[i].get("ignore")) is not None:
+            cover &= lab != ignore  # the scene's own ignore_value column
         vals = np.asarray(lab[cover]).reshape(-1)
         return str(path), vals, round(vals.size / (fy * fx))
 
@@ -479,7 +530,7 @@ class FolderDataset(SegDataset):
         with rasterio.open(self._scenes_all[i]["label"]) as ds:
             lab = ds.read(1, window=RioWindow(c, r, min(t, w - c), min(t, h - r)))
             nodata = ds.nodata
-        mask = self.map_label(lab, nodata)
+        mask = self.map_label(lab, nodata, self._scenes_all[i].get("ignore"))
         mask = np.pad(
             mask,
             ((0, t - mask.shape[0]), (0, t - mask.shape[1])),
@@ -487,6 +538,20 @@ class FolderDataset(SegDataset):
         )
         mask[~valid] = self.ignore_index
         return arrays, mask, self.scene_percentiles(i)
+
+    def window_labels(self, index: int) -> np.ndarray:
+        """The class ids of window ``index`` as training reads it (unjittered), from the label
+        raster alone: what balanced sampling's per-window histogram needs."""
+        import rasterio
+        from rasterio.windows import Window as RioWindow
+
+        i, r, c = self.windows[index]
+        h, w = self.sizes[i]
+        t = self.tile
+        with rasterio.open(self._scenes_all[i]["label"]) as ds:
+            lab = ds.read(1, window=RioWindow(c, r, min(t, w - c), min(t, h - r)))
+            nodata = ds.nodata
+        return self.map_label(lab, nodata, self._scenes_all[i].get("ignore"))
 
     def scenes(self) -> list[Scene]:
         used = sorted({w[0] for w in self.windows})

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mfaf_cli.errors import OutputExistsError, OutputPathError, OutputWriteError, UsageError
-from mfaf_cli.metadata import NODATA_LABEL, ModelMeta
+from mfaf_cli.metadata import NODATA_LABEL, ClassInfo, ModelMeta
 from mfaf_cli.stitch.rows import PROB_NODATA_U8 as PROB_NODATA_U8
 from mfaf_cli.stitch.rows import PROB_SCALE as PROB_SCALE
 from mfaf_cli.stitch.rows import FinishedRows, RowNeeds
@@ -341,6 +341,12 @@ def atomic_outputs(
 
 
 # ---- class names for GIS (GDAL category names + raster attribute table) -----------------------
+def category_name(c: ClassInfo) -> str:
+    """A class's name for GIS legends, with its label product's code where it has one (a
+    WorldCover model's id 0 reads "tree-cover (code 10)")."""
+    return c.name if c.code is None else f"{c.name} (code {c.code})"
+
+
 def category_sidecar_xml(meta: ModelMeta) -> str:
     """A GDAL PAM document (``<file>.aux.xml``) with band 1's category names and a thematic
     raster attribute table (Value, Name, Red, Green, Blue).
@@ -354,7 +360,7 @@ def category_sidecar_xml(meta: ModelMeta) -> str:
     by_id = {c.id: c for c in meta.classes}
     top = max(by_id) if by_id else -1
     cats = "".join(
-        f"<Category>{escape(by_id[i].name) if i in by_id else ''}</Category>"
+        f"<Category>{escape(category_name(by_id[i])) if i in by_id else ''}</Category>"
         for i in range(top + 1)
     )
     fields = [("Value", 0, 5), ("Name", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8)]
@@ -363,7 +369,7 @@ def category_sidecar_xml(meta: ModelMeta) -> str:
         for k, (n, t, u) in enumerate(fields)
     )
     rows = "".join(
-        f'<Row index="{k}"><F>{c.id}</F><F>{escape(c.name)}</F>'
+        f'<Row index="{k}"><F>{c.id}</F><F>{escape(category_name(c))}</F>'
         + "".join(f"<F>{int(v)}</F>" for v in c.color)
         + "</Row>"
         for k, c in enumerate(meta.classes)

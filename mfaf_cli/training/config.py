@@ -15,6 +15,7 @@ from mfaf_cli.errors import UsageError
 from mfaf_cli.types import ALIGNMENT_KINDS
 
 SCHEDULES = ("poly", "cosine")
+SAMPLINGS = ("grid", "random", "balanced")
 MMD_KINDS = ("none", *ALIGNMENT_KINDS)
 
 
@@ -52,6 +53,12 @@ class TrainConfig:
         None  # stop after this many epochs in this invocation (time-boxed jobs)
     )
     num_classes: int | None = None  # folder datasets: override the class count
+    classes: str | None = None  # folder datasets: class table preset name or CSV/JSON file
+    ignore_value: float | None = None  # folder datasets: label value that means unlabelled
+    sampling: str = "random"  # training windows: grid | random | balanced
+    class_weights: str = "none"  # cross-entropy class weights: none | auto | JSON file
+    init: str | None = None  # fine-tune from this checkpoint or shipped model name
+    freeze_encoder: int = 0  # epochs during which the encoder of an --init model is frozen
     bands: dict[str, list[int | str]] = field(default_factory=dict)  # 1-based numbers or names
     model_config: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
@@ -148,6 +155,9 @@ def config_to_toml(cfg: TrainConfig) -> str:
     for k in PATH_FIELDS:
         if d.get(k) and "://" not in str(d[k]):
             d[k] = os.path.abspath(os.path.expanduser(str(d[k])))
+    for k in ("classes", "class_weights", "init"):  # files, or a preset / mode / shipped name
+        if d.get(k) and os.path.isfile(str(d[k])):
+            d[k] = os.path.abspath(str(d[k]))
     lines, tables = [], []
     for k, v in d.items():
         if v is None:
@@ -182,6 +192,9 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.max_batches is None or cfg.max_batches >= 1, "max batches must be >= 1"),
         (cfg.max_val_batches is None or cfg.max_val_batches >= 0, "max val batches must be >= 0"),
         (cfg.stop_after is None or cfg.stop_after >= 1, "stop after must be >= 1 epochs"),
+        (cfg.sampling in SAMPLINGS, f"sampling must be one of {', '.join(SAMPLINGS)}"),
+        (cfg.freeze_encoder >= 0, f"freeze encoder must be >= 0 epochs, got {cfg.freeze_encoder}"),
+        (not cfg.freeze_encoder or bool(cfg.init), "--freeze-encoder needs --init"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -549,6 +549,8 @@ def _predictor_and_dataset(
         threads=spec.thread_split(on_gpu=str(spec.device).startswith("cuda"))[0],
     )
     meta: ModelMeta = predictor.meta
+    if dataset == "folder" and any(c.code is not None for c in meta.classes):
+        opts = opts | {"classes": meta.classes}  # labels in product codes: the model's table
     if not opts.get("bands") and dataset in BAND_SELECTABLE:  # the model's bands, by name
         from mfaf_cli.data.bands import bands_for_model
 

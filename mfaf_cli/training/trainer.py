@@ -67,6 +67,7 @@ from mfaf_cli.training.distributed import (
     _shutdown,
     nonfinite_ranks,
 )
+from mfaf_cli.training.labels import check_same_classes, folder_label_options, guarded_write
 from mfaf_cli.training.metrics import confusion_matrix, metrics_from_confusion, to_jsonable
 
 log = logging.getLogger(__name__)
@@ -195,12 +196,20 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 # ---- data loading ---------------------------------------------------------------------------
-def _train_loader(ds: Any, cfg: TrainConfig, epoch: int, d: _Dist) -> torch.utils.data.DataLoader:
+def _train_loader(
+    ds: Any, cfg: TrainConfig, epoch: int, d: _Dist, window_weights: np.ndarray | None = None
+) -> torch.utils.data.DataLoader:
     from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, default_collate
 
+    from mfaf_cli.training.sampling import DrawnSampler
+
     ds.set_epoch(epoch)
-    if d.enabled:
-        sampler: Any = DistributedSampler(
+    if cfg.sampling != "random":  # grid order, or balanced draws (training/sampling.py)
+        sampler: Any = DrawnSampler(
+            len(ds), cfg.sampling, cfg.seed, epoch, window_weights, d.rank, d.world
+        )
+    elif d.enabled:
+        sampler = DistributedSampler(
             ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed, drop_last=True
         )
         sampler.set_epoch(epoch)
@@ -459,6 +468,7 @@ def _forward_loss(
     ignore_index: int,
     autocast: tuple[bool, torch.dtype],
     want_aux: bool = True,
+    class_weight: torch.Tensor | None = None,
 ) -> _LossOut:
     """(loss, ce, mmd, logits, mask, alignment monitors or None) for one batch.
 
@@ -475,7 +485,7 @@ def _forward_loss(
         logits, aux = out if isinstance(out, tuple) else (out, {})
         logits = logits.float()
         if (mask != ignore_index).any():
-            ce = F.cross_entropy(logits, mask, ignore_index=ignore_index)
+            ce = F.cross_entropy(logits, mask, weight=class_weight, ignore_index=ignore_index)
         else:
             ce = logits.sum() * 0.0
         mmd = torch.zeros((), device=device)
@@ -564,6 +574,10 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.created = False
         self.mmd_used = cfg.mmd in entry.alignment_losses
+        self.window_weights: np.ndarray | None = None  # --sampling balanced
+        self.class_weight: torch.Tensor | None = None  # --class-weights
+        self.imbalance: dict[str, Any] = {}
+        self.init_record: dict[str, Any] | None = None  # --init
 
     # ---- set-up ----------------------------------------------------------------------------
     def setup(self) -> None:
@@ -571,6 +585,7 @@ class Trainer:
         self._open_datasets()
         if self.cfg.resume:
             self._read_resume()
+        self._plan_imbalance()
         # ---- everything validated: from here on we may write into run_dir ----
         self._set_normalisation()
         self._seed()
@@ -595,6 +610,7 @@ class Trainer:
         )
         if cfg.dataset == "folder" and cfg.num_classes:
             common["num_classes"] = cfg.num_classes
+        common |= folder_label_options(cfg)
         train_ds = open_dataset(
             cfg.dataset, cfg.data_root, "train", photometric=cfg.photometric, **common
         )
@@ -618,11 +634,26 @@ class Trainer:
         self.resume_ckpt, state_path = _resume_paths(self.cfg.resume)
         self.resume_meta = read_meta(self.resume_ckpt)
         _check_resume_meta(self.resume_meta, self.cfg, self.train_ds, self.resume_ckpt)
+        check_same_classes(self.resume_meta.classes, self.train_ds.classes, self.resume_ckpt)
         self.state = _load_state(state_path)
         if self.state.get("arch") != self.cfg.model:
             raise WeightsError(
                 f"cannot resume: {state_path} belongs to model {self.state.get('arch')!r}"
             )
+
+    def _plan_imbalance(self) -> None:
+        """Window sampling weights and CE class weights (one histogram pass when needed)."""
+        from mfaf_cli.training.sampling import imbalance_plan
+
+        cfg = self.cfg
+        ww, cw, self.imbalance = imbalance_plan(
+            cfg.sampling, cfg.class_weights, self.train_ds, self.train_ds.classes, self.ignore_index
+        )
+        if ww is not None and not ww.sum() > 0:
+            raise DatasetError("--sampling balanced: no training window holds a labelled pixel")
+        self.window_weights = ww
+        if cw is not None:
+            self.class_weight = torch.as_tensor(cw, dtype=torch.float32, device=self.device)
 
     def _set_normalisation(self) -> None:
         if self.resume_meta is not None:
@@ -648,6 +679,12 @@ class Trainer:
             loaded, _ = load_checkpoint(self.resume_ckpt)
             model.load_state_dict(loaded.state_dict())
             del loaded
+        elif cfg.init:
+            from mfaf_cli.training.finetune import init_from
+
+            self.init_record = init_from(
+                model, cfg.init, cfg.model, cfg.model_config, self.train_ds.classes
+            )
         model.to(device)
         self.model: nn.Module = model
         self.net: nn.Module = model
@@ -667,7 +704,7 @@ class Trainer:
         self.opt = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
-        steps = len(_train_loader(self.train_ds, cfg, 0, self.d))
+        steps = len(_train_loader(self.train_ds, cfg, 0, self.d, self.window_weights))
         if cfg.max_batches is not None:
             steps = min(steps, cfg.max_batches)
         if steps < 1:
@@ -758,6 +795,8 @@ class Trainer:
                 else None
             ),
             "tile": cfg.tile,
+            **self.imbalance,
+            "init": self.init_record or self._parent_record(),
             "seed": cfg.seed,
             "world_size": self.d.world,
             "device": self.device.type,
@@ -776,6 +815,10 @@ class Trainer:
             metrics={"val": val_metrics},
             trained=True,
         )
+
+    def _parent_record(self) -> dict[str, Any] | None:
+        """A resumed fine-tuning run keeps the parent record of its first invocation."""
+        return self.resume_meta.training.get("init") if self.resume_meta else None
 
     def _state_out(self, epoch_done: int, wall: float) -> dict[str, Any]:
         """The resume state (plain tensors/dicts, loadable with ``weights_only=True``)."""
@@ -811,11 +854,15 @@ class Trainer:
             "alignment": {k: row[k] for k in ("embed_cosine", "headfree_mmd")},
         }
         meta = self.make_meta(epoch_done, to_jsonable(summary), wall)
-        save_checkpoint(self.model, meta, self.run_dir / LAST_NAME)
+        with guarded_write(self.run_dir / LAST_NAME):
+            save_checkpoint(self.model, meta, self.run_dir / LAST_NAME)
         if improved:
-            save_checkpoint(self.model, meta, self.run_dir / BEST_NAME)
-        _atomic_torch_save(self._state_out(epoch_done, wall), self.run_dir / STATE_NAME)
-        _write_history(self.run_dir, self.history)
+            with guarded_write(self.run_dir / BEST_NAME):
+                save_checkpoint(self.model, meta, self.run_dir / BEST_NAME)
+        with guarded_write(self.run_dir / STATE_NAME):
+            _atomic_torch_save(self._state_out(epoch_done, wall), self.run_dir / STATE_NAME)
+        with guarded_write(self.run_dir / "metrics.jsonl"):
+            _write_history(self.run_dir, self.history)
 
     # ---- the loop --------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -937,7 +984,11 @@ class Trainer:
         loss, ce, mmd, batches, embedding cosine, head-free MMD², monitored batches."""
         cfg, d = self.cfg, self.d
         self.net.train()
-        loader = _train_loader(self.train_ds, cfg, epoch, d)
+        if cfg.freeze_encoder and epoch in (self.start_epoch, cfg.freeze_encoder):
+            from mfaf_cli.training.finetune import set_encoder_frozen
+
+            set_encoder_frozen(self.model, epoch < cfg.freeze_encoder)
+        loader = _train_loader(self.train_ds, cfg, epoch, d, self.window_weights)
         sums = torch.zeros(7, dtype=torch.float64)
         bar = _progress(
             itertools.islice(loader, cfg.max_batches),
@@ -950,7 +1001,12 @@ class Trainer:
         return _all_reduce(sums.to(self.device), d).cpu()
 
     def _forward(
-        self, net: nn.Module, batch: dict[str, Any], mmd_weight: float, want_aux: bool
+        self,
+        net: nn.Module,
+        batch: dict[str, Any],
+        mmd_weight: float,
+        want_aux: bool,
+        weighted: bool = False,
     ) -> _LossOut:
         """:func:`_forward_loss` with this run's modalities, device, padding and AMP."""
         return _forward_loss(
@@ -964,6 +1020,7 @@ class Trainer:
             self.ignore_index,
             self.autocast,
             want_aux,
+            self.class_weight if weighted else None,
         )
 
     def _train_step(self, batch: dict[str, Any], epoch: int, bar: Any) -> torch.Tensor:
@@ -974,7 +1031,9 @@ class Trainer:
         w = 0.0
         if cfg.mmd != "none":
             w = ramp_weight(self.global_step, self.total_steps, cfg.mmd_lambda, cfg.mmd_warmup)
-        loss, ce, mmd, _, _, monitors = self._forward(self.net, batch, w, want_aux=True)
+        loss, ce, mmd, _, _, monitors = self._forward(
+            self.net, batch, w, want_aux=True, weighted=True
+        )
         self.mmd_used = self.mmd_used or monitors is not None
         cos, head_free = monitors or (0.0, 0.0)
         bad = nonfinite_ranks(loss, self.d)  # agreed by every rank: all stop together
