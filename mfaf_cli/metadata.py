@@ -121,6 +121,10 @@ class ModalitySpec:
     #: For SAR: whether values are expected in dB ("db") or linear power ("linear").
     units: str = ""
     meanings: tuple[str, ...] = ()
+    #: Training split's per-band 0.1 / 99.9 % quantiles (sensor units): the input domain the
+    #: model saw (see mfaf_cli/applicability.py); None in records made before it existed.
+    range_low: tuple[float, ...] | None = None
+    range_high: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.meanings:
@@ -143,7 +147,12 @@ class ModalitySpec:
             "meanings": list(self.meanings),
             "normalisation": self.normalisation.to_dict(),
             "units": self.units,
-        }
+        } | self._range_dict()
+
+    def _range_dict(self) -> dict[str, Any]:
+        if self.range_low is None or self.range_high is None:
+            return {}
+        return {"range_low": list(self.range_low), "range_high": list(self.range_high)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModalitySpec:
@@ -153,6 +162,8 @@ class ModalitySpec:
             normalisation=Normalisation.from_dict(d["normalisation"]),
             units=d.get("units", ""),
             meanings=tuple(str(m) for m in d.get("meanings", ())),
+            range_low=None if d.get("range_low") is None else tuple(map(float, d["range_low"])),
+            range_high=None if d.get("range_high") is None else tuple(map(float, d["range_high"])),
         )
 
 
@@ -171,6 +182,9 @@ class ModelMeta:
     metrics: dict[str, Any] = field(default_factory=dict)
     trained: bool = False
     format_version: int = 1
+    #: Applicability rules ``(name, expression)`` over bands by meaning, in reason-code order
+    #: (parsed and checked by mfaf_cli/applicability.py; never Python ``eval``).
+    rules: tuple[tuple[str, str], ...] = ()
 
     # ---- derived views ---------------------------------------------------------------
     @property
@@ -222,7 +236,7 @@ class ModelMeta:
             "training": self.training,
             "metrics": self.metrics,
             "trained": self.trained,
-        }
+        } | ({"rules": [{"name": n, "expr": e} for n, e in self.rules]} if self.rules else {})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -245,6 +259,7 @@ class ModelMeta:
                 metrics=dict(d.get("metrics", {})),
                 trained=bool(d.get("trained", False)),
                 format_version=int(d.get("format_version", 1)),
+                rules=tuple((str(r["name"]), str(r["expr"])) for r in d.get("rules", ())),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise WeightsError(f"model metadata record is incomplete or malformed ({err})") from err

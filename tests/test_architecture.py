@@ -17,6 +17,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("mfaf_cli.metadata", "mfaf_cli.devices"),
     (
         "mfaf_cli.normalize",
+        "mfaf_cli.applicability",
         "mfaf_cli.tiling",
         "mfaf_cli.models.registry",
         "mfaf_cli.training.metrics",
