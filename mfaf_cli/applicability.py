@@ -27,7 +27,7 @@ from typing import Any, Union
 import numpy as np
 
 from mfaf_cli.errors import UsageError
-from mfaf_cli.metadata import MEANINGS, ModelMeta, meaning_of_name
+from mfaf_cli.metadata import MEANINGS, ModalitySpec, ModelMeta, meaning_of_name
 
 #: Reason code of valid pixels that pass every check, and of pixels outside the range.
 OK, OUT_OF_RANGE, NODATA = 0, 1, 255
@@ -220,28 +220,34 @@ class Rule:
 
 def model_rules(meta: ModelMeta) -> list[Rule]:
     """The rules a model record carries, checked against its bands."""
-    rules = [Rule.checked(str(name), str(expr)) for name, expr in meta.rules]
-    for r in rules:
-        check_rule(r, meta)
+    return checked_rules([f"{n}={e}" for n, e in meta.rules], meta.modalities, meta.arch)
+
+
+def checked_rules(
+    texts: Sequence[str], modalities: Sequence[ModalitySpec], model: str
+) -> list[Rule]:
+    """``NAME=EXPR`` texts parsed, each reading only bands the model takes, names unique."""
+    rules = [Rule.parse(t) for t in texts]
+    have = band_locations(modalities)
+    seen: set[str] = set()
+    for rule in rules:
+        missing = [b for b in rule.bands if b not in have]
+        if missing:
+            names = ", ".join(sorted(have)) or "none with a known meaning"
+            raise UsageError(
+                f"rule {rule.name!r} reads {', '.join(missing)}, which model {model} does not "
+                f"take (its bands: {names})"
+            )
+        if rule.name in seen:
+            raise UsageError(f"rule {rule.name!r} is given twice; give each rule its own name")
+        seen.add(rule.name)
     return rules
 
 
-def check_rule(rule: Rule, meta: ModelMeta) -> None:
-    """A rule may only read bands the model takes (by meaning)."""
-    have = band_locations(meta)
-    missing = [b for b in rule.bands if b not in have]
-    if missing:
-        names = ", ".join(sorted(have)) or "none with a known meaning"
-        raise UsageError(
-            f"rule {rule.name!r} reads {', '.join(missing)}, which model {meta.arch} does not "
-            f"take (its bands: {names})"
-        )
-
-
-def band_locations(meta: ModelMeta) -> dict[str, tuple[str, int]]:
+def band_locations(modalities: Sequence[ModalitySpec]) -> dict[str, tuple[str, int]]:
     """meaning -> (modality, band index) of the model's bands (first one of each meaning)."""
     out: dict[str, tuple[str, int]] = {}
-    for spec in meta.modalities:
+    for spec in modalities:
         for i, meaning in enumerate(spec.meanings):
             if meaning:
                 out.setdefault(meaning, (spec.name, i))
@@ -313,7 +319,7 @@ class Checks:
     def of(cls, meta: ModelMeta) -> Checks:
         ranges = {s.name: (s.range_low, s.range_high) for s in meta.modalities
                   if s.range_low is not None and s.range_high is not None}  # fmt: skip
-        return cls(ranges, model_rules(meta), band_locations(meta))
+        return cls(ranges, model_rules(meta), band_locations(meta.modalities))
 
     @property
     def empty(self) -> bool:

@@ -116,6 +116,8 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
     callback=opt.refuse_stdout,
     help="Also write the max class probability.",
 )
+@opt.exclusion_opt
+@opt.mask_excluded_opt
 @click.option(
     "--vector",
     default=None,
@@ -214,6 +216,7 @@ def command(**kw: Any) -> None:
         probabilities=kw["probabilities"],
         confidence=kw["confidence"],
         vector=kw["vector"],
+        exclusion=kw["exclusion"],
         overwrite=kw["overwrite"],
         bands=opt.collect_bands(**kw),
         **_run_options(kw),
@@ -271,6 +274,7 @@ def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
         "bounds": kw["bounds"],
         "sar_units": kw["sar_units"],
         "stack_grid": kw["stack_grid"],
+        "mask_excluded": kw["mask_excluded"],
     }
 
 
@@ -281,7 +285,15 @@ def _summary(d: dict[str, Any]) -> str:
         f"{d['grid']['height']} px, {d['windows']} windows "
         f"({d['skipped_windows']} all-nodata skipped), {d['seconds']:.1f} s, "
         f"{d['megapixels_per_second']:.2f} MP/s, model {d['model']}{note}{_bands_note(d)}"
+        f"{_exclusion_note(d)}"
     )
+
+
+def _exclusion_note(d: dict[str, Any]) -> str:
+    """``; 0.4 % of valid pixels excluded (outside-training-range 0.4 %, snow 0.0 %)``."""
+    from mfaf_cli.pipeline.exclusion import excluded_note
+
+    return f"; {excluded_note(d['exclusion'])}" if d.get("exclusion") else ""
 
 
 def _bands_note(d: dict[str, Any]) -> str:
@@ -298,13 +310,14 @@ def _all_exist(kw: dict[str, Any]) -> bool:
     """--skip-existing in single-scene mode: every requested output is already there."""
     from pathlib import Path
 
-    paths = [kw[k] for k in ("output", "probabilities", "confidence", "vector") if kw[k]]
+    keys = ("output", "probabilities", "confidence", "vector", "exclusion")
+    paths = [kw[k] for k in keys if kw.get(k)]
     return bool(paths) and all(Path(p).exists() for p in paths)
 
 
 #: options that a batch CSV gives per row, so they must not be given with --batch
 _PER_ROW = (
-    *ALL_MODALITIES, "output", "probabilities", "confidence", "vector", "preview",
+    *ALL_MODALITIES, "output", "probabilities", "confidence", "vector", "preview", "exclusion",
 )  # fmt: skip
 
 

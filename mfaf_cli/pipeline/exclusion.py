@@ -10,6 +10,7 @@ scene gets exactly the codes of the whole scene there.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -22,6 +23,8 @@ from mfaf_cli.coreg.grid import Grid
 from mfaf_cli.errors import UsageError
 from mfaf_cli.metadata import ModelMeta
 from mfaf_cli.tiling.windows import Window
+
+log = logging.getLogger("mfaf")
 
 
 class Excluder:
@@ -110,3 +113,14 @@ def check_distinct_outputs(paths: Mapping[str, Any]) -> None:
         if key in seen:
             raise UsageError(f"{flag} {p} is also the {seen[key]} path; give each output its own")
         seen[key] = flag
+
+
+def warn_if_excluded(summary: Mapping[str, Any] | None, masked: bool) -> None:
+    """The warning of a run that excluded more than WARN_FRACTION of its valid pixels."""
+    from mfaf_cli.applicability import WARN_FRACTION
+
+    if summary is None or summary["excluded"] <= WARN_FRACTION:
+        return
+    how = "written as nodata (--mask-excluded)" if masked else (
+        "still labelled: see --exclusion, or drop them with --mask-excluded")  # fmt: skip
+    log.warning("%s, where the model cannot be trusted; they are %s", excluded_note(summary), how)

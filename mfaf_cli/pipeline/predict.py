@@ -355,6 +355,7 @@ def predict(
         Excluder,
         check_distinct_outputs,
         checks_for,
+        warn_if_excluded,
         with_excluder,
     )
 
@@ -415,6 +416,7 @@ def predict(
         )
         written["vector"] = str(Path(vector).absolute())
     valid_fraction, fractions = class_fractions(outputs, meta)
+    warn_if_excluded(outputs.exclusion_summary(), mask_excluded)
     return PredictResult(
         inputs={k: str(Path(v).absolute()) for k, v in ordered.items()},
         grid=grid.to_dict(),

@@ -53,6 +53,8 @@ class TrainConfig:
     )
     num_classes: int | None = None  # folder datasets: override the class count
     bands: dict[str, list[int]] = field(default_factory=dict)
+    #: applicability rules ``NAME=EXPR`` recorded in the model (mfaf_cli/applicability.py)
+    rules: list[str] = field(default_factory=list)
     model_config: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
     command: str = ""  # the exact command line, recorded in the checkpoint
