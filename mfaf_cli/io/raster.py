@@ -778,6 +778,7 @@ class OutputSet:
     def _exclude(self, row0: int, col0: int, valid: np.ndarray) -> np.ndarray:
         """Reason codes of these rows: counted, written to the exclusion mask, and (with
         ``mask_excluded``) taken out of ``valid``; ``valid`` as given without an excluder."""
+        self.input_valid_pixels += int(np.count_nonzero(valid))
         if self.excluder is None:
             return valid
         codes = self.excluder(row0, col0, valid)

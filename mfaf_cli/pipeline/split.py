@@ -222,6 +222,7 @@ class _Run:
         from mfaf_cli.io.raster import OutputSet
 
         opts = {**self.options, **kw}
+        opts["mask_excluded"] = opts.get("mask_excluded", False) and "excluder" in kw
         return OutputSet(
             grid,
             self.meta,
@@ -379,9 +380,7 @@ def _predict_part(
             meta=run.meta,
         ) as scene,
         _bounded_gdal_cache(scene, plan.tile, PANEL_WIDTH + 2 * plan.tile),
-        run.output_set(
-            strip_grid(run.grid, rows), paths, cog=False, creation_options=None, overwrite=True
-        ) as out,
+        _part_outputs(run, strip_grid(run.grid, rows), paths) as out,
     ):
         stats = run_scene(
             scene,
@@ -400,6 +399,18 @@ def _predict_part(
         for w in out.writers.values():
             w.dataset.update_tags(**{PART_TAG: json.dumps(info, sort_keys=True)})
     return parts, rows, stats
+
+
+def _part_outputs(run: _Run, grid: Grid, paths: Mapping[str, Path | None]) -> Any:
+    """A part's OutputSet, with the exclusion check when the model has one (--mask-excluded
+    masks the part; the warning is per part)."""
+    from mfaf_cli.pipeline.exclusion import Excluder, checks_for, with_excluder
+
+    checks = checks_for(run.meta, run.meta.arch, wanted=bool(run.options.get("mask_excluded")))
+    ex = None if checks is None else Excluder(
+        run.inputs, grid, run.meta, checks, bands=run.bands, sar_units=run.sar_units)  # fmt: skip
+    return with_excluder(ex, lambda e: run.output_set(
+        grid, paths, cog=False, creation_options=None, overwrite=True, excluder=e))  # fmt: skip
 
 
 # ---- assembly ---------------------------------------------------------------------------------
@@ -627,12 +638,15 @@ def predict_split(
     sar_units: str = "auto",
     predictor: Any = None,
     read_threads: int | None = None,
+    mask_excluded: bool = False,
 ) -> SplitResult:
     """Predict this process's row strip of one scene (see the module docstring); the
     assembling process also writes the outputs (and polygonises the assembled label map into
     ``vector``), exactly as :func:`predict` would. Arguments as for
     :func:`~mfaf_cli.pipeline.predict.predict`, plus ``shard`` (``"I/N"``; default from
-    torchrun / Slurm) and ``assemble_only`` (only assemble the parts on disk)."""
+    torchrun / Slurm) and ``assemble_only`` (only assemble the parts on disk).
+    ``mask_excluded``: each part masks its excluded pixels (the exclusion check is per pixel,
+    so the parts mask exactly what a single run masks)."""
     t0 = time.perf_counter()
     if vector is not None:
         if output is None:
@@ -654,6 +668,7 @@ def predict_split(
         "probability_dtype": probabilities_dtype,
         "cog": cog,
         "overwrite": overwrite,
+        "mask_excluded": mask_excluded,
     }
     run = _prepare(
         inputs,
