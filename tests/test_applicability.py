@@ -1,0 +1,212 @@
+"""Issue 20: training range and applicability rules in the model record, the exclusion mask
+(reason codes), --mask-excluded, and their bad inputs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from conftest import EXAMPLES
+from tiny_net import TinyFusion, tiny_meta, use_tiny_builder
+
+from mfaf_cli.applicability import (
+    RANGE_MARGIN,
+    Checks,
+    Rule,
+    checked_rules,
+    evaluate,
+    outside_range,
+    training_range,
+)
+from mfaf_cli.errors import UsageError
+from mfaf_cli.io import weights as W
+from mfaf_cli.metadata import ModelMeta
+from mfaf_cli.pipeline.predict import predict
+
+CHIP = EXAMPLES / "sen1floods11"
+BANDS = {"optical": [4, 3, 2, 8], "sar": [1]}
+SNOW = "(red − swir) / (red + swir) > 0.4 and red > 1500"
+
+
+# ---- the expression language ------------------------------------------------------------------
+def test_snow_rule_evaluates_exactly() -> None:
+    rule = Rule.parse(f"snow={SNOW}")
+    assert rule.name == "snow" and rule.bands == ("red", "swir")
+    red = np.array([2000.0, 2000.0, 1400.0, 3000.0, np.nan])
+    swir = np.array([100.0, 1000.0, 0.0, 1500.0, 10.0])  # 0.905, 0.333, 1.0 (dark), 0.333
+    got = evaluate(rule.tree, {"red": red, "swir": swir})
+    np.testing.assert_array_equal(got, [True, False, False, False, False])
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("snow=red", "must be a test"),
+        ("x=red >", "ends too early"),
+        ("x=foo > 1", "'foo' is not a band meaning"),
+        ("x=(red > 1", "ends too early"),
+        ("x=red > 1 and 3", "need tests on both sides"),
+        ("x=__import__('os') > 1", "cannot read"),
+        ("snow", "write NAME=EXPR"),
+        ("ok=red > 1", "rule name 'ok'"),
+        ("Bad Name=red > 1", "rule name"),
+    ],
+)
+def test_malformed_rules_are_one_line_usage_errors(text: str, words: str) -> None:
+    with pytest.raises(UsageError, match=words.replace("(", r"\(")) as err:
+        Rule.parse(text)
+    assert "\n" not in str(err.value)
+
+
+def test_rule_reading_a_band_the_model_lacks_names_it() -> None:
+    meta = tiny_meta()  # optical red, green, blue, nir + sar vv: no swir
+    with pytest.raises(UsageError, match=r"'snow' reads swir, which model tiny does not take"):
+        checked_rules([f"snow={SNOW}"], meta.modalities, meta.arch)
+    with pytest.raises(UsageError, match="given twice"):
+        checked_rules(["a=red > 1", "a=nir > 1"], meta.modalities, meta.arch)
+
+
+# ---- training range and reason codes ------------------------------------------------------------
+def test_training_range_is_the_pooled_quantiles() -> None:
+    a = np.arange(1001, dtype=np.float32).reshape(1, 1, 1001)
+    b = np.full((1, 1, 5), np.nan, np.float32)
+    lo, hi = training_range([a, b])
+    assert lo == pytest.approx((1.0,)) and hi == pytest.approx((999.0,))
+
+
+def test_outside_range_has_a_margin_of_the_span() -> None:
+    m = RANGE_MARGIN * 100.0
+    arr = np.array([[[-m - 0.01, -m, 50.0, 100 + m, 100 + m + 0.01, np.nan]]])
+    np.testing.assert_array_equal(outside_range(arr, [0.0], [100.0])[0],
+                                  [True, False, False, False, True, False])  # fmt: skip
+
+
+def test_codes_rules_win_over_the_range_and_nodata_is_255() -> None:
+    meta = replace(tiny_meta(), rules=(("bright", "red > 1000"), ("wet", "vv < -20")))
+    specs = tuple(replace(s, range_low=(0.0,) * s.n_bands, range_high=(1000.0,) * s.n_bands)
+                  if s.name == "optical" else s for s in meta.modalities)  # fmt: skip
+    checks = Checks.of(replace(meta, modalities=specs))
+    assert checks.reasons == ["ok", "outside-training-range", "bright", "wet"]
+    opt = np.zeros((4, 1, 5), np.float32)
+    opt[3, 0, 1] = 5000  # nir far outside the range
+    opt[0, 0, 2] = 5000  # red: outside the range too, but the rule "bright" says why
+    opt[0, 0, 3] = 1050  # red: inside the margin, bright
+    sar = np.array([[[-10, -10, -25, -25, -25]]], np.float32)
+    valid = np.array([[True, True, True, True, False]])
+    codes = checks.codes({"optical": opt, "sar": sar}, valid)
+    np.testing.assert_array_equal(codes[0], [0, 1, 2, 2, 255])
+
+
+def test_record_round_trips_ranges_and_rules() -> None:
+    meta = replace(tiny_meta(), rules=(("snow", "red > 1500"), ("a", "nir < 0")))
+    mods = (replace(meta.modalities[0], range_low=(1.0, 2.0, 3.0, 4.0),
+                    range_high=(5.0, 6.0, 7.0, 8.0)), meta.modalities[1])  # fmt: skip
+    meta = replace(meta, modalities=mods)
+    back = ModelMeta.from_json(meta.to_json())
+    assert back == meta and back.rules[0] == ("snow", "red > 1500")
+    assert ModelMeta.from_json(tiny_meta().to_json()).modalities[0].range_low is None
+
+
+# ---- predict ------------------------------------------------------------------------------------
+@pytest.fixture
+def checked_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tiny checkpoint with a rule and an optical training range narrower than the chip."""
+    use_tiny_builder(monkeypatch)
+    meta = tiny_meta(rules=(("bright", "red > 1500 and nir > 1500"),))
+    opt = replace(meta.modalities[0], range_low=(0.0,) * 4, range_high=(3000.0,) * 4)
+    meta = replace(meta, modalities=(opt, meta.modalities[1]))
+    torch.manual_seed(0)
+    return W.save_checkpoint(TinyFusion(meta.in_channels, 2), meta, tmp_path / "m.safetensors")
+
+
+def _predict(model: Path, out: Path, **kw: object) -> object:
+    return predict({"optical": CHIP / "S2.tif", "sar": CHIP / "S1.tif"}, out, str(model),
+                   bands=BANDS, engine="torch", device="cpu", progress=False, **kw)  # fmt: skip
+
+
+def _expected_codes() -> np.ndarray:
+    """The reason codes computed independently from the chip's bands."""
+    with rasterio.open(CHIP / "S2.tif") as ds:
+        b = ds.read([4, 3, 2, 8]).astype(np.float64)
+    red, nir = b[0], b[3]
+    out = np.zeros(red.shape, np.uint8)
+    out[((b < -300) | (b > 3300)).any(axis=0)] = 1
+    out[(red > 1500) & (nir > 1500)] = 2
+    return out
+
+
+def test_exclusion_mask_codes_tags_and_masking(checked_model: Path, tmp_path: Path) -> None:
+    plain, masked = tmp_path / "plain.tif", tmp_path / "masked.tif"
+    r = _predict(checked_model, plain, exclusion=tmp_path / "ex.tif")
+    with rasterio.open(tmp_path / "ex.tif") as ds, rasterio.open(plain) as lab:
+        codes, labels = ds.read(1), lab.read(1)
+        assert ds.profile["blockxsize"] == lab.profile["blockxsize"] and ds.nodata == 255
+        assert json.loads(ds.tags()["REASONS"]) == ["ok", "outside-training-range", "bright"]
+        tags = lab.tags()
+    valid = labels != 255
+    np.testing.assert_array_equal(codes == 255, ~valid)
+    np.testing.assert_array_equal(codes[valid], _expected_codes()[valid])
+    share = {k: float((codes[valid] == c).mean()) for c, k in
+             ((1, "outside-training-range"), (2, "bright"))}  # fmt: skip
+    assert all(v > 0.001 for v in share.values())  # both reasons occur on the chip
+    assert r.exclusion["reasons"] == pytest.approx(share, abs=1e-6)  # type: ignore[attr-defined]
+    assert float(tags["EXCLUDED_BRIGHT"]) == pytest.approx(share["bright"], abs=1e-6)
+    assert "<Category>bright</Category>" in Path(str(tmp_path / "ex.tif") + ".aux.xml").read_text()
+
+    _predict(checked_model, masked, mask_excluded=True, confidence=tmp_path / "c.tif")
+    with rasterio.open(masked) as ds, rasterio.open(tmp_path / "c.tif") as conf:
+        m, c = ds.read(1), conf.read(1)
+    keep = valid & (codes == 0)
+    np.testing.assert_array_equal(m[keep], labels[keep])  # labels never change, only go
+    assert (m[~keep] == 255).all() and (c[~keep] == 255).all() and (c[keep] != 255).all()
+
+
+def test_exclusion_mask_does_not_depend_on_the_extent(checked_model: Path, tmp_path: Path) -> None:
+    whole = tmp_path / "whole.tif"
+    _predict(checked_model, whole, exclusion=tmp_path / "whole_ex.tif")
+    with rasterio.open(CHIP / "S2.tif") as ds:
+        t, h, w = ds.transform, ds.height, ds.width
+    mosaic = np.full((h, w), 7, np.uint8)
+    for r0, r1 in ((0, h // 2), (h // 2, h)):
+        for c0, c1 in ((0, w // 2), (w // 2, w)):
+            (left, top), (right, bottom) = t @ (c0, r0), t @ (c1, r1)
+            out = tmp_path / f"q{r0}_{c0}.tif"
+            _predict(checked_model, out, exclusion=tmp_path / f"e{r0}_{c0}.tif",
+                     bounds=(left, bottom, right, top))  # fmt: skip
+            with rasterio.open(tmp_path / f"e{r0}_{c0}.tif") as q:
+                mosaic[r0:r1, c0:c1] = q.read(1)
+    with rasterio.open(tmp_path / "whole_ex.tif") as ds:
+        np.testing.assert_array_equal(mosaic, ds.read(1))
+
+
+def test_cli_reports_and_warns(checked_model: Path, tmp_path: Path, runner, caplog) -> None:  # type: ignore[no-untyped-def]
+    args = ("predict", "--optical", CHIP / "S2.tif", "--sar", CHIP / "S1.tif", "--optical-bands",
+            "4,3,2,8", "--sar-bands", "1", "--model", checked_model, "--engine", "torch")  # fmt: skip
+    code, out, err = runner(*args, "-o", tmp_path / "a.tif", "--json")
+    assert code == 0, err
+    rec = json.loads(out)
+    assert rec["exclusion"]["excluded"] > 0.05
+    assert "% of valid pixels excluded (outside-training-range" in caplog.text
+    code, _, err = runner(*args, "-o", tmp_path / "b.tif", "-q")
+    assert code == 0
+
+
+def test_bad_exclusion_requests_write_nothing(
+    checked_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runner
+) -> None:  # type: ignore[no-untyped-def]
+    args = ("predict", "--optical", CHIP / "S2.tif", "--sar", CHIP / "S1.tif", "--optical-bands",
+            "4,3,2,8", "--sar-bands", "1", "--engine", "torch", "-q")  # fmt: skip
+    out = tmp_path / "a.tif"
+    code, _, err = runner(*args, "--model", checked_model, "-o", out, "--exclusion", out)
+    assert code == 2 and "--exclusion" in err and "also the -o/--output path" in err
+    bare = tiny_meta()  # no range, no rules
+    torch.manual_seed(0)
+    plain = W.save_checkpoint(TinyFusion(bare.in_channels, 2), bare, tmp_path / "p.safetensors")
+    code, _, err = runner(*args, "--model", plain, "-o", out, "--mask-excluded")
+    assert code == 2 and "nothing to exclude" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "p.safetensors"]
