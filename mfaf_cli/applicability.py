@@ -5,7 +5,8 @@ Two generic checks, per pixel, on the raw inputs (sensor units, before normalisa
 - **outside the training range**: any band below ``range_low - margin`` or above
   ``range_high + margin``, where the range is the training split's 0.1 / 99.9 % quantiles
   recorded in the model record (:class:`~mfaf_cli.metadata.ModalitySpec`) and the margin
-  :data:`RANGE_MARGIN` of its span; models without the record skip this check;
+  :data:`RANGE_MARGIN` of its span; a side where the training data were saturated is open
+  (``range_open``); models without the record skip this check;
 - **rules**: named boolean expressions over bands *by meaning* (``red``, ``swir``, ``vv``...)
   that the model record carries, e.g. ``snow: (red - swir) / (red + swir) > 0.4 and red > 1500``.
   Rules are data: parsed by the small grammar below (numbers, band meanings, ``+ - * /``,
@@ -278,11 +279,14 @@ def evaluate(node: Node, bands: Mapping[str, np.ndarray]) -> np.ndarray:
 # ---- training range ---------------------------------------------------------------------
 def training_range(
     arrays: Sequence[np.ndarray], seed: int = 0, max_samples: int = 2_000_000
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
+) -> tuple[tuple[float, ...], tuple[float, ...], tuple[str, ...]]:
     """Per-band pooled :data:`RANGE_QUANTILES` of the finite values of (C, H, W) arrays (a
-    seeded subsample of at most ``max_samples`` per band): ``(range_low, range_high)``."""
+    seeded subsample of at most ``max_samples`` per band): ``(range_low, range_high,
+    range_open)``. A side is open when the quantile there is the data's extreme value itself
+    (at least 0.1 % of the values pile up on it: a saturated product, e.g. an 8-bit PNG at 0
+    or 255)."""
     rng = np.random.default_rng(seed)
-    lows, highs = [], []
+    lows, highs, opens = [], [], []
     for i in range(arrays[0].shape[0]):
         v = np.concatenate([np.asarray(a[i]).reshape(-1) for a in arrays]).astype(np.float64)
         v = v[np.isfinite(v)]
@@ -290,20 +294,30 @@ def training_range(
             v = np.zeros(1)
         if v.size > max_samples:
             v = rng.choice(v, max_samples, replace=False)
-        lo, hi = np.percentile(v, RANGE_QUANTILES)
-        lows.append(float(lo))
-        highs.append(float(hi))
-    return tuple(lows), tuple(highs)
+        lo, hi = (float(q) for q in np.percentile(v, RANGE_QUANTILES))
+        low_open = lo == v.min() and np.mean(v == lo) >= RANGE_QUANTILES[0] / 100
+        high_open = hi == v.max() and np.mean(v == hi) >= 1 - RANGE_QUANTILES[1] / 100
+        lows.append(lo)
+        highs.append(hi)
+        opens.append({(True, True): "both", (True, False): "low", (False, True): "high"}.get(
+            (bool(low_open), bool(high_open)), ""))  # fmt: skip
+    return tuple(lows), tuple(highs), tuple(opens)
 
 
-def outside_range(arr: np.ndarray, low: Sequence[float], high: Sequence[float]) -> np.ndarray:
+def outside_range(
+    arr: np.ndarray, low: Sequence[float], high: Sequence[float], open_: Sequence[str] = ()
+) -> np.ndarray:
     """(h, w) bool: any band of ``arr`` (C, h, w) leaves ``[low, high]`` by more than
-    :data:`RANGE_MARGIN` of the band's span (NaN is not flagged: it is nodata)."""
+    :data:`RANGE_MARGIN` of the band's span, on a side that is not open (NaN is not flagged:
+    it is nodata)."""
     c = arr.shape[0]
     lo, hi = (np.asarray(v, dtype=np.float64).reshape(c, 1, 1) for v in (low, high))
     m = RANGE_MARGIN * np.maximum(hi - lo, 0.0)
+    sides = list(open_) or [""] * c
+    lo = np.where(np.array([s in ("low", "both") for s in sides]).reshape(c, 1, 1), -np.inf, lo - m)
+    hi = np.where(np.array([s in ("high", "both") for s in sides]).reshape(c, 1, 1), np.inf, hi + m)
     with np.errstate(invalid="ignore"):
-        return np.asarray(((arr < lo - m) | (arr > hi + m)).any(axis=0))
+        return np.asarray(((arr < lo) | (arr > hi)).any(axis=0))
 
 
 # ---- reason codes -----------------------------------------------------------------------
@@ -311,13 +325,13 @@ def outside_range(arr: np.ndarray, low: Sequence[float], high: Sequence[float]) 
 class Checks:
     """What can be checked for one model: its ranges (modality -> (low, high)) and rules."""
 
-    ranges: Mapping[str, tuple[tuple[float, ...], tuple[float, ...]]]
+    ranges: Mapping[str, tuple[tuple[float, ...], tuple[float, ...], tuple[str, ...]]]
     rules: Sequence[Rule]
     locations: Mapping[str, tuple[str, int]]
 
     @classmethod
     def of(cls, meta: ModelMeta) -> Checks:
-        ranges = {s.name: (s.range_low, s.range_high) for s in meta.modalities
+        ranges = {s.name: (s.range_low, s.range_high, s.range_open) for s in meta.modalities
                   if s.range_low is not None and s.range_high is not None}  # fmt: skip
         return cls(ranges, model_rules(meta), band_locations(meta.modalities))
 
@@ -334,8 +348,8 @@ class Checks:
         """uint8 reason codes (h, w) of raw arrays (modality -> (C, h, w), sensor units)."""
         out = np.full(valid.shape, OK, dtype=np.uint8)
         flagged = np.zeros(valid.shape, dtype=bool)
-        for name, (low, high) in self.ranges.items():
-            flagged |= outside_range(raw[name], low, high)
+        for name, (low, high, open_) in self.ranges.items():
+            flagged |= outside_range(raw[name], low, high, open_)
         out[flagged] = OUT_OF_RANGE
         bands = {k: raw[m][i] for k, (m, i) in self.locations.items() if m in raw}
         for code in range(len(self.rules) + 1, 1, -1):  # the first matching rule wins

@@ -125,6 +125,10 @@ class ModalitySpec:
     #: model saw (see mfaf_cli/applicability.py); None in records made before it existed.
     range_low: tuple[float, ...] | None = None
     range_high: tuple[float, ...] | None = None
+    #: Per band, the side(s) where the training data were saturated ("low", "high", "both" or
+    #: ""): the product clipped values there, so the model saw that value stand for everything
+    #: beyond it and the range is open on that side. () when no side is.
+    range_open: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.meanings:
@@ -152,7 +156,8 @@ class ModalitySpec:
     def _range_dict(self) -> dict[str, Any]:
         if self.range_low is None or self.range_high is None:
             return {}
-        return {"range_low": list(self.range_low), "range_high": list(self.range_high)}
+        d = {"range_low": list(self.range_low), "range_high": list(self.range_high)}
+        return d | ({"range_open": list(self.range_open)} if any(self.range_open) else {})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModalitySpec:
@@ -164,6 +169,7 @@ class ModalitySpec:
             meanings=tuple(str(m) for m in d.get("meanings", ())),
             range_low=None if d.get("range_low") is None else tuple(map(float, d["range_low"])),
             range_high=None if d.get("range_high") is None else tuple(map(float, d["range_high"])),
+            range_open=tuple(str(v) for v in d.get("range_open", ())),
         )
 
 

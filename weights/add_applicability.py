@@ -11,7 +11,8 @@ For every shipped model trained on OMBRIA (the record's ``training.dataset``) it
   (``SegDataset.compute_normalisation``: at most 256 patches, the dataset seed);
 - checks that the clip quantiles it gets equal the recorded ones (so the sample and the
   calibration are the ones the model was trained with) and records the per-band 0.1 / 99.9 %
-  quantiles of that sample as ``range_low`` / ``range_high`` (mfaf_cli/applicability.py);
+  quantiles of that sample as ``range_low`` / ``range_high``, with ``range_open`` where the
+  8-bit products saturate (mfaf_cli/applicability.py);
 - sets the record's rules to :data:`RULES` (OMBRIA has no snow: snow is mapped as water);
 - saves the checkpoint in place (weights bit for bit, only the record changes) and updates its
   manifest entry (sha256, size); ``--default NAME`` moves the default flag to NAME.
@@ -37,7 +38,7 @@ PACKAGE_WEIGHTS = Path(__file__).resolve().parents[1] / "mfaf_cli" / "weights"
 RULES: tuple[tuple[str, str], ...] = (("snow", "(red - swir) / (red + swir) > 0.4 and red > 1500"),)
 
 
-def training_ranges(meta: object, data_root: Path) -> dict[str, tuple[tuple[float, ...], ...]]:
+def training_ranges(meta: object, data_root: Path) -> dict[str, tuple[tuple[object, ...], ...]]:
     training = meta.training  # type: ignore[attr-defined]
     split = training.get("split", {})
     val_fraction = float(split.get("val_fraction", 0.15))
@@ -53,7 +54,7 @@ def training_ranges(meta: object, data_root: Path) -> dict[str, tuple[tuple[floa
         for a, b in ((got.clip_low, want.clip_low), (got.clip_high, want.clip_high)):
             if a is None or b is None or max(abs(x - y) for x, y in zip(a, b, strict=True)) > 1e-3:
                 raise SystemExit(f"{spec.name}: recomputed clip bounds {a} != recorded {b}")
-    return {m: (lo, hi) for m, (lo, hi) in ds.ranges.items()}
+    return dict(ds.ranges)
 
 
 def main() -> None:
@@ -71,7 +72,8 @@ def main() -> None:
             continue
         ranges = training_ranges(meta, a.data_root)
         mods = tuple(
-            dataclasses.replace(s, range_low=ranges[s.name][0], range_high=ranges[s.name][1])
+            dataclasses.replace(s, range_low=ranges[s.name][0], range_high=ranges[s.name][1],
+                                range_open=ranges[s.name][2])  # type: ignore[arg-type]
             for s in meta.modalities
         )
         meta = dataclasses.replace(meta, modalities=mods, rules=RULES)
@@ -80,7 +82,8 @@ def main() -> None:
             path, e["name"], default=e["name"] == default, description=e.get("description", ""),
             root=a.weights_dir,
         )  # fmt: skip
-        ranges_out = {m: [list(map(lambda v: round(v, 3), x)) for x in r] for m, r in ranges.items()}
+        ranges_out = {m: [[round(v, 3) for v in r[0]], [round(v, 3) for v in r[1]], list(r[2])]
+                      for m, r in ranges.items()}  # type: ignore[union-attr]  # fmt: skip
         print(json.dumps({"name": e["name"], "sha256": entry["sha256"], "ranges": ranges_out,
                           "rules": dict(RULES), "default": entry["default"]}))  # fmt: skip
 

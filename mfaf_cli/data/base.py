@@ -182,7 +182,7 @@ class SegDataset(Dataset):
         self.norms: dict[str, Normalisation] = {}
         #: modality -> training range (range_low, range_high) for the model record, set by
         #: :meth:`compute_normalisation` (see mfaf_cli/applicability.py)
-        self.ranges: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {}
+        self.ranges: dict[str, tuple[tuple[float, ...], tuple[float, ...], tuple[str, ...]]] = {}
         #: What the reader left out, by reason ("no mask S2_mask_<id>.png": 2); see skip()
         self.skipped: dict[str, int] = {}
         #: where this split's membership came from (an official file, folders, a seed)
@@ -262,6 +262,7 @@ class SegDataset(Dataset):
                 units=self.units.get(m, ""),
                 range_low=self.ranges[m][0] if m in self.ranges else None,
                 range_high=self.ranges[m][1] if m in self.ranges else None,
+                range_open=self.ranges[m][2] if m in self.ranges else (),
             )
             for m in self.modalities
         )
