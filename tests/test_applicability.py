@@ -75,8 +75,16 @@ def test_rule_reading_a_band_the_model_lacks_names_it() -> None:
 def test_training_range_is_the_pooled_quantiles() -> None:
     a = np.arange(1001, dtype=np.float32).reshape(1, 1, 1001)
     b = np.full((1, 1, 5), np.nan, np.float32)
-    lo, hi = training_range([a, b])
-    assert lo == pytest.approx((1.0,)) and hi == pytest.approx((999.0,))
+    lo, hi, open_ = training_range([a, b])
+    assert lo == pytest.approx((1.0,)) and hi == pytest.approx((999.0,)) and open_ == ("",)
+
+
+def test_a_saturated_side_of_the_training_data_is_open() -> None:
+    png = np.concatenate([np.zeros(20), np.arange(1, 980), np.full(1, 255.0)])  # 2 % at 0
+    lo, hi, open_ = training_range([png.reshape(1, 1, -1)])
+    assert lo == (0.0,) and open_ == ("low",)
+    arr = np.array([[[-1e6, hi[0] + 1e6]]])
+    np.testing.assert_array_equal(outside_range(arr, lo, hi, open_)[0], [False, True])
 
 
 def test_outside_range_has_a_margin_of_the_span() -> None:
