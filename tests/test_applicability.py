@@ -218,3 +218,22 @@ def test_bad_exclusion_requests_write_nothing(
     code, _, err = runner(*args, "--model", plain, "-o", out, "--mask-excluded")
     assert code == 2 and "nothing to exclude" in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "p.safetensors"]
+
+
+# ---- mfaf info ----------------------------------------------------------------------------------
+def test_info_shows_range_and_rules(checked_model: Path, runner) -> None:  # type: ignore[no-untyped-def]
+    code, out, err = runner("info", checked_model)
+    assert code == 0, err
+    assert "optical: red 0..3000, green 0..3000, blue 0..3000, nir 0..3000" in out
+    assert "rules:\n  bright: red > 1500 and nir > 1500" in out
+    assert "sar" not in out.split("training range")[1].split("rules:")[0]  # no range: no line
+
+
+def test_info_describes_a_shipped_model_by_name(runner) -> None:  # type: ignore[no-untyped-def]
+    from mfaf_cli.io.weights import read_manifest
+
+    name = read_manifest()[0]["name"]
+    code, out, err = runner("info", name)
+    assert code == 0, err
+    assert out.startswith(str(Path("mfaf_cli") / "weights")) or "weights" in out.splitlines()[0]
+    assert "classes: 0 not-water, 1 water" in out and "training range" in out
