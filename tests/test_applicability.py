@@ -237,3 +237,72 @@ def test_info_describes_a_shipped_model_by_name(runner) -> None:  # type: ignore
     assert code == 0, err
     assert out.startswith(str(Path("mfaf_cli") / "weights")) or "weights" in out.splitlines()[0]
     assert "classes: 0 not-water, 1 water" in out and "training range" in out
+
+
+# ---- evaluate with and without excluded pixels -------------------------------------------------
+def test_evaluate_map_without_excluded_equals_the_masked_map(
+    checked_model: Path, tmp_path: Path, runner
+) -> None:  # type: ignore[no-untyped-def]
+    from mfaf_cli.training.evaluate import evaluate_rasters
+
+    plain, masked, ex = tmp_path / "plain.tif", tmp_path / "masked.tif", tmp_path / "ex.tif"
+    _predict(checked_model, plain, exclusion=ex)
+    _predict(checked_model, masked, mask_excluded=True)
+    truth, mapping = CHIP / "label.tif", "-1:255,0:0,1:1"
+    res = evaluate_rasters(plain, truth, mapping=mapping, exclusion=ex)
+    kept = res.info["without_excluded"]
+    ref = evaluate_rasters(masked, truth, mapping=mapping)
+    assert kept["metrics"]["confusion_matrix"] == ref.metrics["confusion_matrix"]
+    assert res.metrics == evaluate_rasters(plain, truth, mapping=mapping).metrics  # unchanged
+    n_all, n_kept = res.metrics["n_pixels"], ref.metrics["n_pixels"]
+    assert kept["excluded_of_scored"] == pytest.approx(1 - n_kept / n_all, abs=1e-6)
+    assert kept["excluded_of_scored"] > 0.01
+    code, out, err = runner("evaluate", plain, "--truth", truth, "--map", mapping,
+                            "--exclusion", ex)  # fmt: skip
+    assert code == 0 and "without excluded pixels (" in out, err
+    with rasterio.open(ex) as ds:
+        profile = ds.profile | {"width": 10, "height": 10, "tiled": False}
+        profile.pop("blockxsize"), profile.pop("blockysize")
+    with rasterio.open(tmp_path / "small.tif", "w", **profile) as ds:
+        ds.write(np.zeros((1, 10, 10), np.uint8))
+    code, _, err = runner("evaluate", plain, "--truth", truth, "--exclusion", tmp_path / "small.tif")
+    assert code == 1 and "not on the grid" in err
+
+
+def test_evaluate_dataset_scores_with_and_without_excluded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataset_builders import make_sen1floods11
+
+    from mfaf_cli.data.datasets import open_dataset
+    from mfaf_cli.engine import create_predictor
+    from mfaf_cli.training.evaluate import evaluate_model, predict_arrays
+    from mfaf_cli.training.metrics import confusion_matrix
+
+    use_tiny_builder(monkeypatch)
+    root = make_sen1floods11(tmp_path / "s1f", size=48)
+    ds = open_dataset("sen1floods11", root, "all", bands={"optical": [4, 3, 2, 8]},
+                      normalisation="fixed")  # fmt: skip
+    arrays0, _, _ = ds.raw(0)
+    cut = float(np.nanmedian(arrays0["optical"][0]))  # a rule true on about half the pixels
+    meta = replace(tiny_meta(), rules=(("bright", f"red > {cut}"),))
+    torch.manual_seed(0)
+    ckpt = W.save_checkpoint(TinyFusion(meta.in_channels, 2), meta, tmp_path / "m.safetensors")
+    res = evaluate_model(ckpt, "sen1floods11", root, "all", tile=32, device="cpu", engine="torch",
+                         bands={"optical": [4, 3, 2, 8]}, progress=False, mask_excluded=True)  # fmt: skip
+    pr = create_predictor(str(ckpt), device="cpu", engine="torch")
+    checks = Checks.of(meta)
+    cm = np.zeros((2, 2, 2), np.int64)
+    for i in range(len(ds)):
+        arrays, mask, _ = ds.raw(i)
+        valid = np.isfinite(arrays["optical"]).all(0) & np.isfinite(arrays["sar"]).all(0)
+        pred, ok = predict_arrays(pr, arrays, valid, pr.meta, tile=32)
+        p = pred.astype(np.int64)
+        p[~ok] = 255
+        cm[0] += confusion_matrix(p, mask, 2)
+        p[checks.codes(arrays, ok) != 0] = 255
+        cm[1] += confusion_matrix(p, mask, 2)
+    np.testing.assert_array_equal(res.confusion, cm[0])
+    kept = np.asarray(res.info["without_excluded"]["metrics"]["confusion_matrix"])
+    np.testing.assert_array_equal(kept, cm[1])
+    assert 0 < kept.sum() < cm[0].sum()

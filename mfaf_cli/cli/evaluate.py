@@ -26,6 +26,8 @@ Examples:
   mfaf evaluate landuse.tif --truth whu_lbl.tif --map 0:255,10:1,20:2,30:3,40:4,50:5,60:6,70:7
   mfaf evaluate --model mfafnet-s-ombria-water --dataset ombria --data-root ombria \\
       --split test --json
+  # also without the pixels the model's exclusion check flags (snow, outside its range)
+  mfaf evaluate water.tif --truth label.tif --exclusion why.tif
 \b
 Truth is resampled (nearest) onto the prediction's grid. Ignored pixels: prediction nodata
 (255), truth nodata, truth -1, and truth values mapped to 255. The table goes to stdout
@@ -81,6 +83,17 @@ means.
 @batch_size_opt
 @blend_opt
 @engine_opts
+@click.option(
+    "--exclusion",
+    type=click.Path(path_type=str),
+    help="With PREDICTION: its exclusion mask (predict --exclusion); also score without the "
+    "excluded pixels.",
+)
+@click.option(
+    "--mask-excluded",
+    is_flag=True,
+    help="Dataset mode: also score without the pixels the model's exclusion check flags.",
+)
 @click.option("--plot", type=click.Path(path_type=str), help="Save the confusion matrix as a PNG.")
 @json_opt
 @quiet_opt
@@ -104,6 +117,8 @@ def command(
     engine: Engine,
     precision: Precision,
     threads: int | None,
+    exclusion: str | None,
+    mask_excluded: bool,
     plot: str | None,
     as_json: bool,
     quiet: bool,
@@ -118,23 +133,28 @@ def command(
             raise UsageError("give --truth LABELS.tif to compare the prediction with")
         if dataset or data_root:
             raise UsageError("give either PREDICTION --truth T, or --dataset/--data-root, not both")
+        if mask_excluded:
+            raise UsageError("--mask-excluded is for dataset mode; with a PREDICTION give "
+                             "--exclusion MASK.tif (written by predict --exclusion)")  # fmt: skip
         from mfaf_cli.training.evaluate import evaluate_rasters
 
-        result = evaluate_rasters(prediction, truth, mapping=mapping, num_classes=num_classes)
+        result = evaluate_rasters(prediction, truth, mapping=mapping, num_classes=num_classes,
+                                  exclusion=exclusion)  # fmt: skip
     else:
         if not dataset or not data_root:
             raise UsageError(
                 "give PREDICTION --truth LABELS.tif, or --dataset NAME --data-root DIR [--model M]"
             )
-        if truth is not None:
-            raise UsageError("--truth goes with a PREDICTION raster, not with --dataset")
+        if truth is not None or exclusion is not None:
+            raise UsageError("--truth / --exclusion go with a PREDICTION raster, not with "
+                             "--dataset (there: --mask-excluded)")  # fmt: skip
         from mfaf_cli.training.evaluate import evaluate_model
 
         result = evaluate_model(
             model, dataset, data_root, split, tile=tile, overlap=overlap,
             batch_size=batch_size, blend=blend, device=device, engine=engine,
             precision=precision, threads=threads, bands=bands or None, seed=seed,
-            val_fraction=val_fraction, progress=not quiet,
+            val_fraction=val_fraction, progress=not quiet, mask_excluded=mask_excluded,
         )  # fmt: skip
     _report(result, plot, as_json, quiet)
 
@@ -159,9 +179,14 @@ def _report(result: Any, plot: str | None, as_json: bool, quiet: bool) -> None:
     if plot:
         title = result.info.get("dataset") or result.info.get("prediction", "")
         plot_confusion(result.confusion, result.class_names, plot, title=str(title))
+    table = format_table(result.metrics)
+    kept = result.info.get("without_excluded")
+    if kept is not None:
+        table += (f"\n\nwithout excluded pixels ({100 * kept['excluded_of_scored']:.1f} % of the "
+                  f"scored pixels excluded):\n{format_table(kept['metrics'])}")  # fmt: skip
     if as_json:
         if not quiet:
-            click.echo(format_table(result.metrics), err=True)
+            click.echo(table, err=True)
         click.echo(result.to_json())
     else:
-        click.echo(format_table(result.metrics))
+        click.echo(table)

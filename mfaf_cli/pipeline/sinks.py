@@ -66,12 +66,17 @@ class ConfusionSink:
         label_fn: Callable[[np.ndarray], np.ndarray] | None = None,
         mapping: dict[int, int] | None = None,
         ignore_index: int = NODATA_LABEL,
+        excluder: Callable[[int, int, np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self.truth_path = truth_path
+        #: with ``excluder`` (mfaf_cli.pipeline.exclusion): ``kept`` scores only the pixels
+        #: its check keeps (code 0), beside ``confusion`` of all pixels
+        self.excluder = excluder
         self.grid = grid
         self.num_classes = int(num_classes)
         self.label_fn, self.mapping, self.ignore_index = label_fn, mapping, ignore_index
         self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+        self.kept = np.zeros_like(self.confusion)
         self._ds: Any = None
 
     def __enter__(self) -> ConfusionSink:
@@ -126,6 +131,9 @@ class ConfusionSink:
         )
         try:
             self.confusion += confusion_matrix(idx, truth, self.num_classes, self.ignore_index)
+            if self.excluder is not None:
+                idx[self.excluder(row0, col0, valid) != 0] = self.ignore_index
+                self.kept += confusion_matrix(idx, truth, self.num_classes, self.ignore_index)
         except LabelError as err:
             name = os.path.basename(os.fspath(self.truth_path))
             raise LabelError(f"{name}: {err} (classes the model does not know)") from None

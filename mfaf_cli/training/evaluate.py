@@ -153,12 +153,14 @@ def raster_confusion(
     mapping: dict[int, int] | None = None,
     label_fn: Callable[[np.ndarray], np.ndarray] | None = None,
     ignore_index: int = NODATA_LABEL,
+    keep: Callable[[Any], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Confusion matrix of a label GeoTIFF against a truth raster co-registered onto its grid.
 
     Truth is resampled nearest onto the prediction's grid, block by block. Ignored: prediction
     nodata (255), truth nodata / outside its footprint / −1, values mapped to 255. ``label_fn``
     (a dataset's label mapping: raw values → class ids with ignore) replaces ``mapping``.
+    ``keep(window)``: pixels of a block to score (the rest ignored), e.g. not excluded.
     """
     import rasterio
     from rasterio.windows import Window as RioWindow
@@ -186,6 +188,8 @@ def raster_confusion(
             h = min(BLOCK_ROWS, pds.height - r0)
             win = RioWindow(0, r0, pds.width, h)
             pred = _pred_block(pds, win, pnd, ignore_index, Path(pred_path).name)
+            if keep is not None:
+                pred[~keep(win)] = ignore_index
             if same:
                 t = tds.read(1, window=win).astype(np.float64)
                 if tds.nodata is not None:
@@ -235,8 +239,10 @@ def evaluate_rasters(
     mapping: str | Mapping[Any, Any] | None = None,
     num_classes: int | None = None,
     class_names: list[str] | None = None,
+    exclusion: str | os.PathLike[str] | None = None,
 ) -> EvalResult:
-    """Score a predicted label GeoTIFF against a truth raster (see :func:`raster_confusion`).
+    """Score a predicted label GeoTIFF against a truth raster (see :func:`raster_confusion`);
+    with ``exclusion`` (the mask predict wrote) also without the excluded pixels.
 
     Classes come from the prediction's tags (written by ``mfaf predict``), else
     ``class_names`` / ``num_classes``, else the largest value found in either raster.
@@ -281,7 +287,42 @@ def evaluate_rasters(
     info: dict[str, Any] = {"mode": "rasters", "prediction": str(pred), "truth": str(truth)}
     if m:
         info["mapping"] = {str(a): b for a, b in m.items()}
+    if exclusion is not None:
+        kept = raster_confusion(pred, truth, k, mapping=m, keep=_kept_by_mask(pred, exclusion))
+        info["without_excluded"] = without_excluded(cm, kept, names)
     return EvalResult(metrics, names, info)
+
+
+def _kept_by_mask(pred: str | os.PathLike[str], mask: str | os.PathLike[str]) -> Any:
+    """``keep(window)`` of an exclusion mask written with the prediction (code 0 = kept)."""
+    from mfaf_cli.io.inputs import open_raster
+
+    with open_raster(pred, "prediction", require_crs=False) as p, open_raster(
+        mask, "exclusion mask", require_crs=False
+    ) as x:  # fmt: skip
+        if x.shape != p.shape or x.transform != p.transform or x.crs != p.crs:
+            raise InputError(
+                f"exclusion mask {Path(mask).name} is not on the grid of {Path(pred).name}; "
+                "give the --exclusion file written by the same predict run"
+            )
+
+    def keep(win: Any) -> np.ndarray:
+        import rasterio
+
+        with rasterio.open(mask) as ds:
+            return np.asarray(ds.read(1, window=win) == 0)
+
+    return keep
+
+
+def without_excluded(cm: np.ndarray, kept: np.ndarray, names: list[str]) -> dict[str, Any]:
+    """Scores on the pixels the exclusion check kept, and the share of scored pixels it took
+    out (``cm``: all scored pixels; ``kept``: those not excluded)."""
+    n = int(cm.sum())
+    return {
+        "excluded_of_scored": round(1 - int(kept.sum()) / n, 6) if n else 0.0,
+        "metrics": metrics_from_confusion(kept, names),
+    }
 
 
 # ---- in-memory sliding windows (patch datasets) -------------------------------------------
@@ -367,24 +408,31 @@ def _cut(a: np.ndarray, win: Any) -> np.ndarray:
 
 
 # ---- a model on a dataset ------------------------------------------------------------------
-def scene_confusion(predictor: Any, scene: Any, ds: Any, spec: Any) -> np.ndarray:
+def scene_confusion(
+    predictor: Any, scene: Any, ds: Any, spec: Any, checks: Any = None
+) -> np.ndarray:
     """Confusion matrix of one georeferenced dataset scene, scored row band by row band by
-    the inference core's :class:`~mfaf_cli.pipeline.sinks.ConfusionSink` (no map written)."""
+    the inference core's :class:`~mfaf_cli.pipeline.sinks.ConfusionSink` (no map written).
+    With ``checks`` (:class:`~mfaf_cli.applicability.Checks`): ``(2, K, K)``, all scored
+    pixels and those the exclusion check kept."""
+    from mfaf_cli.pipeline.exclusion import Excluder, with_excluder
     from mfaf_cli.pipeline.predict import run_on_scene
     from mfaf_cli.pipeline.sinks import ConfusionSink
 
     meta: ModelMeta = predictor.meta
     k = meta.num_classes
-
-    def make_sink(grid: Any) -> ConfusionSink:
-        return ConfusionSink(scene.label, grid, k, label_fn=ds.map_label,
-                             ignore_index=ds.ignore_index)  # fmt: skip
-
     inputs = {m: os.fspath(scene.inputs[m]) for m in meta.modality_names}
     bands = {m: scene.bands[m] for m in meta.modality_names if scene.bands.get(m)}
+
+    def make_sink(grid: Any) -> Any:
+        ex = None if checks is None else Excluder(inputs, grid, meta, checks, bands=bands)
+        return with_excluder(ex, lambda e: ConfusionSink(
+            scene.label, grid, k, label_fn=ds.map_label, ignore_index=ds.ignore_index,
+            excluder=e))  # fmt: skip
+
     _, _, sink = run_on_scene(inputs, meta, predictor, make_sink, spec, bands=bands,
                               read_threads=spec.thread_split()[1])  # fmt: skip
-    return sink.confusion
+    return sink.confusion if checks is None else np.stack([sink.confusion, sink.kept])
 
 
 def evaluate_model(
@@ -406,8 +454,10 @@ def evaluate_model(
     val_fraction: float = 0.15,
     progress: bool = True,
     max_items: int | None = None,
+    mask_excluded: bool = False,
 ) -> EvalResult:
-    """Run the predict pipeline over a dataset split and score it with one confusion matrix.
+    """Run the predict pipeline over a dataset split and score it with one confusion matrix;
+    ``mask_excluded`` also scores it without the pixels the model's exclusion check flags.
 
     ``model`` is any ``--model`` spec (None = the shipped default for the dataset's
     modalities). The dataset must provide the model's modalities with the same band counts,
@@ -424,13 +474,17 @@ def evaluate_model(
     tile = int(tile or meta.tile_size)
     desc = f"evaluate {dataset}/{split}"
     scenes = ds.scenes()
+    checks = _checks(meta, model, mask_excluded)
     if scenes is not None:
         todo = scenes if max_items is None else scenes[:max_items]
-        cm = _score_scenes(predictor, ds, todo, spec.with_tile(tile), desc, progress)
+        cm = _score_scenes(predictor, ds, todo, spec.with_tile(tile), desc, progress, checks)
         n_items = len(todo)
     else:
         n_items = len(ds) if max_items is None else min(len(ds), max_items)
-        cm = _score_patches(predictor, ds, n_items, spec.with_tile(tile), desc, progress)
+        cm = _score_patches(predictor, ds, n_items, spec.with_tile(tile), desc, progress, checks)
+    kept = None
+    if checks is not None:
+        cm, kept = cm[0], cm[1]
     metrics = metrics_from_confusion(cm, meta.class_names)
     info = {
         "mode": "dataset",
@@ -449,6 +503,8 @@ def evaluate_model(
     }
     if ds.skipped:  # items the reader left out, by reason (also logged as warnings)
         info["skipped"] = dict(ds.skipped)
+    if kept is not None:
+        info["without_excluded"] = without_excluded(cm, kept, meta.class_names)
     if not math.isfinite(metrics["miou"]):
         info["note"] = "no labelled pixel was evaluated"
     return EvalResult(metrics, meta.class_names, info)
@@ -494,28 +550,41 @@ def _predictor_and_dataset(
     return predictor, ds
 
 
+def _checks(meta: ModelMeta, model: Any, wanted: bool) -> Any:
+    """The model's exclusion checks when asked for (an error when it has none)."""
+    if not wanted:
+        return None
+    from mfaf_cli.pipeline.exclusion import checks_for
+
+    return checks_for(meta, str(model or meta.arch), wanted=True)
+
+
 def _score_scenes(
-    predictor: Any, ds: Any, scenes: Sequence[Any], spec: InferenceSpec, desc: str, progress: bool
-) -> np.ndarray:
-    """Confusion matrix over whole scenes, each through the streaming inference core."""
+    predictor: Any, ds: Any, scenes: Sequence[Any], spec: InferenceSpec, desc: str,
+    progress: bool, checks: Any = None,
+) -> np.ndarray:  # fmt: skip
+    """Confusion matrix over whole scenes, each through the streaming inference core (with
+    ``checks``: stacked with the one of the pixels the exclusion check kept)."""
     from tqdm import tqdm
 
     k = predictor.meta.num_classes
-    cm = np.zeros((k, k), dtype=np.int64)
+    cm = np.zeros((k, k) if checks is None else (2, k, k), dtype=np.int64)
     for sc in tqdm(scenes, desc=desc, file=sys.stderr, disable=not progress):
-        cm += scene_confusion(predictor, sc, ds, spec)
+        cm += scene_confusion(predictor, sc, ds, spec, checks)
     return cm
 
 
 def _score_patches(
-    predictor: Any, ds: Any, n: int, spec: InferenceSpec, desc: str, progress: bool
-) -> np.ndarray:
-    """Confusion matrix over the first ``n`` in-memory patches (invalid where not finite)."""
+    predictor: Any, ds: Any, n: int, spec: InferenceSpec, desc: str, progress: bool,
+    checks: Any = None,
+) -> np.ndarray:  # fmt: skip
+    """Confusion matrix over the first ``n`` in-memory patches (invalid where not finite);
+    with ``checks`` stacked with the one of the pixels the exclusion check kept."""
     from tqdm import tqdm
 
     meta = predictor.meta
     k = meta.num_classes
-    cm = np.zeros((k, k), dtype=np.int64)
+    cm = np.zeros((k, k) if checks is None else (2, k, k), dtype=np.int64)
     for i in tqdm(range(n), desc=desc, file=sys.stderr, disable=not progress):
         arrays, mask, _ = ds.raw(i, None)
         valid = np.ones(mask.shape, dtype=bool)
@@ -533,5 +602,10 @@ def _score_patches(
         )
         pred = pred.astype(np.int64)
         pred[~ok] = ds.ignore_index
-        cm += confusion_matrix(pred, mask, k, ds.ignore_index)
+        if checks is None:
+            cm += confusion_matrix(pred, mask, k, ds.ignore_index)
+            continue
+        cm[0] += confusion_matrix(pred, mask, k, ds.ignore_index)
+        pred[checks.codes(arrays, ok) != 0] = ds.ignore_index
+        cm[1] += confusion_matrix(pred, mask, k, ds.ignore_index)
     return cm
