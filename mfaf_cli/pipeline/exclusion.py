@@ -111,7 +111,8 @@ def check_distinct_outputs(paths: Mapping[str, Any]) -> None:
             continue
         key = os.path.realpath(os.fspath(p))
         if key in seen:
-            raise UsageError(f"{flag} {p} is also the {seen[key]} path; give each output its own")
+            raise UsageError(f"{flag} {p} is also the {seen[key]} path (the same output path "
+                             "given twice); give each output its own file")  # fmt: skip
         seen[key] = flag
 
 
