@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +45,7 @@ _RESERVED = {"ok", "nodata", RANGE_REASON}
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 
 # ---- the expression grammar ---------------------------------------------------------------
-Node = Union[tuple[str, Any], tuple[str, Any, Any]]
+Node = tuple[str, Any] | tuple[str, Any, Any]
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)"
     r"|(?P<name>[A-Za-z][A-Za-z0-9_]*)|(?P<op><=|>=|==|!=|[-+*/()<>]))"

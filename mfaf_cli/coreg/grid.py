@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,9 +128,11 @@ def _grid_for(
         native_res = (abs(ds.transform.a), abs(ds.transform.e))
         native_bounds: Bounds = tuple(ds.bounds)  # type: ignore[assignment]
     else:
-        t, w, h = calculate_default_transform(
-            ds.crs, target_crs, ds.width, ds.height, *ds.bounds, resolution=resolution
-        )
+        with warnings.catch_warnings():  # rasterio's from_bounds multiplies affines with `*`,
+            warnings.simplefilter("ignore", PendingDeprecationWarning)  # deprecated in affine 3
+            t, w, h = calculate_default_transform(
+                ds.crs, target_crs, ds.width, ds.height, *ds.bounds, resolution=resolution
+            )
         native_res = (abs(t.a), abs(t.e))
         native_bounds = (t.c, t.f + t.e * h, t.c + t.a * w, t.f)
     rx, ry = res if res is not None else native_res

@@ -91,7 +91,7 @@ def check_creation_options(creation_options: Mapping[str, Any] | None) -> None:
         return
     from rasterio.errors import RasterioError
     from rasterio.io import MemoryFile
-    from rasterio.transform import from_origin
+    from rasterio.transform import Affine
 
     options = gtiff_options("deflate", creation_options)
     complaints = _GdalComplaints()
@@ -100,7 +100,7 @@ def check_creation_options(creation_options: Mapping[str, Any] | None) -> None:
     try:
         with MemoryFile() as mf, mf.open(
             driver="GTiff", width=BLOCK_SIZE, height=BLOCK_SIZE, count=1, dtype="uint8",
-            crs="EPSG:4326", transform=from_origin(0, 0, 0.1, 0.1), **options,
+            crs="EPSG:4326", transform=Affine(0.1, 0.0, 0.0, 0.0, -0.1, 0.0), **options,
         ):  # fmt: skip
             pass
     except RasterioError as err:
@@ -830,7 +830,7 @@ class OutputSet:
         """Excluded fraction of valid pixels, per reason (None without an excluder)."""
         if self.excluder is None:
             return None
-        from mfaf_cli.applicability import summary  # noqa: PLC0415 - a pure room below
+        from mfaf_cli.applicability import summary  # a pure room below io
 
         return summary(self.exclusion_counts, getattr(self.excluder, "reasons", ()))
 

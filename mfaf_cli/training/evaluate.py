@@ -163,6 +163,7 @@ def raster_confusion(
     ``keep(window)``: pixels of a block to score (the rest ignored), e.g. not excluded.
     """
     import rasterio
+    from rasterio.transform import Affine
     from rasterio.windows import Window as RioWindow
 
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
@@ -195,7 +196,10 @@ def raster_confusion(
                 if tds.nodata is not None:
                     t[t == tds.nodata] = np.nan
             else:
-                t = truth_on_grid(tds, pds.crs, pds.window_transform(win), (h, pds.width))
+                # not pds.window_transform: rasterio multiplies affines with `*` there, which
+                # affine 3 deprecates (PendingDeprecationWarning)
+                t = truth_on_grid(tds, pds.crs, pds.transform @ Affine.translation(0, r0),
+                                  (h, pds.width))  # fmt: skip
             truth = truth_labels(t, label_fn, mapping, ignore_index)
             try:
                 cm += confusion_matrix(pred, truth, num_classes, ignore_index)

@@ -632,9 +632,11 @@ class Trainer:
     def _set_normalisation(self) -> None:
         if self.resume_meta is not None:
             norms = {m.name: m.normalisation for m in self.resume_meta.modalities}
-            self.train_ds.ranges = {m.name: (m.range_low, m.range_high, m.range_open)
-                                    for m in self.resume_meta.modalities
-                                    if m.range_low is not None and m.range_high is not None}  # fmt: skip
+            self.train_ds.ranges = {
+                m.name: (m.range_low, m.range_high, m.range_open)
+                for m in self.resume_meta.modalities
+                if m.range_low is not None and m.range_high is not None
+            }
         else:
             norms = self.train_ds.compute_normalisation()
         self.train_ds.set_normalisation(norms)
