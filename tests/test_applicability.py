@@ -324,3 +324,43 @@ def test_a_record_whose_length_starts_like_a_pickle_loads(tmp_path: Path) -> Non
             assert W.read_meta(p) == m
             return
     raise AssertionError("no record length hit the pickle magic")
+
+
+# ---- batch and --split-scene carry it -----------------------------------------------------------
+def test_split_scene_writes_the_single_runs_mask_and_masked_map(
+    checked_model: Path, tmp_path: Path
+) -> None:
+    from mfaf_cli.pipeline.split import predict_split
+
+    one = _predict(checked_model, tmp_path / "one.tif", exclusion=tmp_path / "one_ex.tif",
+                   mask_excluded=True)  # fmt: skip
+    inputs = {"optical": CHIP / "S2.tif", "sar": CHIP / "S1.tif"}
+    kw = {"bands": BANDS, "engine": "torch", "device": "cpu", "progress": False, "tile": 64,
+          "exclusion": tmp_path / "two_ex.tif", "mask_excluded": True}  # fmt: skip
+    first = predict_split(inputs, tmp_path / "two.tif", str(checked_model), shard="0/2", **kw)
+    last = predict_split(inputs, tmp_path / "two.tif", str(checked_model), shard="1/2", **kw)
+    assert not first.assembled and last.assembled
+    single = _predict(checked_model, tmp_path / "ref.tif", exclusion=tmp_path / "ref_ex.tif",
+                      mask_excluded=True, tile=64)  # fmt: skip
+    for a, b in (("two", "ref"), ("two_ex", "ref_ex")):
+        with rasterio.open(tmp_path / f"{a}.tif") as x, rasterio.open(tmp_path / f"{b}.tif") as y:
+            np.testing.assert_array_equal(x.read(), y.read())
+            assert x.tags()["EXCLUDED_FRACTION"] == y.tags()["EXCLUDED_FRACTION"]
+    assert last.exclusion == single.exclusion == one.exclusion  # type: ignore[attr-defined]
+
+
+def test_batch_rows_carry_the_exclusion(checked_model: Path, tmp_path: Path) -> None:
+    from mfaf_cli.pipeline.batch import predict_batch
+
+    csv = tmp_path / "scenes.csv"
+    csv.write_text(f"scene,optical,sar,output,exclusion\na,{CHIP / 'S2.tif'},{CHIP / 'S1.tif'},"
+                   "out/a.tif,out/a_ex.tif\n")  # fmt: skip
+    recs = predict_batch(csv, str(checked_model), bands=BANDS, engine="torch", device="cpu",
+                         progress=False, mask_excluded=True)  # fmt: skip
+    assert recs[0]["status"] == "ok", recs
+    assert recs[0]["exclusion"]["excluded"] > 0.05
+    assert recs[0]["outputs"]["exclusion"] == str(tmp_path / "out" / "a_ex.tif")
+    with rasterio.open(tmp_path / "out" / "a.tif") as lab, rasterio.open(
+        tmp_path / "out" / "a_ex.tif"
+    ) as ex:  # fmt: skip
+        assert ((lab.read(1) == 255) == (ex.read(1) != 0)).all()  # masked exactly there

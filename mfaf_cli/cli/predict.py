@@ -56,7 +56,7 @@ Outputs are written to temp files and renamed at the end: an error or Ctrl-C lea
 \b
 --batch CSV: columns optical, sar, hsi, lidar (paths; "a.tif;b.tif" stacks files), output
 (required; missing folders are created), optional vector, probabilities, confidence,
-<modality>_bands (e.g. "B12,B8,B4") and scene (a name for reports); relative paths are
+exclusion, <modality>_bands (e.g. "B12,B8,B4") and scene (a name for reports); relative paths are
 relative to the CSV's folder. A failing scene is reported as a JSON line
 {"scene": ..., "status": "error", "error": ...} on stdout and the others go on; with --json
 every scene gets a line ("status": "ok" / "skipped" / "error").
@@ -387,6 +387,7 @@ def _run_split(kw: dict[str, Any]) -> None:
         probabilities=kw["probabilities"],
         confidence=kw["confidence"],
         vector=kw["vector"],
+        exclusion=kw["exclusion"],
         overwrite=kw["overwrite"],
         bands=opt.collect_bands(**kw),
         **_run_options(kw),
@@ -397,6 +398,8 @@ def _run_split(kw: dict[str, Any]) -> None:
         click.echo(result.to_json())
     elif not kw["quiet"]:
         done = f"assembled {', '.join(result.outputs.values())}" if result.assembled else ""
+        if result.assembled:
+            done += _exclusion_note(result.to_dict())
         if result.status == "part":
             part = (f"part {result.part}/{result.parts}: rows {result.rows[0]}..{result.rows[1]},"
                     f" {result.windows} windows, {result.seconds:.1f} s")  # fmt: skip

@@ -684,6 +684,7 @@ class OutputSet:
         exclusion: PathLike | None = None,
         excluder: Callable[[int, int, np.ndarray], np.ndarray] | None = None,
         mask_excluded: bool = False,
+        reasons: Sequence[str] | None = None,
     ) -> None:
         if probability_dtype not in ("uint8", "float32"):
             raise UsageError(
@@ -705,6 +706,9 @@ class OutputSet:
         #: ``excluder(row0, col0, valid)`` -> reason codes (mfaf_cli.pipeline.exclusion);
         #: ``mask_excluded`` writes excluded pixels as nodata everywhere.
         self.excluder, self.mask_excluded = excluder, mask_excluded
+        #: names of the reason codes (default: the excluder's; given where counts are summed
+        #: from elsewhere, e.g. the assembly of a split scene)
+        self.reasons: list[str] = list(reasons or getattr(excluder, "reasons", None) or ())
         self.exclusion_counts = np.zeros(256, dtype=np.int64)  # pixels per reason code
         self.input_valid_pixels = 0  # valid input pixels seen (before any masking)
         self.writers: dict[
@@ -737,9 +741,8 @@ class OutputSet:
                 )
             if temps["exclusion"] is not None:
                 self.writers["exclusion"] = ExclusionWriter(
-                    temps["exclusion"], self.grid, self.options,
-                    getattr(self.excluder, "reasons", ()),
-                )  # fmt: skip
+                    temps["exclusion"], self.grid, self.options, self.reasons
+                )
         except BaseException as err:
             self._abort()
             self._atomic.__exit__(type(err), err, err.__traceback__)
@@ -828,11 +831,11 @@ class OutputSet:
 
     def exclusion_summary(self) -> dict[str, Any] | None:
         """Excluded fraction of valid pixels, per reason (None without an excluder)."""
-        if self.excluder is None:
+        if not self.reasons:
             return None
         from mfaf_cli.applicability import summary  # a pure room below io
 
-        return summary(self.exclusion_counts, getattr(self.excluder, "reasons", ()))
+        return summary(self.exclusion_counts, self.reasons)
 
     def _tag_exclusion(self) -> None:
         """The exclusion summary as tags of every output (``EXCLUDED_FRACTION``, per reason)."""
