@@ -364,3 +364,35 @@ def test_batch_rows_carry_the_exclusion(checked_model: Path, tmp_path: Path) -> 
         tmp_path / "out" / "a_ex.tif"
     ) as ex:  # fmt: skip
         assert ((lab.read(1) == 255) == (ex.read(1) != 0)).all()  # masked exactly there
+
+
+# ---- train records the range and --rule ---------------------------------------------------------
+def test_train_records_range_and_rules_and_refuses_bad_rules(  # type: ignore[no-untyped-def]
+    tmp_path: Path, runner
+) -> None:
+    from dataset_builders import make_ombria
+
+    from mfaf_cli.data.ombria import to_sentinel_units
+
+    root = make_ombria(tmp_path / "ombria", n_train=6, n_test=2, size=32)
+    base = ["train", "--dataset", "ombria", "--data-root", root, "--model", "unet", "--tile",
+            "32", "--batch-size", "2", "--val-fraction", "0.34", "--epochs", "1", "-q",
+            "--model-opt", "base_width=4", "--max-batches", "1", "--max-val-batches", "1"]  # fmt: skip
+    bad = tmp_path / "bad"
+    code, _, err = runner(*base, "-o", bad, "--rule", "cloud=blue > 2000")
+    assert code == 2 and "'cloud' reads blue, which model unet does not take" in err
+    assert not bad.exists()  # nothing written
+    code, _, err = runner(*base, "-o", bad, "--rule", "snow=red >")
+    assert code == 2 and "ends too early" in err and not bad.exists()
+    out = tmp_path / "run"
+    code, _, err = runner(*base, "-o", out, "--rule", f"snow={SNOW}", "--rule", "wet=vv < -20")
+    assert code == 0, err
+    meta = W.read_meta(out / "best.safetensors")
+    assert meta.rules == (("snow", SNOW), ("wet", "vv < -20"))
+    from mfaf_cli.data.registry import open_dataset
+
+    ds = open_dataset("ombria", root, "train", seed=0, val_fraction=0.34, normalisation="fixed")
+    png = [ds.raw(i)[0]["sar"] for i in range(len(ds))]  # already in Sentinel units
+    assert meta.modality("sar").range_low == training_range(png)[0]
+    png_zero = float(to_sentinel_units("sar", np.zeros((1, 1, 1)))[0, 0, 0])
+    assert png_zero <= meta.modality("sar").range_low[0]  # type: ignore[index]
