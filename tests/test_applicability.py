@@ -375,9 +375,10 @@ def test_train_records_range_and_rules_and_refuses_bad_rules(  # type: ignore[no
     from mfaf_cli.data.ombria import to_sentinel_units
 
     root = make_ombria(tmp_path / "ombria", n_train=6, n_test=2, size=32)
-    base = ["train", "--dataset", "ombria", "--data-root", root, "--model", "unet", "--tile",
-            "32", "--batch-size", "2", "--val-fraction", "0.34", "--epochs", "1", "-q",
-            "--model-opt", "base_width=4", "--max-batches", "1", "--max-val-batches", "1"]  # fmt: skip
+    base = ["train", "--dataset", "ombria", "--data-root", root, "--model", "unet",
+            "--tile", "32", "--batch-size", "2", "--val-fraction", "0.34", "--epochs", "1",
+            "-q", "--model-opt", "base_width=4", "--max-batches", "1",
+            "--max-val-batches", "1"]  # fmt: skip
     bad = tmp_path / "bad"
     code, _, err = runner(*base, "-o", bad, "--rule", "cloud=blue > 2000")
     assert code == 2 and "'cloud' reads blue, which model unet does not take" in err
