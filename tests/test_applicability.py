@@ -397,3 +397,28 @@ def test_train_records_range_and_rules_and_refuses_bad_rules(  # type: ignore[no
     assert meta.modality("sar").range_low == training_range(png)[0]
     png_zero = float(to_sentinel_units("sar", np.zeros((1, 1, 1)))[0, 0, 0])
     assert png_zero <= meta.modality("sar").range_low[0]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_device_merger_masks_like_the_host_merger(
+    checked_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str
+) -> None:
+    """The finished-rows path (a GPU's, forced on the CPU here) masks the same pixels."""
+    from mfaf_cli.io.raster import OutputSet
+
+    got = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("MFAF_DEVICE_MERGER", flag)
+        if flag == "1":  # only finished rows may arrive
+            monkeypatch.setattr(OutputSet, "__call__", lambda *a, **k: 1 / 0)
+        out = tmp_path / f"m{flag}.tif"
+        r = _predict(checked_model, out, mask_excluded=True,
+                     probabilities=tmp_path / f"p{flag}.tif", confidence=tmp_path / f"c{flag}.tif",
+                     exclusion=tmp_path / f"e{flag}.tif", probabilities_dtype=dtype)  # fmt: skip
+        got[flag] = [rasterio.open(tmp_path / f"{k}{flag}.tif").read() for k in "mpce"]
+        got[flag].append(r.exclusion)  # type: ignore[attr-defined]
+    for a, b in zip(got["0"][:4], got["1"][:4], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)  # NaN nodata compares equal
+    assert got["0"][4] == got["1"][4]
+    excluded = (got["1"][3][0] != 0) & (got["1"][3][0] != 255)
+    assert excluded.any() and (got["1"][0][0][excluded] == 255).all()
