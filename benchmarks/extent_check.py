@@ -2,7 +2,8 @@
 
 Predicts the scene whole, then as four ``--bounds`` quadrants, mosaics the quadrants and prints
 JSON: the fraction of pixels valid in both on which the two maps agree (issue 8 asks ≥ 0.995;
-the fixed normalisation plus windows anchored to the reference grid make it 1.0).
+the fixed normalisation plus windows anchored to the reference grid make it 1.0), and, when the
+model has an exclusion check (issue 20), whether the exclusion masks are pixel-identical.
 
     python3 benchmarks/extent_check.py ../shared/data/sen1floods11_sample/Spain_7370579_S2Hand.tif \
         ../shared/data/sen1floods11_sample/Spain_7370579_S1Hand.tif [--model NAME]
@@ -40,21 +41,31 @@ def main() -> None:
     inputs = {"optical": a.optical, "sar": a.sar}
     with tempfile.TemporaryDirectory() as tmp, rasterio.open(a.optical) as ref:
         whole = Path(tmp) / "whole.tif"
-        predict(inputs, whole, model=a.model, progress=False)
-        full = rasterio.open(whole).read(1)
+        r = predict(inputs, whole, model=a.model, progress=False)
+        ex = {"exclusion": Path(tmp) / "whole_ex.tif"} if r.exclusion else {}
+        if ex:
+            predict(inputs, whole, model=a.model, progress=False, overwrite=True, **ex)
+        full = rasterio.open(whole).read()
+        if ex:
+            full = np.concatenate([full, rasterio.open(ex["exclusion"]).read()])
         mosaic = np.full_like(full, 255)
         for i, b in enumerate(quadrants(ref.bounds, ref.transform)):
             part = Path(tmp) / f"q{i}.tif"
-            predict(inputs, part, model=a.model, bounds=b, progress=False)
+            qex = {"exclusion": Path(tmp) / f"q{i}_ex.tif"} if ex else {}
+            predict(inputs, part, model=a.model, bounds=b, progress=False, **qex)
             with rasterio.open(part) as ds:
-                col, row = ~ref.transform * (ds.bounds.left, ds.bounds.top)
+                col, row = ~ref.transform @ (ds.bounds.left, ds.bounds.top)
                 r0, c0 = round(row), round(col)
-                mosaic[r0 : r0 + ds.height, c0 : c0 + ds.width] = ds.read(1)
-    both = (full != 255) & (mosaic != 255)
+                mosaic[0, r0 : r0 + ds.height, c0 : c0 + ds.width] = ds.read(1)
+                if ex:
+                    mosaic[1, r0 : r0 + ds.height, c0 : c0 + ds.width] = rasterio.open(
+                        qex["exclusion"]).read(1)  # fmt: skip
+    both = (full[0] != 255) & (mosaic[0] != 255)
     print(json.dumps({
         "model": a.model or "default", "pixels_compared": int(both.sum()),
-        "agreement": float((full[both] == mosaic[both]).mean()),
-        "differing_pixels": int((full[both] != mosaic[both]).sum()),
+        "agreement": float((full[0][both] == mosaic[0][both]).mean()),
+        "differing_pixels": int((full[0][both] != mosaic[0][both]).sum()),
+        "exclusion_identical": bool(np.array_equal(full[1], mosaic[1])) if ex else None,
     }))  # fmt: skip
 
 

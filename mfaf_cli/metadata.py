@@ -126,6 +126,14 @@ class ModalitySpec:
     #: For SAR: whether values are expected in dB ("db") or linear power ("linear").
     units: str = ""
     meanings: tuple[str, ...] = ()
+    #: Training split's per-band 0.1 / 99.9 % quantiles (sensor units): the input domain the
+    #: model saw (see mfaf_cli/applicability.py); None in records made before it existed.
+    range_low: tuple[float, ...] | None = None
+    range_high: tuple[float, ...] | None = None
+    #: Per band, the side(s) where the training data were saturated ("low", "high", "both" or
+    #: ""): the product clipped values there, so the model saw that value stand for everything
+    #: beyond it and the range is open on that side. () when no side is.
+    range_open: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.meanings:
@@ -148,7 +156,13 @@ class ModalitySpec:
             "meanings": list(self.meanings),
             "normalisation": self.normalisation.to_dict(),
             "units": self.units,
-        }
+        } | self._range_dict()
+
+    def _range_dict(self) -> dict[str, Any]:
+        if self.range_low is None or self.range_high is None:
+            return {}
+        d = {"range_low": list(self.range_low), "range_high": list(self.range_high)}
+        return d | ({"range_open": list(self.range_open)} if any(self.range_open) else {})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModalitySpec:
@@ -158,6 +172,9 @@ class ModalitySpec:
             normalisation=Normalisation.from_dict(d["normalisation"]),
             units=d.get("units", ""),
             meanings=tuple(str(m) for m in d.get("meanings", ())),
+            range_low=None if d.get("range_low") is None else tuple(map(float, d["range_low"])),
+            range_high=None if d.get("range_high") is None else tuple(map(float, d["range_high"])),
+            range_open=tuple(str(v) for v in d.get("range_open", ())),
         )
 
 
@@ -179,6 +196,9 @@ class ModelMeta:
     #: Softmax temperature fitted on the validation split (1 = uncalibrated); every engine
     #: divides the logits by it, so labels never change (arg-max is invariant).
     temperature: float = 1.0
+    #: Applicability rules ``(name, expression)`` over bands by meaning, in reason-code order
+    #: (parsed and checked by mfaf_cli/applicability.py; never Python ``eval``).
+    rules: tuple[tuple[str, str], ...] = ()
 
     # ---- derived views ---------------------------------------------------------------
     @property
@@ -231,7 +251,7 @@ class ModelMeta:
             "metrics": self.metrics,
             "trained": self.trained,
             "temperature": self.temperature,
-        }
+        } | ({"rules": [{"name": n, "expr": e} for n, e in self.rules]} if self.rules else {})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -260,6 +280,7 @@ class ModelMeta:
                 trained=bool(d.get("trained", False)),
                 format_version=int(d.get("format_version", 1)),
                 temperature=_temperature(d.get("temperature", 1.0)),
+                rules=tuple((str(r["name"]), str(r["expr"])) for r in d.get("rules", ())),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise WeightsError(f"model metadata record is incomplete or malformed ({err})") from err

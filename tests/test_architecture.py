@@ -18,6 +18,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     (
         "mfaf_cli.normalize",
         "mfaf_cli.classes",
+        "mfaf_cli.applicability",
         "mfaf_cli.tiling",
         "mfaf_cli.models.registry",
         "mfaf_cli.training.metrics",

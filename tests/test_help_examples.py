@@ -162,6 +162,10 @@ def _maps(folder: Path) -> None:
         )
     truth = np.where(rng.random((1, 64, 64)) < 0.7, classes, 0) * 10
     _write(folder / "whu_lbl.tif", truth.astype(np.uint8), SAMPLE / "label.tif")
+    why = np.zeros_like(water)  # an exclusion mask of water.tif (predict --exclusion)
+    why[:, :40, :60] = 2
+    _write(folder / "why.tif", np.where(water == 255, 255, why).astype(np.uint8),
+           SAMPLE / "label.tif", nodata=255)  # fmt: skip
 
 
 def _band_files(folder: Path) -> None:

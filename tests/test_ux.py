@@ -88,7 +88,9 @@ def test_preview_maths() -> None:
     from mfaf_cli.io import preview as pv
 
     assert pv.decimated_shape(3000, 2000, 1024) == (1024, 683)
-    assert pv.decimated_shape(100, 50, 1024) == (100, 50)  # never upsampled
+    assert pv.decimated_shape(100, 50, 1024) == (100, 50)  # never upsampled when read
+    assert (pv.display_zoom(48, 40), pv.display_zoom(120, 120), pv.display_zoom(600, 90)) == (
+        10, 4, 1)  # but a small map is shown magnified by a whole factor  # fmt: skip
     bands = np.array([[[0.0, 50.0], [100.0, np.nan]]])
     g = pv.stretch_grey(bands, np.isfinite(bands[0]))
     lo, hi = np.percentile([0.0, 50.0, 100.0], [2, 98])
@@ -117,8 +119,10 @@ def test_predict_preview_png(runner, tmp_path: Path, own_model) -> None:
     assert code == 0, err
     assert json_line(out)["outputs"]["preview"] == str(tmp_path / "m.png")
     img = np.asarray(Image.open(tmp_path / "m.png").convert("RGB"))
-    assert img.shape[0] == 300 and img.shape[1] == 40 + 220  # 1:1 map + legend column
-    assert img[:48, :40].std() > 5  # the map is drawn, not a blank figure
+    assert img.shape[0] == 480 and img.shape[1] == 400 + 220  # map ×10 + legend column
+    assert img[:480, :400].std() > 5  # the map is drawn, not a blank figure
+    block = img[:480, :400].reshape(48, 10, 40, 10, 3)  # each map pixel a 10×10 block
+    assert (block == block[:, :1, :, :1]).mean() > 0.95
     code, _, err = runner(*args, "-o", tmp_path / "n.tif", "--preview", tmp_path / "m.png")
     assert code == 2 and "already exists" in err and not (tmp_path / "n.tif").exists()
 

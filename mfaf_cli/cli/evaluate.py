@@ -30,6 +30,8 @@ Examples:
   mfaf evaluate --compare water.tif water_b.tif --truth label.tif --block-size 128
   mfaf evaluate --compare unet-ombria-water mfafnet-s-ombria-water \\
       --dataset ombria --data-root ombria --split test
+  # also without the pixels the model's exclusion check flags (snow, outside its range)
+  mfaf evaluate water.tif --truth label.tif --exclusion why.tif
 \b
 Truth is resampled (nearest) onto the prediction's grid. Ignored pixels: prediction nodata
 (255), truth nodata, truth -1, and truth values mapped to 255. The table goes to stdout
@@ -94,6 +96,17 @@ paired interval (models in dataset mode, maps with --truth, CSV columns with --b
 @blend_opt
 @engine_opts
 @click.option(
+    "--exclusion",
+    type=click.Path(path_type=str),
+    help="With PREDICTION: its exclusion mask (predict --exclusion); also score without the "
+    "excluded pixels.",
+)
+@click.option(
+    "--mask-excluded",
+    is_flag=True,
+    help="Dataset mode: also score without the pixels the model's exclusion check flags.",
+)
+@click.option(
     "--batch",
     "batch",
     type=click.Path(path_type=str),
@@ -144,6 +157,8 @@ def command(
     batch: str | None,
     compare: tuple[str, str] | None,
     block_size: int,
+    exclusion: str | None,
+    mask_excluded: bool,
     plot: str | None,
     as_json: bool,
     quiet: bool,
@@ -184,18 +199,21 @@ def command(
             raise UsageError("give --truth LABELS.tif to compare the prediction with")
         if dataset or data_root:
             raise UsageError("give either PREDICTION --truth T, or --dataset/--data-root, not both")
+        if mask_excluded:
+            raise UsageError("--mask-excluded is for dataset mode; with a PREDICTION give "
+                             "--exclusion MASK.tif (written by predict --exclusion)")  # fmt: skip
         from mfaf_cli.training.evaluate import evaluate_rasters
 
-        result = evaluate_rasters(
-            prediction, truth, mapping=mapping, num_classes=num_classes, block=block_size
-        )
+        result = evaluate_rasters(prediction, truth, mapping=mapping, num_classes=num_classes,
+                                  block=block_size, exclusion=exclusion)  # fmt: skip
     else:
         if not dataset or not data_root:
             raise UsageError(
                 "give PREDICTION --truth LABELS.tif, or --dataset NAME --data-root DIR [--model M]"
             )
-        if truth is not None:
-            raise UsageError("--truth goes with a PREDICTION raster, not with --dataset")
+        if truth is not None or exclusion is not None:
+            raise UsageError("--truth / --exclusion go with a PREDICTION raster, not with "
+                             "--dataset (there: --mask-excluded)")  # fmt: skip
         from mfaf_cli.training.evaluate import evaluate_model
 
         result = evaluate_model(
@@ -203,6 +221,7 @@ def command(
             batch_size=batch_size, blend=blend, device=device, engine=engine,
             precision=precision, threads=threads, bands=bands or None, seed=seed,
             val_fraction=val_fraction, progress=not quiet, block=block_size,
+            mask_excluded=mask_excluded,
         )  # fmt: skip
     _report(result, plot, as_json, quiet)
 
@@ -284,6 +303,10 @@ def _report(result: Any, plot: str | None, as_json: bool, quiet: bool) -> None:
         )
         plot_report(result.confusion, result.class_names, result.report, plot, title=str(title))
     table = "\n".join(t for t in (format_table(result.metrics), format_extra(result.report)) if t)
+    kept = result.info.get("without_excluded")
+    if kept is not None:
+        table += (f"\n\nwithout excluded pixels ({100 * kept['excluded_of_scored']:.1f} % of the "
+                  f"scored pixels excluded):\n{format_table(kept['metrics'])}")  # fmt: skip
     if as_json:
         if not quiet:
             click.echo(table, err=True)

@@ -25,9 +25,11 @@ Examples:
   mfaf info S2.tif --json
   mfaf info --models
   mfaf info mfaf_cli/weights/unet-ombria-water.safetensors   # a model file's record
+  mfaf info unet-ombria-water                                # a shipped model, by name
 
-A .safetensors / .onnx argument is described from the record inside it (modalities, bands,
-normalisation, classes, training data, metrics); other arguments are rasters.
+A .safetensors / .onnx argument or a shipped model's name is described from the record inside
+it (modalities, bands, normalisation, training range, applicability rules, classes, training
+data, metrics); other arguments are rasters.
 """
 
 
@@ -320,10 +322,16 @@ def command(rasters: tuple[str, ...], show_models: bool, as_json: bool) -> None:
         return
     if not rasters:
         raise UsageError("give one or more raster files (or --models); see mfaf info --help")
-    from mfaf_cli.cli.model_record import format_record, is_model_file, model_record
+    from mfaf_cli.cli.model_record import (
+        format_record,
+        is_model_file,
+        model_record,
+        shipped_model_path,
+    )
 
-    records = [model_record(p) for p in rasters if is_model_file(p)]
-    rasters = tuple(p for p in rasters if not is_model_file(p))
+    shipped = {p: shipped_model_path(p) for p in rasters}
+    records = [model_record(shipped[p] or p) for p in rasters if is_model_file(p) or shipped[p]]
+    rasters = tuple(p for p in rasters if not is_model_file(p) and not shipped[p])
     if records and not rasters:
         if as_json:
             click.echo("\n".join(json.dumps(r) for r in records))

@@ -87,6 +87,9 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
     ctx.obj["debug"] = debug or verbose > 0
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
     logging.basicConfig(level=level, format="mfaf: %(levelname)s: %(message)s", stream=sys.stderr)
+    from mfaf_cli.io.gdal_messages import route_libtiff_messages
+
+    route_libtiff_messages()  # a full disk: mfaf's one line, not libtiff's lines above it
 
 
 def _silence_stdout() -> None:

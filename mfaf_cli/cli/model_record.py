@@ -20,6 +20,17 @@ def is_model_file(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in MODEL_SUFFIXES
 
 
+def shipped_model_path(name: str | os.PathLike[str]) -> Path | None:
+    """The file of a shipped model named ``name`` (manifest name), or None: ``mfaf info
+    unet-ombria-water`` describes it as it would the file (a file by that name wins)."""
+    from mfaf_cli.io.weights import entry_path, read_manifest
+
+    if Path(name).exists() or is_model_file(name):
+        return None
+    entry = next((e for e in read_manifest() if e.get("name") == str(name)), None)
+    return None if entry is None else Path(entry_path(entry))
+
+
 def model_record(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The file's metadata record plus where it is and its whole-file sha256.
 
@@ -91,6 +102,26 @@ def _imbalance_lines(t: dict[str, Any]) -> list[str]:
             + (", ".join(init.get("reinitialised") or []) or "none")
         )
     return lines
+def _applicability_lines(m: dict[str, Any]) -> list[str]:
+    """Training range per band and the rules (what predict's exclusion check uses)."""
+    lines = []
+    for spec in m["modalities"]:
+        if spec.get("range_low") is None:
+            continue
+        opens = spec.get("range_open") or [""] * len(spec["bands"])
+        parts = []
+        for b, lo, hi, side in zip(spec["bands"], spec["range_low"], spec["range_high"], opens,
+                                   strict=True):  # fmt: skip
+            lo_s = "open" if side in ("low", "both") else f"{lo:g}"
+            hi_s = "open" if side in ("high", "both") else f"{hi:g}"
+            parts.append(f"{b} {lo_s}..{hi_s}")
+        lines.append(f"  {spec['name']}: " + ", ".join(parts))
+    head = "training range (0.1-99.9 % quantiles; open: saturated in training):"
+    out = [head, *lines] if lines else ["training range: not recorded (no range check)"]
+    rules = m.get("rules") or []
+    out.append("rules:" if rules else "rules: none")
+    out.extend(f"  {r['name']}: {r['expr']}" for r in rules)
+    return out
 
 
 def format_record(rec: dict[str, Any]) -> str:
@@ -123,6 +154,7 @@ def format_record(rec: dict[str, Any]) -> str:
             for c in m["classes"]
         )
     )
+    lines.extend(_applicability_lines(m))
     lines.extend(_training_lines(m.get("training") or {}))
     metrics = m.get("metrics") or {}
     lines.append("metrics:" if metrics else "metrics: none recorded")

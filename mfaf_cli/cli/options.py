@@ -298,6 +298,19 @@ inputs_opts = _stack(
 )
 
 
+exclusion_opt = click.option(
+    "--exclusion",
+    default=None,
+    metavar="PATH",
+    callback=refuse_stdout,
+    help="Also write the exclusion mask: uint8 reason codes where the map cannot be trusted "
+    "(0 ok, 1 outside the model's training range, 2... its rules, e.g. snow; 255 nodata).",
+)
+mask_excluded_opt = click.option(
+    "--mask-excluded",
+    is_flag=True,
+    help="Write excluded pixels (see --exclusion) as nodata in every output and the polygons.",
+)
 stack_grid_opt = click.option(
     "--stack-grid",
     default=None,

@@ -74,7 +74,7 @@ top). --aoi field.geojson maps only that polygon (nodata outside it).
 \b
 --batch CSV: columns optical, sar, hsi, lidar (paths, URLs or STAC items; "a.tif;b.tif"
 stacks files, "a.json;b.json" mosaics items), output (required; missing folders are
-created), optional vector, probabilities, confidence,
+created), optional vector, probabilities, confidence, exclusion,
 <modality>_bands (e.g. "B12,B8,B4") and scene (a name for reports); relative paths are
 relative to the CSV's folder. A failing scene is reported as a JSON line
 {"scene": ..., "status": "error", "error": ...} on stdout and the others go on; with --json
@@ -144,6 +144,8 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
     help="--confidence: top = max class probability; entropy = normalised entropy "
     "(0 certain .. 1 uniform).",
 )
+@opt.exclusion_opt
+@opt.mask_excluded_opt
 @click.option(
     "--vector",
     default=None,
@@ -261,6 +263,7 @@ def command(**kw: Any) -> None:
         probabilities=kw["probabilities"],
         confidence=kw["confidence"],
         vector=kw["vector"],
+        exclusion=kw["exclusion"],
         overwrite=kw["overwrite"],
         bands=opt.collect_bands(**kw),
         **_run_options(kw),
@@ -330,6 +333,7 @@ def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
         "bounds": kw["bounds"],
         "sar_units": kw["sar_units"],
         "stack_grid": kw["stack_grid"],
+        "mask_excluded": kw["mask_excluded"],
         "mosaic": kw["mosaic"],
         "aoi": kw["aoi"],
         "nodata": kw["nodata"] or None,
@@ -373,7 +377,15 @@ def _summary(d: dict[str, Any]) -> str:
         f"{d['grid']['height']} px, {d['windows']} windows "
         f"({d['skipped_windows']} all-nodata skipped), {d['seconds']:.1f} s, "
         f"{d['megapixels_per_second']:.2f} MP/s, model {d['model']}{note}{_bands_note(d)}"
+        f"{_exclusion_note(d)}"
     )
+
+
+def _exclusion_note(d: dict[str, Any]) -> str:
+    """``; 0.4 % of valid pixels excluded (outside-training-range 0.4 %, snow 0.0 %)``."""
+    from mfaf_cli.pipeline.exclusion import excluded_note
+
+    return f"; {excluded_note(d['exclusion'])}" if d.get("exclusion") else ""
 
 
 def _bands_note(d: dict[str, Any]) -> str:
@@ -390,13 +402,14 @@ def _all_exist(kw: dict[str, Any]) -> bool:
     """--skip-existing in single-scene mode: every requested output is already there."""
     from pathlib import Path
 
-    paths = [kw[k] for k in ("output", "probabilities", "confidence", "vector") if kw[k]]
+    keys = ("output", "probabilities", "confidence", "vector", "exclusion")
+    paths = [kw[k] for k in keys if kw.get(k)]
     return bool(paths) and all(Path(p).exists() for p in paths)
 
 
 #: options that a batch CSV gives per row, so they must not be given with --batch
 _PER_ROW = (
-    *ALL_MODALITIES, "output", "probabilities", "confidence", "vector", "preview",
+    *ALL_MODALITIES, "output", "probabilities", "confidence", "vector", "preview", "exclusion",
 )  # fmt: skip
 
 
@@ -487,6 +500,7 @@ def _run_split(kw: dict[str, Any]) -> None:
         probabilities=kw["probabilities"],
         confidence=kw["confidence"],
         vector=kw["vector"],
+        exclusion=kw["exclusion"],
         overwrite=kw["overwrite"],
         bands=opt.collect_bands(**kw),
         **options,
@@ -497,6 +511,8 @@ def _run_split(kw: dict[str, Any]) -> None:
         click.echo(result.to_json())
     elif not kw["quiet"]:
         done = f"assembled {', '.join(result.outputs.values())}" if result.assembled else ""
+        if result.assembled:
+            done += _exclusion_note(result.to_dict())
         if result.status == "part":
             part = (f"part {result.part}/{result.parts}: rows {result.rows[0]}..{result.rows[1]},"
                     f" {result.windows} windows, {result.seconds:.1f} s")  # fmt: skip

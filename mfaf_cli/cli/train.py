@@ -84,7 +84,7 @@ def _model_config(
 
 
 #: CLI parameter name → TrainConfig field (where they differ).
-_RENAME = {"output": "out", "bands": "bands", "model_opt": "model_config"}
+_RENAME = {"output": "out", "bands": "bands", "model_opt": "model_config", "rule": "rules"}
 
 
 def run_config(resume: str) -> Path | None:
@@ -234,6 +234,15 @@ def _command_line() -> str:
     callback=_model_config,
     metavar="KEY=VALUE",
     help="Network constructor option, e.g. base_width=16 (repeatable).",
+)
+@click.option(
+    "--rule",
+    multiple=True,
+    callback=lambda _c, _p, v: list(v) or None,
+    metavar="NAME=EXPR",
+    help="An applicability rule recorded in the model, over bands by meaning, e.g. "
+    "'snow=(red - swir) / (red + swir) > 0.4 and red > 1500' (repeatable). Pixels where it "
+    "holds are flagged by predict (--exclusion, --mask-excluded).",
 )
 @click.option(
     "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)."

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,9 @@ def _grid_for(
         native_res = (abs(ds.transform.a), abs(ds.transform.e))
         native_bounds: Bounds = tuple(ds.bounds)  # type: ignore[assignment]
     else:
-        t, w, h = suggested_grid(ds, target_crs, resolution)  # across 180°, around poles
+        with warnings.catch_warnings():  # rasterio's from_bounds multiplies affines with `*`,
+            warnings.simplefilter("ignore", PendingDeprecationWarning)  # deprecated in affine 3
+            t, w, h = suggested_grid(ds, target_crs, resolution)  # across 180°, around poles
         native_res = (abs(t.a), abs(t.e))
         native_bounds = (t.c, t.f + t.e * h, t.c + t.a * w, t.f)
     rx, ry = res if res is not None else native_res

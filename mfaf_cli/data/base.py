@@ -180,6 +180,9 @@ class SegDataset(Dataset):
         self.units: dict[str, str] = {}
         self.classes: tuple[ClassInfo, ...] = WATER_CLASSES
         self.norms: dict[str, Normalisation] = {}
+        #: modality -> training range (range_low, range_high) for the model record, set by
+        #: :meth:`compute_normalisation` (see mfaf_cli/applicability.py)
+        self.ranges: dict[str, tuple[tuple[float, ...], tuple[float, ...], tuple[str, ...]]] = {}
         #: What the reader left out, by reason ("no mask S2_mask_<id>.png": 2); see skip()
         self.skipped: dict[str, int] = {}
         #: where this split's membership came from (an official file, folders, a seed)
@@ -257,6 +260,9 @@ class SegDataset(Dataset):
                     self.p_high,
                 ),
                 units=self.units.get(m, ""),
+                range_low=self.ranges[m][0] if m in self.ranges else None,
+                range_high=self.ranges[m][1] if m in self.ranges else None,
+                range_open=self.ranges[m][2] if m in self.ranges else (),
             )
             for m in self.modalities
         )
@@ -268,13 +274,18 @@ class SegDataset(Dataset):
         (:func:`mfaf_cli.normalize.fixed_moments`). ``scene-percentile``: mean/std after the
         per-scene stretch (:func:`mfaf_cli.normalize.stretched_moments`; each patch or decimated
         sheet gets its own percentiles, as a scene does at predict time). At most ``max_items``
-        items, chosen with the dataset seed.
+        items, chosen with the dataset seed. The same items give :attr:`ranges` (the input
+        domain recorded for the exclusion check).
         """
+        from mfaf_cli.applicability import training_range
+
         arrays = self.stat_arrays(max_items)
         out = {}
         for m in self.modalities:
             if not arrays[m]:
                 raise DatasetError(f"the {self.split} split of {self.name} has no {m} data")
+            if self.norm_mode == "fixed":  # sensor units; a scene stretch has none to check
+                self.ranges[m] = training_range(arrays[m], seed=self.seed)
             if self.norm_mode == "fixed":
                 lo, hi, mean, std = fixed_moments(arrays[m], seed=self.seed)
                 out[m] = Normalisation(

@@ -3,7 +3,8 @@
 The map's class colours (its own colour table) are blended over a greyscale of the reference
 input, with a legend of the class names. Both rasters are read decimated to at most
 ``max_side`` pixels on the long side (the reference warped onto the map's grid on the fly),
-so a preview of any scene costs a few megabytes.
+so a preview of any scene costs a few megabytes; a small map is shown magnified by a whole
+factor (:func:`display_zoom`) so that it can be seen.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from mfaf_cli.metadata import NODATA_LABEL
 
 #: Opacity of the class colours over the greyscale.
 ALPHA = 0.55
+#: A map smaller than this (long side, pixels) is shown magnified by a whole factor.
+MIN_DISPLAY = 512
 
 
 def check_preview_path(path: str | os.PathLike[str], overwrite: bool) -> Path:
@@ -39,6 +42,12 @@ def decimated_shape(height: int, width: int, max_side: int) -> tuple[int, int]:
     """(rows, cols) of a read with the long side at most ``max_side`` (never upsampled)."""
     scale = min(1.0, max_side / max(height, width))
     return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def display_zoom(height: int, width: int, target: int = MIN_DISPLAY) -> int:
+    """Whole-number magnification of a small map, so its long side shows at about ``target``
+    pixels (a 120 px BigEarthNet patch is a speck at 1:1); 1 for maps that large or larger."""
+    return max(1, target // max(height, width, 1))
 
 
 def stretch_grey(bands: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -116,8 +125,9 @@ def write_preview(
     ref = _read_reference(os.fspath(reference), profile, labels.shape)
     grey = stretch_grey(ref, np.isfinite(ref).all(axis=0))
     rgb = blend(grey, labels, lut)
-    h, w = labels.shape
-    fig_w, fig_h = w / 100 + 2.2, max(3.0, h / 100)  # the map at 1:1, the legend beside it
+    zoom = display_zoom(*labels.shape)  # whole pixels, drawn nearest: crisp, not blurred
+    h, w = labels.shape[0] * zoom, labels.shape[1] * zoom
+    fig_w, fig_h = w / 100 + 2.2, max(3.0, h / 100)  # the map, the legend beside it
     fig = plt.figure(figsize=(fig_w, fig_h), dpi=100)
     ax = fig.add_axes((0.0, 1 - h / 100 / fig_h, w / 100 / fig_w, h / 100 / fig_h))
     ax.imshow(rgb, interpolation="nearest")

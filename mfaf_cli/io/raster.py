@@ -21,7 +21,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -91,7 +91,7 @@ def check_creation_options(creation_options: Mapping[str, Any] | None) -> None:
         return
     from rasterio.errors import RasterioError
     from rasterio.io import MemoryFile
-    from rasterio.transform import from_origin
+    from rasterio.transform import Affine
 
     options = gtiff_options("deflate", creation_options)
     complaints = _GdalComplaints()
@@ -100,7 +100,7 @@ def check_creation_options(creation_options: Mapping[str, Any] | None) -> None:
     try:
         with MemoryFile() as mf, mf.open(
             driver="GTiff", width=BLOCK_SIZE, height=BLOCK_SIZE, count=1, dtype="uint8",
-            crs="EPSG:4326", transform=from_origin(0, 0, 0.1, 0.1), **options,
+            crs="EPSG:4326", transform=Affine(0.1, 0.0, 0.0, 0.0, -0.1, 0.0), **options,
         ):  # fmt: skip
             pass
     except RasterioError as err:
@@ -640,6 +640,34 @@ class ConfidenceWriter(GeoTiffWriter):
         self.write_rows(row0, scale_probs(best[None], valid, self.prob_dtype), col0)
 
 
+class ExclusionWriter(GeoTiffWriter):
+    """Exclusion mask: uint8 reason codes (0 ok, 1 outside the training range, 2... one per
+    rule, 255 nodata), named by band-1 tags and GDAL category names (see
+    :mod:`mfaf_cli.applicability`)."""
+
+    overview_resampling = "MODE"
+
+    def __init__(
+        self, path: PathLike, grid: Any, options: Mapping[str, str], reasons: Sequence[str]
+    ):
+        super().__init__(path, grid, count=1, dtype="uint8", nodata=NODATA_LABEL, options=options)
+        self.reasons = list(reasons)
+        self.dataset.set_band_description(1, "exclusion reason")
+        names = {f"REASON_{k}": v for k, v in enumerate(self.reasons)}
+        self.dataset.update_tags(REASONS=json.dumps(self.reasons), **names)
+        self.dataset.update_tags(1, **names)
+
+    def sidecar_xml(self) -> str:
+        """Category names of the codes (``gdalinfo`` / QGIS legends)."""
+        from xml.sax.saxutils import escape
+
+        cats = "".join(f"<Category>{escape(n)}</Category>" for n in self.reasons)
+        return (
+            '<PAMDataset><PAMRasterBand band="1">'
+            f"<CategoryNames>{cats}</CategoryNames></PAMRasterBand></PAMDataset>\n"
+        )
+
+
 def to_cog(src: Path, options: Mapping[str, str], resampling: str) -> None:
     """Replace the finished tiled GeoTIFF ``src`` by a COG with internal overviews."""
     from rasterio.shutil import copy as rio_copy
@@ -676,6 +704,10 @@ class OutputSet:
         overwrite: bool = False,
         tags: Mapping[str, str] | None = None,
         confidence_kind: str = "top",
+        exclusion: PathLike | None = None,
+        excluder: Callable[[int, int, np.ndarray], np.ndarray] | None = None,
+        mask_excluded: bool = False,
+        reasons: Sequence[str] | None = None,
     ) -> None:
         if confidence_kind not in ("top", "entropy"):
             raise UsageError(f"confidence kind must be top or entropy, got {confidence_kind!r}")
@@ -697,8 +729,19 @@ class OutputSet:
             "label": None if label is None else Path(label),
             "probabilities": None if probabilities is None else Path(probabilities),
             "confidence": None if confidence is None else Path(confidence),
+            "exclusion": None if exclusion is None else Path(exclusion),
         }
-        self.writers: dict[str, LabelWriter | ProbabilityWriter | ConfidenceWriter] = {}
+        #: ``excluder(row0, col0, valid)`` -> reason codes (mfaf_cli.pipeline.exclusion);
+        #: ``mask_excluded`` writes excluded pixels as nodata everywhere.
+        self.excluder, self.mask_excluded = excluder, mask_excluded
+        #: names of the reason codes (default: the excluder's; given where counts are summed
+        #: from elsewhere, e.g. the assembly of a split scene)
+        self.reasons: list[str] = list(reasons or getattr(excluder, "reasons", None) or ())
+        self.exclusion_counts = np.zeros(256, dtype=np.int64)  # pixels per reason code
+        self.input_valid_pixels = 0  # valid input pixels seen (before any masking)
+        self.writers: dict[
+            str, LabelWriter | ProbabilityWriter | ConfidenceWriter | ExclusionWriter
+        ] = {}
         self._atomic: contextlib.AbstractContextManager[list[Path | None]] | None = None
         #: Valid pixels per class plane written so far, and all pixels seen (for summaries).
         self.class_counts = np.zeros(meta.num_classes, dtype=np.int64)
@@ -725,6 +768,10 @@ class OutputSet:
                     temps["confidence"], self.grid, self.options, self.probability_dtype,
                     self.confidence_kind,
                 )  # fmt: skip
+            if temps["exclusion"] is not None:
+                self.writers["exclusion"] = ExclusionWriter(
+                    temps["exclusion"], self.grid, self.options, self.reasons
+                )
         except BaseException as err:
             self._abort()
             self._atomic.__exit__(type(err), err, err.__traceback__)
@@ -745,6 +792,7 @@ class OutputSet:
     def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
         """Merger sink: write finished rows ``probs`` (K, r, w), ``valid`` (r, w) of columns
         ``col0 .. col0 + w`` (the whole width, or one column panel) everywhere."""
+        valid = self._exclude(row0, col0, valid)
         idx, best = argmax_max(probs)  # one pass, shared by the counts, label and confidence
         self.pixels += valid.size
         self.class_counts += count_values(idx, len(self.class_counts), where=valid)
@@ -759,6 +807,20 @@ class OutputSet:
 
     write = __call__
 
+    def _exclude(self, row0: int, col0: int, valid: np.ndarray) -> np.ndarray:
+        """Reason codes of these rows: counted, written to the exclusion mask, and (with
+        ``mask_excluded``) taken out of ``valid``; ``valid`` as given without an excluder."""
+        self.input_valid_pixels += int(np.count_nonzero(valid))
+        if self.excluder is None:
+            return valid
+        codes = self.excluder(row0, col0, valid)
+        self.exclusion_counts += count_values(codes, 256)
+        w = self.writers.get("exclusion")
+        if w is not None:
+            with self._write_errors("exclusion"):
+                w.write_rows(row0, codes[None], col0)
+        return valid & (codes == 0) if self.mask_excluded else valid
+
     def row_needs(self) -> RowNeeds:
         """The planes :meth:`write_finished` needs besides the index (for a device merger)."""
         dtype = self.probability_dtype
@@ -770,12 +832,19 @@ class OutputSet:
     def write_finished(self, rows: FinishedRows) -> None:
         """Write rows whose index and stored planes were computed already (asked for through
         :meth:`row_needs`), e.g. on the GPU; same files as :meth:`__call__` writes."""
-        idx, valid = rows.index, rows.valid
+        idx, valid = rows.index, self._exclude(rows.row0, rows.col0, rows.valid)
+        if valid is not rows.valid:  # masked: the device's planes get nodata there too
+            gone = rows.valid & ~valid
+            for plane in (rows.probabilities, rows.confidence):
+                if plane is not None:
+                    plane[:, gone] = PROB_NODATA_U8 if plane.dtype == np.uint8 else np.nan
         self.pixels += valid.size
         self.class_counts += count_values(idx, len(self.class_counts), where=valid)
         for key, w in self.writers.items():
             data = {"probabilities": rows.probabilities, "confidence": rows.confidence}.get(key)
             with self._write_errors(key):
+                if isinstance(w, ExclusionWriter):
+                    continue  # written by _exclude
                 if isinstance(w, LabelWriter):
                     w.write_index(rows.row0, idx, valid, rows.col0)
                 elif data is None:
@@ -788,6 +857,26 @@ class OutputSet:
         """Pixels per label value written so far (index 255 = nodata), or None."""
         w = self.writers.get("label")
         return w.counts if isinstance(w, LabelWriter) else None
+
+    def exclusion_summary(self) -> dict[str, Any] | None:
+        """Excluded fraction of valid pixels, per reason (None without an excluder)."""
+        if not self.reasons:
+            return None
+        from mfaf_cli.applicability import summary  # a pure room below io
+
+        return summary(self.exclusion_counts, self.reasons)
+
+    def _tag_exclusion(self) -> None:
+        """The exclusion summary as tags of every output (``EXCLUDED_FRACTION``, per reason)."""
+        s = self.exclusion_summary()
+        if s is None:
+            return
+        tags = {"EXCLUDED_FRACTION": f"{s['excluded']:.6f}", "MASKED_EXCLUDED": str(
+            self.mask_excluded).upper()} | {
+            f"EXCLUDED_{k.upper().replace('-', '_')}": f"{v:.6f}" for k, v in s["reasons"].items()
+        }  # fmt: skip
+        for w in self.writers.values():
+            w.dataset.update_tags(**tags)
 
     def _abort(self) -> None:
         for w in self.writers.values():
@@ -807,6 +896,7 @@ class OutputSet:
         assert self._atomic is not None, "OutputSet used without 'with'"
         if exc is None:
             try:
+                self._tag_exclusion()
                 for key, w in self.writers.items():
                     with self._write_errors(key):
                         w.close()
@@ -818,6 +908,11 @@ class OutputSet:
                 if label is not None:
                     Path(str(label.path) + ".aux.xml").write_text(
                         category_sidecar_xml(self.meta), encoding="utf-8"
+                    )
+                mask = self.writers.get("exclusion")
+                if isinstance(mask, ExclusionWriter):
+                    Path(str(mask.path) + ".aux.xml").write_text(
+                        mask.sidecar_xml(), encoding="utf-8"
                     )
             except BaseException as err:
                 self._abort()

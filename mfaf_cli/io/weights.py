@@ -80,7 +80,11 @@ def _tensor_digest(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
 
 # ---- safetensors header (read without loading any tensor) --------------------------------
 def _sniff_format(head: bytes) -> str | None:
-    """Name a recognisable non-safetensors format, for a helpful error."""
+    """Name a recognisable non-safetensors format, for a helpful error. A safetensors header
+    (8-byte length, then ``{``) is none of them, whatever its length's first bytes are (a
+    length of 0x0280..0x05ff bytes starts like a pickle)."""
+    if head[8:9] == b"{":
+        return None
     if head.startswith(b"PK\x03\x04"):
         return "a zip archive (PyTorch .pt/.pth checkpoints are zipped pickles)"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):

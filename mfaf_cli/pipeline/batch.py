@@ -15,7 +15,8 @@ CSV layout (header required, ``#`` lines and blank rows ignored)::
     tile-02,s2/t02.tif,s1/t02.tif,"4,3,2,8",maps/t02.tif,
 
 Columns: one per modality (``optical``, ``sar``, ``hsi``, ``lidar``), ``output`` (required),
-optional ``vector``, ``probabilities``, ``confidence``, ``<modality>_bands`` and ``scene`` (a
+optional ``vector``, ``probabilities``, ``confidence``, ``exclusion`` (the exclusion mask,
+see mfaf_cli/applicability.py), ``<modality>_bands`` and ``scene`` (a
 name for the reports; default the output path). Relative paths are relative to the CSV's
 folder. An empty cell means "not given".
 """
@@ -40,7 +41,9 @@ log = logging.getLogger("mfaf")
 
 PathLike = str | os.PathLike[str]
 
-OUTPUT_COLUMNS: tuple[str, ...] = ("output", "vector", "probabilities", "confidence")
+OUTPUT_COLUMNS: tuple[str, ...] = (
+    "output", "vector", "probabilities", "confidence", "exclusion",
+)  # fmt: skip
 BAND_COLUMNS: tuple[str, ...] = tuple(f"{m}_bands" for m in ALL_MODALITIES)
 KNOWN_COLUMNS: tuple[str, ...] = ("scene", *ALL_MODALITIES, *OUTPUT_COLUMNS, *BAND_COLUMNS)
 
@@ -57,12 +60,13 @@ class Scene:
     probabilities: str | None = None
     confidence: str | None = None
     bands: dict[str, list[int | str]] = field(default_factory=dict)
+    exclusion: str | None = None
 
     @property
     def outputs(self) -> dict[str, str]:
         """Output kind -> path, for the outputs this row asks for."""
         out = {"label": self.output}
-        for kind in ("probabilities", "confidence", "vector"):
+        for kind in ("probabilities", "confidence", "vector", "exclusion"):
             path = getattr(self, kind)
             if path is not None:
                 out[kind] = path
@@ -211,7 +215,7 @@ def _scene_from_cells(
         elif m in defaults and m in inputs:
             bands[m] = list(defaults[m])
     extra = {k: resolve_path(cells[k], base) if cells.get(k) else None
-             for k in ("vector", "probabilities", "confidence")}  # fmt: skip
+             for k in ("vector", "probabilities", "confidence", "exclusion")}  # fmt: skip
     output = resolve_path(cells["output"], base)
     return Scene(
         line=lineno,
@@ -317,7 +321,7 @@ def predict_batch(
     from mfaf_cli.pipeline.predict import predict
     from mfaf_cli.pipeline.spec import InferenceSpec
 
-    for key in ("inputs", "output", "vector", "probabilities", "confidence"):
+    for key in ("inputs", "output", "vector", "probabilities", "confidence", "exclusion"):
         if key in predict_kwargs:
             raise UsageError(f"{key} comes from the batch CSV, not from an option")
     scenes, device, share = _my_scenes(read_scenes(csv_path, bands), shard, device)
@@ -340,7 +344,8 @@ def predict_batch(
                 _make_output_folders(s)
                 result = predict(
                     s.inputs, s.output, predictor=predictor, probabilities=s.probabilities,
-                    confidence=s.confidence, vector=s.vector, bands=s.bands or None, **options,
+                    confidence=s.confidence, vector=s.vector, bands=s.bands or None,
+                    exclusion=s.exclusion, **options,
                 )  # fmt: skip
             except Exception as err:  # a failing scene must not stop the batch
                 log.debug("scene %s failed", s.name, exc_info=True)

@@ -83,6 +83,9 @@ class PredictResult:
     bands: dict[str, Any] = field(default_factory=dict)
     #: how the outputs were made (pipeline/provenance.py), also the label map's tag
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: excluded fraction of valid pixels per reason (mfaf_cli/applicability.py); None when the
+    #: model records no training range and no rules.
+    exclusion: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -342,6 +345,8 @@ def predict(
     sar_units: str = "auto",
     predictor: Any = None,
     read_threads: int | None = None,
+    exclusion: PathLike | None = None,
+    mask_excluded: bool = False,
     aoi: Any = None,
 ) -> PredictResult:
     """Predict a land-use map for one scene and write it as georeferenced GeoTIFF(s).
@@ -369,6 +374,8 @@ def predict(
         sar_units: ``auto`` | ``db`` | ``linear`` (units of the SAR file).
         predictor: an already created Predictor (reused across scenes by batch mode).
         read_threads: override the reader threads of the split (0 reads in the caller).
+        exclusion: write the exclusion mask (reason codes, see mfaf_cli/applicability.py).
+        mask_excluded: write excluded pixels as nodata in every output.
         aoi: a polygon file (GeoJSON, GPKG, SHP; any CRS) or :class:`~mfaf_cli.io.aoi.Aoi`:
             the run covers its bounds; pixels outside it are nodata.
 
@@ -376,13 +383,24 @@ def predict(
         MfafError subclasses for every user-facing problem; nothing is left on disk then.
     """
     from mfaf_cli.io.raster import OutputSet
+    from mfaf_cli.pipeline.exclusion import (
+        Excluder,
+        check_distinct_outputs,
+        checks_for,
+        warn_if_excluded,
+        with_excluder,
+    )
 
     t_start = time.perf_counter()
     inputs = {k: os.fspath(v) for k, v in inputs.items() if v is not None}
     bands = {k: list(v) for k, v in (bands or {}).items() if v}
     _check_request(inputs, bands, (output, probabilities, confidence), vector)
     spec = InferenceSpec(tile, overlap, batch_size, blend, device, engine, precision, threads)
-    _check_outputs((output, probabilities, confidence), vector, creation_options, overwrite)
+    check_distinct_outputs({"-o/--output": output, "--probabilities": probabilities,
+                            "--confidence": confidence, "--vector": vector,
+                            "--exclusion": exclusion})  # fmt: skip
+    _check_outputs((output, probabilities, confidence, exclusion), vector, creation_options,
+                   overwrite)  # fmt: skip
     for name, path in inputs.items():
         check_readable(path, name)
     area = _read_aoi(aoi, bounds)
@@ -393,12 +411,16 @@ def predict(
     validate_tiling(tile, overlap)
     weights = model_tags(getattr(predictor, "source", None), model_name)
     record: dict[str, Any] = {}  # made once the grid and inputs are open (their errors first)
+    checks = checks_for(meta, model_name, wanted=exclusion is not None or mask_excluded)
+    ordered = {m: inputs[m] for m in meta.modality_names}
 
     def _outputs(grid: Grid) -> Any:
         record.update(
             run_provenance(inputs, meta, bands, predictor, weights, trained, spec.with_tile(tile))
         )
-        return OutputSet(
+        ex = None if checks is None else Excluder(
+            ordered, grid, meta, checks, bands=bands, sar_units=sar_units)  # fmt: skip
+        return with_excluder(ex, lambda e: OutputSet(
             grid,
             meta,
             output,
@@ -410,9 +432,11 @@ def predict(
             overwrite=overwrite,
             tags={**weights, **provenance_tags(record)},
             confidence_kind=confidence_kind,
-        )
+            exclusion=exclusion,
+            excluder=e,
+            mask_excluded=mask_excluded,
+        ))  # fmt: skip
 
-    ordered = {m: inputs[m] for m in meta.modality_names}
     if read_threads is None:
         read_threads = spec.thread_split(on_gpu=on_gpu(predictor))[1]
     t_scene = time.perf_counter()
@@ -431,6 +455,7 @@ def predict(
         )
         written["vector"] = str(Path(vector).absolute())
     valid_fraction, fractions = class_fractions(outputs, meta)
+    warn_if_excluded(outputs.exclusion_summary(), mask_excluded)
     return PredictResult(
         inputs={k: shown_path(v) for k, v in ordered.items()},
         grid=grid.to_dict(),
@@ -453,6 +478,7 @@ def predict(
         model_seconds=round(stats.model_seconds, 3),
         bands=stats.bands,
         provenance=record,
+        exclusion=outputs.exclusion_summary(),
     )
 
 
@@ -535,7 +561,8 @@ def _require_valid_pixels(inputs: Mapping[str, Any]) -> Callable[[Any], None]:
     runs while the rasters are still temp files)."""
 
     def check(outputs: Any) -> None:
-        if int(outputs.class_counts.sum()) == 0:
+        seen = getattr(outputs, "input_valid_pixels", None)  # before --mask-excluded
+        if int(outputs.class_counts.sum() if seen is None else seen) == 0:
             names = ", ".join(f"{m} {Path(p).name}" for m, p in inputs.items())
             raise InputError(
                 f"no pixel has data in every input ({names}): the inputs are all nodata/NaN "

@@ -68,11 +68,15 @@ class ConfusionSink:
         ignore_index: int = NODATA_LABEL,
         block: int | None = None,
         calibration: bool = False,
+        excluder: Callable[[int, int, np.ndarray], np.ndarray] | None = None,
     ) -> None:
         from mfaf_cli.training.calibration import count_length
         from mfaf_cli.training.stats import block_grid
 
         self.truth_path = truth_path
+        #: with ``excluder`` (mfaf_cli.pipeline.exclusion): ``kept`` scores only the pixels
+        #: its check keeps (code 0), beside ``confusion`` of all pixels
+        self.excluder = excluder
         self.grid = grid
         self.num_classes = int(num_classes)
         self.label_fn, self.mapping, self.ignore_index = label_fn, mapping, ignore_index
@@ -84,6 +88,7 @@ class ConfusionSink:
         self.block_confusion = np.zeros((nb, self.num_classes, self.num_classes), np.int64)
         self.calibration = calibration
         self.block_calibration = np.zeros((nb, count_length()), np.float64)
+        self.kept = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
         self._ds: Any = None
 
     @property
@@ -154,6 +159,9 @@ class ConfusionSink:
             self.block_confusion += confusion_matrix(
                 idx, truth, self.num_classes, self.ignore_index, groups=ids, n_groups=nb
             )
+            if self.excluder is not None:
+                idx[self.excluder(row0, col0, valid) != 0] = self.ignore_index
+                self.kept += confusion_matrix(idx, truth, self.num_classes, self.ignore_index)
         except LabelError as err:
             name = os.path.basename(os.fspath(self.truth_path))
             raise LabelError(f"{name}: {err} (classes the model does not know)") from None

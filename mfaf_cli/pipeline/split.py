@@ -68,7 +68,7 @@ from mfaf_cli.types import Blend, Engine, Precision
 log = logging.getLogger("mfaf")
 
 PathLike = str | os.PathLike[str]
-OUTPUT_KEYS = ("label", "probabilities", "confidence")
+OUTPUT_KEYS = ("label", "probabilities", "confidence", "exclusion")
 #: Tag on every part file: JSON {"run", "part", "parts", "rows", "valid"}.
 PART_TAG = "MFAF_SPLIT_PART"
 #: How long torchrun ranks wait for each other (a strip of a huge scene may take hours).
@@ -182,6 +182,8 @@ class SplitResult:
     outputs: dict[str, str] = field(default_factory=dict)
     status: str = "part"
     model: str = ""  # the model's name, as predict reports it
+    #: excluded fraction of valid pixels per reason, over all parts (the assembling process)
+    exclusion: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -207,12 +209,13 @@ class _Run:
     sar_units: str
     options: dict[str, Any]  # OutputSet keywords: creation_options, probability_dtype, cog, ...
     predictor: Any = None
+    exclusion: dict[str, Any] | None = None  # the assembled run's exclusion summary
 
     def fingerprint(self, count: int) -> str:
         return fingerprint(
             self.grid,
             self.spec,
-            self.tags,
+            self.tags | {"MASKED_EXCLUDED": str(bool(self.options.get("mask_excluded")))},
             self.meta,
             count,
             self.finals,
@@ -224,6 +227,7 @@ class _Run:
         from mfaf_cli.io.raster import OutputSet
 
         opts = {**self.options, **kw}
+        opts["mask_excluded"] = opts.get("mask_excluded", False) and "excluder" in kw
         return OutputSet(
             grid,
             self.meta,
@@ -231,6 +235,8 @@ class _Run:
             paths["probabilities"],
             paths["confidence"],
             tags=self.tags,
+            exclusion=paths.get("exclusion"),
+            reasons=_reasons(self.meta),
             **opts,
         )
 
@@ -246,7 +252,7 @@ def _check_request(
 
     if not inputs:
         raise ModalityError("give the input rasters, e.g. --optical s2.tif --sar s1.tif")
-    if all(p is None for p in finals.values()):
+    if all(finals.get(k) is None for k in ("label", "probabilities", "confidence")):
         raise UsageError("nothing to write: give -o/--output (or --probabilities/--confidence)")
     for p in finals.values():
         if p is not None:
@@ -381,9 +387,7 @@ def _predict_part(
             meta=run.meta,
         ) as scene,
         _bounded_gdal_cache(scene, plan.tile, PANEL_WIDTH + 2 * plan.tile),
-        run.output_set(
-            strip_grid(run.grid, rows), paths, cog=False, creation_options=None, overwrite=True
-        ) as out,
+        _part_outputs(run, strip_grid(run.grid, rows), paths) as out,
     ):
         stats = run_scene(
             scene,
@@ -398,10 +402,32 @@ def _predict_part(
             progress=progress,
             desc=f"part {share.index}/{share.count}",
         )
-        info["valid"] = int(out.class_counts.sum())
+        info["valid"] = int(out.input_valid_pixels)
+        info["exclusion_counts"] = out.exclusion_counts.tolist()
         for w in out.writers.values():
             w.dataset.update_tags(**{PART_TAG: json.dumps(info, sort_keys=True)})
     return parts, rows, stats
+
+
+def _reasons(meta: ModelMeta) -> list[str] | None:
+    """Names of the exclusion codes of the model (None: it has no checks)."""
+    from mfaf_cli.applicability import Checks
+
+    checks = Checks.of(meta)
+    return None if checks.empty else checks.reasons
+
+
+def _part_outputs(run: _Run, grid: Grid, paths: Mapping[str, Path | None]) -> Any:
+    """A part's OutputSet, with the exclusion check when the model has one (--mask-excluded
+    masks the part; the assembling process sums the parts' counts and warns)."""
+    from mfaf_cli.pipeline.exclusion import Excluder, checks_for, with_excluder
+
+    wanted = bool(run.options.get("mask_excluded")) or run.finals.get("exclusion") is not None
+    checks = checks_for(run.meta, run.meta.arch, wanted=wanted)
+    ex = None if checks is None else Excluder(
+        run.inputs, grid, run.meta, checks, bands=run.bands, sar_units=run.sar_units)  # fmt: skip
+    return with_excluder(ex, lambda e: run.output_set(
+        grid, paths, cog=False, creation_options=None, overwrite=True, excluder=e))  # fmt: skip
 
 
 # ---- assembly ---------------------------------------------------------------------------------
@@ -476,8 +502,16 @@ def assemble(run: _Run, count: int) -> dict[str, str]:
         for key, writer in out.writers.items():
             for part, row0 in parts[key]:
                 _copy_rows(part, writer, row0, finals[key])
+        for p, _ in first:  # the parts' exclusion counts: tags of the outputs, the summary
+            out.exclusion_counts += np.asarray(
+                (read_part_info(p) or {}).get("exclusion_counts", np.zeros(256)), dtype=np.int64
+            )
+        run.exclusion = out.exclusion_summary()
         _tag_provenance(run, out)
     _remove_parts(parts)
+    from mfaf_cli.pipeline.exclusion import warn_if_excluded
+
+    warn_if_excluded(run.exclusion, bool(run.options.get("mask_excluded")))
     return {k: str(f.absolute()) for k, f in finals.items()}
 
 
@@ -645,12 +679,16 @@ def predict_split(
     sar_units: str = "auto",
     predictor: Any = None,
     read_threads: int | None = None,
+    mask_excluded: bool = False,
+    exclusion: PathLike | None = None,
 ) -> SplitResult:
     """Predict this process's row strip of one scene (see the module docstring); the
     assembling process also writes the outputs (and polygonises the assembled label map into
     ``vector``), exactly as :func:`predict` would. Arguments as for
     :func:`~mfaf_cli.pipeline.predict.predict`, plus ``shard`` (``"I/N"``; default from
-    torchrun / Slurm) and ``assemble_only`` (only assemble the parts on disk)."""
+    torchrun / Slurm) and ``assemble_only`` (only assemble the parts on disk).
+    ``mask_excluded``: each part masks its excluded pixels (the exclusion check is per pixel,
+    so the parts mask exactly what a single run masks)."""
     t0 = time.perf_counter()
     if vector is not None:
         if output is None:
@@ -665,7 +703,7 @@ def predict_split(
     )
     finals = {
         k: None if p is None else Path(p)
-        for k, p in zip(OUTPUT_KEYS, (output, probabilities, confidence), strict=True)
+        for k, p in zip(OUTPUT_KEYS, (output, probabilities, confidence, exclusion), strict=True)
     }
     options = {
         "creation_options": creation_options,
@@ -673,6 +711,7 @@ def predict_split(
         "confidence_kind": confidence_kind,
         "cog": cog,
         "overwrite": overwrite,
+        "mask_excluded": mask_excluded,
     }
     run = _prepare(
         inputs,
@@ -692,6 +731,7 @@ def predict_split(
         progress = progress and share.shows_progress
         result = _run_part(run, share, t0, progress=progress, read_threads=read_threads)
     result.model = run.tags.get("WEIGHTS", run.meta.arch)
+    result.exclusion = run.exclusion
     if vector is not None and output is not None and result.assembled:
         written = list(result.outputs.values())
         vectorize_finished_map(output, vector, written, overwrite=overwrite, progress=progress)

@@ -60,6 +60,8 @@ class TrainConfig:
     init: str | None = None  # fine-tune from this checkpoint or shipped model name
     freeze_encoder: int = 0  # epochs during which the encoder of an --init model is frozen
     bands: dict[str, list[int | str]] = field(default_factory=dict)  # 1-based numbers or names
+    #: applicability rules ``NAME=EXPR`` recorded in the model (mfaf_cli/applicability.py)
+    rules: list[str] = field(default_factory=list)
     model_config: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
     command: str = ""  # the exact command line, recorded in the checkpoint

@@ -166,15 +166,18 @@ def raster_confusion(
     mapping: dict[int, int] | None = None,
     label_fn: Callable[[np.ndarray], np.ndarray] | None = None,
     ignore_index: int = NODATA_LABEL,
+    keep: Callable[[Any], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Confusion matrix of a label GeoTIFF against a truth raster co-registered onto its grid.
 
     Truth is resampled nearest onto the prediction's grid, block by block. Ignored: prediction
     nodata (255), truth nodata / outside its footprint / −1, values mapped to 255. ``label_fn``
     (a dataset's label mapping: raw values → class ids with ignore) replaces ``mapping``.
+    ``keep(window)``: pixels of a block to score (the rest ignored), e.g. not excluded.
     """
     blocks, _ = raster_block_confusion(pred_path, truth_path, num_classes, mapping=mapping,
-                                       label_fn=label_fn, ignore_index=ignore_index)  # fmt: skip
+                                       label_fn=label_fn, ignore_index=ignore_index,
+                                       keep=keep)  # fmt: skip
     return blocks.sum(axis=0)
 
 
@@ -187,10 +190,12 @@ def raster_block_confusion(
     label_fn: Callable[[np.ndarray], np.ndarray] | None = None,
     ignore_index: int = NODATA_LABEL,
     block: int | None = None,
+    keep: Callable[[Any], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """:func:`raster_confusion` per ``block``-pixel spatial block of the prediction's grid:
     (blocks, K, K) row-major and the block grid's (rows, columns); one block when None."""
     import rasterio
+    from rasterio.transform import Affine
     from rasterio.windows import Window as RioWindow
 
     with rasterio.open(pred_path) as pds, rasterio.open(truth_path) as tds:
@@ -218,12 +223,17 @@ def raster_block_confusion(
             h = min(BLOCK_ROWS, pds.height - r0)
             win = RioWindow(0, r0, pds.width, h)
             pred = _pred_block(pds, win, pnd, ignore_index, Path(pred_path).name)
+            if keep is not None:
+                pred[~keep(win)] = ignore_index
             if same:
                 t = tds.read(1, window=win).astype(np.float64)
                 if tds.nodata is not None:
                     t[t == tds.nodata] = np.nan
             else:
-                t = truth_on_grid(tds, pds.crs, pds.window_transform(win), (h, pds.width))
+                # not pds.window_transform: rasterio multiplies affines with `*` there, which
+                # affine 3 deprecates (PendingDeprecationWarning)
+                t = truth_on_grid(tds, pds.crs, pds.transform @ Affine.translation(0, r0),
+                                  (h, pds.width))  # fmt: skip
             truth = truth_labels(t, label_fn, mapping, ignore_index)
             ids = block_ids(r0, 0, h, pds.width, bsize, shape[1])
             try:
@@ -270,9 +280,11 @@ def evaluate_rasters(
     num_classes: int | None = None,
     class_names: list[str] | None = None,
     block: int = DEFAULT_BLOCK,
+    exclusion: str | os.PathLike[str] | None = None,
 ) -> EvalResult:
     """Score a predicted label GeoTIFF against a truth raster (see :func:`raster_confusion`),
-    with intervals from a bootstrap over ``block``-pixel spatial blocks of the scene.
+    with intervals from a bootstrap over ``block``-pixel spatial blocks of the scene; with
+    ``exclusion`` (the mask predict wrote) also without the excluded pixels.
 
     Classes come from the prediction's tags (written by ``mfaf predict``), else
     ``class_names`` / ``num_classes``, else the largest value found in either raster.
@@ -287,6 +299,10 @@ def evaluate_rasters(
     keep = blocks.reshape(len(blocks), -1).sum(axis=1) > 0  # blocks with a scored pixel
     ids = [f"r{i // shape[1]}c{i % shape[1]}" for i in range(len(blocks))]
     units = Units("block", [n for n, k in zip(ids, keep, strict=True) if k], blocks[keep])
+    if exclusion is not None:
+        kept = raster_confusion(pred, truth, len(names), mapping=m,
+                                keep=_kept_by_mask(pred, exclusion))  # fmt: skip
+        info["without_excluded"] = without_excluded(blocks.sum(axis=0), kept, names)
     return _result(units, names, info)
 
 
@@ -336,6 +352,38 @@ def raster_classes(
         assert num_classes is not None  # given, or inferred from the rasters above
         names = [c.name for c in default_classes(num_classes)]
     return names, m
+
+
+def _kept_by_mask(pred: str | os.PathLike[str], mask: str | os.PathLike[str]) -> Any:
+    """``keep(window)`` of an exclusion mask written with the prediction (code 0 = kept)."""
+    from mfaf_cli.io.inputs import open_raster
+
+    with open_raster(pred, "prediction", require_crs=False) as p, open_raster(
+        mask, "exclusion mask", require_crs=False
+    ) as x:  # fmt: skip
+        if x.shape != p.shape or x.transform != p.transform or x.crs != p.crs:
+            raise InputError(
+                f"exclusion mask {Path(mask).name} is not on the grid of {Path(pred).name}; "
+                "give the --exclusion file written by the same predict run"
+            )
+
+    def keep(win: Any) -> np.ndarray:
+        import rasterio
+
+        with rasterio.open(mask) as ds:
+            return np.asarray(ds.read(1, window=win) == 0)
+
+    return keep
+
+
+def without_excluded(cm: np.ndarray, kept: np.ndarray, names: list[str]) -> dict[str, Any]:
+    """Scores on the pixels the exclusion check kept, and the share of scored pixels it took
+    out (``cm``: all scored pixels; ``kept``: those not excluded)."""
+    n = int(cm.sum())
+    return {
+        "excluded_of_scored": round(1 - int(kept.sum()) / n, 6) if n else 0.0,
+        "metrics": metrics_from_confusion(kept, names),
+    }
 
 
 # ---- in-memory sliding windows (patch datasets) -------------------------------------------
@@ -425,28 +473,38 @@ def _cut(a: np.ndarray, win: Any) -> np.ndarray:
 
 
 # ---- a model on a dataset ------------------------------------------------------------------
-def scene_confusion(predictor: Any, scene: Any, ds: Any, spec: Any) -> np.ndarray:
+def scene_confusion(
+    predictor: Any, scene: Any, ds: Any, spec: Any, checks: Any = None
+) -> np.ndarray:
     """Confusion matrix of one georeferenced dataset scene, scored row band by row band by
-    the inference core's :class:`~mfaf_cli.pipeline.sinks.ConfusionSink` (no map written)."""
-    return scene_sink(predictor, scene, ds, spec).confusion
+    the inference core's :class:`~mfaf_cli.pipeline.sinks.ConfusionSink` (no map written).
+    With ``checks`` (:class:`~mfaf_cli.applicability.Checks`): ``(2, K, K)``, all scored
+    pixels and those the exclusion check kept."""
+    sink = scene_sink(predictor, scene, ds, spec, checks=checks)
+    return sink.confusion if checks is None else np.stack([sink.confusion, sink.kept])
 
 
-def scene_sink(predictor: Any, scene: Any, ds: Any, spec: Any, block: int | None = None) -> Any:
+def scene_sink(
+    predictor: Any, scene: Any, ds: Any, spec: Any, block: int | None = None, checks: Any = None
+) -> Any:
     """The :class:`~mfaf_cli.pipeline.sinks.ConfusionSink` that scored one scene: confusion
-    and calibration counts per ``block``-pixel block (one block when None)."""
+    and calibration counts per ``block``-pixel block (one block when None); with ``checks``
+    also the confusion of the pixels the exclusion check kept (``sink.kept``)."""
+    from mfaf_cli.pipeline.exclusion import Excluder, with_excluder
     from mfaf_cli.pipeline.predict import run_on_scene
     from mfaf_cli.pipeline.sinks import ConfusionSink
 
     meta: ModelMeta = predictor.meta
     k = meta.num_classes
-
-    def make_sink(grid: Any) -> ConfusionSink:
-        return ConfusionSink(scene.label, grid, k, label_fn=ds.map_label,
-                             ignore_index=ds.ignore_index, block=block,
-                             calibration=True)  # fmt: skip
-
     inputs = {m: os.fspath(scene.inputs[m]) for m in meta.modality_names}
     bands = {m: scene.bands[m] for m in meta.modality_names if scene.bands.get(m)}
+
+    def make_sink(grid: Any) -> Any:
+        ex = None if checks is None else Excluder(inputs, grid, meta, checks, bands=bands)
+        return with_excluder(ex, lambda e: ConfusionSink(
+            scene.label, grid, k, label_fn=ds.map_label, ignore_index=ds.ignore_index,
+            block=block, calibration=True, excluder=e))  # fmt: skip
+
     _, _, sink = run_on_scene(inputs, meta, predictor, make_sink, spec, bands=bands,
                               read_threads=spec.thread_split()[1])  # fmt: skip
     return sink
@@ -472,10 +530,12 @@ def evaluate_model(
     progress: bool = True,
     max_items: int | None = None,
     block: int = DEFAULT_BLOCK,
+    mask_excluded: bool = False,
 ) -> EvalResult:
     """Run the predict pipeline over a dataset split and score it: overall, per scene (or
     patch) with a bootstrap over them (over ``block``-pixel blocks for a one-scene split),
-    and calibration (ECE, Brier, NLL) from the blended probabilities.
+    and calibration (ECE, Brier, NLL) from the blended probabilities; ``mask_excluded`` also
+    scores it without the pixels the model's exclusion check flags.
 
     ``model`` is any ``--model`` spec (None = the shipped default for the dataset's
     modalities). The dataset must provide the model's modalities with the same band counts,
@@ -492,13 +552,18 @@ def evaluate_model(
     tile = int(tile or meta.tile_size)
     desc = f"evaluate {dataset}/{split}"
     scenes = ds.scenes()
+    checks = _checks(meta, model, mask_excluded)
     if scenes is not None:
         todo = scenes if max_items is None else scenes[:max_items]
-        units = _score_scenes(predictor, ds, todo, spec.with_tile(tile), desc, progress, block)
+        units, kept = _score_scenes(
+            predictor, ds, todo, spec.with_tile(tile), desc, progress, block, checks
+        )
         n_items = len(todo)
     else:
         n_items = len(ds) if max_items is None else min(len(ds), max_items)
-        units = _score_patches(predictor, ds, n_items, spec.with_tile(tile), desc, progress)
+        units, kept = _score_patches(
+            predictor, ds, n_items, spec.with_tile(tile), desc, progress, checks
+        )
     info = {
         "mode": "dataset",
         "model": meta.arch if model is None else str(model),
@@ -517,6 +582,10 @@ def evaluate_model(
     }
     if ds.skipped:  # items the reader left out, by reason (also logged as warnings)
         info["skipped"] = dict(ds.skipped)
+    if kept is not None:
+        info["without_excluded"] = without_excluded(
+            units.confusion.sum(axis=0), kept, meta.class_names
+        )
     result = _result(units, meta.class_names, info, seed)
     if not math.isfinite(result.metrics["miou"]):
         info["note"] = "no labelled pixel was evaluated"
@@ -571,6 +640,15 @@ def _predictor_and_dataset(
     return predictor, ds
 
 
+def _checks(meta: ModelMeta, model: Any, wanted: bool) -> Any:
+    """The model's exclusion checks when asked for (an error when it has none)."""
+    if not wanted:
+        return None
+    from mfaf_cli.pipeline.exclusion import checks_for
+
+    return checks_for(meta, str(model or meta.arch), wanted=True)
+
+
 def _score_scenes(
     predictor: Any,
     ds: Any,
@@ -579,26 +657,33 @@ def _score_scenes(
     desc: str,
     progress: bool,
     block: int,
-) -> Units:
+    checks: Any = None,
+) -> tuple[Units, np.ndarray | None]:
     """Counts per scene, each through the streaming inference core; one scene alone is cut
-    into ``block``-pixel spatial blocks (the bootstrap's units then)."""
+    into ``block``-pixel spatial blocks (the bootstrap's units then). With ``checks`` also
+    the confusion of the pixels the exclusion check kept, over all scenes."""
     from tqdm import tqdm
 
+    k = predictor.meta.num_classes
+    kept = None if checks is None else np.zeros((k, k), np.int64)
     one = len(scenes) == 1
     cms, cals, names = [], [], []
     for sc in tqdm(scenes, desc=desc, file=sys.stderr, disable=not progress):
-        sink = scene_sink(predictor, sc, ds, spec, block if one else None)
+        sink = scene_sink(predictor, sc, ds, spec, block if one else None, checks)
+        if kept is not None:
+            kept += sink.kept
         if one:
             keep = sink.block_confusion.reshape(len(sink.block_confusion), -1).sum(1) > 0
             nc = sink.block_shape[1]
             names = [f"{sc.id}/r{i // nc}c{i % nc}" for i in np.flatnonzero(keep)]
-            return Units("block", names, sink.block_confusion[keep], sink.block_calibration[keep])
+            units = Units("block", names, sink.block_confusion[keep], sink.block_calibration[keep])
+            return units, kept
         cms.append(sink.confusion)
         cals.append(sink.block_calibration.sum(axis=0))
         names.append(str(sc.id))
-    k = predictor.meta.num_classes
     return Units("scene", names, np.stack(cms) if cms else np.zeros((0, k, k), np.int64),
-                 np.stack(cals) if cals else np.zeros((0, count_length()), np.float64))  # fmt: skip
+                 np.stack(cals) if cals else np.zeros((0, count_length()), np.float64)
+                 ), kept  # fmt: skip
 
 
 def _item_name(ds: Any, i: int) -> str:
@@ -611,9 +696,11 @@ def _item_name(ds: Any, i: int) -> str:
 
 
 def _score_patches(
-    predictor: Any, ds: Any, n: int, spec: InferenceSpec, desc: str, progress: bool
-) -> Units:
-    """Counts per patch over the first ``n`` in-memory patches (invalid where not finite)."""
+    predictor: Any, ds: Any, n: int, spec: InferenceSpec, desc: str, progress: bool,
+    checks: Any = None,
+) -> tuple[Units, np.ndarray | None]:  # fmt: skip
+    """Counts per patch over the first ``n`` in-memory patches (invalid where not finite);
+    with ``checks`` also the confusion of the pixels the exclusion check kept."""
     from tqdm import tqdm
 
     from mfaf_cli.training.calibration import calibration_counts
@@ -621,6 +708,7 @@ def _score_patches(
     meta = predictor.meta
     k = meta.num_classes
     cms, cals = [], []
+    kept = None if checks is None else np.zeros((k, k), np.int64)
     for i in tqdm(range(n), desc=desc, file=sys.stderr, disable=not progress):
         arrays, mask, _ = ds.raw(i, None)
         valid = np.ones(mask.shape, dtype=bool)
@@ -643,9 +731,12 @@ def _score_patches(
         cms.append(confusion_matrix(pred, mask, k, ds.ignore_index))
         keep = ok & (mask != ds.ignore_index)
         cals.append(calibration_counts(probs, np.where(keep, mask, 0), keep))
+        if kept is not None:
+            pred[checks.codes(arrays, ok) != 0] = ds.ignore_index
+            kept += confusion_matrix(pred, mask, k, ds.ignore_index)
     names = [_item_name(ds, i) for i in range(n)]
     return Units("patch", names, np.asarray(cms, np.int64).reshape(n, k, k),
-                 np.asarray(cals, np.float64).reshape(n, count_length()))  # fmt: skip
+                 np.asarray(cals, np.float64).reshape(n, count_length())), kept  # fmt: skip
 
 
 # ---- a batch of maps, and paired comparisons ------------------------------------------------

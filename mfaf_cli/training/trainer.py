@@ -583,6 +583,7 @@ class Trainer:
     def setup(self) -> None:
         """Everything before the first epoch; writes into the run directory only at the end."""
         self._open_datasets()
+        self.rules = self._check_rules()
         if self.cfg.resume:
             self._read_resume()
         self._plan_imbalance()
@@ -595,6 +596,13 @@ class Trainer:
             self._restore_state(self.state)
         self._prepare_run_dir()
         _barrier(self.d)
+
+    def _check_rules(self) -> tuple[tuple[str, str], ...]:
+        """``--rule NAME=EXPR``: parsed and checked against the bands the model will take."""
+        from mfaf_cli.applicability import checked_rules
+
+        rules = checked_rules(list(self.cfg.rules), self.train_ds.modality_specs(), self.cfg.model)
+        return tuple((r.name, r.expr) for r in rules)
 
     def _open_datasets(self) -> None:
         from mfaf_cli.data.datasets import open_dataset
@@ -658,6 +666,11 @@ class Trainer:
     def _set_normalisation(self) -> None:
         if self.resume_meta is not None:
             norms = {m.name: m.normalisation for m in self.resume_meta.modalities}
+            self.train_ds.ranges = {
+                m.name: (m.range_low, m.range_high, m.range_open)
+                for m in self.resume_meta.modalities
+                if m.range_low is not None and m.range_high is not None
+            }
         else:
             norms = self.train_ds.compute_normalisation()
         self.train_ds.set_normalisation(norms)
@@ -814,6 +827,7 @@ class Trainer:
             training=training,
             metrics={"val": val_metrics},
             trained=True,
+            rules=self.rules,
         )
 
     def _parent_record(self) -> dict[str, Any] | None:

@@ -1,0 +1,375 @@
+"""Where a model's map cannot be trusted: its training range and its applicability rules.
+
+Two generic checks, per pixel, on the raw inputs (sensor units, before normalisation):
+
+- **outside the training range**: any band below ``range_low - margin`` or above
+  ``range_high + margin``, where the range is the training split's 0.1 / 99.9 % quantiles
+  recorded in the model record (:class:`~mfaf_cli.metadata.ModalitySpec`) and the margin
+  :data:`RANGE_MARGIN` of its span; a side where the training data were saturated is open
+  (``range_open``); models without the record skip this check;
+- **rules**: named boolean expressions over bands *by meaning* (``red``, ``swir``, ``vv``...)
+  that the model record carries, e.g. ``snow: (red - swir) / (red + swir) > 0.4 and red > 1500``.
+  Rules are data: parsed by the small grammar below (numbers, band meanings, ``+ - * /``,
+  comparisons, ``and or not``, parentheses), never by Python's ``eval``.
+
+Reason codes (:func:`exclusion_codes`): 0 ok, 1 outside the training range, 2... one per rule
+in record order, 255 nodata. A named rule wins over the range check (it is the more specific
+explanation), the first matching rule over later ones.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from mfaf_cli.errors import UsageError
+from mfaf_cli.metadata import MEANINGS, ModalitySpec, ModelMeta, meaning_of_name
+
+#: Reason code of valid pixels that pass every check, and of pixels outside the range.
+OK, OUT_OF_RANGE, NODATA = 0, 1, 255
+#: Name of code 1 (codes 2... are the rules' names).
+RANGE_REASON = "outside-training-range"
+#: Training-range quantiles (percent) recorded at train time.
+RANGE_QUANTILES = (0.1, 99.9)
+#: A pixel is outside the training range when a band leaves it by more than this fraction of
+#: the band's range (so the extreme 0.1 % tails of the training data itself are not flagged).
+RANGE_MARGIN = 0.1
+#: A warning is printed when more than this fraction of valid pixels is excluded.
+WARN_FRACTION = 0.05
+_RESERVED = {"ok", "nodata", RANGE_REASON}
+_NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
+
+# ---- the expression grammar ---------------------------------------------------------------
+Node = tuple[str, Any] | tuple[str, Any, Any]
+_TOKEN = re.compile(
+    r"\s*(?:(?P<num>\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)"
+    r"|(?P<name>[A-Za-z][A-Za-z0-9_]*)|(?P<op><=|>=|==|!=|[-+*/()<>]))"
+)
+_SPELLINGS = {"−": "-", "×": "*", "÷": "/", "≤": "<=", "≥": ">=", "≠": "!="}
+_COMPARE = ("<", "<=", ">", ">=", "==", "!=")
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    for k, v in _SPELLINGS.items():
+        text = text.replace(k, v)
+    out, pos = [], 0
+    while pos < len(text.rstrip()):
+        m = _TOKEN.match(text, pos)
+        if m is None or m.end() == pos:
+            raise UsageError(f"rule {text.strip()!r}: cannot read {text[pos:].strip()[:12]!r}")
+        kind = m.lastgroup or ""
+        out.append((kind, m.group(kind)))
+        pos = m.end()
+    return out
+
+
+class _Parser:
+    """Recursive descent over the tokens; every node knows whether it is a number or a test."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self.toks, self.i = text.strip(), _tokens(text), 0
+
+    def fail(self, why: str) -> UsageError:
+        return UsageError(f"rule {self.text!r}: {why}")
+
+    def peek(self) -> str | None:
+        return self.toks[self.i][1] if self.i < len(self.toks) else None
+
+    def take(self) -> tuple[str, str]:
+        if self.i >= len(self.toks):
+            raise self.fail("it ends too early")
+        self.i += 1
+        return self.toks[self.i - 1]
+
+    def parse(self) -> Node:
+        node = self.boolean()
+        if self.i < len(self.toks):
+            raise self.fail(f"unexpected {self.peek()!r}")
+        if not _is_test(node):
+            raise self.fail("it must be a test (e.g. 'red > 1500'), not a number")
+        return node
+
+    def boolean(self) -> Node:
+        node = self.conjunction()
+        while self.peek() == "or":
+            self.take()
+            node = ("or", self._test(node), self._test(self.conjunction()))
+        return node
+
+    def conjunction(self) -> Node:
+        node = self.negation()
+        while self.peek() == "and":
+            self.take()
+            node = ("and", self._test(node), self._test(self.negation()))
+        return node
+
+    def negation(self) -> Node:
+        if self.peek() == "not":
+            self.take()
+            return ("not", self._test(self.negation()))
+        left = self.arith()
+        if self.peek() in _COMPARE:
+            op = self.take()[1]
+            return (op, self._num(left), self._num(self.arith()))
+        return left
+
+    def arith(self) -> Node:
+        node = self.term()
+        while self.peek() in ("+", "-"):
+            op = self.take()[1]
+            node = (op, self._num(node), self._num(self.term()))
+        return node
+
+    def term(self) -> Node:
+        node = self.factor()
+        while self.peek() in ("*", "/"):
+            op = self.take()[1]
+            node = (op, self._num(node), self._num(self.factor()))
+        return node
+
+    def factor(self) -> Node:
+        kind, tok = self.take()
+        if tok == "-":
+            return ("neg", self._num(self.factor()))
+        if tok == "(":
+            node = self.boolean()
+            if self.take()[1] != ")":
+                raise self.fail("a '(' is not closed")
+            return node
+        if kind == "num":
+            return ("num", float(tok))
+        if kind == "name" and tok not in ("and", "or", "not"):
+            modality = _modality_of(tok)
+            key = meaning_of_name(tok, modality) if modality else None
+            if key is None:
+                names = ", ".join(m for m in MEANINGS)
+                raise self.fail(f"{tok!r} is not a band meaning (use {names})")
+            return ("band", key)
+        raise self.fail(f"unexpected {tok!r}")
+
+    def _num(self, node: Node) -> Node:
+        if _is_test(node):
+            raise self.fail("a test is used as a number (add parentheses or a comparison)")
+        return node
+
+    def _test(self, node: Node) -> Node:
+        if not _is_test(node):
+            raise self.fail("'and' / 'or' / 'not' need tests on both sides (e.g. 'red > 1500')")
+        return node
+
+
+def _modality_of(name: str) -> str | None:
+    for m in MEANINGS.values():
+        if meaning_of_name(name, m.modality) is not None:
+            return m.modality
+    return None
+
+
+def _is_test(node: Node) -> bool:
+    return node[0] in (*_COMPARE, "and", "or", "not")
+
+
+def _bands(node: Node) -> list[str]:
+    if node[0] == "band":
+        return [str(node[1])]
+    if node[0] == "num":
+        return []
+    return [b for child in node[1:] for b in _bands(child)]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A named applicability rule: ``name`` and its expression text (as recorded)."""
+
+    name: str
+    expr: str
+
+    @cached_property
+    def tree(self) -> Node:
+        return _Parser(self.expr).parse()
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        """The band meanings the rule reads, in first-use order."""
+        return tuple(dict.fromkeys(_bands(self.tree)))
+
+    @classmethod
+    def parse(cls, text: str) -> Rule:
+        """``NAME=EXPR`` (or ``NAME: EXPR``), checked: a valid name and a valid test."""
+        name, sep, expr = text.partition("=") if "=" in text.split(":")[0] else text.partition(":")
+        name = name.strip().lower()
+        if not sep or not expr.strip() or expr.lstrip().startswith("="):
+            raise UsageError(f"rule {text!r}: write NAME=EXPR, e.g. 'snow=red > 1500'")
+        return cls.checked(name, expr.strip())
+
+    @classmethod
+    def checked(cls, name: str, expr: str) -> Rule:
+        if not _NAME.fullmatch(name) or name in _RESERVED:
+            raise UsageError(
+                f"rule name {name!r}: use lower-case letters, digits, '-' or '_' (not "
+                f"{', '.join(sorted(_RESERVED))})"
+            )
+        rule = cls(name, expr)
+        rule.tree  # noqa: B018 - parse now, so a malformed rule fails where it is given
+        return rule
+
+
+def model_rules(meta: ModelMeta) -> list[Rule]:
+    """The rules a model record carries, checked against its bands."""
+    return checked_rules([f"{n}={e}" for n, e in meta.rules], meta.modalities, meta.arch)
+
+
+def checked_rules(
+    texts: Sequence[str], modalities: Sequence[ModalitySpec], model: str
+) -> list[Rule]:
+    """``NAME=EXPR`` texts parsed, each reading only bands the model takes, names unique."""
+    rules = [Rule.parse(t) for t in texts]
+    have = band_locations(modalities)
+    seen: set[str] = set()
+    for rule in rules:
+        missing = [b for b in rule.bands if b not in have]
+        if missing:
+            names = ", ".join(sorted(have)) or "none with a known meaning"
+            raise UsageError(
+                f"rule {rule.name!r} reads {', '.join(missing)}, which model {model} does not "
+                f"take (its bands: {names})"
+            )
+        if rule.name in seen:
+            raise UsageError(f"rule {rule.name!r} is given twice; give each rule its own name")
+        seen.add(rule.name)
+    return rules
+
+
+def band_locations(modalities: Sequence[ModalitySpec]) -> dict[str, tuple[str, int]]:
+    """meaning -> (modality, band index) of the model's bands (first one of each meaning)."""
+    out: dict[str, tuple[str, int]] = {}
+    for spec in modalities:
+        for i, meaning in enumerate(spec.meanings):
+            if meaning:
+                out.setdefault(meaning, (spec.name, i))
+    return out
+
+
+def evaluate(node: Node, bands: Mapping[str, np.ndarray]) -> np.ndarray:
+    """A parsed expression on arrays of band values (NaN makes a test false)."""
+    op = node[0]
+    if op == "num":
+        return np.asarray(node[1], dtype=np.float64)
+    if op == "band":
+        return np.asarray(bands[str(node[1])], dtype=np.float64)
+    if op == "neg":
+        return -evaluate(node[1], bands)
+    if op == "not":
+        return ~evaluate(node[1], bands)
+    a, b = evaluate(node[1], bands), evaluate(node[2], bands)  # type: ignore[misc]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if op == "/":
+            return np.divide(a, b)
+        fns = {"+": np.add, "-": np.subtract, "*": np.multiply, "and": np.logical_and,
+               "or": np.logical_or, "<": np.less, "<=": np.less_equal, ">": np.greater,
+               ">=": np.greater_equal, "==": np.equal, "!=": np.not_equal}  # fmt: skip
+        return np.asarray(fns[op](a, b))
+
+
+# ---- training range ---------------------------------------------------------------------
+def training_range(
+    arrays: Sequence[np.ndarray], seed: int = 0, max_samples: int = 2_000_000
+) -> tuple[tuple[float, ...], tuple[float, ...], tuple[str, ...]]:
+    """Per-band pooled :data:`RANGE_QUANTILES` of the finite values of (C, H, W) arrays (a
+    seeded subsample of at most ``max_samples`` per band): ``(range_low, range_high,
+    range_open)``. A side is open when the quantile there is the data's extreme value itself
+    (at least 0.1 % of the values pile up on it: a saturated product, e.g. an 8-bit PNG at 0
+    or 255)."""
+    rng = np.random.default_rng(seed)
+    lows, highs, opens = [], [], []
+    for i in range(arrays[0].shape[0]):
+        v = np.concatenate([np.asarray(a[i]).reshape(-1) for a in arrays]).astype(np.float64)
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            v = np.zeros(1)
+        if v.size > max_samples:
+            v = rng.choice(v, max_samples, replace=False)
+        lo, hi = (float(q) for q in np.percentile(v, RANGE_QUANTILES))
+        low_open = lo == v.min() and np.mean(v == lo) >= RANGE_QUANTILES[0] / 100
+        high_open = hi == v.max() and np.mean(v == hi) >= 1 - RANGE_QUANTILES[1] / 100
+        lows.append(lo)
+        highs.append(hi)
+        opens.append({(True, True): "both", (True, False): "low", (False, True): "high"}.get(
+            (bool(low_open), bool(high_open)), ""))  # fmt: skip
+    return tuple(lows), tuple(highs), tuple(opens)
+
+
+def outside_range(
+    arr: np.ndarray, low: Sequence[float], high: Sequence[float], open_: Sequence[str] = ()
+) -> np.ndarray:
+    """(h, w) bool: any band of ``arr`` (C, h, w) leaves ``[low, high]`` by more than
+    :data:`RANGE_MARGIN` of the band's span, on a side that is not open (NaN is not flagged:
+    it is nodata)."""
+    c = arr.shape[0]
+    lo, hi = (np.asarray(v, dtype=np.float64).reshape(c, 1, 1) for v in (low, high))
+    m = RANGE_MARGIN * np.maximum(hi - lo, 0.0)
+    sides = list(open_) or [""] * c
+    lo = np.where(np.array([s in ("low", "both") for s in sides]).reshape(c, 1, 1), -np.inf, lo - m)
+    hi = np.where(np.array([s in ("high", "both") for s in sides]).reshape(c, 1, 1), np.inf, hi + m)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(((arr < lo) | (arr > hi)).any(axis=0))
+
+
+# ---- reason codes -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Checks:
+    """What can be checked for one model: its ranges (modality -> (low, high)) and rules."""
+
+    ranges: Mapping[str, tuple[tuple[float, ...], tuple[float, ...], tuple[str, ...]]]
+    rules: Sequence[Rule]
+    locations: Mapping[str, tuple[str, int]]
+
+    @classmethod
+    def of(cls, meta: ModelMeta) -> Checks:
+        ranges = {s.name: (s.range_low, s.range_high, s.range_open) for s in meta.modalities
+                  if s.range_low is not None and s.range_high is not None}  # fmt: skip
+        return cls(ranges, model_rules(meta), band_locations(meta.modalities))
+
+    @property
+    def empty(self) -> bool:
+        return not self.ranges and not self.rules
+
+    @property
+    def reasons(self) -> list[str]:
+        """Name of each code: ``["ok", "outside-training-range", <rule names>...]``."""
+        return ["ok", RANGE_REASON, *(r.name for r in self.rules)]
+
+    def codes(self, raw: Mapping[str, np.ndarray], valid: np.ndarray) -> np.ndarray:
+        """uint8 reason codes (h, w) of raw arrays (modality -> (C, h, w), sensor units)."""
+        out = np.full(valid.shape, OK, dtype=np.uint8)
+        flagged = np.zeros(valid.shape, dtype=bool)
+        for name, (low, high, open_) in self.ranges.items():
+            flagged |= outside_range(raw[name], low, high, open_)
+        out[flagged] = OUT_OF_RANGE
+        bands = {k: raw[m][i] for k, (m, i) in self.locations.items() if m in raw}
+        for code in range(len(self.rules) + 1, 1, -1):  # the first matching rule wins
+            out[evaluate(self.rules[code - 2].tree, bands)] = code
+        out[~valid] = NODATA
+        return out
+
+
+def fractions(counts: np.ndarray, reasons: Sequence[str]) -> dict[str, float]:
+    """Excluded fraction of valid pixels per reason (``counts``: pixels per code, 256 bins)."""
+    n_valid = int(counts[:NODATA].sum())
+    return {name: (float(counts[code]) / n_valid if n_valid else 0.0)
+            for code, name in enumerate(reasons) if code != OK}  # fmt: skip
+
+
+def summary(counts: np.ndarray, reasons: Sequence[str]) -> dict[str, Any]:
+    """``{"excluded": total fraction, "reasons": {name: fraction}, "codes": {code: name}}``."""
+    fr = fractions(counts, reasons)
+    return {
+        "excluded": round(sum(fr.values()), 6),
+        "reasons": {k: round(v, 6) for k, v in fr.items()},
+        "codes": {str(c): n for c, n in enumerate(reasons)} | {str(NODATA): "nodata"},
+    }
