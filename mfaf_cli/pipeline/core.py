@@ -40,6 +40,7 @@ from mfaf_cli.coreg.align import AlignedScene
 from mfaf_cli.coreg.grid import Grid
 from mfaf_cli.metadata import ModelMeta
 from mfaf_cli.normalize import apply_normalisation
+from mfaf_cli.pipeline.cputime import CpuClock, charge
 from mfaf_cli.pipeline.strips import StripReader
 from mfaf_cli.tiling.plan import WindowPlan, plan_windows
 from mfaf_cli.tiling.windows import Window, batched
@@ -86,6 +87,8 @@ class RunStats:
     model_seconds: float
     #: modality -> which bands were read and how they were chosen (BandChoice.to_dict())
     bands: dict[str, Any] = field(default_factory=dict)
+    #: CPU seconds by stage (engine / read / merge / total), see :mod:`.cputime`
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
 
 # ---- window plan ------------------------------------------------------------------------------
@@ -267,7 +270,8 @@ class MergeWorker:
                 return
             if self._error is None:
                 try:
-                    self._merge(*item)
+                    with charge("merge"):
+                        self._merge(*item)
                 except BaseException as err:  # re-raised in the caller's thread
                     self._error = err
             self._release(item[2])
@@ -419,6 +423,7 @@ def run_scene(
     bar = tqdm(total=sum(len(p.windows) for p in subplans), unit="win", desc=desc,
                disable=not progress, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
     model_s, skipped, carry = 0.0, set(), EdgeCarry()
+    clock = CpuClock()
     try:
         for (c0, _), sub in zip(panels, subplans, strict=True):
             panel_sink = sink if len(panels) == 1 else PanelSink(sink, c0)
@@ -432,7 +437,8 @@ def run_scene(
             skipped |= {(w.row_off, w.col_off + c0) for w in skip}
     finally:
         bar.close()
-    return RunStats(len(plan.windows), len(skipped), model_s)
+    cpu = clock.split().to_dict()
+    return RunStats(len(plan.windows), len(skipped), model_s, cpu_seconds=cpu)
 
 
 class EdgeCarry:

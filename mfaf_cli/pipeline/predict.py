@@ -76,6 +76,9 @@ class PredictResult:
     model_seconds: float = 0.0
     #: modality -> which bands were read and how they were chosen (BandChoice.to_dict()).
     bands: dict[str, Any] = field(default_factory=dict)
+    #: CPU seconds of the pass by stage (engine / read / merge / total) and the thread split
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    threads: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,6 +110,12 @@ def check_modalities(given: Sequence[str], meta: ModelMeta, model_name: str) -> 
 def on_gpu(predictor: Any) -> bool:
     """Whether ``predictor`` runs on a GPU (then the CPU cores are left to the readers)."""
     return str(getattr(predictor, "device", "cpu")).startswith("cuda")
+
+
+def reader_bound(predictor: Any) -> bool:
+    """Whether reading, not the network, bounds this predictor's runs (it says so with a
+    true ``reader_bound``, as the benchmarks' null engine does): then cores go to readers."""
+    return bool(getattr(predictor, "reader_bound", False))
 
 
 def load_predictor(
@@ -375,7 +384,7 @@ def predict(
 
     ordered = {m: inputs[m] for m in meta.modality_names}
     if read_threads is None:
-        read_threads = spec.thread_split(on_gpu=on_gpu(predictor))[1]
+        read_threads = spec.thread_split(on_gpu(predictor), reader_bound(predictor))[1]
     t_scene = time.perf_counter()
     grid, stats, outputs = run_on_scene(
         ordered, meta, predictor, _outputs, spec.with_tile(tile), bands=bands,
@@ -413,6 +422,8 @@ def predict(
         class_fractions={k: round(v, 6) for k, v in fractions.items()},
         model_seconds=round(stats.model_seconds, 3),
         bands=stats.bands,
+        cpu_seconds=stats.cpu_seconds,
+        threads={"engine": int(getattr(predictor, "threads", 0) or 0), "readers": read_threads},
     )
 
 

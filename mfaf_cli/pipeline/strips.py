@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from mfaf_cli.coreg.align import AlignedScene, reflect_pad
+from mfaf_cli.pipeline.cputime import charge
+from mfaf_cli.pipeline.spec import lower_reader_priority
 from mfaf_cli.tiling.windows import Window
 
 #: One reader's share of a row chunk: ``(arrays, valid, first column, end column)``.
@@ -103,7 +105,10 @@ class StripReader:
         else:
             sizes = [1] * (len(self.parts) if threads > 0 else 0)
         self._pools = [
-            ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"mfaf-strip{i}")
+            ThreadPoolExecutor(
+                max_workers=n, thread_name_prefix=f"mfaf-strip{i}",
+                initializer=lower_reader_priority,
+            )  # fmt: skip
             for i, n in enumerate(sizes)
         ]
         self._chunks: dict[int, list[Future[Part]]] = {}
@@ -118,7 +123,8 @@ class StripReader:
         r0, r1 = self.edges[j], self.edges[j + 1]
         a, b = self.parts[p]
         window = Window(r0, a, r1 - r0, b - a)
-        arrays, valid = self._read_scene(window, self._buffers(window))
+        with charge("read"):
+            arrays, valid = self._read_scene(window, self._buffers(window))
         return arrays, valid, a, b
 
     def _read_scene(
