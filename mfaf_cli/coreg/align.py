@@ -170,6 +170,8 @@ class AlignedScene:
         self.sources: dict[str, _Source] = {}
         #: Which bands of each input are read, and how they were chosen (for logs and --json).
         self.band_choices: dict[str, BandChoice] = {}
+        #: How the last scene statistics were sampled (see :meth:`sample_values`).
+        self.stats_sampling: dict[str, object] = {}
         handles: dict[str, Any] = {}
         try:
             for name, path in inputs.items():
@@ -448,20 +450,43 @@ class AlignedScene:
         """Per-band scene percentiles of each modality, over pixels valid in every modality.
 
         Uses each modality's ``p_low``/``p_high`` from ``meta`` (2/98 without one), on the values
-        exactly as :meth:`read` returns them (same bands, same SAR units).
+        exactly as :meth:`read` returns them (same bands, same SAR units), from whole blocks
+        spread over the scene (:func:`~mfaf_cli.coreg.sampling.sample_windows`: a fixed cost
+        whatever the scene's size); :attr:`stats_sampling` records the sample.
         """
         from mfaf_cli.normalize import band_percentiles
 
         meta = meta or self.meta
-        arrays, valid, _ = self.read_decimated()
+        values = self.sample_values()
         out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for name, arr in arrays.items():
+        for name, arr in values.items():
             p_low, p_high = 2.0, 98.0
             if meta is not None and name in meta.modality_names:
                 norm = meta.modality(name).normalisation
                 p_low, p_high = norm.p_low, norm.p_high
-            out[name] = band_percentiles(arr, valid, p_low, p_high)
+            out[name] = band_percentiles(arr[:, None, :], None, p_low, p_high)
         return out
+
+    def sample_values(self) -> dict[str, np.ndarray]:
+        """``(C, N)`` values of each modality at the statistics sample's pixels that are
+        valid in every modality; sets :attr:`stats_sampling`."""
+        from mfaf_cli.coreg.sampling import sample_windows
+
+        g = self.grid
+        block = self.read_blocks()
+        sample = sample_windows(g.height, g.width, block if block[:2] != (1, 1) else (512, 512, 0))
+        s = sample.stride
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in self.sources}
+        for r0, c0, h, w in sample.windows:
+            arrays, valid = self.read(RioWindow(c0, r0, w, h))
+            keep = valid[::s, ::s]
+            for name, arr in arrays.items():
+                parts[name].append(arr[:, ::s, ::s][:, keep])
+        self.stats_sampling = sample.to_dict()
+        return {
+            name: np.concatenate(p, axis=1) if p else np.zeros((len(self.sources[name].indexes), 0))
+            for name, p in parts.items()
+        }
 
 
 # ---- readers ------------------------------------------------------------------------------
