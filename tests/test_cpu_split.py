@@ -85,3 +85,14 @@ def test_charge_counts_only_its_thread_and_stage() -> None:
     split = clock.split()
     assert 0.05 <= split.read < 0.2 and split.merge == 0.0
     assert split.total >= split.read
+
+
+def test_json_records_how_scene_statistics_were_sampled(make_geotiff, rng, tmp_path) -> None:
+    """A scene-percentile record (``_meta`` uses one) reports its pre-pass in --json."""
+    opt, sar = _pair(make_geotiff, rng)
+    pred = BusyPredictor(0.0)
+    res = predict({"optical": opt, "sar": sar}, tmp_path / "m.tif", predictor=pred, tile=32,
+                  progress=False)  # fmt: skip
+    st = res.to_dict()["statistics"]
+    assert st["method"] == "blocks" and st["fraction_read"] == 1.0  # a small scene: all of it
+    assert st["pixels_read"] == 96 * 96 and st["seconds"] >= 0

@@ -89,6 +89,8 @@ class RunStats:
     bands: dict[str, Any] = field(default_factory=dict)
     #: CPU seconds by stage (engine / read / merge / total), see :mod:`.cputime`
     cpu_seconds: dict[str, float] = field(default_factory=dict)
+    #: how scene statistics were sampled, and the pre-pass's seconds (none: fixed records)
+    statistics: dict[str, Any] = field(default_factory=dict)
 
 
 # ---- window plan ------------------------------------------------------------------------------

@@ -79,6 +79,8 @@ class PredictResult:
     #: CPU seconds of the pass by stage (engine / read / merge / total) and the thread split
     cpu_seconds: dict[str, float] = field(default_factory=dict)
     threads: dict[str, int] = field(default_factory=dict)
+    #: scene-percentile records: how the statistics were sampled and the pre-pass's seconds
+    statistics: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -224,7 +226,12 @@ def run_on_scene(
     ):  # fmt: skip
         for m, c in scene.band_choices.items():
             log.info("%s bands: %s", m, c.summary())
-        percentiles = _extent_percentiles(scene, inputs, grid, plan, meta, bands, sar_units)
+        t_stats = time.perf_counter()
+        percentiles, sampling = _extent_percentiles(
+            scene, inputs, grid, plan, meta, bands, sar_units
+        )
+        if sampling:
+            sampling = dict(sampling, seconds=round(time.perf_counter() - t_stats, 3))
         with make_sink(grid) as sink:
             stats = run_scene(
                 scene, plan, meta, predictor, percentiles, sink, batch_size=spec.batch_size,
@@ -232,7 +239,8 @@ def run_on_scene(
             )  # fmt: skip
             if before_commit is not None:
                 before_commit(sink)
-    stats = replace(stats, bands={m: c.to_dict() for m, c in scene.band_choices.items()})
+    stats = replace(stats, bands={m: c.to_dict() for m, c in scene.band_choices.items()},
+                    statistics=sampling)  # fmt: skip
     return grid, stats, sink
 
 
@@ -244,16 +252,16 @@ def _extent_percentiles(
     meta: ModelMeta,
     bands: Any,
     units: str,
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
     """Scene statistics of the requested extent (not of the larger read grid of an anchored
-    crop), so extent-dependent normalisations keep their meaning; none (no decimated read of
-    the whole scene) when every modality's normalisation is fixed."""
+    crop), so extent-dependent normalisations keep their meaning, and how they were sampled;
+    none (no pre-pass) when every modality's normalisation is fixed."""
     if all(s.normalisation.mode != "scene-percentile" for s in meta.modalities):
-        return {}
+        return {}, {}
     if not plan.anchored:
-        return scene.percentiles(meta)
+        return scene.percentiles(meta), dict(scene.stats_sampling)
     with AlignedScene(inputs, grid, bands=bands, units=units, meta=meta) as crop:
-        return crop.percentiles(meta)
+        return crop.percentiles(meta), dict(crop.stats_sampling)
 
 
 def _bounded_gdal_cache(scene: AlignedScene, tile: int, columns: int | None = None) -> Any:
@@ -423,6 +431,7 @@ def predict(
         model_seconds=round(stats.model_seconds, 3),
         bands=stats.bands,
         cpu_seconds=stats.cpu_seconds,
+        statistics=stats.statistics,
         threads={"engine": int(getattr(predictor, "threads", 0) or 0), "readers": read_threads},
     )
 
