@@ -143,6 +143,29 @@ class NullPredictor:
         return self._tensor.expand(n, *self._out.shape[1:])
 
 
+class RssTrace:
+    """Samples this process's resident set every 0.1 s on a thread; ``stop()`` gives it at
+    each tenth of the run (MB): memory that grows with the rows done shows as a slope."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._samples: list[int] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._done.wait(0.1):
+            self._samples.append(peak_rss_bytes("VmRSS"))
+
+    def stop(self) -> list[float]:
+        self._done.set()
+        self._thread.join()
+        s = self._samples or [peak_rss_bytes("VmRSS")]
+        return [round(s[min(len(s) - 1, i * len(s) // 10)] / 2**20, 1) for i in range(11)]
+
+
 def scene_percentile_meta(meta: Any) -> Any:
     """``meta`` with every modality's record asking for scene percentiles (the pre-pass)."""
     mods = tuple(
@@ -234,12 +257,14 @@ def run_worker(args: argparse.Namespace) -> dict:
     bands = {m.name: list(range(1, m.n_bands + 1)) for m in meta.modalities}
     out = folder / f"map_{args.size}.tif"
     bare_s = [bare_block_read({m: inputs[m] for m in meta.modality_names}, bands)]
+    tracer = RssTrace()
     cpu0 = cpu_seconds()
     res = predict(inputs, out, predictor=predictor, tile=tile, overlap=args.overlap,
                   batch_size=args.batch_size, overwrite=True, progress=args.progress,
                   read_threads=readers, bands=bands)  # fmt: skip
     rss_predict = peak_rss_bytes()
     predict_cpu_s = cpu_seconds() - cpu0
+    rss_trace = tracer.stop()
     bare_s.append(bare_block_read({m: inputs[m] for m in meta.modality_names}, bands))
     if args.engine != "null" and not args.no_model_only:
         # the honest limit: the network alone with every core, as ORT's or torch's defaults
@@ -297,6 +322,7 @@ def run_worker(args: argparse.Namespace) -> dict:
         "cpu_seconds_by_stage": res.cpu_seconds,
         "bare_block_read_seconds": [round(x, 3) for x in bare_s],
         "ratio_end_to_end_to_bare_read": round(e2e_s / min(bare_s), 3),
+        "rss_mb_over_the_run": rss_trace,
         "statistics": res.statistics,
         "statistics_share_of_run": (
             round(res.statistics["seconds"] / e2e_s, 4) if res.statistics else None
