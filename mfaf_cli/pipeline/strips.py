@@ -107,17 +107,23 @@ class StripReader:
         self._pools = [
             ThreadPoolExecutor(
                 max_workers=n, thread_name_prefix=f"mfaf-strip{i}",
-                initializer=lower_reader_priority,
+                initializer=self._start_reader,
             )  # fmt: skip
             for i, n in enumerate(sizes)
         ]
         self._chunks: dict[int, list[Future[Part]]] = {}
+        self._readers: set[int] = set()  # reader thread idents (their handles close with us)
         #: Arrays of dropped chunks, by (modality, shape), for later chunks to read into: a
         #: fresh array per chunk costs page faults (measured ~30 % of reading the optical).
         self._free: dict[tuple[str, tuple[int, ...]], list[np.ndarray]] = {}
         self._next = 0  # next chunk index to submit
         self._ahead = max(ahead, 1)
         self._lock = threading.Lock()
+
+    def _start_reader(self) -> None:
+        lower_reader_priority()
+        with self._lock:
+            self._readers.add(threading.get_ident())
 
     def _read_part(self, j: int, p: int) -> Part:
         r0, r1 = self.edges[j], self.edges[j + 1]
@@ -242,6 +248,9 @@ class StripReader:
     def close(self) -> None:
         for pool in self._pools:
             pool.shutdown(wait=True, cancel_futures=True)
+        close_handles = getattr(self.scene, "close_thread_handles", None)
+        if close_handles is not None:  # the readers are gone: so are their GDAL handles
+            close_handles(self._readers)
         self._chunks.clear()
         self._free.clear()
 
