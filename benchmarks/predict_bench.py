@@ -277,7 +277,7 @@ def run_worker(args: argparse.Namespace) -> dict:
 
     # Model only: the same windows and batches, read and normalised beforehand (not timed).
     grid = grid_from_reference(opt)
-    model_s = 0.0
+    model_s = model_cpu_s = 0.0
     scene_inputs = {m: inputs[m] for m in meta.modality_names}
     with AlignedScene(scene_inputs, grid, bands=bands, meta=meta) as scene:
         pct = scene.percentiles(meta)
@@ -288,9 +288,10 @@ def run_worker(args: argparse.Namespace) -> dict:
             pb = prepare_batch(scene, batch, meta, pct)
             if not pb.run:
                 continue
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), cpu_seconds()
             predictor(pb.arrays)
             model_s += time.perf_counter() - t0
+            model_cpu_s += cpu_seconds() - c0
     mpix = grid.width * grid.height / 1e6
     e2e_s = mpix / res.megapixels_per_second
     return {
@@ -318,6 +319,7 @@ def run_worker(args: argparse.Namespace) -> dict:
         "engine_threads": engine_threads,
         "threads": args.threads or usable_cores(),
         "model_only_threads": "all (engine defaults)",
+        "model_only_cpu_seconds": round(model_cpu_s, 3),
         "total_seconds_with_model_load": res.seconds,
         "cpu_seconds_by_stage": res.cpu_seconds,
         "bare_block_read_seconds": [round(x, 3) for x in bare_s],
