@@ -113,8 +113,11 @@ def monai_worker(args: argparse.Namespace) -> dict:
     bands = {"optical": [1, 2, 3], "sar": [1]}  # the model's 3 optical bands, as for mfaf
     scene_inputs = {m: inputs[m] for m in meta.modality_names}
     with AlignedScene(scene_inputs, grid, bands=bands, meta=meta) as scene:
-        pct = scene.percentiles(meta) if any(
-            s.normalisation.mode == "scene-percentile" for s in meta.modalities) else {}
+        pct = (
+            scene.percentiles(meta)
+            if any(s.normalisation.mode == "scene-percentile" for s in meta.modalities)
+            else {}
+        )
         arrays, valid = scene.read(Window(0, 0, grid.height, grid.width))
     arrays = normaliser(meta, pct, in_place=True)(arrays)
     names = meta.modality_names

@@ -11,6 +11,7 @@ town in a corner) can be missed, which a full read would have seen.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -72,7 +73,7 @@ def _spread(n_all: int, k: int, rng: np.random.Generator) -> list[int]:
     orchards, and biased the 98th percentile by 2 % of the stretch on a sinusoidal scene)."""
     k = max(1, min(k, n_all))
     edges = [round(i * n_all / k) for i in range(k + 1)]
-    return [int(rng.integers(a, b)) for a, b in zip(edges, edges[1:], strict=False) if b > a]
+    return [int(rng.integers(a, b)) for a, b in itertools.pairwise(edges) if b > a]
 
 
 def sample_windows(

@@ -106,9 +106,8 @@ class StripReader:
             sizes = [1] * (len(self.parts) if threads > 0 else 0)
         self._pools = [
             ThreadPoolExecutor(
-                max_workers=n, thread_name_prefix=f"mfaf-strip{i}",
-                initializer=self._start_reader,
-            )  # fmt: skip
+                max_workers=n, thread_name_prefix=f"mfaf-strip{i}", initializer=self._start_reader
+            )
             for i, n in enumerate(sizes)
         ]
         self._chunks: dict[int, list[Future[Part]]] = {}
