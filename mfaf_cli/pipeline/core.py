@@ -425,6 +425,10 @@ def run_scene(
     bar = tqdm(total=sum(len(p.windows) for p in subplans), unit="win", desc=desc,
                disable=not progress, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
     model_s, skipped, carry = 0.0, set(), EdgeCarry()
+    # readers yield to a CPU engine's threads; not when they are the bottleneck (a GPU
+    # engine, or a predictor that says reading bounds it)
+    yield_ = not on_device and not getattr(predictor, "reader_bound", False)
+    yield_ = yield_ and not str(getattr(predictor, "device", "cpu")).startswith("cuda")
     clock = CpuClock()
     try:
         for (c0, _), sub in zip(panels, subplans, strict=True):
@@ -433,7 +437,7 @@ def run_scene(
             carry = carry.next_panel(c0, sub.width, last=c0 == panels[-1][0])
             seconds, skip = _run_panel(
                 scene, sub, meta, merger, predict, percentiles, batch_size=batch_size,
-                read_threads=read_threads, bar=bar, carry=carry,
+                read_threads=read_threads, bar=bar, carry=carry, yield_to_engine=yield_,
             )  # fmt: skip
             model_s += seconds
             skipped |= {(w.row_off, w.col_off + c0) for w in skip}
@@ -509,6 +513,7 @@ def _run_panel(
     read_threads: int,
     bar: Any,
     carry: EdgeCarry,
+    yield_to_engine: bool = True,
 ) -> tuple[float, list[Window]]:
     """One panel (or the whole scene): ``(model seconds, windows skipped as all nodata)``."""
     reads = [plan.read_window(w) for w in plan.windows]
@@ -520,6 +525,7 @@ def _run_panel(
     normalise = normaliser(meta, percentiles, in_place=True)
     reader = StripReader(scene, [w.row_off for w in reads], plan.tile, threads=read_threads,
                          ahead=max(2, read_threads), transform=normalise,
+                         yield_to_engine=yield_to_engine,
                          cols=read_columns(plan, scene.grid.width))  # fmt: skip
     model_s, ok, skipped = 0.0, False, []
     try:

@@ -87,8 +87,11 @@ class StripReader:
         ahead: int = 4,
         transform: ChunkTransform | None = None,
         cols: tuple[int, int] | None = None,
+        yield_to_engine: bool = True,
     ) -> None:
         self.scene = scene
+        #: reader threads run at a lower priority than a CPU engine sharing their cores
+        self._yield = yield_to_engine
         self._transform = transform
         self.height, self.width = scene.grid.height, scene.grid.width
         #: The grid columns the chunks span (a column panel's windows need no more).
@@ -120,7 +123,8 @@ class StripReader:
         self._lock = threading.Lock()
 
     def _start_reader(self) -> None:
-        lower_reader_priority()
+        if self._yield:
+            lower_reader_priority()
         with self._lock:
             self._readers.add(threading.get_ident())
 
