@@ -330,7 +330,9 @@ def run_worker(args: argparse.Namespace) -> dict:
         "bare_block_read_seconds": [round(x, 3) for x in bare_s],
         "ratio_end_to_end_to_bare_read": round(e2e_s / min(bare_s), 3),
         "bare_block_read_cpu_seconds": round(bare_cpu_s, 3),
-        "ratio_cpu_seconds_end_to_end_to_bare_read": round(predict_cpu_s / max(bare_cpu_s, 1e-9), 3),
+        "ratio_cpu_seconds_end_to_end_to_bare_read": round(
+            predict_cpu_s / max(bare_cpu_s, 1e-9), 3
+        ),
         "rss_mb_over_the_run": rss_trace,
         "statistics": res.statistics,
         "statistics_share_of_run": (
