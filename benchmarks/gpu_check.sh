@@ -4,7 +4,11 @@
 # threads), the null engine (the machinery's own ceiling), the row-band merger on the GPU
 # against the numpy one (torch AMP, and the null engine), the device-merger equivalence tests
 # on CUDA, the default thread split, the scene-statistics pre-pass, MONAI side by side
-# (benchmarks/vs_monai.py), and one AMP training epoch.
+# (benchmarks/vs_monai.py), and one AMP training epoch. Issue 26's fixes: the precision `auto`
+# picks per GPU and why (bf16 only where native), model_seconds (CUDA events) against the
+# host-return and synchronised times of the same calls, and with two or more GPUs the device
+# of each torchrun rank for --device cuda (and that no rank makes a CUDA context on another
+# rank's GPU).
 # Prints one JSON object per line on stdout; progress on stderr.
 #
 #   bash benchmarks/gpu_check.sh                  # on the GPU machine, from the repo root
@@ -52,6 +56,48 @@ except ImportError:
 print(json.dumps(info))
 EOF
 
+checked() {  # label, then a command printing one JSON line
+    local label=$1
+    shift
+    note "$label"
+    "$@" || echo "{\"check\": \"$label\", \"error\": \"exit $?\"}"
+}
+CLOCK_SIZE=${CLOCK_SIZE:-$((SIZE < 2048 ? SIZE : 2048))}
+checked precision-auto "$PY" benchmarks/gpu_paths_check.py precision --device "$DEVICE"
+checked model-seconds-clock "$PY" benchmarks/gpu_paths_check.py clock --device "$DEVICE" \
+    --model "$MODEL" --size "$CLOCK_SIZE" --workdir "$WORK/clock"
+
+ngpu=$("$PY" -c 'import torch; print(torch.cuda.device_count())')
+if [ "$DEVICE" != cpu ] && [ "$ngpu" -ge 2 ]; then
+    torchrun2=("$PY" -m torch.distributed.run --standalone --nproc-per-node 2)
+    checked torchrun-rank-device "${torchrun2[@]}" benchmarks/gpu_paths_check.py rank \
+        --device cuda --model "$MODEL"
+    note "torchrun predict --batch --device cuda: each rank's scenes on its own GPU"
+    "$PY" - "$WORK/ranks" <<'EOF'
+import sys
+from pathlib import Path
+sys.path.insert(0, "benchmarks")
+from predict_bench import generate_pair
+folder = Path(sys.argv[1])
+folder.mkdir(parents=True)
+opt, sar = generate_pair(folder, 512)
+rows = [f"scene-{i},{opt},{sar},\"1,2,3\",{folder}/map-{i}.tif" for i in range(4)]
+(folder / "scenes.csv").write_text("scene,optical,sar,optical_bands,output\n" + "\n".join(rows) + "\n")
+EOF
+    if "${torchrun2[@]}" -m mfaf_cli predict --batch "$WORK/ranks/scenes.csv" --model "$MODEL" \
+        --device cuda --engine torch --json -q > "$WORK/ranks/batch.jsonl"; then rc=0; else rc=$?; fi
+    "$PY" - "$WORK/ranks/batch.jsonl" "$rc" <<'EOF'
+import json, sys
+recs = [json.loads(x) for x in open(sys.argv[1]) if x.startswith("{")]
+got = {r["scene"]: r.get("device", r.get("error")) for r in recs}
+want = {f"scene-{i}": f"cuda:{i % 2}" for i in range(4)}  # rank r takes scenes r, r + 2
+print(json.dumps({"check": "torchrun-batch-devices", "rc": int(sys.argv[2]),
+                  "ok": got == want, "devices": got, "expected": want}))
+EOF
+else
+    echo "{\"check\": \"torchrun-cuda-mapping\", \"skipped\": \"needs 2 GPUs, found $ngpu (device $DEVICE)\"}"
+fi
+
 common=(--model "$MODEL" --device "$DEVICE" --tile 256 --batch-size 16)
 bench torch-fp32-readers1 "${common[@]}" --engine torch --precision fp32 --read-threads 1
 bench torch-fp32-readers4 "${common[@]}" --engine torch --precision fp32 --read-threads 4
@@ -81,6 +127,12 @@ if tests_out=$("$PY" -m pytest -q -p no:cacheprovider tests/test_device_merger.p
 [ "$rc" = 0 ] || printf '%s\n' "$tests_out" >&2
 summary=$(printf '%s\n' "$tests_out" | tail -1 | tr -d '"\\')
 echo "{\"check\": \"device-merger-tests\", \"rc\": $rc, \"summary\": \"$summary\"}"
+
+note "the float32-under-autocast tests of issue 26 (CUDA cases run only where CUDA is)"
+if tests_out=$("$PY" -m pytest -q -p no:cacheprovider tests/test_gpu_paths.py -k autocast 2>&1); then rc=0; else rc=$?; fi
+[ "$rc" = 0 ] || printf '%s\n' "$tests_out" >&2
+summary=$(printf '%s\n' "$tests_out" | tail -1 | tr -d '"\\')
+echo "{\"check\": \"autocast-dtype-tests\", \"rc\": $rc, \"summary\": \"$summary\"}"
 
 note "one AMP training epoch (generated OMBRIA-layout patches)"
 "$PY" - "$WORK/ombria" "$TRAIN_N" "$TRAIN_SIZE" <<'EOF'

@@ -60,3 +60,25 @@ def _cuda_index(device: str, d: str, local_rank: int | None) -> int:
     if not 0 <= idx < count:
         raise EngineError(f"--device {device}: only {count} CUDA device(s) (cuda:0..)")
     return idx
+
+
+def cuda_autocast_dtype(device: torch.device) -> tuple[torch.dtype, str]:
+    """``(bf16 or fp16, why)``: the autocast dtype for CUDA ``device`` and the reason.
+
+    bf16 only where the GPU computes it natively (compute capability 8.0 on, ROCm); elsewhere
+    (T4, V100) bf16 is emulated and slow, so fp16, which training pairs with a GradScaler.
+    ``torch.cuda.is_bf16_supported()`` says True wherever a bf16 tensor can be made (emulation
+    included), asks the current device rather than ``device``, and makes a test tensor there,
+    which creates a CUDA context on GPU 0 in every torchrun rank; reading the target device's
+    properties does none of that.
+    """
+    import torch
+
+    if torch.version.hip:
+        return torch.bfloat16, "bf16: ROCm (native on AMD GPUs)"
+    index = torch.cuda.current_device() if device.index is None else device.index
+    props = torch.cuda.get_device_properties(index)
+    gpu = f"cuda:{index} ({props.name}, compute capability {props.major}.{props.minor})"
+    if props.major >= 8:
+        return torch.bfloat16, f"bf16: {gpu} computes it natively"
+    return torch.float16, f"fp16: {gpu} has no native bf16 (only emulated, slow)"

@@ -312,14 +312,13 @@ DEFAULT_UNITS: dict[str, str] = {"sar": "db"}
 
 
 def default_band_names(modality: str, n: int) -> tuple[str, ...]:
-    """Band names for ``n`` bands of ``modality`` when nothing names them: the modality's
-    default bands when the count fits, RGB for 3 optical bands, VV+VH for 2 SAR bands, else
-    ``b1..bn`` (so an untrained model and a folder dataset describe the same bands alike)."""
+    """Band names for ``n`` bands of an *untrained* ``modality``: the modality's default bands
+    when the count fits, VV+VH for 2 SAR bands, else ``b1..bn`` (positional: predict then
+    takes the file's bands in order). Never RGB merely because there are 3 optical bands: a
+    trained record names the bands it was trained on (``data/bands.py``)."""
     default = DEFAULT_BANDS.get(modality, ())
     if len(default) == n:
         return default
-    if modality == "optical" and n == 3:
-        return ("red", "green", "blue")
     if modality == "sar" and n == 2:
         return ("vv", "vh")
     return tuple(f"b{i + 1}" for i in range(n))

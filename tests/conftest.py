@@ -6,7 +6,8 @@ Area-specific helpers live in the test modules that use them; keep this file sma
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,15 @@ import rasterio
 from rasterio.transform import Affine, from_origin
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(autouse=True)
+def _restore_sigterm() -> Iterator[None]:
+    """The CLI installs its own SIGTERM handler; a test that runs it must not leave it behind
+    (a later SIGTERM to pytest would become SystemExit(143) inside an unrelated test)."""
+    before = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, before)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TEST_DATA = Path(__file__).resolve().parent / "data"

@@ -14,7 +14,7 @@ PACKAGE = Path(mfaf_cli.__file__).parent
 #: room of a lower layer; rooms that share a layer do not import each other.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("mfaf_cli", "mfaf_cli.types", "mfaf_cli.errors", "mfaf_cli.malloc"),
-    ("mfaf_cli.metadata", "mfaf_cli.devices"),
+    ("mfaf_cli.metadata", "mfaf_cli.devices", "mfaf_cli.bandspec"),
     (
         "mfaf_cli.normalize",
         "mfaf_cli.tiling",

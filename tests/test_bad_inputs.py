@@ -275,7 +275,12 @@ CASES: list[Case] = [
         "predict-not-a-tiff", lambda f, o: P(f, out=o, sar=f["garbage"]), 1, "not a readable raster"
     ),
     Case("predict-zero-byte", lambda f, o: P(f, out=o, opt=f["empty"]), 1, "empty (zero-byte)"),
-    Case("predict-directory-input", lambda f, o: P(f, out=o, sar=f["folder"]), 1, "is a directory"),
+    Case(
+        "predict-directory-input",
+        lambda f, o: P(f, out=o, sar=f["folder"]),
+        1,
+        "holds no Sentinel-1 polarisation files",
+    ),
     Case(
         "predict-missing-input",
         lambda f, o: P(f, out=o, sar=o / "nope.tif"),
@@ -728,16 +733,20 @@ def test_int16_optical_with_float32_sar_is_normal(files: Files, tmp_path: Path, 
 def test_bands_picked_by_description_and_contradictions_warn(
     files: Files, tmp_path: Path, runner, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Described bands are picked by meaning and reported; VH given for vv runs with a warning."""
+    """Described bands are picked by meaning and reported; VH given for vv is an error (issue
+    20), and runs with a warning when the user picks it by number."""
     args = P(files, "--json", out=tmp_path, opt=files["opt_named"], sar=files["sar_vh"])
+    code, _, err = runner(*args)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "the band descriptions of sar_vh.tif (1=VH) name no vv (VV)" in err
     with caplog.at_level(logging.WARNING, logger="mfaf"):
-        code, stdout, err = runner(*args)
+        code, stdout, err = runner(*args, "--sar-bands", "1")
     assert code == 0, err
     bands = json.loads(stdout)["bands"]
     assert bands["optical"]["indexes"] == [1, 2, 3, 4]
     assert bands["optical"]["picked_by"] == "band descriptions"
     assert bands["optical"]["descriptions"] == ["B4", "B3", "B2", "B8"]
-    assert bands["sar"]["picked_by"] == "file order"
+    assert bands["sar"]["picked_by"] == "--sar-bands"
     warning = "sar band 1 of sar_vh.tif is described as VH (vh), but model unet takes vv"
     assert bands["sar"]["warnings"][0].startswith(warning)
     assert warning in caplog.text and "Error" not in err
@@ -745,7 +754,7 @@ def test_bands_picked_by_description_and_contradictions_warn(
 
     line = _summary(json.loads(stdout))
     assert line.endswith(
-        "; bands: optical B4,B3,B2,B8 (1,2,3,4, by band descriptions), sar VH (1, by file order)"
+        "; bands: optical B4,B3,B2,B8 (1,2,3,4, by band descriptions), sar VH (1, by --sar-bands)"
     )
 
 

@@ -170,9 +170,18 @@ def test_wrong_sensor_is_an_error_unless_band_numbers_are_given() -> None:
     assert c.indexes == (4,) and "is it the wrong file?" in c.warnings[0]
 
 
-def test_contradicting_description_is_a_warning() -> None:
-    c = choose(SAR, None, 1, ["VH"])
-    assert (c.indexes, c.picked_by) == ((1,), "file order")
+def test_contradicting_description_is_an_error_unless_numbered() -> None:
+    """A file whose one band says VH given to a VV model (issue 20): one line naming the file
+    and the band the model needs; an explicit band number overrides it, with a warning."""
+    with pytest.raises(BandMismatchError) as e:
+        choose(SAR, None, 1, ["VH"])
+    assert str(e.value) == (
+        "model m takes 1 sar band: vv ≈ Sentinel-1 VV; the band descriptions of in.tif (1=VH) "
+        "name no vv (VV): pass --sar-bands with the names or 1-based indexes of the bands to "
+        "use, or give a file with those bands"
+    )
+    c = choose(SAR, [1], 1, ["VH"])
+    assert (c.indexes, c.picked_by) == ((1,), "--sar-bands")
     assert c.warnings == (
         "sar band 1 of in.tif is described as VH (vh), but model m takes vv ≈ Sentinel-1 VV "
         "there: the map may be meaningless",

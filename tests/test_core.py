@@ -116,7 +116,7 @@ def test_outputs_that_alias_the_inputs_are_copied() -> None:
     x = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
     windows = [Window(0, 0, 4, 4), Window(0, 4, 4, 4)]
     pb = PreparedBatch(windows, [0, 1], {"optical": x}, np.ones((2, 4, 4), bool))
-    probs, _ = _predict_batch(pb, windows, lambda a: a["optical"][:, :2], EdgeCarry())
+    probs = _predict_batch(pb, windows, lambda a: a["optical"][:, :2], EdgeCarry())
     before = [p.copy() for p in probs]
     x[...] = -1.0  # the next batch
     for p, b in zip(probs, before, strict=True):

@@ -270,15 +270,20 @@ def test_evaluate_model_band_and_class_mismatch(tmp_path: Path, runner) -> None:
 
     root = make_sen1floods11(tmp_path / "s1f")
     ds = open_dataset("sen1floods11", root, "all", bands={"optical": [4, 3, 2, 8]})
-    ckpt = _checkpoint(tmp_path, ds)  # a 4-band optical model
+    ckpt = _checkpoint(tmp_path, ds)  # a 4-band optical model (red, green, blue, nir)
     with pytest.raises(BandMismatchError, match="--bands"):
-        evaluate_model(ckpt, "sen1floods11", root, "all", device="cpu", progress=False)
-    code, out, err = runner(
-        "evaluate", "--model", ckpt, "--dataset", "sen1floods11", "--data-root", root,
-        "--split", "all", "--bands", "optical=4,3,2,8", "--tile", "32", "--json", "-q",
-    )  # fmt: skip
-    assert code == 0, err
-    assert json.loads(out)["metrics"]["n_pixels"] > 0
+        evaluate_model(ckpt, "sen1floods11", root, "all", device="cpu", progress=False,
+                       bands={"optical": [4, 3, 2]})  # fmt: skip
+    scores = []
+    for given in (["--bands", "optical=4,3,2,8"], ["--bands", "optical=B4,B3,B2,B8"], []):
+        code, out, err = runner(
+            "evaluate", "--model", ckpt, "--dataset", "sen1floods11", "--data-root", root,
+            "--split", "all", "--tile", "32", "--json", "-q", *given,
+        )  # fmt: skip
+        assert code == 0, err
+        scores.append(json.loads(out)["metrics"])
+    # by number, by name, or (none given) the model's own bands by meaning: the same bands
+    assert scores[0]["n_pixels"] > 0 and scores[0] == scores[1] == scores[2]
 
 
 def test_confusion_sink_equals_scoring_a_written_map(tmp_path: Path) -> None:

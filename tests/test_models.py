@@ -324,7 +324,8 @@ def test_default_meta_and_divisors() -> None:
     meta = default_meta("mfafnet-s", {"optical": 3, "sar": 1}, num_classes=2)
     assert meta.modality_names == ("optical", "sar")
     assert meta.in_channels == {"optical": 3, "sar": 1}
-    assert meta.modality("optical").bands == ("red", "green", "blue")
+    # untrained, 3 optical bands: positional (b1..b3 in file order), never assumed RGB (#18)
+    assert meta.modality("optical").bands == ("b1", "b2", "b3")
     assert meta.num_classes == 2 and meta.divisor == 16 and not meta.trained
     m = default_meta("comix-s", {"hsi": 63}, num_classes=6, stem_stride=2)
     assert m.divisor == 16 and m.config == {"stem_stride": 2}

@@ -531,10 +531,23 @@ def test_cli_bad_flag_values_are_usage_errors(cli_pair, tmp_path, runner):
         assert not (tmp_path / "m.tif").exists()
 
 
-@pytest.mark.parametrize("bad", ["optical", "optical=", "optical=0,1", "optical=-1", "sar=a"])
-def test_dataset_band_lists_are_1_based(bad: str) -> None:
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        ("optical", "is not MODALITY=LIST"),
+        ("optical=", "empty item"),
+        ("optical=0,1", "start at 1"),
+        ("optical=-1", "start at 1"),
+        ("radar=1", "unknown modality"),
+    ],
+)
+def test_dataset_band_lists_are_1_based(bad: str, why: str) -> None:
     from mfaf_cli.cli.options import parse_modality_bands
 
     assert parse_modality_bands(["optical=4,3,2", "sar=1"]) == {"optical": [4, 3, 2], "sar": [1]}
-    with pytest.raises(ValueError, match="optical=4,3,2"):
+    assert parse_modality_bands(["optical=B12,B8,B4", "sar=VV"]) == {
+        "optical": ["B12", "B8", "B4"],
+        "sar": ["VV"],
+    }
+    with pytest.raises(ValueError, match=why):
         parse_modality_bands([bad])

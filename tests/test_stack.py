@@ -154,7 +154,7 @@ def swir_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     meta = registry.default_meta("unet", {"optical": 3, "sar": 1}, 2, base_width=4)
     mods = (
-        replace(meta.modalities[0], bands=("swir", "nir", "red")),
+        replace(meta.modalities[0], bands=("swir", "nir", "red"), meanings=("swir", "nir", "red")),
         replace(meta.modalities[1], bands=("vv",)),
     )
     meta = replace(meta, modalities=mods, trained=True, tile_size=32)

@@ -50,6 +50,8 @@ resampled in linear power and written in its input units; --label is resampled n
 @opt.grid_opts
 @opt.sar_units_opt
 @opt.stack_grid_opt
+@opt.stac_opt
+@opt.mosaic_opt
 @opt.creation_options_opt
 @opt.overwrite_opt
 @opt.quiet_opt
@@ -58,7 +60,7 @@ def command(**kw: Any) -> None:
     """Warp all inputs onto one grid and write them as tiled GeoTIFFs."""
     from mfaf_cli.pipeline.predict import coregister
 
-    inputs = opt.collect_inputs(**kw)
+    inputs = opt.collect_cloud_inputs(**kw)
     if kw["label"]:
         inputs["label"] = kw["label"]
     if not inputs:
@@ -73,6 +75,7 @@ def command(**kw: Any) -> None:
         reference=kw["reference"],
         sar_units=kw["sar_units"],
         stack_grid=kw["stack_grid"],
+        mosaic=kw["mosaic"],
         creation_options=kw["creation_options"] or None,
         overwrite=kw["overwrite"],
         progress=not kw["quiet"],

@@ -61,7 +61,10 @@ means.
 @click.option(
     "--split", default="test", show_default=True, type=click.Choice(["train", "val", "test", "all"])
 )
-@dataset_bands_opt("Dataset band selection, e.g. optical=4,3,2.")
+@dataset_bands_opt(
+    "Dataset bands: 1-based numbers or names, e.g. optical=B12,B8,B4 or optical=13,8,4 "
+    "(default: the model's bands, by name)."
+)
 @click.option(
     "--seed",
     type=int,
@@ -93,7 +96,7 @@ def command(
     dataset: str | None,
     data_root: str | None,
     split: str,
-    bands: dict[str, list[int]],
+    bands: dict[str, list[int | str]],
     seed: int,
     val_fraction: float,
     tile: int | None,

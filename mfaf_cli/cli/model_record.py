@@ -7,6 +7,7 @@ metadata record inside it: modalities, bands, normalisation, classes, training d
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,7 @@ def format_record(rec: dict[str, Any]) -> str:
             else ""
         )
         lines.append(
-            f"  {spec['name']}: bands {', '.join(spec['bands'])}{units}; normalisation "
+            f"  {spec['name']}: bands {band_text(spec)}{units}; normalisation "
             f"{norm['mode']}{stretch}; mean {[round(v, 4) for v in norm['mean']]}, "
             f"std {[round(v, 4) for v in norm['std']]}"
         )
@@ -98,3 +99,25 @@ def format_record(rec: dict[str, Any]) -> str:
     lines.append("metrics:" if metrics else "metrics: none recorded")
     lines.extend(_metric_line(k, v) for k, v in metrics.items() if isinstance(v, dict))
     return "\n".join(lines)
+
+
+def band_text(spec: dict[str, Any]) -> str:
+    """``B12 (swir), B8 (nir), B4 (red)`` / ``swir (Sentinel-2 B12), ...``: what each recorded
+    band is; a record naming bands only by position says that predict needs them listed."""
+    from mfaf_cli.metadata import MEANINGS
+
+    bands, meanings = list(spec["bands"]), list(spec.get("meanings") or [])
+    if not any(meanings) and all(re.fullmatch(r"b\d+", b) for b in bands):
+        if bands != [f"b{i + 1}" for i in range(len(bands))]:
+            idx = ",".join(b[1:] for b in bands)
+            return f"{idx} of its training files (unnamed: predict needs --{spec['name']}-bands)"
+    out = []
+    for band, meaning in zip(bands, meanings + [""] * len(bands), strict=False):
+        sensors = MEANINGS[meaning].sensors if meaning in MEANINGS else {}
+        if band == meaning and sensors:
+            out.append(f"{band} ({' / '.join(f'{s} {n}' for s, n in sensors.items())})")
+        elif meaning and band != meaning:
+            out.append(f"{band} ({meaning})")
+        else:
+            out.append(band)
+    return ", ".join(out)

@@ -28,14 +28,12 @@ SAR_UNITS_CHOICES = ("auto", "db", "linear")
 
 
 # ---- value parsers ----------------------------------------------------------------------------
-def parse_band_list(value: str) -> list[int | str]:
-    """``"4,3,2,8"`` → ``[4, 3, 2, 8]``; ``"B4,nir"`` → ``["B4", "nir"]`` (names kept as text)."""
-    items = [v.strip() for v in value.split(",")]
-    if not value.strip() or any(not v for v in items):
-        raise ValueError(f"{value!r} is not a comma-separated band list (e.g. 4,3,2,8 or VV,VH)")
-    from mfaf_cli.coreg.align import band_tokens  # rasterio only once a command runs
+def parse_band_list(value: str, where: str = "band list") -> list[int | str]:
+    """``"4,3,2,8"`` → ``[4, 3, 2, 8]``; ``"B4,nir"`` → ``["B4", "nir"]`` (the one band grammar,
+    :mod:`mfaf_cli.bandspec`)."""
+    from mfaf_cli.bandspec import parse_band_list as parse
 
-    return band_tokens(items)
+    return parse(value, where)
 
 
 def parse_key_values(values: tuple[str, ...] | list[str]) -> dict[str, str]:
@@ -76,21 +74,12 @@ def parse_resolution(value: str) -> float | tuple[float, float]:
     return nums[0] if len(nums) == 1 else (nums[0], nums[1])
 
 
-def parse_modality_bands(values: tuple[str, ...] | list[str]) -> dict[str, list[int]]:
-    """``("optical=4,3,2", "sar=1")`` → ``{"optical": [4, 3, 2], "sar": [1]}`` (dataset bands)."""
-    out: dict[str, list[int]] = {}
-    for item in values:
-        mod, sep, lst = item.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            bands = [int(v) for v in lst.split(",") if v.strip()]
-        except ValueError:
-            raise ValueError(f"{item!r} is not MODALITY=LIST, e.g. optical=4,3,2") from None
-        if not bands or min(bands) < 1:
-            raise ValueError(f"{item!r}: band numbers are 1-based (as in GDAL), e.g. optical=4,3,2")
-        out[mod.strip()] = bands
-    return out
+def parse_modality_bands(values: tuple[str, ...] | list[str]) -> dict[str, list[int | str]]:
+    """``("optical=B12,B8,B4", "sar=1")`` → ``{"optical": ["B12", "B8", "B4"], "sar": [1]}``
+    (dataset bands: 1-based numbers or names, :mod:`mfaf_cli.bandspec`)."""
+    from mfaf_cli.bandspec import parse_modality_bands as parse
+
+    return parse(values, "")  # click's message names the option
 
 
 def _callback(parser: Callable[[Any], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
@@ -229,7 +218,7 @@ def band_opt(modality: str, example: str) -> Callable[[F], F]:
         f"{modality}_bands",
         default=None,
         metavar="LIST",
-        callback=_callback(parse_band_list),
+        callback=_callback(lambda v: parse_band_list(v, repr(v))),
         help=f"{modality} bands to use, in the model's order: 1-based numbers or band "
         f"names, e.g. {example}.",
     )
@@ -272,7 +261,11 @@ inputs_opts = _stack(
         "Optical raster (e.g. Sentinel-2), or a Sentinel-2 SAFE/L2A folder (the bands the "
         "model needs are picked by name); the default reference grid.",
     ),
-    input_opt("sar", "SAR raster (e.g. Sentinel-1 VV/VH, dB or linear power)."),
+    input_opt(
+        "sar",
+        "SAR raster (e.g. Sentinel-1 VV/VH, dB or linear power), or a folder of VV/VH files "
+        "(BigEarthNet ..._VV.tif, terrain-corrected SAFE -vv- files, STAC vv.tif).",
+    ),
     input_opt("hsi", "Hyperspectral raster; the reference grid when there is no optical."),
     input_opt("lidar", "LiDAR raster (e.g. DSM)."),
 )
@@ -284,6 +277,31 @@ stack_grid_opt = click.option(
     metavar="finest|coarsest|N|FILE",
     help="Grid of a stack of files given for one modality (default: the finest input).",
 )
+
+
+# ---- cloud-native inputs (STAC items, mosaics, areas of interest; see coreg/sources.py) ----
+stac_opt = click.option(
+    "--stac",
+    default=None,
+    metavar="ITEMS.json",
+    help="A STAC ItemCollection or saved search result (file or URL): its Sentinel-2 items "
+    "are the optical input, its Sentinel-1 items the SAR input (several: a mosaic, most "
+    "recent on top). --optical/--sar also take one item.json each.",
+)
+mosaic_opt = click.option(
+    "--mosaic",
+    is_flag=True,
+    help="Repeated --optical/--sar files are tiles of one mosaic (the first given on top), "
+    "not band files to stack.",
+)
+aoi_opt = click.option(
+    "--aoi",
+    default=None,
+    metavar="FILE",
+    help="Area of interest (GeoJSON, GPKG, SHP; any CRS): the run covers its bounds and "
+    "pixels outside the polygon are nodata; only windows touching it are read.",
+)
+cloud_opts = _stack(stac_opt, mosaic_opt, aoi_opt)
 
 
 def collect_inputs(**kw: Any) -> dict[str, str | list[str]]:
@@ -298,3 +316,16 @@ def collect_inputs(**kw: Any) -> dict[str, str | list[str]]:
 
 def collect_bands(**kw: Any) -> dict[str, list[int | str]]:
     return {m: kw[f"{m}_bands"] for m in ALL_MODALITIES if kw.get(f"{m}_bands")}
+
+
+def collect_cloud_inputs(**kw: Any) -> dict[str, Any]:
+    """``collect_inputs`` plus the items of ``--stac`` by modality (optical / sar)."""
+    inputs: dict[str, Any] = dict(collect_inputs(**kw))
+    if kw.get("stac"):
+        from mfaf_cli.coreg.stac import stac_inputs
+
+        for mod, items in stac_inputs(kw["stac"]).items():
+            if mod in inputs:
+                raise click.UsageError(f"--{mod} and --stac both give the {mod} input: drop one")
+            inputs[mod] = items
+    return inputs

@@ -54,8 +54,15 @@ change it; other inputs are warped onto it window by window (SAR is resampled in
 power). Pixels where any input is nodata or outside its footprint are written as 255.
 Outputs are written to temp files and renamed at the end: an error or Ctrl-C leaves nothing.
 \b
---batch CSV: columns optical, sar, hsi, lidar (paths; "a.tif;b.tif" stacks files), output
-(required; missing folders are created), optional vector, probabilities, confidence,
+Inputs may be URLs (https://, s3://, gs://, /vsi...: only the blocks a window needs are
+fetched; MFAF_HTTP_TIMEOUT / MFAF_HTTP_RETRIES tune the transfers) or STAC items
+(--optical item.json, --sar item.json, or --stac items.json from a search: the assets that
+carry the model's bands are picked by name, several items are mosaicked, most recent on
+top). --aoi field.geojson maps only that polygon (nodata outside it).
+\b
+--batch CSV: columns optical, sar, hsi, lidar (paths, URLs or STAC items; "a.tif;b.tif"
+stacks files, "a.json;b.json" mosaics items), output (required; missing folders are
+created), optional vector, probabilities, confidence,
 <modality>_bands (e.g. "B12,B8,B4") and scene (a name for reports); relative paths are
 relative to the CSV's folder. A failing scene is reported as a JSON line
 {"scene": ..., "status": "error", "error": ...} on stdout and the others go on; with --json
@@ -95,6 +102,7 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
 @opt.engine_opts
 @opt.sar_units_opt
 @opt.stack_grid_opt
+@opt.cloud_opts
 @click.option(
     "--probabilities",
     default=None,
@@ -192,7 +200,7 @@ def command(**kw: Any) -> None:
         )
     from mfaf_cli.pipeline.predict import predict
 
-    inputs = opt.collect_inputs(**kw)
+    inputs = opt.collect_cloud_inputs(**kw)
     if kw["skip_existing"] and _all_exist(kw):
         if kw["as_json"]:
             outs = {k: kw[k] for k in ("output", "probabilities", "confidence", "vector") if kw[k]}
@@ -245,10 +253,19 @@ def _write_preview_of(outputs: dict[str, str], png: str, inputs: Any, title: str
     from mfaf_cli.io.preview import write_preview
     from mfaf_cli.metadata import REFERENCE_MODALITIES
 
-    first = {k: v[0] if isinstance(v, list) else str(v).split(";")[0] for k, v in inputs.items()}
+    first = {k: v[0] if isinstance(v, list) else _first_file(str(v)) for k, v in inputs.items()}
     ref = next((m for m in REFERENCE_MODALITIES if m in first), next(iter(first)))
     write_preview(outputs["label"], first[ref], png, title=title or "")
     outputs["preview"] = str(Path(png).absolute())
+
+
+def _first_file(text: str) -> str:
+    """The first file of a reported input: ``a.tif;b.tif`` (a stack), ``B12=url|url;...``
+    (the assets of STAC items) or ``a.tif|b.tif`` (a mosaic)."""
+    head = text.split(";")[0]
+    if "=" in head.split("/")[0]:
+        head = head.split("=", 1)[1]
+    return head.split("|")[0]
 
 
 def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
@@ -271,6 +288,8 @@ def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
         "bounds": kw["bounds"],
         "sar_units": kw["sar_units"],
         "stack_grid": kw["stack_grid"],
+        "mosaic": kw["mosaic"],
+        "aoi": kw["aoi"],
     }
 
 
@@ -312,6 +331,8 @@ def _run_batch(kw: dict[str, Any]) -> None:
     """--batch CSV: one model load, a JSON line per scene, exit 1 if any scene failed."""
     from mfaf_cli.pipeline.batch import predict_batch, summarise
 
+    if kw["stac"]:
+        raise click.UsageError("--stac cannot be used with --batch: put items in the CSV cells")
     given = [k for k in _PER_ROW if kw[k]]
     if given:
         flag = "-o/--output" if given[0] == "output" else f"--{given[0]}"
@@ -365,8 +386,11 @@ def _run_split(kw: dict[str, Any]) -> None:
         if not kw["quiet"]:
             click.echo(f"skipped: {kw['output']} exists (--skip-existing)", err=True)
         return
+    if kw["aoi"]:
+        raise click.UsageError("--aoi cannot be used with --split-scene/--assemble (yet)")
+    options = {k: v for k, v in _run_options(kw).items() if k != "aoi"}
     result = predict_split(
-        opt.collect_inputs(**kw),
+        opt.collect_cloud_inputs(**kw),
         kw["output"],
         kw["model"],
         shard=kw["shard"],
@@ -376,7 +400,7 @@ def _run_split(kw: dict[str, Any]) -> None:
         vector=kw["vector"],
         overwrite=kw["overwrite"],
         bands=opt.collect_bands(**kw),
-        **_run_options(kw),
+        **options,
     )
     if kw["preview"] and result.assembled:  # the assembling process: the map is complete
         _write_preview_of(result.outputs, kw["preview"], opt.collect_inputs(**kw), result.model)

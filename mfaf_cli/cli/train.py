@@ -129,7 +129,7 @@ def _command_line() -> str:
     "--normalisation",
     type=click.Choice(["fixed", "scene-percentile"]),
     help="fixed: clip + standardise in sensor units, the same for any extent (default); "
-    "scene-percentile: stretch each scene between its own 2/98 %% values first.",
+    "scene-percentile: stretch each scene between its own 2/98 % values first.",
 )
 @click.option(
     "--val-fraction",
@@ -156,7 +156,9 @@ def _command_line() -> str:
 @click.option(
     "--num-classes", type=int, help="folder datasets: number of classes (default: from the labels)."
 )
-@dataset_bands_opt("Band selection, e.g. optical=4,3,2 (repeatable).")
+@dataset_bands_opt(
+    "Bands: 1-based numbers or names, e.g. optical=B12,B8,B4 or optical=13,8,4 (repeatable)."
+)
 @click.option(
     "--model-opt",
     multiple=True,

@@ -31,6 +31,7 @@ from mfaf_cli.coreg.bands import BAND_FLAG, BandChoice, choose_bands, select_ban
 from mfaf_cli.coreg.bands import band_tokens as band_tokens  # moved; importable from here
 from mfaf_cli.coreg.grid import Grid, check_overlap, footprint_in
 from mfaf_cli.coreg.resample import axis_aligned, resample_block
+from mfaf_cli.coreg.stack import band_of_file_name
 from mfaf_cli.errors import UsageError
 from mfaf_cli.io.inputs import open_raster, read_error
 from mfaf_cli.metadata import RESAMPLING_KIND, ModelMeta
@@ -133,6 +134,15 @@ class _Source:
     same_crs: bool  # the file is in the grid's CRS (then a north-up pair resamples in numpy)
 
 
+def file_descriptions(path: str, count: int, described: Sequence[str | None] | None) -> list[str]:
+    """A file's band descriptions ("" when none); a one-band file without one is described by
+    its name when that says the band (``..._VV.tif``, ``s1a-iw-grd-vh-...tiff``, ``..._B04``)."""
+    out = [d or "" for d in (described or [None] * count)]
+    if count == 1 and not out[0]:
+        out[0] = band_of_file_name(path) or ""
+    return out
+
+
 class AlignedScene:
     """All modalities of one scene, read window by window on a common :class:`Grid`.
 
@@ -145,6 +155,7 @@ class AlignedScene:
         meta: the model's metadata; when given, band counts are checked against it and SAR is
             returned in the units the model expects.
         kinds: override the resampling kind per modality (``bilinear``, ``sar``, ``nearest``).
+        band_flags: modality → the option or key its band list came from (error messages).
     """
 
     def __init__(
@@ -157,8 +168,11 @@ class AlignedScene:
         sar_units: str | None = None,
         meta: ModelMeta | None = None,
         kinds: Mapping[str, str] | None = None,
+        band_flags: Mapping[str, str] | None = None,
     ) -> None:
         units = sar_units or units
+        #: modality → the option or key its band list came from, for error messages
+        self.band_flags = dict(band_flags or {})
         if units not in ("auto", "db", "linear"):
             raise UsageError(f"SAR units must be auto, db or linear, got {units!r}")
         self.grid = grid
@@ -248,17 +262,20 @@ class AlignedScene:
     ) -> BandChoice:
         """Pick the bands: by the model's band meanings when it takes this modality (see
         :func:`~mfaf_cli.coreg.bands.choose_bands`), else as listed or all of them."""
-        descriptions = list(ds.descriptions or [None] * ds.count)
+        descriptions = file_descriptions(path, ds.count, ds.descriptions)
+        flag = self.band_flags.get(name)
         if self.meta is not None and name in self.meta.modality_names:
             choice = choose_bands(
                 self.meta.modality(name), band_spec, ds.count, descriptions,
-                path=path, model=self.meta.arch,
+                path=path, model=self.meta.arch, flag=flag,
             )  # fmt: skip
             for text in choice.warnings:
                 log.warning("%s", text)
             return choice
-        indexes = select_bands(band_spec, ds.count, descriptions, path=path, modality=name)
-        how = BAND_FLAG.get(name, f"--{name}-bands") if band_spec else "file order"
+        indexes = select_bands(
+            band_spec, ds.count, descriptions, path=path, modality=name, flag=flag
+        )
+        how = (flag or BAND_FLAG.get(name, f"--{name}-bands")) if band_spec else "file order"
         return BandChoice(tuple(indexes), how, tuple(descriptions[i - 1] or "" for i in indexes))
 
     @property

@@ -11,6 +11,7 @@ out) so it is tested exactly.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -108,13 +109,15 @@ def select_bands(
     *,
     path: str,
     modality: str,
+    flag: str | None = None,
 ) -> list[int]:
     """Turn a band list (1-based ints as in GDAL, or band names) into indexes.
 
     A name matches a band description exactly or by meaning; a name that matches no band or
-    two bands, or a band listed twice, is a :class:`BandMismatchError`.
+    two bands, or a band listed twice, is a :class:`BandMismatchError` naming ``flag`` (the
+    option or key the list came from; default ``--<modality>-bands``).
     """
-    flag = BAND_FLAG.get(modality, f"--{modality}-bands")
+    flag = flag or BAND_FLAG.get(modality, f"--{modality}-bands")
     if spec is None or len(spec) == 0:
         return list(range(1, count + 1))
     ids = [identify_band(d) for d in descriptions]
@@ -308,6 +311,26 @@ def contradictions(
     return out
 
 
+def needs_explicit_bands(spec: ModalitySpec) -> bool:
+    """A record that names its bands only by position in its training files (``b13,b8,b4``:
+    no band there was named or described), and not simply all of them in order: nothing says
+    which bands of another file those are, so the user must say."""
+    positional = all(re.fullmatch(r"b\d+", b) for b in spec.bands) and not any(spec.meanings)
+    in_order = spec.bands == tuple(f"b{i + 1}" for i in range(spec.n_bands))
+    return positional and not in_order
+
+
+def positional_message(spec: ModalitySpec, count: int, *, path: str, model: str, flag: str) -> str:
+    """Why a record without band names needs ``--<modality>-bands``."""
+    idx = ",".join(b[1:] for b in spec.bands)
+    return (
+        f"model {model} was trained on {spec.name} bands {idx} of its training files, which "
+        f"did not name them, so nothing says which bands of {path} ({count} bands) those are: "
+        f"pass {flag} with their 1-based indexes (e.g. {flag} {idx} for files laid out like "
+        "the training files)"
+    )
+
+
 def choose_bands(
     spec: ModalitySpec,
     band_spec: Sequence[int | str] | None,
@@ -316,6 +339,7 @@ def choose_bands(
     *,
     path: str,
     model: str,
+    flag: str | None = None,
 ) -> BandChoice:
     """The bands of a file that feed the model's modality ``spec``.
 
@@ -324,7 +348,7 @@ def choose_bands(
     another modality are refused (a warning when the user gave band numbers); chosen bands
     described as something else than the model's band are a warning.
     """
-    flag = BAND_FLAG.get(spec.name, f"--{spec.name}-bands")
+    flag = flag or BAND_FLAG.get(spec.name, f"--{spec.name}-bands")
     ids = [identify_band(d) for d in descriptions]
     warnings: list[str] = []
     wrong = wrong_sensor(spec, ids, descriptions, path=path, model=model)
@@ -334,7 +358,9 @@ def choose_bands(
         warnings.append(wrong)
     by_meaning = None if band_spec else _by_meaning(spec, ids, path=path, flag=flag)
     if band_spec:
-        indexes = select_bands(band_spec, count, descriptions, path=path, modality=spec.name)
+        indexes = select_bands(
+            band_spec, count, descriptions, path=path, modality=spec.name, flag=flag
+        )
         picked_by = flag
         if len(indexes) != spec.n_bands:
             raise BandMismatchError(
@@ -350,8 +376,15 @@ def choose_bands(
             )
     elif by_meaning is not None:
         indexes, picked_by = by_meaning, "band descriptions"
+    elif needs_explicit_bands(spec):
+        raise BandMismatchError(positional_message(spec, count, path=path, model=model, flag=flag))
     elif count == spec.n_bands:
         indexes, picked_by = list(range(1, count + 1)), "file order"
+        if contradictions(spec, indexes, descriptions, ids, path=path, model=model):
+            # described as other bands (a VH file for a VV model): name what is missing
+            raise BandMismatchError(
+                cannot_pick_message(spec, ids, descriptions, count=count, path=path, model=model)
+            )
     else:
         raise BandMismatchError(
             cannot_pick_message(spec, ids, descriptions, count=count, path=path, model=model)

@@ -27,6 +27,7 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 
 from mfaf_cli.errors import CRSError, InputError, UsageError
+from mfaf_cli.io.remote import shown_path
 
 R = TypeVar("R")
 
@@ -57,6 +58,25 @@ def s2_band_of(name: str) -> tuple[str, int | None] | None:
         return None
     band = m.group(1).upper().lstrip("0")
     return f"B{band}", (int(m.group(2)) if m.group(2) else None)
+
+
+#: A polarisation token in a SAR file name: BigEarthNet ``..._VV.tif``, Sentinel-1 SAFE
+#: ``s1a-iw-grd-vh-20170613t...-001.tiff``, STAC asset ``vv.tif``.
+_POL_TOKEN = re.compile(r"(?:^|[_\-])(vv|vh|hh|hv)(?=$|[_\-])", re.IGNORECASE)
+
+
+def band_of_file_name(name: str) -> str | None:
+    """The band a one-band file's name says it holds: a Sentinel-2 token (``..._B08`` → ``B8``)
+    or exactly one polarisation token (``..._VH`` / ``-vh-`` / ``vv`` → ``VH`` / ``VV``)."""
+    stem = Path(name).name
+    for suffix in (*RASTER_SUFFIXES, ".vrt"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+    hit = s2_band_of(stem)
+    if hit is not None:
+        return hit[0]
+    pols = {p.upper() for p in _POL_TOKEN.findall(stem)}
+    return pols.pop() if len(pols) == 1 else None
 
 
 def canonical_band(name: str) -> str:
@@ -183,9 +203,9 @@ def band_names(path: str, descriptions: Sequence[str | None]) -> tuple[str, ...]
         hit = s2_band_of(stem)
         if hit is not None:
             return (hit[0],)
-        pol = re.search(r"(?:^|_)(VV|VH|HH|HV)$", stem, re.IGNORECASE)
+        pol = band_of_file_name(path)
         if pol is not None and not descriptions[0]:
-            return (pol.group(1).upper(),)
+            return (pol,)
         return (canonical_band(descriptions[0]) if descriptions[0] else stem,)
     return tuple(canonical_band(d) if d else f"{stem}:{k + 1}" for k, d in enumerate(descriptions))
 
@@ -249,14 +269,78 @@ def pick_s2_files(folder: Path, wanted: Sequence[int | str] | None, modality: st
     return out
 
 
+# ---- Sentinel-1 folders -----------------------------------------------------------------------
+S1_ORDER = ("VV", "VH", "HH", "HV")
+
+
+def find_s1_bands(folder: Path) -> dict[str, Path]:
+    """Polarisation → file in a Sentinel-1 folder: a SAFE product's ``measurement/*-vv-*.tiff``,
+    a BigEarthNet patch (``..._VV.tif``, ``..._VH.tif``) or STAC assets (``vv.tif``); the one
+    file named for each polarisation (two files for one is an error: which one?)."""
+    found: dict[str, Path] = {}
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() not in RASTER_SUFFIXES or not p.is_file():
+            continue
+        pol = band_of_file_name(p.name)
+        if pol not in S1_ORDER:
+            continue
+        if pol in found:
+            raise InputError(
+                f"sar folder {folder} holds two {pol} files ({found[pol].name}, {p.name}); "
+                "pass the file to use with --sar"
+            )
+        found[pol] = p
+    return {b: found[b] for b in S1_ORDER if b in found}
+
+
+def _georeferenced(path: Path) -> None:
+    """SAFE measurement files are in radar geometry (ground control points, no map grid)."""
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        if ds.crs is None and ds.gcps[0]:
+            raise InputError(
+                f"{path} is in radar geometry (ground control points, no map grid): "
+                "terrain-correct the product first (e.g. SNAP, or gdalwarp -tps -t_srs ...)"
+            )
+
+
+def pick_s1_files(folder: Path, wanted: Sequence[int | str] | None, modality: str) -> list[Path]:
+    """The files of ``wanted`` polarisations (``VV``, ``vv``...; all when None) in a
+    Sentinel-1 folder."""
+    found = find_s1_bands(folder)
+    if not found:
+        raise InputError(
+            f"{modality} folder {folder} holds no Sentinel-1 polarisation files (names like "
+            "..._VV.tif, s1a-iw-grd-vh-...tiff or vv.tif); pass raster files instead"
+        )
+    out = []
+    for item in wanted or list(found):
+        if isinstance(item, int):
+            raise UsageError(
+                f"--{modality}-bands {item}: a Sentinel-1 folder's bands are picked by name "
+                f"(e.g. VV); the folder has {', '.join(found)}"
+            )
+        pol = band_of_file_name(str(item)) or str(item).strip().upper()
+        if pol not in found:
+            raise InputError(
+                f"{modality} folder {folder} has no {pol} file; it has {', '.join(found)}"
+            )
+        out.append(found[pol])
+    for p in out:
+        _georeferenced(p)
+    return out
+
+
 # ---- building the stack -----------------------------------------------------------------------
 def file_info(path: str) -> FileInfo:
     from mfaf_cli.io.inputs import open_raster
+    from mfaf_cli.io.remote import gdal_path, is_remote
 
     with open_raster(path, "input") as ds:
         t = ds.transform
         return FileInfo(
-            path=str(Path(path).absolute()),
+            path=gdal_path(path) if is_remote(path) else str(Path(path).absolute()),
             crs_wkt=ds.crs.to_wkt(),
             transform=(t.a, t.b, t.c, t.d, t.e, t.f),
             width=ds.width,
@@ -275,12 +359,12 @@ def write_stack(paths: Sequence[str], out: Path, grid: str | None = None) -> tup
 
 
 def needs_stacking(value: Any, modality: str = "optical") -> bool:
-    """A list of files, or an optical folder (a Sentinel-2 product), not one raster file.
-    Folders of other modalities are left for the input checks to refuse."""
+    """A list of files, or an optical / SAR folder (a Sentinel-2 / -1 product), not one raster
+    file. Folders of other modalities are left for the input checks to refuse."""
     if isinstance(value, list | tuple):
         return len(value) > 1 or (len(value) == 1 and needs_stacking(value[0], modality))
     folder = isinstance(value, str | os.PathLike) and Path(value).is_dir()
-    return folder and modality == "optical"
+    return folder and modality in ("optical", "sar")
 
 
 def _translate_bands(spec: Sequence[int | str], names: Sequence[str]) -> list[int | str]:
@@ -322,7 +406,8 @@ def stacked_inputs(
             items = [os.fspath(v) for v in (value if isinstance(value, list | tuple) else [value])]
             if len(items) == 1:  # a folder
                 wanted = new_bands.pop(mod, None) or model_bands(mod)
-                files = [str(p) for p in pick_s2_files(Path(items[0]), wanted, mod)]
+                pick = pick_s1_files if mod == "sar" else pick_s2_files
+                files = [str(p) for p in pick(Path(items[0]), wanted, mod)]
             else:
                 files = items
                 dirs = [f for f in files if Path(f).is_dir()]
@@ -333,7 +418,7 @@ def stacked_inputs(
             if mod in new_bands:
                 new_bands[mod] = _translate_bands(new_bands[mod], names)
             flat[mod] = str(vrt)
-            described[mod] = ";".join(str(Path(f).absolute()) for f in files)
+            described[mod] = ";".join(shown_path(f) for f in files)
         yield flat, new_bands, described
 
 

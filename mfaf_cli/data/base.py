@@ -63,7 +63,7 @@ class Scene:
     id: str
     inputs: dict[str, Path]
     label: Path
-    bands: dict[str, list[int]] = field(default_factory=dict)
+    bands: dict[str, list[int | str]] = field(default_factory=dict)  # numbers or names
 
 
 def find_dir(parent: Path, names: Sequence[str]) -> Path | None:
@@ -105,7 +105,7 @@ def _file_scenes(
             name,
             {m: files[m] for m in modalities},
             files["label"],
-            {m: bands[m] for m in modalities},
+            {m: list[int | str](bands[m]) for m in modalities},
         )
         for name, files in named
     ]

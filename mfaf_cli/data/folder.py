@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from mfaf_cli.data.bands import recorded_names
 from mfaf_cli.data.base import (
+    _REPORTED,
     DECIMATED_SIDE,
     Scene,
     SegDataset,
@@ -27,7 +29,6 @@ from mfaf_cli.metadata import (
     ALL_MODALITIES,
     ClassInfo,
     ModelMeta,
-    default_band_names,
     default_classes,
 )
 
@@ -100,6 +101,32 @@ def _scene_entry(path: Path, n: int, row: Mapping[str, Any]) -> dict[str, Any]:
     return sc
 
 
+def warn_once(msg: str) -> None:
+    """A warning given once per process (train, val and test readers open the same list)."""
+    if msg not in _REPORTED:
+        _REPORTED.add(msg)
+        log.warning("%s", msg)
+
+
+def folder_bands(
+    where: Path, listed: Any, given: Mapping[str, Sequence[int | str]] | None
+) -> tuple[dict[str, list[int | str]], dict[str, str]]:
+    """The band lists of a folder dataset and where each came from (for error messages): the
+    scene list's ``[bands]`` table (one band grammar: ``optical = "B12,B8,B4"`` or a list),
+    overridden per modality by ``--bands`` / the config file's ``[bands]``."""
+    from mfaf_cli.bandspec import format_band_list, parse_bands_table
+
+    try:
+        out = parse_bands_table(listed, f"{where} [bands]")
+    except ValueError as err:
+        raise DatasetError(str(err)) from None
+    flags = {m: f"{where} [bands] {m}" for m in out}
+    for m, v in (given or {}).items():
+        out[m] = list(v)
+        flags[m] = f"--bands {m}={format_band_list(v)}"
+    return out, flags
+
+
 def find_scene_list(root: Path) -> Path:
     """The scene list itself, or the one a folder holds (scenes.toml, scenes.csv, then any)."""
     if not root.is_dir():
@@ -168,6 +195,7 @@ class FolderDataset(SegDataset):
         num_classes: int | None = None,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
+        bands: Mapping[str, Sequence[int | str]] | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(split, **kw)
@@ -177,7 +205,7 @@ class FolderDataset(SegDataset):
         available = tuple(scenes[0]["inputs"])
         self.modalities = _check_modalities(self.name, available, modalities)
         self.ignore_value = opts.get("ignore_value")
-        self.bands_opt = {k: list(v) for k, v in dict(opts.get("bands", {})).items()}
+        self.bands_opt, self.band_flags = folder_bands(r, opts.get("bands"), bands)
         self.units = {"sar": str(dict(opts.get("units", {})).get("sar", "auto"))}
         # Class table over *all* scenes so every split agrees on K.
         self.classes = self._class_table(r, scenes, opts, num_classes)
@@ -187,9 +215,10 @@ class FolderDataset(SegDataset):
         self.sizes: dict[int, tuple[int, int]] = {}
         self.windows: list[tuple[int, int, int]] = self._cut_windows(self.scene_idx)
         if split != "all" and not has_split and len(scenes) < 3:
-            log.warning(
-                "folder dataset: no 'split' column and fewer than 3 scenes; splitting windows "
-                "(neighbouring windows share context, so validation scores are optimistic)"
+            warn_once(
+                f"folder dataset {r}: no 'split' column and fewer than 3 scenes; splitting "
+                "windows (neighbouring windows share context, so validation scores are "
+                "optimistic)"
             )
             self.windows = _split_windows(
                 self.windows, split, val_fraction, test_fraction, self.seed
@@ -207,7 +236,12 @@ class FolderDataset(SegDataset):
         first = self._scene(self.windows[0][0])
         # SAR units as read (resolved from "auto"), recorded in the model metadata
         self.units = {m: u for m, u in first.units.items() if u in ("db", "linear")}
-        self.band_names = {m: default_band_names(m, first.band_counts[m]) for m in self.modalities}
+        self.band_names = {
+            m: recorded_names(m, c.indexes, c.labels, self.bands_opt.get(m))
+            for m, c in first.band_choices.items()
+            if m in self.modalities
+        }
+        self._check_scene_bands()
 
     def _class_table(
         self,
@@ -265,6 +299,7 @@ class FolderDataset(SegDataset):
     def __getstate__(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["_aligned"] = {}
+        d.pop("_split_label_cache", None)
         d["_pid"] = -1
         return d
 
@@ -283,8 +318,33 @@ class FolderDataset(SegDataset):
                 grid,
                 {m: self.bands_opt[m] for m in self.modalities if m in self.bands_opt},
                 units=self.units.get("sar", "auto"),
+                band_flags=self.band_flags,
             )
         return self._aligned[i]
+
+    def _check_scene_bands(self) -> None:
+        """Every scene of the split holds the bands asked for (one line naming the scene and
+        the option or key otherwise), before anything is trained or written."""
+        import rasterio
+
+        from mfaf_cli.coreg.align import file_descriptions
+        from mfaf_cli.coreg.bands import select_bands
+
+        for i in sorted({w[0] for w in self.windows}):
+            for m in self.modalities:
+                path = self._scenes_all[i]["inputs"][m]
+                with rasterio.open(path) as ds:
+                    count, described = ds.count, ds.descriptions
+                found = select_bands(
+                    self.bands_opt.get(m), count, file_descriptions(path.name, count, described),
+                    path=path.name, modality=m, flag=self.band_flags.get(m),
+                )  # fmt: skip
+                if len(found) != len(self.band_names[m]):
+                    raise DatasetError(
+                        f"scene {self._scenes_all[i]['id']}: {path} gives {len(found)} {m} "
+                        f"band(s), the first scene {len(self.band_names[m])}; select the same "
+                        f"bands with {self.band_flags.get(m, '--bands')}"
+                    )
 
     def _stat_meta(self) -> ModelMeta:
         return ModelMeta(arch="folder", modalities=self.modality_specs(), classes=self.classes)
@@ -318,10 +378,40 @@ class FolderDataset(SegDataset):
         return out
 
     def label_arrays(self) -> list[tuple[str, np.ndarray]]:
-        return [
-            (str(self._scenes_all[i]["label"]), self._label_values(self._scenes_all[i]["label"]))
-            for i in sorted({w[0] for w in self.windows})
-        ]
+        """The labelled values of this split's windows (not of their whole scenes: a window-level
+        split shares scenes between splits), decimated like :meth:`_label_values`."""
+        return [(name, vals) for name, vals, _ in self._split_labels()]
+
+    def _full_label_pixels(self) -> dict[str, int]:
+        return {name: full for name, _, full in self._split_labels()}
+
+    def _split_labels(self) -> list[tuple[str, np.ndarray, int]]:
+        """(label file, its values under this split's windows, how many pixels those are at
+        full resolution) per scene of the split; computed once."""
+        cached: list[tuple[str, np.ndarray, int]] | None = getattr(self, "_split_label_cache", None)
+        if cached is None:
+            cached = [self._covered_labels(i) for i in sorted({w[0] for w in self.windows})]
+            self._split_label_cache = cached
+        return cached
+
+    def _covered_labels(self, i: int) -> tuple[str, np.ndarray, int]:
+        import rasterio
+
+        path, t = self._scenes_all[i]["label"], self.tile
+        with rasterio.open(path) as ds:
+            f = max(1.0, max(ds.height, ds.width) / DECIMATED_SIDE)
+            shape = (max(1, round(ds.height / f)), max(1, round(ds.width / f)))
+            lab, nodata, (h, w) = ds.read(1, out_shape=shape), ds.nodata, (ds.height, ds.width)
+        fy, fx = shape[0] / h, shape[1] / w
+        cover = np.zeros(shape, dtype=bool)
+        for j, r, c in self.windows:
+            if j == i:
+                rows = slice(int(r * fy), math.ceil(min(r + t, h) * fy))
+                cover[rows, int(c * fx) : math.ceil(min(c + t, w) * fx)] = True
+        if nodata is not None:
+            cover &= ~(np.isnan(lab) if math.isnan(nodata) else lab == nodata)
+        vals = np.asarray(lab[cover]).reshape(-1)
+        return str(path), vals, round(vals.size / (fy * fx))
 
     def stat_arrays(self, max_items: int) -> dict[str, list[np.ndarray]]:
         out: dict[str, list[np.ndarray]] = {m: [] for m in self.modalities}

@@ -14,6 +14,8 @@ from mfaf_cli.data.whu import open_whu
 from mfaf_cli.errors import DatasetError, UsageError
 
 DATASET_NAMES: tuple[str, ...] = ("ombria", "sen1floods11", "whu", "folder")
+#: Datasets whose bands ``bands`` selects (OMBRIA's PNGs hold fixed bands).
+BAND_SELECTABLE: tuple[str, ...] = ("sen1floods11", "whu", "folder")
 
 
 _FACTORIES: dict[str, Callable[..., SegDataset]] = {
@@ -29,7 +31,7 @@ def open_dataset(name: str, root: str | os.PathLike[str], split: str, **options:
 
     Options (all optional): ``modalities`` (those the model takes, in model order), ``tile``,
     ``augment`` (default: train split only), ``seed``, ``ignore_index``, ``p_low``/``p_high``,
-    ``val_fraction``, ``bands`` ({modality: [1-based band indexes]}, sen1floods11/whu),
+    ``val_fraction``, ``bands`` ({modality: [1-based numbers or band names]}; not ombria),
     ``num_classes`` (folder). Raises :class:`DatasetError` for unknown names, a missing root,
     a wrong layout (naming the folder expected) or an empty split.
     """
@@ -38,4 +40,9 @@ def open_dataset(name: str, root: str | os.PathLike[str], split: str, **options:
     if split not in SPLITS:
         raise UsageError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     options = {k: v for k, v in options.items() if v is not None}
+    if name not in BAND_SELECTABLE and options.get("bands"):
+        raise UsageError(
+            "--bands: the ombria dataset's bands are fixed (its PNGs hold a B12/B8/B4 composite "
+            "and VV); leave --bands out"
+        )
     return _FACTORIES[name](root, split, **options)

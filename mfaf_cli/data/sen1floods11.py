@@ -6,12 +6,13 @@ import csv
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from mfaf_cli.data.bands import layout_indexes
 from mfaf_cli.data.base import (
     Scene,
     SegDataset,
@@ -99,7 +100,7 @@ class Sen1Floods11Dataset(SegDataset):
         split: str,
         *,
         modalities: Sequence[str] | None = None,
-        bands: dict[str, Sequence[int]] | None = None,
+        bands: Mapping[str, Sequence[int | str]] | None = None,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
         **kw: Any,
@@ -108,7 +109,11 @@ class Sen1Floods11Dataset(SegDataset):
         root = _check_root(root)
         self.root = root
         self.modalities = _check_modalities(self.name, self.all_modalities, modalities)
-        bands = dict(bands or {})
+        bands = {
+            m: layout_indexes(v, self.all_bands[m], modality=m, dataset=self.name)
+            for m, v in (bands or {}).items()
+            if m in self.all_bands
+        }
         self.bands = {
             "optical": [int(b) for b in bands.get("optical", self.default_bands["optical"])],
             "sar": [int(b) for b in bands.get("sar", self.default_bands["sar"])],

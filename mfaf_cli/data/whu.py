@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from mfaf_cli.data.bands import layout_indexes
 from mfaf_cli.data.base import (
     DECIMATED_SIDE,
     Scene,
@@ -70,7 +71,7 @@ def whu_map_label(raw: np.ndarray, ignore_index: int, nodata: float | None = Non
 
 
 def _whu_bands(
-    optical: Path, bands: dict[str, Sequence[int]] | None
+    optical: Path, bands: Mapping[str, Sequence[int | str]] | None
 ) -> tuple[dict[str, list[int]], dict[str, tuple[str, ...]]]:
     """Selected bands and their names, for both WHU layouts: every band of the optical files
     (counted in ``optical``, one of them) unless ``bands`` says otherwise, SAR band 1."""
@@ -78,7 +79,11 @@ def _whu_bands(
 
     with rasterio.open(optical) as ds:
         n_opt = ds.count
-    bands = dict(bands or {})
+    bands = {
+        m: layout_indexes(v, _WhuMeta.all_bands[m], modality=m, dataset="whu")
+        for m, v in (bands or {}).items()
+        if m in _WhuMeta.all_bands
+    }
     sel = {
         "optical": [int(b) for b in bands.get("optical", range(1, n_opt + 1))],
         "sar": [int(b) for b in bands.get("sar", (1,))],
@@ -125,7 +130,7 @@ class WhuSheetDataset(_WhuMeta, SegDataset):
         folders: dict[str, Path],
         *,
         modalities: Sequence[str] | None = None,
-        bands: dict[str, Sequence[int]] | None = None,
+        bands: Mapping[str, Sequence[int | str]] | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         **kw: Any,
@@ -334,7 +339,7 @@ class WhuPrecutDataset(_WhuMeta, SegDataset):
         split: str,
         *,
         modalities: Sequence[str] | None = None,
-        bands: dict[str, Sequence[int]] | None = None,
+        bands: Mapping[str, Sequence[int | str]] | None = None,
         val_fraction: float = 0.1,
         **kw: Any,
     ) -> None:

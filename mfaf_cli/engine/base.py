@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -92,8 +93,13 @@ def cuda_requested(device: str) -> bool:
     return bool(torch.cuda.is_available())
 
 
-def _no_nvidia_device() -> bool:
-    """True when this is Linux and no NVIDIA device node exists (so CUDA cannot work)."""
-    from pathlib import Path
+#: where :func:`_no_nvidia_device` looks for GPU device nodes
+DEV_DIR = Path("/dev")
 
-    return sys.platform.startswith("linux") and not any(Path("/dev").glob("nvidia[0-9]*"))
+
+def _no_nvidia_device() -> bool:
+    """True when this is Linux and no GPU device node exists, so CUDA cannot work: neither
+    NVIDIA's ``/dev/nvidiaN`` nor WSL2's ``/dev/dxg`` (WSL2 exposes its GPUs only there)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    return not (any(DEV_DIR.glob("nvidia[0-9]*")) or (DEV_DIR / "dxg").exists())

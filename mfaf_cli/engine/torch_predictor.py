@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mfaf_cli.devices import resolve_device
+from mfaf_cli.devices import cuda_autocast_dtype, resolve_device
 from mfaf_cli.engine.base import check_batch
 from mfaf_cli.errors import EngineError, UsageError
 from mfaf_cli.metadata import ModelMeta
@@ -27,8 +27,9 @@ log = logging.getLogger("mfaf")
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype, or None for plain fp32.
 
-    ``auto``: bf16 on CUDA GPUs that support it (its fp32-sized exponent keeps the INN's exp
-    from overflowing), else fp16; fp32 on CPU, where autocast rarely pays off.
+    ``auto``: bf16 on CUDA GPUs that compute it natively (its fp32-sized exponent keeps the
+    INN's exp from overflowing), else fp16 (:func:`~mfaf_cli.devices.cuda_autocast_dtype`);
+    fp32 on CPU, where autocast rarely pays off.
     """
     p = precision.lower()
     if p == "fp32":
@@ -36,7 +37,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if p == "auto":
         if device.type != "cuda":
             return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        dtype, why = cuda_autocast_dtype(device)
+        log.info("precision auto: %s", why)
+        return dtype
     if p == "bf16":
         return torch.bfloat16
     if p == "fp16":
@@ -175,6 +178,17 @@ class TorchPredictor:
         if not np.isfinite(out).all():
             raise self.nonfinite_error()
         return out
+
+    def device_event(self) -> torch.cuda.Event | None:
+        """A timing event recorded now on the stream this predictor's work goes to (None on
+        the CPU, where calls return finished results): the pipeline's model clock
+        (:class:`~mfaf_cli.pipeline.clock.ModelClock`) brackets calls with two, because
+        :meth:`predict_tensor` returns before the GPU has finished."""
+        if self._device.type != "cuda":
+            return None
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(self._device))
+        return event
 
     def predict_tensor(self, batch: Mapping[str, np.ndarray]) -> torch.Tensor:
         """Probabilities (N, K, h, w) float32 left on the predictor's device: no copy to the

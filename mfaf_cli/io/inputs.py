@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mfaf_cli.errors import CRSError, InputError
+from mfaf_cli.io.remote import is_remote
 
 
 def check_readable(path: str | os.PathLike[str], what: str = "input") -> Path:
@@ -55,6 +56,8 @@ def open_raster(
     from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
     p = check_readable(path, what)
+    if is_remote(path):
+        return _open_remote(os.fspath(path), what, require_crs)
     try:
         with warnings.catch_warnings():
             if not require_crs:  # the caller reports a missing CRS its own way
@@ -62,14 +65,37 @@ def open_raster(
             ds = rasterio.open(path if isinstance(path, str) else p)
     except (OSError, RasterioError) as err:  # not a raster, corrupt header, unsupported
         raise InputError(f"{what} {p} is not a readable raster ({_first_line(err)})") from None
+    return _checked(ds, p, what, require_crs)
+
+
+def _open_remote(path: str, what: str, require_crs: bool) -> Any:
+    """A URL or ``/vsi`` path through GDAL; a failure says the URL and the server's answer."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+
+    from mfaf_cli.io.remote import diagnose, gdal_path, url_of
+
+    try:
+        with warnings.catch_warnings():
+            if not require_crs:
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            ds = rasterio.open(gdal_path(path))
+    except (OSError, RasterioError) as err:
+        why = diagnose(path) or _first_line(err)
+        raise InputError(f"{what} {url_of(path)} could not be opened: {why}") from None
+    return _checked(ds, url_of(path), what, require_crs)
+
+
+def _checked(ds: Any, p: Any, what: str, require_crs: bool) -> Any:
+    """``ds`` if it has pixels, readable first/last blocks and (if required) a CRS."""
     try:
         if ds.count == 0 or ds.width == 0 or ds.height == 0:
             raise InputError(f"{what} {p} is not a readable raster (it has no bands or no pixels)")
         probe_pixels(ds)  # a truncated file can lose its CRS tags too: say "truncated" first
         if require_crs and (ds.crs is None or not ds.crs.to_wkt()):
-            raise CRSError(
-                f"{what} {p} has no CRS; assign one with gdal_edit.py -a_srs EPSG:xxxx {p.name}"
-            )
+            name = Path(str(p)).name
+            fix = f"assign one with gdal_edit.py -a_srs EPSG:xxxx {name}"
+            raise CRSError(f"{what} {p} has no CRS; {fix}")
     except BaseException:
         ds.close()
         raise
@@ -91,7 +117,15 @@ def gdal_reason(err: BaseException) -> str:
 
 
 def read_error(path: Any, err: BaseException) -> InputError:
-    """The one-line error for pixels GDAL cannot read (truncated or corrupt file)."""
+    """The one-line error for pixels GDAL cannot read (truncated or corrupt file; for a URL,
+    the transfer that failed)."""
+    if is_remote(path):
+        from mfaf_cli.io.remote import url_of
+
+        return InputError(
+            f"reading {url_of(os.fspath(path))} failed ({gdal_reason(err)}); check the "
+            "connection or raise MFAF_HTTP_TIMEOUT / MFAF_HTTP_RETRIES"
+        )
     return InputError(
         f"{path} is truncated or corrupt (reading its pixels failed: {gdal_reason(err)}); "
         "copy or export the file again"

@@ -28,6 +28,7 @@ from mfaf_cli.models.deform import (
     inference_only,
     kernel_taps_2d,
     kernel_taps_3d,
+    offsets_fp32,
     per_tap_from_features,
     resolve_mode,
     slab_bounds,
@@ -191,7 +192,7 @@ class DCN(nn.Module):
         if resolve_mode(self.sampling, v, q) == "per_tap":
             out = per_tap_from_features(v, q, self.offset, self.mask, self.taps, self.groups)
             return self.output_proj(out)
-        offset = self.offset(q)
+        offset = offsets_fp32(self.offset, q)
         logits = self.mask(q)
         b = logits.shape[0]
         mask = torch.softmax(logits.reshape(b, self.groups, self.k, *logits.shape[2:]), dim=2)

@@ -19,9 +19,10 @@ and the result are whole. fp16 / bf16 features are sampled in float32 (:func:`sa
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -117,6 +118,24 @@ def sampling_dtype(dtype: torch.dtype) -> torch.dtype:
     pixel on the sliced 3-D sampler's (D+2)·(w+2)-wide image.
     """
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def autocast_off(x: torch.Tensor) -> contextlib.AbstractContextManager[Any]:
+    """Autocast disabled on x's device type, where it is on (else a no-op, so export and
+    plain fp32 runs see no autocast context at all)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def offsets_fp32(offset_layer: torch.nn.Module, q: torch.Tensor) -> torch.Tensor:
+    """Δ = offset_layer(q), in float32 under autocast: offsets of several pixels rounded to
+    half precision (bf16: 2⁻⁸ relative, 0.04 px at 10 px) would carry that error into the
+    float32 sampling grids (:func:`sampling_dtype`)."""
+    if not torch.is_autocast_enabled(q.device.type):
+        return cast(torch.Tensor, offset_layer(q))
+    with autocast_off(q):
+        return cast(torch.Tensor, offset_layer(q.float()))
 
 
 def inference_only(module: torch.nn.Module, mode: str, x: torch.Tensor) -> bool:
@@ -297,7 +316,8 @@ def accumulate_taps(
     :func:`sampling_source`) holds all of v, since offsets may point anywhere. The offsets
     (at CoMiX-S stage 1, 10× the features) are projected from q for ``chunk`` taps at a time
     (default: as many as fit in the slab's feature memory), the mask's softmax is in place.
-    Grids and sums are in out's dtype (:func:`sampling_dtype`), whatever q's.
+    Offsets, grids and sums are in out's dtype (:func:`sampling_dtype`), whatever q's, also
+    under autocast.
     """
     b = q.shape[0]
     slab = tuple(q.shape[2:])
@@ -318,7 +338,8 @@ def accumulate_taps(
     for t0 in range(0, k, step):
         t1 = min(k, t0 + step)
         w = w_off[:, t0:t1].reshape(-1, w_off.shape[-1])
-        off = torch.baddbmm(b_off[:, t0:t1].reshape(1, -1, 1), w.expand(b, -1, -1), q_flat)
+        with autocast_off(q):  # else autocast casts the offsets down to half
+            off = torch.baddbmm(b_off[:, t0:t1].reshape(1, -1, 1), w.expand(b, -1, -1), q_flat)
         off = off.reshape(b * g, t1 - t0, nd, *slab)
         for j, t in enumerate(range(t0, t1)):
             if sliced:

@@ -29,7 +29,6 @@ import os
 import queue
 import sys
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -40,6 +39,7 @@ from mfaf_cli.coreg.align import AlignedScene
 from mfaf_cli.coreg.grid import Grid
 from mfaf_cli.metadata import ModelMeta
 from mfaf_cli.normalize import apply_normalisation
+from mfaf_cli.pipeline.clock import ModelClock
 from mfaf_cli.pipeline.cputime import CpuClock, charge
 from mfaf_cli.pipeline.strips import StripReader
 from mfaf_cli.tiling.plan import WindowPlan, plan_windows
@@ -84,6 +84,7 @@ class RunStats:
 
     windows: int
     skipped: int
+    #: the model's seconds, device work included (:class:`~mfaf_cli.pipeline.clock.ModelClock`)
     model_seconds: float
     #: modality -> which bands were read and how they were chosen (BandChoice.to_dict())
     bands: dict[str, Any] = field(default_factory=dict)
@@ -422,29 +423,30 @@ def run_scene(
     panels = column_panels(plan.width, PANEL_WIDTH)
     subplans = [plan if len(panels) == 1 else plan.columns(c0, c1) for c0, c1 in panels]
     on_device = use_device_merger(predictor, sink, meta.num_classes, device_merger)
+    clock = ModelClock(predictor)
     bar = tqdm(total=sum(len(p.windows) for p in subplans), unit="win", desc=desc,
                disable=not progress, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
-    model_s, skipped, carry = 0.0, set(), EdgeCarry()
+    skipped, carry = set(), EdgeCarry()
     # readers yield to a CPU engine's threads; not when they are the bottleneck (a GPU
     # engine, or a predictor that says reading bounds it)
     yield_ = not on_device and not getattr(predictor, "reader_bound", False)
     yield_ = yield_ and not str(getattr(predictor, "device", "cpu")).startswith("cuda")
-    clock = CpuClock()
+    cpu_clock = CpuClock()
     try:
         for (c0, _), sub in zip(panels, subplans, strict=True):
             panel_sink = sink if len(panels) == 1 else PanelSink(sink, c0)
             merger, predict = make_merger(sub, meta, predictor, panel_sink, blend, on_device)
             carry = carry.next_panel(c0, sub.width, last=c0 == panels[-1][0])
-            seconds, skip = _run_panel(
+            skip = _run_panel(
                 scene, sub, meta, merger, predict, percentiles, batch_size=batch_size,
-                read_threads=read_threads, bar=bar, carry=carry, yield_to_engine=yield_,
+                read_threads=read_threads, bar=bar, carry=carry, clock=clock,
+                yield_to_engine=yield_,
             )  # fmt: skip
-            model_s += seconds
             skipped |= {(w.row_off, w.col_off + c0) for w in skip}
     finally:
         bar.close()
-    cpu = clock.split().to_dict()
-    return RunStats(len(plan.windows), len(skipped), model_s, cpu_seconds=cpu)
+    cpu = cpu_clock.split().to_dict()
+    return RunStats(len(plan.windows), len(skipped), clock.seconds(), cpu_seconds=cpu)
 
 
 class EdgeCarry:
@@ -513,9 +515,11 @@ def _run_panel(
     read_threads: int,
     bar: Any,
     carry: EdgeCarry,
+    clock: ModelClock,
     yield_to_engine: bool = True,
-) -> tuple[float, list[Window]]:
-    """One panel (or the whole scene): ``(model seconds, windows skipped as all nodata)``."""
+) -> list[Window]:
+    """One panel (or the whole scene): the windows skipped as all nodata; ``clock`` times
+    the model."""
     reads = [plan.read_window(w) for w in plan.windows]
     to_out = dict(zip(reads, plan.windows, strict=True))
     # masks: one per batch the worker may hold (queued, merging) plus the one being filled
@@ -527,15 +531,14 @@ def _run_panel(
                          ahead=max(2, read_threads), transform=normalise,
                          yield_to_engine=yield_to_engine,
                          cols=read_columns(plan, scene.grid.width))  # fmt: skip
-    model_s, ok, skipped = 0.0, False, []
+    ok, skipped = False, []
     try:
         # windows are sliced from row chunks that reader threads read and normalise ahead;
         # slicing a batch is cheap, so it runs here, in window order
         for batch in batched(reads, batch_size):
             pb = prepare_batch(reader, batch, meta, percentiles, normalised=True, slots=slots)
             windows = [to_out[w] for w in pb.windows]
-            probs, seconds = _predict_batch(pb, windows, predict, carry)
-            model_s += seconds
+            probs = _predict_batch(pb, windows, predict, carry, clock)
             skipped += [w for w, p in zip(windows, probs, strict=True) if p is None]
             worker.submit(windows, probs, pb.valid)
             bar.update(len(pb.windows))
@@ -546,26 +549,27 @@ def _run_panel(
         if not ok:
             worker.close(ok=False)
         reader.close()
-    return model_s, skipped
+    return skipped
 
 
 def _predict_batch(
-    pb: PreparedBatch, windows: list[Window], predict: Callable[[Any], Any], carry: EdgeCarry
-) -> tuple[list[Any], float]:
-    """Probabilities per window of a batch (None: skipped as all nodata) and the model's
-    seconds: windows carried in from the last panel are not run again."""
+    pb: PreparedBatch,
+    windows: list[Window],
+    predict: Callable[[Any], Any],
+    carry: EdgeCarry,
+    clock: ModelClock | None = None,
+) -> list[Any]:
+    """Probabilities per window of a batch (None: skipped as all nodata), the model timed
+    by ``clock``: windows carried in from the last panel are not run again."""
     probs: list[Any] = [None] * len(pb.windows)
     for i in pb.run:
         probs[i] = carry.cached(windows[i])
     fresh = [k for k, i in enumerate(pb.run) if probs[i] is None]
-    seconds = 0.0
     if fresh:
         arrays = pb.arrays
         if len(fresh) < len(pb.run):
             arrays = {m: a[fresh] for m, a in arrays.items()}
-        t0 = time.perf_counter()
-        out = predict(arrays)
-        seconds = time.perf_counter() - t0
+        out = (clock or ModelClock(None)).time(predict, arrays)
         aliased = isinstance(out, np.ndarray) and any(
             np.may_share_memory(out, a) for a in arrays.values()
         )
@@ -575,4 +579,4 @@ def _predict_batch(
             probs[pb.run[k]] = out[j]
     for i in pb.run:
         carry.keep(windows[i], probs[i])
-    return probs, seconds
+    return probs

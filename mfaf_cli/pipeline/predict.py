@@ -25,12 +25,15 @@ import numpy as np
 
 from mfaf_cli.coreg.align import AlignedScene
 from mfaf_cli.coreg.grid import Grid, grid_from_reference
+from mfaf_cli.coreg.sources import expand_sources
 from mfaf_cli.coreg.stack import expand_stacks
 from mfaf_cli.errors import InputError, ModalityError, OutputPathError, UsageError
 from mfaf_cli.io.inputs import check_readable
+from mfaf_cli.io.remote import shown_path
 from mfaf_cli.malloc import limit_malloc_growth as limit_malloc_growth
 from mfaf_cli.metadata import ALL_MODALITIES, ModelMeta
 from mfaf_cli.pipeline import core
+from mfaf_cli.pipeline.aoi import aoi_grid, aoi_scene
 from mfaf_cli.pipeline.core import (  # noqa: F401 (PreparedBatch, ...: re-exported)
     PreparedBatch,
     prepare_batch,
@@ -207,23 +210,30 @@ def run_on_scene(
     progress: bool = False,
     read_threads: int = 1,
     before_commit: Any = None,
+    aoi: Any = None,
 ) -> tuple[Grid, Any, Any]:
     """One pass of the inference core over one scene: ``(grid, RunStats, sink)``.
 
     ``inputs`` are in the model's modality order; ``make_sink(grid)`` makes the sink (a
     context manager, entered for the pass); ``before_commit(sink)`` runs inside it after the
     last row, so an error there still discards the sink's output. predict, batch mode and
-    evaluate all come through here.
+    evaluate all come through here. ``aoi`` (:class:`~mfaf_cli.io.aoi.Aoi`): the run covers
+    the polygon's bounds and only its pixels are valid (see :mod:`mfaf_cli.pipeline.aoi`).
     """
     assert spec.tile is not None
     ref_path = os.fspath(inputs[meta.reference_modality])
-    grid = grid_from_reference(ref_path, crs=crs, resolution=resolution, bounds=bounds)
+    if aoi is None:
+        grid = grid_from_reference(ref_path, crs=crs, resolution=resolution, bounds=bounds)
+    else:
+        grid, polygon = aoi_grid(ref_path, aoi, crs=crs, resolution=resolution, bounds=bounds)
     plan = scene_plan(ref_path, grid, spec.tile, spec.overlap)
     with (
         AlignedScene(inputs, read_grid(grid, plan), bands=bands, units=sar_units, meta=meta)
         as scene,
         _bounded_gdal_cache(scene, spec.tile, core.PANEL_WIDTH + 2 * spec.tile),
     ):  # fmt: skip
+        # --aoi: pixels outside the polygon invalid; blocks no window touching it needs unread
+        reader: Any = scene if aoi is None else aoi_scene(scene, polygon, plan)
         for m, c in scene.band_choices.items():
             log.info("%s bands: %s", m, c.summary())
         t_stats = time.perf_counter()
@@ -234,7 +244,7 @@ def run_on_scene(
             sampling = dict(sampling, seconds=round(time.perf_counter() - t_stats, 3))
         with make_sink(grid) as sink:
             stats = run_scene(
-                scene, plan, meta, predictor, percentiles, sink, batch_size=spec.batch_size,
+                reader, plan, meta, predictor, percentiles, sink, batch_size=spec.batch_size,
                 blend=spec.blend, read_threads=read_threads, progress=progress,
             )  # fmt: skip
             if before_commit is not None:
@@ -242,6 +252,17 @@ def run_on_scene(
     stats = replace(stats, bands={m: c.to_dict() for m, c in scene.band_choices.items()},
                     statistics=sampling)  # fmt: skip
     return grid, stats, sink
+
+
+def _read_aoi(aoi: Any, bounds: Any) -> Any:
+    """``--aoi``: a path is read (one error line if it is not a polygon file)."""
+    if aoi is not None and bounds is not None:
+        raise UsageError("--aoi and --bounds both set the extent: give one of them")
+    if aoi is None or not isinstance(aoi, str | os.PathLike):
+        return aoi
+    from mfaf_cli.io.aoi import read_aoi
+
+    return read_aoi(aoi)
 
 
 def _extent_percentiles(
@@ -302,6 +323,7 @@ def vectorize_finished_map(
 
 
 # ---- predict ----------------------------------------------------------------------------------
+@expand_sources  # STAC items, mosaics, URLs (see coreg/sources.py)
 @expand_stacks  # several files or a Sentinel-2 folder per modality (see coreg/stack.py)
 def predict(
     inputs: Mapping[str, PathLike],
@@ -331,6 +353,7 @@ def predict(
     sar_units: str = "auto",
     predictor: Any = None,
     read_threads: int | None = None,
+    aoi: Any = None,
 ) -> PredictResult:
     """Predict a land-use map for one scene and write it as georeferenced GeoTIFF(s).
 
@@ -356,6 +379,8 @@ def predict(
         sar_units: ``auto`` | ``db`` | ``linear`` (units of the SAR file).
         predictor: an already created Predictor (reused across scenes by batch mode).
         read_threads: override the reader threads of the split (0 reads in the caller).
+        aoi: a polygon file (GeoJSON, GPKG, SHP; any CRS) or :class:`~mfaf_cli.io.aoi.Aoi`:
+            the run covers its bounds; pixels outside it are nodata.
 
     Raises:
         MfafError subclasses for every user-facing problem; nothing is left on disk then.
@@ -370,6 +395,7 @@ def predict(
     _check_outputs((output, probabilities, confidence), vector, creation_options, overwrite)
     for name, path in inputs.items():
         check_readable(path, name)
+    area = _read_aoi(aoi, bounds)
     predictor, model_name, trained = _predictor_for(predictor, model, inputs, bands, spec)
     meta: ModelMeta = predictor.meta
     tile = int(meta.tile_size if tile is None else tile)
@@ -398,7 +424,7 @@ def predict(
         ordered, meta, predictor, _outputs, spec.with_tile(tile), bands=bands,
         sar_units=sar_units, crs=crs, resolution=resolution, bounds=bounds,
         progress=progress, read_threads=read_threads,
-        before_commit=_require_valid_pixels(inputs),
+        before_commit=_require_valid_pixels(inputs), aoi=area,
     )  # fmt: skip
     seconds_scene = time.perf_counter() - t_scene
 
@@ -410,7 +436,7 @@ def predict(
         written["vector"] = str(Path(vector).absolute())
     valid_fraction, fractions = class_fractions(outputs, meta)
     return PredictResult(
-        inputs={k: str(Path(v).absolute()) for k, v in ordered.items()},
+        inputs={k: shown_path(v) for k, v in ordered.items()},
         grid=grid.to_dict(),
         windows=stats.windows,
         skipped_windows=stats.skipped,
@@ -596,6 +622,7 @@ def _coregister_block(
     return int(joint.sum())
 
 
+@expand_sources
 @expand_stacks
 def coregister(
     inputs: Mapping[str, PathLike],
@@ -665,7 +692,7 @@ def coregister(
                 for ds in dsets.values():
                     ds.close()
     return CoregisterResult(
-        inputs={k: str(Path(v).absolute()) for k, v in inputs.items()},
+        inputs={k: shown_path(v) for k, v in inputs.items()},
         grid=grid.to_dict(),
         outputs={m: str(f.absolute()) for m, f in zip(inputs, finals, strict=True)},
         seconds=round(time.perf_counter() - t0, 3),

@@ -97,9 +97,13 @@ def resolve_shard(explicit: str | Shard | None, env: Mapping[str, str] | None = 
 
 
 def device_for(shard: Shard, device: str) -> str:
-    """One GPU per torchrun rank: ``auto`` → ``cuda:LOCAL_RANK`` when CUDA is there."""
-    if device != "auto" or shard.local_rank is None:
+    """One GPU per torchrun rank: ``cuda``, and ``auto`` when CUDA is there, →
+    ``cuda:LOCAL_RANK`` (as training maps them); ``cuda:N`` and ``cpu`` stay as given."""
+    d = device.strip().lower()
+    if shard.local_rank is None or d not in ("auto", "cuda"):
         return device
+    if d == "cuda":
+        return f"cuda:{shard.local_rank}"
     from mfaf_cli.engine.base import cuda_requested
 
     return f"cuda:{shard.local_rank}" if cuda_requested("auto") else device

@@ -43,6 +43,7 @@ import numpy as np
 
 from mfaf_cli.coreg.align import AlignedScene
 from mfaf_cli.coreg.grid import Grid, grid_from_reference
+from mfaf_cli.coreg.sources import expand_sources
 from mfaf_cli.coreg.stack import expand_stacks
 from mfaf_cli.errors import InputError, MfafError, ModalityError, UsageError
 from mfaf_cli.io.inputs import check_readable
@@ -596,6 +597,7 @@ def _assemble_only(run: _Run, shard: Shard, t0: float) -> SplitResult:
 
 
 # ---- entry point ------------------------------------------------------------------------------
+@expand_sources  # STAC items, mosaics, URLs, as predict
 @expand_stacks  # several files or a Sentinel-2 folder per modality, as predict
 def predict_split(
     inputs: Mapping[str, PathLike],

@@ -52,7 +52,7 @@ class TrainConfig:
         None  # stop after this many epochs in this invocation (time-boxed jobs)
     )
     num_classes: int | None = None  # folder datasets: override the class count
-    bands: dict[str, list[int]] = field(default_factory=dict)
+    bands: dict[str, list[int | str]] = field(default_factory=dict)  # 1-based numbers or names
     model_config: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
     command: str = ""  # the exact command line, recorded in the checkpoint
@@ -113,7 +113,23 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"config file {p}: unknown setting(s) {', '.join(unknown)}; valid: "
             + ", ".join(TrainConfig.field_names())
         )
+    if "bands" in doc:
+        doc["bands"] = _bands_setting(doc["bands"], f"config file {p} [bands]")
     return doc
+
+
+def _bands_setting(table: Any, where: str) -> dict[str, list[int | str]]:
+    """The ``[bands]`` table in the one band grammar; errors name the file and key."""
+    from mfaf_cli.bandspec import parse_bands_table
+
+    try:
+        return parse_bands_table(table, where)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+#: Settings that are paths: saved absolute so that ``--resume RUN_DIR`` works from any folder.
+PATH_FIELDS: tuple[str, ...] = ("data_root", "out")
 
 
 def _toml_value(v: Any) -> str:
@@ -129,6 +145,9 @@ def _toml_value(v: Any) -> str:
 def config_to_toml(cfg: TrainConfig) -> str:
     """The resolved configuration as TOML (loadable with ``--config``)."""
     d = cfg.to_dict()
+    for k in PATH_FIELDS:
+        if d.get(k) and "://" not in str(d[k]):
+            d[k] = os.path.abspath(os.path.expanduser(str(d[k])))
     lines, tables = [], []
     for k, v in d.items():
         if v is None:

@@ -54,6 +54,18 @@ def _all_reduce(t: torch.Tensor, d: _Dist) -> torch.Tensor:
     return t
 
 
+def nonfinite_ranks(value: torch.Tensor, d: _Dist) -> list[int]:
+    """The ranks whose ``value`` (this step's loss) is not finite, the same list on every rank.
+
+    One all-reduce of a flag per rank, so that all ranks stop together: a rank that raised
+    alone would leave the others waiting in the gradient all-reduce (with NCCL, until its
+    timeout). In a single process, just this process's answer.
+    """
+    flags = torch.zeros(max(d.world, 1), device=value.device)
+    flags[d.rank] = (~torch.isfinite(value.detach())).any().float()
+    return [rank for rank, bad in enumerate(_all_reduce(flags, d).tolist()) if bad]
+
+
 def _barrier(d: _Dist) -> None:
     if d.enabled:
         import torch.distributed as dist

@@ -401,7 +401,7 @@ def evaluate_model(
     engine: Engine = "auto",
     precision: Precision = "auto",
     threads: int | None = None,
-    bands: Mapping[str, list[int]] | None = None,
+    bands: Mapping[str, list[int | str]] | None = None,
     seed: int = 0,
     val_fraction: float = 0.15,
     progress: bool = True,
@@ -465,6 +465,7 @@ def _predictor_and_dataset(
     """The predictor for the dataset's modalities, and the split opened for its modalities;
     the data must give the model's band counts and fit in its class table."""
     from mfaf_cli.data.datasets import open_dataset
+    from mfaf_cli.data.registry import BAND_SELECTABLE
     from mfaf_cli.engine import create_predictor
 
     probe = open_dataset(dataset, root, split, **opts)
@@ -479,6 +480,11 @@ def _predictor_and_dataset(
         threads=spec.thread_split(on_gpu=str(spec.device).startswith("cuda"))[0],
     )
     meta: ModelMeta = predictor.meta
+    if not opts.get("bands") and dataset in BAND_SELECTABLE:  # the model's bands, by name
+        from mfaf_cli.data.bands import bands_for_model
+
+        picked = bands_for_model(meta.modalities, probe.all_bands, probe.name == "folder")
+        opts = {**opts, "bands": picked or None}
     ds = open_dataset(dataset, root, split, modalities=meta.modality_names, **opts)
     if ds.in_channels != meta.in_channels:
         raise BandMismatchError(

@@ -65,6 +65,7 @@ from mfaf_cli.training.distributed import (
     _init_distributed,
     _resolve_device,
     _shutdown,
+    nonfinite_ranks,
 )
 from mfaf_cli.training.metrics import confusion_matrix, metrics_from_confusion, to_jsonable
 
@@ -478,7 +479,9 @@ def _forward_loss(
         else:
             ce = logits.sum() * 0.0
         mmd = torch.zeros((), device=device)
-        if use_aux and "deep" in aux:
+    if use_aux and "deep" in aux:
+        # in float32: autocast would run the class means' matmul in half precision
+        with torch.autocast(device.type, enabled=False):
             mmd, monitors = _alignment(aux, cfg, mask, ignore_index)
     return ce + mmd_weight * mmd, ce, mmd, logits, mask, monitors
 
@@ -675,8 +678,12 @@ class Trainer:
             self.opt, _LRLambda(self.total_steps, cfg.schedule, cfg.warmup)
         )
         self.use_amp = cfg.amp and self.device.type == "cuda"
-        bf16 = self.use_amp and torch.cuda.is_bf16_supported()
-        amp_dtype = torch.bfloat16 if bf16 else torch.float16
+        amp_dtype = torch.float16
+        if self.use_amp:  # bf16 only where native; fp16 (with the GradScaler) elsewhere
+            from mfaf_cli.devices import cuda_autocast_dtype
+
+            amp_dtype, why = cuda_autocast_dtype(self.device)
+            log.info("AMP %s", why)
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.use_amp and amp_dtype == torch.float16
         )
@@ -934,10 +941,12 @@ class Trainer:
         loss, ce, mmd, _, _, monitors = self._forward(self.net, batch, w, want_aux=True)
         self.mmd_used = self.mmd_used or monitors is not None
         cos, head_free = monitors or (0.0, 0.0)
-        if not torch.isfinite(loss):
+        bad = nonfinite_ranks(loss, self.d)  # agreed by every rank: all stop together
+        if bad:
+            ranks = f"non-finite on rank {', '.join(map(str, bad))} of {self.d.world}"
             raise DatasetError(
                 f"training diverged at epoch {epoch + 1} step {self.global_step} "
-                f"(loss {float(loss)}); "
+                f"(loss {ranks if self.d.enabled else float(loss)}); "
                 "lower --lr or enable --grad-clip"
             )
         self.opt.zero_grad(set_to_none=True)

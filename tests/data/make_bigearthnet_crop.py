@@ -3,8 +3,8 @@
     python3 tests/data/make_bigearthnet_crop.py ../shared/data/bigearthnet_example
 
 Keeps the north-west 600 m x 600 m of patch S2A_MSIL2A_20170613T101031_87_48 (and its S1
-partner): 60 x 60 px at 10 m, 30 x 30 at 20 m, 10 x 10 at 60 m, with the original georeferencing
-and values. See README.md next to this script for the source and licence.
+partner, VV and VH): 60 x 60 px at 10 m, 30 x 30 at 20 m, 10 x 10 at 60 m, with the original
+georeferencing and values. See README.md next to this script for the source and licence.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def main(root: Path) -> None:
     s2 = root / "BigEarthNet-S2-Example" / PATCH
     for b in BANDS:
         crop(s2 / f"{PATCH}_{b}.tif", here / f"{PATCH}_{b}.tif")
-    crop(root / "BigEarthNet-S1-Example" / S1 / f"{S1}_VV.tif", here / f"{S1}_VV.tif")
+    for pol in ("VV", "VH"):
+        crop(root / "BigEarthNet-S1-Example" / S1 / f"{S1}_{pol}.tif", here / f"{S1}_{pol}.tif")
 
 
 if __name__ == "__main__":
