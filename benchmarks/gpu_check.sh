@@ -3,10 +3,12 @@
 # shipped MFAFNet-S (fp32 and AMP, PyTorch and the ONNX Runtime CUDA provider, 1 and 4 reader
 # threads), the null engine (the machinery's own ceiling), the row-band merger on the GPU
 # against the numpy one (torch AMP, and the null engine), the device-merger equivalence tests
-# on CUDA, and one AMP training epoch. Issue 26's fixes: the precision `auto` picks per GPU and
-# why (bf16 only where native), model_seconds (CUDA events) against the host-return and
-# synchronised times of the same calls, and with two or more GPUs the device of each torchrun
-# rank for --device cuda (and that no rank makes a CUDA context on another rank's GPU).
+# on CUDA, the default thread split, the scene-statistics pre-pass, MONAI side by side
+# (benchmarks/vs_monai.py), and one AMP training epoch. Issue 26's fixes: the precision `auto`
+# picks per GPU and why (bf16 only where native), model_seconds (CUDA events) against the
+# host-return and synchronised times of the same calls, and with two or more GPUs the device
+# of each torchrun rank for --device cuda (and that no rank makes a CUDA context on another
+# rank's GPU).
 # Prints one JSON object per line on stdout; progress on stderr.
 #
 #   bash benchmarks/gpu_check.sh                  # on the GPU machine, from the repo root
@@ -109,6 +111,16 @@ bench torch-amp-readers4-numpy-merger "${common[@]}" --engine torch --precision 
     --read-threads 4 --merger numpy --no-model-only
 bench null-device-merger-readers4 --model "$MODEL" --engine null --device "$DEVICE" \
     --read-threads 4 --merger device
+# issue 19: the default thread split (no --read-threads), the statistics pre-pass of a
+# scene-percentile record, and MONAI's sliding window over the same ONNX network
+bench onnx-default-split "${common[@]}" --engine onnx
+bench null-scene-percentile --model "$MODEL" --engine null --scene-percentile --no-model-only
+note "vs MONAI at $SIZE (needs: pip install monai --no-deps)"
+if out=$("$PY" benchmarks/vs_monai.py --sizes "$SIZE" --workdir "$WORK/data" | tail -1); then
+    echo "{\"check\": \"vs-monai\", \"result\": $out}"
+else
+    echo "{\"check\": \"vs-monai\", \"error\": \"exit $?\"}"
+fi
 
 note "device-merger equivalence tests (CUDA cases run only where CUDA is)"
 if tests_out=$("$PY" -m pytest -q -p no:cacheprovider tests/test_device_merger.py 2>&1); then rc=0; else rc=$?; fi

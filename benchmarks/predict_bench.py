@@ -18,6 +18,7 @@ and peak RSS; across sizes the RSS ratio of the largest to the smallest (target 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -117,6 +119,7 @@ class NullPredictor:
 
     engine = "null"
     precision = "fp32"
+    reader_bound = True  # nothing to compute: the split moves cores to readers
 
     def __init__(self, meta: object, batch_size: int, tile: int, device: str = "cpu") -> None:
         self.meta = meta
@@ -138,6 +141,55 @@ class NullPredictor:
             self._tensor = torch.from_numpy(np.ascontiguousarray(self._out[:1])).to(self.device)
         n = len(next(iter(batch.values())))
         return self._tensor.expand(n, *self._out.shape[1:])
+
+
+class RssTrace:
+    """Samples this process's resident set every 0.1 s on a thread; ``stop()`` gives it at
+    each tenth of the run (MB): memory that grows with the rows done shows as a slope."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._samples: list[int] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._done.wait(0.1):
+            self._samples.append(peak_rss_bytes("VmRSS"))
+
+    def stop(self) -> list[float]:
+        self._done.set()
+        self._thread.join()
+        s = self._samples or [peak_rss_bytes("VmRSS")]
+        return [round(s[min(len(s) - 1, i * len(s) // 10)] / 2**20, 1) for i in range(11)]
+
+
+def scene_percentile_meta(meta: Any) -> Any:
+    """``meta`` with every modality's record asking for scene percentiles (the pre-pass)."""
+    mods = tuple(
+        dataclasses.replace(m, normalisation=dataclasses.replace(
+            m.normalisation, mode="scene-percentile", clip_low=None, clip_high=None))
+        for m in meta.modalities
+    )  # fmt: skip
+    return dataclasses.replace(meta, modalities=mods)
+
+
+def bare_block_read(inputs: dict[str, Path], bands: dict[str, list[int]]) -> float:
+    """Seconds to read every block of the inputs once, one thread, nothing else: the floor
+    under any reader (decode only: no warp, normalisation, windows or copies). GDAL's block
+    cache is capped (each block is read once, nothing is re-read), so this read does not
+    raise the process's peak RSS above the run's own."""
+    import rasterio
+
+    t0 = time.perf_counter()
+    with rasterio.Env(GDAL_CACHEMAX=32 << 20):
+        for name, path in inputs.items():
+            with rasterio.open(path) as ds:
+                for _, window in ds.block_windows(1):
+                    ds.read(bands[name], window=window)
+    return time.perf_counter() - t0
 
 
 class _RowsSinkProbe:
@@ -178,7 +230,11 @@ def run_worker(args: argparse.Namespace) -> dict:
     from mfaf_cli.pipeline.spec import split_threads, usable_cores
 
     limit_malloc_growth()  # as the mfaf CLI does
-    engine_threads, readers = split_threads(args.threads or usable_cores())
+    if args.scene_percentile:
+        source = dataclasses.replace(source, meta=scene_percentile_meta(source.meta))
+    engine_threads, readers = split_threads(
+        args.threads or usable_cores(), reader_bound=args.engine == "null"
+    )
     if args.read_threads is not None:
         readers = args.read_threads
     if args.engine == "null":
@@ -203,16 +259,30 @@ def run_worker(args: argparse.Namespace) -> dict:
     # the generated optical has 4 bands; a model taking fewer gets the first n
     bands = {m.name: list(range(1, m.n_bands + 1)) for m in meta.modalities}
     out = folder / f"map_{args.size}.tif"
+    c_bare = cpu_seconds()
+    bare_s = [bare_block_read({m: inputs[m] for m in meta.modality_names}, bands)]
+    bare_cpu_s = cpu_seconds() - c_bare
+    tracer = RssTrace()
     cpu0 = cpu_seconds()
     res = predict(inputs, out, predictor=predictor, tile=tile, overlap=args.overlap,
                   batch_size=args.batch_size, overwrite=True, progress=args.progress,
                   read_threads=readers, bands=bands)  # fmt: skip
     rss_predict = peak_rss_bytes()
     predict_cpu_s = cpu_seconds() - cpu0
+    rss_trace = tracer.stop()
+    bare_s.append(bare_block_read({m: inputs[m] for m in meta.modality_names}, bands))
+    if args.engine != "null" and not args.no_model_only:
+        # the honest limit: the network alone with every core, as ORT's or torch's defaults
+        # give a user (threads=None), not the run's own engine threads
+        predictor = create_predictor(source, engine=args.engine, device=args.device,
+                                     precision=args.precision, modalities=("optical", "sar"),
+                                     batch_size=args.batch_size, tile=tile,
+                                     threads=None)  # fmt: skip
+        predictor(warm)
 
     # Model only: the same windows and batches, read and normalised beforehand (not timed).
     grid = grid_from_reference(opt)
-    model_s = 0.0
+    model_s = model_cpu_s = 0.0
     scene_inputs = {m: inputs[m] for m in meta.modality_names}
     with AlignedScene(scene_inputs, grid, bands=bands, meta=meta) as scene:
         pct = scene.percentiles(meta)
@@ -223,9 +293,10 @@ def run_worker(args: argparse.Namespace) -> dict:
             pb = prepare_batch(scene, batch, meta, pct)
             if not pb.run:
                 continue
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), cpu_seconds()
             predictor(pb.arrays)
             model_s += time.perf_counter() - t0
+            model_cpu_s += cpu_seconds() - c0
     mpix = grid.width * grid.height / 1e6
     e2e_s = mpix / res.megapixels_per_second
     return {
@@ -252,7 +323,21 @@ def run_worker(args: argparse.Namespace) -> dict:
         "merger": "device" if on_device else "numpy",
         "engine_threads": engine_threads,
         "threads": args.threads or usable_cores(),
+        "model_only_threads": "all (engine defaults)",
+        "model_only_cpu_seconds": round(model_cpu_s, 3),
         "total_seconds_with_model_load": res.seconds,
+        "cpu_seconds_by_stage": res.cpu_seconds,
+        "bare_block_read_seconds": [round(x, 3) for x in bare_s],
+        "ratio_end_to_end_to_bare_read": round(e2e_s / min(bare_s), 3),
+        "bare_block_read_cpu_seconds": round(bare_cpu_s, 3),
+        "ratio_cpu_seconds_end_to_end_to_bare_read": round(
+            predict_cpu_s / max(bare_cpu_s, 1e-9), 3
+        ),
+        "rss_mb_over_the_run": rss_trace,
+        "statistics": res.statistics,
+        "statistics_share_of_run": (
+            round(res.statistics["seconds"] / e2e_s, 4) if res.statistics else None
+        ),
     }
 
 
@@ -342,6 +427,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the model-only pass (only the end-to-end figures are wanted)",
     )
+    ap.add_argument(
+        "--scene-percentile",
+        action="store_true",
+        help="make the model's record ask for scene percentiles (times the statistics pre-pass)",
+    )
     ap.add_argument("--workdir", default=None, help="keep generated data here (default: temp)")
     ap.add_argument("--progress", action="store_true", help="show tqdm bars (stderr)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -391,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd += [] if args.threads is None else ["--threads", str(args.threads)]
             cmd += ["--progress"] if args.progress else []
             cmd += ["--no-model-only"] if args.no_model_only else []
+            cmd += ["--scene-percentile"] if args.scene_percentile else []
             env = dict(os.environ)
             env.pop("MFAF_DEVICE_MERGER", None)
             if MERGER_ENV[args.merger] is not None:

@@ -56,7 +56,8 @@ class Normalisation:
 
     ``mode="scene-percentile"``: each band is first stretched to [0, 1] between its
     ``p_low``/``p_high`` percentiles *of the scene being processed* (for predict: computed from
-    a decimated read of the whole input; for training: of each training patch/sheet), clipped,
+    whole blocks sampled over the input, see coreg/sampling.py; for training: of each training
+    patch/sheet), clipped,
     then standardised with ``mean``/``std`` measured on the training split after that stretch.
     This is what lets a model trained on 8-bit PNG patches (OMBRIA) run on raw Sentinel-2
     reflectance (uint16/int16) and Sentinel-1 dB (float32): the stretch removes the unit.

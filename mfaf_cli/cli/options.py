@@ -172,8 +172,8 @@ threads_opt = click.option(
     type=click.IntRange(min=1),
     default=None,
     metavar="N",
-    help="CPU threads for the engine and the readers together (default: all usable cores; "
-    "the two never add up to more).",
+    help="CPU cores for the run (default: all usable cores). On CPU the engine uses all N and "
+    "max(1, N/4) reader threads share them at a lower priority.",
 )
 precision_opt = click.option(
     "--precision",

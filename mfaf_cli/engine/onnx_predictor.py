@@ -132,6 +132,7 @@ class OnnxPredictor:
         path = Path(path)
         self.meta = meta if meta is not None else read_meta(path)
         self.batch_size = batch_size
+        self.threads = threads  # intra-op threads (None: ONNX Runtime's default)
         providers, self.device = choose_providers(str(device), ort.get_available_providers())
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -40,6 +40,7 @@ from mfaf_cli.coreg.grid import Grid
 from mfaf_cli.metadata import ModelMeta
 from mfaf_cli.normalize import apply_normalisation
 from mfaf_cli.pipeline.clock import ModelClock
+from mfaf_cli.pipeline.cputime import CpuClock, charge
 from mfaf_cli.pipeline.strips import StripReader
 from mfaf_cli.tiling.plan import WindowPlan, plan_windows
 from mfaf_cli.tiling.windows import Window, batched
@@ -87,6 +88,10 @@ class RunStats:
     model_seconds: float
     #: modality -> which bands were read and how they were chosen (BandChoice.to_dict())
     bands: dict[str, Any] = field(default_factory=dict)
+    #: CPU seconds by stage (engine / read / merge / total), see :mod:`.cputime`
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    #: how scene statistics were sampled, and the pre-pass's seconds (none: fixed records)
+    statistics: dict[str, Any] = field(default_factory=dict)
 
 
 # ---- window plan ------------------------------------------------------------------------------
@@ -268,7 +273,8 @@ class MergeWorker:
                 return
             if self._error is None:
                 try:
-                    self._merge(*item)
+                    with charge("merge"):
+                        self._merge(*item)
                 except BaseException as err:  # re-raised in the caller's thread
                     self._error = err
             self._release(item[2])
@@ -422,6 +428,11 @@ def run_scene(
     bar = tqdm(total=sum(len(p.windows) for p in subplans), unit="win", desc=desc,
                disable=not progress, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
     skipped, carry = set(), EdgeCarry()
+    # readers yield to a CPU engine's threads; not when they are the bottleneck (a GPU
+    # engine, or a predictor that says reading bounds it)
+    yield_ = not on_device and not getattr(predictor, "reader_bound", False)
+    yield_ = yield_ and not str(getattr(predictor, "device", "cpu")).startswith("cuda")
+    cpu_clock = CpuClock()
     try:
         for (c0, _), sub in zip(panels, subplans, strict=True):
             panel_sink = sink if len(panels) == 1 else PanelSink(sink, c0)
@@ -430,11 +441,13 @@ def run_scene(
             skip = _run_panel(
                 scene, sub, meta, merger, predict, percentiles, batch_size=batch_size,
                 read_threads=read_threads, bar=bar, carry=carry, clock=clock,
+                yield_to_engine=yield_,
             )  # fmt: skip
             skipped |= {(w.row_off, w.col_off + c0) for w in skip}
     finally:
         bar.close()
-    return RunStats(len(plan.windows), len(skipped), clock.seconds())
+    cpu = cpu_clock.split().to_dict()
+    return RunStats(len(plan.windows), len(skipped), clock.seconds(), cpu_seconds=cpu)
 
 
 class EdgeCarry:
@@ -504,6 +517,7 @@ def _run_panel(
     bar: Any,
     carry: EdgeCarry,
     clock: ModelClock,
+    yield_to_engine: bool = True,
 ) -> list[Window]:
     """One panel (or the whole scene): the windows skipped as all nodata; ``clock`` times
     the model."""
@@ -516,6 +530,7 @@ def _run_panel(
     normalise = normaliser(meta, percentiles, in_place=True)
     reader = StripReader(scene, [w.row_off for w in reads], plan.tile, threads=read_threads,
                          ahead=max(2, read_threads), transform=normalise,
+                         yield_to_engine=yield_to_engine,
                          cols=read_columns(plan, scene.grid.width))  # fmt: skip
     ok, skipped = False, []
     try:

@@ -86,6 +86,11 @@ class PredictResult:
     #: excluded fraction of valid pixels per reason (mfaf_cli/applicability.py); None when the
     #: model records no training range and no rules.
     exclusion: dict[str, Any] | None = None
+    #: CPU seconds of the pass by stage (engine / read / merge / total) and the thread split
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    threads: dict[str, int] = field(default_factory=dict)
+    #: scene-percentile records: how the statistics were sampled and the pre-pass's seconds
+    statistics: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,6 +122,12 @@ def check_modalities(given: Sequence[str], meta: ModelMeta, model_name: str) -> 
 def on_gpu(predictor: Any) -> bool:
     """Whether ``predictor`` runs on a GPU (then the CPU cores are left to the readers)."""
     return str(getattr(predictor, "device", "cpu")).startswith("cuda")
+
+
+def reader_bound(predictor: Any) -> bool:
+    """Whether reading, not the network, bounds this predictor's runs (it says so with a
+    true ``reader_bound``, as the benchmarks' null engine does): then cores go to readers."""
+    return bool(getattr(predictor, "reader_bound", False))
 
 
 def load_predictor(
@@ -232,7 +243,12 @@ def run_on_scene(
         reader: Any = scene if aoi is None else aoi_scene(scene, polygon, plan)
         for m, c in scene.band_choices.items():
             log.info("%s bands: %s", m, c.summary())
-        percentiles = _extent_percentiles(scene, inputs, grid, plan, meta, bands, sar_units)
+        t_stats = time.perf_counter()
+        percentiles, sampling = _extent_percentiles(
+            scene, inputs, grid, plan, meta, bands, sar_units
+        )
+        if sampling:
+            sampling = dict(sampling, seconds=round(time.perf_counter() - t_stats, 3))
         with make_sink(grid) as sink:
             stats = run_scene(
                 reader, plan, meta, predictor, percentiles, sink, batch_size=spec.batch_size,
@@ -240,7 +256,8 @@ def run_on_scene(
             )  # fmt: skip
             if before_commit is not None:
                 before_commit(sink)
-    stats = replace(stats, bands={m: c.to_dict() for m, c in scene.band_choices.items()})
+    stats = replace(stats, bands={m: c.to_dict() for m, c in scene.band_choices.items()},
+                    statistics=sampling)  # fmt: skip
     return grid, stats, sink
 
 
@@ -263,16 +280,16 @@ def _extent_percentiles(
     meta: ModelMeta,
     bands: Any,
     units: str,
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
     """Scene statistics of the requested extent (not of the larger read grid of an anchored
-    crop), so extent-dependent normalisations keep their meaning; none (no decimated read of
-    the whole scene) when every modality's normalisation is fixed."""
+    crop), so extent-dependent normalisations keep their meaning, and how they were sampled;
+    none (no pre-pass) when every modality's normalisation is fixed."""
     if all(s.normalisation.mode != "scene-percentile" for s in meta.modalities):
-        return {}
+        return {}, {}
     if not plan.anchored:
-        return scene.percentiles(meta)
+        return scene.percentiles(meta), dict(scene.stats_sampling)
     with AlignedScene(inputs, grid, bands=bands, units=units, meta=meta) as crop:
-        return crop.percentiles(meta)
+        return crop.percentiles(meta), dict(crop.stats_sampling)
 
 
 def _bounded_gdal_cache(scene: AlignedScene, tile: int, columns: int | None = None) -> Any:
@@ -438,7 +455,7 @@ def predict(
         ))  # fmt: skip
 
     if read_threads is None:
-        read_threads = spec.thread_split(on_gpu=on_gpu(predictor))[1]
+        read_threads = spec.thread_split(on_gpu(predictor), reader_bound(predictor))[1]
     t_scene = time.perf_counter()
     grid, stats, outputs = run_on_scene(
         ordered, meta, predictor, _outputs, spec.with_tile(tile), bands=bands,
@@ -479,6 +496,9 @@ def predict(
         bands=stats.bands,
         provenance=record,
         exclusion=outputs.exclusion_summary(),
+        cpu_seconds=stats.cpu_seconds,
+        statistics=stats.statistics,
+        threads={"engine": int(getattr(predictor, "threads", 0) or 0), "readers": read_threads},
     )
 
 

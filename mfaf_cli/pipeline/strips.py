@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from mfaf_cli.coreg.align import AlignedScene, reflect_pad
+from mfaf_cli.pipeline.cputime import charge
+from mfaf_cli.pipeline.spec import lower_reader_priority
 from mfaf_cli.tiling.windows import Window
 
 #: One reader's share of a row chunk: ``(arrays, valid, first column, end column)``.
@@ -85,8 +87,11 @@ class StripReader:
         ahead: int = 4,
         transform: ChunkTransform | None = None,
         cols: tuple[int, int] | None = None,
+        yield_to_engine: bool = True,
     ) -> None:
         self.scene = scene
+        #: reader threads run at a lower priority than a CPU engine sharing their cores
+        self._yield = yield_to_engine
         self._transform = transform
         self.height, self.width = scene.grid.height, scene.grid.width
         #: The grid columns the chunks span (a column panel's windows need no more).
@@ -103,10 +108,13 @@ class StripReader:
         else:
             sizes = [1] * (len(self.parts) if threads > 0 else 0)
         self._pools = [
-            ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"mfaf-strip{i}")
+            ThreadPoolExecutor(
+                max_workers=n, thread_name_prefix=f"mfaf-strip{i}", initializer=self._start_reader
+            )
             for i, n in enumerate(sizes)
         ]
         self._chunks: dict[int, list[Future[Part]]] = {}
+        self._readers: set[int] = set()  # reader thread idents (their handles close with us)
         #: Arrays of dropped chunks, by (modality, shape), for later chunks to read into: a
         #: fresh array per chunk costs page faults (measured ~30 % of reading the optical).
         self._free: dict[tuple[str, tuple[int, ...]], list[np.ndarray]] = {}
@@ -114,11 +122,18 @@ class StripReader:
         self._ahead = max(ahead, 1)
         self._lock = threading.Lock()
 
+    def _start_reader(self) -> None:
+        if self._yield:
+            lower_reader_priority()
+        with self._lock:
+            self._readers.add(threading.get_ident())
+
     def _read_part(self, j: int, p: int) -> Part:
         r0, r1 = self.edges[j], self.edges[j + 1]
         a, b = self.parts[p]
         window = Window(r0, a, r1 - r0, b - a)
-        arrays, valid = self._read_scene(window, self._buffers(window))
+        with charge("read"):
+            arrays, valid = self._read_scene(window, self._buffers(window))
         return arrays, valid, a, b
 
     def _read_scene(
@@ -236,6 +251,9 @@ class StripReader:
     def close(self) -> None:
         for pool in self._pools:
             pool.shutdown(wait=True, cancel_futures=True)
+        close_handles = getattr(self.scene, "close_thread_handles", None)
+        if close_handles is not None:  # the readers are gone: so are their GDAL handles
+            close_handles(self._readers)
         self._chunks.clear()
         self._free.clear()
 
