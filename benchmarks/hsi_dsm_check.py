@@ -167,7 +167,7 @@ def random_forest(seed: int) -> dict[str, Any]:
     the train and val parts (columns 0-135), scored on the test part with mfaf's metrics."""
     from sklearn.ensemble import RandomForestClassifier
 
-    from mfaf_cli.training.metrics import confusion_matrix, metrics_from_confusion
+    from mfaf_cli.scores.metrics import confusion_matrix, metrics_from_confusion
 
     feats = np.concatenate(
         [np.load(DATA / "hsi_pca5.npy"), np.load(DATA / "dsm.npy")], axis=0

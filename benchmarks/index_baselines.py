@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import rasterio
 
-from mfaf_cli.training.metrics import confusion_matrix, metrics_from_confusion
+from mfaf_cli.scores.metrics import confusion_matrix, metrics_from_confusion
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 512) -> float:

@@ -100,7 +100,7 @@ def save_narrow_unet(folder: Path, width: int) -> Path:
     import torch
 
     from mfaf_cli.io.weights import save_checkpoint
-    from mfaf_cli.models.registry import create_model, default_meta
+    from mfaf_cli.registry import create_model, default_meta
 
     torch.manual_seed(0)
     chans = {"optical": 4, "sar": 1}

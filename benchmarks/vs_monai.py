@@ -87,7 +87,7 @@ def monai_cmd(folder: Path, size: int, onnx: Path, out: Path) -> list[str]:
 def interior_weights() -> np.ndarray:
     """mfaf's gaussian weights of a window with neighbours on all four sides (MONAI takes
     one map for every window; mfaf leaves scene borders untapered, the only difference)."""
-    from mfaf_cli.stitch.weights import blend_weights
+    from mfaf_cli.tiling.blend import blend_weights
 
     taper = round(TILE * OVERLAP)
     return np.ascontiguousarray(blend_weights(TILE, "gaussian", (taper,) * 4))

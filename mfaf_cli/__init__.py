@@ -15,8 +15,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "predict": ("mfaf_cli.pipeline.predict", "predict"),
     "coregister": ("mfaf_cli.pipeline.predict", "coregister"),
-    "create_model": ("mfaf_cli.models.registry", "create_model"),
-    "list_models": ("mfaf_cli.models.registry", "list_models"),
+    "create_model": ("mfaf_cli.registry", "create_model"),
+    "list_models": ("mfaf_cli.registry", "list_models"),
     "load_model": ("mfaf_cli.models.resolve", "load_model"),
     "ModelMeta": ("mfaf_cli.metadata", "ModelMeta"),
     "MfafError": ("mfaf_cli.errors", "MfafError"),

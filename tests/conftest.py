@@ -122,8 +122,8 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A narrow U-Net checkpoint tagged trained (batch and scale-out tests)."""
     from dataclasses import replace
 
+    from mfaf_cli import registry
     from mfaf_cli.io.weights import save_checkpoint
-    from mfaf_cli.models import registry
 
     meta = registry.default_meta("unet", None, 2, base_width=4)
     meta = replace(meta, trained=True, tile_size=32)

@@ -14,7 +14,7 @@ from mfaf_cli.models.losses import (
     variance_hinge,
 )
 from mfaf_cli.models.mfafnet import LayerNorm2d
-from mfaf_cli.models.registry import create_model
+from mfaf_cli.registry import create_model
 
 
 def _features(seed: int, shift: float = 0.0, shape=(2, 32, 8, 8)) -> torch.Tensor:

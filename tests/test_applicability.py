@@ -278,8 +278,8 @@ def test_evaluate_dataset_scores_with_and_without_excluded(
 
     from mfaf_cli.data.datasets import open_dataset
     from mfaf_cli.engine import create_predictor
+    from mfaf_cli.scores.metrics import confusion_matrix
     from mfaf_cli.training.evaluate import evaluate_model, predict_arrays
-    from mfaf_cli.training.metrics import confusion_matrix
 
     use_tiny_builder(monkeypatch)
     root = make_sen1floods11(tmp_path / "s1f", size=48)

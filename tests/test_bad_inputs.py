@@ -32,8 +32,8 @@ import rasterio
 from conftest import write_geotiff as write_tif
 from rasterio.transform import from_origin
 
+from mfaf_cli import registry
 from mfaf_cli.io.weights import save_checkpoint
-from mfaf_cli.models import registry
 
 SIZE = 48  # px; small enough that the cases that do run take a fraction of a second
 

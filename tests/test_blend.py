@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from mfaf_cli.errors import UsageError
 from mfaf_cli.stitch import BLEND_MODES, blend_weights, make_weight_fn, window_tapers
-from mfaf_cli.stitch.weights import MIN_WEIGHT
 from mfaf_cli.tiling import Window, stride_for, tile_windows
+from mfaf_cli.tiling.blend import MIN_WEIGHT
 
 MODES = sorted(BLEND_MODES)
 

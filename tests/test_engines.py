@@ -12,6 +12,7 @@ import torch
 from tiny_net import TinyFusion, tiny_meta, use_tiny_builder
 from torch import nn
 
+from mfaf_cli import registry
 from mfaf_cli.engine import Predictor, create_predictor
 from mfaf_cli.engine.onnx_predictor import (
     OnnxPredictor,
@@ -29,7 +30,6 @@ from mfaf_cli.errors import (
 )
 from mfaf_cli.io import weights as W
 from mfaf_cli.metadata import ModelMeta
-from mfaf_cli.models import registry
 from mfaf_cli.models.export import export_onnx
 
 

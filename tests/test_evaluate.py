@@ -15,8 +15,8 @@ from rasterio.transform import from_origin
 
 from mfaf_cli.errors import BandMismatchError, LabelError
 from mfaf_cli.metadata import WATER_CLASSES, ModelMeta
+from mfaf_cli.scores.metrics import confusion_matrix
 from mfaf_cli.training.evaluate import evaluate_model, evaluate_rasters, predict_arrays
-from mfaf_cli.training.metrics import confusion_matrix
 
 
 @pytest.fixture(autouse=True)
@@ -197,7 +197,7 @@ def test_a_non_label_prediction_is_refused(
 # ---- a model on a dataset --------------------------------------------------------------------
 def _checkpoint(tmp_path: Path, ds, in_channels=None) -> Path:
     from mfaf_cli.io.weights import save_checkpoint
-    from mfaf_cli.models.registry import create_model
+    from mfaf_cli.registry import create_model
 
     torch.manual_seed(0)
     model = create_model("unet", in_channels or ds.in_channels, 2, base_width=4)

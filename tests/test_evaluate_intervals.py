@@ -14,8 +14,8 @@ from dataset_builders import make_sen1floods11
 from rasterio.transform import from_origin
 
 from mfaf_cli.metadata import WATER_CLASSES, ModelMeta
+from mfaf_cli.scores.metrics import confusion_matrix
 from mfaf_cli.training.evaluate import evaluate_batch, evaluate_model, evaluate_rasters
-from mfaf_cli.training.metrics import confusion_matrix
 
 T = from_origin(500_000.0, 4_500_000.0, 10.0, 10.0)
 
@@ -97,7 +97,7 @@ def test_compare_two_maps_on_one_truth(tmp_path: Path, runner) -> None:
 
 def _checkpoint(tmp_path: Path, ds, temperature: float = 1.0) -> Path:
     from mfaf_cli.io.weights import save_checkpoint
-    from mfaf_cli.models.registry import create_model
+    from mfaf_cli.registry import create_model
 
     torch.manual_seed(0)
     model = create_model("unet", ds.in_channels, 2, base_width=4)

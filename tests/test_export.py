@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from tiny_net import TinyFusion, tiny_meta, use_tiny_builder
 
+from mfaf_cli import registry
 from mfaf_cli.engine.onnx_predictor import OnnxPredictor
 from mfaf_cli.errors import ModelError, UsageError
 from mfaf_cli.io import weights as W
 from mfaf_cli.metadata import ModelMeta
 from mfaf_cli.models import export as X
-from mfaf_cli.models import registry
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

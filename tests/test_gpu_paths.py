@@ -103,7 +103,7 @@ def test_training_amp_on_a_gpu_without_native_bf16_is_fp16_with_grad_scaling(
 ) -> None:
     from dataset_builders import make_ombria
 
-    from mfaf_cli.models.registry import get_entry, model_divisor
+    from mfaf_cli.registry import get_entry, model_divisor
     from mfaf_cli.training.distributed import _Dist
     from mfaf_cli.training.trainer import Trainer
 

@@ -186,8 +186,8 @@ def _hsi_lidar(folder: Path) -> None:
     """hsi.tif / dsm.tif over the predict example's UTM 15N bounds, and a CoMiX checkpoint."""
     from rasterio.transform import from_origin
 
+    from mfaf_cli import registry
     from mfaf_cli.io.weights import save_checkpoint
-    from mfaf_cli.models import registry
 
     rng = np.random.default_rng(1)
     t = from_origin(270_980.0, 3_289_150.0, 2.0, 2.0)

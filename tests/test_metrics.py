@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mfaf_cli.errors import LabelError
-from mfaf_cli.training.metrics import (
+from mfaf_cli.scores.metrics import (
     confusion_matrix,
     format_table,
     metrics_from_confusion,

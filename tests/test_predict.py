@@ -159,7 +159,7 @@ def _reference_blend(model_fn, x_full, tile, overlap, weight_fn_for):
 def test_real_network_streamed_equals_in_memory_blend(make_geotiff, rng, tmp_path, blend):
     torch = pytest.importorskip("torch")
     from mfaf_cli.engine.torch_predictor import TorchPredictor
-    from mfaf_cli.models.registry import create_model, default_meta
+    from mfaf_cli.registry import create_model, default_meta
     from mfaf_cli.stitch import make_weight_fn
     from mfaf_cli.tiling.windows import tile_windows
 
@@ -253,7 +253,7 @@ def test_label_output_opens_georeferenced_coloured_and_labelled(make_geotiff, rn
 
 def test_confidence_kind_entropy_is_the_normalised_entropy(make_geotiff, rng, tmp_path):
     """--confidence-kind entropy writes -sum p log p / log K of the written probabilities."""
-    from mfaf_cli.training.calibration import normalised_entropy
+    from mfaf_cli.scores.calibration import normalised_entropy
 
     opt, sar = make_pair(make_geotiff, rng, 40, 50)
     meta = pixel_meta(num_classes=3)

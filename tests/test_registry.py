@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from mfaf_cli import registry
 from mfaf_cli.errors import ModelError
 from mfaf_cli.metadata import DEFAULT_BANDS, WATER_CLASSES
-from mfaf_cli.models import registry
-from mfaf_cli.models.registry import ModelEntry, lazy_builder, make_entry
+from mfaf_cli.registry import ModelEntry, lazy_builder, make_entry
 from mfaf_cli.types import ALIGNMENT_KINDS
 
 PACKAGE = Path(registry.__file__).resolve().parents[1]

@@ -80,8 +80,8 @@ def _assert_same(a: dict[str, object], b: dict[str, object]) -> None:
 def centred(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A narrow random U-Net whose head bias is centred on this scene, so both classes occur
     and labels flip wherever blending or context differ (an all-one-class map hides that)."""
+    from mfaf_cli import registry
     from mfaf_cli.io.weights import save_checkpoint
-    from mfaf_cli.models import registry
 
     folder = tmp_path_factory.mktemp("centred")
     meta = replace(registry.default_meta("unet", None, 2, base_width=4), trained=True,

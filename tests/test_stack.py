@@ -149,8 +149,8 @@ def test_s2_folder_bands_by_name_finest_first(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def swir_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small trained-flagged U-Net that takes optical (swir, nir, red) + sar (vv)."""
+    from mfaf_cli import registry
     from mfaf_cli.io.weights import save_checkpoint
-    from mfaf_cli.models import registry
 
     meta = registry.default_meta("unet", {"optical": 3, "sar": 1}, 2, base_width=4)
     mods = (

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from mfaf_cli.training import calibration as cal
-from mfaf_cli.training import stats
-from mfaf_cli.training.metrics import metrics_from_confusion
+from mfaf_cli.scores import calibration as cal
+from mfaf_cli.scores import stats
+from mfaf_cli.scores.metrics import metrics_from_confusion
 
 
 def _unit(correct: int, wrong: int) -> np.ndarray:
@@ -140,7 +140,7 @@ def test_normalised_entropy_ends() -> None:
 
 def test_per_block_counts_sum_to_the_whole() -> None:
     """Confusion matrices and calibration counts per spatial block sum to the scene's."""
-    from mfaf_cli.training.metrics import confusion_matrix
+    from mfaf_cli.scores.metrics import confusion_matrix
 
     rng = np.random.default_rng(5)
     h, w, k, block = 70, 90, 3, 32

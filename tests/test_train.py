@@ -17,7 +17,7 @@ from dataset_builders import make_folder, make_ombria
 from safetensors.torch import load_file
 
 from mfaf_cli.io.weights import read_meta
-from mfaf_cli.models.registry import get_entry, model_divisor
+from mfaf_cli.registry import get_entry, model_divisor
 from mfaf_cli.training.distributed import _Dist
 from mfaf_cli.training.trainer import (
     TrainConfig,

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from mfaf_cli import registry
 from mfaf_cli.errors import ModalityError, ModelError, WeightsError
 from mfaf_cli.io import weights as W
 from mfaf_cli.metadata import (
@@ -22,7 +23,6 @@ from mfaf_cli.metadata import (
     ModelMeta,
     Normalisation,
 )
-from mfaf_cli.models import registry
 from mfaf_cli.models import resolve as R
 
 

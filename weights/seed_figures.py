@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from mfaf_cli.io.weights import load_checkpoint, read_manifest, register_weights, save_checkpoint
+from mfaf_cli.scores.stats import intervals_overlap, mean_interval
 from mfaf_cli.training.evaluate import EvalResult, compare_results, evaluate_model
-from mfaf_cli.training.stats import intervals_overlap, mean_interval
 
 HERE = Path(__file__).resolve().parent
 PACKAGE_WEIGHTS = HERE.parent / "mfaf_cli" / "weights"

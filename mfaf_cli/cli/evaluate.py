@@ -268,7 +268,7 @@ def _report_compare(report: dict[str, Any], as_json: bool) -> None:
     """The difference table on stdout, or the JSON line (the table then on stderr)."""
     import json
 
-    from mfaf_cli.training.metrics import to_jsonable
+    from mfaf_cli.scores.metrics import to_jsonable
     from mfaf_cli.training.scoring import format_compare
 
     table = format_compare(report, report["a"], report["b"])
@@ -294,7 +294,7 @@ def _check_plot_path(plot: str | None) -> None:
 def _report(result: Any, plot: str | None, as_json: bool, quiet: bool) -> None:
     """The plot, then the result on stdout (so `> metrics.txt` keeps it): the JSON line with
     --json (the table then on stderr for the eye), else the table."""
-    from mfaf_cli.training.metrics import format_table
+    from mfaf_cli.scores.metrics import format_table
     from mfaf_cli.training.scoring import format_extra, plot_report
 
     if plot:

@@ -252,7 +252,7 @@ def format_overlap(o: dict[str, Any]) -> str:
 def models_report() -> dict[str, Any]:
     """Registry architectures and shipped weights (from weights/manifest.json)."""
     from mfaf_cli.io import weights as wio
-    from mfaf_cli.models.registry import list_models
+    from mfaf_cli.registry import list_models
 
     archs = [
         {

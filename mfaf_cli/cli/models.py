@@ -27,8 +27,8 @@ def count_parameters(name: str) -> int:
     """Parameters of a registry model at its default size, built without allocating weights."""
     import torch
 
-    from mfaf_cli.models.registry import count_parameters as count
-    from mfaf_cli.models.registry import create_model
+    from mfaf_cli.registry import count_parameters as count
+    from mfaf_cli.registry import create_model
 
     try:
         with torch.device("meta"):
@@ -39,7 +39,7 @@ def count_parameters(name: str) -> int:
 
 
 def architectures() -> list[dict[str, Any]]:
-    from mfaf_cli.models.registry import default_meta, list_models
+    from mfaf_cli.registry import default_meta, list_models
 
     rows = []
     for e in list_models():
@@ -88,7 +88,7 @@ def shipped() -> list[dict[str, Any]]:
 def detail(name: str) -> dict[str, Any]:
     """One shipped model (metadata read from its file) or registry architecture."""
     from mfaf_cli.io.weights import entry_path, manifest_entry, read_meta
-    from mfaf_cli.models.registry import default_meta, get_entry, list_models
+    from mfaf_cli.registry import default_meta, get_entry, list_models
 
     entry = manifest_entry(name)
     if entry is not None:

@@ -631,7 +631,7 @@ class ConfidenceWriter(GeoTiffWriter):
         """The stored quantity: ``best`` (max probability) or the normalised entropy."""
         if self.kind == "top":
             return best
-        from mfaf_cli.training.calibration import normalised_entropy
+        from mfaf_cli.scores.calibration import normalised_entropy
 
         return normalised_entropy(probs)
 

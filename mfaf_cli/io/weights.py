@@ -263,7 +263,7 @@ def save_checkpoint(model: nn.Module, meta: ModelMeta, path: str | os.PathLike[s
 
 def build_model(meta: ModelMeta) -> nn.Module:
     """An untrained network with the architecture, bands and classes that ``meta`` describes."""
-    from mfaf_cli.models import registry
+    from mfaf_cli import registry
 
     return registry.create_model(meta.arch, meta.in_channels, meta.num_classes, **meta.config)
 
@@ -403,7 +403,7 @@ def register_weights(
     ``default=True`` makes it the model ``mfaf predict`` uses for its modality set and clears
     the flag on other entries for the same set. Returns the entry written.
     """
-    from mfaf_cli.models.registry import list_models
+    from mfaf_cli.registry import list_models
 
     path = Path(path)
     if name in {e.name for e in list_models()}:

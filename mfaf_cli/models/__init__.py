@@ -6,7 +6,7 @@ a model is built.
 
 from __future__ import annotations
 
-from mfaf_cli.models.registry import (
+from mfaf_cli.registry import (
     ModelEntry,
     count_parameters,
     create_model,

@@ -93,7 +93,7 @@ def shipped_for(modalities: Iterable[str], entries: list[dict[str, Any]]) -> dic
 
 def no_shipped_message(modalities: tuple[str, ...], entries: list[dict[str, Any]]) -> str:
     """Why there is no default model for ``modalities``, what is shipped, and the ways out."""
-    from mfaf_cli.models.registry import list_models
+    from mfaf_cli.registry import list_models
 
     given = " + ".join(modalities)
     shipped = (
@@ -168,7 +168,7 @@ def _source_from_registry(
     name: str, mods: tuple[str, ...], in_channels: dict[str, int] | None
 ) -> ModelSource:
     """An explicitly named architecture: random weights, said loudly."""
-    from mfaf_cli.models import registry
+    from mfaf_cli import registry
 
     arch_names = [e.name for e in registry.list_models()]
     if name not in arch_names:
@@ -187,7 +187,7 @@ def _channels_for(arch: str, in_channels: dict[str, int] | None) -> dict[str, in
     """Keep only the band counts of modalities ``arch`` takes (others are checked elsewhere)."""
     if not in_channels:
         return None
-    from mfaf_cli.models.registry import get_entry
+    from mfaf_cli.registry import get_entry
 
     takes = set(get_entry(arch).modalities)
     return {m: n for m, n in in_channels.items() if m in takes} or None

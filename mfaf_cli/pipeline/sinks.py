@@ -70,8 +70,8 @@ class ConfusionSink:
         calibration: bool = False,
         excluder: Callable[[int, int, np.ndarray], np.ndarray] | None = None,
     ) -> None:
-        from mfaf_cli.training.calibration import count_length
-        from mfaf_cli.training.stats import block_grid
+        from mfaf_cli.scores.calibration import count_length
+        from mfaf_cli.scores.stats import block_grid
 
         self.truth_path = truth_path
         #: with ``excluder`` (mfaf_cli.pipeline.exclusion): ``kept`` scores only the pixels
@@ -143,9 +143,9 @@ class ConfusionSink:
         """Add rows of predicted class planes ``idx`` (int64, overwritten where not valid)
         to their blocks' confusion matrices (and calibration counts, given ``probs``)."""
         from mfaf_cli.io.truth import truth_labels
-        from mfaf_cli.training.calibration import calibration_counts
-        from mfaf_cli.training.metrics import confusion_matrix
-        from mfaf_cli.training.stats import block_ids
+        from mfaf_cli.scores.calibration import calibration_counts
+        from mfaf_cli.scores.metrics import confusion_matrix
+        from mfaf_cli.scores.stats import block_ids
 
         idx[~valid] = self.ignore_index
         rows, cols = valid.shape

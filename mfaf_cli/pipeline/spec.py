@@ -88,7 +88,7 @@ class InferenceSpec:
 
     def __post_init__(self) -> None:
         from mfaf_cli.engine.base import ENGINES, PRECISIONS
-        from mfaf_cli.stitch.weights import BLEND_MODES
+        from mfaf_cli.tiling.blend import BLEND_MODES
 
         if not _is_int(self.batch_size) or self.batch_size < 1:
             raise UsageError(f"--batch-size must be a positive integer, got {self.batch_size!r}")

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from mfaf_cli.stitch.merger import StreamingMerger
-from mfaf_cli.stitch.weights import BLEND_MODES, blend_weights, make_weight_fn, window_tapers
+from mfaf_cli.tiling.blend import BLEND_MODES, blend_weights, make_weight_fn, window_tapers
 
 __all__ = ["BLEND_MODES", "StreamingMerger", "blend_weights", "make_weight_fn", "window_tapers"]

@@ -39,7 +39,7 @@ class RowBandMerger(Generic[A]):
             :func:`~mfaf_cli.tiling.windows.tile_windows`. Add them in raster order to keep
             the band small; any order is correct, just more memory.
         weight_fn: ``weight_fn(window) -> (h, w)`` blend weights (e.g. from
-            :func:`~mfaf_cli.stitch.weights.make_weight_fn`); None = equal weights.
+            :func:`~mfaf_cli.tiling.blend.make_weight_fn`); None = equal weights.
 
     A pixel is valid in the output when at least one window added it as valid and no window
     marked it invalid; pixels covered only by skipped windows are invalid (nodata).

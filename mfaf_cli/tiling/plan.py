@@ -110,7 +110,7 @@ class WindowPlan:
 
     def weight_fn(self, mode: str) -> Callable[[Window], np.ndarray]:
         """``weight_fn(window)`` for the streaming merger, tapered as in the full layout."""
-        from mfaf_cli.stitch.weights import BLEND_MODES, blend_weights
+        from mfaf_cli.tiling.blend import BLEND_MODES, blend_weights
 
         if mode not in BLEND_MODES:
             raise ValueError(f"unknown blend mode {mode!r}")

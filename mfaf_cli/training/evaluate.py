@@ -1,7 +1,7 @@
 """Evaluation: a model on a dataset split, or a predicted map against a truth raster.
 
 Both accumulate one confusion matrix and report
-:func:`~mfaf_cli.training.metrics.metrics_from_confusion`.
+:func:`~mfaf_cli.scores.metrics.metrics_from_confusion`.
 Georeferenced scenes (Sen1Floods11, WHU-OPT-SAR, folder scenes) go through the inference core
 that predict uses (co-registration, sliding windows, blending), whose confusion-matrix sink
 scores the rows as they are blended, exactly like ``mfaf evaluate PRED.tif --truth LABEL.tif``
@@ -26,10 +26,10 @@ from mfaf_cli.errors import BandMismatchError, InputError, LabelError, NoOverlap
 from mfaf_cli.io.truth import apply_mapping, truth_labels, truth_on_grid
 from mfaf_cli.metadata import NODATA_LABEL, ModelMeta, default_classes
 from mfaf_cli.normalize import apply_normalisation, band_percentiles
-from mfaf_cli.training.calibration import count_length
-from mfaf_cli.training.metrics import confusion_matrix, metrics_from_confusion, to_jsonable
+from mfaf_cli.scores.calibration import count_length
+from mfaf_cli.scores.metrics import confusion_matrix, metrics_from_confusion, to_jsonable
+from mfaf_cli.scores.stats import block_grid, block_ids
 from mfaf_cli.training.scoring import DEFAULT_BLOCK, Units, summarise
-from mfaf_cli.training.stats import block_grid, block_ids
 from mfaf_cli.types import Blend, Engine, Precision
 
 if TYPE_CHECKING:
@@ -406,7 +406,7 @@ def predict_arrays(
     normalisation, overlapping windows (reflect-padded past the edges), blended merge.
     """
     from mfaf_cli.stitch.merger import StreamingMerger
-    from mfaf_cli.stitch.weights import make_weight_fn
+    from mfaf_cli.tiling.blend import make_weight_fn
     from mfaf_cli.tiling.windows import batched, tile_windows
 
     h, w = valid.shape
@@ -703,7 +703,7 @@ def _score_patches(
     with ``checks`` also the confusion of the pixels the exclusion check kept."""
     from tqdm import tqdm
 
-    from mfaf_cli.training.calibration import calibration_counts
+    from mfaf_cli.scores.calibration import calibration_counts
 
     meta = predictor.meta
     k = meta.num_classes

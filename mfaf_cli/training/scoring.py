@@ -1,7 +1,7 @@
 """Scores per unit (scene, patch or spatial block) with bootstrap intervals, calibration and
 paired comparisons: what ``mfaf evaluate`` reports besides the overall confusion matrix.
 
-The maths is in :mod:`~mfaf_cli.training.stats` and :mod:`~mfaf_cli.training.calibration`;
+The maths is in :mod:`~mfaf_cli.scores.stats` and :mod:`~mfaf_cli.scores.calibration`;
 this module arranges it into the report (JSON, table, plot) as Raster Vision's ``eval.json``
 does (``overall`` + ``per_scene``).
 """
@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mfaf_cli.training import calibration as cal
-from mfaf_cli.training import stats
+from mfaf_cli.scores import calibration as cal
+from mfaf_cli.scores import stats
 
 UnitKind = Literal["scene", "patch", "block"]
 #: Pixels per side of the spatial blocks of a one-scene bootstrap.

@@ -1,5 +1,5 @@
 """Temperature scaling after training: one temperature per model, fitted on the validation
-split by minimising the NLL (:func:`~mfaf_cli.training.calibration.fit_temperature`), stored
+split by minimising the NLL (:func:`~mfaf_cli.scores.calibration.fit_temperature`), stored
 in the model record (``ModelMeta.temperature``) that every engine applies.
 
 Used by the trainer (on ``best.safetensors``, after the last epoch) and by
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from mfaf_cli.metadata import ModelMeta
-from mfaf_cli.training import calibration as cal
+from mfaf_cli.scores import calibration as cal
 
 #: Most labelled pixels kept per batch / patch for the fit (a seeded sample beyond that).
 PIXELS_PER_ITEM = 65_536

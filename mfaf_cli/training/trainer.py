@@ -47,7 +47,8 @@ from mfaf_cli.errors import (
 )
 from mfaf_cli.io.atomic import atomic_path
 from mfaf_cli.metadata import ModelMeta
-from mfaf_cli.models.registry import ModelEntry
+from mfaf_cli.registry import ModelEntry
+from mfaf_cli.scores.metrics import confusion_matrix, metrics_from_confusion, to_jsonable
 from mfaf_cli.training.config import (  # noqa: F401  (re-exported: the public training API)
     MMD_KINDS,
     SCHEDULES,
@@ -68,7 +69,6 @@ from mfaf_cli.training.distributed import (
     nonfinite_ranks,
 )
 from mfaf_cli.training.labels import check_same_classes, folder_label_options, guarded_write
-from mfaf_cli.training.metrics import confusion_matrix, metrics_from_confusion, to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -518,7 +518,7 @@ def _check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.dataset``; see the module docstring for outputs."""
-    from mfaf_cli.models.registry import get_entry, model_divisor
+    from mfaf_cli.registry import get_entry, model_divisor
     from mfaf_cli.tiling.windows import check_tile
 
     t_start = time.time()
@@ -684,7 +684,7 @@ class Trainer:
 
     def _build_model(self) -> None:
         from mfaf_cli.io.weights import load_checkpoint
-        from mfaf_cli.models.registry import create_model
+        from mfaf_cli.registry import create_model
 
         cfg, device = self.cfg, self.device
         model = create_model(cfg.model, self.train_ds.in_channels, self.k, **cfg.model_config)

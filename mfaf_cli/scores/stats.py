@@ -2,7 +2,7 @@
 scene) of additive counts, and the paired difference of two models on the same units.
 
 A unit's counts are its confusion matrix (and, where there are probabilities, its calibration
-counts, :mod:`mfaf_cli.training.calibration`); a resample draws units with replacement,
+counts, :mod:`mfaf_cli.scores.calibration`); a resample draws units with replacement,
 sums their counts and recomputes every score, so a score's interval says how much it would move
 on another draw of scenes like these. Blocks of one scene are correlated with their
 neighbours: their intervals are narrower than scene intervals would be.
@@ -36,7 +36,7 @@ def _nanmean(v: np.ndarray) -> np.ndarray:
 
 def confusion_scores(cms: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
     """Every summary score of a stack of confusion matrices (..., K, K) at once, as
-    :func:`~mfaf_cli.training.metrics.metrics_from_confusion` defines them (NaN classes left
+    :func:`~mfaf_cli.scores.metrics.metrics_from_confusion` defines them (NaN classes left
     out of the means): ``oa, miou, mean_accuracy, mean_precision, mean_f1, kappa`` and per
     class ``iou/<name>``, ``f1/<name>``, ``precision/<name>``, ``recall/<name>``."""
     cm = np.asarray(cms, dtype=np.float64)
