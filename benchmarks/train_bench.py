@@ -91,12 +91,13 @@ def generate_scene(folder: Path, size: int, seed: int = 0) -> Path:
     field = _smooth_field(rng, size, size, 64)
     codes = np.asarray(WORLDCOVER, dtype=np.uint8)
     label = codes[np.minimum((field * len(codes)).astype(int), len(codes) - 1)]
-    with rasterio.open(folder / "label.tif", "w", **common, width=size, height=size, count=1,
-                       dtype="uint8", nodata=0, crs="EPSG:32630", transform=utm) as dst:  # fmt: skip
+    utm_kw = {**common, "width": size, "height": size, "crs": "EPSG:32630", "transform": utm}
+    with rasterio.open(folder / "label.tif", "w", **utm_kw, count=1, dtype="uint8",
+                       nodata=0) as dst:  # fmt: skip
         dst.write(label, 1)
     texture = rng.random((size, size), dtype=np.float32)
-    with rasterio.open(folder / "optical.tif", "w", **common, width=size, height=size, count=4,
-                       dtype="uint16", nodata=0, crs="EPSG:32630", transform=utm) as dst:  # fmt: skip
+    with rasterio.open(folder / "optical.tif", "w", **utm_kw, count=4, dtype="uint16",
+                       nodata=0) as dst:  # fmt: skip
         for b in range(4):
             v = 300 + 2500 * field * (0.6 + 0.2 * b) + 400 * texture
             dst.write(v.astype(np.uint16), b + 1)
@@ -166,10 +167,12 @@ def run_loader(args: argparse.Namespace) -> dict[str, Any]:
         for b in loader.epoch(e):
             n += int(b["mask"].shape[0])
         rates.append(n / (time.perf_counter() - t0))
-    close = getattr(loader, "close", None)
-    if close:
-        close()
-    return {"workers": loader.workers, "samples_per_epoch": len(ds), "cold": round(rates[0], 1),
+    workers = loader.workers
+    del loader  # shuts the (persistent) workers down, so their peak RSS is counted
+    import gc
+
+    gc.collect()
+    return {"workers": workers, "samples_per_epoch": len(ds), "cold": round(rates[0], 1),
             "warm": [round(r, 1) for r in rates[1:]],
             "warm_median": round(statistics.median(rates[1:]), 1) if len(rates) > 1 else None,
             "peak_rss_mb": round(peak_rss_mb(), 1), "rss_after_setup_mb": round(rss0, 1),
@@ -217,9 +220,6 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
         n += 1
     sync()
     e2e = n / (time.perf_counter() - t0)
-    close = getattr(loader, "close", None)
-    if close:
-        close()
     return {"model": args.model, "workers": loader.workers, "steps": n,
             "model_only_steps_per_s": round(model_only, 3), "end_to_end_steps_per_s": round(e2e, 3),
             "end_to_end_over_model_only": round(e2e / model_only, 3),
@@ -233,7 +233,8 @@ from torch.utils.data import DataLoader
 from torchgeo.datasets import RasterDataset, stack_samples
 from torchgeo.samplers import RandomGeoSampler
 
-root, workers, batch, patch, n, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+root = sys.argv[1]
+workers, batch, patch, n, epochs = (int(v) for v in sys.argv[2:7])
 
 class Optical(RasterDataset):
     filename_glob = "optical.tif"
@@ -252,8 +253,8 @@ class Label(RasterDataset):
 label = Label(root)
 ds = Optical(root, crs=label.crs, res=label.res) & Sar(root, crs=label.crs, res=label.res) & label
 sampler = RandomGeoSampler(ds, size=patch, length=n)
-dl = DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, collate_fn=stack_samples,
-                persistent_workers=workers > 0)
+dl = DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers,
+                collate_fn=stack_samples, persistent_workers=workers > 0)
 rates = []
 for e in range(epochs):
     t0, k = time.perf_counter(), 0
@@ -264,9 +265,10 @@ rss = 0.0
 for line in open("/proc/self/status"):
     if line.startswith("VmHWM:"):
         rss = int(line.split()[1]) / 1024
-print(json.dumps({"workers": workers, "cold": round(rates[0], 1), "warm": [round(r, 1) for r in rates[1:]],
-                  "peak_rss_mb": round(rss, 1),
-                  "workers_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}))
+kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(json.dumps({"workers": workers, "cold": round(rates[0], 1),
+                  "warm": [round(r, 1) for r in rates[1:]], "peak_rss_mb": round(rss, 1),
+                  "workers_peak_rss_mb": round(kids, 1)}))
 '''
 
 
@@ -310,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", action="store_true", help="mixed precision steps (CUDA)")
     ap.add_argument("--torchgeo-venv", type=Path, default=None,
-                    help="a venv with torchgeo (+ torch, torchvision) to run TorchGeo's side")  # fmt: skip
+                    help="a venv with torchgeo to run its side")  # fmt: skip
     ap.add_argument("--root", help=argparse.SUPPRESS)
     ap.add_argument("--w", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -332,7 +334,8 @@ def main(argv: list[str] | None = None) -> None:
         tg_rows = [run_torchgeo(args.torchgeo_venv, args.root.parent, w, args, n) for w in counts]
         if all("error" in r for r in tg_rows):
             reason, tg_rows = f"TorchGeo failed: {tg_rows[0]['error']}", None
-    mfaf_rate = {str(r["workers"]): {"cold": r["cold"], "warm": r["warm_median"]} for r in loader_rows}
+    mfaf_rate = {str(r["workers"]): {"cold": r["cold"], "warm": r["warm_median"]}
+                 for r in loader_rows}  # fmt: skip
     out: dict[str, Any] = {
         "benchmark": "train_bench", "size": args.size, "tile": args.tile, "batch": args.batch,
         "samples_per_epoch": n, "epochs": args.epochs, "device": args.device,
