@@ -11,7 +11,7 @@ measurement runs in a fresh subprocess (its own peak RSS):
   workers, epoch 1 (cold: no open handles, fresh workers) and later epochs (warm) apart;
 - per model (``unet``, ``mfafnet-s``): steps/s of a training step (forward, CE, backward,
   AdamW) on batches already in memory (model only) and fed by the loader (end to end), at the
-  default (``auto``) workers; cross-entropy only, the same step in both.
+  default (``auto``) workers or ``--step-workers``; cross-entropy only, the same step in both.
 
 TorchGeo (``--torchgeo-venv DIR``, a venv with torch + torchvision + torchgeo; never a
 dependency of mfaf): one ``RasterDataset`` subclass per file, ``&``, ``RandomGeoSampler`` with
@@ -305,6 +305,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/mfaf-train-bench"))
     ap.add_argument("--workers", default="0,1,2", help="loader worker counts to measure")
     ap.add_argument("--models", default="unet,mfafnet-s")
+    ap.add_argument("--step-workers", default="auto",
+                    help="loader workers of the end-to-end steps (comma list)")  # fmt: skip
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=3, help="epoch 1 is cold, the rest warm")
@@ -325,7 +327,9 @@ def main(argv: list[str] | None = None) -> None:
     counts = [int(w) for w in args.workers.split(",")]
     loader_rows = [_sub(args, "--w", str(w)) for w in counts]
     print(json.dumps({"loader": loader_rows}), file=sys.stderr)
-    model_rows = [_sub(args, "--w", "auto", "--model", m) for m in args.models.split(",") if m]
+    steps_w = args.step_workers.split(",")
+    model_rows = [_sub(args, "--w", w, "--model", m)
+                  for m in args.models.split(",") if m for w in steps_w]  # fmt: skip
     print(json.dumps({"models": model_rows}), file=sys.stderr)
     n = loader_rows[0]["samples_per_epoch"]
     tg_rows: list[dict[str, Any]] | None = None
@@ -341,11 +345,13 @@ def main(argv: list[str] | None = None) -> None:
         "samples_per_epoch": n, "epochs": args.epochs, "device": args.device,
         "cores": len(os.sched_getaffinity(0)),
         "mfaf_samples_per_s": mfaf_rate,
-        "train_end_to_end_over_model_only": {r["model"]: r["end_to_end_over_model_only"]
-                                             for r in model_rows},
+        "train_end_to_end_over_model_only": {
+            r["model"] + ("" if len(steps_w) == 1 else f"@{r['workers']}"):
+            r["end_to_end_over_model_only"] for r in model_rows},
         "peak_rss_mb": {"loader_main": max(r["peak_rss_mb"] for r in loader_rows),
                         "loader_worker": max(r["workers_peak_rss_mb"] for r in loader_rows),
-                        "training": max(r["peak_rss_mb"] for r in model_rows)},
+                        "training": max((r["peak_rss_mb"] for r in model_rows),
+                                        default=None)},
         "loader": loader_rows, "models": model_rows,
         "torchgeo_samples_per_s": None, "ratio_vs_torchgeo": None, "torchgeo_reason": reason,
     }  # fmt: skip
