@@ -41,6 +41,16 @@ def resolve_workers(spec: int | str) -> int:
     return int(spec)
 
 
+def close_loader(loader: DataLoader[Any]) -> None:
+    """Stop a DataLoader's persistent workers now, not whenever the loader is collected (a
+    process that trains several times in a row would otherwise keep idle workers around)."""
+    it = getattr(loader, "_iterator", None)
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    loader._iterator = None
+
+
 class EpochItems(Dataset[dict[str, Any]]):
     """``ds`` indexed by ``(epoch, index)``: sets the epoch of this process's copy, then reads."""
 
@@ -128,3 +138,6 @@ class TrainLoader:
         self.ds.set_epoch(epoch)  # this process's copy (0 workers; summaries)
         self.sampler.epoch = epoch
         return iter(self.loader)
+
+    def close(self) -> None:
+        close_loader(self.loader)

@@ -69,7 +69,7 @@ from mfaf_cli.training.distributed import (
     nonfinite_ranks,
 )
 from mfaf_cli.training.labels import check_same_classes, folder_label_options, guarded_write
-from mfaf_cli.training.loading import TrainLoader, resolve_workers
+from mfaf_cli.training.loading import TrainLoader, close_loader, resolve_workers
 
 log = logging.getLogger(__name__)
 
@@ -890,6 +890,7 @@ class Trainer:
         directory this run created."""
         cfg, d = self.cfg, self.d
         completed = self.start_epoch
+        val_loader = None
         try:
             val_loader = _val_loader(self.val_ds, cfg, d, persist=True)
             for epoch in range(self.start_epoch, cfg.epochs):
@@ -902,6 +903,12 @@ class Trainer:
             if d.main and self.created and completed == self.start_epoch:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
+        finally:  # the workers of both loaders persist between epochs, not after the run
+            if self.loader is not None:
+                self.loader.close()
+                self.loader = None
+            if val_loader is not None:
+                close_loader(val_loader)
         if d.main:
             self.calibrate()
         _barrier(d)
