@@ -295,6 +295,13 @@ def _sub(args: argparse.Namespace, *extra: str) -> dict[str, Any]:
     return dict(json.loads(p.stdout.strip().splitlines()[-1]))
 
 
+def _windows(size: int, tile: int) -> int:
+    """Windows of one epoch of the generated scene (the folder reader's tile grid)."""
+    from mfaf_cli.data.splits import grid_offsets
+
+    return len(grid_offsets(size, tile)) ** 2
+
+
 def _best(rows: list[dict[str, Any]], key: str) -> float:
     return max(float(r[key]) for r in rows if r.get(key) is not None)
 
@@ -325,17 +332,20 @@ def main(argv: list[str] | None = None) -> None:
         return
     args.root = generate_scene(args.workdir / f"scene_{args.size}", args.size, args.seed)
     counts = [int(w) for w in args.workers.split(",")]
-    loader_rows = [_sub(args, "--w", str(w)) for w in counts]
+    n = _windows(args.size, args.tile)
+    loader_rows: list[dict[str, Any]] = []
+    tg_rows: list[dict[str, Any]] | None = [] if args.torchgeo_venv is not None else None
+    for w in counts:  # interleaved, so a shared machine's load falls on both sides alike
+        loader_rows.append(_sub(args, "--w", str(w)))
+        if tg_rows is not None:
+            tg_rows.append(run_torchgeo(args.torchgeo_venv, args.root.parent, w, args, n))
     print(json.dumps({"loader": loader_rows}), file=sys.stderr)
     steps_w = args.step_workers.split(",")
     model_rows = [_sub(args, "--w", w, "--model", m)
                   for m in args.models.split(",") if m for w in steps_w]  # fmt: skip
     print(json.dumps({"models": model_rows}), file=sys.stderr)
-    n = loader_rows[0]["samples_per_epoch"]
-    tg_rows: list[dict[str, Any]] | None = None
     reason = "not run: give --torchgeo-venv DIR (a venv with torch, torchvision and torchgeo)"
-    if args.torchgeo_venv is not None:
-        tg_rows = [run_torchgeo(args.torchgeo_venv, args.root.parent, w, args, n) for w in counts]
+    if tg_rows is not None:
         if all("error" in r for r in tg_rows):
             reason, tg_rows = f"TorchGeo failed: {tg_rows[0]['error']}", None
     mfaf_rate = {str(r["workers"]): {"cold": r["cold"], "warm": r["warm_median"]}
