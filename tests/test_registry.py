@@ -16,7 +16,7 @@ from mfaf_cli.metadata import DEFAULT_BANDS, WATER_CLASSES
 from mfaf_cli.registry import ModelEntry, lazy_builder, make_entry
 from mfaf_cli.types import ALIGNMENT_KINDS
 
-PACKAGE = Path(registry.__file__).resolve().parents[1]
+PACKAGE = Path(registry.__file__).resolve().parent
 
 torch.set_num_threads(2)
 

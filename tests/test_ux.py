@@ -36,8 +36,9 @@ def own_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A user's own checkpoint (trained, with training record and metrics) and its ONNX."""
     from dataclasses import replace
 
+    from mfaf_cli import registry
     from mfaf_cli.io.weights import save_checkpoint
-    from mfaf_cli.models import export, registry
+    from mfaf_cli.models import export
 
     meta = registry.default_meta("unet", None, 2, base_width=4)
     meta = replace(

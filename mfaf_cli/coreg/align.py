@@ -163,6 +163,8 @@ class AlignedScene:
         band_flags: modality → the option or key its band list came from (error messages).
         nodata: modality → the value that is nodata in its file (replaces the file's own; by
             default the ``--nodata`` of :func:`~mfaf_cli.coreg.validity.nodata_overrides`).
+        quiet: say nothing about band choices and impossible values (a second reader of the
+            same inputs, e.g. the exclusion check, whose first reader already said it).
     """
 
     def __init__(
@@ -177,8 +179,10 @@ class AlignedScene:
         kinds: Mapping[str, str] | None = None,
         band_flags: Mapping[str, str] | None = None,
         nodata: Mapping[str, float] | None = None,
+        quiet: bool = False,
     ) -> None:
         units = sar_units or units
+        self.quiet = quiet
         #: modality → the option or key its band list came from, for error messages
         self.band_flags = dict(band_flags or {})
         self._nodata = dict(current_overrides() if nodata is None else nodata)
@@ -283,7 +287,7 @@ class AlignedScene:
                 self.meta.modality(name), band_spec, ds.count, descriptions,
                 path=path, model=self.meta.arch, flag=flag,
             )  # fmt: skip
-            for text in choice.warnings:
+            for text in () if self.quiet else choice.warnings:
                 log.warning("%s", text)
             return choice
         indexes = select_bands(
@@ -372,7 +376,7 @@ class AlignedScene:
     def close(self) -> None:
         for name, src in self.sources.items():  # one line per input that had impossible values
             text = src.limits.warning(name, src.path.name) if src.limits else None
-            if text:
+            if text and not self.quiet:
                 log.warning("%s", text)
                 src.limits = None
         with self._lock:

@@ -26,7 +26,7 @@ import numpy as np
 
 from mfaf_cli.coreg.stack import _GDAL_TYPES, FileInfo, _num
 from mfaf_cli.errors import CRSError, InputError
-from mfaf_cli.io.remote import gdal_path, is_remote, url_of
+from mfaf_cli.io.remote import is_remote, url_of
 
 
 @dataclass(frozen=True)
@@ -38,22 +38,10 @@ class Tile:
 
 
 def source_info(path: str, what: str = "input") -> FileInfo:
-    """A file's grid, types, nodata and band names; URLs keep their GDAL path."""
-    from mfaf_cli.coreg.stack import band_names
-    from mfaf_cli.io.inputs import open_raster
+    """A file's grid, types, nodata and band names (named from its URL's path)."""
+    from mfaf_cli.coreg.stack import file_info
 
-    with open_raster(path, what) as ds:
-        t = ds.transform
-        return FileInfo(
-            path=gdal_path(path) if is_remote(path) else str(Path(path).absolute()),
-            crs_wkt=ds.crs.to_wkt(),
-            transform=(t.a, t.b, t.c, t.d, t.e, t.f),
-            width=ds.width,
-            height=ds.height,
-            dtypes=tuple(ds.dtypes),
-            nodata=tuple(ds.nodatavals),
-            names=band_names(url_of(path), list(ds.descriptions)),
-        )
+    return file_info(path, what, url_of(path))
 
 
 def mosaic_grid(infos: Sequence[FileInfo]) -> tuple[tuple[float, ...], int, int]:

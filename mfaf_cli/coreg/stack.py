@@ -333,11 +333,13 @@ def pick_s1_files(folder: Path, wanted: Sequence[int | str] | None, modality: st
 
 
 # ---- building the stack -----------------------------------------------------------------------
-def file_info(path: str) -> FileInfo:
+def file_info(path: str, what: str = "input", name_from: str | None = None) -> FileInfo:
+    """A file's grid, types, nodata and band names (named from ``name_from``, default the
+    path itself); URLs keep their GDAL path."""
     from mfaf_cli.io.inputs import open_raster
     from mfaf_cli.io.remote import gdal_path, is_remote
 
-    with open_raster(path, "input") as ds:
+    with open_raster(path, what) as ds:
         t = ds.transform
         return FileInfo(
             path=gdal_path(path) if is_remote(path) else str(Path(path).absolute()),
@@ -347,7 +349,7 @@ def file_info(path: str) -> FileInfo:
             height=ds.height,
             dtypes=tuple(ds.dtypes),
             nodata=tuple(ds.nodatavals),
-            names=band_names(path, list(ds.descriptions)),
+            names=band_names(name_from or path, list(ds.descriptions)),
         )
 
 

@@ -53,7 +53,7 @@ class Excluder:
     def __enter__(self) -> Excluder:
         bands = {m: v for m, v in (self._bands or {}).items() if m in self._inputs}
         self._scene = AlignedScene(
-            self._inputs, self._grid, bands=bands, units=self._units, meta=self._meta
+            self._inputs, self._grid, bands=bands, units=self._units, meta=self._meta, quiet=True
         ).__enter__()
         return self
 
