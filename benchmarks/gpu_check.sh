@@ -4,8 +4,9 @@
 # threads), the null engine (the machinery's own ceiling), the row-band merger on the GPU
 # against the numpy one (torch AMP, and the null engine), the device-merger equivalence tests
 # on CUDA, the default thread split, the scene-statistics pre-pass, MONAI side by side
-# (benchmarks/vs_monai.py), and one AMP training epoch. Issue 26's fixes: the precision `auto`
-# picks per GPU and why (bf16 only where native), model_seconds (CUDA events) against the
+# (benchmarks/vs_monai.py), one AMP training epoch, and the training data path
+# (benchmarks/train_bench.py: AMP steps model-only vs end-to-end with 4 and 8 loader workers).
+# Issue 26's fixes: the precision `auto` picks per GPU and why (bf16 only where native), model_seconds (CUDA events) against the
 # host-return and synchronised times of the same calls, and with two or more GPUs the device
 # of each torchrun rank for --device cuda (and that no rank makes a CUDA context on another
 # rank's GPU).
@@ -150,5 +151,13 @@ if "$PY" -m mfaf_cli train --dataset ombria --data-root "$WORK/ombria" --model m
     echo "{\"check\": \"train-amp-epoch\", \"samples\": $TRAIN_N, \"seconds\": $secs}"
 else
     echo "{\"check\": \"train-amp-epoch\", \"error\": \"exit $?\"}"
+fi
+note "training data path: AMP steps, model only vs end to end at 4 and 8 workers (issue 23)"
+TB_SIZE=${TB_SIZE:-4096}
+if out=$("$PY" benchmarks/train_bench.py --size "$TB_SIZE" --workdir "$WORK/train_bench" \
+    --device "$DEVICE" --amp --workers 0,4,8 --step-workers 4,8 | tail -1); then
+    echo "{\"check\": \"train-data-path\", \"result\": $out}"
+else
+    echo "{\"check\": \"train-data-path\", \"error\": \"exit $?\"}"
 fi
 note "done"

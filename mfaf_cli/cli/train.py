@@ -68,6 +68,23 @@ the nodata or --ignore-value.
 """
 
 
+class WorkersType(click.ParamType):
+    """``--num-workers``: a count >= 0 or ``auto``."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            n = -1
+        if n < 0:
+            self.fail(f"{value!r} is not a count >= 0 or auto", param, ctx)
+        return n
+
+
 def _model_config(
     ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
 ) -> dict[str, Any]:
@@ -150,7 +167,12 @@ def _command_line() -> str:
 @click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA (default on).")
 @click.option("--grad-clip", type=float, help="Max gradient norm, 0 = off (default 1.0).")
 @click.option("--seed", type=int, help="Seed for init, splits, order and augmentation (default 0).")
-@click.option("--num-workers", type=int, help="Data-loader worker processes (default 0).")
+@click.option(
+    "--num-workers",
+    type=WorkersType(),
+    help="Data-loader worker processes, or auto (default: the cores mfaf may use minus one; "
+    "the workers persist between epochs and keep their files open).",
+)
 @click.option("--tile", type=int, help="Training tile side in px (default 256).")
 @click.option(
     "--photometric",

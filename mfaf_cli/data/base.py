@@ -359,7 +359,7 @@ class SegDataset(Dataset):
         out = {}
         for m in self.modalities:
             norm = self.norms.get(m) or Normalisation.identity(arrays[m].shape[0])
-            lo, hi = lohi[m]
+            lo, hi = lohi.get(m, (None, None))  # none: a reader whose normalisation is fixed
             out[m] = apply_normalisation(arrays[m], norm, lo, hi)
         return out
 

@@ -258,6 +258,7 @@ class FolderDataset(SegDataset):
         if not self.windows:
             raise DatasetError(f"the {split} split of the folder dataset {r} is empty")
         self._aligned: dict[int, Any] = {}
+        self._labels: dict[int, Any] = {}  # label rasters open in this process (see _pid)
         self._pid = -1
         self.lohi: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
         first = self._scene(self.windows[0][0])
@@ -381,6 +382,7 @@ class FolderDataset(SegDataset):
     def __getstate__(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["_aligned"] = {}
+        d["_labels"] = {}
         d.pop("_split_label_cache", None)
         d["_pid"] = -1
         return d
@@ -390,7 +392,7 @@ class FolderDataset(SegDataset):
         from mfaf_cli.coreg.grid import grid_from_reference
 
         if self._pid != os.getpid():
-            self._aligned = {}
+            self._aligned, self._labels = {}, {}
             self._pid = os.getpid()
         if i not in self._aligned:
             sc = self._scenes_all[i]
@@ -516,7 +518,6 @@ class FolderDataset(SegDataset):
         return out
 
     def raw(self, index, rng=None):  # type: ignore[override]
-        import rasterio
         from rasterio.windows import Window as RioWindow
 
         from mfaf_cli.tiling.windows import Window
@@ -527,9 +528,9 @@ class FolderDataset(SegDataset):
         r, c = jitter_window(r, c, h, w, t, rng)
         arrays, valid = self._scene(i).read(Window(r, c, t, t))
         arrays = {m: arrays[m] for m in self.modalities}
-        with rasterio.open(self._scenes_all[i]["label"]) as ds:
-            lab = ds.read(1, window=RioWindow(c, r, min(t, w - c), min(t, h - r)))
-            nodata = ds.nodata
+        ds = self._label_handle(i)  # opened once per process, like the scene's inputs
+        lab = ds.read(1, window=RioWindow(c, r, min(t, w - c), min(t, h - r)))
+        nodata = ds.nodata
         mask = self.map_label(lab, nodata, self._scenes_all[i].get("ignore"))
         mask = np.pad(
             mask,
@@ -537,7 +538,22 @@ class FolderDataset(SegDataset):
             constant_values=self.ignore_index,
         )
         mask[~valid] = self.ignore_index
-        return arrays, mask, self.scene_percentiles(i)
+        return arrays, mask, self.scene_percentiles(i) if self._uses_percentiles() else {}
+
+    def _uses_percentiles(self) -> bool:
+        """Whether normalising needs the scene's percentiles: ``fixed`` normalisation ignores
+        them, and a decimated read of the whole scene per worker is not free."""
+        fixed = self.norm_mode == "fixed" and bool(self.norms)
+        return not (fixed and all(n.mode == "fixed" for n in self.norms.values()))
+
+    def _label_handle(self, i: int) -> Any:
+        """Scene ``i``'s label raster, open in this process (closed with the process)."""
+        import rasterio
+
+        self._scene(i)  # resets the per-process caches after a fork
+        if i not in self._labels:
+            self._labels[i] = rasterio.open(self._scenes_all[i]["label"])
+        return self._labels[i]
 
     def window_labels(self, index: int) -> np.ndarray:
         """The class ids of window ``index`` as training reads it (unjittered), from the label

@@ -39,7 +39,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision, CUDA only
     grad_clip: float = 1.0  # max gradient norm; 0 disables
     seed: int = 0
-    num_workers: int = 0
+    num_workers: int | str = "auto"  # loader processes; auto: usable cores - 1 (loading.py)
     tile: int = 256
     photometric: float = 0.15  # training-only per-band stretch/gamma jitter strength (0 = off)
     normalisation: str = "fixed"  # "fixed" (extent-independent) or "scene-percentile"
@@ -173,6 +173,10 @@ def config_to_toml(cfg: TrainConfig) -> str:
     return "\n".join(lines + tables) + "\n"
 
 
+def _workers_ok(v: Any) -> bool:
+    return v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+
+
 def validate_config(cfg: TrainConfig) -> None:
     """Usage errors for values that cannot work, before anything is read or written."""
     for name in ("dataset", "data_root", "model", "out"):
@@ -188,7 +192,7 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.mmd_lambda >= 0, f"mmd lambda must be >= 0, got {cfg.mmd_lambda}"),
         (0 <= cfg.warmup < 1, f"warmup must be a fraction in [0, 1), got {cfg.warmup}"),
         (cfg.grad_clip >= 0, f"grad clip must be >= 0, got {cfg.grad_clip}"),
-        (cfg.num_workers >= 0, f"num workers must be >= 0, got {cfg.num_workers}"),
+        (_workers_ok(cfg.num_workers), f"num workers must be >= 0 or auto, got {cfg.num_workers}"),
         (cfg.tile >= 8, f"tile must be >= 8 pixels, got {cfg.tile}"),
         (0 < cfg.val_fraction < 1, f"val fraction must be in (0, 1), got {cfg.val_fraction}"),
         (cfg.max_batches is None or cfg.max_batches >= 1, "max batches must be >= 1"),

@@ -69,6 +69,7 @@ from mfaf_cli.training.distributed import (
     nonfinite_ranks,
 )
 from mfaf_cli.training.labels import check_same_classes, folder_label_options, guarded_write
+from mfaf_cli.training.loading import TrainLoader, close_loader, resolve_workers
 
 log = logging.getLogger(__name__)
 
@@ -222,23 +223,27 @@ def _train_loader(
         ds,
         batch_size=cfg.batch_size,
         sampler=sampler,
-        num_workers=cfg.num_workers,
+        num_workers=resolve_workers(cfg.num_workers),
         collate_fn=default_collate,
         drop_last=per_rank > cfg.batch_size,
         pin_memory=False,
     )
 
 
-def _val_loader(ds: Any, cfg: TrainConfig, d: _Dist) -> torch.utils.data.DataLoader:
+def _val_loader(
+    ds: Any, cfg: TrainConfig, d: _Dist, persist: bool = False
+) -> torch.utils.data.DataLoader:
     from torch.utils.data import DataLoader, Subset, default_collate
 
     sub = Subset(ds, list(range(d.rank, len(ds), d.world))) if d.enabled else ds
+    workers = resolve_workers(cfg.num_workers)
     return DataLoader(
         sub,
         batch_size=cfg.batch_size,
         shuffle=False,
-        num_workers=cfg.num_workers,
+        num_workers=workers,
         collate_fn=default_collate,
+        persistent_workers=persist and workers > 0,  # built once per run in fit()
     )
 
 
@@ -566,6 +571,7 @@ class Trainer:
         self.run_dir, self.t_start = run_dir, t_start
         self.modalities: tuple[str, ...] = tuple(entry.modalities)
         self.device = _resolve_device(cfg.device, d)
+        self.loader: TrainLoader | None = None  # built at the first epoch, kept for the run
         self.state: dict[str, Any] | None = None
         self.resume_meta: ModelMeta | None = None
         self.resume_ckpt: Path | None = None
@@ -884,8 +890,9 @@ class Trainer:
         directory this run created."""
         cfg, d = self.cfg, self.d
         completed = self.start_epoch
+        val_loader = None
         try:
-            val_loader = _val_loader(self.val_ds, cfg, d)
+            val_loader = _val_loader(self.val_ds, cfg, d, persist=True)
             for epoch in range(self.start_epoch, cfg.epochs):
                 self.run_epoch(epoch, val_loader)
                 completed = epoch + 1
@@ -896,6 +903,12 @@ class Trainer:
             if d.main and self.created and completed == self.start_epoch:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
+        finally:  # the workers of both loaders persist between epochs, not after the run
+            if self.loader is not None:
+                self.loader.close()
+                self.loader = None
+            if val_loader is not None:
+                close_loader(val_loader)
         if d.main:
             self.calibrate()
         _barrier(d)
@@ -926,7 +939,8 @@ class Trainer:
         model, meta = load_checkpoint(best, device=self.device)
         model.eval()
         loader = DataLoader(self.val_ds, batch_size=cfg.batch_size, shuffle=False,
-                            num_workers=cfg.num_workers, collate_fn=default_collate)  # fmt: skip
+                            num_workers=resolve_workers(cfg.num_workers),
+                            collate_fn=default_collate)  # fmt: skip
 
         def pairs() -> Any:
             with torch.inference_mode():
@@ -1002,7 +1016,9 @@ class Trainer:
             from mfaf_cli.training.finetune import set_encoder_frozen
 
             set_encoder_frozen(self.model, epoch < cfg.freeze_encoder)
-        loader = _train_loader(self.train_ds, cfg, epoch, d, self.window_weights)
+        if self.loader is None:  # one loader, its workers kept between epochs
+            self.loader = TrainLoader(self.train_ds, cfg, d, self.window_weights, self.device)
+        loader = self.loader.epoch(epoch)
         sums = torch.zeros(7, dtype=torch.float64)
         bar = _progress(
             itertools.islice(loader, cfg.max_batches),

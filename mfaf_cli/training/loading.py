@@ -1,0 +1,143 @@
+"""The training loader: one DataLoader for the whole run, its workers kept between epochs.
+
+A fresh DataLoader per epoch started fresh workers every epoch: each re-opened every raster
+(GDAL handles, block cache) and re-read each scene's statistics before its first sample, so
+one worker was slower than none (benchmarks/train_bench.py). Here the workers persist and
+prefetch, and the epoch travels with each index (``(epoch, index)`` keys) instead of living
+in the dataset object each worker copied once: augmentation and window jitter still derive
+from ``(seed, epoch, index)``, so the samples do not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+from mfaf_cli.training.config import TrainConfig
+from mfaf_cli.training.distributed import _Dist
+
+#: batches each worker keeps ready ahead of the training step
+PREFETCH = 4
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_workers(spec: int | str) -> int:
+    """Loader worker processes for ``--num-workers``: ``auto`` is the usable cores minus one
+    for the main (training) process, at least 0."""
+    if spec == "auto":
+        return max(0, usable_cores() - 1)
+    return int(spec)
+
+
+def close_loader(loader: DataLoader[Any]) -> None:
+    """Stop a DataLoader's persistent workers now, not whenever the loader is collected (a
+    process that trains several times in a row would otherwise keep idle workers around)."""
+    it = getattr(loader, "_iterator", None)
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    loader._iterator = None
+
+
+class EpochItems(Dataset[dict[str, Any]]):
+    """``ds`` indexed by ``(epoch, index)``: sets the epoch of this process's copy, then reads."""
+
+    def __init__(self, ds: Any) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key
+        if self.ds.epoch != epoch:
+            self.ds.set_epoch(epoch)
+        return self.ds[index]  # type: ignore[no-any-return]
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """The indexes ``order(epoch)`` gives for the current epoch, as ``(epoch, index)`` keys."""
+
+    def __init__(self, order: Callable[[int], Any]) -> None:
+        self.order, self.epoch = order, 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        e = self.epoch
+        return ((e, int(i)) for i in self.order(e))
+
+    def __len__(self) -> int:
+        return len(self.order(self.epoch))
+
+
+class TrainLoader:
+    """The training batches of every epoch from one DataLoader (``epoch(e)`` iterates one)."""
+
+    def __init__(
+        self,
+        ds: Any,
+        cfg: TrainConfig,
+        d: _Dist,
+        window_weights: np.ndarray | None = None,
+        torch_device: str | torch.device = "cpu",
+    ) -> None:
+        self.ds, self.cfg, self.d, self.window_weights = ds, cfg, d, window_weights
+        self.workers = resolve_workers(cfg.num_workers)
+        self.sampler = EpochSampler(self.order)
+        per_rank = len(ds) // d.world if d.enabled else len(ds)
+        self.loader = DataLoader(
+            EpochItems(ds),
+            batch_size=cfg.batch_size,
+            sampler=self.sampler,
+            num_workers=self.workers,
+            collate_fn=default_collate,
+            drop_last=per_rank > cfg.batch_size,
+            pin_memory=torch.device(torch_device).type == "cuda",
+            persistent_workers=self.workers > 0,
+            prefetch_factor=PREFETCH if self.workers > 0 else None,
+        )
+
+    def order(self, epoch: int) -> Any:
+        """The sampler of ``epoch`` (the same draws the per-epoch loader made)."""
+        from torch.utils.data import DistributedSampler, RandomSampler
+
+        from mfaf_cli.training.sampling import DrawnSampler
+
+        cfg, d = self.cfg, self.d
+        if cfg.sampling != "random":  # grid order, or balanced draws (training/sampling.py)
+            return DrawnSampler(
+                len(self.ds), cfg.sampling, cfg.seed, epoch, self.window_weights, d.rank, d.world
+            )
+        if d.enabled:
+            s: DistributedSampler[Any] = DistributedSampler(
+                self.ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed,
+                drop_last=True,
+            )  # fmt: skip
+            s.set_epoch(epoch)
+            return s
+        g = torch.Generator()
+        g.manual_seed(cfg.seed * 100_003 + epoch)
+        return RandomSampler(self.ds, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
+        """An iterator over the batches of ``epoch``."""
+        self.ds.set_epoch(epoch)  # this process's copy (0 workers; summaries)
+        self.sampler.epoch = epoch
+        return iter(self.loader)
+
+    def close(self) -> None:
+        close_loader(self.loader)
