@@ -167,7 +167,7 @@ def warped_grid(info: FileInfo, target: FileInfo) -> tuple[tuple[float, ...], in
 def warped_vrt_xml(info: FileInfo, target: FileInfo) -> tuple[str, FileInfo]:
     """A GDAL warped VRT of every band of ``info`` on ``target``'s lattice (bilinear), and
     what it describes. Nodata: the file's, else NaN (float) / 0 (integer)."""
-    from affine import Affine
+    from rasterio.transform import Affine
 
     transform, width, height = warped_grid(info, target)
     src_t, dst_t = Affine(*info.transform), Affine(*transform)
