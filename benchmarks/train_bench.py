@@ -40,19 +40,10 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vectorize_bench import rss_mb as peak_rss_mb  # this process's VmHWM or VmRSS, MiB
+
 WORLDCOVER = (10, 20, 30, 40, 50, 60, 80, 90)
-
-
-def peak_rss_mb(field: str = "VmHWM") -> float:
-    """This process's own peak resident set (``VmHWM``), in MiB."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def children_peak_rss_mb() -> float:
