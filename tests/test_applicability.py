@@ -125,7 +125,7 @@ def test_shipped_record_on_the_chip_snow_needs_nir_and_dark_vv_is_not_out_of_ran
     from mfaf_cli.io.weights import read_manifest
 
     entry = next(e for e in read_manifest() if e["default"])
-    meta = W.read_meta(Path(W.__file__).parent.parent / "weights" / entry["file"])
+    meta = W.read_meta(W.weights_dir() / entry["file"])
     assert dict(meta.rules)["snow"].endswith("and nir > 1500")
     assert meta.modality("sar").range_floor == (-22.0,)
     with rasterio.open(CHIP / "S2.tif") as a, rasterio.open(CHIP / "S1.tif") as b:
