@@ -4,6 +4,11 @@ Used by: predict (all), coregister (inputs, grid, bands, --sar-units, --co, --ov
 --quiet, --json), evaluate (tiling and engine options, --bands MOD=LIST), train (--bands
 MOD=LIST), and --overwrite / --quiet / --json wherever a command has them.
 
+A run is made of three objects, and this module is where each one's flags are declared and
+turned into it: :func:`read_spec` (what to read: ``read_opts``), :func:`inference_spec` (how
+to infer: ``inference_opts``) and :func:`write_spec` (what to write: ``write_opts``). A new
+input or output option is a field of its object, a flag here and one line in its builder.
+
 Parsing callbacks raise ``click.BadParameter`` naming the flag; value *ranges* that depend on
 the model (tile divisor, band counts) are checked in the library, which knows the model.
 """
@@ -11,13 +16,13 @@ the model (tile divisor, band counts) are checked in the library, which knows th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import click
 
 from mfaf_cli.metadata import ALL_MODALITIES
-from mfaf_cli.types import BLENDS, ENGINES, PRECISIONS
+from mfaf_cli.types import BLENDS, CONFIDENCE_KINDS, ENGINES, PRECISIONS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -183,6 +188,11 @@ precision_opt = click.option(
     help="Numeric precision (auto: mixed precision on CUDA, fp32 on CPU).",
 )
 engine_opts = _stack(device_opt, engine_opt, precision_opt, threads_opt)
+#: every flag of :class:`~mfaf_cli.pipeline.spec.InferenceSpec` (turned into it by
+#: :func:`inference_spec`)
+inference_opts = _stack(tile_opt, overlap_opt, batch_size_opt, blend_opt, engine_opts)
+INFERENCE_FLAGS = ("tile", "overlap", "batch_size", "blend", "device", "engine", "precision",
+                   "threads")  # fmt: skip
 
 crs_opt = click.option(
     "--crs", default=None, metavar="CRS", help="Target CRS (default: the reference input's)."
@@ -369,3 +379,112 @@ def collect_cloud_inputs(**kw: Any) -> dict[str, Any]:
                 raise click.UsageError(f"--{mod} and --stac both give the {mod} input: drop one")
             inputs[mod] = items
     return inputs
+
+
+#: every input and grid flag of predict (turned into a ReadSpec by :func:`read_spec`)
+read_opts = _stack(
+    inputs_opts, bands_opts, grid_opts, sar_units_opt, stack_grid_opt, cloud_opts
+)
+
+
+# ---- what to write (predict's outputs; turned into a WriteSpec by write_spec) ---------------
+output_opt = click.option(
+    "-o",
+    "--output",
+    default=None,
+    metavar="PATH",
+    callback=refuse_stdout,
+    help="Label GeoTIFF to write (uint8 class ids, nodata 255, colour table).",
+)
+probabilities_opt = click.option(
+    "--probabilities",
+    default=None,
+    metavar="PATH",
+    callback=refuse_stdout,
+    help="Also write per-class probabilities.",
+)
+probabilities_dtype_opt = click.option(
+    "--probabilities-dtype",
+    type=click.Choice(("uint8", "float32")),
+    default="uint8",
+    show_default=True,
+    help="uint8: 0..254 scaled (255 nodata); float32: 0..1 (NaN nodata).",
+)
+confidence_opt = click.option(
+    "--confidence",
+    default=None,
+    metavar="PATH",
+    callback=refuse_stdout,
+    help="Also write the max class probability (calibrated: the model's temperature).",
+)
+confidence_kind_opt = click.option(
+    "--confidence-kind",
+    type=click.Choice(CONFIDENCE_KINDS),
+    default="top",
+    show_default=True,
+    help="--confidence: top = max class probability; entropy = normalised entropy "
+    "(0 certain .. 1 uniform).",
+)
+vector_opt = click.option(
+    "--vector",
+    default=None,
+    metavar="PATH",
+    callback=refuse_stdout,
+    help="Also polygonise the label map (.gpkg, .geojson, .parquet, .shp).",
+)
+cog_opt = click.option("--cog", is_flag=True, help="Write Cloud Optimized GeoTIFFs with overviews.")
+write_opts = _stack(
+    output_opt, probabilities_opt, probabilities_dtype_opt, confidence_opt, confidence_kind_opt,
+    exclusion_opt, mask_excluded_opt, vector_opt, cog_opt, creation_options_opt, overwrite_opt,
+)  # fmt: skip
+
+
+# ---- flags → the run's objects (the one place each is built from the command line) ---------
+def inference_spec(kw: Mapping[str, Any]) -> Any:
+    """:class:`~mfaf_cli.pipeline.spec.InferenceSpec` from the :data:`inference_opts` flags."""
+    from mfaf_cli.pipeline.spec import InferenceSpec
+
+    return InferenceSpec(**{k: kw[k] for k in INFERENCE_FLAGS})
+
+
+def read_spec(kw: Mapping[str, Any], inputs: Mapping[str, Any] | None = None) -> Any:
+    """:class:`~mfaf_cli.pipeline.read_spec.ReadSpec` from the input, band and grid flags
+    (those a command lacks keep their defaults); ``inputs``: instead of the modality flags
+    (batch mode: none, the CSV gives them)."""
+    from mfaf_cli.pipeline.read_spec import ReadSpec
+
+    return ReadSpec(
+        inputs=collect_cloud_inputs(**kw) if inputs is None else inputs,
+        bands=collect_bands(**kw),
+        crs=kw.get("crs"),
+        resolution=kw.get("resolution"),
+        bounds=kw.get("bounds"),
+        aoi=kw.get("aoi"),
+        sar_units=kw.get("sar_units") or "auto",
+        nodata=kw.get("nodata") or None,
+        tap=kw.get("tap"),
+        mosaic=bool(kw.get("mosaic")),
+        stack_grid=kw.get("stack_grid"),
+    )
+
+
+def write_spec(kw: Mapping[str, Any], template: bool = False) -> Any:
+    """:class:`~mfaf_cli.pipeline.write_spec.WriteSpec` from the output flags (those a command
+    lacks keep their defaults); ``template``: no paths (batch mode, coregister's folder)."""
+    from mfaf_cli.pipeline.write_spec import WriteSpec
+
+    paths = {} if template else {
+        "label": kw.get("output"), "probabilities": kw.get("probabilities"),
+        "confidence": kw.get("confidence"), "exclusion": kw.get("exclusion"),
+        "vector": kw.get("vector"),
+    }  # fmt: skip
+    return WriteSpec(
+        probabilities_dtype=kw.get("probabilities_dtype") or "uint8",
+        confidence_kind=kw.get("confidence_kind") or "top",
+        mask_excluded=bool(kw.get("mask_excluded")),
+        cog=bool(kw.get("cog")),
+        creation_options=kw.get("creation_options") or None,
+        overwrite=bool(kw.get("overwrite")),
+        template=template,
+        **paths,
+    )
