@@ -108,6 +108,13 @@ def refuse_stdout(ctx: click.Context, param: click.Parameter, value: Any) -> Any
     return value
 
 
+def output_path_opt(*flags: str, help_text: str, metavar: str = "PATH") -> Callable[[F], F]:
+    """An output file flag: a path, never ``-`` (outputs are renamed into place)."""
+    return click.option(
+        *flags, default=None, metavar=metavar, callback=refuse_stdout, help=help_text
+    )
+
+
 # ---- decorators -----------------------------------------------------------------------------
 def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     def wrap(f: F) -> F:
@@ -308,13 +315,11 @@ inputs_opts = _stack(
 )
 
 
-exclusion_opt = click.option(
+exclusion_opt = output_path_opt(
     "--exclusion",
-    default=None,
-    metavar="PATH",
-    callback=refuse_stdout,
-    help="Also write the exclusion mask: uint8 reason codes where the map cannot be trusted "
-    "(0 ok, 1 outside the model's training range, 2... its rules, e.g. snow; 255 nodata).",
+    help_text="Also write the exclusion mask: uint8 reason codes where the map cannot be "
+    "trusted (0 ok, 1 outside the model's training range, 2... its rules, e.g. snow; 255 "
+    "nodata).",
 )
 mask_excluded_opt = click.option(
     "--mask-excluded",
@@ -382,26 +387,17 @@ def collect_cloud_inputs(**kw: Any) -> dict[str, Any]:
 
 
 #: every input and grid flag of predict (turned into a ReadSpec by :func:`read_spec`)
-read_opts = _stack(
-    inputs_opts, bands_opts, grid_opts, sar_units_opt, stack_grid_opt, cloud_opts
-)
+read_opts = _stack(inputs_opts, bands_opts, grid_opts, sar_units_opt, stack_grid_opt, cloud_opts)
 
 
 # ---- what to write (predict's outputs; turned into a WriteSpec by write_spec) ---------------
-output_opt = click.option(
+output_opt = output_path_opt(
     "-o",
     "--output",
-    default=None,
-    metavar="PATH",
-    callback=refuse_stdout,
-    help="Label GeoTIFF to write (uint8 class ids, nodata 255, colour table).",
+    help_text="Label GeoTIFF to write (uint8 class ids, nodata 255, colour table).",
 )
-probabilities_opt = click.option(
-    "--probabilities",
-    default=None,
-    metavar="PATH",
-    callback=refuse_stdout,
-    help="Also write per-class probabilities.",
+probabilities_opt = output_path_opt(
+    "--probabilities", help_text="Also write per-class probabilities."
 )
 probabilities_dtype_opt = click.option(
     "--probabilities-dtype",
@@ -410,12 +406,9 @@ probabilities_dtype_opt = click.option(
     show_default=True,
     help="uint8: 0..254 scaled (255 nodata); float32: 0..1 (NaN nodata).",
 )
-confidence_opt = click.option(
+confidence_opt = output_path_opt(
     "--confidence",
-    default=None,
-    metavar="PATH",
-    callback=refuse_stdout,
-    help="Also write the max class probability (calibrated: the model's temperature).",
+    help_text="Also write the max class probability (calibrated: the model's temperature).",
 )
 confidence_kind_opt = click.option(
     "--confidence-kind",
@@ -425,12 +418,8 @@ confidence_kind_opt = click.option(
     help="--confidence: top = max class probability; entropy = normalised entropy "
     "(0 certain .. 1 uniform).",
 )
-vector_opt = click.option(
-    "--vector",
-    default=None,
-    metavar="PATH",
-    callback=refuse_stdout,
-    help="Also polygonise the label map (.gpkg, .geojson, .parquet, .shp).",
+vector_opt = output_path_opt(
+    "--vector", help_text="Also polygonise the label map (.gpkg, .geojson, .parquet, .shp)."
 )
 cog_opt = click.option("--cog", is_flag=True, help="Write Cloud Optimized GeoTIFFs with overviews.")
 write_opts = _stack(

@@ -194,17 +194,10 @@ def command(**kw: Any) -> None:
         raise click.UsageError(
             "give the input rasters, e.g. --optical S2.tif --sar S1.tif (or --hsi and --lidar)"
         )
-    if kw["output"] is None and not (kw["probabilities"] or kw["confidence"]):
-        raise click.UsageError("give -o/--output PATH for the label map")
+    read, write, spec = opt.read_spec(kw, inputs), opt.write_spec(kw), opt.inference_spec(kw)
     _check_preview(kw)
     _check_stac_item(kw)
-    result = predict(
-        opt.read_spec(kw, inputs),
-        opt.write_spec(kw),
-        kw["model"],
-        spec=opt.inference_spec(kw),
-        progress=not kw["quiet"],
-    )
+    result = predict(read, write, kw["model"], spec=spec, progress=not kw["quiet"])
     if kw["preview"]:
         _write_preview(result, kw["preview"])
     if kw["stac_item"]:
@@ -390,8 +383,7 @@ def _run_split(kw: dict[str, Any]) -> None:
     """--split-scene / --assemble: this process's strip of one scene (and maybe the outputs)."""
     from mfaf_cli.pipeline.split import predict_split
 
-    if kw["output"] is None and not (kw["probabilities"] or kw["confidence"]):
-        raise click.UsageError("give -o/--output PATH for the label map")
+    write = opt.write_spec(kw)
     _check_preview(kw)
     if kw["skip_existing"] and not kw["assemble"] and _all_exist(kw):
         if not kw["quiet"]:
@@ -401,7 +393,7 @@ def _run_split(kw: dict[str, Any]) -> None:
         raise click.UsageError("--aoi cannot be used with --split-scene/--assemble (yet)")
     result = predict_split(
         opt.read_spec(kw),
-        opt.write_spec(kw),
+        write,
         kw["model"],
         spec=opt.inference_spec(kw),
         shard=kw["shard"],
