@@ -14,7 +14,7 @@ from conftest import write_geotiff
 from test_predict import UTM, PixelPredictor, make_pair, pixel_meta
 
 from mfaf_cli.errors import MfafError, UsageError
-from mfaf_cli.pipeline.predict import predict, run_objects
+from mfaf_cli.pipeline.predict import coregister, predict, run_objects
 from mfaf_cli.pipeline.read_spec import ReadSpec
 from mfaf_cli.pipeline.spec import InferenceSpec
 from mfaf_cli.pipeline.write_spec import WriteSpec
@@ -48,8 +48,11 @@ def test_read_spec_rejects_bad_values(kw: dict, msg: str) -> None:
      ({"label": "a.tif", "probabilities": "a.tif"},
       "--probabilities a.tif is also the -o/--output path"),
      ({"label": "a.tif", "exclusion": "a.tif"}, "--exclusion a.tif is also the -o/--output"),
-     ({"label": "a.tif", "probabilities_dtype": "float16"}, "unknown probability dtype"),
-     ({"label": "a.tif", "confidence_kind": "margin"}, "unknown confidence kind"),
+     ({"exclusion": "x.tif"}, "nothing to write"),
+     ({"label": "a.tif", "probabilities_dtype": "float16"},
+      "probability dtype must be uint8 or float32, got 'float16'"),
+     ({"label": "a.tif", "confidence_kind": "margin"},
+      "confidence kind must be top or entropy, got 'margin'"),
      ({"label": "a.tif", "creation_options": {"COMPRESS": "NOPE"}}, "COMPRESS")],
 )  # fmt: skip
 def test_write_spec_rejects_bad_values(kw: dict, msg: str) -> None:
@@ -114,6 +117,8 @@ def test_keywords_go_to_the_object_with_that_field() -> None:
         run_objects(INPUTS, "map.tif", None, {"tiles": 64})
     with pytest.raises(UsageError, match="--batch-size"):
         run_objects(INPUTS, "map.tif", None, {"batch_size": 0})
+    with pytest.raises(TypeError, match="coregister runs no model"):
+        coregister(INPUTS, "aligned", tile=64)
 
 
 def test_keyword_and_object_forms_are_one_run(make_geotiff, rng, tmp_path: Path) -> None:

@@ -647,7 +647,9 @@ def coregister(
     resampled nearest) keeps its dtype and nodata. Blocks are read and written one at a time,
     so any scene size works in bounded memory. ``out_dir`` is created if its parent exists.
     """
-    read, write, _ = run_objects(read, write or WriteSpec(template=True), None, fields)
+    read, write, spec = run_objects(read, write or WriteSpec(template=True), None, fields)
+    if spec != InferenceSpec():
+        raise TypeError("coregister runs no model: it takes no InferenceSpec keywords")
     if any(p is not None for p in (*write.rasters().values(), write.vector)):
         raise UsageError("coregister writes <folder>/<modality>.tif: give no output paths")
     return expanded(read, lambda flat: _coregister(flat, out_dir, write, reference, progress,

@@ -24,9 +24,8 @@ from mfaf_cli.types import CONFIDENCE_KINDS
 PathLike = str | os.PathLike[str]
 PROBABILITY_DTYPES = ("uint8", "float32")
 
-#: the raster outputs: field → the flag that names it in messages
-RASTER_FLAGS = {"label": "-o/--output", "probabilities": "--probabilities",
-                "confidence": "--confidence", "exclusion": "--exclusion"}  # fmt: skip
+#: the GeoTIFF outputs, in OutputSet's order
+RASTERS = ("label", "probabilities", "confidence", "exclusion")
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,8 @@ class WriteSpec:
     cog: bool = False
     creation_options: Mapping[str, str] | None = None
     overwrite: bool = False
-    #: outputs that are not paths of this object (batch rows) do not count as "nothing"
+    #: a template holds options only: its paths come from elsewhere (batch CSV rows,
+    #: coregister's folder), so having none is not "nothing to write"
     template: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -63,24 +63,27 @@ class WriteSpec:
         if self.creation_options is not None:
             opts = MappingProxyType(dict(self.creation_options)) if self.creation_options else None
             object.__setattr__(self, "creation_options", opts)
-        if self.probabilities_dtype not in PROBABILITY_DTYPES:
-            raise UsageError(f"unknown probability dtype {self.probabilities_dtype!r}; use "
-                             f"{' or '.join(PROBABILITY_DTYPES)}")  # fmt: skip
+        if self.probabilities_dtype not in PROBABILITY_DTYPES:  # OutputSet's words
+            raise UsageError(
+                f"probability dtype must be uint8 or float32, got {self.probabilities_dtype!r}"
+            )
         if self.confidence_kind not in CONFIDENCE_KINDS:
-            raise UsageError(f"unknown confidence kind {self.confidence_kind!r}; use "
-                             f"{' or '.join(CONFIDENCE_KINDS)}")  # fmt: skip
-        if not self.template and all(p is None for p in self.rasters().values()):
+            raise UsageError(
+                f"confidence kind must be top or entropy, got {self.confidence_kind!r}"
+            )
+        maps = (self.label, self.probabilities, self.confidence)
+        if not self.template and all(p is None for p in maps):
             raise UsageError("nothing to write: give -o/--output (or --probabilities/--confidence)")
         if self.vector is not None and self.label is None and not self.template:
             raise UsageError("--vector polygonises the label map: give -o/--output too")
-        check_distinct_outputs({**{RASTER_FLAGS[k]: p for k, p in self.rasters().items()
-                                   if k != "exclusion"}, "--vector": self.vector,
+        check_distinct_outputs({"-o/--output": self.label, "--probabilities": self.probabilities,
+                                "--confidence": self.confidence, "--vector": self.vector,
                                 "--exclusion": self.exclusion})  # fmt: skip
         check_creation_options(self.creation_options)
 
     def rasters(self) -> dict[str, PathLike | None]:
         """The GeoTIFF outputs by kind (label, probabilities, confidence, exclusion)."""
-        return {k: getattr(self, k) for k in RASTER_FLAGS}
+        return {k: getattr(self, k) for k in RASTERS}
 
     def for_paths(self, **paths: Any) -> WriteSpec:
         """This template's options with a scene's paths (batch mode)."""
