@@ -49,6 +49,8 @@ def test_read_spec_rejects_bad_values(kw: dict, msg: str) -> None:
       "--probabilities a.tif is also the -o/--output path"),
      ({"label": "a.tif", "exclusion": "a.tif"}, "--exclusion a.tif is also the -o/--output"),
      ({"exclusion": "x.tif"}, "nothing to write"),
+     ({"confidence": "c.tif", "preview": "p.png"},
+      "--preview shows the label map: give -o/--output too"),
      ({"label": "a.tif", "probabilities_dtype": "float16"},
       "probability dtype must be uint8 or float32, got 'float16'"),
      ({"label": "a.tif", "confidence_kind": "margin"},

@@ -421,10 +421,17 @@ confidence_kind_opt = click.option(
 vector_opt = output_path_opt(
     "--vector", help_text="Also polygonise the label map (.gpkg, .geojson, .parquet, .shp)."
 )
+preview_opt = output_path_opt(
+    "--preview",
+    metavar="PNG",
+    help_text="Also write a quick-look PNG: the map's class colours over a greyscale of the "
+    "reference input, with a legend (decimated read, long side <= 1024 px).",
+)
 cog_opt = click.option("--cog", is_flag=True, help="Write Cloud Optimized GeoTIFFs with overviews.")
 write_opts = _stack(
     output_opt, probabilities_opt, probabilities_dtype_opt, confidence_opt, confidence_kind_opt,
-    exclusion_opt, mask_excluded_opt, vector_opt, cog_opt, creation_options_opt, overwrite_opt,
+    exclusion_opt, mask_excluded_opt, vector_opt, preview_opt, cog_opt, creation_options_opt,
+    overwrite_opt,
 )  # fmt: skip
 
 
@@ -465,7 +472,7 @@ def write_spec(kw: Mapping[str, Any], template: bool = False) -> Any:
     paths = {} if template else {
         "label": kw.get("output"), "probabilities": kw.get("probabilities"),
         "confidence": kw.get("confidence"), "exclusion": kw.get("exclusion"),
-        "vector": kw.get("vector"),
+        "vector": kw.get("vector"), "preview": kw.get("preview"),
     }  # fmt: skip
     return WriteSpec(
         probabilities_dtype=kw.get("probabilities_dtype") or "uint8",

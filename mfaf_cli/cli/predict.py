@@ -99,14 +99,6 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
 @opt.inference_opts
 @opt.write_opts
 @click.option(
-    "--preview",
-    default=None,
-    metavar="PNG",
-    callback=opt.refuse_stdout,
-    help="Also write a quick-look PNG: the map's class colours over a greyscale of the "
-    "reference input, with a legend (decimated read, long side <= 1024 px).",
-)
-@click.option(
     "--batch",
     "batch_csv",
     default=None,
@@ -195,51 +187,14 @@ def command(**kw: Any) -> None:
             "give the input rasters, e.g. --optical S2.tif --sar S1.tif (or --hsi and --lidar)"
         )
     read, write, spec = opt.read_spec(kw, inputs), opt.write_spec(kw), opt.inference_spec(kw)
-    _check_preview(kw)
     _check_stac_item(kw)
     result = predict(read, write, kw["model"], spec=spec, progress=not kw["quiet"])
-    if kw["preview"]:
-        _write_preview(result, kw["preview"])
     if kw["stac_item"]:
         _write_stac_item(result.outputs)
     if kw["as_json"]:
         click.echo(result.to_json())
     elif not kw["quiet"]:
         click.echo(_summary(result.to_dict()), err=True)
-
-
-def _check_preview(kw: dict[str, Any]) -> None:
-    """Before any work: --preview needs the label map and a writable PNG path."""
-    if kw["preview"]:
-        from mfaf_cli.io.preview import check_preview_path
-
-        if kw["output"] is None:
-            raise click.UsageError("--preview shows the label map: give -o/--output too")
-        check_preview_path(kw["preview"], kw["overwrite"])
-
-
-def _write_preview(result: Any, png: str) -> None:
-    """The quick-look over the reference input (the first file of a stack)."""
-    _write_preview_of(result.outputs, png, result.inputs, result.model)
-
-
-def _write_preview_of(outputs: dict[str, str], png: str, inputs: Any, title: str | None) -> None:
-    from mfaf_cli.io.preview import write_preview
-    from mfaf_cli.metadata import REFERENCE_MODALITIES
-
-    first = {k: v[0] if isinstance(v, list) else _first_file(str(v)) for k, v in inputs.items()}
-    ref = next((m for m in REFERENCE_MODALITIES if m in first), next(iter(first)))
-    write_preview(outputs["label"], first[ref], png, title=title or "")
-    outputs["preview"] = str(Path(png).absolute())
-
-
-def _first_file(text: str) -> str:
-    """The first file of a reported input: ``a.tif;b.tif`` (a stack), ``B12=url|url;...``
-    (the assets of STAC items) or ``a.tif|b.tif`` (a mosaic)."""
-    head = text.split(";")[0]
-    if "=" in head.split("/")[0]:
-        head = head.split("=", 1)[1]
-    return head.split("|")[0]
 
 
 def _check_stac_item(kw: dict[str, Any]) -> None:
@@ -301,7 +256,6 @@ def _bands_note(d: dict[str, Any]) -> str:
 
 def _all_exist(kw: dict[str, Any]) -> bool:
     """--skip-existing in single-scene mode: every requested output is already there."""
-    from pathlib import Path
 
     keys = ("output", "probabilities", "confidence", "vector", "exclusion")
     paths = [kw[k] for k in keys if kw.get(k)]
@@ -384,7 +338,6 @@ def _run_split(kw: dict[str, Any]) -> None:
     from mfaf_cli.pipeline.split import predict_split
 
     write = opt.write_spec(kw)
-    _check_preview(kw)
     if kw["skip_existing"] and not kw["assemble"] and _all_exist(kw):
         if not kw["quiet"]:
             click.echo(f"skipped: {kw['output']} exists (--skip-existing)", err=True)
@@ -400,8 +353,6 @@ def _run_split(kw: dict[str, Any]) -> None:
         assemble_only=kw["assemble"],
         progress=not kw["quiet"],
     )
-    if kw["preview"] and result.assembled:  # the assembling process: the map is complete
-        _write_preview_of(result.outputs, kw["preview"], opt.collect_inputs(**kw), result.model)
     if kw["as_json"]:
         click.echo(result.to_json())
     elif not kw["quiet"]:

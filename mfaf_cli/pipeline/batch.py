@@ -359,7 +359,7 @@ def _check_templates(read: ReadSpec, write: WriteSpec) -> None:
     """Inputs and output paths come from the CSV, never from the objects."""
     if read.inputs:
         raise UsageError("inputs come from the batch CSV, not from an option")
-    for key, path in {**write.rasters(), "vector": write.vector}.items():
+    for key, path in {**write.rasters(), "vector": write.vector, "preview": write.preview}.items():
         if path is not None:
             key = "output" if key == "label" else key
             raise UsageError(f"{key} comes from the batch CSV, not from an option")

@@ -336,11 +336,24 @@ def predict(
         MfafError subclasses for every user-facing problem; nothing is left on disk then.
     """
     read, write, spec = run_objects(read, write, spec, fields)
-    return expanded(
+    result = expanded(
         read,
         lambda flat: _predict(flat, write, spec, model, predictor, progress, read_threads),
         model=model, predictor=predictor, output=write.label,
     )  # fmt: skip
+    if write.preview is not None:  # over the inputs as reported (stacks, items: their first)
+        write_preview(result.outputs, write.preview, result.inputs, result.model)
+    return result
+
+
+def write_preview(
+    outputs: dict[str, str], png: PathLike, inputs: Mapping[str, Any], title: str
+) -> None:
+    """``--preview``: the quick-look of the committed label map, added to ``outputs``."""
+    from mfaf_cli.io.preview import write_run_preview
+
+    write_run_preview(outputs["label"], inputs, png, title=title)
+    outputs["preview"] = str(Path(png).absolute())
 
 
 def run_objects(

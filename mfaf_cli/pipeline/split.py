@@ -55,6 +55,7 @@ from mfaf_cli.pipeline.predict import (
     on_gpu,
     run_objects,
     vectorize_finished_map,
+    write_preview,
 )
 from mfaf_cli.pipeline.read_spec import ReadSpec, expanded
 from mfaf_cli.pipeline.shard import Shard, device_for, resolve_shard
@@ -646,12 +647,22 @@ def predict_split(
     read, write, spec = run_objects(read, write, spec, fields)
     if read.aoi is not None:
         raise UsageError("--aoi cannot be used with --split-scene/--assemble (yet)")
-    return expanded(
+    result = expanded(
         read,
         lambda flat: _predict_split(flat, write, spec, model, shard, assemble_only, predictor,
                                     progress, read_threads),
         model=model, predictor=predictor, output=write.label,
     )  # fmt: skip
+    if write.preview is not None and result.assembled:  # the assembler: the map is complete
+        files = {m: v for m, v in read.inputs.items() if _file_names(v)}
+        write_preview(result.outputs, write.preview, files, result.model)
+    return result
+
+
+def _file_names(value: Any) -> bool:
+    """Whether an input is given as file names (a preview's reference), not STAC items."""
+    values = value if isinstance(value, tuple) else (value,)
+    return all(isinstance(v, str | os.PathLike) for v in values)
 
 
 def _predict_split(

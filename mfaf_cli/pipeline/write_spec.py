@@ -36,7 +36,8 @@ class WriteSpec:
     ``probabilities`` (``probabilities_dtype`` ``uint8`` 0..254 or ``float32`` 0..1),
     ``confidence`` (``confidence_kind`` ``top`` or ``entropy``), ``exclusion`` (the exclusion
     mask's reason codes) and ``vector`` (polygons of the label map) are optional;
-    ``mask_excluded`` writes excluded pixels as nodata everywhere. ``cog`` and
+    ``mask_excluded`` writes excluded pixels as nodata everywhere; ``preview``: a quick-look
+    PNG of the label map over the reference input. ``cog`` and
     ``creation_options`` (GDAL ``--co``) shape the GeoTIFFs; ``overwrite`` replaces existing
     files. With no path at all it is a template (batch mode: the CSV gives the paths).
     """
@@ -49,6 +50,7 @@ class WriteSpec:
     exclusion: PathLike | None = None
     mask_excluded: bool = False
     vector: PathLike | None = None
+    preview: PathLike | None = None
     cog: bool = False
     creation_options: Mapping[str, str] | None = None
     overwrite: bool = False
@@ -76,6 +78,8 @@ class WriteSpec:
             raise UsageError("nothing to write: give -o/--output (or --probabilities/--confidence)")
         if self.vector is not None and self.label is None and not self.template:
             raise UsageError("--vector polygonises the label map: give -o/--output too")
+        if self.preview is not None and self.label is None and not self.template:
+            raise UsageError("--preview shows the label map: give -o/--output too")
         check_distinct_outputs({"-o/--output": self.label, "--probabilities": self.probabilities,
                                 "--confidence": self.confidence, "--vector": self.vector,
                                 "--exclusion": self.exclusion})  # fmt: skip
@@ -99,6 +103,10 @@ class WriteSpec:
                 check_output_path(p, self.overwrite)
         if self.vector is not None:
             check_vector_path(self.vector, self.overwrite)
+        if self.preview is not None:
+            from mfaf_cli.io.preview import check_preview_path
+
+            check_preview_path(self.preview, self.overwrite)
 
     def output_set_options(self) -> dict[str, Any]:
         """The format keywords of :class:`~mfaf_cli.io.raster.OutputSet`."""
