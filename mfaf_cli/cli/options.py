@@ -16,13 +16,13 @@ the model (tile divisor, band counts) are checked in the library, which knows th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import click
 
 from mfaf_cli.metadata import ALL_MODALITIES
-from mfaf_cli.types import BLENDS, CONFIDENCE_KINDS, ENGINES, PRECISIONS
+from mfaf_cli.types import BLENDS, CONFIDENCE_KINDS, ENGINES, PRECISIONS, PROBABILITY_DTYPES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -115,6 +115,13 @@ def output_path_opt(*flags: str, help_text: str, metavar: str = "PATH") -> Calla
     )
 
 
+def choice_opt(flag: str, choices: Sequence[str], default: str, help_text: str) -> Any:
+    """A flag taking one of ``choices`` (click lists them and refuses others; default shown)."""
+    return click.option(
+        flag, type=click.Choice(choices), default=default, show_default=True, help=help_text
+    )
+
+
 # ---- decorators -----------------------------------------------------------------------------
 def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     def wrap(f: F) -> F:
@@ -157,12 +164,11 @@ overlap_opt = click.option(
 batch_size_opt = click.option(
     "--batch-size", type=int, default=4, show_default=True, help="Windows per model call."
 )
-blend_opt = click.option(
+blend_opt = choice_opt(
     "--blend",
-    type=click.Choice(BLEND_CHOICES),
-    default="gaussian",
-    show_default=True,
-    help="How overlapping windows are weighted (only overlaps are tapered).",
+    BLEND_CHOICES,
+    "gaussian",
+    "How overlapping windows are weighted (only overlaps are tapered).",
 )
 device_opt = click.option(
     "--device",
@@ -171,12 +177,11 @@ device_opt = click.option(
     metavar="auto|cpu|cuda[:N]",
     help="Where the model runs.",
 )
-engine_opt = click.option(
+engine_opt = choice_opt(
     "--engine",
-    type=click.Choice(ENGINE_CHOICES),
-    default="auto",
-    show_default=True,
-    help="Inference engine. auto: ONNX Runtime on CPU when installed (the export is cached "
+    ENGINE_CHOICES,
+    "auto",
+    "Inference engine. auto: ONNX Runtime on CPU when installed (the export is cached "
     "per checkpoint in the user cache, $MFAF_CACHE_DIR overrides), PyTorch on CUDA.",
 )
 threads_opt = click.option(
@@ -187,12 +192,11 @@ threads_opt = click.option(
     help="CPU cores for the run (default: all usable cores). On CPU the engine uses all N and "
     "max(1, N/4) reader threads share them at a lower priority.",
 )
-precision_opt = click.option(
+precision_opt = choice_opt(
     "--precision",
-    type=click.Choice(PRECISION_CHOICES),
-    default="auto",
-    show_default=True,
-    help="Numeric precision (auto: mixed precision on CUDA, fp32 on CPU).",
+    PRECISION_CHOICES,
+    "auto",
+    "Numeric precision (auto: mixed precision on CUDA, fp32 on CPU).",
 )
 engine_opts = _stack(device_opt, engine_opt, precision_opt, threads_opt)
 #: every flag of :class:`~mfaf_cli.pipeline.spec.InferenceSpec` (turned into it by
@@ -246,12 +250,11 @@ nodata_opt = click.option(
     "(repeatable; e.g. --nodata optical=0 --nodata sar=-9999).",
 )
 grid_opts = _stack(crs_opt, resolution_opt, bounds_opt, tap_opt, nodata_opt)
-sar_units_opt = click.option(
+sar_units_opt = choice_opt(
     "--sar-units",
-    type=click.Choice(SAR_UNITS_CHOICES),
-    default="auto",
-    show_default=True,
-    help="Units of the SAR file (auto: float with negative median = dB).",
+    SAR_UNITS_CHOICES,
+    "auto",
+    "Units of the SAR file (auto: float with negative median = dB).",
 )
 
 
@@ -399,23 +402,21 @@ output_opt = output_path_opt(
 probabilities_opt = output_path_opt(
     "--probabilities", help_text="Also write per-class probabilities."
 )
-probabilities_dtype_opt = click.option(
+probabilities_dtype_opt = choice_opt(
     "--probabilities-dtype",
-    type=click.Choice(("uint8", "float32")),
-    default="uint8",
-    show_default=True,
-    help="uint8: 0..254 scaled (255 nodata); float32: 0..1 (NaN nodata).",
+    PROBABILITY_DTYPES,
+    "uint8",
+    "uint8: 0..254 scaled (255 nodata); float32: 0..1 (NaN nodata).",
 )
 confidence_opt = output_path_opt(
     "--confidence",
     help_text="Also write the max class probability (calibrated: the model's temperature).",
 )
-confidence_kind_opt = click.option(
+confidence_kind_opt = choice_opt(
     "--confidence-kind",
-    type=click.Choice(CONFIDENCE_KINDS),
-    default="top",
-    show_default=True,
-    help="--confidence: top = max class probability; entropy = normalised entropy "
+    CONFIDENCE_KINDS,
+    "top",
+    "--confidence: top = max class probability; entropy = normalised entropy "
     "(0 certain .. 1 uniform).",
 )
 vector_opt = output_path_opt(

@@ -19,10 +19,9 @@ from types import MappingProxyType
 from typing import Any
 
 from mfaf_cli.errors import OutputPathError, UsageError
-from mfaf_cli.types import CONFIDENCE_KINDS
+from mfaf_cli.types import CONFIDENCE_KINDS, PROBABILITY_DTYPES
 
 PathLike = str | os.PathLike[str]
-PROBABILITY_DTYPES = ("uint8", "float32")
 
 #: the GeoTIFF outputs, in OutputSet's order
 RASTERS = ("label", "probabilities", "confidence", "exclusion")
