@@ -68,7 +68,12 @@ from mfaf_cli.training.distributed import (
     _shutdown,
     nonfinite_ranks,
 )
-from mfaf_cli.training.labels import check_same_classes, folder_label_options, guarded_write
+from mfaf_cli.training.labels import (
+    check_same_bands,
+    check_same_classes,
+    folder_label_options,
+    guarded_write,
+)
 from mfaf_cli.training.loading import TrainLoader, close_loader, resolve_workers
 
 log = logging.getLogger(__name__)
@@ -312,6 +317,8 @@ def _check_resume_meta(meta: ModelMeta, cfg: TrainConfig, ds: Any, ckpt: Path) -
             f"cannot resume: {ckpt} is a checkpoint of model {meta.arch!r}, not {cfg.model!r}; "
             f"use --model {meta.arch} or start a new run"
         )
+    check_same_bands(meta, ds.band_names, ckpt)
+    check_same_classes(meta.classes, ds.classes, ckpt)
     if meta.in_channels != ds.in_channels or meta.num_classes != ds.num_classes:
         raise WeightsError(
             f"cannot resume: {ckpt} takes {meta.in_channels} with {meta.num_classes} classes, "
@@ -620,6 +627,7 @@ class Trainer:
             seed=cfg.seed,
             val_fraction=cfg.val_fraction,
             bands=cfg.bands or None,
+            band_flags=cfg.band_origin or None,
             normalisation=cfg.normalisation,
         )
         if cfg.dataset == "folder" and cfg.num_classes:
@@ -648,7 +656,6 @@ class Trainer:
         self.resume_ckpt, state_path = _resume_paths(self.cfg.resume)
         self.resume_meta = read_meta(self.resume_ckpt)
         _check_resume_meta(self.resume_meta, self.cfg, self.train_ds, self.resume_ckpt)
-        check_same_classes(self.resume_meta.classes, self.train_ds.classes, self.resume_ckpt)
         self.state = _load_state(state_path)
         if self.state.get("arch") != self.cfg.model:
             raise WeightsError(
