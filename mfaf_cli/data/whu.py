@@ -158,7 +158,9 @@ class WhuSheetDataset(_WhuMeta, SegDataset):
         self.ids = ids if split == "all" else split_ids[split]
         if not self.ids:
             raise DatasetError(f"the {split} split of whu at {root} is empty")
-        self.bands, self.band_names = _whu_bands(self.files[ids[0]]["optical"], bands, self.band_flags)
+        self.bands, self.band_names = _whu_bands(
+            self.files[ids[0]]["optical"], bands, self.band_flags
+        )
         self.windows: list[tuple[str, int, int]] = []
         self.sizes: dict[str, tuple[int, int]] = {}
         self.lohi: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
