@@ -226,3 +226,61 @@ def save_epoch(
         _atomic_torch_save(state, run_dir / STATE_NAME)
     with guarded_write(run_dir / "metrics.jsonl"):
         _write_history(run_dir, history)
+
+
+def model_record(run: Any, epoch_done: int, val_metrics: dict[str, Any], wall: float) -> ModelMeta:
+    """The ModelMeta stored with each checkpoint: data, split, settings and metrics of
+    ``run`` (the :class:`~mfaf_cli.training.trainer.Trainer`)."""
+    cfg = run.cfg
+    training = {
+        "dataset": cfg.dataset,
+        "data_root": str(cfg.data_root),
+        "split": {
+            "train": len(run.train_ds),
+            "val": len(run.val_ds),
+            "rule": getattr(run.val_ds, "split_source", "")
+            or f"val = seeded holdout (seed {cfg.seed}, fraction {cfg.val_fraction}) "
+            "of the training data where the dataset has no val split",
+        },
+        "splits": run.splits,
+        "command": cfg.command,
+        "epochs": epoch_done,
+        "epochs_planned": cfg.epochs,
+        "best_epoch": run.best_epoch,
+        "wall_time_s": round(wall, 1),
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "schedule": cfg.schedule,
+        "mmd": (
+            {"kind": cfg.mmd, "lambda": cfg.mmd_lambda, "warmup": cfg.mmd_warmup}
+            if run.mmd_used
+            else None
+        ),
+        "tile": cfg.tile,
+        **run.imbalance,
+        "init": run.init_record or _parent_record(run),
+        "seed": cfg.seed,
+        "world_size": run.d.world,
+        "device": run.device.type,
+        "amp": bool(run.use_amp),
+        "torch": torch.__version__,
+    }
+    return ModelMeta(
+        arch=cfg.model,
+        modalities=run.train_ds.modality_specs(),
+        classes=run.train_ds.classes,
+        config=dict(cfg.model_config),
+        ignore_index=run.ignore_index,
+        tile_size=cfg.tile,
+        divisor=run.divisor,
+        training=training,
+        metrics={"val": val_metrics},
+        trained=True,
+        rules=run.rules,
+    )
+
+
+def _parent_record(run: Any) -> dict[str, Any] | None:
+    """A resumed fine-tuning run keeps the parent record of its first invocation."""
+    return run.resume_meta.training.get("init") if run.resume_meta else None

@@ -53,6 +53,7 @@ from mfaf_cli.training.checkpoint import (  # noqa: F401  (re-exported)
     _resume_paths,
     _rng_state,
     _set_rng_state,
+    model_record,
     read_resume,
     restore,
     resume_state,
@@ -316,59 +317,8 @@ class Trainer:
 
     # ---- checkpoint ------------------------------------------------------------------------
     def make_meta(self, epoch_done: int, val_metrics: dict[str, Any], wall: float) -> ModelMeta:
-        """The ModelMeta stored with each checkpoint: data, split, settings and metrics."""
-        cfg = self.cfg
-        training = {
-            "dataset": cfg.dataset,
-            "data_root": str(cfg.data_root),
-            "split": {
-                "train": len(self.train_ds),
-                "val": len(self.val_ds),
-                "rule": getattr(self.val_ds, "split_source", "")
-                or f"val = seeded holdout (seed {cfg.seed}, fraction {cfg.val_fraction}) "
-                "of the training data where the dataset has no val split",
-            },
-            "splits": self.splits,
-            "command": cfg.command,
-            "epochs": epoch_done,
-            "epochs_planned": cfg.epochs,
-            "best_epoch": self.best_epoch,
-            "wall_time_s": round(wall, 1),
-            "batch_size": cfg.batch_size,
-            "lr": cfg.lr,
-            "weight_decay": cfg.weight_decay,
-            "schedule": cfg.schedule,
-            "mmd": (
-                {"kind": cfg.mmd, "lambda": cfg.mmd_lambda, "warmup": cfg.mmd_warmup}
-                if self.mmd_used
-                else None
-            ),
-            "tile": cfg.tile,
-            **self.imbalance,
-            "init": self.init_record or self._parent_record(),
-            "seed": cfg.seed,
-            "world_size": self.d.world,
-            "device": self.device.type,
-            "amp": bool(self.use_amp),
-            "torch": torch.__version__,
-        }
-        return ModelMeta(
-            arch=cfg.model,
-            modalities=self.train_ds.modality_specs(),
-            classes=self.train_ds.classes,
-            config=dict(cfg.model_config),
-            ignore_index=self.ignore_index,
-            tile_size=cfg.tile,
-            divisor=self.divisor,
-            training=training,
-            metrics={"val": val_metrics},
-            trained=True,
-            rules=self.rules,
-        )
-
-    def _parent_record(self) -> dict[str, Any] | None:
-        """A resumed fine-tuning run keeps the parent record of its first invocation."""
-        return self.resume_meta.training.get("init") if self.resume_meta else None
+        """The ModelMeta stored with each checkpoint (:func:`checkpoint.model_record`)."""
+        return model_record(self, epoch_done, val_metrics, wall)
 
     def save(self, row: dict[str, Any], vm: dict[str, Any], improved: bool, wall: float) -> None:
         """Rank 0: last (and best) checkpoint, the resume state and the history files."""
