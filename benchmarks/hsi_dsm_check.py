@@ -22,6 +22,18 @@ it under ``nice -n 10``, as below).
     nice -n 10 python3 benchmarks/hsi_dsm_check.py --work /tmp/hsi_dsm \\
         --out benchmarks/results/hsi_dsm_check.json
 
+``--select-on-val`` chooses each network's recipe without looking at the test part: the first
+seed trains every recipe, the others the one with the best validation mIoU of the last epoch
+(the checkpoint that is evaluated); CoMiX-S takes CoMiX-lite's choice (``RECIPE_FROM``), which
+keeps it to one recipe on a CPU. ``--jobs 2`` runs two trainings at once; ``--recipe
+MODEL=RECIPE`` gives a recipe chosen before (e.g. for a longer ``--epochs`` budget). Each run's
+stdout/stderr are kept under ``WORK/logs``; rows carry wall and CPU seconds of the training and
+the last epoch's validation scores, and the document a ``verdict`` (the best network on
+validation against the random forest + 0.05, test mIoU, seed means):
+
+    nice -n 10 python3 benchmarks/hsi_dsm_check.py --work /tmp/hsi_ev --epochs 15 --jobs 2 \\
+        --select-on-val --out benchmarks/results/hsi_dsm_check_evidence_15ep.json
+
 Recipes (``--recipes``): ``plain`` (the defaults) and ``balanced`` (``--sampling balanced
 --class-weights auto``). A per-pixel random forest (scikit-learn, a benchmark-only dependency:
 ``pip install scikit-learn``; 300 trees, default settings) trained on every labelled pixel of
