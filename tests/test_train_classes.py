@@ -341,9 +341,7 @@ def test_resume_with_other_bands_is_refused(scenes: Path, tmp_path: Path, runner
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
-def test_band_errors_from_a_config_file_name_its_key(
-    scenes: Path, tmp_path: Path, runner
-) -> None:
+def test_band_errors_from_a_config_file_name_its_key(scenes: Path, tmp_path: Path, runner) -> None:
     """A bad band in a config file's ``[bands]`` names that file and key, not ``--bands``;
     ``--bands`` on the command line replaces the table and names itself."""
     from mfaf_cli.training.config import TrainConfig, config_to_toml

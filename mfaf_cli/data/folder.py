@@ -238,9 +238,7 @@ class FolderDataset(SegDataset):
         available = tuple(scenes[0]["inputs"])
         self.modalities = _check_modalities(self.name, available, modalities)
         self.ignore_value = ignore_value if ignore_value is not None else opts.get("ignore_value")
-        self.bands_opt, self.band_flags = folder_bands(
-            r, opts.get("bands"), bands, self.band_flags
-        )
+        self.bands_opt, self.band_flags = folder_bands(r, opts.get("bands"), bands, self.band_flags)
         self.units = {"sar": str(dict(opts.get("units", {})).get("sar", "auto"))}
         # Class table over *all* scenes so every split agrees on K.
         self.classes = self._class_table(r, scenes, opts, num_classes, classes)
