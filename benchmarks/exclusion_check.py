@@ -3,7 +3,7 @@
 For each BigEarthNet pair (S2 folder + the S1 ``_VV.tif``) and the Sen1Floods11 chip it runs
 ``predict`` with ``--exclusion`` and prints one JSON line per scene (excluded fraction per
 reason, water fraction), then the chip's water IoU with and without ``--mask-excluded``
-(excluded pixels scored as "not counted").
+(excluded pixels scored as "not counted"): the examples/ crop and the whole 512² chip.
 
     MFAF_WEIGHTS_DIR=/tmp/w python3 benchmarks/exclusion_check.py ../shared/data [--model NAME]
 """
@@ -51,16 +51,20 @@ def main() -> None:
             inputs = {"optical": str(s2), "sar": str(next(s1.glob("*_VV.tif")))}
             rec = run(inputs, Path(tmp) / f"{s2.name}.tif", a.model)
             print(json.dumps({"scene": s2.name, **rec}, sort_keys=True))
-        chip = {"optical": str(CHIP / "S2.tif"), "sar": str(CHIP / "S1.tif")}
-        bands: dict[str, list[int | str]] = {"optical": [13, 8, 4], "sar": [1]}
-        plain, masked = Path(tmp) / "chip.tif", Path(tmp) / "chip_masked.tif"
-        rec = run(chip, plain, a.model, bands=bands)
-        predict(chip, masked, model=a.model, bands=bands, mask_excluded=True, overwrite=True,
-                progress=False)  # fmt: skip
-        truth = CHIP / "label.tif"
-        rec |= {"water_iou": water_iou(plain, truth),
-                "water_iou_mask_excluded": water_iou(masked, truth)}  # fmt: skip
-        print(json.dumps({"scene": "sen1floods11_chip", **rec}, sort_keys=True))
+        full = a.shared_data / "sen1floods11_sample"
+        chips = {"sen1floods11_chip": (CHIP / "S2.tif", CHIP / "S1.tif", CHIP / "label.tif"),
+                 "sen1floods11_chip_full": tuple(full / f"Spain_7370579_{k}.tif" for k in
+                                                 ("S2Hand", "S1Hand", "LabelHand"))}  # fmt: skip
+        for name, (s2, s1, truth) in chips.items():
+            chip = {"optical": str(s2), "sar": str(s1)}
+            bands: dict[str, list[int | str]] = {"optical": [13, 8, 4], "sar": [1]}
+            plain, masked = Path(tmp) / f"{name}.tif", Path(tmp) / f"{name}_masked.tif"
+            rec = run(chip, plain, a.model, bands=bands)
+            predict(chip, masked, model=a.model, bands=bands, mask_excluded=True, overwrite=True,
+                    progress=False)  # fmt: skip
+            rec |= {"water_iou": water_iou(plain, truth),
+                    "water_iou_mask_excluded": water_iou(masked, truth)}  # fmt: skip
+            print(json.dumps({"scene": name, **rec}, sort_keys=True))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ Two generic checks, per pixel, on the raw inputs (sensor units, before normalisa
   ``range_high + margin``, where the range is the training split's 0.1 / 99.9 % quantiles
   recorded in the model record (:class:`~mfaf_cli.metadata.ModalitySpec`) and the margin
   :data:`RANGE_MARGIN` of its span; a side where the training data were saturated is open
-  (``range_open``); models without the record skip this check;
+  (``range_open``); a band with a known sensor noise floor (``range_floor``: Sentinel-1
+  VV / VH, :data:`NOISE_FLOOR_DB`) reads values below the floor as the floor, since they are
+  noise, not a darker surface; models without the record skip this check;
 - **rules**: named boolean expressions over bands *by meaning* (``red``, ``swir``, ``vv``...)
   that the model record carries, e.g. ``snow: (red - swir) / (red + swir) > 0.4 and red > 1500``.
   Rules are data: parsed by the small grammar below (numbers, band meanings, ``+ - * /``,
@@ -19,6 +21,7 @@ explanation), the first matching rule over later ones.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from mfaf_cli.errors import UsageError
-from mfaf_cli.metadata import MEANINGS, ModalitySpec, ModelMeta, meaning_of_name
+from mfaf_cli.metadata import DEFAULT_UNITS, MEANINGS, ModalitySpec, ModelMeta, meaning_of_name
 
 #: Reason code of valid pixels that pass every check, and of pixels outside the range.
 OK, OUT_OF_RANGE, NODATA = 0, 1, 255
@@ -39,6 +42,12 @@ RANGE_QUANTILES = (0.1, 99.9)
 #: A pixel is outside the training range when a band leaves it by more than this fraction of
 #: the band's range (so the extreme 0.1 % tails of the training data itself are not flagged).
 RANGE_MARGIN = 0.1
+#: Noise floor of SAR backscatter by band meaning, in dB: Sentinel-1 IW's noise-equivalent
+#: sigma zero, specified as at most -22 dB (ESA Sentinel-1 User Handbook, IW mode; measured
+#: about -22 to -26 dB across the swath). A sigma0 below it is noise, not a darker surface, so
+#: the range check reads it as the floor: a model that saw values down to the floor has seen
+#: everything darker too (calm water), one whose training data stop above it still flags it.
+NOISE_FLOOR_DB: dict[str, float] = {"vv": -22.0, "vh": -22.0}
 #: A warning is printed when more than this fraction of valid pixels is excluded.
 WARN_FRACTION = 0.05
 _RESERVED = {"ok", "nodata", RANGE_REASON}
@@ -304,13 +313,40 @@ def training_range(
     return tuple(lows), tuple(highs), tuple(opens)
 
 
+def noise_floors(meanings: Sequence[str], units: str) -> tuple[float | None, ...]:
+    """Per band, the sensor noise floor in the band's units (:data:`NOISE_FLOOR_DB` for SAR
+    backscatter in dB, its power for ``linear``; None elsewhere); () when no band has one."""
+    scale = {"db": lambda v: v, "linear": lambda v: 10 ** (v / 10)}.get(units.lower())
+    out = tuple(
+        None if scale is None or m not in NOISE_FLOOR_DB else float(scale(NOISE_FLOOR_DB[m]))
+        for m in meanings
+    )
+    return out if any(v is not None for v in out) else ()
+
+
+def with_noise_floor(spec: ModalitySpec) -> ModalitySpec:
+    """``spec`` with :func:`noise_floors` recorded beside its training range (when it has one;
+    SAR units default to dB, as everywhere)."""
+    if spec.range_low is None:
+        return spec
+    units = spec.units or DEFAULT_UNITS.get(spec.name, "")
+    return dataclasses.replace(spec, range_floor=noise_floors(spec.meanings, units))
+
+
 def outside_range(
-    arr: np.ndarray, low: Sequence[float], high: Sequence[float], open_: Sequence[str] = ()
+    arr: np.ndarray,
+    low: Sequence[float],
+    high: Sequence[float],
+    open_: Sequence[str] = (),
+    floor: Sequence[float | None] = (),
 ) -> np.ndarray:
     """(h, w) bool: any band of ``arr`` (C, h, w) leaves ``[low, high]`` by more than
     :data:`RANGE_MARGIN` of the band's span, on a side that is not open (NaN is not flagged:
-    it is nodata)."""
+    it is nodata). A band's values below its ``floor`` (sensor noise) count as the floor."""
     c = arr.shape[0]
+    floors = np.array([-np.inf if f is None else f for f in (list(floor) or [None] * c)])
+    if np.isfinite(floors).any():
+        arr = np.maximum(arr, floors.reshape(c, 1, 1))  # NaN stays NaN
     lo, hi = (np.asarray(v, dtype=np.float64).reshape(c, 1, 1) for v in (low, high))
     m = RANGE_MARGIN * np.maximum(hi - lo, 0.0)
     sides = list(open_) or [""] * c
@@ -325,13 +361,16 @@ def outside_range(
 class Checks:
     """What can be checked for one model: its ranges (modality -> (low, high)) and rules."""
 
-    ranges: Mapping[str, tuple[tuple[float, ...], tuple[float, ...], tuple[str, ...]]]
+    #: modality -> (range_low, range_high, range_open, range_floor)
+    ranges: Mapping[str, tuple[tuple[float, ...], tuple[float, ...], tuple[str, ...],
+                               tuple[float | None, ...]]]  # fmt: skip
     rules: Sequence[Rule]
     locations: Mapping[str, tuple[str, int]]
 
     @classmethod
     def of(cls, meta: ModelMeta) -> Checks:
-        ranges = {s.name: (s.range_low, s.range_high, s.range_open) for s in meta.modalities
+        ranges = {s.name: (s.range_low, s.range_high, s.range_open, s.range_floor)
+                  for s in meta.modalities
                   if s.range_low is not None and s.range_high is not None}  # fmt: skip
         return cls(ranges, model_rules(meta), band_locations(meta.modalities))
 
@@ -348,8 +387,8 @@ class Checks:
         """uint8 reason codes (h, w) of raw arrays (modality -> (C, h, w), sensor units)."""
         out = np.full(valid.shape, OK, dtype=np.uint8)
         flagged = np.zeros(valid.shape, dtype=bool)
-        for name, (low, high, open_) in self.ranges.items():
-            flagged |= outside_range(raw[name], low, high, open_)
+        for name, (low, high, open_, floor) in self.ranges.items():
+            flagged |= outside_range(raw[name], low, high, open_, floor)
         out[flagged] = OUT_OF_RANGE
         bands = {k: raw[m][i] for k, (m, i) in self.locations.items() if m in raw}
         for code in range(len(self.rules) + 1, 1, -1):  # the first matching rule wins

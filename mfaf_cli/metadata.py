@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mfaf_cli.errors import WeightsError
+from mfaf_cli.errors import UsageError, WeightsError
 from mfaf_cli.types import MODALITIES
 from mfaf_cli.types import Modality as Modality  # re-exported; defined in mfaf_cli.types
 
@@ -135,6 +135,11 @@ class ModalitySpec:
     #: ""): the product clipped values there, so the model saw that value stand for everything
     #: beyond it and the range is open on that side. () when no side is.
     range_open: tuple[str, ...] = ()
+    #: Per band, the sensor's noise floor in the band's units (None: none known), e.g. the
+    #: Sentinel-1 IW noise-equivalent sigma zero for VV / VH in dB: the range check reads
+    #: values below it as the floor (they are noise, not a darker surface). () when no band has
+    #: one (see mfaf_cli/applicability.py, ``noise_floors``).
+    range_floor: tuple[float | None, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.meanings:
@@ -162,8 +167,13 @@ class ModalitySpec:
     def _range_dict(self) -> dict[str, Any]:
         if self.range_low is None or self.range_high is None:
             return {}
-        d = {"range_low": list(self.range_low), "range_high": list(self.range_high)}
-        return d | ({"range_open": list(self.range_open)} if any(self.range_open) else {})
+        d: dict[str, list[Any]] = {
+            "range_low": list(self.range_low),
+            "range_high": list(self.range_high),
+        }
+        d |= {"range_open": list(self.range_open)} if any(self.range_open) else {}
+        has_floor = any(v is not None for v in self.range_floor)
+        return d | ({"range_floor": list(self.range_floor)} if has_floor else {})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModalitySpec:
@@ -176,6 +186,7 @@ class ModalitySpec:
             range_low=None if d.get("range_low") is None else tuple(map(float, d["range_low"])),
             range_high=None if d.get("range_high") is None else tuple(map(float, d["range_high"])),
             range_open=tuple(str(v) for v in d.get("range_open", ())),
+            range_floor=tuple(None if v is None else float(v) for v in d.get("range_floor", ())),
         )
 
 
@@ -520,3 +531,20 @@ def sensor_names(meaning: str) -> dict[str, str]:
     """``{sensor: band name}`` for a meaning ({} when unknown)."""
     m = MEANINGS.get(meaning)
     return dict(m.sensors) if m is not None else {}
+
+
+def rule_texts(value: Any, where: str) -> list[str]:
+    """A ``rules`` setting of a config file or scene list as ``NAME=EXPR`` texts: a table
+    (``[rules]`` with ``snow = "red > 1500"``) or a list of ``"NAME=EXPR"`` strings. The rules
+    themselves are parsed and checked against the model's bands at train time."""
+    if isinstance(value, dict):
+        items = [(str(k), v) for k, v in value.items()]
+        if any(not isinstance(v, str) or not v.strip() for _, v in items):
+            raise UsageError(f'{where}: each rule is NAME = "EXPR" (a non-empty string)')
+        return [f"{k}={v}" for k, v in items]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [str(v) for v in value]
+    raise UsageError(
+        f'{where}: give a table of NAME = "EXPR" (e.g. [rules] snow = "red > 1500") '
+        'or a list of "NAME=EXPR" strings'
+    )

@@ -20,8 +20,10 @@ from mfaf_cli.applicability import (
     Rule,
     checked_rules,
     evaluate,
+    noise_floors,
     outside_range,
     training_range,
+    with_noise_floor,
 )
 from mfaf_cli.errors import UsageError
 from mfaf_cli.io import weights as W
@@ -93,6 +95,50 @@ def test_outside_range_has_a_margin_of_the_span() -> None:
     arr = np.array([[[-m - 0.01, -m, 50.0, 100 + m, 100 + m + 0.01, np.nan]]])
     np.testing.assert_array_equal(outside_range(arr, [0.0], [100.0])[0],
                                   [True, False, False, False, True, False])  # fmt: skip
+
+
+def test_sar_noise_floor_by_meaning_and_units() -> None:
+    assert noise_floors(("vv", "vh", ""), "db") == (-22.0, -22.0, None)
+    assert noise_floors(("vv",), "linear")[0] == pytest.approx(10**-2.2)
+    assert noise_floors(("red", "nir"), "") == () and noise_floors(("vv",), "dn") == ()
+    sar = replace(tiny_meta().modality("sar"), range_low=(-20.0,), range_high=(-5.0,))
+    assert with_noise_floor(sar).range_floor == (-22.0,)  # SAR units default to dB
+    assert with_noise_floor(tiny_meta().modality("sar")).range_floor == ()  # no range: no floor
+
+
+def test_below_the_noise_floor_reads_as_the_floor_but_the_range_still_fires() -> None:
+    t, f = True, False
+    vv = np.array([[[-35.0, -24.0, -21.0, -5.0, 0.0, np.nan]]])
+    # the shipped VV range (OMBRIA reached -22 dB): darker is noise over calm water, not new
+    lo, hi = [-21.96], [-5.26]
+    np.testing.assert_array_equal(outside_range(vv, lo, hi)[0], [t, t, f, f, t, f])
+    np.testing.assert_array_equal(outside_range(vv, lo, hi, (), [-22.0])[0], [f, f, f, f, t, f])
+    # a model whose training data stop well above the floor (dry land down to -15 dB) still
+    # flags dark water, below the floor too; a band without a floor is untouched
+    np.testing.assert_array_equal(outside_range(vv, [-15.0], [-5.0], (), [-22.0])[0],
+                                  [t, t, t, f, t, f])  # fmt: skip
+    two = np.concatenate([vv, vv])  # band 0 without a floor, band 1 with one
+    np.testing.assert_array_equal(outside_range(two, lo * 2, hi * 2, (), [None, -22.0])[0],
+                                  [t, t, f, f, t, f])  # fmt: skip
+
+
+def test_shipped_record_on_the_chip_snow_needs_nir_and_dark_vv_is_not_out_of_range() -> None:
+    from mfaf_cli.io.weights import read_manifest
+
+    entry = next(e for e in read_manifest() if e["default"])
+    meta = W.read_meta(W.weights_dir() / entry["file"])
+    assert dict(meta.rules)["snow"].endswith("and nir > 1500")
+    assert meta.modality("sar").range_floor == (-22.0,)
+    with rasterio.open(CHIP / "S2.tif") as a, rasterio.open(CHIP / "S1.tif") as b:
+        opt, vv = a.read([13, 8, 4]).astype(np.float64), b.read([1]).astype(np.float64)
+    valid = (opt != 0).all(axis=0) & np.isfinite(vv[0])
+    codes = Checks.of(meta).codes({"optical": opt, "sar": vv}, valid)
+    dark = valid & (vv[0] < -23.6)  # below the old bound: calm flood water
+    assert dark.sum() > 1000 and not (codes[dark] == 1).any()
+    red, swir, nir = opt[2][valid], opt[0][valid], opt[1][valid]
+    old = ((red - swir) / (red + swir) > 0.4) & (red > 1500)
+    snow = codes[valid] == 2
+    assert snow.sum() == (old & (nir > 1500)).sum() and snow.sum() < old.sum()
 
 
 def test_codes_rules_win_over_the_range_and_nodata_is_255() -> None:
@@ -399,6 +445,40 @@ def test_train_records_range_and_rules_and_refuses_bad_rules(  # type: ignore[no
     assert meta.modality("sar").range_low == training_range(png)[0]
     png_zero = float(to_sentinel_units("sar", np.zeros((1, 1, 1)))[0, 0, 0])
     assert png_zero <= meta.modality("sar").range_low[0]  # type: ignore[index]
+    assert meta.modality("sar").range_floor == (-22.0,) and not meta.modality("optical").range_floor
+
+
+def test_scene_list_and_config_file_rules_are_recorded(tmp_path: Path, runner) -> None:  # type: ignore[no-untyped-def]
+    from test_band_identity import TINY, _scenes
+
+    data = _scenes(tmp_path / "scenes").parent
+    scenes = "".join(
+        f'[[scene]]\nid = "s{k}"\noptical = "s2_{k}.tif"\nsar = "s{k}_VV.tif"\n'
+        f'label = "gt{k}.tif"\nsplit = "{"train" if k == 0 else "val"}"\n'
+        for k in range(2)
+    )
+    toml = data / "scenes.toml"
+    toml.write_text('[bands]\noptical = "13,8,4"\n[rules]\nsnow = "red > 1500 and nir > 1500"\n'
+                    f'wet = "vv < -20"\n{scenes}')  # fmt: skip
+    base = ["train", "--dataset", "folder", "--data-root", toml, "--model", "unet", *TINY]
+    out = tmp_path / "run"
+    code, _, err = runner(*base, "-o", out, "--rule", "wet=vv < -25")  # a flag replaces "wet"
+    assert code == 0, err
+    meta = W.read_meta(out / "last.safetensors")
+    assert meta.rules == (("snow", "red > 1500 and nir > 1500"), ("wet", "vv < -25"))
+    cfg = tmp_path / "train.toml"
+    cfg.write_text('[rules]\nbright = "red > 3000"\n')
+    out2 = tmp_path / "run2"
+    code, _, err = runner(*base, "--config", cfg, "-o", out2)
+    assert code == 0, err
+    assert [n for n, _ in W.read_meta(out2 / "last.safetensors").rules] == ["snow", "wet", "bright"]
+    bad = tmp_path / "bad"
+    for text, words in (("rules = 3\n", "give a table"),
+                        ('[rules]\ncloud = "blue > 2000"\n', "'cloud' reads blue")):  # fmt: skip
+        toml.write_text(text + '[bands]\noptical = "13,8,4"\n' + scenes)
+        code, _, err = runner(*base, "-o", bad)
+        assert code != 0 and words in err and len(err.strip().splitlines()) == 1, err
+        assert not bad.exists()
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])

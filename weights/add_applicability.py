@@ -12,7 +12,8 @@ For every shipped model trained on OMBRIA (the record's ``training.dataset``) it
 - checks that the clip quantiles it gets equal the recorded ones (so the sample and the
   calibration are the ones the model was trained with) and records the per-band 0.1 / 99.9 %
   quantiles of that sample as ``range_low`` / ``range_high``, with ``range_open`` where the
-  8-bit products saturate (mfaf_cli/applicability.py);
+  8-bit products saturate, and ``range_floor``: the Sentinel-1 noise floor of the SAR band
+  (mfaf_cli/applicability.py);
 - sets the record's rules to :data:`RULES` (OMBRIA has no snow: snow is mapped as water);
 - saves the checkpoint in place (weights bit for bit, only the record changes) and updates its
   manifest entry (sha256, size); ``--default NAME`` moves the default flag to NAME.
@@ -28,14 +29,22 @@ import dataclasses
 import json
 from pathlib import Path
 
+from mfaf_cli.applicability import with_noise_floor
 from mfaf_cli.data.registry import open_dataset
 from mfaf_cli.io.weights import load_checkpoint, read_manifest, register_weights, save_checkpoint
 
 PACKAGE_WEIGHTS = Path(__file__).resolve().parents[1] / "mfaf_cli" / "weights"
-#: Applicability rules of the shipped water models: the snow test of issue 20, on the model's
-#: own bands (Sentinel-2 B4, B12, reflectance x 10 000); 0 % of five snow-free BigEarthNet
-#: pairs, 82 % of the February one.
-RULES: tuple[tuple[str, str], ...] = (("snow", "(red - swir) / (red + swir) > 0.4 and red > 1500"),)
+#: Applicability rules of the shipped water models, on the model's own bands (Sentinel-2 B4,
+#: B8, B12, reflectance x 10 000). Snow: issue 20's NDSI-like test (red for green, B12 for
+#: B11: the bands these models take) plus the near-infrared test that established snow masks
+#: use to keep water out: water absorbs near-infrared, snow reflects it. SNOMAP (Hall, Riggs &
+#: Salomonson 1995, MODIS) and Fmask (Zhu & Woodcock 2012, Landsat) require NIR > 0.11; ESA's
+#: Sentinel-2 processor Sen2Cor (scene classification, snow filter on B8A, top-of-atmosphere
+#: reflectance) gives snow zero confidence below 0.15. The Sentinel-2 value is used: these
+#: models take Sentinel-2 B8, L1C (top-of-atmosphere) as well as L2A.
+RULES: tuple[tuple[str, str], ...] = (
+    ("snow", "(red - swir) / (red + swir) > 0.4 and red > 1500 and nir > 1500"),
+)
 
 
 def training_ranges(meta: object, data_root: Path) -> dict[str, tuple[tuple[object, ...], ...]]:
@@ -72,18 +81,20 @@ def main() -> None:
             continue
         ranges = training_ranges(meta, a.data_root)
         mods = tuple(
-            dataclasses.replace(s, range_low=ranges[s.name][0], range_high=ranges[s.name][1],
-                                range_open=ranges[s.name][2])  # type: ignore[arg-type]
+            with_noise_floor(dataclasses.replace(
+                s, range_low=ranges[s.name][0], range_high=ranges[s.name][1],
+                range_open=ranges[s.name][2]))  # type: ignore[arg-type]
             for s in meta.modalities
-        )
+        )  # fmt: skip
         meta = dataclasses.replace(meta, modalities=mods, rules=RULES)
         save_checkpoint(model, meta, path)
         entry = register_weights(
             path, e["name"], default=e["name"] == default, description=e.get("description", ""),
             root=a.weights_dir,
         )  # fmt: skip
-        ranges_out = {m: [[round(v, 3) for v in r[0]], [round(v, 3) for v in r[1]], list(r[2])]
-                      for m, r in ranges.items()}  # type: ignore[union-attr]  # fmt: skip
+        ranges_out = {s.name: [[round(v, 3) for v in s.range_low or ()],
+                               [round(v, 3) for v in s.range_high or ()], list(s.range_open),
+                               list(s.range_floor)] for s in mods}  # fmt: skip
         print(json.dumps({"name": e["name"], "sha256": entry["sha256"], "ranges": ranges_out,
                           "rules": dict(RULES), "default": entry["default"]}))  # fmt: skip
 

@@ -102,6 +102,8 @@ def _imbalance_lines(t: dict[str, Any]) -> list[str]:
             + (", ".join(init.get("reinitialised") or []) or "none")
         )
     return lines
+
+
 def _applicability_lines(m: dict[str, Any]) -> list[str]:
     """Training range per band and the rules (what predict's exclusion check uses)."""
     lines = []
@@ -109,12 +111,14 @@ def _applicability_lines(m: dict[str, Any]) -> list[str]:
         if spec.get("range_low") is None:
             continue
         opens = spec.get("range_open") or [""] * len(spec["bands"])
+        floors = spec.get("range_floor") or [None] * len(spec["bands"])
         parts = []
-        for b, lo, hi, side in zip(spec["bands"], spec["range_low"], spec["range_high"], opens,
-                                   strict=True):  # fmt: skip
+        for b, lo, hi, side, floor in zip(spec["bands"], spec["range_low"], spec["range_high"],
+                                          opens, floors, strict=True):  # fmt: skip
             lo_s = "open" if side in ("low", "both") else f"{lo:g}"
             hi_s = "open" if side in ("high", "both") else f"{hi:g}"
-            parts.append(f"{b} {lo_s}..{hi_s}")
+            noise = "" if floor is None else f" (noise floor {floor:g}: darker reads as it)"
+            parts.append(f"{b} {lo_s}..{hi_s}{noise}")
         lines.append(f"  {spec['name']}: " + ", ".join(parts))
     head = "training range (0.1-99.9 % quantiles; open: saturated in training):"
     out = [head, *lines] if lines else ["training range: not recorded (no range check)"]

@@ -250,23 +250,28 @@ class SegDataset(Dataset):
         return np.random.default_rng([self.seed, self.epoch, int(index)])
 
     def modality_specs(self) -> tuple[ModalitySpec, ...]:
-        """ModalitySpec per modality (band names, normalisation, SAR units) for the ModelMeta."""
+        """ModalitySpec per modality (band names, normalisation, SAR units, training range and
+        the sensor noise floor under it) for the ModelMeta."""
+        from mfaf_cli.applicability import with_noise_floor
+
         return tuple(
-            ModalitySpec(
-                name=m,
-                bands=self.band_names[m],
-                normalisation=self.norms.get(m)
-                or Normalisation(
-                    "scene-percentile",
-                    (0.5,) * len(self.band_names[m]),
-                    (0.25,) * len(self.band_names[m]),
-                    self.p_low,
-                    self.p_high,
-                ),
-                units=self.units.get(m, ""),
-                range_low=self.ranges[m][0] if m in self.ranges else None,
-                range_high=self.ranges[m][1] if m in self.ranges else None,
-                range_open=self.ranges[m][2] if m in self.ranges else (),
+            with_noise_floor(
+                ModalitySpec(
+                    name=m,
+                    bands=self.band_names[m],
+                    normalisation=self.norms.get(m)
+                    or Normalisation(
+                        "scene-percentile",
+                        (0.5,) * len(self.band_names[m]),
+                        (0.25,) * len(self.band_names[m]),
+                        self.p_low,
+                        self.p_high,
+                    ),
+                    units=self.units.get(m, ""),
+                    range_low=self.ranges[m][0] if m in self.ranges else None,
+                    range_high=self.ranges[m][1] if m in self.ranges else None,
+                    range_open=self.ranges[m][2] if m in self.ranges else (),
+                )
             )
             for m in self.modalities
         )

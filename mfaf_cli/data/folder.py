@@ -30,12 +30,13 @@ from mfaf_cli.data.splits import (
     seeded_split3,
 )
 from mfaf_cli.data.transforms import jitter_window
-from mfaf_cli.errors import DatasetError, LabelError
+from mfaf_cli.errors import DatasetError, LabelError, UsageError
 from mfaf_cli.metadata import (
     ALL_MODALITIES,
     ClassInfo,
     ModelMeta,
     default_classes,
+    rule_texts,
 )
 
 if sys.version_info >= (3, 11):
@@ -149,6 +150,16 @@ def folder_bands(
     return out, flags
 
 
+def _list_rules(where: Path, value: Any) -> list[str]:
+    """The scene list's ``rules`` (a table or list, see :func:`metadata.rule_texts`)."""
+    if value is None:
+        return []
+    try:
+        return rule_texts(value, f"{where} rules")
+    except UsageError as err:
+        raise DatasetError(str(err)) from None
+
+
 def find_scene_list(root: Path) -> Path:
     """The scene list itself, or the one a folder holds (scenes.toml, scenes.csv, then any)."""
     if not root.is_dir():
@@ -239,6 +250,8 @@ class FolderDataset(SegDataset):
         self.modalities = _check_modalities(self.name, available, modalities)
         self.ignore_value = ignore_value if ignore_value is not None else opts.get("ignore_value")
         self.bands_opt, self.band_flags = folder_bands(r, opts.get("bands"), bands, self.band_flags)
+        #: the list's ``rules`` (``NAME=EXPR``), recorded in the model (--rule wins by name)
+        self.list_rules = _list_rules(r, opts.get("rules"))
         self.units = {"sar": str(dict(opts.get("units", {})).get("sar", "auto"))}
         # Class table over *all* scenes so every split agrees on K.
         self.classes = self._class_table(r, scenes, opts, num_classes, classes)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mfaf_cli.errors import UsageError
+from mfaf_cli.metadata import rule_texts
 from mfaf_cli.types import ALIGNMENT_KINDS
 
 SCHEDULES = ("poly", "cosine")
@@ -129,6 +130,8 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     if "bands" in doc:
         doc["bands"] = _bands_setting(doc["bands"], f"config file {p} [bands]")
         doc["band_origin"] = {m: f"config file {p} [bands] {m}" for m in doc["bands"]}
+    if "rules" in doc:
+        doc["rules"] = rule_texts(doc["rules"], f"config file {p} rules")
     return doc
 
 

@@ -233,10 +233,17 @@ class Trainer:
         self.k, self.ignore_index = self.train_ds.num_classes, self.train_ds.ignore_index
 
     def _check_rules(self) -> tuple[tuple[str, str], ...]:
-        """``--rule NAME=EXPR``: parsed and checked against the bands the model will take."""
-        from mfaf_cli.applicability import checked_rules
+        """``--rule NAME=EXPR`` (or the config file's ``rules``) and the scene list's ``rules``:
+        parsed and checked against the bands the model will take; a flag replaces the list's
+        rule of the same name."""
+        from mfaf_cli.applicability import Rule, checked_rules
 
-        rules = checked_rules(list(self.cfg.rules), self.train_ds.modality_specs(), self.cfg.model)
+        given = list(self.cfg.rules)
+        names = {Rule.parse(t).name for t in given}
+        listed = [t for t in getattr(self.train_ds, "list_rules", []) if Rule.parse(t).name
+                  not in names]  # fmt: skip
+        specs = self.train_ds.modality_specs()
+        rules = checked_rules(listed + given, specs, self.cfg.model)
         return tuple((r.name, r.expr) for r in rules)
 
     def _plan_imbalance(self) -> None:
