@@ -141,3 +141,22 @@ def test_info_shows_the_alternatives(alt_model: Path, runner) -> None:  # type: 
     assert code == 0, err
     assert (f"rules:\n  snow: {NDSI}\n    else (if the input lacks those bands): {FALLBACK}\n"
             "  wet: vv < -30") in out  # fmt: skip
+
+
+def test_shipped_snow_rule_reads_b3_b11_when_the_input_has_them() -> None:
+    from mfaf_cli.io.weights import read_manifest
+
+    entry = next(e for e in read_manifest() if e["default"])
+    checks = Checks.of(W.read_meta(W.weights_dir() / entry["file"]))
+    assert checks.extra_bands == ["green", "swir1"]
+    assert checks.rules[0].bands == ("red", "swir", "nir")
+    opt, (green, swir1) = _chip_bands(13, 8, 4), _chip_bands(3, 12)
+    valid = (opt != 0).all(axis=0)
+    raw = {"optical": opt, "optical+": np.stack([green, swir1]), "sar": _vv()[None]}
+    full = checks.with_bands({"green": ("optical+", 0), "swir1": ("optical+", 1)})
+    assert full.alternatives()["snow"]["alternative"] == 1
+    snow = full.codes(raw, valid) == 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want = ((green - swir1) / (green + swir1) >= 0.4) & (opt[1] > 1500) & valid
+    np.testing.assert_array_equal(snow, want)
+    assert 0 < want.sum() < (checks.codes(raw, valid) == 2).sum()  # fewer than the fallback

@@ -36,21 +36,21 @@ from mfaf_cli.io.weights import load_checkpoint, read_manifest, register_weights
 
 PACKAGE_WEIGHTS = Path(__file__).resolve().parents[1] / "mfaf_cli" / "weights"
 #: Applicability rules of the shipped water models (Sentinel-2 reflectance x 10 000). Snow has
-#: two alternatives, tried in order (mfaf_cli/applicability.py, ``rule_groups``):
+#: two alternatives, tried in order (mfaf_cli/applicability.py, ``rule_groups``); both use the
+#: same near-infrared test, the one established snow masks use to keep water out (water absorbs
+#: near-infrared, snow reflects it): ESA's Sentinel-2 processor Sen2Cor (scene classification,
+#: snow filter on B8A, top-of-atmosphere reflectance; Main-Knorn et al. 2017, Proc. SPIE 10427)
+#: gives snow zero confidence below 0.15; SNOMAP (Hall, Riggs & Salomonson 1995, RSE
+#: 54:127-140) and Fmask (Zhu & Woodcock 2012, RSE 118:83-94) use 0.11. The Sentinel-2 value is
+#: used: these models take Sentinel-2 B8, L1C (top-of-atmosphere) as well as L2A.
 #:
-#: 1. the published NDSI snow test, on bands the models do not take but a full Sentinel-2 input
-#:    holds (B3 green, B11 SWIR 1.6 um): SNOMAP (Hall, Riggs & Salomonson 1995, RSE 54:127-140):
-#:    NDSI = (green - swir1) / (green + swir1) >= 0.4 and near-infrared reflectance > 0.11 (water
-#:    also has a high NDSI; it absorbs near-infrared, snow reflects it). SNOMAP's values are used
-#:    as published (its NIR test on Sentinel-2 B8, the models' own NIR band).
+#: 1. the NDSI snow test, on bands the models do not take but a full Sentinel-2 input holds (B3
+#:    green, B11 SWIR 1.6 um): NDSI = (green - swir1) / (green + swir1) >= 0.4 (SNOMAP's NDSI
+#:    threshold; Sen2Cor's NDSI filter ramps over the same range);
 #: 2. for inputs with only the models' bands (B12, B8, B4): issue 20's NDSI-like test (red for
-#:    green, B12 for B11) plus a near-infrared test. SNOMAP and Fmask (Zhu & Woodcock 2012,
-#:    RSE 118:83-94) require NIR > 0.11; ESA's Sentinel-2 processor Sen2Cor (scene
-#:    classification, snow filter on B8A, top-of-atmosphere reflectance; Main-Knorn et al. 2017)
-#:    gives snow zero confidence below 0.15, the value used here (these models take Sentinel-2
-#:    B8, L1C as well as L2A).
+#:    green, B12 for B11) with red > 0.15.
 RULES: tuple[tuple[str, str], ...] = (
-    ("snow", "(green - swir1) / (green + swir1) >= 0.4 and nir > 1100"),
+    ("snow", "(green - swir1) / (green + swir1) >= 0.4 and nir > 1500"),
     ("snow", "(red - swir) / (red + swir) > 0.4 and red > 1500 and nir > 1500"),
 )
 
