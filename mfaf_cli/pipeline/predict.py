@@ -91,6 +91,10 @@ class PredictResult:
     threads: dict[str, int] = field(default_factory=dict)
     #: scene-percentile records: how the statistics were sampled and the pre-pass's seconds
     statistics: dict[str, Any] = field(default_factory=dict)
+    #: fraction of the grid's pixels per source (fusion, sar-only, optical-only, none) when
+    #: the run had fallbacks or an optical mask (pipeline/fallback.py); windows each fallback ran
+    sources: dict[str, float] = field(default_factory=dict)
+    fallback_windows: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -238,9 +242,10 @@ def run_on_scene(
         AlignedScene(inputs, read_grid(grid, plan), bands=bands, units=sar_units, meta=meta)
         as scene,
         _bounded_gdal_cache(scene, spec.tile, core.PANEL_WIDTH + 2 * spec.tile),
+        _fallback_scene(predictor, scene) as base,
     ):  # fmt: skip
         # --aoi: pixels outside the polygon invalid; blocks no window touching it needs unread
-        reader: Any = scene if aoi is None else aoi_scene(scene, polygon, plan)
+        reader: Any = base if aoi is None else aoi_scene(base, polygon, plan)
         for m, c in scene.band_choices.items():
             log.info("%s bands: %s", m, c.summary())
         t_stats = time.perf_counter()
@@ -259,6 +264,56 @@ def run_on_scene(
     stats = replace(stats, bands={m: c.to_dict() for m, c in scene.band_choices.items()},
                     statistics=sampling)  # fmt: skip
     return grid, stats, sink
+
+
+@contextlib.contextmanager
+def _fallback_scene(predictor: Any, scene: AlignedScene) -> Iterator[Any]:
+    """The scene as the predictor reads it: with source codes and the optical mask for a
+    :class:`~mfaf_cli.pipeline.fallback.FallbackPredictor`, else as it is."""
+    wrap = getattr(predictor, "wrap", None)
+    if wrap is None:
+        yield scene
+        return
+    wrapped = wrap(scene)
+    try:
+        yield wrapped
+    finally:
+        wrapped.close()
+
+
+def with_fallbacks(
+    predictor: Any,
+    source: ModelSource | None,
+    spec: InferenceSpec,
+    mask: Any = None,
+    fallbacks: Mapping[str, Any] | None = None,
+) -> Any:
+    """``predictor`` with its per-pixel fallbacks (``fallbacks``: missing modality -> model
+    spec; None: those the model's record names) and the optical mask, or as it is when there
+    are neither (see :mod:`mfaf_cli.pipeline.fallback`)."""
+    from mfaf_cli.pipeline.fallback import FallbackPredictor
+
+    meta: ModelMeta = predictor.meta
+    if fallbacks is None:
+        fallbacks = dict((source.meta if source is not None else meta).fallbacks)
+    if not fallbacks and mask is None:
+        return predictor
+    loaded = {}
+    for missing, model in fallbacks.items():
+        rest = tuple(m for m in meta.modality_names if m != missing)
+        if missing not in meta.modality_names or not rest:
+            raise UsageError(
+                f"fallback {model} is for a missing {missing}; the model takes "
+                f"{', '.join(meta.modality_names)}"
+            )
+        in_ch = {m: meta.modality(m).n_bands for m in rest}
+        fb, fb_source = load_predictor(model, rest, in_channels=in_ch, spec=spec)
+        if fb_source.untrained:
+            raise UsageError(f"fallback {model} has no trained weights; name a trained model")
+        with contextlib.suppress(AttributeError):
+            fb.name = fb_source.name
+        loaded[missing] = fb
+    return FallbackPredictor(predictor, loaded, mask)
 
 
 def _read_aoi(aoi: Any, bounds: Any) -> Any:
@@ -365,6 +420,10 @@ def predict(
     exclusion: PathLike | None = None,
     mask_excluded: bool = False,
     aoi: Any = None,
+    optical_mask: PathLike | None = None,
+    cloud_threshold: float | None = None,
+    source: PathLike | None = None,
+    fallbacks: Mapping[str, Any] | None = None,
 ) -> PredictResult:
     """Predict a land-use map for one scene and write it as georeferenced GeoTIFF(s).
 
@@ -395,6 +454,12 @@ def predict(
         mask_excluded: write excluded pixels as nodata in every output.
         aoi: a polygon file (GeoJSON, GPKG, SHP; any CRS) or :class:`~mfaf_cli.io.aoi.Aoi`:
             the run covers its bounds; pixels outside it are nodata.
+        optical_mask, cloud_threshold: optical pixels to treat as missing (a 0/1 mask, an S2
+            SCL band or L2A folder, or a cloud probability raster above ``cloud_threshold``;
+            see :mod:`mfaf_cli.coreg.cloudmask`).
+        source: write the source map (which model made each pixel: fusion / fallback / none).
+        fallbacks: missing modality -> fallback model (None: those the model's record names;
+            ``{}``: none). See :mod:`mfaf_cli.pipeline.fallback`.
 
     Raises:
         MfafError subclasses for every user-facing problem; nothing is left on disk then.
@@ -415,13 +480,18 @@ def predict(
     spec = InferenceSpec(tile, overlap, batch_size, blend, device, engine, precision, threads)
     check_distinct_outputs({"-o/--output": output, "--probabilities": probabilities,
                             "--confidence": confidence, "--vector": vector,
-                            "--exclusion": exclusion})  # fmt: skip
-    _check_outputs((output, probabilities, confidence, exclusion), vector, creation_options,
-                   overwrite)  # fmt: skip
+                            "--exclusion": exclusion, "--source": source})  # fmt: skip
+    _check_outputs((output, probabilities, confidence, exclusion, source), vector,
+                   creation_options, overwrite)  # fmt: skip
+    mask = _mask_input(optical_mask, cloud_threshold, inputs)
     for name, path in inputs.items():
         check_readable(path, name)
     area = _read_aoi(aoi, bounds)
+    given = predictor is not None
     predictor, model_name, trained = _predictor_for(predictor, model, inputs, bands, spec)
+    if not given:
+        predictor = with_fallbacks(predictor, getattr(predictor, "source", None), spec, mask,
+                                   fallbacks)  # fmt: skip
     meta: ModelMeta = predictor.meta
     tile = int(meta.tile_size if tile is None else tile)
     check_tile(tile, meta.divisor, meta.arch)
@@ -437,7 +507,8 @@ def predict(
         )
         ex = None if checks is None else Excluder(
             ordered, grid, meta, checks, bands=bands, sar_units=sar_units)  # fmt: skip
-        return with_excluder(ex, lambda e: OutputSet(
+        sm = _source_mapper(predictor, ordered, grid, bands, sar_units, source)
+        return _with_source(sm, lambda s: with_excluder(ex, lambda e: OutputSet(
             grid,
             meta,
             output,
@@ -452,7 +523,9 @@ def predict(
             exclusion=exclusion,
             excluder=e,
             mask_excluded=mask_excluded,
-        ))  # fmt: skip
+            source=source,
+            sourcer=s,
+        )))  # fmt: skip
 
     if read_threads is None:
         read_threads = spec.thread_split(on_gpu(predictor), reader_bound(predictor))[1]
@@ -499,7 +572,71 @@ def predict(
         cpu_seconds=stats.cpu_seconds,
         statistics=stats.statistics,
         threads={"engine": int(getattr(predictor, "threads", 0) or 0), "readers": read_threads},
+        **_source_summary(predictor, outputs),
     )
+
+
+def _mask_input(path: PathLike | None, threshold: float | None, inputs: Mapping[str, Any]) -> Any:
+    """``--optical-mask`` / ``--cloud-threshold`` checked (before the model loads); an S2 L2A
+    optical folder brings its own SCL band when no mask is given."""
+    from mfaf_cli.coreg.cloudmask import find_scl, optical_mask
+
+    if path is None and "optical" in inputs and Path(inputs["optical"]).is_dir():
+        scl = find_scl(inputs["optical"])
+        if scl is not None:
+            log.info("optical mask: the folder's SCL band %s", scl.name)
+            path = scl
+    if path is None:
+        if threshold is not None:
+            raise UsageError("--cloud-threshold applies to --optical-mask: give the mask raster")
+        return None
+    if "optical" not in inputs:
+        raise UsageError("--optical-mask masks the optical input, but there is no --optical")
+    check_readable(path, "optical mask")
+    return optical_mask(path, threshold)
+
+
+def _source_mapper(
+    predictor: Any, inputs: Mapping[str, Any], grid: Grid, bands: Any, units: str,
+    source: PathLike | None,
+) -> Any:  # fmt: skip
+    """The source codes of output rows for a fallback run (None otherwise; ``--source``
+    without fallbacks or mask is one line)."""
+    from mfaf_cli.pipeline.fallback import SourceMapper
+
+    coverage = getattr(predictor, "coverage", None)
+    if coverage is None:
+        if source is not None:
+            raise UsageError(
+                "--source maps which model made each pixel, but this run has no fallback "
+                "models and no --optical-mask: every pixel is the model's"
+            )
+        return None
+    return SourceMapper(inputs, grid, predictor.meta, coverage, bands=bands, sar_units=units)
+
+
+@contextlib.contextmanager
+def _with_source(mapper: Any, make_outputs: Callable[[Any], Any]) -> Iterator[Any]:
+    """Open the source mapper (when there is one) around the outputs it feeds."""
+    if mapper is None:
+        with make_outputs(None) as out:
+            yield out
+        return
+    with mapper, make_outputs(mapper) as out:
+        yield out
+
+
+def _source_summary(predictor: Any, outputs: Any) -> dict[str, Any]:
+    """``sources`` (fractions) and ``fallback_windows`` of a fallback run, for its result."""
+    from mfaf_cli.pipeline.fallback import source_fractions, source_names
+
+    if getattr(outputs, "sourcer", None) is None:
+        return {}
+    names = source_names(predictor.meta)
+    return {
+        "sources": source_fractions(outputs.source_counts[: len(names)], names),
+        "fallback_windows": dict(predictor.windows_run),
+    }
 
 
 def run_provenance(
