@@ -77,7 +77,9 @@ def holed(tmp_path: Path) -> Path:
     return tmp_path / "S2hole.tif"
 
 
-def _run(model: Path, optical: Path, out: Path, **kw: object) -> tuple[np.ndarray, np.ndarray, object]:
+def _run(
+    model: Path, optical: Path, out: Path, **kw: object
+) -> tuple[np.ndarray, np.ndarray, object]:
     kw.setdefault("bands", BANDS)
     inputs = {"optical": optical, "sar": CHIP / "S1.tif"}
     if kw.pop("sar_only", False):
@@ -190,8 +192,10 @@ def test_mask_without_fallback_makes_masked_pixels_nodata(
     mask = write_geotiff(tmp_path / "m.tif", m, crs=crs, transform=transform)  # type: ignore[arg-type]
     lab, _, res = _run(main, CHIP / "S2.tif", tmp_path / "o.tif", optical_mask=mask, fallbacks={})
     assert (lab[:50] == 255).all() and (lab[50:] != 255).all()
-    assert res.sources == {"none": pytest.approx(50 / 384, abs=1e-6), "fusion": pytest.approx(334 / 384, abs=1e-6),  # type: ignore[attr-defined]
-                           "sar-only": 0.0, "optical-only": 0.0}  # fmt: skip
+    got = res.sources  # type: ignore[attr-defined]
+    assert got["none"] == pytest.approx(50 / 384, abs=1e-6)
+    assert got["fusion"] == pytest.approx(334 / 384, abs=1e-6)
+    assert got["sar-only"] == got["optical-only"] == 0.0
 
 
 def test_mask_kinds_and_values() -> None:
@@ -215,7 +219,9 @@ def test_l2a_folder_brings_its_scl(tmp_path: Path) -> None:
     for res in ("R20m", "R60m"):
         (granule / res).mkdir(parents=True)
         write_geotiff(granule / res / f"T30_20200101_SCL_{res[1:]}.tif", np.zeros((4, 4), np.uint8))
-        write_geotiff(granule / res / f"T30_20200101_B04_{res[1:]}.tif", np.zeros((4, 4), np.uint16))
+        write_geotiff(
+            granule / res / f"T30_20200101_B04_{res[1:]}.tif", np.zeros((4, 4), np.uint16)
+        )
     scl = find_scl(tmp_path / "S2B_MSIL2A.SAFE")
     assert scl is not None and scl.name == "T30_20200101_SCL_20m.tif"
     assert optical_mask(tmp_path / "S2B_MSIL2A.SAFE").kind == "scl"
@@ -235,7 +241,9 @@ def _cli_bad(runner, models: tuple[Path, Path], tmp_path: Path, *extra: object) 
     return lines[0]
 
 
-def test_bad_masks_and_fallbacks_are_one_line(runner, models: tuple[Path, Path], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_masks_and_fallbacks_are_one_line(
+    runner, models: tuple[Path, Path], tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     far = write_geotiff(tmp_path / "far.tif", np.ones((10, 10), np.uint8))  # UTM 30N, elsewhere
     assert "overlap" in _cli_bad(runner, models, tmp_path, "--optical-mask", far)
     crs, transform = _mask_grid((384, 384), 1)
@@ -245,7 +253,8 @@ def test_bad_masks_and_fallbacks_are_one_line(runner, models: tuple[Path, Path],
     assert "0-100" in _cli_bad(runner, models, tmp_path, "--optical-mask", scl,
                                "--cloud-threshold", "101")  # fmt: skip
     # a fallback whose classes differ from the main model's
-    main, sar = models
-    three = replace(W.read_meta(sar), classes=(*tiny_meta().classes, replace(tiny_meta().classes[0], id=2, name="cloud")))
+    sar = models[1]
+    water = tiny_meta().classes
+    three = replace(W.read_meta(sar), classes=(*water, replace(water[0], id=2, name="cloud")))
     W.save_checkpoint(CtxNet(three.in_channels, 3), three, sar)
     assert "classes" in _cli_bad(runner, models, tmp_path)
