@@ -13,6 +13,11 @@
 # on whole patches; the shipped checkpoint of each run is its best validation epoch.
 # Round 4 (not shipped; weights/README.md): the same with --epochs 8 --photometric 0.5 and run
 # names *-r4-s$seed. All eight runs' metrics, logs and evaluations are in weights/logs/.
+# Issue 24 (per-pixel fallback): the SAR-only U-Net `unet-sar-ombria-water`, the same recipe
+# (COMMON, OMBRIA, round 3) with --model unet-sar; one seed (seed 0) on the shared 2-core CPU,
+# niced, 1 thread (`train-sar`); scored by eval_model.py (SAR band only), shipped as a non-default
+# model for SAR alone and named in the manifest as the fusion models' fallback for missing
+# optical (`ship-sar`, weights/set_fallback.py).
 set -euo pipefail
 DATA=../shared/data/ombria
 COMMON=(--epochs 6 --batch-size 8 --tile 128 --photometric 0.25 --normalisation fixed --lr 1e-3
@@ -30,6 +35,20 @@ train)
   done
   wait
   ;;
+train-sar)  # issue 24: the SAR-only fallback (seed 0; add seed 1 where the CPU allows)
+  mkdir -p runs
+  for seed in ${SEEDS:-0}; do
+    nice -n 10 mfaf train --dataset ombria --data-root "$DATA" --model unet-sar \
+      -o "runs/unet-sar-r3-s$seed" --seed "$seed" "${COMMON[@]}" > "runs/unet-sar-r3-s$seed.log" 2>&1 &
+  done
+  wait
+  ;;
+ship-sar)  # $2 = run dir (evaluated): ship it and name it as the fusion models' fallback
+  python3 weights/make_shipped.py "$2" unet-sar-ombria-water --eval "$2/eval.json" \
+    --description "SAR-only U-Net (VV), OMBRIA (624 ids), fixed Sentinel normalisation, round 3 recipe, seed 0: the fallback where optical is missing or clouded"
+  python3 weights/set_fallback.py mfafnet-s-ombria-water optical=unet-sar-ombria-water
+  python3 weights/set_fallback.py unet-ombria-water optical=unet-sar-ombria-water
+  ;;
 eval)  # $2 = run dir: writes RUN/eval.json
   python3 weights/eval_model.py "$2/best.safetensors" ../shared/data > "$2/eval.json"
   ;;
@@ -37,7 +56,7 @@ ship)  # $2 = run dir, $3 = name, $4 = --default or empty
   python3 weights/make_shipped.py "$2" "$3" ${4:-} --eval "$2/eval.json"
   ;;
 *)
-  echo "usage: $0 train | eval RUN_DIR | ship RUN_DIR NAME [--default]" >&2
+  echo "usage: $0 train | train-sar | eval RUN_DIR | ship RUN_DIR NAME [--default] | ship-sar RUN_DIR" >&2
   exit 2
   ;;
 esac
