@@ -19,7 +19,7 @@ PACKAGE_WEIGHTS = Path(__file__).resolve().parents[1] / "mfaf_cli" / "weights"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("name")
-    ap.add_argument("fallbacks", nargs="*", help="MISSING=MODEL, e.g. optical=unet-sar-ombria-water")
+    ap.add_argument("fallbacks", nargs="*", help="MISSING=MODEL (optical=unet-sar-ombria-water)")
     ap.add_argument("--clear", action="store_true")
     ap.add_argument("--weights-dir", type=Path, default=PACKAGE_WEIGHTS)
     a = ap.parse_args()
