@@ -258,3 +258,29 @@ def test_bad_masks_and_fallbacks_are_one_line(
     three = replace(W.read_meta(sar), classes=(*water, replace(water[0], id=2, name="cloud")))
     W.save_checkpoint(CtxNet(three.in_channels, 3), three, sar)
     assert "classes" in _cli_bad(runner, models, tmp_path)
+
+
+def test_fallbacks_travel_in_the_record_and_the_manifest(
+    models: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint's record names its fallbacks (JSON round trip); a shipped model's manifest
+    entry may name them instead (weights/set_fallback.py), filled in when it is resolved."""
+    from mfaf_cli.metadata import ModelMeta
+    from mfaf_cli.models.resolve import resolve_model
+
+    main, sar = models
+    meta = W.read_meta(main)
+    assert meta.fallbacks == {"optical": str(sar)}
+    assert ModelMeta.from_json(meta.to_json()).fallbacks == meta.fallbacks
+    assert "fallbacks" not in replace(meta, fallbacks={}).to_dict()  # old records unchanged
+    plain = replace(meta, fallbacks={})
+    W.save_checkpoint(CtxNet(plain.in_channels, 2), plain, tmp_path / "plain.safetensors")
+    root = tmp_path / "weights"
+    monkeypatch.setenv("MFAF_WEIGHTS_DIR", str(root))
+    W.register_weights(tmp_path / "plain.safetensors", "plain-water", root=root)
+    assert resolve_model("plain-water").meta.fallbacks == {}
+    doc = (root / "manifest.json").read_text().replace(
+        '"name": "plain-water",', '"name": "plain-water", "fallbacks": {"optical": "x"},'
+    )
+    (root / "manifest.json").write_text(doc)
+    assert resolve_model("plain-water").meta.fallbacks == {"optical": "x"}
