@@ -279,8 +279,10 @@ def test_fallbacks_travel_in_the_record_and_the_manifest(
     monkeypatch.setenv("MFAF_WEIGHTS_DIR", str(root))
     W.register_weights(tmp_path / "plain.safetensors", "plain-water", root=root)
     assert resolve_model("plain-water").meta.fallbacks == {}
-    doc = (root / "manifest.json").read_text().replace(
-        '"name": "plain-water",', '"name": "plain-water", "fallbacks": {"optical": "x"},'
+    doc = (
+        (root / "manifest.json")
+        .read_text()
+        .replace('"name": "plain-water",', '"name": "plain-water", "fallbacks": {"optical": "x"},')
     )
     (root / "manifest.json").write_text(doc)
     assert resolve_model("plain-water").meta.fallbacks == {"optical": "x"}
