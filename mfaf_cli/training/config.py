@@ -196,8 +196,10 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.grad_clip >= 0, f"grad clip must be >= 0, got {cfg.grad_clip}"),
         (_workers_ok(cfg.num_workers), f"num workers must be >= 0 or auto, got {cfg.num_workers}"),
         (cfg.tile >= 8, f"tile must be >= 8 pixels, got {cfg.tile}"),
-        (0 <= cfg.modality_dropout <= 1,
-         f"modality dropout must be a probability in [0, 1], got {cfg.modality_dropout}"),
+        (
+            0 <= cfg.modality_dropout <= 1,
+            f"modality dropout must be a probability in [0, 1], got {cfg.modality_dropout}",
+        ),
         (0 < cfg.val_fraction < 1, f"val fraction must be in (0, 1), got {cfg.val_fraction}"),
         (cfg.max_batches is None or cfg.max_batches >= 1, "max batches must be >= 1"),
         (cfg.max_val_batches is None or cfg.max_val_batches >= 0, "max val batches must be >= 0"),
