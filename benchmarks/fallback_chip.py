@@ -109,7 +109,9 @@ def main() -> dict[str, object]:
         full = {"optical": str(s2), "sar": str(s1)}
         cloud, _, cres = run(full, t / "cloud.tif", a.fusion, fallbacks=fb,
                                    optical_mask=t / "mask.tif", source=t / "csrc.tif")  # fmt: skip
-        sar, _, _ = run({"sar": str(s1)}, t / "sar.tif", a.sar_model)
+        # the SAR-only model alone, on the fusion run's windows (its own record's tile may
+        # differ: training crops), so its pixels are comparable one for one
+        sar, _, _ = run({"sar": str(s1)}, t / "sar.tif", a.sar_model, tile=res["tile"])
         unmasked, _, _ = run(full, t / "full.tif", a.fusion, fallbacks={})
         with rasterio.open(t / "src.tif") as ds:
             src = ds.read(1)

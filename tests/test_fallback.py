@@ -286,3 +286,30 @@ def test_fallbacks_travel_in_the_record_and_the_manifest(
     )
     (root / "manifest.json").write_text(doc)
     assert resolve_model("plain-water").meta.fallbacks == {"optical": "x"}
+
+
+def test_fallback_runs_on_the_main_models_windows(
+    models: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fallback whose record says another tile (e.g. its training crops) is loaded for the
+    main model's tile: an ONNX fallback exported for its own tile would refuse the windows."""
+    import importlib
+
+    from mfaf_cli.pipeline.spec import InferenceSpec
+
+    P = importlib.import_module("mfaf_cli.pipeline.predict")  # the module, not the function
+
+    main, sar = models
+    W.save_checkpoint(CtxNet({"sar": 1}, 2), replace(W.read_meta(sar), tile_size=32), sar)
+    seen: list[int | None] = []
+    real = P.load_predictor
+
+    def spy(model, modalities, *, in_channels, spec):  # type: ignore[no-untyped-def]
+        seen.append(spec.tile)
+        return real(model, modalities, in_channels=in_channels, spec=spec)
+
+    monkeypatch.setattr(P, "load_predictor", spy)
+    pred, source = real(str(main), ("optical", "sar"), in_channels=None,
+                        spec=InferenceSpec(engine="torch", device="cpu"))  # fmt: skip
+    wrapped = P.with_fallbacks(pred, source, InferenceSpec(engine="torch", device="cpu"))
+    assert seen == [64] and wrapped.fallbacks["optical"].meta.tile_size == 32

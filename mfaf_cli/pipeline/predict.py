@@ -299,6 +299,7 @@ def with_fallbacks(
     if not fallbacks and mask is None:
         return predictor
     loaded = {}
+    spec = spec.with_tile(int(spec.tile or meta.tile_size))  # the main model's windows
     for missing, model in fallbacks.items():
         rest = tuple(m for m in meta.modality_names if m != missing)
         if missing not in meta.modality_names or not rest:
