@@ -10,7 +10,9 @@ files named *_S2Hand.tif, *_S1Hand.tif, *_LabelHand.tif). Runs, all on the same 
 * ``fusion_fallback``: the same with the SAR-only fallback, ``--source`` written;
 * ``cloud_mask``: the *unblanked* optical with a 0/1 ``--optical-mask`` over the square;
 * ``sar_only``: the SAR-only model alone; ``fusion_unmasked``: the fusion model on the full
-  optical (what the optical would have given); ``otsu_vv``: Otsu on VV dB (whole chip).
+  optical (what the optical would have given); ``otsu_vv``: Otsu on VV dB (whole chip);
+* ``fusion_self_no_optical``: the fusion model maps the square itself with its optical missing
+  (fallback ``self``: the modality-dropout way; pass a --modality-dropout model as --fusion).
 
 Water IoU in the square for each, the fraction of the square mapped, and whether the rest of
 the map equals ``fusion_plain`` (labels; max |probability difference|). Last line: one JSON.
@@ -113,6 +115,9 @@ def main() -> dict[str, object]:
         # differ: training crops), so its pixels are comparable one for one
         sar, _, _ = run({"sar": str(s1)}, t / "sar.tif", a.sar_model, tile=res["tile"])
         unmasked, _, _ = run(full, t / "full.tif", a.fusion, fallbacks={})
+        # the modality-dropout alternative: the fusion model maps the square itself, its optical
+        # fed as missing (meaningful for a model trained with --modality-dropout: --fusion)
+        itself, _, _ = run(both, t / "self.tif", a.fusion, fallbacks={"optical": "self"})
         with rasterio.open(t / "src.tif") as ds:
             src = ds.read(1)
     ok = np.isfinite(vv) & (truth >= 0)
@@ -124,6 +129,7 @@ def main() -> dict[str, object]:
         "cloud_mask": water_iou(cloud, truth, square),
         "sar_only": water_iou(sar, truth, square),
         "fusion_unmasked": water_iou(unmasked, truth, square),
+        "fusion_self_no_optical": water_iou(itself, truth, square),
         "otsu_vv": water_iou(otsu, truth, square),
     }
     out["water_iou_outside_square"] = {

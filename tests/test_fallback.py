@@ -313,3 +313,19 @@ def test_fallback_runs_on_the_main_models_windows(
                         spec=InferenceSpec(engine="torch", device="cpu"))  # fmt: skip
     wrapped = P.with_fallbacks(pred, source, InferenceSpec(engine="torch", device="cpu"))
     assert seen == [64] and wrapped.fallbacks["optical"].meta.tile_size == 32
+
+
+def test_self_fallback_lets_the_fusion_model_map_without_optical(
+    models: tuple[Path, Path], holed: Path, tmp_path: Path
+) -> None:
+    """``self`` (for models trained with --modality-dropout): the hole is mapped by the fusion
+    model itself, its optical fed as missing; every other pixel as without fallbacks."""
+    main, _ = models
+    plain, plain_p, _ = _run(main, holed, tmp_path / "plain.tif", fallbacks={})
+    lab, prob, res = _run(main, holed, tmp_path / "self.tif", fallbacks={"optical": "self"})
+    hole = np.zeros(plain.shape, bool)
+    hole[HOLE] = True
+    assert (lab != 255).all() and (plain[hole] == 255).all()
+    np.testing.assert_array_equal(prob[:, ~hole], plain_p[:, ~hole])
+    assert res.sources["sar-only"] == pytest.approx(hole.mean(), abs=1e-6)  # type: ignore[attr-defined]
+    assert res.fallback_windows == {"optical": 0}  # type: ignore[attr-defined]

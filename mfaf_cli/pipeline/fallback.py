@@ -43,6 +43,9 @@ SOURCE_KEY = "_source"
 #: Prefix of raw (un-normalised) copies of a modality, for a fallback normalising otherwise.
 RAW_PREFIX = "_raw:"
 NONE, FUSION = 0, 1
+#: A fallback name meaning "the main model itself, the missing modality fed as missing (0 after
+#: normalisation)": for fusion models trained with ``--modality-dropout`` (training/dropout.py).
+SELF = "self"
 
 
 def source_names(meta: ModelMeta) -> list[str]:
@@ -171,13 +174,15 @@ class FallbackPredictor:
     def __init__(self, main: Any, fallbacks: Mapping[str, Any], mask: OpticalMask | None) -> None:
         self.main = main
         self.meta: ModelMeta = main.meta
+        #: missing modality -> predictor, or None: the main model maps those pixels itself
         self.fallbacks = dict(fallbacks)
         for missing, fb in self.fallbacks.items():
-            check_fallback(self.meta, fb.meta, missing, getattr(fb, "name", fb.meta.arch))
+            if fb is not None:
+                check_fallback(self.meta, fb.meta, missing, getattr(fb, "name", fb.meta.arch))
         self.coverage = Coverage(self.meta.modality_names, tuple(self.fallbacks), mask)
         #: modalities whose normalisation differs between the main model and a fallback
         self.raw = tuple(sorted({
-            m for fb in self.fallbacks.values() for m in fb.meta.modality_names
+            m for fb in self.fallbacks.values() if fb is not None for m in fb.meta.modality_names
             if fb.meta.modality(m).normalisation != self.meta.modality(m).normalisation
         }))  # fmt: skip
         #: windows each fallback ran on (missing modality -> count)
@@ -195,6 +200,8 @@ class FallbackPredictor:
         codes = batch[SOURCE_KEY][:, 0]
         probs = np.array(self.main({m: batch[m] for m in self.meta.modality_names}), copy=True)
         for missing, fb in self.fallbacks.items():
+            if fb is None:  # SELF: the main model's probabilities stand
+                continue
             need = codes == fallback_code(self.meta, missing)
             idx = np.flatnonzero(need.reshape(len(need), -1).any(axis=1))
             if idx.size == 0:

@@ -289,16 +289,17 @@ def with_fallbacks(
     fallbacks: Mapping[str, Any] | None = None,
 ) -> Any:
     """``predictor`` with its per-pixel fallbacks (``fallbacks``: missing modality -> model
-    spec; None: those the model's record names) and the optical mask, or as it is when there
-    are neither (see :mod:`mfaf_cli.pipeline.fallback`)."""
-    from mfaf_cli.pipeline.fallback import FallbackPredictor
+    spec, or ``self``: the model itself with that modality missing; None: those the model's
+    record names) and the optical mask, or as it is when there are neither (see
+    :mod:`mfaf_cli.pipeline.fallback`)."""
+    from mfaf_cli.pipeline.fallback import SELF, FallbackPredictor
 
     meta: ModelMeta = predictor.meta
     if fallbacks is None:
         fallbacks = dict((source.meta if source is not None else meta).fallbacks)
     if not fallbacks and mask is None:
         return predictor
-    loaded = {}
+    loaded: dict[str, Any] = {}
     spec = spec.with_tile(int(spec.tile or meta.tile_size))  # the main model's windows
     for missing, model in fallbacks.items():
         rest = tuple(m for m in meta.modality_names if m != missing)
@@ -307,6 +308,9 @@ def with_fallbacks(
                 f"fallback {model} is for a missing {missing}; the model takes "
                 f"{', '.join(meta.modality_names)}"
             )
+        if model == SELF:  # a fusion model trained with --modality-dropout maps them itself
+            loaded[missing] = None
+            continue
         in_ch = {m: meta.modality(m).n_bands for m in rest}
         fb, fb_source = load_predictor(model, rest, in_channels=in_ch, spec=spec)
         if fb_source.untrained:
