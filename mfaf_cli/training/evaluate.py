@@ -11,6 +11,7 @@ normalise → predictor → blend steps in memory.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -499,11 +500,14 @@ def scene_sink(
     k = meta.num_classes
     inputs = {m: os.fspath(scene.inputs[m]) for m in meta.modality_names}
     bands = {m: scene.bands[m] for m in meta.modality_names if scene.bands.get(m)}
+    label_fn = ds.map_label  # the scene's own ignore_value (a scene list column), as in training
+    if scene.ignore is not None:
+        label_fn = functools.partial(ds.map_label, ignore=scene.ignore)
 
     def make_sink(grid: Any) -> Any:
         ex = None if checks is None else Excluder(inputs, grid, meta, checks, bands=bands)
         return with_excluder(ex, lambda e: ConfusionSink(
-            scene.label, grid, k, label_fn=ds.map_label, ignore_index=ds.ignore_index,
+            scene.label, grid, k, label_fn=label_fn, ignore_index=ds.ignore_index,
             block=block, calibration=True, excluder=e))  # fmt: skip
 
     read = ReadSpec(inputs=inputs, bands=bands)
