@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
