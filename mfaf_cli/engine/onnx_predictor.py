@@ -116,7 +116,7 @@ def configure_threads(opts: Any, threads: int | None) -> None:
 #: Tiles per session run on CPU. ONNX Runtime's arena holds the activations of the largest
 #: run, so it grows with the batch, while a CPU core's seconds per tile do not: measured on
 #: the shipped MFAFNet-S at 256² (2 intra-op threads), peak RSS 234 / 175 / 147 MB at 4 / 2 /
-#: 1 tiles a run, 0.44 CPU-s per tile at each (benchmarks/results/onnx_tiles_per_run.txt).
+#: 1 tiles a run, 0.44 CPU-s per tile at each (benchmarks/onnx_tiles_per_run.py).
 CPU_RUN_TILES = 1
 
 
