@@ -13,6 +13,10 @@ measurement runs in a fresh subprocess (its own peak RSS):
   AdamW) on batches already in memory (model only) and fed by the loader (end to end), at the
   default (``auto``) workers or ``--step-workers``; cross-entropy only, the same step in both.
 
+CPU: ``main_cpu_ms_per_sample`` per epoch is the main process's (with 0 workers, all of the
+loading; with workers, collating and receiving only); ``cpu_s_with_workers`` is the whole
+subprocess with its workers, set-up included. Both sides report both.
+
 TorchGeo (``--torchgeo-venv DIR``, a venv with torch + torchvision + torchgeo; never a
 dependency of mfaf): one ``RasterDataset`` subclass per file, ``&``, ``RandomGeoSampler`` with
 the same patch size and sample count, ``stack_samples``, at the same worker counts.
@@ -153,14 +157,15 @@ def run_loader(args: argparse.Namespace) -> dict[str, Any]:
     ds = _dataset(Path(args.root), args.tile, args.seed)
     rss0 = peak_rss_mb("VmRSS")
     loader = _loader(ds, args.w, args.batch, args.seed, "cpu")
-    rates = []
+    rates, cpu_ms = [], []
     for e in range(args.epochs):
-        t0, n = time.perf_counter(), 0
+        t0, c0, n = time.perf_counter(), time.process_time(), 0
         for b in loader.epoch(e):
             n += int(b["mask"].shape[0])
             if args.samples and n >= args.samples:
                 break
         rates.append(n / (time.perf_counter() - t0))
+        cpu_ms.append(round((time.process_time() - c0) / n * 1e3, 1))
     workers = loader.workers
     del loader  # shuts the (persistent) workers down, so their peak RSS is counted
     import gc
@@ -179,7 +184,8 @@ def run_loader(args: argparse.Namespace) -> dict[str, Any]:
             "warm_median": round(statistics.median(rates[1:]), 1) if len(rates) > 1 else None,
             "peak_rss_mb": round(peak_rss_mb(), 1), "rss_after_setup_mb": round(rss0, 1),
             "workers_peak_rss_mb": round(children_peak_rss_mb(), 1),
-            "cpu_s_with_workers": round(cpu, 2)}  # fmt: skip
+            "cpu_s_with_workers": round(cpu, 2),
+            "main_cpu_ms_per_sample": cpu_ms}  # fmt: skip
 
 
 def run_model(args: argparse.Namespace) -> dict[str, Any]:
@@ -259,12 +265,13 @@ ds = Optical(root, crs=label.crs, res=label.res) & Sar(root, crs=label.crs, res=
 sampler = RandomGeoSampler(ds, size=patch, length=n)
 dl = DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers,
                 collate_fn=stack_samples, persistent_workers=workers > 0)
-rates = []
+rates, cpu_ms = [], []
 for e in range(epochs):
-    t0, k = time.perf_counter(), 0
+    t0, c0, k = time.perf_counter(), time.process_time(), 0
     for b in dl:
         k += b["image"].shape[0]
     rates.append(k / (time.perf_counter() - t0))
+    cpu_ms.append(round((time.process_time() - c0) / k * 1e3, 1))
 rss = 0.0
 for line in open("/proc/self/status"):
     if line.startswith("VmHWM:"):
@@ -276,7 +283,8 @@ cpu = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_S
                                            resource.getrusage(resource.RUSAGE_CHILDREN)))
 print(json.dumps({"workers": workers, "cold": round(rates[0], 1),
                   "warm": [round(r, 1) for r in rates[1:]], "peak_rss_mb": round(rss, 1),
-                  "workers_peak_rss_mb": round(kids, 1), "cpu_s_with_workers": round(cpu, 2)}))
+                  "workers_peak_rss_mb": round(kids, 1), "cpu_s_with_workers": round(cpu, 2),
+                  "main_cpu_ms_per_sample": cpu_ms}))
 """
 
 
