@@ -118,3 +118,15 @@ def test_a_fully_valid_source_block_needs_no_mask_warp(
         assert np.array_equal(ok_a, ok_b)
         for m in a:
             assert np.array_equal(a[m], b[m], equal_nan=True)
+
+
+def test_the_cache_is_kept_only_for_a_scene_whose_warped_sources_fit_whole(
+    scene: tuple[dict[str, Path], Path],
+) -> None:
+    inputs, label = scene
+    grid = grid_from_reference(label)
+    need = (3 * 4 + 1 + 1 * 4 + 1) * grid.height * grid.width  # optical 3 + SAR 1, both warped
+    fits = AlignedScene(inputs, grid, warp_cache_bytes=need)
+    assert fits.warp_cache is not None and fits.warp_cache.max_bytes == need
+    assert AlignedScene(inputs, grid, warp_cache_bytes=need - 1).warp_cache is None
+    assert AlignedScene(inputs, grid).warp_cache is None

@@ -166,9 +166,10 @@ class AlignedScene:
             default the ``--nodata`` of :func:`~mfaf_cli.coreg.validity.nodata_overrides`).
         quiet: say nothing about band choices and impossible values (a second reader of the
             same inputs, e.g. the exclusion check, whose first reader already said it).
-        warp_cache_bytes: keep warped sources' grid blocks between reads, up to this many bytes
-            (0: none). For a reader that comes back to the same area (training epochs); a
-            window's values are then those of the fixed blocks under it (coreg/warpcache.py).
+        warp_cache_bytes: keep warped sources' grid blocks between reads when the whole warped
+            scene fits in this many bytes (0: never). For a reader that comes back to the same
+            area (training epochs); a window's values are then those of the fixed blocks under
+            it (coreg/warpcache.py).
     """
 
     def __init__(
@@ -206,7 +207,7 @@ class AlignedScene:
         #: How the last scene statistics were sampled (see :meth:`sample_values`).
         self.stats_sampling: dict[str, object] = {}
         #: warped sources' grid blocks kept between reads (training; coreg/warpcache.py)
-        self.warp_cache = WarpCache(warp_cache_bytes) if warp_cache_bytes > 0 else None
+        self.warp_cache: WarpCache | None = None
         handles: dict[str, Any] = {}
         try:
             for name, path in inputs.items():
@@ -221,6 +222,11 @@ class AlignedScene:
             self.close()
             raise
         self._local.handles = handles
+        warped = sum(4 * len(s.indexes) + 1 for s in self.sources.values() if s.offset is None)
+        if warped and 0 < warped * grid.height * grid.width <= warp_cache_bytes:
+            # only a cache that holds the whole warped scene: a window cut from blocks may
+            # need 4 block warps, so a partial cache would warp more than it saves
+            self.warp_cache = WarpCache(warp_cache_bytes)
 
     # -- set-up --------------------------------------------------------------------------
     def _describe(

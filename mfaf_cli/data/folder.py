@@ -48,8 +48,8 @@ log = logging.getLogger("mfaf.data")
 MODALITY_COLUMNS = ALL_MODALITIES
 
 #: warped grid blocks each process (main or loader worker) keeps between epochs
-#: (coreg/warpcache.py): 2 SAR bands warped onto a 10 m label grid take 9 B a pixel (values
-#: and valid mask), so a 2048² scene fits whole; larger scenes are partly warped again
+#: (coreg/warpcache.py), for a scene whose warped sources fit whole: 2 SAR bands warped onto
+#: a 10 m label grid take 9 B a pixel (values and valid mask), so up to ~2700² pixels
 WARP_CACHE_BYTES = 64 * 2**20
 
 
