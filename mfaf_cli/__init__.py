@@ -3,6 +3,7 @@
 Importing the package is cheap (no torch). The public API is imported lazily:
 
     from mfaf_cli import predict        # streamed, blended, georeferenced prediction
+    from mfaf_cli import ReadSpec, InferenceSpec, WriteSpec  # what to read, how, what to write
     from mfaf_cli import create_model   # registry of fusion networks
 """
 
@@ -15,6 +16,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "predict": ("mfaf_cli.pipeline.predict", "predict"),
     "coregister": ("mfaf_cli.pipeline.predict", "coregister"),
+    "predict_batch": ("mfaf_cli.pipeline.batch", "predict_batch"),
+    "ReadSpec": ("mfaf_cli.pipeline.read_spec", "ReadSpec"),
+    "InferenceSpec": ("mfaf_cli.pipeline.spec", "InferenceSpec"),
+    "WriteSpec": ("mfaf_cli.pipeline.write_spec", "WriteSpec"),
     "create_model": ("mfaf_cli.registry", "create_model"),
     "list_models": ("mfaf_cli.registry", "list_models"),
     "load_model": ("mfaf_cli.models.resolve", "load_model"),

@@ -21,3 +21,7 @@ ALIGNMENT_KINDS: tuple[str, ...] = get_args(AlignmentKind)
 #: What ``--confidence`` writes: the top class probability, or the normalised entropy.
 ConfidenceKind = Literal["top", "entropy"]
 CONFIDENCE_KINDS: tuple[ConfidenceKind, ...] = ("top", "entropy")
+
+#: How ``--probabilities`` are stored: uint8 0..254 (255 nodata) or float32 0..1 (NaN nodata).
+ProbabilityDtype = Literal["uint8", "float32"]
+PROBABILITY_DTYPES: tuple[str, ...] = get_args(ProbabilityDtype)

@@ -18,6 +18,7 @@ from mfaf_cli.io import weights as W
 from mfaf_cli.metadata import ModalitySpec, Normalisation
 from mfaf_cli.pipeline import core
 from mfaf_cli.pipeline.predict import predict
+from mfaf_cli.pipeline.read_spec import ReadSpec
 from mfaf_cli.tiling.plan import plan_windows
 from mfaf_cli.tiling.windows import tile_windows
 
@@ -165,7 +166,7 @@ def test_confusion_sink_scores_panels_like_the_whole_width(
             return ConfusionSink(CHIP / "label.tif", grid, 2, ignore_index=255)
 
         _, stats, sink = run_on_scene(inputs, predictor.meta, predictor, make_sink,
-                                      InferenceSpec(tile=64), bands=BANDS)  # fmt: skip
+                                      InferenceSpec(tile=64), ReadSpec(bands=BANDS))  # fmt: skip
         assert stats.windows == len(tile_windows(384, 384, 64, 0.25))
         return sink.confusion
 
@@ -213,7 +214,7 @@ def test_panels_run_each_window_once(context_model: Path, monkeypatch: pytest.Mo
         counted.clear()
         run_on_scene({"optical": CHIP / "S2.tif", "sar": CHIP / "S1.tif"}, inner.meta,
                      Counting(), lambda grid: NullSink(), InferenceSpec(tile=64),
-                     bands=BANDS)  # fmt: skip
+                     ReadSpec(bands=BANDS))  # fmt: skip
         return sum(counted)
 
     whole = windows_run()

@@ -27,6 +27,7 @@ from mfaf_cli.errors import UsageError
 from mfaf_cli.io import weights as W
 from mfaf_cli.metadata import ModelMeta
 from mfaf_cli.pipeline.predict import predict
+from mfaf_cli.pipeline.spec import InferenceSpec
 
 CHIP = EXAMPLES / "sen1floods11"
 BANDS = {"optical": [4, 3, 2, 8], "sar": [1]}
@@ -290,8 +291,9 @@ def test_evaluate_dataset_scores_with_and_without_excluded(
     meta = replace(tiny_meta(), rules=(("bright", f"red > {cut}"),))
     torch.manual_seed(0)
     ckpt = W.save_checkpoint(TinyFusion(meta.in_channels, 2), meta, tmp_path / "m.safetensors")
+    spec = InferenceSpec(tile=32, device="cpu", engine="torch")
     res = evaluate_model(
-        ckpt, "sen1floods11", root, "all", tile=32, device="cpu", engine="torch",
+        ckpt, "sen1floods11", root, "all", spec=spec,
         bands={"optical": [4, 3, 2, 8]}, progress=False, mask_excluded=True,
     )  # fmt: skip
     pr = create_predictor(str(ckpt), device="cpu", engine="torch")

@@ -15,6 +15,7 @@ from rasterio.transform import from_origin
 
 from mfaf_cli.errors import BandMismatchError, LabelError
 from mfaf_cli.metadata import WATER_CLASSES, ModelMeta
+from mfaf_cli.pipeline.spec import InferenceSpec
 from mfaf_cli.scores.metrics import confusion_matrix
 from mfaf_cli.training.evaluate import evaluate_model, evaluate_rasters, predict_arrays
 
@@ -221,7 +222,8 @@ def test_evaluate_model_on_patches_matches_direct_prediction(tmp_path: Path) -> 
 
     root = make_ombria(tmp_path / "ombria", n_train=4, n_test=3)
     ckpt = _checkpoint(tmp_path, open_dataset("ombria", root, "train"))
-    res = evaluate_model(ckpt, "ombria", root, "test", tile=32, device="cpu", progress=False)
+    spec = InferenceSpec(tile=32, device="cpu")
+    res = evaluate_model(ckpt, "ombria", root, "test", spec=spec, progress=False)
     # by hand: normalise each whole patch, one forward pass, argmax
     pr = create_predictor(str(ckpt), device="cpu")
     test = open_dataset("ombria", root, "test")
@@ -248,9 +250,8 @@ def test_pipeline_and_in_memory_paths_agree(tmp_path: Path) -> None:
     root = make_sen1floods11(tmp_path / "s1f", size=48)
     ds = open_dataset("sen1floods11", root, "all")
     ckpt = _checkpoint(tmp_path, ds)
-    res = evaluate_model(
-        ckpt, "sen1floods11", root, "all", tile=32, overlap=0.5, device="cpu", progress=False
-    )
+    spec = InferenceSpec(tile=32, overlap=0.5, device="cpu")
+    res = evaluate_model(ckpt, "sen1floods11", root, "all", spec=spec, progress=False)
     assert res.info["scenes"] == 3
     pr = create_predictor(str(ckpt), device="cpu")
     cm = np.zeros((2, 2), np.int64)
@@ -272,8 +273,8 @@ def test_evaluate_model_band_and_class_mismatch(tmp_path: Path, runner) -> None:
     ds = open_dataset("sen1floods11", root, "all", bands={"optical": [4, 3, 2, 8]})
     ckpt = _checkpoint(tmp_path, ds)  # a 4-band optical model (red, green, blue, nir)
     with pytest.raises(BandMismatchError, match="--bands"):
-        evaluate_model(ckpt, "sen1floods11", root, "all", device="cpu", progress=False,
-                       bands={"optical": [4, 3, 2]})  # fmt: skip
+        evaluate_model(ckpt, "sen1floods11", root, "all", spec=InferenceSpec(device="cpu"),
+                       progress=False, bands={"optical": [4, 3, 2]})  # fmt: skip
     scores = []
     for given in (["--bands", "optical=4,3,2,8"], ["--bands", "optical=B4,B3,B2,B8"], []):
         code, out, err = runner(

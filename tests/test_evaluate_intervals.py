@@ -14,6 +14,7 @@ from dataset_builders import make_sen1floods11
 from rasterio.transform import from_origin
 
 from mfaf_cli.metadata import WATER_CLASSES, ModelMeta
+from mfaf_cli.pipeline.spec import InferenceSpec
 from mfaf_cli.scores.metrics import confusion_matrix
 from mfaf_cli.training.evaluate import evaluate_batch, evaluate_model, evaluate_rasters
 
@@ -118,8 +119,9 @@ def test_dataset_scenes_calibration_and_temperature(tmp_path: Path) -> None:
     runs = []
     for temp in (1.0, 3.0):
         ckpt = _checkpoint(tmp_path, ds, temp)
-        runs.append(evaluate_model(ckpt, "sen1floods11", root, "all", tile=32, device="cpu",
-                                   progress=False, engine="torch"))  # fmt: skip
+        spec = InferenceSpec(tile=32, device="cpu", engine="torch")
+        runs.append(evaluate_model(ckpt, "sen1floods11", root, "all", spec=spec,
+                                   progress=False))  # fmt: skip
     r1, r3 = runs
     assert r1.units is not None and r1.units.kind == "scene" and len(r1.units.names) == 3
     np.testing.assert_array_equal(r1.units.confusion.sum(0), r1.confusion)
@@ -136,8 +138,9 @@ def test_one_scene_dataset_is_cut_into_blocks(tmp_path: Path) -> None:
 
     root = make_sen1floods11(tmp_path / "s1f", ids=("Spain_1",), size=48)
     ds = open_dataset("sen1floods11", root, "all")
-    res = evaluate_model(_checkpoint(tmp_path, ds), "sen1floods11", root, "all", tile=32,
-                         device="cpu", progress=False, block=16)  # fmt: skip
+    res = evaluate_model(_checkpoint(tmp_path, ds), "sen1floods11", root, "all",
+                         spec=InferenceSpec(tile=32, device="cpu"), progress=False,
+                         block=16)  # fmt: skip
     assert res.units is not None and res.units.kind == "block" and len(res.units.names) == 9
     np.testing.assert_array_equal(res.units.confusion.sum(0), res.confusion)
     assert res.units.calibration is not None

@@ -383,7 +383,7 @@ def test_alignment_losses_run_in_float32_under_autocast(
     kind: str, device: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mfaf_cli.models.losses import feature_mmd, mmd_loss, valid_samples
-    from mfaf_cli.training import trainer
+    from mfaf_cli.training import step as trainer
 
     torch.manual_seed(0)
     model = TwoBranch().to(device)

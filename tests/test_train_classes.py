@@ -295,3 +295,64 @@ def test_a_scene_lists_own_ignore_value_column(scenes: Path, tmp_path: Path) -> 
         win = lab[r : r + 32, c : c + 32]
         assert row.tolist() == [int((win == code).sum()) for code in (10, 40, 50)]
     assert (hist.sum(axis=0) > 0).all()
+
+
+def test_evaluate_honours_a_scene_lists_own_ignore_value(
+    scenes: Path, tmp_path: Path, runner
+) -> None:
+    """``ignore_value`` as a scene-list column (code 80 unlabelled, not in the table): train
+    reads it, and so does ``evaluate`` per scene (it used to stop at 'label codes 80 are not
+    in the class table')."""
+    folder = tmp_path / "lc"
+    shutil.copytree(scenes.parent, folder)
+    rows = (folder / "scenes.csv").read_text().splitlines()
+    (folder / "scenes.csv").write_text(
+        rows[0] + ",ignore_value\n" + "".join(r + ",80\n" for r in rows[1:])
+    )
+    table = tmp_path / "three.csv"
+    table.write_text("code,name\n10,trees\n40,crops\n50,built\n")
+    run = tmp_path / "run"
+    code, _, err = runner(*_train(folder / "scenes.csv", run, "--classes", table, "--epochs",
+                                  "1", "--max-batches", "1"))  # fmt: skip
+    assert code == 0, err
+    code, out, err = runner("evaluate", "--model", run / "last.safetensors", "--dataset",
+                            "folder", "--data-root", folder / "scenes.csv", "--split", "val",
+                            "--json", "-q")  # fmt: skip
+    assert code == 0, err
+    scored = json.loads(out.strip().splitlines()[-1])["metrics"]["n_pixels"]
+    with rasterio.open(folder / "worldcover_1.tif") as src:
+        lab = src.read(1)
+    labelled = int(np.isin(lab, (10, 40, 50)).sum())  # not 80 (ignored), not 0 (nodata)
+    assert abs(scored - labelled) <= 0.01 * labelled, (scored, labelled)
+
+
+def test_resume_with_other_bands_is_refused(scenes: Path, tmp_path: Path, runner) -> None:
+    run = tmp_path / "run"
+    code, _, err = runner(*_train(scenes, run, "--classes", "worldcover", "--epochs", "2",
+                                  "--stop-after", "1", "--max-batches", "1", "--bands",
+                                  "optical=3,2,1"))  # fmt: skip
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    code, _, err = runner("train", "--resume", run, "--bands", "optical=1,2,3", "-q")
+    lines = [x for x in err.strip().splitlines() if x]
+    assert code != 0 and len(lines) == 1, err
+    assert "cannot resume" in lines[0] and "optical bands b3,b2,b1" in lines[0], lines[0]
+    assert "now gives b1,b2,b3" in lines[0], lines[0]
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_band_errors_from_a_config_file_name_its_key(scenes: Path, tmp_path: Path, runner) -> None:
+    """A bad band in a config file's ``[bands]`` names that file and key, not ``--bands``;
+    ``--bands`` on the command line replaces the table and names itself."""
+    from mfaf_cli.training.config import TrainConfig, config_to_toml
+
+    cfg = tmp_path / "train.toml"
+    cfg.write_text(f'dataset = "folder"\ndata_root = "{scenes}"\nmodel = "unet"\n'
+                   'classes = "worldcover"\n[bands]\noptical = "B12,B8,B4"\n')  # fmt: skip
+    out = tmp_path / "run"
+    base = ["train", "--config", cfg, "-o", out, *TINY]
+    code, _, err = runner(*base)
+    _clean_failure(code, err, out, f"config file {cfg} [bands] optical 'B12': no band of s2_0")
+    code, _, err = runner(*base, "--bands", "optical=9")
+    _clean_failure(code, err, out, "--bands optical=9 9 is out of range")
+    assert "band_origin" not in config_to_toml(TrainConfig(band_origin={"optical": "x"}))

@@ -55,10 +55,11 @@ def val_pairs(model: Any, meta: ModelMeta, ds: Any) -> Iterator[tuple[np.ndarray
 
 def calibration_on(ckpt: Path, dataset: str, root: Path, split: str, **kw: Any) -> dict:
     """ECE / Brier / NLL (and their bootstrap intervals) of a checkpoint on a dataset split."""
+    from mfaf_cli.pipeline.spec import InferenceSpec
     from mfaf_cli.training.evaluate import evaluate_model
 
-    r = evaluate_model(ckpt, dataset, root, split, tile=256, device="cpu", engine="torch",
-                       progress=False, **kw)  # fmt: skip
+    spec = InferenceSpec(tile=256, device="cpu", engine="torch")
+    r = evaluate_model(ckpt, dataset, root, split, spec=spec, progress=False, **kw)
     c = r.report["calibration"]
     iv = r.report["intervals"]
     return {

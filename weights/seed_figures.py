@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mfaf_cli.io.weights import load_checkpoint, read_manifest, register_weights, save_checkpoint
+from mfaf_cli.pipeline.spec import InferenceSpec
 from mfaf_cli.scores.stats import intervals_overlap, mean_interval
 from mfaf_cli.training.evaluate import EvalResult, compare_results, evaluate_model
 
@@ -46,7 +47,8 @@ def per_seed(run: str) -> dict[str, dict[str, float]]:
 
 def shipped_runs(path: Path, data: Path) -> dict[str, EvalResult]:
     """The shipped checkpoint on OMBRIA test (per patch) and the chip (128 px blocks)."""
-    kw: dict[str, Any] = {"tile": 256, "device": "cpu", "engine": "torch", "progress": False}
+    spec = InferenceSpec(tile=256, device="cpu", engine="torch")
+    kw: dict[str, Any] = {"spec": spec, "progress": False}
     return {
         "ombria_test": evaluate_model(path, "ombria", data / "ombria", "test", **kw),
         "sen1floods11_chip": evaluate_model(path, "sen1floods11", data / "sen1floods11_sample",

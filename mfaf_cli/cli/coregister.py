@@ -66,20 +66,10 @@ def command(**kw: Any) -> None:
     if not inputs:
         raise click.UsageError("give the input rasters, e.g. --optical S2.tif --sar S1.tif")
     result = coregister(
-        inputs,
+        opt.read_spec(kw, inputs),
         kw["out_dir"],
-        bands=opt.collect_bands(**kw),
-        crs=kw["crs"],
-        resolution=kw["resolution"],
-        bounds=kw["bounds"],
+        write=opt.write_spec(kw, template=True),
         reference=kw["reference"],
-        sar_units=kw["sar_units"],
-        stack_grid=kw["stack_grid"],
-        mosaic=kw["mosaic"],
-        nodata=kw["nodata"] or None,
-        tap=kw["tap"],
-        creation_options=kw["creation_options"] or None,
-        overwrite=kw["overwrite"],
         progress=not kw["quiet"],
     )
     if kw["as_json"]:

@@ -7,16 +7,12 @@ from typing import Any
 import click
 
 from mfaf_cli.cli.options import (
-    batch_size_opt,
-    blend_opt,
     dataset_bands_opt,
-    engine_opts,
+    inference_opts,
+    inference_spec,
     json_opt,
-    overlap_opt,
     quiet_opt,
-    tile_opt,
 )
-from mfaf_cli.types import Blend, Engine, Precision
 
 EPILOG = """\b
 Examples:
@@ -90,11 +86,7 @@ paired interval (models in dataset mode, maps with --truth, CSV columns with --b
     show_default=True,
     help="Validation holdout fraction (as in training).",
 )
-@tile_opt
-@overlap_opt
-@batch_size_opt
-@blend_opt
-@engine_opts
+@inference_opts
 @click.option(
     "--exclusion",
     type=click.Path(path_type=str),
@@ -146,14 +138,6 @@ def command(
     bands: dict[str, list[int | str]],
     seed: int,
     val_fraction: float,
-    tile: int | None,
-    overlap: float,
-    batch_size: int,
-    blend: Blend,
-    device: str,
-    engine: Engine,
-    precision: Precision,
-    threads: int | None,
     batch: str | None,
     compare: tuple[str, str] | None,
     block_size: int,
@@ -162,6 +146,7 @@ def command(
     plot: str | None,
     as_json: bool,
     quiet: bool,
+    **inference: Any,
 ) -> None:
     """Score a model on a dataset split, or a predicted map (PREDICTION) against --truth."""
     from mfaf_cli.errors import UsageError
@@ -186,9 +171,8 @@ def command(
         from mfaf_cli.training.evaluate import compare_results, evaluate_model
 
         opts: dict[str, Any] = dict(
-            tile=tile, overlap=overlap, batch_size=batch_size, blend=blend, device=device,
-            engine=engine, precision=precision, threads=threads, bands=bands or None,
-            seed=seed, val_fraction=val_fraction, progress=not quiet, block=block_size,
+            spec=inference_spec(inference), bands=bands or None, seed=seed,
+            val_fraction=val_fraction, progress=not quiet, block=block_size,
         )  # fmt: skip
         a, b = (evaluate_model(m, dataset, data_root, split, **opts) for m in compare)
         _report_compare(compare_results(a, b, *compare), as_json)
@@ -217,11 +201,9 @@ def command(
         from mfaf_cli.training.evaluate import evaluate_model
 
         result = evaluate_model(
-            model, dataset, data_root, split, tile=tile, overlap=overlap,
-            batch_size=batch_size, blend=blend, device=device, engine=engine,
-            precision=precision, threads=threads, bands=bands or None, seed=seed,
-            val_fraction=val_fraction, progress=not quiet, block=block_size,
-            mask_excluded=mask_excluded,
+            model, dataset, data_root, split, spec=inference_spec(inference),
+            bands=bands or None, seed=seed, val_fraction=val_fraction, progress=not quiet,
+            block=block_size, mask_excluded=mask_excluded,
         )  # fmt: skip
     _report(result, plot, as_json, quiet)
 

@@ -4,6 +4,11 @@ Used by: predict (all), coregister (inputs, grid, bands, --sar-units, --co, --ov
 --quiet, --json), evaluate (tiling and engine options, --bands MOD=LIST), train (--bands
 MOD=LIST), and --overwrite / --quiet / --json wherever a command has them.
 
+A run is made of three objects, and this module is where each one's flags are declared and
+turned into it: :func:`read_spec` (what to read: ``read_opts``), :func:`inference_spec` (how
+to infer: ``inference_opts``) and :func:`write_spec` (what to write: ``write_opts``). A new
+input or output option is a field of its object, a flag here and one line in its builder.
+
 Parsing callbacks raise ``click.BadParameter`` naming the flag; value *ranges* that depend on
 the model (tile divisor, band counts) are checked in the library, which knows the model.
 """
@@ -11,13 +16,13 @@ the model (tile divisor, band counts) are checked in the library, which knows th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import click
 
 from mfaf_cli.metadata import ALL_MODALITIES
-from mfaf_cli.types import BLENDS, ENGINES, PRECISIONS
+from mfaf_cli.types import BLENDS, CONFIDENCE_KINDS, ENGINES, PRECISIONS, PROBABILITY_DTYPES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -103,6 +108,20 @@ def refuse_stdout(ctx: click.Context, param: click.Parameter, value: Any) -> Any
     return value
 
 
+def output_path_opt(*flags: str, help_text: str, metavar: str = "PATH") -> Callable[[F], F]:
+    """An output file flag: a path, never ``-`` (outputs are renamed into place)."""
+    return click.option(
+        *flags, default=None, metavar=metavar, callback=refuse_stdout, help=help_text
+    )
+
+
+def choice_opt(flag: str, choices: Sequence[str], default: str, help_text: str) -> Any:
+    """A flag taking one of ``choices`` (click lists them and refuses others; default shown)."""
+    return click.option(
+        flag, type=click.Choice(choices), default=default, show_default=True, help=help_text
+    )
+
+
 # ---- decorators -----------------------------------------------------------------------------
 def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     def wrap(f: F) -> F:
@@ -145,12 +164,11 @@ overlap_opt = click.option(
 batch_size_opt = click.option(
     "--batch-size", type=int, default=4, show_default=True, help="Windows per model call."
 )
-blend_opt = click.option(
+blend_opt = choice_opt(
     "--blend",
-    type=click.Choice(BLEND_CHOICES),
-    default="gaussian",
-    show_default=True,
-    help="How overlapping windows are weighted (only overlaps are tapered).",
+    BLEND_CHOICES,
+    "gaussian",
+    "How overlapping windows are weighted (only overlaps are tapered).",
 )
 device_opt = click.option(
     "--device",
@@ -159,12 +177,11 @@ device_opt = click.option(
     metavar="auto|cpu|cuda[:N]",
     help="Where the model runs.",
 )
-engine_opt = click.option(
+engine_opt = choice_opt(
     "--engine",
-    type=click.Choice(ENGINE_CHOICES),
-    default="auto",
-    show_default=True,
-    help="Inference engine. auto: ONNX Runtime on CPU when installed (the export is cached "
+    ENGINE_CHOICES,
+    "auto",
+    "Inference engine. auto: ONNX Runtime on CPU when installed (the export is cached "
     "per checkpoint in the user cache, $MFAF_CACHE_DIR overrides), PyTorch on CUDA.",
 )
 threads_opt = click.option(
@@ -175,14 +192,18 @@ threads_opt = click.option(
     help="CPU cores for the run (default: all usable cores). On CPU the engine uses all N and "
     "max(1, N/4) reader threads share them at a lower priority.",
 )
-precision_opt = click.option(
+precision_opt = choice_opt(
     "--precision",
-    type=click.Choice(PRECISION_CHOICES),
-    default="auto",
-    show_default=True,
-    help="Numeric precision (auto: mixed precision on CUDA, fp32 on CPU).",
+    PRECISION_CHOICES,
+    "auto",
+    "Numeric precision (auto: mixed precision on CUDA, fp32 on CPU).",
 )
 engine_opts = _stack(device_opt, engine_opt, precision_opt, threads_opt)
+#: every flag of :class:`~mfaf_cli.pipeline.spec.InferenceSpec` (turned into it by
+#: :func:`inference_spec`)
+inference_opts = _stack(tile_opt, overlap_opt, batch_size_opt, blend_opt, engine_opts)
+INFERENCE_FLAGS = ("tile", "overlap", "batch_size", "blend", "device", "engine", "precision",
+                   "threads")  # fmt: skip
 
 crs_opt = click.option(
     "--crs", default=None, metavar="CRS", help="Target CRS (default: the reference input's)."
@@ -229,12 +250,11 @@ nodata_opt = click.option(
     "(repeatable; e.g. --nodata optical=0 --nodata sar=-9999).",
 )
 grid_opts = _stack(crs_opt, resolution_opt, bounds_opt, tap_opt, nodata_opt)
-sar_units_opt = click.option(
+sar_units_opt = choice_opt(
     "--sar-units",
-    type=click.Choice(SAR_UNITS_CHOICES),
-    default="auto",
-    show_default=True,
-    help="Units of the SAR file (auto: float with negative median = dB).",
+    SAR_UNITS_CHOICES,
+    "auto",
+    "Units of the SAR file (auto: float with negative median = dB).",
 )
 
 
@@ -298,13 +318,11 @@ inputs_opts = _stack(
 )
 
 
-exclusion_opt = click.option(
+exclusion_opt = output_path_opt(
     "--exclusion",
-    default=None,
-    metavar="PATH",
-    callback=refuse_stdout,
-    help="Also write the exclusion mask: uint8 reason codes where the map cannot be trusted "
-    "(0 ok, 1 outside the model's training range, 2... its rules, e.g. snow; 255 nodata).",
+    help_text="Also write the exclusion mask: uint8 reason codes where the map cannot be "
+    "trusted (0 ok, 1 outside the model's training range, 2... its rules, e.g. snow; 255 "
+    "nodata).",
 )
 mask_excluded_opt = click.option(
     "--mask-excluded",
@@ -369,3 +387,101 @@ def collect_cloud_inputs(**kw: Any) -> dict[str, Any]:
                 raise click.UsageError(f"--{mod} and --stac both give the {mod} input: drop one")
             inputs[mod] = items
     return inputs
+
+
+#: every input and grid flag of predict (turned into a ReadSpec by :func:`read_spec`)
+read_opts = _stack(inputs_opts, bands_opts, grid_opts, sar_units_opt, stack_grid_opt, cloud_opts)
+
+
+# ---- what to write (predict's outputs; turned into a WriteSpec by write_spec) ---------------
+output_opt = output_path_opt(
+    "-o",
+    "--output",
+    help_text="Label GeoTIFF to write (uint8 class ids, nodata 255, colour table).",
+)
+probabilities_opt = output_path_opt(
+    "--probabilities", help_text="Also write per-class probabilities."
+)
+probabilities_dtype_opt = choice_opt(
+    "--probabilities-dtype",
+    PROBABILITY_DTYPES,
+    "uint8",
+    "uint8: 0..254 scaled (255 nodata); float32: 0..1 (NaN nodata).",
+)
+confidence_opt = output_path_opt(
+    "--confidence",
+    help_text="Also write the max class probability (calibrated: the model's temperature).",
+)
+confidence_kind_opt = choice_opt(
+    "--confidence-kind",
+    CONFIDENCE_KINDS,
+    "top",
+    "--confidence: top = max class probability; entropy = normalised entropy "
+    "(0 certain .. 1 uniform).",
+)
+vector_opt = output_path_opt(
+    "--vector", help_text="Also polygonise the label map (.gpkg, .geojson, .parquet, .shp)."
+)
+preview_opt = output_path_opt(
+    "--preview",
+    metavar="PNG",
+    help_text="Also write a quick-look PNG: the map's class colours over a greyscale of the "
+    "reference input, with a legend (decimated read, long side <= 1024 px).",
+)
+cog_opt = click.option("--cog", is_flag=True, help="Write Cloud Optimized GeoTIFFs with overviews.")
+write_opts = _stack(
+    output_opt, probabilities_opt, probabilities_dtype_opt, confidence_opt, confidence_kind_opt,
+    exclusion_opt, mask_excluded_opt, vector_opt, preview_opt, cog_opt, creation_options_opt,
+    overwrite_opt,
+)  # fmt: skip
+
+
+# ---- flags → the run's objects (the one place each is built from the command line) ---------
+def inference_spec(kw: Mapping[str, Any]) -> Any:
+    """:class:`~mfaf_cli.pipeline.spec.InferenceSpec` from the :data:`inference_opts` flags."""
+    from mfaf_cli.pipeline.spec import InferenceSpec
+
+    return InferenceSpec(**{k: kw[k] for k in INFERENCE_FLAGS})
+
+
+def read_spec(kw: Mapping[str, Any], inputs: Mapping[str, Any] | None = None) -> Any:
+    """:class:`~mfaf_cli.pipeline.read_spec.ReadSpec` from the input, band and grid flags
+    (those a command lacks keep their defaults); ``inputs``: instead of the modality flags
+    (batch mode: none, the CSV gives them)."""
+    from mfaf_cli.pipeline.read_spec import ReadSpec
+
+    return ReadSpec(
+        inputs=collect_cloud_inputs(**kw) if inputs is None else inputs,
+        bands=collect_bands(**kw),
+        crs=kw.get("crs"),
+        resolution=kw.get("resolution"),
+        bounds=kw.get("bounds"),
+        aoi=kw.get("aoi"),
+        sar_units=kw.get("sar_units") or "auto",
+        nodata=kw.get("nodata") or None,
+        tap=kw.get("tap"),
+        mosaic=bool(kw.get("mosaic")),
+        stack_grid=kw.get("stack_grid"),
+    )
+
+
+def write_spec(kw: Mapping[str, Any], template: bool = False) -> Any:
+    """:class:`~mfaf_cli.pipeline.write_spec.WriteSpec` from the output flags (those a command
+    lacks keep their defaults); ``template``: no paths (batch mode, coregister's folder)."""
+    from mfaf_cli.pipeline.write_spec import WriteSpec
+
+    paths = {} if template else {
+        "label": kw.get("output"), "probabilities": kw.get("probabilities"),
+        "confidence": kw.get("confidence"), "exclusion": kw.get("exclusion"),
+        "vector": kw.get("vector"), "preview": kw.get("preview"),
+    }  # fmt: skip
+    return WriteSpec(
+        probabilities_dtype=kw.get("probabilities_dtype") or "uint8",
+        confidence_kind=kw.get("confidence_kind") or "top",
+        mask_excluded=bool(kw.get("mask_excluded")),
+        cog=bool(kw.get("cog")),
+        creation_options=kw.get("creation_options") or None,
+        overwrite=bool(kw.get("overwrite")),
+        template=template,
+        **paths,
+    )

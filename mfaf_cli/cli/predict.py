@@ -11,7 +11,6 @@ import click
 
 from mfaf_cli.cli import options as opt
 from mfaf_cli.metadata import ALL_MODALITIES
-from mfaf_cli.types import CONFIDENCE_KINDS
 
 log = logging.getLogger("mfaf")
 
@@ -88,15 +87,7 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
     epilog=EPILOG,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-@opt.inputs_opts
-@click.option(
-    "-o",
-    "--output",
-    default=None,
-    metavar="PATH",
-    callback=opt.refuse_stdout,
-    help="Label GeoTIFF to write (uint8 class ids, nodata 255, colour table).",
-)
+@opt.read_opts
 @click.option(
     "--model",
     "-m",
@@ -105,64 +96,8 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
     help="Shipped model name, .safetensors/.onnx file, or registry architecture "
     "(untrained). Default: the shipped model for the given modalities (see `mfaf models`).",
 )
-@opt.bands_opts
-@opt.grid_opts
-@opt.tile_opt
-@opt.overlap_opt
-@opt.batch_size_opt
-@opt.blend_opt
-@opt.engine_opts
-@opt.sar_units_opt
-@opt.stack_grid_opt
-@opt.cloud_opts
-@click.option(
-    "--probabilities",
-    default=None,
-    metavar="PATH",
-    callback=opt.refuse_stdout,
-    help="Also write per-class probabilities.",
-)
-@click.option(
-    "--probabilities-dtype",
-    type=click.Choice(("uint8", "float32")),
-    default="uint8",
-    show_default=True,
-    help="uint8: 0..254 scaled (255 nodata); float32: 0..1 (NaN nodata).",
-)
-@click.option(
-    "--confidence",
-    default=None,
-    metavar="PATH",
-    callback=opt.refuse_stdout,
-    help="Also write the max class probability (calibrated: the model's temperature).",
-)
-@click.option(
-    "--confidence-kind",
-    type=click.Choice(CONFIDENCE_KINDS),
-    default="top",
-    show_default=True,
-    help="--confidence: top = max class probability; entropy = normalised entropy "
-    "(0 certain .. 1 uniform).",
-)
-@opt.exclusion_opt
-@opt.mask_excluded_opt
-@click.option(
-    "--vector",
-    default=None,
-    metavar="PATH",
-    callback=opt.refuse_stdout,
-    help="Also polygonise the label map (.gpkg, .geojson, .parquet, .shp).",
-)
-@click.option(
-    "--preview",
-    default=None,
-    metavar="PNG",
-    callback=opt.refuse_stdout,
-    help="Also write a quick-look PNG: the map's class colours over a greyscale of the "
-    "reference input, with a legend (decimated read, long side <= 1024 px).",
-)
-@click.option("--cog", is_flag=True, help="Write Cloud Optimized GeoTIFFs with overviews.")
-@opt.creation_options_opt
+@opt.inference_opts
+@opt.write_opts
 @click.option(
     "--batch",
     "batch_csv",
@@ -210,7 +145,6 @@ Exit codes: 0 success, 1 a scene or input failed, 2 usage error, 130 Ctrl-C, 143
     is_flag=True,
     help="Leave scenes whose outputs all exist alone (exit 0) instead of failing.",
 )
-@opt.overwrite_opt
 @opt.quiet_opt
 @opt.json_opt
 def command(**kw: Any) -> None:
@@ -252,93 +186,15 @@ def command(**kw: Any) -> None:
         raise click.UsageError(
             "give the input rasters, e.g. --optical S2.tif --sar S1.tif (or --hsi and --lidar)"
         )
-    if kw["output"] is None and not (kw["probabilities"] or kw["confidence"]):
-        raise click.UsageError("give -o/--output PATH for the label map")
-    _check_preview(kw)
+    read, write, spec = opt.read_spec(kw, inputs), opt.write_spec(kw), opt.inference_spec(kw)
     _check_stac_item(kw)
-    result = predict(
-        inputs,
-        kw["output"],
-        kw["model"],
-        probabilities=kw["probabilities"],
-        confidence=kw["confidence"],
-        vector=kw["vector"],
-        exclusion=kw["exclusion"],
-        overwrite=kw["overwrite"],
-        bands=opt.collect_bands(**kw),
-        **_run_options(kw),
-    )
-    if kw["preview"]:
-        _write_preview(result, kw["preview"])
+    result = predict(read, write, kw["model"], spec=spec, progress=not kw["quiet"])
     if kw["stac_item"]:
         _write_stac_item(result.outputs)
     if kw["as_json"]:
         click.echo(result.to_json())
     elif not kw["quiet"]:
         click.echo(_summary(result.to_dict()), err=True)
-
-
-def _check_preview(kw: dict[str, Any]) -> None:
-    """Before any work: --preview needs the label map and a writable PNG path."""
-    if kw["preview"]:
-        from mfaf_cli.io.preview import check_preview_path
-
-        if kw["output"] is None:
-            raise click.UsageError("--preview shows the label map: give -o/--output too")
-        check_preview_path(kw["preview"], kw["overwrite"])
-
-
-def _write_preview(result: Any, png: str) -> None:
-    """The quick-look over the reference input (the first file of a stack)."""
-    _write_preview_of(result.outputs, png, result.inputs, result.model)
-
-
-def _write_preview_of(outputs: dict[str, str], png: str, inputs: Any, title: str | None) -> None:
-    from mfaf_cli.io.preview import write_preview
-    from mfaf_cli.metadata import REFERENCE_MODALITIES
-
-    first = {k: v[0] if isinstance(v, list) else _first_file(str(v)) for k, v in inputs.items()}
-    ref = next((m for m in REFERENCE_MODALITIES if m in first), next(iter(first)))
-    write_preview(outputs["label"], first[ref], png, title=title or "")
-    outputs["preview"] = str(Path(png).absolute())
-
-
-def _first_file(text: str) -> str:
-    """The first file of a reported input: ``a.tif;b.tif`` (a stack), ``B12=url|url;...``
-    (the assets of STAC items) or ``a.tif|b.tif`` (a mosaic)."""
-    head = text.split(";")[0]
-    if "=" in head.split("/")[0]:
-        head = head.split("=", 1)[1]
-    return head.split("|")[0]
-
-
-def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
-    """predict() options that single-scene and --batch runs take from the same flags."""
-    return {
-        "tile": kw["tile"],
-        "overlap": kw["overlap"],
-        "batch_size": kw["batch_size"],
-        "blend": kw["blend"],
-        "device": kw["device"],
-        "engine": kw["engine"],
-        "precision": kw["precision"],
-        "threads": kw["threads"],
-        "probabilities_dtype": kw["probabilities_dtype"],
-        "confidence_kind": kw["confidence_kind"],
-        "cog": kw["cog"],
-        "creation_options": kw["creation_options"] or None,
-        "progress": not kw["quiet"],
-        "crs": kw["crs"],
-        "resolution": kw["resolution"],
-        "bounds": kw["bounds"],
-        "sar_units": kw["sar_units"],
-        "stack_grid": kw["stack_grid"],
-        "mask_excluded": kw["mask_excluded"],
-        "mosaic": kw["mosaic"],
-        "aoi": kw["aoi"],
-        "nodata": kw["nodata"] or None,
-        "tap": kw["tap"],
-    }
 
 
 def _check_stac_item(kw: dict[str, Any]) -> None:
@@ -400,7 +256,6 @@ def _bands_note(d: dict[str, Any]) -> str:
 
 def _all_exist(kw: dict[str, Any]) -> bool:
     """--skip-existing in single-scene mode: every requested output is already there."""
-    from pathlib import Path
 
     keys = ("output", "probabilities", "confidence", "vector", "exclusion")
     paths = [kw[k] for k in keys if kw.get(k)]
@@ -453,12 +308,13 @@ def _run_batch(kw: dict[str, Any]) -> None:
     records = predict_batch(
         kw["batch_csv"],
         kw["model"],
+        read=opt.read_spec(kw, inputs={}),
+        write=opt.write_spec(kw, template=True),
+        spec=opt.inference_spec(kw),
         skip_existing=kw["skip_existing"],
-        overwrite=kw["overwrite"],
-        bands=opt.collect_bands(**kw) or None,
         on_result=report,
         shard=kw["shard"],
-        **_run_options(kw),
+        progress=not quiet,
     )
     counts = summarise(records)
     if kw["stac_item"]:
@@ -481,32 +337,22 @@ def _run_split(kw: dict[str, Any]) -> None:
     """--split-scene / --assemble: this process's strip of one scene (and maybe the outputs)."""
     from mfaf_cli.pipeline.split import predict_split
 
-    if kw["output"] is None and not (kw["probabilities"] or kw["confidence"]):
-        raise click.UsageError("give -o/--output PATH for the label map")
-    _check_preview(kw)
+    write = opt.write_spec(kw)
     if kw["skip_existing"] and not kw["assemble"] and _all_exist(kw):
         if not kw["quiet"]:
             click.echo(f"skipped: {kw['output']} exists (--skip-existing)", err=True)
         return
     if kw["aoi"]:
         raise click.UsageError("--aoi cannot be used with --split-scene/--assemble (yet)")
-    options = {k: v for k, v in _run_options(kw).items() if k != "aoi"}
     result = predict_split(
-        opt.collect_cloud_inputs(**kw),
-        kw["output"],
+        opt.read_spec(kw),
+        write,
         kw["model"],
+        spec=opt.inference_spec(kw),
         shard=kw["shard"],
         assemble_only=kw["assemble"],
-        probabilities=kw["probabilities"],
-        confidence=kw["confidence"],
-        vector=kw["vector"],
-        exclusion=kw["exclusion"],
-        overwrite=kw["overwrite"],
-        bands=opt.collect_bands(**kw),
-        **options,
+        progress=not kw["quiet"],
     )
-    if kw["preview"] and result.assembled:  # the assembling process: the map is complete
-        _write_preview_of(result.outputs, kw["preview"], opt.collect_inputs(**kw), result.model)
     if kw["as_json"]:
         click.echo(result.to_json())
     elif not kw["quiet"]:

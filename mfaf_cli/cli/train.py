@@ -304,6 +304,8 @@ def command(
             if val is None:
                 continue
             values[field] = val
+            if field == "bands":  # the file's [bands] table is replaced: errors name --bands
+                values.pop("band_origin", None)
     values["progress"] = not quiet and values.get("progress", True)
     values["command"] = _command_line() or values.get("command", "")
     if threads:

@@ -113,22 +113,36 @@ def grid_from_reference(
     return align_grid(grid) if on else grid
 
 
+def check_resolution(
+    resolution: float | tuple[float, float] | None,
+) -> tuple[float, float] | None:
+    """``--resolution`` as an (x, y) pair of positive sizes (None: the reference's)."""
+    if resolution is None:
+        return None
+    pair = (resolution, resolution) if isinstance(resolution, int | float) else resolution
+    res = (float(pair[0]), float(pair[1]))
+    if not all(v > 0 and math.isfinite(v) for v in res):
+        raise UsageError(f"--resolution must be positive, got {resolution}")
+    return res
+
+
+def check_bounds(bounds: Bounds) -> None:
+    """``--bounds`` must enclose an area."""
+    left, bottom, right, top = (float(v) for v in bounds)
+    if not (right > left and top > bottom):
+        raise UsageError(
+            f"--bounds {bounds} is empty; give left,bottom,right,top with left<right, "
+            "bottom<top, in the target CRS units"
+        )
+
+
 def _grid_for(
     ds: Any, crs: CRS | None, resolution: float | tuple[float, float] | None, bounds: Bounds | None
 ) -> Grid:
-    res: tuple[float, float] | None = None
-    if resolution is not None:
-        pair = (resolution, resolution) if isinstance(resolution, int | float) else resolution
-        res = (float(pair[0]), float(pair[1]))
-        if not all(v > 0 and math.isfinite(v) for v in res):
-            raise UsageError(f"--resolution must be positive, got {resolution}")
+    res = check_resolution(resolution)
     if bounds is not None:
+        check_bounds(bounds)
         left, bottom, right, top = (float(v) for v in bounds)
-        if not (right > left and top > bottom):
-            raise UsageError(
-                f"--bounds {bounds} is empty; give left,bottom,right,top with left<right, "
-                "bottom<top, in the target CRS units"
-            )
     if ds.crs is None:  # GCPs or RPCs: the grid is in their CRS unless --crs says otherwise
         from mfaf_cli.coreg.georef import Ground
 

@@ -60,10 +60,12 @@ def layout_indexes(
     *,
     modality: str,
     dataset: str,
-    where: str = "--bands",
+    where: str | None = None,
 ) -> list[int]:
     """A band list (numbers or names) → 1-based indexes into a dataset's fixed band layout
-    (``layout``: band meanings in file order, e.g. Sen1Floods11's 13 Sentinel-2 bands)."""
+    (``layout``: band meanings in file order, e.g. Sen1Floods11's 13 Sentinel-2 bands).
+    ``where``: the file key the list came from (``config file F [bands] optical``), for errors;
+    by default the ``--bands`` option."""
     meanings = [meaning_of_name(b, modality) for b in layout]
     out: list[int] = []
     for item in spec:
@@ -75,7 +77,8 @@ def layout_indexes(
         if want not in meanings:
             names = ", ".join(f"{k + 1}={b}" for k, b in enumerate(layout))
             raise BandMismatchError(
-                f"{where} {modality}={item}: the {dataset} {modality} files have no such band "
+                f"{f'{where} {item!r}' if where else f'--bands {modality}={item}'}: the "
+                f"{dataset} {modality} files have no such band "
                 f"(they hold {names})"
             )
         out.append(meanings.index(want) + 1)

@@ -64,6 +64,7 @@ class Scene:
     inputs: dict[str, Path]
     label: Path
     bands: dict[str, list[int | str]] = field(default_factory=dict)  # numbers or names
+    ignore: float | None = None  # the scene's own unlabelled value (a scene list's ignore_value)
 
 
 def find_dir(parent: Path, names: Sequence[str]) -> Path | None:
@@ -156,6 +157,7 @@ class SegDataset(Dataset):
         p_high: float = 98.0,
         photometric: float = 0.0,
         normalisation: str = "scene-percentile",
+        band_flags: Mapping[str, str] | None = None,
     ) -> None:
         if split not in SPLITS:
             raise UsageError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
@@ -176,6 +178,8 @@ class SegDataset(Dataset):
         #: "fixed" (extent-independent, the training default) or "scene-percentile"
         self.norm_mode = normalisation
         self.modalities: tuple[str, ...] = ()
+        #: modality -> the option or file key its band list came from (error messages)
+        self.band_flags: dict[str, str] = dict(band_flags or {})
         self.band_names: dict[str, tuple[str, ...]] = {}
         self.units: dict[str, str] = {}
         self.classes: tuple[ClassInfo, ...] = WATER_CLASSES

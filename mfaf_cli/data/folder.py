@@ -132,11 +132,15 @@ def warn_once(msg: str) -> None:
 
 
 def folder_bands(
-    where: Path, listed: Any, given: Mapping[str, Sequence[int | str]] | None
+    where: Path,
+    listed: Any,
+    given: Mapping[str, Sequence[int | str]] | None,
+    given_where: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, list[int | str]], dict[str, str]]:
     """The band lists of a folder dataset and where each came from (for error messages): the
     scene list's ``[bands]`` table (one band grammar: ``optical = "B12,B8,B4"`` or a list),
-    overridden per modality by ``--bands`` / the config file's ``[bands]``."""
+    overridden per modality by ``--bands`` / the config file's ``[bands]`` (``given_where``
+    names the key it was given with; by default ``--bands``)."""
     from mfaf_cli.bandspec import format_band_list, parse_bands_table
 
     try:
@@ -146,7 +150,7 @@ def folder_bands(
     flags = {m: f"{where} [bands] {m}" for m in out}
     for m, v in (given or {}).items():
         out[m] = list(v)
-        flags[m] = f"--bands {m}={format_band_list(v)}"
+        flags[m] = (given_where or {}).get(m) or f"--bands {m}={format_band_list(v)}"
     return out, flags
 
 
@@ -239,7 +243,7 @@ class FolderDataset(SegDataset):
         available = tuple(scenes[0]["inputs"])
         self.modalities = _check_modalities(self.name, available, modalities)
         self.ignore_value = ignore_value if ignore_value is not None else opts.get("ignore_value")
-        self.bands_opt, self.band_flags = folder_bands(r, opts.get("bands"), bands)
+        self.bands_opt, self.band_flags = folder_bands(r, opts.get("bands"), bands, self.band_flags)
         self.units = {"sar": str(dict(opts.get("units", {})).get("sar", "auto"))}
         # Class table over *all* scenes so every split agrees on K.
         self.classes = self._class_table(r, scenes, opts, num_classes, classes)
@@ -583,6 +587,7 @@ class FolderDataset(SegDataset):
                 {m: self._scenes_all[i]["inputs"][m] for m in self.modalities},
                 self._scenes_all[i]["label"],
                 {m: self.bands_opt[m] for m in self.modalities if m in self.bands_opt},
+                self._scenes_all[i].get("ignore"),
             )
             for i in used
         ]

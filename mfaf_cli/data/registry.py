@@ -41,8 +41,9 @@ def open_dataset(name: str, root: str | os.PathLike[str], split: str, **options:
         raise UsageError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     options = {k: v for k, v in options.items() if v is not None}
     if name not in BAND_SELECTABLE and options.get("bands"):
+        where = next(iter(dict(options.get("band_flags") or {}).values()), "--bands")
         raise UsageError(
-            "--bands: the ombria dataset's bands are fixed (its PNGs hold a B12/B8/B4 composite "
-            "and VV); leave --bands out"
+            f"{where}: the ombria dataset's bands are fixed (its PNGs hold a B12/B8/B4 "
+            "composite and VV); leave it out"
         )
     return _FACTORIES[name](root, split, **options)

@@ -110,7 +110,9 @@ class Sen1Floods11Dataset(SegDataset):
         self.root = root
         self.modalities = _check_modalities(self.name, self.all_modalities, modalities)
         bands = {
-            m: layout_indexes(v, self.all_bands[m], modality=m, dataset=self.name)
+            m: layout_indexes(
+                v, self.all_bands[m], modality=m, dataset=self.name, where=self.band_flags.get(m)
+            )
             for m, v in (bands or {}).items()
             if m in self.all_bands
         }

@@ -71,7 +71,9 @@ def whu_map_label(raw: np.ndarray, ignore_index: int, nodata: float | None = Non
 
 
 def _whu_bands(
-    optical: Path, bands: Mapping[str, Sequence[int | str]] | None
+    optical: Path,
+    bands: Mapping[str, Sequence[int | str]] | None,
+    where: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, list[int]], dict[str, tuple[str, ...]]]:
     """Selected bands and their names, for both WHU layouts: every band of the optical files
     (counted in ``optical``, one of them) unless ``bands`` says otherwise, SAR band 1."""
@@ -80,7 +82,9 @@ def _whu_bands(
     with rasterio.open(optical) as ds:
         n_opt = ds.count
     bands = {
-        m: layout_indexes(v, _WhuMeta.all_bands[m], modality=m, dataset="whu")
+        m: layout_indexes(
+            v, _WhuMeta.all_bands[m], modality=m, dataset="whu", where=(where or {}).get(m)
+        )
         for m, v in (bands or {}).items()
         if m in _WhuMeta.all_bands
     }
@@ -154,7 +158,9 @@ class WhuSheetDataset(_WhuMeta, SegDataset):
         self.ids = ids if split == "all" else split_ids[split]
         if not self.ids:
             raise DatasetError(f"the {split} split of whu at {root} is empty")
-        self.bands, self.band_names = _whu_bands(self.files[ids[0]]["optical"], bands)
+        self.bands, self.band_names = _whu_bands(
+            self.files[ids[0]]["optical"], bands, self.band_flags
+        )
         self.windows: list[tuple[str, int, int]] = []
         self.sizes: dict[str, tuple[int, int]] = {}
         self.lohi: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
@@ -367,7 +373,7 @@ class WhuPrecutDataset(_WhuMeta, SegDataset):
             self.files += [{k: mods[k][i] for k in mods} for i in ids]
         if not self.files:
             raise DatasetError(f"the {split} split of whu (pre-cut) at {root} is empty")
-        self.bands, self.band_names = _whu_bands(self.files[0]["optical"], bands)
+        self.bands, self.band_names = _whu_bands(self.files[0]["optical"], bands, self.band_flags)
 
     def __len__(self) -> int:
         return len(self.files)

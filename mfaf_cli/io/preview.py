@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,27 @@ def write_preview(
     finally:
         plt.close(fig)
     return target
+
+
+def write_run_preview(
+    label: str | os.PathLike[str], inputs: Mapping[str, Any], out: str | os.PathLike[str],
+    title: str = "",
+) -> Path:
+    """The quick-look of a run's label map over its reference input (optical, else HSI, else
+    the first): the first file of a stack, a mosaic or the assets of STAC items, as the run
+    reports its ``inputs``."""
+    from mfaf_cli.metadata import REFERENCE_MODALITIES
+
+    first = {k: v[0] if isinstance(v, list | tuple) else _first_file(str(v))
+             for k, v in inputs.items()}  # fmt: skip
+    ref = next((m for m in REFERENCE_MODALITIES if m in first), next(iter(first)))
+    return write_preview(label, first[ref], out, title=title)
+
+
+def _first_file(text: str) -> str:
+    """The first file of a reported input: ``a.tif;b.tif`` (a stack), ``B12=url|url;...``
+    (the assets of STAC items) or ``a.tif|b.tif`` (a mosaic)."""
+    head = text.split(";")[0]
+    if "=" in head.split("/")[0]:
+        head = head.split("=", 1)[1]
+    return head.split("|")[0]

@@ -28,14 +28,16 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from mfaf_cli.errors import MfafError, OutputPathError, UsageError
 from mfaf_cli.metadata import ALL_MODALITIES
+from mfaf_cli.pipeline.read_spec import ReadSpec
 from mfaf_cli.pipeline.shard import Shard
-from mfaf_cli.types import Blend, Engine, Precision
+from mfaf_cli.pipeline.spec import InferenceSpec
+from mfaf_cli.pipeline.write_spec import WriteSpec
 
 log = logging.getLogger("mfaf")
 
@@ -273,40 +275,37 @@ def predict_batch(
     csv_path: PathLike,
     model: Any = None,
     *,
+    read: ReadSpec | None = None,
+    write: WriteSpec | None = None,
+    spec: InferenceSpec | None = None,
     skip_existing: bool = False,
-    overwrite: bool = False,
     predictor: Any = None,
-    bands: Mapping[str, Sequence[int | str]] | None = None,
-    tile: int | None = None,
-    overlap: float = 0.25,
-    batch_size: int = 4,
-    blend: Blend = "gaussian",
-    device: str = "auto",
-    engine: Engine = "auto",
-    precision: Precision = "auto",
-    threads: int | None = None,
     shard: Any = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
-    **predict_kwargs: Any,
+    progress: bool = True,
+    **fields: Any,
 ) -> list[dict[str, Any]]:
     """Predict every scene of a batch CSV with one model load.
 
     Args:
         csv_path: the scene list (see the module docstring for its columns).
         model: ``--model`` spec, or None for the default model of the CSV's modalities.
+        read: what every scene reads besides its CSV cells (:class:`ReadSpec` without
+            inputs: grid overrides, SAR units, nodata; its ``bands`` are the default band
+            lists, for rows without a ``<modality>_bands`` cell).
+        write: how every scene writes (:class:`WriteSpec` without paths, a template: format,
+            dtypes, ``overwrite`` (else a scene whose outputs exist fails), ``mask_excluded``).
+        spec: how to infer (:class:`InferenceSpec`), as for
+            :func:`mfaf_cli.pipeline.predict.predict`.
         skip_existing: leave scenes whose outputs all exist alone (status ``"skipped"``).
-        overwrite: replace existing outputs (otherwise such a scene fails).
         predictor: an already created Predictor (then ``model`` and the engine options are
             not used).
-        bands: default band lists per modality, for rows without a ``<modality>_bands`` cell.
-        tile, overlap, batch_size, blend, device, engine, precision, threads: as for
-            :func:`mfaf_cli.pipeline.predict.predict`.
         shard: ``"I/N"`` or a :class:`~mfaf_cli.pipeline.shard.Shard`: predict only scenes
             I, I+N, ... (default: from torchrun / Slurm array variables, else all).
         on_result: called with each record as soon as its scene is done (for streaming
             JSON lines); the same records are returned.
-        predict_kwargs: other :func:`~mfaf_cli.pipeline.predict.predict` options (``cog``,
-            ``creation_options``, ``progress``, grid overrides, ``sar_units``...).
+        progress: a progress bar per scene (the first process of a sharded run only).
+        fields: convenience keywords, fields of the three objects (``overwrite=True``).
 
     Returns:
         One record per scene, in CSV order: ``{"scene", "line", "status": "ok"|"error"|
@@ -318,22 +317,18 @@ def predict_batch(
         per-scene problems are recorded, not raised. KeyboardInterrupt/SystemExit stop the
         batch.
     """
-    from mfaf_cli.pipeline.predict import predict
-    from mfaf_cli.pipeline.spec import InferenceSpec
+    from mfaf_cli.pipeline.predict import predict, run_objects
 
-    for key in ("inputs", "output", "vector", "probabilities", "confidence", "exclusion"):
-        if key in predict_kwargs:
-            raise UsageError(f"{key} comes from the batch CSV, not from an option")
-    scenes, device, share = _my_scenes(read_scenes(csv_path, bands), shard, device)
+    read, write, spec = run_objects(
+        read or ReadSpec(), write or WriteSpec(template=True), spec, fields
+    )
+    _check_templates(read, write)
+    scenes, device, share = _my_scenes(read_scenes(csv_path, read.bands), shard, spec.device)
     if not scenes:
         return []
-    if not share.shows_progress:
-        predict_kwargs = {**predict_kwargs, "progress": False}
-    spec = InferenceSpec(tile, overlap, batch_size, blend, device, engine, precision, threads)
+    spec = replace(spec, device=device)
+    progress = progress and share.shows_progress
     predictor = _batch_predictor(predictor, model, scenes, spec)
-    options = dict(tile=tile, overlap=overlap, batch_size=batch_size, blend=blend,
-                   device=device, engine=engine, precision=precision, threads=threads,
-                   overwrite=overwrite, **predict_kwargs)  # fmt: skip
     records: list[dict[str, Any]] = []
     for s in scenes:
         head: dict[str, Any] = {"scene": s.name, "line": s.line}
@@ -343,9 +338,11 @@ def predict_batch(
             try:
                 _make_output_folders(s)
                 result = predict(
-                    s.inputs, s.output, predictor=predictor, probabilities=s.probabilities,
-                    confidence=s.confidence, vector=s.vector, bands=s.bands or None,
-                    exclusion=s.exclusion, **options,
+                    read.with_inputs(s.inputs, s.bands),
+                    write.for_paths(label=s.output, probabilities=s.probabilities,
+                                    confidence=s.confidence, vector=s.vector,
+                                    exclusion=s.exclusion),
+                    spec=spec, predictor=predictor, progress=progress,
                 )  # fmt: skip
             except Exception as err:  # a failing scene must not stop the batch
                 log.debug("scene %s failed", s.name, exc_info=True)
@@ -356,6 +353,16 @@ def predict_batch(
         if on_result is not None:
             on_result(rec)
     return records
+
+
+def _check_templates(read: ReadSpec, write: WriteSpec) -> None:
+    """Inputs and output paths come from the CSV, never from the objects."""
+    if read.inputs:
+        raise UsageError("inputs come from the batch CSV, not from an option")
+    for key, path in {**write.rasters(), "vector": write.vector, "preview": write.preview}.items():
+        if path is not None:
+            key = "output" if key == "label" else key
+            raise UsageError(f"{key} comes from the batch CSV, not from an option")
 
 
 def _my_scenes(scenes: list[Scene], shard: Any, device: str) -> tuple[list[Scene], str, Shard]:

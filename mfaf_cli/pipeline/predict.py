@@ -25,9 +25,6 @@ import numpy as np
 
 from mfaf_cli.coreg.align import AlignedScene
 from mfaf_cli.coreg.grid import Grid, grid_from_reference
-from mfaf_cli.coreg.overrides import with_input_overrides
-from mfaf_cli.coreg.sources import expand_sources
-from mfaf_cli.coreg.stack import expand_stacks
 from mfaf_cli.errors import InputError, ModalityError, OutputPathError, UsageError
 from mfaf_cli.io.inputs import check_readable
 from mfaf_cli.io.remote import shown_path
@@ -43,9 +40,11 @@ from mfaf_cli.pipeline.core import (  # noqa: F401 (PreparedBatch, ...: re-expor
     scene_plan,
 )
 from mfaf_cli.pipeline.provenance import provenance_tags
+from mfaf_cli.pipeline.read_spec import ReadSpec, expanded
 from mfaf_cli.pipeline.spec import InferenceSpec
-from mfaf_cli.tiling.windows import Window, check_tile, validate_tiling
-from mfaf_cli.types import Blend, Engine, Precision
+from mfaf_cli.pipeline.write_spec import WriteSpec, check_vector_path  # noqa: F401 (re-export)
+from mfaf_cli.tiling.windows import Window, check_tile
+from mfaf_cli.types import Blend
 
 if TYPE_CHECKING:
     from mfaf_cli.models.resolve import ModelSource
@@ -180,20 +179,6 @@ def model_tags(source: ModelSource | None, name: str) -> dict[str, str]:
     return weights_tags(name, sha)
 
 
-def check_vector_path(path: PathLike, overwrite: bool) -> None:
-    """Fail before any work if the vector output cannot be written."""
-    try:
-        from mfaf_cli.vectorize.polygons import check_output
-    except ImportError:  # pragma: no cover - vectorize not built
-        raise UsageError("--vector is not available in this build") from None
-    p = Path(path)
-    if not p.parent.exists():
-        raise OutputPathError(
-            f"output folder {p.parent} does not exist; create it (mkdir -p) or choose another path"
-        )
-    check_output(p, overwrite)
-
-
 def class_fractions(outputs: Any, meta: ModelMeta) -> tuple[float, dict[str, float]]:
     """(valid fraction of the grid, fraction of valid pixels per class name) of a finished run."""
     counts, n_valid = outputs.class_counts, int(outputs.class_counts.sum())
@@ -208,12 +193,8 @@ def run_on_scene(
     predictor: Any,
     make_sink: Any,
     spec: InferenceSpec,
+    read: ReadSpec | None = None,
     *,
-    bands: Any = None,
-    sar_units: str = "auto",
-    crs: Any = None,
-    resolution: Any = None,
-    bounds: Any = None,
     progress: bool = False,
     read_threads: int = 1,
     before_commit: Any = None,
@@ -221,18 +202,22 @@ def run_on_scene(
 ) -> tuple[Grid, Any, Any]:
     """One pass of the inference core over one scene: ``(grid, RunStats, sink)``.
 
-    ``inputs`` are in the model's modality order; ``make_sink(grid)`` makes the sink (a
+    ``inputs`` are in the model's modality order (the plain files of ``read``, which gives
+    their bands, SAR units and grid overrides); ``make_sink(grid)`` makes the sink (a
     context manager, entered for the pass); ``before_commit(sink)`` runs inside it after the
     last row, so an error there still discards the sink's output. predict, batch mode and
-    evaluate all come through here. ``aoi`` (:class:`~mfaf_cli.io.aoi.Aoi`): the run covers
-    the polygon's bounds and only its pixels are valid (see :mod:`mfaf_cli.pipeline.aoi`).
+    evaluate all come through here. ``aoi`` (:class:`~mfaf_cli.io.aoi.Aoi`, read from
+    ``read.aoi``): the run covers the polygon's bounds and only its pixels are valid (see
+    :mod:`mfaf_cli.pipeline.aoi`).
     """
     assert spec.tile is not None
+    read = read or ReadSpec()
+    bands, sar_units = read.band_lists(), read.sar_units
     ref_path = os.fspath(inputs[meta.reference_modality])
     if aoi is None:
-        grid = grid_from_reference(ref_path, crs=crs, resolution=resolution, bounds=bounds)
+        grid = grid_from_reference(ref_path, **read.grid_options())
     else:
-        grid, polygon = aoi_grid(ref_path, aoi, crs=crs, resolution=resolution, bounds=bounds)
+        grid, polygon = aoi_grid(ref_path, aoi, **read.grid_options())
     plan = scene_plan(ref_path, grid, spec.tile, spec.overlap)
     with (
         AlignedScene(inputs, read_grid(grid, plan), bands=bands, units=sar_units, meta=meta)
@@ -259,17 +244,6 @@ def run_on_scene(
     stats = replace(stats, bands={m: c.to_dict() for m, c in scene.band_choices.items()},
                     statistics=sampling)  # fmt: skip
     return grid, stats, sink
-
-
-def _read_aoi(aoi: Any, bounds: Any) -> Any:
-    """``--aoi``: a path is read (one error line if it is not a polygon file)."""
-    if aoi is not None and bounds is not None:
-        raise UsageError("--aoi and --bounds both set the extent: give one of them")
-    if aoi is None or not isinstance(aoi, str | os.PathLike):
-        return aoi
-    from mfaf_cli.io.aoi import read_aoi
-
-    return read_aoi(aoi)
 
 
 def _extent_percentiles(
@@ -330,149 +304,149 @@ def vectorize_finished_map(
 
 
 # ---- predict ----------------------------------------------------------------------------------
-@with_input_overrides  # --nodata MOD=VALUE, --tap (coreg/overrides.py)
-@expand_sources  # STAC items, mosaics, URLs (see coreg/sources.py)
-@expand_stacks  # several files or a Sentinel-2 folder per modality (see coreg/stack.py)
 def predict(
-    inputs: Mapping[str, PathLike],
-    output: PathLike | None,
+    read: ReadSpec | Mapping[str, Any],
+    write: WriteSpec | PathLike | None = None,
     model: Any = None,
     *,
-    tile: int | None = None,
-    overlap: float = 0.25,
-    batch_size: int = 4,
-    blend: Blend = "gaussian",
-    device: str = "auto",
-    engine: Engine = "auto",
-    precision: Precision = "auto",
-    threads: int | None = None,
-    probabilities: PathLike | None = None,
-    probabilities_dtype: str = "uint8",
-    confidence: PathLike | None = None,
-    confidence_kind: str = "top",
-    vector: PathLike | None = None,
-    cog: bool = False,
-    creation_options: Mapping[str, str] | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    bands: BandSpec | None = None,
-    crs: Any = None,
-    resolution: float | tuple[float, float] | None = None,
-    bounds: tuple[float, float, float, float] | None = None,
-    sar_units: str = "auto",
+    spec: InferenceSpec | None = None,
     predictor: Any = None,
+    progress: bool = True,
     read_threads: int | None = None,
-    exclusion: PathLike | None = None,
-    mask_excluded: bool = False,
-    aoi: Any = None,
+    **fields: Any,
 ) -> PredictResult:
     """Predict a land-use map for one scene and write it as georeferenced GeoTIFF(s).
 
     Args:
-        inputs: modality → raster path, e.g. ``{"optical": "s2.tif", "sar": "s1.tif"}``.
-        output: label GeoTIFF (uint8 class ids, nodata 255, colour table); None to skip it
-            (then ``probabilities`` or ``confidence`` must be given).
+        read: what to read (:class:`ReadSpec`: inputs, bands, grid), or just the inputs,
+            modality → raster path, e.g. ``{"optical": "s2.tif", "sar": "s1.tif"}``.
+        write: what to write (:class:`WriteSpec`: label map, probabilities, confidence,
+            exclusion mask, polygons, format), or just the label GeoTIFF's path.
         model: ``--model`` spec (shipped name, .safetensors/.onnx path, registry arch) or None
             for the default model of these modalities. Ignored when ``predictor`` is given.
-        tile, overlap: window side (default the model's) and overlap fraction in [0, 1).
-        batch_size: windows per model call.
-        blend: ``gaussian`` | ``cosine`` | ``constant``.
-        device, engine, precision: see :func:`mfaf_cli.engine.create_predictor`.
-        threads: CPU threads for the engine and the readers together (None: all usable
-            cores); see :func:`mfaf_cli.pipeline.spec.split_threads`.
-        probabilities, probabilities_dtype, confidence: optional extra outputs;
-        confidence_kind: ``top`` (max probability) or ``entropy`` (normalised entropy).
-        vector: polygonise the label map into this file (.gpkg, .geojson, .parquet, .shp).
-        cog, creation_options: output format options.
-        overwrite: replace existing outputs.
-        progress: tqdm bar on stderr.
-        bands: modality → band list (1-based ints or band names).
-        crs, resolution, bounds: target-grid overrides (bounds in target CRS units).
-        sar_units: ``auto`` | ``db`` | ``linear`` (units of the SAR file).
+        spec: how to infer (:class:`InferenceSpec`: tile, overlap, batch, blend, device,
+            engine, precision, threads); default: the model's tile and the defaults.
         predictor: an already created Predictor (reused across scenes by batch mode).
+        progress: tqdm bar on stderr.
         read_threads: override the reader threads of the split (0 reads in the caller).
-        exclusion: write the exclusion mask (reason codes, see mfaf_cli/applicability.py).
-        mask_excluded: write excluded pixels as nodata in every output.
-        aoi: a polygon file (GeoJSON, GPKG, SHP; any CRS) or :class:`~mfaf_cli.io.aoi.Aoi`:
-            the run covers its bounds; pixels outside it are nodata.
+        fields: convenience keywords, any field of the three objects (``bands=...``,
+            ``overwrite=True``, ``tile=256``), see :func:`run_objects`.
 
     Raises:
         MfafError subclasses for every user-facing problem; nothing is left on disk then.
     """
+    read, write, spec = run_objects(read, write, spec, fields)
+    result = expanded(
+        read,
+        lambda flat: _predict(flat, write, spec, model, predictor, progress, read_threads),
+        model=model, predictor=predictor, output=write.label,
+    )  # fmt: skip
+    if write.preview is not None:  # over the inputs as reported (stacks, items: their first)
+        write_preview(result.outputs, write.preview, result.inputs, result.model)
+    return result
+
+
+def write_preview(
+    outputs: dict[str, str], png: PathLike, inputs: Mapping[str, Any], title: str
+) -> None:
+    """``--preview``: the quick-look of the committed label map, added to ``outputs``."""
+    from mfaf_cli.io.preview import write_run_preview
+
+    write_run_preview(outputs["label"], inputs, png, title=title)
+    outputs["preview"] = str(Path(png).absolute())
+
+
+def run_objects(
+    read: ReadSpec | Mapping[str, Any],
+    write: WriteSpec | PathLike | None,
+    spec: InferenceSpec | None,
+    fields: Mapping[str, Any],
+) -> tuple[ReadSpec, WriteSpec, InferenceSpec]:
+    """The one place where convenience keywords become the run's three objects: each keyword
+    goes to the object with a field of that name (``output`` is the label map's path); an
+    object given whole is copied with those fields replaced (and checked again)."""
+    given = dict(fields)
+    if "output" in given:
+        given["label"] = given.pop("output")
+    kinds: dict[str, tuple[type[Any], Any, dict[str, Any]]] = {
+        "read": (ReadSpec, read, {} if isinstance(read, ReadSpec) else {"inputs": read}),
+        "write": (WriteSpec, write, {} if isinstance(write, WriteSpec) else {"label": write}),
+        "spec": (InferenceSpec, spec, {}),
+    }
+    changes: dict[str, dict[str, Any]] = {name: {} for name in kinds}
+    for key, value in given.items():
+        owner = next((n for n, (cls, _, _) in kinds.items() if key in _field_names(cls)), None)
+        if owner is None:
+            raise TypeError(f"unexpected keyword argument {key!r}: no field of the run's objects")
+        changes[owner][key] = value
+    built: dict[str, Any] = {}
+    for name, (cls, obj, base) in kinds.items():
+        if isinstance(obj, cls):
+            built[name] = replace(obj, **changes[name]) if changes[name] else obj
+        else:
+            built[name] = cls(**base, **changes[name])
+    return built["read"], built["write"], built["spec"]
+
+
+def _field_names(cls: type) -> set[str]:
+    from dataclasses import fields as dc_fields
+
+    return {f.name for f in dc_fields(cls) if f.name != "template"}
+
+
+def _predict(
+    read: ReadSpec, write: WriteSpec, spec: InferenceSpec, model: Any, predictor: Any,
+    progress: bool, read_threads: int | None,
+) -> PredictResult:  # fmt: skip
+    """:func:`predict` once ``read.inputs`` are plain files."""
     from mfaf_cli.io.raster import OutputSet
-    from mfaf_cli.pipeline.exclusion import (
-        Excluder,
-        check_distinct_outputs,
-        checks_for,
-        warn_if_excluded,
-        with_excluder,
-    )
+    from mfaf_cli.pipeline.exclusion import Excluder, checks_for, warn_if_excluded, with_excluder
 
     t_start = time.perf_counter()
-    inputs = {k: os.fspath(v) for k, v in inputs.items() if v is not None}
-    bands = {k: list(v) for k, v in (bands or {}).items() if v}
-    _check_request(inputs, bands, (output, probabilities, confidence), vector)
-    spec = InferenceSpec(tile, overlap, batch_size, blend, device, engine, precision, threads)
-    check_distinct_outputs({"-o/--output": output, "--probabilities": probabilities,
-                            "--confidence": confidence, "--vector": vector,
-                            "--exclusion": exclusion})  # fmt: skip
-    _check_outputs((output, probabilities, confidence, exclusion), vector, creation_options,
-                   overwrite)  # fmt: skip
+    inputs, bands = dict(read.inputs), read.band_lists()
+    if not inputs:
+        raise ModalityError("give the input rasters, e.g. --optical s2.tif --sar s1.tif")
+    write.check_paths()
     for name, path in inputs.items():
         check_readable(path, name)
-    area = _read_aoi(aoi, bounds)
+    area = read.read_aoi()
     predictor, model_name, trained = _predictor_for(predictor, model, inputs, bands, spec)
     meta: ModelMeta = predictor.meta
-    tile = int(meta.tile_size if tile is None else tile)
+    tile = int(meta.tile_size if spec.tile is None else spec.tile)
     check_tile(tile, meta.divisor, meta.arch)
-    validate_tiling(tile, overlap)
+    spec = spec.with_tile(tile)
     weights = model_tags(getattr(predictor, "source", None), model_name)
     record: dict[str, Any] = {}  # made once the grid and inputs are open (their errors first)
-    checks = checks_for(meta, model_name, wanted=exclusion is not None or mask_excluded)
+    checks = checks_for(meta, model_name, wanted=write.exclusion is not None or write.mask_excluded)
     ordered = {m: inputs[m] for m in meta.modality_names}
 
     def _outputs(grid: Grid) -> Any:
-        record.update(
-            run_provenance(inputs, meta, bands, predictor, weights, trained, spec.with_tile(tile))
-        )
+        record.update(run_provenance(inputs, meta, bands, predictor, weights, trained, spec))
         ex = None if checks is None else Excluder(
-            ordered, grid, meta, checks, bands=bands, sar_units=sar_units)  # fmt: skip
+            ordered, grid, meta, checks, bands=bands, sar_units=read.sar_units)  # fmt: skip
         return with_excluder(ex, lambda e: OutputSet(
-            grid,
-            meta,
-            output,
-            probabilities,
-            confidence,
-            creation_options=creation_options,
-            probability_dtype=probabilities_dtype,  # type: ignore[arg-type]
-            cog=cog,
-            overwrite=overwrite,
-            tags={**weights, **provenance_tags(record)},
-            confidence_kind=confidence_kind,
-            exclusion=exclusion,
-            excluder=e,
-            mask_excluded=mask_excluded,
+            grid, meta, write.label, write.probabilities, write.confidence,
+            tags={**weights, **provenance_tags(record)}, exclusion=write.exclusion, excluder=e,
+            **write.output_set_options(),
         ))  # fmt: skip
 
     if read_threads is None:
         read_threads = spec.thread_split(on_gpu(predictor), reader_bound(predictor))[1]
     t_scene = time.perf_counter()
     grid, stats, outputs = run_on_scene(
-        ordered, meta, predictor, _outputs, spec.with_tile(tile), bands=bands,
-        sar_units=sar_units, crs=crs, resolution=resolution, bounds=bounds,
-        progress=progress, read_threads=read_threads,
-        before_commit=_tagged(_require_valid_pixels(inputs), record), aoi=area,
+        ordered, meta, predictor, _outputs, spec, read, progress=progress,
+        read_threads=read_threads, before_commit=_tagged(_require_valid_pixels(inputs), record),
+        aoi=area,
     )  # fmt: skip
     seconds_scene = time.perf_counter() - t_scene
 
     written = {k: str(Path(v).absolute()) for k, v in outputs.paths.items() if v is not None}
-    if vector is not None and output is not None:
-        vectorize_finished_map(
-            output, vector, list(written.values()), overwrite=overwrite, progress=progress
-        )
-        written["vector"] = str(Path(vector).absolute())
+    if write.vector is not None and write.label is not None:
+        vectorize_finished_map(write.label, write.vector, list(written.values()),
+                               overwrite=write.overwrite, progress=progress)  # fmt: skip
+        written["vector"] = str(Path(write.vector).absolute())
     valid_fraction, fractions = class_fractions(outputs, meta)
-    warn_if_excluded(outputs.exclusion_summary(), mask_excluded)
+    warn_if_excluded(outputs.exclusion_summary(), write.mask_excluded)
     return PredictResult(
         inputs={k: shown_path(v) for k, v in ordered.items()},
         grid=grid.to_dict(),
@@ -485,11 +459,11 @@ def predict(
         arch=meta.arch,
         trained=trained,
         device=str(getattr(predictor, "device", "cpu")),
-        engine=str(getattr(predictor, "engine", engine)),
-        precision=str(getattr(predictor, "precision", precision)),
+        engine=str(getattr(predictor, "engine", spec.engine)),
+        precision=str(getattr(predictor, "precision", spec.precision)),
         tile=tile,
-        overlap=float(overlap),
-        blend=blend,
+        overlap=float(spec.overlap),
+        blend=spec.blend,
         valid_fraction=round(valid_fraction, 6),
         class_fractions={k: round(v, 6) for k, v in fractions.items()},
         model_seconds=round(stats.model_seconds, 3),
@@ -520,42 +494,6 @@ def run_provenance(
     }  # fmt: skip
     ordered = {m: os.fspath(inputs[m]) for m in meta.modality_names}
     return provenance_record(ordered, meta, bands, model, inference)
-
-
-def _check_request(
-    inputs: Mapping[str, Any],
-    bands: Mapping[str, Any],
-    outputs: tuple[PathLike | None, ...],
-    vector: PathLike | None,
-) -> None:
-    """The arguments make sense together (before any file is looked at)."""
-    if not inputs:
-        raise ModalityError("give the input rasters, e.g. --optical s2.tif --sar s1.tif")
-    stray = [m for m in bands if m not in inputs]
-    if stray:
-        raise UsageError(f"--{stray[0]}-bands is given but there is no --{stray[0]} input")
-    output = outputs[0]
-    if all(p is None for p in outputs):
-        raise UsageError("nothing to write: give -o/--output (or --probabilities/--confidence)")
-    if vector is not None and output is None:
-        raise UsageError("--vector polygonises the label map: give -o/--output too")
-
-
-def _check_outputs(
-    outputs: tuple[PathLike | None, ...],
-    vector: PathLike | None,
-    creation_options: Mapping[str, str] | None,
-    overwrite: bool,
-) -> None:
-    """Output paths and options are usable: cheap, so checked before the model loads."""
-    from mfaf_cli.io.raster import check_creation_options, check_output_path
-
-    for p in outputs:
-        if p is not None:
-            check_output_path(p, overwrite)
-    check_creation_options(creation_options)
-    if vector is not None:
-        check_vector_path(vector, overwrite)
 
 
 def _predictor_for(
@@ -703,37 +641,46 @@ def _coregister_block(
     return int(joint.sum())
 
 
-@with_input_overrides
-@expand_sources
-@expand_stacks
 def coregister(
-    inputs: Mapping[str, PathLike],
+    read: ReadSpec | Mapping[str, Any],
     out_dir: PathLike,
     *,
-    bands: BandSpec | None = None,
-    crs: Any = None,
-    resolution: float | tuple[float, float] | None = None,
-    bounds: tuple[float, float, float, float] | None = None,
+    write: WriteSpec | None = None,
     reference: str | None = None,
-    sar_units: str = "auto",
-    creation_options: Mapping[str, str] | None = None,
-    overwrite: bool = False,
     progress: bool = True,
     block: int = 512,
+    **fields: Any,
 ) -> CoregisterResult:
     """Warp every input onto the reference grid and write ``<out_dir>/<modality>.tif``.
 
+    ``read``: what to read (:class:`ReadSpec`, or just modality → path); ``write``: the
+    GeoTIFF options (``creation_options``, ``overwrite``; no paths: the files are named by
+    modality); ``fields``: convenience keywords of those two objects, as :func:`predict`.
     Continuous modalities are written as float32 (nodata NaN); a ``label`` input (categorical,
     resampled nearest) keeps its dtype and nodata. Blocks are read and written one at a time,
     so any scene size works in bounded memory. ``out_dir`` is created if its parent exists.
     """
+    read, write, spec = run_objects(read, write or WriteSpec(template=True), None, fields)
+    if spec != InferenceSpec():
+        raise TypeError("coregister runs no model: it takes no InferenceSpec keywords")
+    if any(p is not None for p in (*write.rasters().values(), write.vector)):
+        raise UsageError("coregister writes <folder>/<modality>.tif: give no output paths")
+    return expanded(read, lambda flat: _coregister(flat, out_dir, write, reference, progress,
+                                                   block), for_model=False)  # fmt: skip
+
+
+def _coregister(
+    read: ReadSpec, out_dir: PathLike, write: WriteSpec, reference: str | None, progress: bool,
+    block: int,
+) -> CoregisterResult:  # fmt: skip
+    """:func:`coregister` once ``read.inputs`` are plain files."""
     from tqdm import tqdm
 
     from mfaf_cli.io.raster import atomic_outputs, gtiff_options
     from mfaf_cli.metadata import REFERENCE_MODALITIES
 
     t0 = time.perf_counter()
-    inputs = {k: os.fspath(v) for k, v in inputs.items() if v is not None}
+    inputs = dict(read.inputs)
     if not inputs:
         raise ModalityError("give the input rasters, e.g. --optical s2.tif --sar s1.tif")
     if reference is None:
@@ -749,12 +696,11 @@ def coregister(
         )
     for name, path in inputs.items():
         check_readable(path, name)
-    grid = grid_from_reference(inputs[reference], crs=crs, resolution=resolution, bounds=bounds)
-    bands = {k: list(v) for k, v in (bands or {}).items() if v}
-    options = gtiff_options("deflate", creation_options)
+    grid = grid_from_reference(inputs[reference], **read.grid_options())
+    options = gtiff_options("deflate", write.creation_options)
     finals = [out / f"{m}.tif" for m in inputs]
     with (
-        AlignedScene(inputs, grid, bands=bands, units=sar_units) as scene,
+        AlignedScene(inputs, grid, bands=read.band_lists(), units=read.sar_units) as scene,
         _bounded_gdal_cache(scene, block),
     ):
         specs = {m: _coregister_dtype(src) for m, src in scene.sources.items()}
@@ -763,7 +709,7 @@ def coregister(
             for r in range(0, grid.height, block)
             for c in range(0, grid.width, block)
         ]
-        with _output_folder(out), atomic_outputs(finals, overwrite) as temps:
+        with _output_folder(out), atomic_outputs(finals, write.overwrite) as temps:
             dsets: dict[str, Any] = {}
             try:
                 for (m, src), tmp in zip(scene.sources.items(), temps, strict=True):

@@ -34,7 +34,7 @@ import os
 import re
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -43,9 +43,6 @@ import numpy as np
 
 from mfaf_cli.coreg.align import AlignedScene
 from mfaf_cli.coreg.grid import Grid, grid_from_reference
-from mfaf_cli.coreg.overrides import with_input_overrides
-from mfaf_cli.coreg.sources import expand_sources
-from mfaf_cli.coreg.stack import expand_stacks
 from mfaf_cli.errors import InputError, MfafError, ModalityError, UsageError
 from mfaf_cli.io.inputs import check_readable
 from mfaf_cli.metadata import ModelMeta
@@ -53,17 +50,19 @@ from mfaf_cli.pipeline.core import PANEL_WIDTH, read_grid, reference_anchor, run
 from mfaf_cli.pipeline.predict import (
     _bounded_gdal_cache,
     check_modalities,
-    check_vector_path,
     load_predictor,
     model_tags,
     on_gpu,
+    run_objects,
     vectorize_finished_map,
+    write_preview,
 )
+from mfaf_cli.pipeline.read_spec import ReadSpec, expanded
 from mfaf_cli.pipeline.shard import Shard, device_for, resolve_shard
 from mfaf_cli.pipeline.spec import InferenceSpec
+from mfaf_cli.pipeline.write_spec import WriteSpec, check_vector_path
 from mfaf_cli.tiling.plan import WindowPlan, plan_windows
-from mfaf_cli.tiling.windows import check_tile, validate_tiling
-from mfaf_cli.types import Blend, Engine, Precision
+from mfaf_cli.tiling.windows import check_tile
 
 log = logging.getLogger("mfaf")
 
@@ -241,23 +240,11 @@ class _Run:
         )
 
 
-def _check_request(
-    inputs: Mapping[str, str],
-    finals: Mapping[str, Path | None],
-    overwrite: bool,
-    creation_options: Mapping[str, str] | None,
-) -> None:
-    """predict's cheap checks, before the model: something to write, paths, input files."""
-    from mfaf_cli.io.raster import check_creation_options, check_output_path
-
+def _check_request(inputs: Mapping[str, str], write: WriteSpec) -> None:
+    """predict's cheap checks, before the model: output paths, input files."""
     if not inputs:
         raise ModalityError("give the input rasters, e.g. --optical s2.tif --sar s1.tif")
-    if all(finals.get(k) is None for k in ("label", "probabilities", "confidence")):
-        raise UsageError("nothing to write: give -o/--output (or --probabilities/--confidence)")
-    for p in finals.values():
-        if p is not None:
-            check_output_path(p, overwrite)
-    check_creation_options(creation_options)
+    write.check_paths()
     for name, path in inputs.items():
         check_readable(path, name)
 
@@ -303,36 +290,28 @@ def _full_percentiles(
 
 
 def _prepare(
-    inputs: Mapping[str, PathLike],
-    finals: dict[str, Path | None],
+    read: ReadSpec,
+    write: WriteSpec,
     model: Any,
     spec: InferenceSpec,
     *,
     load: bool,
     predictor: Any,
-    bands: Any,
-    sar_units: str,
-    grid_opts: Mapping[str, Any],
-    options: dict[str, Any],
 ) -> _Run:
     """predict's checks in predict's order (outputs, inputs, model, tiling), then the full
     grid, its plan anchor and scene statistics: the same in every process of the run."""
-    flat = {k: os.fspath(v) for k, v in inputs.items() if v is not None}
-    band_lists = {k: list(v) for k, v in (bands or {}).items() if v}
-    stray = [m for m in band_lists if m not in flat]
-    if stray:
-        raise UsageError(f"--{stray[0]}-bands is given but there is no --{stray[0]} input")
-    _check_request(flat, finals, options["overwrite"], options["creation_options"])
+    flat, band_lists = dict(read.inputs), read.band_lists()
+    _check_request(flat, write)
     predictor, meta, tags = _model(model, flat, band_lists, spec, predictor, load)
     tile = int(meta.tile_size if spec.tile is None else spec.tile)
     check_tile(tile, meta.divisor, meta.arch)
-    validate_tiling(tile, spec.overlap)
     spec = spec.with_tile(tile)
     ordered = {m: flat[m] for m in meta.modality_names}
     ref = ordered[meta.reference_modality]
-    grid = grid_from_reference(ref, **grid_opts)
+    grid = grid_from_reference(ref, **read.grid_options())
     anchor = full_anchor(ref, grid, tile, spec.overlap)
-    stats = _full_percentiles(ordered, grid, meta, band_lists, sar_units)
+    stats = _full_percentiles(ordered, grid, meta, band_lists, read.sar_units)
+    finals = {k: None if p is None else Path(p) for k, p in write.rasters().items()}
     return _Run(
         ordered,
         finals,
@@ -343,8 +322,8 @@ def _prepare(
         stats,
         tags,
         band_lists,
-        sar_units,
-        options,
+        read.sar_units,
+        write.output_set_options(),
         predictor,
     )
 
@@ -645,86 +624,61 @@ def _assemble_only(run: _Run, shard: Shard, t0: float) -> SplitResult:
 
 
 # ---- entry point ------------------------------------------------------------------------------
-@with_input_overrides  # --nodata MOD=VALUE, --tap (coreg/overrides.py)
-@expand_sources  # STAC items, mosaics, URLs, as predict
-@expand_stacks  # several files or a Sentinel-2 folder per modality, as predict
 def predict_split(
-    inputs: Mapping[str, PathLike],
-    output: PathLike | None,
+    read: ReadSpec | Mapping[str, Any],
+    write: WriteSpec | PathLike | None = None,
     model: Any = None,
     *,
+    spec: InferenceSpec | None = None,
     shard: str | Shard | None = None,
     assemble_only: bool = False,
-    tile: int | None = None,
-    overlap: float = 0.25,
-    batch_size: int = 4,
-    blend: Blend = "gaussian",
-    device: str = "auto",
-    engine: Engine = "auto",
-    precision: Precision = "auto",
-    threads: int | None = None,
-    probabilities: PathLike | None = None,
-    probabilities_dtype: str = "uint8",
-    confidence: PathLike | None = None,
-    confidence_kind: str = "top",
-    vector: PathLike | None = None,
-    cog: bool = False,
-    creation_options: Mapping[str, str] | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    bands: Mapping[str, Any] | None = None,
-    crs: Any = None,
-    resolution: float | tuple[float, float] | None = None,
-    bounds: tuple[float, float, float, float] | None = None,
-    sar_units: str = "auto",
     predictor: Any = None,
+    progress: bool = True,
     read_threads: int | None = None,
-    mask_excluded: bool = False,
-    exclusion: PathLike | None = None,
+    **fields: Any,
 ) -> SplitResult:
     """Predict this process's row strip of one scene (see the module docstring); the
     assembling process also writes the outputs (and polygonises the assembled label map into
-    ``vector``), exactly as :func:`predict` would. Arguments as for
+    ``write.vector``), exactly as :func:`predict` would. Arguments as for
     :func:`~mfaf_cli.pipeline.predict.predict`, plus ``shard`` (``"I/N"``; default from
     torchrun / Slurm) and ``assemble_only`` (only assemble the parts on disk).
-    ``mask_excluded``: each part masks its excluded pixels (the exclusion check is per pixel,
-    so the parts mask exactly what a single run masks)."""
+    ``write.mask_excluded``: each part masks its excluded pixels (the exclusion check is per
+    pixel, so the parts mask exactly what a single run masks)."""
+    read, write, spec = run_objects(read, write, spec, fields)
+    if read.aoi is not None:
+        raise UsageError("--aoi cannot be used with --split-scene/--assemble (yet)")
+    result = expanded(
+        read,
+        lambda flat: _predict_split(flat, write, spec, model, shard, assemble_only, predictor,
+                                    progress, read_threads),
+        model=model, predictor=predictor, output=write.label,
+    )  # fmt: skip
+    if write.preview is not None and result.assembled:  # the assembler: the map is complete
+        files = {m: v for m, v in read.inputs.items() if _file_names(v)}
+        write_preview(result.outputs, write.preview, files, result.model)
+    return result
+
+
+def _file_names(value: Any) -> bool:
+    """Whether an input is given as file names (a preview's reference), not STAC items."""
+    values = value if isinstance(value, tuple) else (value,)
+    return all(isinstance(v, str | os.PathLike) for v in values)
+
+
+def _predict_split(
+    read: ReadSpec, write: WriteSpec, spec: InferenceSpec, model: Any, shard: Any,
+    assemble_only: bool, predictor: Any, progress: bool, read_threads: int | None,
+) -> SplitResult:  # fmt: skip
+    """:func:`predict_split` once ``read.inputs`` are plain files."""
     t0 = time.perf_counter()
-    if vector is not None:
-        if output is None:
-            raise UsageError("--vector polygonises the label map: give -o/--output too")
-        check_vector_path(vector, overwrite)
+    if write.vector is not None:
+        check_vector_path(write.vector, write.overwrite)
     share = resolve_shard(shard)
     if share.count == 1 and not assemble_only:
         log.warning("--split-scene without --shard I/N, torchrun or a Slurm array: this one "
                     "process predicts the whole scene")  # fmt: skip
-    spec = InferenceSpec(
-        tile, overlap, batch_size, blend, device_for(share, device), engine, precision, threads
-    )
-    finals = {
-        k: None if p is None else Path(p)
-        for k, p in zip(OUTPUT_KEYS, (output, probabilities, confidence, exclusion), strict=True)
-    }
-    options = {
-        "creation_options": creation_options,
-        "probability_dtype": probabilities_dtype,
-        "confidence_kind": confidence_kind,
-        "cog": cog,
-        "overwrite": overwrite,
-        "mask_excluded": mask_excluded,
-    }
-    run = _prepare(
-        inputs,
-        finals,
-        model,
-        spec,
-        load=not assemble_only,
-        predictor=predictor,
-        bands=bands,
-        sar_units=sar_units,
-        options=options,
-        grid_opts={"crs": crs, "resolution": resolution, "bounds": bounds},
-    )
+    spec = replace(spec, device=device_for(share, spec.device))
+    run = _prepare(read, write, model, spec, load=not assemble_only, predictor=predictor)
     if assemble_only:
         result = _assemble_only(run, share, t0)
     else:
@@ -732,10 +686,11 @@ def predict_split(
         result = _run_part(run, share, t0, progress=progress, read_threads=read_threads)
     result.model = run.tags.get("WEIGHTS", run.meta.arch)
     result.exclusion = run.exclusion
-    if vector is not None and output is not None and result.assembled:
+    if write.vector is not None and write.label is not None and result.assembled:
         written = list(result.outputs.values())
-        vectorize_finished_map(output, vector, written, overwrite=overwrite, progress=progress)
-        result.outputs["vector"] = str(Path(vector).absolute())
+        vectorize_finished_map(write.label, write.vector, written, overwrite=write.overwrite,
+                               progress=progress)  # fmt: skip
+        result.outputs["vector"] = str(Path(write.vector).absolute())
     return result
 
 

@@ -60,6 +60,9 @@ class TrainConfig:
     init: str | None = None  # fine-tune from this checkpoint or shipped model name
     freeze_encoder: int = 0  # epochs during which the encoder of an --init model is frozen
     bands: dict[str, list[int | str]] = field(default_factory=dict)  # 1-based numbers or names
+    #: modality -> where its band list was given (``config file F [bands] optical``), for error
+    #: messages; not a setting (never read from or saved to a config file)
+    band_origin: dict[str, str] = field(default_factory=dict)
     #: applicability rules ``NAME=EXPR`` recorded in the model (mfaf_cli/applicability.py)
     rules: list[str] = field(default_factory=list)
     model_config: dict[str, Any] = field(default_factory=dict)
@@ -68,7 +71,8 @@ class TrainConfig:
 
     @classmethod
     def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
+        """The settings (what a config file may hold)."""
+        return [f.name for f in dataclasses.fields(cls) if f.name not in NOT_SETTINGS]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -124,6 +128,7 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         )
     if "bands" in doc:
         doc["bands"] = _bands_setting(doc["bands"], f"config file {p} [bands]")
+        doc["band_origin"] = {m: f"config file {p} [bands] {m}" for m in doc["bands"]}
     return doc
 
 
@@ -136,6 +141,9 @@ def _bands_setting(table: Any, where: str) -> dict[str, list[int | str]]:
     except ValueError as err:
         raise UsageError(str(err)) from None
 
+
+#: TrainConfig fields that are no settings: never read from or written to a config file.
+NOT_SETTINGS: tuple[str, ...] = ("band_origin",)
 
 #: Settings that are paths: saved absolute so that ``--resume RUN_DIR`` works from any folder.
 PATH_FIELDS: tuple[str, ...] = ("data_root", "out")
@@ -153,7 +161,7 @@ def _toml_value(v: Any) -> str:
 
 def config_to_toml(cfg: TrainConfig) -> str:
     """The resolved configuration as TOML (loadable with ``--config``)."""
-    d = cfg.to_dict()
+    d = {k: v for k, v in cfg.to_dict().items() if k not in NOT_SETTINGS}
     for k in PATH_FIELDS:
         if d.get(k) and "://" not in str(d[k]):
             d[k] = os.path.abspath(os.path.expanduser(str(d[k])))

@@ -11,6 +11,7 @@ normalise → predictor → blend steps in memory.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -30,7 +31,7 @@ from mfaf_cli.scores.calibration import count_length
 from mfaf_cli.scores.metrics import confusion_matrix, metrics_from_confusion, to_jsonable
 from mfaf_cli.scores.stats import block_grid, block_ids
 from mfaf_cli.training.scoring import DEFAULT_BLOCK, Units, summarise
-from mfaf_cli.types import Blend, Engine, Precision
+from mfaf_cli.types import Blend
 
 if TYPE_CHECKING:
     from mfaf_cli.pipeline.spec import InferenceSpec
@@ -492,20 +493,25 @@ def scene_sink(
     also the confusion of the pixels the exclusion check kept (``sink.kept``)."""
     from mfaf_cli.pipeline.exclusion import Excluder, with_excluder
     from mfaf_cli.pipeline.predict import run_on_scene
+    from mfaf_cli.pipeline.read_spec import ReadSpec
     from mfaf_cli.pipeline.sinks import ConfusionSink
 
     meta: ModelMeta = predictor.meta
     k = meta.num_classes
     inputs = {m: os.fspath(scene.inputs[m]) for m in meta.modality_names}
     bands = {m: scene.bands[m] for m in meta.modality_names if scene.bands.get(m)}
+    label_fn = ds.map_label  # the scene's own ignore_value (a scene list column), as in training
+    if scene.ignore is not None:
+        label_fn = functools.partial(ds.map_label, ignore=scene.ignore)
 
     def make_sink(grid: Any) -> Any:
         ex = None if checks is None else Excluder(inputs, grid, meta, checks, bands=bands)
         return with_excluder(ex, lambda e: ConfusionSink(
-            scene.label, grid, k, label_fn=ds.map_label, ignore_index=ds.ignore_index,
+            scene.label, grid, k, label_fn=label_fn, ignore_index=ds.ignore_index,
             block=block, calibration=True, excluder=e))  # fmt: skip
 
-    _, _, sink = run_on_scene(inputs, meta, predictor, make_sink, spec, bands=bands,
+    read = ReadSpec(inputs=inputs, bands=bands)
+    _, _, sink = run_on_scene(inputs, meta, predictor, make_sink, spec, read,
                               read_threads=spec.thread_split()[1])  # fmt: skip
     return sink
 
@@ -516,14 +522,7 @@ def evaluate_model(
     root: str | os.PathLike[str],
     split: str = "test",
     *,
-    tile: int | None = None,
-    overlap: float = 0.25,
-    batch_size: int = 4,
-    blend: Blend = "gaussian",
-    device: str = "auto",
-    engine: Engine = "auto",
-    precision: Precision = "auto",
-    threads: int | None = None,
+    spec: InferenceSpec | None = None,
     bands: Mapping[str, list[int | str]] | None = None,
     seed: int = 0,
     val_fraction: float = 0.15,
@@ -538,18 +537,20 @@ def evaluate_model(
     scores it without the pixels the model's exclusion check flags.
 
     ``model`` is any ``--model`` spec (None = the shipped default for the dataset's
-    modalities). The dataset must provide the model's modalities with the same band counts,
-    and its class table must fit in the model's (else BandMismatchError / LabelError).
+    modalities); ``spec`` how to infer (:class:`~mfaf_cli.pipeline.spec.InferenceSpec`,
+    default: the model's tile and the defaults). The dataset must provide the model's
+    modalities with the same band counts, and its class table must fit in the model's (else
+    BandMismatchError / LabelError).
     """
     from mfaf_cli.pipeline.spec import InferenceSpec
 
-    spec = InferenceSpec(tile, overlap, batch_size, blend, device, engine, precision, threads)
+    spec = spec or InferenceSpec()
     opts: dict[str, Any] = {"seed": seed, "val_fraction": val_fraction, "augment": False}
     if bands:
         opts["bands"] = {k: list(v) for k, v in bands.items()}
     predictor, ds = _predictor_and_dataset(model, dataset, root, split, spec, opts)
     meta: ModelMeta = predictor.meta
-    tile = int(tile or meta.tile_size)
+    tile = int(spec.tile or meta.tile_size)
     desc = f"evaluate {dataset}/{split}"
     scenes = ds.scenes()
     checks = _checks(meta, model, mask_excluded)
@@ -575,9 +576,9 @@ def evaluate_model(
         "items": n_items,
         "scenes" if scenes is not None else "patches": n_items,
         "tile": tile,
-        "overlap": overlap,
-        "blend": blend,
-        "device": getattr(predictor, "device", device),
+        "overlap": spec.overlap,
+        "blend": spec.blend,
+        "device": getattr(predictor, "device", spec.device),
         "temperature": float(meta.temperature),
     }
     if ds.skipped:  # items the reader left out, by reason (also logged as warnings)

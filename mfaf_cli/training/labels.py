@@ -1,15 +1,15 @@
-"""Small guards of a training run: label options for folder datasets, the class table a
-resumed run must keep, and checkpoint writes that fail in one line on a full disk."""
+"""Small guards of a training run: label options for folder datasets, the class table and
+bands a resumed run must keep, and checkpoint writes that fail in one line on a full disk."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mfaf_cli.errors import OutputWriteError, UsageError, WeightsError
-from mfaf_cli.metadata import ClassInfo
+from mfaf_cli.metadata import ClassInfo, ModelMeta
 from mfaf_cli.training.config import TrainConfig
 
 
@@ -34,6 +34,19 @@ def check_same_classes(saved: Sequence[ClassInfo], now: Sequence[ClassInfo], ckp
             f"cannot resume: {ckpt} was trained on classes [{show(a)}], but the dataset now "
             f"gives [{show(b)}]; start a new run (--init {ckpt} to fine-tune from it)"
         )
+
+
+def check_same_bands(saved: ModelMeta, now: Mapping[str, Sequence[str]], ckpt: Path) -> None:
+    """``--resume`` must read the bands the run started on: weights trained on B12/B8/B4 that
+    carry on with B4/B3/B2 would be recorded as trained on the latter."""
+    for spec in saved.modalities:
+        got = tuple(now.get(spec.name, ()))
+        if tuple(spec.bands) != got:
+            raise WeightsError(
+                f"cannot resume: {ckpt} was trained on {spec.name} bands "
+                f"{','.join(spec.bands)}, but the dataset now gives {','.join(got) or 'none'}; "
+                f"select the same bands (--bands {spec.name}=...) or start a new run"
+            )
 
 
 @contextlib.contextmanager

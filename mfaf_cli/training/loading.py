@@ -159,3 +159,91 @@ class TrainLoader:
 
     def close(self) -> None:
         close_loader(self.loader)
+
+
+# ---- the run's datasets and its plain loaders -----------------------------------------------
+def open_splits(
+    cfg: TrainConfig, modalities: tuple[str, ...], d: _Dist, *, show: bool
+) -> tuple[Any, Any, dict[str, dict[str, Any]]]:
+    """The train and val datasets of a run (labels checked) and the per-split summaries."""
+    from mfaf_cli.data.datasets import open_dataset
+    from mfaf_cli.errors import DatasetError
+    from mfaf_cli.training.labels import folder_label_options
+    from mfaf_cli.training.records import split_summaries
+
+    common: dict[str, Any] = dict(
+        modalities=modalities,
+        tile=cfg.tile,
+        seed=cfg.seed,
+        val_fraction=cfg.val_fraction,
+        bands=cfg.bands or None,
+        band_flags=cfg.band_origin or None,
+        normalisation=cfg.normalisation,
+    )
+    if cfg.dataset == "folder" and cfg.num_classes:
+        common["num_classes"] = cfg.num_classes
+    common |= folder_label_options(cfg)
+    train_ds = open_dataset(
+        cfg.dataset, cfg.data_root, "train", photometric=cfg.photometric, **common
+    )
+    val_ds = open_dataset(cfg.dataset, cfg.data_root, "val", augment=False, **common)
+    if train_ds.num_classes != val_ds.num_classes:
+        raise DatasetError("train and val splits disagree on the class table")
+    train_ds.check_labels()
+    val_ds.check_labels()
+    splits = split_summaries(cfg, train_ds, val_ds, common, show=show)
+    if len(train_ds) < d.world:
+        raise DatasetError(
+            f"the train split has {len(train_ds)} samples, fewer than {d.world} processes"
+        )
+    return train_ds, val_ds, splits
+
+
+def _train_loader(
+    ds: Any, cfg: TrainConfig, epoch: int, d: _Dist, window_weights: np.ndarray | None = None
+) -> torch.utils.data.DataLoader:
+    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, default_collate
+
+    from mfaf_cli.training.sampling import DrawnSampler
+
+    ds.set_epoch(epoch)
+    if cfg.sampling != "random":  # grid order, or balanced draws (training/sampling.py)
+        sampler: Any = DrawnSampler(
+            len(ds), cfg.sampling, cfg.seed, epoch, window_weights, d.rank, d.world
+        )
+    elif d.enabled:
+        sampler = DistributedSampler(
+            ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed, drop_last=True
+        )
+        sampler.set_epoch(epoch)
+    else:
+        g = torch.Generator()
+        g.manual_seed(cfg.seed * 100_003 + epoch)
+        sampler = RandomSampler(ds, generator=g)
+    per_rank = len(ds) // d.world if d.enabled else len(ds)
+    return DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=resolve_workers(cfg.num_workers),
+        collate_fn=default_collate,
+        drop_last=per_rank > cfg.batch_size,
+        pin_memory=False,
+    )
+
+
+def _val_loader(
+    ds: Any, cfg: TrainConfig, d: _Dist, persist: bool = False
+) -> torch.utils.data.DataLoader:
+    from torch.utils.data import DataLoader, Subset, default_collate
+
+    sub = Subset(ds, list(range(d.rank, len(ds), d.world))) if d.enabled else ds
+    workers = resolve_workers(cfg.num_workers)
+    return DataLoader(
+        sub,
+        batch_size=cfg.batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=default_collate,
+        persistent_workers=persist and workers > 0,  # built once per run in fit()
+    )

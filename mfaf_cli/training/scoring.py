@@ -199,8 +199,10 @@ def plot_report(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    panels = 1 + bool(report.get("per_scene") or report.get("intervals")) + bool(
-        report.get("calibration")
+    panels = (
+        1
+        + bool(report.get("per_scene") or report.get("intervals"))
+        + bool(report.get("calibration"))
     )
     fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 4.2), squeeze=False)
     ax = axes[0]
