@@ -13,6 +13,10 @@ measurement runs in a fresh subprocess (its own peak RSS):
   AdamW) on batches already in memory (model only) and fed by the loader (end to end), at the
   default (``auto``) workers or ``--step-workers``; cross-entropy only, the same step in both.
 
+CPU: ``main_cpu_ms_per_sample`` per epoch is the main process's (with 0 workers, all of the
+loading; with workers, collating and receiving only); ``cpu_s_with_workers`` is the whole
+subprocess with its workers, set-up included. Both sides report both.
+
 TorchGeo (``--torchgeo-venv DIR``, a venv with torch + torchvision + torchgeo; never a
 dependency of mfaf): one ``RasterDataset`` subclass per file, ``&``, ``RandomGeoSampler`` with
 the same patch size and sample count, ``stack_samples``, at the same worker counts.
@@ -35,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -152,22 +157,35 @@ def run_loader(args: argparse.Namespace) -> dict[str, Any]:
     ds = _dataset(Path(args.root), args.tile, args.seed)
     rss0 = peak_rss_mb("VmRSS")
     loader = _loader(ds, args.w, args.batch, args.seed, "cpu")
-    rates = []
+    rates, cpu_ms = [], []
     for e in range(args.epochs):
-        t0, n = time.perf_counter(), 0
+        t0, c0, n = time.perf_counter(), time.process_time(), 0
         for b in loader.epoch(e):
             n += int(b["mask"].shape[0])
+            if args.samples and n >= args.samples:
+                break
         rates.append(n / (time.perf_counter() - t0))
+        cpu_ms.append(round((time.process_time() - c0) / n * 1e3, 1))
     workers = loader.workers
     del loader  # shuts the (persistent) workers down, so their peak RSS is counted
     import gc
 
     gc.collect()
-    return {"workers": workers, "samples_per_epoch": len(ds), "cold": round(rates[0], 1),
+    cpu = sum(
+        r.ru_utime + r.ru_stime
+        for r in (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
+    )
+    return {"workers": workers, "samples_per_epoch": min(len(ds), args.samples or len(ds)),
+            "cold": round(rates[0], 1),
             "warm": [round(r, 1) for r in rates[1:]],
             "warm_median": round(statistics.median(rates[1:]), 1) if len(rates) > 1 else None,
             "peak_rss_mb": round(peak_rss_mb(), 1), "rss_after_setup_mb": round(rss0, 1),
-            "workers_peak_rss_mb": round(children_peak_rss_mb(), 1)}  # fmt: skip
+            "workers_peak_rss_mb": round(children_peak_rss_mb(), 1),
+            "cpu_s_with_workers": round(cpu, 2),
+            "main_cpu_ms_per_sample": cpu_ms}  # fmt: skip
 
 
 def run_model(args: argparse.Namespace) -> dict[str, Any]:
@@ -197,7 +215,8 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    ready = list(loader.epoch(0))  # epoch 0 (cold) collected untimed; also warms the model
+    steps = -(-args.samples // args.batch) if args.samples else None
+    ready = list(islice(loader.epoch(0), steps))  # epoch 0 (cold) untimed; warms the model
     step(ready[0])
     sync()
     t0 = time.perf_counter()
@@ -206,7 +225,7 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
     sync()
     model_only = len(ready) / (time.perf_counter() - t0)
     t0, n = time.perf_counter(), 0
-    for b in loader.epoch(1):
+    for b in islice(loader.epoch(1), steps):
         step(b)
         n += 1
     sync()
@@ -218,7 +237,7 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---- TorchGeo side (run with the TorchGeo venv's python) ----------------------------------
-TORCHGEO_RUNNER = r'''
+TORCHGEO_RUNNER = r"""
 import json, sys, time, resource
 from torch.utils.data import DataLoader
 from torchgeo.datasets import RasterDataset, stack_samples
@@ -246,21 +265,27 @@ ds = Optical(root, crs=label.crs, res=label.res) & Sar(root, crs=label.crs, res=
 sampler = RandomGeoSampler(ds, size=patch, length=n)
 dl = DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers,
                 collate_fn=stack_samples, persistent_workers=workers > 0)
-rates = []
+rates, cpu_ms = [], []
 for e in range(epochs):
-    t0, k = time.perf_counter(), 0
+    t0, c0, k = time.perf_counter(), time.process_time(), 0
     for b in dl:
         k += b["image"].shape[0]
     rates.append(k / (time.perf_counter() - t0))
+    cpu_ms.append(round((time.process_time() - c0) / k * 1e3, 1))
 rss = 0.0
 for line in open("/proc/self/status"):
     if line.startswith("VmHWM:"):
         rss = int(line.split()[1]) / 1024
+del dl  # the persistent workers exit, so their CPU and peak RSS are counted
+import gc; gc.collect()
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+cpu = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                           resource.getrusage(resource.RUSAGE_CHILDREN)))
 print(json.dumps({"workers": workers, "cold": round(rates[0], 1),
                   "warm": [round(r, 1) for r in rates[1:]], "peak_rss_mb": round(rss, 1),
-                  "workers_peak_rss_mb": round(kids, 1)}))
-'''
+                  "workers_peak_rss_mb": round(kids, 1), "cpu_s_with_workers": round(cpu, 2),
+                  "main_cpu_ms_per_sample": cpu_ms}))
+"""
 
 
 def run_torchgeo(venv: Path, root: Path, workers: int, args: argparse.Namespace, n: int) -> Any:
@@ -279,6 +304,7 @@ def run_torchgeo(venv: Path, root: Path, workers: int, args: argparse.Namespace,
 def _sub(args: argparse.Namespace, *extra: str) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--root", str(args.root), "--tile", str(args.tile),
            "--batch", str(args.batch), "--seed", str(args.seed), "--epochs", str(args.epochs),
+           "--samples", str(args.samples),
            "--device", args.device, *(["--amp"] if args.amp else []), *extra]  # fmt: skip
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode:
@@ -309,6 +335,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=3, help="epoch 1 is cold, the rest warm")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--samples", type=int, default=0,
+                    help="samples per epoch (0: every window of the scene once)")  # fmt: skip
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", action="store_true", help="mixed precision steps (CUDA)")
     ap.add_argument("--torchgeo-venv", type=Path, default=None,
@@ -321,9 +349,11 @@ def main(argv: list[str] | None = None) -> None:
         args.w = args.w if args.w == "auto" else int(args.w)
         print(json.dumps(run_model(args) if args.model else run_loader(args)))
         return
+    load0 = [round(x, 2) for x in os.getloadavg()]
     args.root = generate_scene(args.workdir / f"scene_{args.size}", args.size, args.seed)
     counts = [int(w) for w in args.workers.split(",")]
     n = _windows(args.size, args.tile)
+    n = min(n, args.samples) if args.samples else n
     loader_rows: list[dict[str, Any]] = []
     tg_rows: list[dict[str, Any]] | None = [] if args.torchgeo_venv is not None else None
     for w in counts:  # interleaved, so a shared machine's load falls on both sides alike
@@ -344,7 +374,8 @@ def main(argv: list[str] | None = None) -> None:
     out: dict[str, Any] = {
         "benchmark": "train_bench", "size": args.size, "tile": args.tile, "batch": args.batch,
         "samples_per_epoch": n, "epochs": args.epochs, "device": args.device,
-        "cores": len(os.sched_getaffinity(0)),
+        "cores": len(os.sched_getaffinity(0)), "load_average_start": load0,
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "mfaf_samples_per_s": mfaf_rate,
         "train_end_to_end_over_model_only": {
             r["model"] + ("" if len(steps_w) == 1 else f"@{r['workers']}"):

@@ -211,6 +211,10 @@ class ModelMeta:
     #: Applicability rules ``(name, expression)`` over bands by meaning, in reason-code order
     #: (parsed and checked by mfaf_cli/applicability.py; never Python ``eval``).
     rules: tuple[tuple[str, str], ...] = ()
+    #: Per-pixel fallbacks: missing modality -> model (shipped name or path) that maps the
+    #: pixels without it from the other modalities (pipeline/fallback.py), e.g.
+    #: ``{"optical": "unet-sar-ombria-water"}``; empty: pixels missing a modality are nodata.
+    fallbacks: dict[str, str] = field(default_factory=dict)
 
     # ---- derived views ---------------------------------------------------------------
     @property
@@ -263,7 +267,9 @@ class ModelMeta:
             "metrics": self.metrics,
             "trained": self.trained,
             "temperature": self.temperature,
-        } | ({"rules": [{"name": n, "expr": e} for n, e in self.rules]} if self.rules else {})
+        } | ({"rules": [{"name": n, "expr": e} for n, e in self.rules]} if self.rules else {}) | (
+            {"fallbacks": dict(self.fallbacks)} if self.fallbacks else {}
+        )  # fmt: skip
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -293,6 +299,7 @@ class ModelMeta:
                 format_version=int(d.get("format_version", 1)),
                 temperature=_temperature(d.get("temperature", 1.0)),
                 rules=tuple((str(r["name"]), str(r["expr"])) for r in d.get("rules", ())),
+                fallbacks={str(k): str(v) for k, v in dict(d.get("fallbacks", {})).items()},
             )
         except (KeyError, TypeError, ValueError) as err:
             raise WeightsError(f"model metadata record is incomplete or malformed ({err})") from err

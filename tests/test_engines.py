@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -187,6 +188,40 @@ def test_onnx_predictor_matches_torch(tiny: tuple[TinyFusion, ModelMeta], tiny_o
     np.testing.assert_allclose(
         OnnxPredictor(tiny_onnx, device="cpu", batch_size=2)(batch), out, atol=1e-6
     )
+
+
+class _CountingSession:
+    """An ONNX Runtime session that records the batch size of every run."""
+
+    def __init__(self, session: Any) -> None:
+        self.session, self.sizes = session, []
+
+    def run(self, names: Any, feeds: dict[str, np.ndarray]) -> Any:
+        self.sizes.append(len(next(iter(feeds.values()))))
+        return self.session.run(names, feeds)
+
+
+def test_onnx_cpu_runs_a_batch_tile_by_tile(
+    tiny: tuple[TinyFusion, ModelMeta], tiny_onnx: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On CPU the session runs CPU_RUN_TILES tiles at a time (its arena holds the largest
+    run's activations; the seconds per tile do not change): the same probabilities."""
+    from mfaf_cli.engine import onnx_predictor
+
+    model, meta = tiny
+    batch = make_batch(meta, n=5)
+    whole = OnnxPredictor(tiny_onnx, device="cpu")
+    monkeypatch.setattr(onnx_predictor, "CPU_RUN_TILES", 5)
+    out5 = whole(batch)
+    monkeypatch.setattr(onnx_predictor, "CPU_RUN_TILES", 2)
+    counting = _CountingSession(whole.session)
+    whole.session = counting
+    out2 = whole(batch)
+    sizes = counting.sizes
+    assert sizes == [2, 2, 1]
+    np.testing.assert_allclose(out2, out5, atol=1e-6)
+    assert np.abs(out2 - reference(model, meta, batch)).max() <= 1e-5
+    assert onnx_predictor.CPU_RUN_TILES == 2 and not whole.fixed_batch
 
 
 def test_onnx_predictor_pads_small_tiles_and_rejects_large(

@@ -74,11 +74,14 @@ def false_water(model: str, shared: Path, work: Path) -> dict:
         s2 = s2_root / meta["corresponding_s2_patch"]
         opt = stack_s2(s2, work / f"{s2.name}.tif")
         out = work / f"{s2.name}_map.tif"
+        mods = modalities_of(model)
+        inputs = {"optical": str(opt), "sar": str(next(s1.glob("*_VV.tif")))}
+        bands = {"optical": ["1", "2", "3"], "sar": ["1"]}
         predict(
-            {"optical": str(opt), "sar": str(next(s1.glob("*_VV.tif")))},
+            {m: inputs[m] for m in mods},
             str(out),
             model=model,
-            bands={"optical": ["1", "2", "3"], "sar": ["1"]},
+            bands={m: bands[m] for m in mods},
             overwrite=True,
             progress=False,
         )
@@ -88,9 +91,20 @@ def false_water(model: str, shared: Path, work: Path) -> dict:
     return {"mean": float(np.mean(list(per_pair.values()))), "per_pair": per_pair}
 
 
+#: the chip's bands per modality (a SAR-only model is scored with its SAR band only)
+CHIP_BANDS = {"optical": "optical=13,8,4", "sar": "sar=1"}
+
+
+def modalities_of(model: str) -> tuple[str, ...]:
+    from mfaf_cli.io.weights import read_meta
+
+    return read_meta(model).modality_names
+
+
 def main(model: str, shared_dir: str) -> None:
     shared = Path(shared_dir)
-    chip = ("--bands", "optical=13,8,4", "--bands", "sar=1")
+    mods = modalities_of(model)
+    chip = tuple(x for m in mods for x in ("--bands", CHIP_BANDS[m]))
     result = {
         "model": model,
         "ombria_test": _summary(

@@ -13,6 +13,12 @@
 # on whole patches; the shipped checkpoint of each run is its best validation epoch.
 # Round 4 (not shipped; weights/README.md): the same with --epochs 8 --photometric 0.5 and run
 # names *-r4-s$seed. All eight runs' metrics, logs and evaluations are in weights/logs/.
+# Issue 24 (per-pixel fallback): the SAR-only U-Net `unet-sar-ombria-water`, the same recipe
+# (COMMON, OMBRIA, round 3) with --model unet-sar; one seed (seed 0) on the shared 2-core CPU
+# (load ~17: ~45 s per step), niced, 1 thread (`train-sar`). The run was stopped after epoch 1
+# of 6 at the session deadline (`resume-sar` finishes it); that epoch-1 checkpoint is shipped,
+# scored by eval_model.py (SAR band only), and NOT named as the fusion models' fallback
+# (`wire-sar`, weights/set_fallback.py, once a finished run beats SAR-Otsu).
 set -euo pipefail
 DATA=../shared/data/ombria
 COMMON=(--epochs 6 --batch-size 8 --tile 128 --photometric 0.25 --normalisation fixed --lr 1e-3
@@ -30,6 +36,31 @@ train)
   done
   wait
   ;;
+train-sar)  # issue 24: the SAR-only fallback (seed 0; add seed 1 where the CPU allows)
+  mkdir -p runs
+  for seed in ${SEEDS:-0}; do
+    nice -n 10 mfaf train --dataset ombria --data-root "$DATA" --model unet-sar \
+      -o "runs/unet-sar-r3-s$seed" --seed "$seed" "${COMMON[@]}" > "runs/unet-sar-r3-s$seed.log" 2>&1 &
+  done
+  wait
+  ;;
+resume-sar)  # issue 24: finish the cut run (stopped after epoch 1 of 6 at the session deadline)
+  nice -n 10 mfaf train --resume runs/unet-sar-r3-s0 --threads 1 >> runs/unet-sar-r3-s0.log 2>&1
+  ;;
+ship-sar)  # $2 = run dir (evaluated): ship it (not the default of anything)
+  # shipped in issue 24 from the epoch-1 checkpoint of runs/unet-sar-r3-s0 (copied to
+  # runs/unet-sar-e1 and scored there: weights/logs/unet-sar-r3-s0/eval.json) with
+  # --description "SAR-only U-Net (VV), OMBRIA (624 ids), fixed Sentinel normalisation, round 3
+  # recipe, seed 0, ONLY 1 of 6 epochs (run cut at the session deadline): the fallback for
+  # missing optical; below SAR-Otsu on OMBRIA test"
+  python3 weights/make_shipped.py "$2" unet-sar-ombria-water --eval "$2/eval.json" \
+    --description "${DESCRIPTION:-SAR-only U-Net (VV), OMBRIA (624 ids), fixed Sentinel normalisation, round 3 recipe, seed 0: the fallback for missing optical}"
+  ;;
+wire-sar)  # name it as the shipped fusion models' fallback for missing optical (a decision:
+  # do it once the SAR model beats SAR-Otsu on OMBRIA test and the chip; not done in issue 24)
+  python3 weights/set_fallback.py mfafnet-s-ombria-water optical=unet-sar-ombria-water
+  python3 weights/set_fallback.py unet-ombria-water optical=unet-sar-ombria-water
+  ;;
 eval)  # $2 = run dir: writes RUN/eval.json
   python3 weights/eval_model.py "$2/best.safetensors" ../shared/data > "$2/eval.json"
   ;;
@@ -37,7 +68,7 @@ ship)  # $2 = run dir, $3 = name, $4 = --default or empty
   python3 weights/make_shipped.py "$2" "$3" ${4:-} --eval "$2/eval.json"
   ;;
 *)
-  echo "usage: $0 train | eval RUN_DIR | ship RUN_DIR NAME [--default]" >&2
+  echo "usage: $0 train | train-sar | resume-sar | eval RUN_DIR | ship RUN_DIR NAME [--default] | ship-sar RUN_DIR | wire-sar" >&2
   exit 2
   ;;
 esac

@@ -441,7 +441,29 @@ def inference_spec(kw: Mapping[str, Any]) -> Any:
     """:class:`~mfaf_cli.pipeline.spec.InferenceSpec` from the :data:`inference_opts` flags."""
     from mfaf_cli.pipeline.spec import InferenceSpec
 
-    return InferenceSpec(**{k: kw[k] for k in INFERENCE_FLAGS})
+    fallbacks = fallback_pairs(kw.get("fallback") or ())
+    if kw.get("no_fallback"):
+        if fallbacks:
+            raise click.UsageError("--fallback and --no-fallback contradict each other: give one")
+        fallbacks = {}
+    return InferenceSpec(**{k: kw[k] for k in INFERENCE_FLAGS}, fallbacks=fallbacks)
+
+
+def fallback_pairs(items: Sequence[str]) -> dict[str, str] | None:
+    """``--fallback MISSING=MODEL`` values as a dict (None: none given: the record's)."""
+    if not items:
+        return None
+    out: dict[str, str] = {}
+    for item in items:
+        missing, sep, model = str(item).partition("=")
+        if not sep or missing not in ALL_MODALITIES or not model:
+            raise click.BadParameter(
+                f"{item!r}: give MISSING=MODEL, MISSING one of {', '.join(ALL_MODALITIES)} "
+                "(e.g. optical=unet-sar-ombria-water)",
+                param_hint="--fallback",
+            )
+        out[missing] = model
+    return out
 
 
 def read_spec(kw: Mapping[str, Any], inputs: Mapping[str, Any] | None = None) -> Any:
@@ -462,6 +484,8 @@ def read_spec(kw: Mapping[str, Any], inputs: Mapping[str, Any] | None = None) ->
         tap=kw.get("tap"),
         mosaic=bool(kw.get("mosaic")),
         stack_grid=kw.get("stack_grid"),
+        optical_mask=kw.get("optical_mask"),
+        cloud_threshold=kw.get("cloud_threshold"),
     )
 
 
@@ -473,7 +497,7 @@ def write_spec(kw: Mapping[str, Any], template: bool = False) -> Any:
     paths = {} if template else {
         "label": kw.get("output"), "probabilities": kw.get("probabilities"),
         "confidence": kw.get("confidence"), "exclusion": kw.get("exclusion"),
-        "vector": kw.get("vector"), "preview": kw.get("preview"),
+        "vector": kw.get("vector"), "preview": kw.get("preview"), "source": kw.get("source"),
     }  # fmt: skip
     return WriteSpec(
         probabilities_dtype=kw.get("probabilities_dtype") or "uint8",

@@ -181,6 +181,14 @@ def _command_line() -> str:
     "products (default 0.15, what the shipped models needed on Sentinel data; 0 = off).",
 )
 @click.option(
+    "--modality-dropout",
+    type=float,
+    metavar="P",
+    help="Per training sample, with probability P make one modality missing (wholly or under "
+    "a cloud-shaped region), so one fusion network degrades gracefully without it "
+    "(default 0 = off; recorded in the run's config).",
+)
+@click.option(
     "--normalisation",
     type=click.Choice(["fixed", "scene-percentile"]),
     help="fixed: clip + standardise in sensor units, the same for any extent (default); "

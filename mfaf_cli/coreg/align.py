@@ -35,6 +35,7 @@ from mfaf_cli.coreg.grid import Grid, check_overlap, footprint_in
 from mfaf_cli.coreg.resample import axis_aligned, resample_block
 from mfaf_cli.coreg.stack import band_of_file_name
 from mfaf_cli.coreg.validity import Limits, current_overrides, limits_for
+from mfaf_cli.coreg.warpcache import WarpCache
 from mfaf_cli.errors import UsageError
 from mfaf_cli.io.inputs import open_raster, read_error
 from mfaf_cli.metadata import RESAMPLING_KIND, ModelMeta
@@ -165,6 +166,10 @@ class AlignedScene:
             default the ``--nodata`` of :func:`~mfaf_cli.coreg.validity.nodata_overrides`).
         quiet: say nothing about band choices and impossible values (a second reader of the
             same inputs, e.g. the exclusion check, whose first reader already said it).
+        warp_cache_bytes: keep warped sources' grid blocks between reads when the whole warped
+            scene fits in this many bytes (0: never). For a reader that comes back to the same
+            area (training epochs); a window's values are then those of the fixed blocks under
+            it (coreg/warpcache.py).
     """
 
     def __init__(
@@ -180,6 +185,7 @@ class AlignedScene:
         band_flags: Mapping[str, str] | None = None,
         nodata: Mapping[str, float] | None = None,
         quiet: bool = False,
+        warp_cache_bytes: int = 0,
     ) -> None:
         units = sar_units or units
         self.quiet = quiet
@@ -200,6 +206,8 @@ class AlignedScene:
         self.band_choices: dict[str, BandChoice] = {}
         #: How the last scene statistics were sampled (see :meth:`sample_values`).
         self.stats_sampling: dict[str, object] = {}
+        #: warped sources' grid blocks kept between reads (training; coreg/warpcache.py)
+        self.warp_cache: WarpCache | None = None
         handles: dict[str, Any] = {}
         try:
             for name, path in inputs.items():
@@ -214,6 +222,11 @@ class AlignedScene:
             self.close()
             raise
         self._local.handles = handles
+        warped = sum(4 * len(s.indexes) + 1 for s in self.sources.values() if s.offset is None)
+        if warped and 0 < warped * grid.height * grid.width <= warp_cache_bytes:
+            # only a cache that holds the whole warped scene: a window cut from blocks may
+            # need 4 block warps, so a partial cache would warp more than it saves
+            self.warp_cache = WarpCache(warp_cache_bytes)
 
     # -- set-up --------------------------------------------------------------------------
     def _describe(
@@ -454,6 +467,14 @@ class AlignedScene:
             data, ok = _read_direct(ds, src, *place, out=out)
             if src.kind == "sar":
                 data = convert_units(data, src.units, src.out_units, in_place=True)
+        elif self.warp_cache is not None and grid is self.grid and not stats:
+            data, ok = self.warp_cache.read(
+                src.modality,
+                lambda r, c, bh, bw: _read_warped(ds, src, grid, r, c, bh, bw, stats=False),
+                (row, col, h, w),
+                (grid.height, grid.width),
+                len(src.indexes),
+            )
         else:
             data, ok = _read_warped(ds, src, grid, row, col, h, w, stats=stats)
         if out is not None and data is not out:
@@ -714,6 +735,10 @@ def _warp(
     if geo.ground is not None:  # located by GCPs or RPCs: no source transform
         del common["src_transform"]
         common.update(geo.ground)
+    if vok.all():  # the warped mask would be 1 exactly where GDAL wrote a value
+        with _WARP_LOCK:
+            _reproject_values(vals, data, resampling, common)
+        return data, np.asarray(np.isfinite(data).all(axis=0))
     with _WARP_LOCK:
         _reproject_pair(vals, data, vok, ok8, resampling, common)
     return data, (ok8 > 0) & np.isfinite(data).all(axis=0)
@@ -728,14 +753,7 @@ def _reproject_pair(
     common: dict[str, Any],
 ) -> None:
     """Warp values (NaN = nodata) and, nearest, the validity mask with the same geometry."""
-    reproject(
-        vals,
-        data,
-        src_nodata=np.nan,
-        dst_nodata=np.nan,
-        resampling=resampling,
-        **common,
-    )
+    _reproject_values(vals, data, resampling, common)
     reproject(
         vok.astype(np.uint8),
         ok8,
@@ -744,6 +762,18 @@ def _reproject_pair(
         resampling=Resampling.nearest,
         **common,
     )
+
+
+def _reproject_values(
+    vals: np.ndarray, data: np.ndarray, resampling: Resampling, common: dict[str, Any]
+) -> None:
+    """Warp values (NaN = nodata) into ``data`` (NaN where no source pixel maps).
+
+    With every source pixel valid, the nearest-warped validity mask is 1 exactly where this
+    writes a value (GDAL tests a destination pixel's source position against the source
+    block alike for every resampling), so :func:`_warp` skips that second warp.
+    """
+    reproject(vals, data, src_nodata=np.nan, dst_nodata=np.nan, resampling=resampling, **common)
 
 
 def _grid_offset(ds: Any, grid: Grid) -> tuple[int, int] | None:

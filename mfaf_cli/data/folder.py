@@ -48,6 +48,11 @@ log = logging.getLogger("mfaf.data")
 
 MODALITY_COLUMNS = ALL_MODALITIES
 
+#: warped grid blocks each process (main or loader worker) keeps between epochs
+#: (coreg/warpcache.py), for a scene whose warped sources fit whole: 2 SAR bands warped onto
+#: a 10 m label grid take 9 B a pixel (values and valid mask), so up to ~2700² pixels
+WARP_CACHE_BYTES = 64 * 2**20
+
 
 def read_scene_list(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Scenes (dicts with modality paths, ``label``, optional ``id``/``split``) and options.
@@ -420,6 +425,7 @@ class FolderDataset(SegDataset):
                 {m: self.bands_opt[m] for m in self.modalities if m in self.bands_opt},
                 units=self.units.get("sar", "auto"),
                 band_flags=self.band_flags,
+                warp_cache_bytes=WARP_CACHE_BYTES,
             )
         return self._aligned[i]
 

@@ -113,6 +113,13 @@ def configure_threads(opts: Any, threads: int | None) -> None:
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
 
+#: Tiles per session run on CPU. ONNX Runtime's arena holds the activations of the largest
+#: run, so it grows with the batch, while a CPU core's seconds per tile do not: measured on
+#: the shipped MFAFNet-S at 256² (2 intra-op threads), peak RSS 234 / 175 / 147 MB at 4 / 2 /
+#: 1 tiles a run, 0.44 CPU-s per tile at each (benchmarks/onnx_tiles_per_run.py).
+CPU_RUN_TILES = 1
+
+
 class OnnxPredictor:
     """Run an exported mfaf ONNX model with ONNX Runtime."""
 
@@ -167,8 +174,10 @@ class OnnxPredictor:
                 f"its metadata ({', '.join(want)}); re-export it with `mfaf export`"
             )
         self.input_hw: tuple[int, int] | None = None
+        self.fixed_batch = False  # a graph exported for one batch size is run at that size
         for spec in self.meta.modalities:
             shape = inputs[spec.name].shape
+            self.fixed_batch |= len(shape) == 4 and isinstance(shape[0], int)
             if len(shape) != 4:
                 raise EngineError(f"{path.name}: input {spec.name!r} is not 4-D ({shape})")
             if isinstance(shape[1], int) and shape[1] != spec.n_bands:
@@ -238,6 +247,8 @@ class OnnxPredictor:
             )
         k = self.meta.num_classes
         step = self.batch_size or n or 1
+        if self.device == "cpu" and not self.fixed_batch:
+            step = min(step, CPU_RUN_TILES)
         out = np.empty((n, k, h, w), dtype=np.float32)
         for i in range(0, n, step):
             feeds = {

@@ -668,6 +668,30 @@ class ExclusionWriter(GeoTiffWriter):
         )
 
 
+class SourceWriter(GeoTiffWriter):
+    """Source map: uint8 codes of the model that made each pixel (0 none, 1 fusion, 2...
+    a fallback; see :mod:`mfaf_cli.pipeline.fallback`), named by tags and category names."""
+
+    overview_resampling = "MODE"
+
+    def __init__(self, path: PathLike, grid: Any, options: Mapping[str, str], names: Sequence[str]):
+        super().__init__(path, grid, count=1, dtype="uint8", nodata=None, options=options)
+        self.names = list(names)
+        self.dataset.set_band_description(1, "source model")
+        tags = {f"SOURCE_{k}": v for k, v in enumerate(self.names)}
+        self.dataset.update_tags(SOURCES=json.dumps(self.names), **tags)
+        self.dataset.update_tags(1, **tags)
+
+    def sidecar_xml(self) -> str:
+        from xml.sax.saxutils import escape
+
+        cats = "".join(f"<Category>{escape(n)}</Category>" for n in self.names)
+        return (
+            '<PAMDataset><PAMRasterBand band="1">'
+            f"<CategoryNames>{cats}</CategoryNames></PAMRasterBand></PAMDataset>\n"
+        )
+
+
 def to_cog(src: Path, options: Mapping[str, str], resampling: str) -> None:
     """Replace the finished tiled GeoTIFF ``src`` by a COG with internal overviews."""
     from rasterio.shutil import copy as rio_copy
@@ -708,6 +732,8 @@ class OutputSet:
         excluder: Callable[[int, int, np.ndarray], np.ndarray] | None = None,
         mask_excluded: bool = False,
         reasons: Sequence[str] | None = None,
+        source: PathLike | None = None,
+        sourcer: Callable[[int, int, np.ndarray], np.ndarray] | None = None,
     ) -> None:
         if confidence_kind not in ("top", "entropy"):
             raise UsageError(f"confidence kind must be top or entropy, got {confidence_kind!r}")
@@ -730,7 +756,12 @@ class OutputSet:
             "probabilities": None if probabilities is None else Path(probabilities),
             "confidence": None if confidence is None else Path(confidence),
             "exclusion": None if exclusion is None else Path(exclusion),
+            "source": None if source is None else Path(source),
         }
+        #: ``sourcer(row0, col0, valid)`` -> source codes (mfaf_cli.pipeline.fallback), counted
+        #: in ``source_counts`` and written to ``source`` when given
+        self.sourcer = sourcer
+        self.source_counts = np.zeros(256, dtype=np.int64)
         #: ``excluder(row0, col0, valid)`` -> reason codes (mfaf_cli.pipeline.exclusion);
         #: ``mask_excluded`` writes excluded pixels as nodata everywhere.
         self.excluder, self.mask_excluded = excluder, mask_excluded
@@ -740,7 +771,7 @@ class OutputSet:
         self.exclusion_counts = np.zeros(256, dtype=np.int64)  # pixels per reason code
         self.input_valid_pixels = 0  # valid input pixels seen (before any masking)
         self.writers: dict[
-            str, LabelWriter | ProbabilityWriter | ConfidenceWriter | ExclusionWriter
+            str, LabelWriter | ProbabilityWriter | ConfidenceWriter | ExclusionWriter | SourceWriter
         ] = {}
         self._atomic: contextlib.AbstractContextManager[list[Path | None]] | None = None
         #: Valid pixels per class plane written so far, and all pixels seen (for summaries).
@@ -771,6 +802,11 @@ class OutputSet:
             if temps["exclusion"] is not None:
                 self.writers["exclusion"] = ExclusionWriter(
                     temps["exclusion"], self.grid, self.options, self.reasons
+                )
+            if temps["source"] is not None:
+                names = getattr(self.sourcer, "names", ())
+                self.writers["source"] = SourceWriter(
+                    temps["source"], self.grid, self.options, names
                 )
         except BaseException as err:
             self._abort()
@@ -811,6 +847,7 @@ class OutputSet:
         """Reason codes of these rows: counted, written to the exclusion mask, and (with
         ``mask_excluded``) taken out of ``valid``; ``valid`` as given without an excluder."""
         self.input_valid_pixels += int(np.count_nonzero(valid))
+        self._source(row0, col0, valid)
         if self.excluder is None:
             return valid
         codes = self.excluder(row0, col0, valid)
@@ -820,6 +857,17 @@ class OutputSet:
             with self._write_errors("exclusion"):
                 w.write_rows(row0, codes[None], col0)
         return valid & (codes == 0) if self.mask_excluded else valid
+
+    def _source(self, row0: int, col0: int, valid: np.ndarray) -> None:
+        """Source codes of these rows: counted and written to the source map."""
+        if self.sourcer is None:
+            return
+        codes = self.sourcer(row0, col0, valid)
+        self.source_counts += count_values(codes, 256)
+        w = self.writers.get("source")
+        if w is not None:
+            with self._write_errors("source"):
+                w.write_rows(row0, codes[None], col0)
 
     def row_needs(self) -> RowNeeds:
         """The planes :meth:`write_finished` needs besides the index (for a device merger)."""
@@ -843,7 +891,7 @@ class OutputSet:
         for key, w in self.writers.items():
             data = {"probabilities": rows.probabilities, "confidence": rows.confidence}.get(key)
             with self._write_errors(key):
-                if isinstance(w, ExclusionWriter):
+                if isinstance(w, ExclusionWriter | SourceWriter):
                     continue  # written by _exclude
                 if isinstance(w, LabelWriter):
                     w.write_index(rows.row0, idx, valid, rows.col0)
@@ -911,11 +959,12 @@ class OutputSet:
                     Path(str(label.path) + ".aux.xml").write_text(
                         category_sidecar_xml(self.meta), encoding="utf-8"
                     )
-                mask = self.writers.get("exclusion")
-                if isinstance(mask, ExclusionWriter):
-                    Path(str(mask.path) + ".aux.xml").write_text(
-                        mask.sidecar_xml(), encoding="utf-8"
-                    )
+                for key in ("exclusion", "source"):
+                    mask = self.writers.get(key)
+                    if isinstance(mask, ExclusionWriter | SourceWriter):
+                        Path(str(mask.path) + ".aux.xml").write_text(
+                            mask.sidecar_xml(), encoding="utf-8"
+                        )
             except BaseException as err:
                 self._abort()
                 self._atomic.__exit__(type(err), err, err.__traceback__)

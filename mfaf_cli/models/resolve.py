@@ -12,6 +12,7 @@ The checkpoint format and the manifest are I/O and stay in :mod:`mfaf_cli.io.wei
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterable
@@ -70,7 +71,10 @@ def _source_from_entry(entry: dict[str, Any]) -> ModelSource:
     kind: Literal["checkpoint", "onnx"] = (
         "onnx" if path.suffix.lower() in ckpt.ONNX_SUFFIXES else "checkpoint"
     )
-    return ModelSource(kind, path, entry["name"], ckpt.read_meta(path), entry.get("sha256"))
+    meta = ckpt.read_meta(path)
+    if entry.get("fallbacks") and not meta.fallbacks:  # shipped later than the weights
+        meta = dataclasses.replace(meta, fallbacks=dict(entry["fallbacks"]))
+    return ModelSource(kind, path, entry["name"], meta, entry.get("sha256"))
 
 
 def _looks_like_path(spec: str) -> bool:

@@ -249,7 +249,7 @@ def _create_predictor(
 ) -> Any:
     """Resolve and load the model once for the whole batch (band counts from the first row
     that selects bands, for untrained registry models)."""
-    from mfaf_cli.pipeline.predict import load_predictor
+    from mfaf_cli.pipeline.predict import load_predictor, with_fallbacks
 
     modalities = tuple(m for m in ALL_MODALITIES if m in scenes[0].inputs)
     in_ch: dict[str, int] = {}
@@ -257,6 +257,8 @@ def _create_predictor(
         for m, b in s.bands.items():
             in_ch.setdefault(m, len(b))
     predictor, source = load_predictor(model, modalities, in_channels=in_ch or None, spec=spec)
+    # the record's per-pixel fallbacks, as a single run maps them (pipeline/fallback.py)
+    predictor = with_fallbacks(predictor, source, spec)
     if getattr(predictor, "name", None) is None:
         try:
             predictor.name = source.name

@@ -199,13 +199,19 @@ class BatchSlots:
     """
 
     def __init__(
-        self, meta: ModelMeta, batch_size: int, shape: tuple[int, int], masks: int = 1
+        self,
+        meta: ModelMeta,
+        batch_size: int,
+        shape: tuple[int, int],
+        masks: int = 1,
+        extra: Mapping[str, int] | None = None,
     ) -> None:
         h, w = shape
         self.shape = (batch_size, h, w)
-        self.arrays = {
-            m.name: np.empty((batch_size, m.n_bands, h, w), np.float32) for m in meta.modalities
-        }
+        # ``extra``: planes a wrapped scene hands the predictor besides the model inputs
+        # (name -> bands, e.g. the source codes of pipeline/fallback.py)
+        bands = {m.name: m.n_bands for m in meta.modalities} | dict(extra or {})
+        self.arrays = {k: np.empty((batch_size, c, h, w), np.float32) for k, c in bands.items()}
         self._free: queue.Queue[np.ndarray] = queue.Queue()
         for _ in range(max(masks, 1)):
             self._free.put(np.empty(self.shape, dtype=bool))
@@ -525,7 +531,8 @@ def _run_panel(
     to_out = dict(zip(reads, plan.windows, strict=True))
     # masks: one per batch the worker may hold (queued, merging) plus the one being filled
     shape = reads[0].shape if reads else (plan.tile, plan.tile)
-    slots = BatchSlots(meta, batch_size, shape, masks=MERGE_QUEUE + 2)
+    extra = {k: c for k, c in scene.band_counts.items() if k.startswith("_")}
+    slots = BatchSlots(meta, batch_size, shape, masks=MERGE_QUEUE + 2, extra=extra)
     worker = MergeWorker(merger, done=slots.release)
     normalise = normaliser(meta, percentiles, in_place=True)
     reader = StripReader(scene, [w.row_off for w in reads], plan.tile, threads=read_threads,

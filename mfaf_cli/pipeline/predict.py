@@ -90,6 +90,10 @@ class PredictResult:
     threads: dict[str, int] = field(default_factory=dict)
     #: scene-percentile records: how the statistics were sampled and the pre-pass's seconds
     statistics: dict[str, Any] = field(default_factory=dict)
+    #: fraction of the grid's pixels per source (fusion, sar-only, optical-only, none) when
+    #: the run had fallbacks or an optical mask (pipeline/fallback.py); windows each fallback ran
+    sources: dict[str, float] = field(default_factory=dict)
+    fallback_windows: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -223,9 +227,10 @@ def run_on_scene(
         AlignedScene(inputs, read_grid(grid, plan), bands=bands, units=sar_units, meta=meta)
         as scene,
         _bounded_gdal_cache(scene, spec.tile, core.PANEL_WIDTH + 2 * spec.tile),
+        _fallback_scene(predictor, scene) as base,
     ):  # fmt: skip
         # --aoi: pixels outside the polygon invalid; blocks no window touching it needs unread
-        reader: Any = scene if aoi is None else aoi_scene(scene, polygon, plan)
+        reader: Any = base if aoi is None else aoi_scene(base, polygon, plan)
         for m, c in scene.band_choices.items():
             log.info("%s bands: %s", m, c.summary())
         t_stats = time.perf_counter()
@@ -244,6 +249,61 @@ def run_on_scene(
     stats = replace(stats, bands={m: c.to_dict() for m, c in scene.band_choices.items()},
                     statistics=sampling)  # fmt: skip
     return grid, stats, sink
+
+
+@contextlib.contextmanager
+def _fallback_scene(predictor: Any, scene: AlignedScene) -> Iterator[Any]:
+    """The scene as the predictor reads it: with source codes and the optical mask for a
+    :class:`~mfaf_cli.pipeline.fallback.FallbackPredictor`, else as it is."""
+    wrap = getattr(predictor, "wrap", None)
+    if wrap is None:
+        yield scene
+        return
+    wrapped = wrap(scene)
+    try:
+        yield wrapped
+    finally:
+        wrapped.close()
+
+
+def with_fallbacks(
+    predictor: Any,
+    source: ModelSource | None,
+    spec: InferenceSpec,
+    mask: Any = None,
+    fallbacks: Mapping[str, Any] | None = None,
+) -> Any:
+    """``predictor`` with its per-pixel fallbacks (``fallbacks``: missing modality -> model
+    spec, or ``self``: the model itself with that modality missing; None: those the model's
+    record names) and the optical mask, or as it is when there are neither (see
+    :mod:`mfaf_cli.pipeline.fallback`)."""
+    from mfaf_cli.pipeline.fallback import SELF, FallbackPredictor
+
+    meta: ModelMeta = predictor.meta
+    if fallbacks is None:
+        fallbacks = dict((source.meta if source is not None else meta).fallbacks)
+    if not fallbacks and mask is None:
+        return predictor
+    loaded: dict[str, Any] = {}
+    spec = spec.with_tile(int(spec.tile or meta.tile_size))  # the main model's windows
+    for missing, model in fallbacks.items():
+        rest = tuple(m for m in meta.modality_names if m != missing)
+        if missing not in meta.modality_names or not rest:
+            raise UsageError(
+                f"fallback {model} is for a missing {missing}; the model takes "
+                f"{', '.join(meta.modality_names)}"
+            )
+        if model == SELF:  # a fusion model trained with --modality-dropout maps them itself
+            loaded[missing] = None
+            continue
+        in_ch = {m: meta.modality(m).n_bands for m in rest}
+        fb, fb_source = load_predictor(model, rest, in_channels=in_ch, spec=spec)
+        if fb_source.untrained:
+            raise UsageError(f"fallback {model} has no trained weights; name a trained model")
+        with contextlib.suppress(AttributeError):
+            fb.name = fb_source.name
+        loaded[missing] = fb
+    return FallbackPredictor(predictor, loaded, mask)
 
 
 def _extent_percentiles(
@@ -336,6 +396,7 @@ def predict(
         MfafError subclasses for every user-facing problem; nothing is left on disk then.
     """
     read, write, spec = run_objects(read, write, spec, fields)
+    read = folder_scl(read)  # before the folder becomes a stack of its bands
     result = expanded(
         read,
         lambda flat: _predict(flat, write, spec, model, predictor, progress, read_threads),
@@ -409,8 +470,13 @@ def _predict(
     write.check_paths()
     for name, path in inputs.items():
         check_readable(path, name)
+    mask = _mask_input(read.optical_mask, read.cloud_threshold, inputs)
     area = read.read_aoi()
+    given = predictor is not None
     predictor, model_name, trained = _predictor_for(predictor, model, inputs, bands, spec)
+    if not given:
+        predictor = with_fallbacks(predictor, getattr(predictor, "source", None), spec, mask,
+                                   spec.fallbacks)  # fmt: skip
     meta: ModelMeta = predictor.meta
     tile = int(meta.tile_size if spec.tile is None else spec.tile)
     check_tile(tile, meta.divisor, meta.arch)
@@ -424,11 +490,12 @@ def _predict(
         record.update(run_provenance(inputs, meta, bands, predictor, weights, trained, spec))
         ex = None if checks is None else Excluder(
             ordered, grid, meta, checks, bands=bands, sar_units=read.sar_units)  # fmt: skip
-        return with_excluder(ex, lambda e: OutputSet(
+        sm = _source_mapper(predictor, ordered, grid, bands, read.sar_units, write.source)
+        return _with_source(sm, lambda s: with_excluder(ex, lambda e: OutputSet(
             grid, meta, write.label, write.probabilities, write.confidence,
             tags={**weights, **provenance_tags(record)}, exclusion=write.exclusion, excluder=e,
-            **write.output_set_options(),
-        ))  # fmt: skip
+            source=write.source, sourcer=s, **write.output_set_options(),
+        )))  # fmt: skip
 
     if read_threads is None:
         read_threads = spec.thread_split(on_gpu(predictor), reader_bound(predictor))[1]
@@ -473,7 +540,83 @@ def _predict(
         cpu_seconds=stats.cpu_seconds,
         statistics=stats.statistics,
         threads={"engine": int(getattr(predictor, "threads", 0) or 0), "readers": read_threads},
+        **_source_summary(predictor, outputs),
     )
+
+
+def folder_scl(read: ReadSpec) -> ReadSpec:
+    """An S2 L2A ``--optical`` folder brings its SCL band as the optical mask when none is
+    given (looked up before the folder is stacked into its bands)."""
+    from mfaf_cli.coreg.cloudmask import find_scl
+
+    folder = read.inputs.get("optical")
+    if read.optical_mask is not None or not isinstance(folder, str | os.PathLike):
+        return read
+    if not Path(folder).is_dir():
+        return read
+    scl = find_scl(folder)
+    if scl is None:
+        return read
+    log.info("optical mask: the folder's SCL band %s", scl.name)
+    return replace(read, optical_mask=str(scl))
+
+
+def _mask_input(path: PathLike | None, threshold: float | None, inputs: Mapping[str, Any]) -> Any:
+    """The :class:`~mfaf_cli.coreg.cloudmask.OpticalMask` of ``--optical-mask`` /
+    ``--cloud-threshold`` (before the model loads), or None."""
+    from mfaf_cli.coreg.cloudmask import optical_mask
+
+    if path is None:
+        if threshold is not None:
+            raise UsageError("--cloud-threshold applies to --optical-mask: give the mask raster")
+        return None
+    if "optical" not in inputs:
+        raise UsageError("--optical-mask masks the optical input, but there is no --optical")
+    check_readable(path, "optical mask")
+    return optical_mask(path, threshold)
+
+
+def _source_mapper(
+    predictor: Any, inputs: Mapping[str, Any], grid: Grid, bands: Any, units: str,
+    source: PathLike | None,
+) -> Any:  # fmt: skip
+    """The source codes of output rows for a fallback run (None otherwise; ``--source``
+    without fallbacks or mask is one line)."""
+    from mfaf_cli.pipeline.fallback import SourceMapper
+
+    coverage = getattr(predictor, "coverage", None)
+    if coverage is None:
+        if source is not None:
+            raise UsageError(
+                "--source maps which model made each pixel, but this run has no fallback "
+                "models and no --optical-mask: every pixel is the model's"
+            )
+        return None
+    return SourceMapper(inputs, grid, predictor.meta, coverage, bands=bands, sar_units=units)
+
+
+@contextlib.contextmanager
+def _with_source(mapper: Any, make_outputs: Callable[[Any], Any]) -> Iterator[Any]:
+    """Open the source mapper (when there is one) around the outputs it feeds."""
+    if mapper is None:
+        with make_outputs(None) as out:
+            yield out
+        return
+    with mapper, make_outputs(mapper) as out:
+        yield out
+
+
+def _source_summary(predictor: Any, outputs: Any) -> dict[str, Any]:
+    """``sources`` (fractions) and ``fallback_windows`` of a fallback run, for its result."""
+    from mfaf_cli.pipeline.fallback import source_fractions, source_names
+
+    if getattr(outputs, "sourcer", None) is None:
+        return {}
+    names = source_names(predictor.meta)
+    return {
+        "sources": source_fractions(outputs.source_counts[: len(names)], names),
+        "fallback_windows": dict(predictor.windows_run),
+    }
 
 
 def run_provenance(

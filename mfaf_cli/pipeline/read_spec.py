@@ -56,6 +56,10 @@ class ReadSpec:
     tap: bool | None = None
     mosaic: bool = False
     stack_grid: str | int | None = None
+    #: optical pixels to treat as missing (issue 24, :mod:`mfaf_cli.coreg.cloudmask`): a 0/1
+    #: mask, an S2 SCL band, or a cloud probability raster above ``cloud_threshold`` (0-100)
+    optical_mask: Any = None
+    cloud_threshold: float | None = None
 
     def __post_init__(self) -> None:
         from mfaf_cli.coreg.grid import check_bounds, check_resolution, parse_crs
@@ -75,6 +79,14 @@ class ReadSpec:
             raise UsageError("--aoi and --bounds both set the extent: give one of them")
         if self.sar_units not in SAR_UNITS:
             raise UsageError(f"SAR units must be auto, db or linear, got {self.sar_units!r}")
+        if self.cloud_threshold is not None:
+            t = float(self.cloud_threshold)
+            if not 0.0 <= t <= 100.0:
+                raise UsageError(f"--cloud-threshold must be within 0-100 (a percentage), got {t}")
+            if self.optical_mask is None and not _l2a_folder(inputs.get("optical")):
+                raise UsageError("--cloud-threshold applies to --optical-mask: give the mask file")
+        if self.optical_mask is not None and inputs and "optical" not in inputs:
+            raise UsageError("--optical-mask masks the optical input, but there is no --optical")
         check_resolution(self.resolution)
         if self.bounds is not None:
             check_bounds(self.bounds)
@@ -106,6 +118,11 @@ class ReadSpec:
         from mfaf_cli.io.aoi import read_aoi
 
         return read_aoi(self.aoi)
+
+
+def _l2a_folder(path: Any) -> bool:
+    """Whether an optical input is a folder (an S2 L2A product brings its SCL band)."""
+    return isinstance(path, str | os.PathLike) and os.path.isdir(path)
 
 
 def expanded(

@@ -10,6 +10,7 @@ import numbers
 import os
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from mfaf_cli.errors import UsageError
@@ -85,6 +86,9 @@ class InferenceSpec:
     engine: Engine = "auto"
     precision: Precision = "auto"
     threads: int | None = None
+    #: per-pixel fallbacks, missing modality -> model (issue 24, pipeline/fallback.py); None:
+    #: those the model's record names; ``{}``: none (pixels missing a modality are nodata)
+    fallbacks: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         from mfaf_cli.engine.base import ENGINES, PRECISIONS

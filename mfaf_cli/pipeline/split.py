@@ -272,7 +272,11 @@ def _model(
         )
     in_ch = {m: len(v) for m, v in bands.items() if v} or None
     if load:
+        from mfaf_cli.pipeline.predict import with_fallbacks
+
         predictor, source = load_predictor(model, tuple(inputs), in_channels=in_ch, spec=spec)
+        # the record's per-pixel fallbacks, as a single run maps them (pipeline/fallback.py)
+        predictor = with_fallbacks(predictor, source, spec)
     else:
         source = resolve_model(model, tuple(inputs), in_channels=in_ch)
         check_modalities(tuple(inputs), source.meta, source.name)

@@ -47,6 +47,8 @@ class WriteSpec:
     confidence: PathLike | None = None
     confidence_kind: str = "top"
     exclusion: PathLike | None = None
+    #: the source map: which model made each pixel (fusion / fallback / none; issue 24)
+    source: PathLike | None = None
     mask_excluded: bool = False
     vector: PathLike | None = None
     preview: PathLike | None = None
@@ -81,7 +83,8 @@ class WriteSpec:
             raise UsageError("--preview shows the label map: give -o/--output too")
         check_distinct_outputs({"-o/--output": self.label, "--probabilities": self.probabilities,
                                 "--confidence": self.confidence, "--vector": self.vector,
-                                "--exclusion": self.exclusion})  # fmt: skip
+                                "--exclusion": self.exclusion,
+                                "--source": self.source})  # fmt: skip
         check_creation_options(self.creation_options)
 
     def rasters(self) -> dict[str, PathLike | None]:
@@ -97,7 +100,7 @@ class WriteSpec:
         the model loads, so a wrong path fails in a second."""
         from mfaf_cli.io.raster import check_output_path
 
-        for p in self.rasters().values():
+        for p in (*self.rasters().values(), self.source):
             if p is not None:
                 check_output_path(p, self.overwrite)
         if self.vector is not None:

@@ -43,6 +43,8 @@ class TrainConfig:
     num_workers: int | str = "auto"  # loader processes; auto: usable cores - 1 (loading.py)
     tile: int = 256
     photometric: float = 0.15  # training-only per-band stretch/gamma jitter strength (0 = off)
+    #: per-sample probability of dropping one modality (wholly or cloud-shaped; dropout.py)
+    modality_dropout: float = 0.0
     normalisation: str = "fixed"  # "fixed" (extent-independent) or "scene-percentile"
     val_fraction: float = 0.15
     device: str = "auto"
@@ -205,6 +207,10 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.grad_clip >= 0, f"grad clip must be >= 0, got {cfg.grad_clip}"),
         (_workers_ok(cfg.num_workers), f"num workers must be >= 0 or auto, got {cfg.num_workers}"),
         (cfg.tile >= 8, f"tile must be >= 8 pixels, got {cfg.tile}"),
+        (
+            0 <= cfg.modality_dropout <= 1,
+            f"modality dropout must be a probability in [0, 1], got {cfg.modality_dropout}",
+        ),
         (0 < cfg.val_fraction < 1, f"val fraction must be in (0, 1), got {cfg.val_fraction}"),
         (cfg.max_batches is None or cfg.max_batches >= 1, "max batches must be >= 1"),
         (cfg.max_val_batches is None or cfg.max_val_batches >= 0, "max val batches must be >= 0"),

@@ -613,12 +613,20 @@ def _predictor_and_dataset(
         engine=spec.engine,
         device=spec.device,
         precision=spec.precision,
-        modalities=probe.modalities,
+        # a named model may take part of the dataset's modalities (a SAR-only fallback)
+        modalities=probe.modalities if model is None else None,
         batch_size=spec.batch_size,
         tile=spec.tile,
         threads=spec.thread_split(on_gpu=str(spec.device).startswith("cuda"))[0],
     )
     meta: ModelMeta = predictor.meta
+    if not set(meta.modality_names) <= set(probe.modalities):
+        from mfaf_cli.errors import ModalityError
+
+        raise ModalityError(
+            f"model {meta.arch} takes {' + '.join(meta.modality_names)}, but the {dataset} "
+            f"data gives {' + '.join(probe.modalities)}"
+        )
     if dataset == "folder" and any(c.code is not None for c in meta.classes):
         opts = opts | {"classes": meta.classes}  # labels in product codes: the model's table
     if not opts.get("bands") and dataset in BAND_SELECTABLE:  # the model's bands, by name

@@ -482,6 +482,13 @@ class Trainer:
         w = 0.0
         if cfg.mmd != "none":
             w = ramp_weight(self.global_step, self.total_steps, cfg.mmd_lambda, cfg.mmd_warmup)
+        if cfg.modality_dropout > 0:  # --modality-dropout: training/dropout.py
+            from mfaf_cli.training.dropout import apply_to_batch
+
+            seed = cfg.seed + 7919 * int(getattr(self.d, "rank", 0))
+            batch = apply_to_batch(
+                batch, self.modalities, cfg.modality_dropout, seed, self.global_step
+            )
         loss, ce, mmd, _, _, monitors = self._forward(
             self.net, batch, w, want_aux=True, weighted=True
         )
