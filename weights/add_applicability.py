@@ -94,7 +94,9 @@ def main() -> None:
                 range_open=ranges[s.name][2]))  # type: ignore[arg-type]
             for s in meta.modalities
         )  # fmt: skip
-        meta = dataclasses.replace(meta, modalities=mods, rules=RULES)
+        # the rules read optical bands: a SAR-only model keeps its own (none)
+        rules = RULES if "optical" in meta.modality_names else meta.rules
+        meta = dataclasses.replace(meta, modalities=mods, rules=rules)
         save_checkpoint(model, meta, path)
         entry = register_weights(
             path, e["name"], default=e["name"] == default, description=e.get("description", ""),
@@ -103,9 +105,8 @@ def main() -> None:
         ranges_out = {s.name: [[round(v, 3) for v in s.range_low or ()],
                                [round(v, 3) for v in s.range_high or ()], list(s.range_open),
                                list(s.range_floor)] for s in mods}  # fmt: skip
-        rules = [list(r) for r in RULES]
         print(json.dumps({"name": e["name"], "sha256": entry["sha256"], "ranges": ranges_out,
-                          "rules": rules, "default": entry["default"]}))  # fmt: skip
+                          "rules": list(map(list, rules)), "default": entry["default"]}))
 
 
 if __name__ == "__main__":
