@@ -229,8 +229,41 @@ class Rule:
 
 
 def model_rules(meta: ModelMeta) -> list[Rule]:
-    """The rules a model record carries, checked against its bands."""
-    return checked_rules([f"{n}={e}" for n, e in meta.rules], meta.modalities, meta.arch)
+    """The rules a model record carries, checked against its bands (of a rule with
+    alternatives, the one on the model's own bands: see :func:`rule_groups`)."""
+    return [group[-1] for group in rule_groups(meta.rules, meta.modalities, meta.arch)]
+
+
+def rule_groups(
+    pairs: Sequence[tuple[str, str]], modalities: Sequence[ModalitySpec], model: str
+) -> list[tuple[Rule, ...]]:
+    """A record's ``(name, expr)`` rules grouped by name, in record order. Consecutive entries
+    of one name are *alternatives*, tried in order: the first whose bands the input holds is
+    evaluated. Earlier alternatives may read bands the model does not take (by meaning, of a
+    modality it takes: ``green`` = Sentinel-2 B3 beside a B12, B8, B4 model), read from the
+    user's input when it holds them; the last one must read only the model's own bands, so
+    every rule can always be evaluated."""
+    groups: list[list[Rule]] = []
+    for name, expr in pairs:
+        rule = Rule.checked(name.strip().lower(), expr.strip())
+        if groups and groups[-1][0].name == rule.name:
+            groups[-1].append(rule)
+        elif any(g[0].name == rule.name for g in groups):
+            raise UsageError(f"rule {rule.name!r} is given twice; give each rule its own name")
+        else:
+            groups.append([rule])
+    have = band_locations(modalities)
+    taken = {s.name for s in modalities}
+    for group in groups:
+        checked_rules([f"{group[-1].name}={group[-1].expr}"], modalities, model)
+        for alt in group[:-1]:
+            odd = [b for b in alt.bands if b not in have and MEANINGS[b].modality not in taken]
+            if odd:
+                raise UsageError(
+                    f"rule {alt.name!r} ({alt.expr}) reads {', '.join(odd)}, of a modality "
+                    f"model {model} does not take ({', '.join(sorted(taken))})"
+                )
+    return [tuple(g) for g in groups]
 
 
 def checked_rules(
@@ -359,12 +392,15 @@ def outside_range(
 # ---- reason codes -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Checks:
-    """What can be checked for one model: its ranges (modality -> (low, high)) and rules."""
+    """What can be checked for one model: its ranges, its rules (each a tuple of alternatives,
+    see :func:`rule_groups`) and where each band meaning is found in the raw arrays."""
 
     #: modality -> (range_low, range_high, range_open, range_floor)
     ranges: Mapping[str, tuple[tuple[float, ...], tuple[float, ...], tuple[str, ...],
                                tuple[float | None, ...]]]  # fmt: skip
-    rules: Sequence[Rule]
+    groups: Sequence[tuple[Rule, ...]]
+    #: meaning -> (key of the raw arrays, band index): the model's bands, plus the extra bands
+    #: of the input that :meth:`with_bands` added
     locations: Mapping[str, tuple[str, int]]
 
     @classmethod
@@ -372,16 +408,38 @@ class Checks:
         ranges = {s.name: (s.range_low, s.range_high, s.range_open, s.range_floor)
                   for s in meta.modalities
                   if s.range_low is not None and s.range_high is not None}  # fmt: skip
-        return cls(ranges, model_rules(meta), band_locations(meta.modalities))
+        groups = rule_groups(meta.rules, meta.modalities, meta.arch)
+        return cls(ranges, groups, band_locations(meta.modalities))
 
     @property
     def empty(self) -> bool:
-        return not self.ranges and not self.rules
+        return not self.ranges and not self.groups
+
+    @property
+    def rules(self) -> list[Rule]:
+        """Per rule name, the alternative that runs: the first whose bands are all located."""
+        return [next(r for r in g if all(b in self.locations for b in r.bands) or r is g[-1])
+                for g in self.groups]  # fmt: skip
+
+    @property
+    def extra_bands(self) -> list[str]:
+        """Meanings that earlier alternatives read and the model does not take."""
+        return list(dict.fromkeys(
+            b for g in self.groups for r in g for b in r.bands if b not in self.locations))
+
+    def with_bands(self, extra: Mapping[str, tuple[str, int]]) -> Checks:
+        """These checks with more located bands (the input's own extra bands)."""
+        return dataclasses.replace(self, locations={**extra, **self.locations})
+
+    def alternatives(self) -> dict[str, dict[str, Any]]:
+        """Which alternative of each rule runs: ``{name: {"expr", "alternative", "of"}}``."""
+        return {r.name: {"expr": r.expr, "alternative": g.index(r) + 1, "of": len(g)}
+                for g, r in zip(self.groups, self.rules, strict=True)}  # fmt: skip
 
     @property
     def reasons(self) -> list[str]:
         """Name of each code: ``["ok", "outside-training-range", <rule names>...]``."""
-        return ["ok", RANGE_REASON, *(r.name for r in self.rules)]
+        return ["ok", RANGE_REASON, *(g[0].name for g in self.groups)]
 
     def codes(self, raw: Mapping[str, np.ndarray], valid: np.ndarray) -> np.ndarray:
         """uint8 reason codes (h, w) of raw arrays (modality -> (C, h, w), sensor units)."""
@@ -391,8 +449,9 @@ class Checks:
             flagged |= outside_range(raw[name], low, high, open_, floor)
         out[flagged] = OUT_OF_RANGE
         bands = {k: raw[m][i] for k, (m, i) in self.locations.items() if m in raw}
-        for code in range(len(self.rules) + 1, 1, -1):  # the first matching rule wins
-            out[evaluate(self.rules[code - 2].tree, bands)] = code
+        rules = self.rules
+        for code in range(len(rules) + 1, 1, -1):  # the first matching rule wins
+            out[evaluate(rules[code - 2].tree, bands)] = code
         out[~valid] = NODATA
         return out
 

@@ -14,7 +14,8 @@ For every shipped model trained on OMBRIA (the record's ``training.dataset``) it
   quantiles of that sample as ``range_low`` / ``range_high``, with ``range_open`` where the
   8-bit products saturate, and ``range_floor``: the Sentinel-1 noise floor of the SAR band
   (mfaf_cli/applicability.py);
-- sets the record's rules to :data:`RULES` (OMBRIA has no snow: snow is mapped as water);
+- sets the record's rules to :data:`RULES` (OMBRIA has no snow: snow is mapped as water; a
+  rule may carry alternatives, the first whose bands the input holds runs);
 - saves the checkpoint in place (weights bit for bit, only the record changes) and updates its
   manifest entry (sha256, size); ``--default NAME`` moves the default flag to NAME.
 
@@ -34,15 +35,22 @@ from mfaf_cli.data.registry import open_dataset
 from mfaf_cli.io.weights import load_checkpoint, read_manifest, register_weights, save_checkpoint
 
 PACKAGE_WEIGHTS = Path(__file__).resolve().parents[1] / "mfaf_cli" / "weights"
-#: Applicability rules of the shipped water models, on the model's own bands (Sentinel-2 B4,
-#: B8, B12, reflectance x 10 000). Snow: issue 20's NDSI-like test (red for green, B12 for
-#: B11: the bands these models take) plus the near-infrared test that established snow masks
-#: use to keep water out: water absorbs near-infrared, snow reflects it. SNOMAP (Hall, Riggs &
-#: Salomonson 1995, MODIS) and Fmask (Zhu & Woodcock 2012, Landsat) require NIR > 0.11; ESA's
-#: Sentinel-2 processor Sen2Cor (scene classification, snow filter on B8A, top-of-atmosphere
-#: reflectance) gives snow zero confidence below 0.15. The Sentinel-2 value is used: these
-#: models take Sentinel-2 B8, L1C (top-of-atmosphere) as well as L2A.
+#: Applicability rules of the shipped water models (Sentinel-2 reflectance x 10 000). Snow has
+#: two alternatives, tried in order (mfaf_cli/applicability.py, ``rule_groups``); both use the
+#: same near-infrared test, the one established snow masks use to keep water out (water absorbs
+#: near-infrared, snow reflects it): ESA's Sentinel-2 processor Sen2Cor (scene classification,
+#: snow filter on B8A, top-of-atmosphere reflectance; Main-Knorn et al. 2017, Proc. SPIE 10427)
+#: gives snow zero confidence below 0.15; SNOMAP (Hall, Riggs & Salomonson 1995, RSE
+#: 54:127-140) and Fmask (Zhu & Woodcock 2012, RSE 118:83-94) use 0.11. The Sentinel-2 value is
+#: used: these models take Sentinel-2 B8, L1C (top-of-atmosphere) as well as L2A.
+#:
+#: 1. the NDSI snow test, on bands the models do not take but a full Sentinel-2 input holds (B3
+#:    green, B11 SWIR 1.6 um): NDSI = (green - swir1) / (green + swir1) >= 0.4 (SNOMAP's NDSI
+#:    threshold; Sen2Cor's NDSI filter ramps over the same range);
+#: 2. for inputs with only the models' bands (B12, B8, B4): issue 20's NDSI-like test (red for
+#:    green, B12 for B11) with red > 0.15.
 RULES: tuple[tuple[str, str], ...] = (
+    ("snow", "(green - swir1) / (green + swir1) >= 0.4 and nir > 1500"),
     ("snow", "(red - swir) / (red + swir) > 0.4 and red > 1500 and nir > 1500"),
 )
 
@@ -86,7 +94,9 @@ def main() -> None:
                 range_open=ranges[s.name][2]))  # type: ignore[arg-type]
             for s in meta.modalities
         )  # fmt: skip
-        meta = dataclasses.replace(meta, modalities=mods, rules=RULES)
+        # the rules read optical bands: a SAR-only model keeps its own (none)
+        rules = RULES if "optical" in meta.modality_names else meta.rules
+        meta = dataclasses.replace(meta, modalities=mods, rules=rules)
         save_checkpoint(model, meta, path)
         entry = register_weights(
             path, e["name"], default=e["name"] == default, description=e.get("description", ""),
@@ -96,7 +106,7 @@ def main() -> None:
                                [round(v, 3) for v in s.range_high or ()], list(s.range_open),
                                list(s.range_floor)] for s in mods}  # fmt: skip
         print(json.dumps({"name": e["name"], "sha256": entry["sha256"], "ranges": ranges_out,
-                          "rules": dict(RULES), "default": entry["default"]}))  # fmt: skip
+                          "rules": list(map(list, rules)), "default": entry["default"]}))
 
 
 if __name__ == "__main__":

@@ -124,7 +124,12 @@ def _applicability_lines(m: dict[str, Any]) -> list[str]:
     out = [head, *lines] if lines else ["training range: not recorded (no range check)"]
     rules = m.get("rules") or []
     out.append("rules:" if rules else "rules: none")
-    out.extend(f"  {r['name']}: {r['expr']}" for r in rules)
+    previous = None
+    for r in rules:  # consecutive entries of one name: alternatives, the first that can run runs
+        same = r["name"] == previous
+        out.append(f"    else (if the input lacks those bands): {r['expr']}" if same
+                   else f"  {r['name']}: {r['expr']}")  # fmt: skip
+        previous = r["name"]
     return out
 
 

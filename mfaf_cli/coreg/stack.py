@@ -28,6 +28,7 @@ import numpy as np
 
 from mfaf_cli.errors import CRSError, InputError, UsageError
 from mfaf_cli.io.remote import shown_path
+from mfaf_cli.metadata import MEANINGS
 
 R = TypeVar("R")
 
@@ -387,12 +388,14 @@ def stacked_inputs(
     *,
     model_bands: Callable[[str], Sequence[str] | None] = lambda m: None,
     grid: str | None = None,
+    rule_bands: Callable[[str], Sequence[str]] = lambda m: (),
 ) -> Iterator[tuple[dict[str, str], dict[str, list[int | str]], dict[str, str]]]:
     """Replace file lists and Sentinel-2 folders by VRT stacks for the body of the block.
 
     Yields ``(inputs, bands, described)``: one path per modality, the band lists adjusted to
-    the stacks (a folder's stack already holds exactly the bands asked for), and what each
-    stack is made of (``"a.tif;b.tif"``) for reports.
+    the stacks (a folder's stack already holds exactly the bands asked for, plus those of
+    ``rule_bands`` — bands the model's applicability rules may read — that it has), and what
+    each stack is made of (``"a.tif;b.tif"``) for reports.
     """
     flat: dict[str, str] = {}
     new_bands = {k: list(v) for k, v in (bands or {}).items() if v}
@@ -408,6 +411,8 @@ def stacked_inputs(
             items = [os.fspath(v) for v in (value if isinstance(value, list | tuple) else [value])]
             if len(items) == 1:  # a folder
                 wanted = new_bands.pop(mod, None) or model_bands(mod)
+                if wanted and mod == "optical":
+                    wanted = [*wanted, *_held(Path(items[0]), wanted, rule_bands(mod))]
                 pick = pick_s1_files if mod == "sar" else pick_s2_files
                 files = [str(p) for p in pick(Path(items[0]), wanted, mod)]
             else:
@@ -422,6 +427,15 @@ def stacked_inputs(
             flat[mod] = str(vrt)
             described[mod] = ";".join(shown_path(f) for f in files)
         yield flat, new_bands, described
+
+
+def _held(folder: Path, wanted: Sequence[int | str], extra: Sequence[str]) -> list[str]:
+    """The bands of ``extra`` that a Sentinel-2 folder has and ``wanted`` does not name."""
+    if not extra:
+        return []
+    have, asked = find_s2_bands(folder), {canonical_band(str(b)) for b in wanted}
+    return [b for b in dict.fromkeys(canonical_band(e) for e in extra)
+            if b in have and b not in asked]  # fmt: skip
 
 
 def expand_stacks(fn: Callable[..., R]) -> Callable[..., R]:
@@ -445,11 +459,11 @@ def expand_stacks(fn: Callable[..., R]) -> Callable[..., R]:
         def model_bands(mod: str) -> Sequence[str] | None:
             return _model_band_names(bound, tuple(m for m in inputs if inputs[m]), mod)
 
-        with stacked_inputs(inputs, kw.get("bands"), model_bands=model_bands, grid=grid) as (
-            flat,
-            bands,
-            described,
-        ):
+        def rule_bands(mod: str) -> Sequence[str]:
+            return _rule_band_names(bound, tuple(m for m in inputs if inputs[m]), mod)
+
+        with stacked_inputs(inputs, kw.get("bands"), model_bands=model_bands, grid=grid,
+                            rule_bands=rule_bands) as (flat, bands, described):  # fmt: skip
             kw["bands"] = bands
             result = fn(flat, *args, **kw)
         if hasattr(result, "inputs"):
@@ -459,17 +473,34 @@ def expand_stacks(fn: Callable[..., R]) -> Callable[..., R]:
     return wrapper
 
 
+def _run_meta(bound: Mapping[str, Any], modalities: tuple[str, ...]) -> Any:
+    """The run's model record (None without a model: coregister)."""
+    predictor = bound.get("predictor")
+    if predictor is not None:
+        return predictor.meta
+    if "model" in bound or "output" in bound:
+        from mfaf_cli.models.resolve import resolve_model
+
+        return resolve_model(bound.get("model"), modalities).meta
+    return None
+
+
 def _model_band_names(
     bound: Mapping[str, Any], modalities: tuple[str, ...], mod: str
 ) -> Sequence[str] | None:
     """The band names the run's model takes for ``mod`` (None without a model: coregister)."""
-    predictor = bound.get("predictor")
-    if predictor is not None:
-        meta = predictor.meta
-    elif "model" in bound or "output" in bound:
-        from mfaf_cli.models.resolve import resolve_model
-
-        meta = resolve_model(bound.get("model"), modalities).meta
-    else:
+    meta = _run_meta(bound, modalities)
+    if meta is None:
         return None
     return meta.modality(mod).bands if mod in meta.modality_names else None
+
+
+def _rule_band_names(bound: Mapping[str, Any], modalities: tuple[str, ...], mod: str) -> list[str]:
+    """Bands of ``mod`` beyond the model's that its applicability rules' alternatives read
+    (by meaning: ``green``, ``swir1``), so that a folder's stack holds them when it can."""
+    from mfaf_cli.applicability import Checks
+
+    meta = _run_meta(bound, modalities)
+    if meta is None or not meta.rules:
+        return []
+    return [b for b in Checks.of(meta).extra_bands if MEANINGS[b].modality == mod]

@@ -912,7 +912,9 @@ class OutputSet:
             return None
         from mfaf_cli.applicability import summary  # a pure room below io
 
-        return summary(self.exclusion_counts, self.reasons)
+        out = summary(self.exclusion_counts, self.reasons)
+        alternatives = getattr(self.excluder, "alternatives", None)
+        return out | {"rules": alternatives} if alternatives else out
 
     def _tag_exclusion(self) -> None:
         """The exclusion summary as tags of every output (``EXCLUDED_FRACTION``, per reason)."""

@@ -12,16 +12,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from mfaf_cli.applicability import Checks
-from mfaf_cli.coreg.align import AlignedScene
+from mfaf_cli.coreg.align import AlignedScene, file_descriptions
 from mfaf_cli.coreg.grid import Grid
 from mfaf_cli.errors import UsageError
-from mfaf_cli.metadata import ModelMeta
+from mfaf_cli.io.inputs import open_raster
+from mfaf_cli.metadata import MEANINGS, RESAMPLING_KIND, ModelMeta, identify_band
 from mfaf_cli.tiling.windows import Window
 
 log = logging.getLogger("mfaf")
@@ -42,31 +43,96 @@ class Excluder:
     ) -> None:
         self.checks = checks
         need = set(checks.ranges) | {checks.locations[b][0] for r in checks.rules for b in r.bands}
-        self._inputs = {m: p for m, p in inputs.items() if m in need}
+        #: modality -> the band meanings beyond the model's that a rule's alternative reads
+        self._extra: dict[str, list[str]] = {}
+        for b in checks.extra_bands:
+            self._extra.setdefault(MEANINGS[b].modality, []).append(b)
+        self._inputs = {m: p for m, p in inputs.items() if m in need | set(self._extra)}
         self._grid, self._meta, self._bands, self._units = grid, meta, bands, sar_units
         self._scene: AlignedScene | None = None
+        self._extra_scene: AlignedScene | None = None
 
     @property
     def reasons(self) -> list[str]:
         return self.checks.reasons
 
+    @property
+    def alternatives(self) -> dict[str, dict[str, Any]]:
+        """Which alternative of each rule runs on these inputs (see :meth:`Checks.alternatives`)."""
+        return self.checks.alternatives()
+
     def __enter__(self) -> Excluder:
         bands = {m: v for m, v in (self._bands or {}).items() if m in self._inputs}
+        model_inputs = {m: p for m, p in self._inputs.items() if m in self._meta.modality_names}
         self._scene = AlignedScene(
-            self._inputs, self._grid, bands=bands, units=self._units, meta=self._meta, quiet=True
+            model_inputs, self._grid, bands=bands, units=self._units, meta=self._meta, quiet=True
         ).__enter__()
+        try:
+            self._open_extra_bands()
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
+    def _open_extra_bands(self) -> None:
+        """Locate the extra bands the rules' alternatives read in the user's inputs (by the
+        band identity of their descriptions or file names, as band selection does) and open
+        them on the same grid; the checks then run the first alternative they complete."""
+        located: dict[str, tuple[str, int]] = {}
+        inputs: dict[str, str | os.PathLike[str]] = {}
+        indexes: dict[str, list[int | str]] = {}
+        for mod, meanings in self._extra.items():
+            if mod not in self._inputs:
+                continue
+            found = extra_band_indexes(self._inputs[mod], meanings, mod)
+            key = f"{mod}+"
+            for k, (meaning, index) in enumerate(found.items()):
+                located[meaning] = (key, k)
+                indexes.setdefault(key, []).append(index)
+            if found:
+                inputs[key] = self._inputs[mod]
+        if not inputs:
+            return
+        kinds = {k: RESAMPLING_KIND.get(k[:-1], "bilinear") for k in inputs}
+        self._extra_scene = AlignedScene(
+            inputs, self._grid, bands=indexes, units=self._units, kinds=kinds, quiet=True
+        ).__enter__()
+        self.checks = self.checks.with_bands(located)
+
     def __exit__(self, *exc: object) -> None:
-        if self._scene is not None:
-            self._scene.close()
-            self._scene = None
+        for scene in (self._scene, self._extra_scene):
+            if scene is not None:
+                scene.close()
+        self._scene = self._extra_scene = None
 
     def __call__(self, row0: int, col0: int, valid: np.ndarray) -> np.ndarray:
         assert self._scene is not None, "Excluder used without 'with'"
         h, w = valid.shape
-        raw = {m: self._scene.read_modality(m, Window(row0, col0, h, w))[0] for m in self._inputs}
+        win = Window(row0, col0, h, w)
+        raw = {m: self._scene.read_modality(m, win)[0] for m in self._scene.modalities}
+        if self._extra_scene is not None:
+            raw |= {m: self._extra_scene.read_modality(m, win)[0]
+                    for m in self._extra_scene.modalities}  # fmt: skip
         return self.checks.codes(raw, valid)
+
+
+def extra_band_indexes(
+    path: str | os.PathLike[str], meanings: Sequence[str], modality: str
+) -> dict[str, int]:
+    """meaning -> 1-based band of ``path`` that its description (or, for a one-band file, its
+    name) identifies as that meaning; meanings no band or two bands say are left out."""
+    ds = open_raster(path, modality)
+    try:
+        described = file_descriptions(os.fspath(path), ds.count, ds.descriptions)
+    finally:
+        ds.close()
+    ids = [identify_band(d) for d in described]
+    out: dict[str, int] = {}
+    for meaning in meanings:
+        hits = [k + 1 for k, i in enumerate(ids) if i is not None and i.meaning == meaning]
+        if len(hits) == 1:
+            out[meaning] = hits[0]
+    return out
 
 
 def checks_for(meta: ModelMeta, model_name: str, *, wanted: bool) -> Checks | None:
@@ -85,8 +151,17 @@ def checks_for(meta: ModelMeta, model_name: str, *, wanted: bool) -> Checks | No
 
 
 def excluded_note(summary: Mapping[str, Any]) -> str:
-    """``12.5 % of valid pixels excluded (snow 12.0 %, outside-training-range 0.5 %)``."""
-    parts = [f"{k} {100 * v:.1f} %" for k, v in summary["reasons"].items()]
+    """``12.5 % of valid pixels excluded (snow 12.0 %, outside-training-range 0.5 %)``; a rule
+    with alternatives says which ran (``snow by alternative 1 of 2 12.0 %``)."""
+    rules = summary.get("rules") or {}
+
+    def which(name: str) -> str:
+        alt = rules.get(name)
+        if not alt or alt["of"] < 2:
+            return ""
+        return f" by alternative {alt['alternative']} of {alt['of']}"
+
+    parts = [f"{k}{which(k)} {100 * v:.1f} %" for k, v in summary["reasons"].items()]
     return f"{100 * summary['excluded']:.1f} % of valid pixels excluded ({', '.join(parts)})"
 
 

@@ -387,6 +387,7 @@ def _predict_part(
         )
         info["valid"] = int(out.input_valid_pixels)
         info["exclusion_counts"] = out.exclusion_counts.tolist()
+        info["exclusion_rules"] = (out.exclusion_summary() or {}).get("rules")  # which ran
         for w in out.writers.values():
             w.dataset.update_tags(**{PART_TAG: json.dumps(info, sort_keys=True)})
     return parts, rows, stats
@@ -490,6 +491,9 @@ def assemble(run: _Run, count: int) -> dict[str, str]:
                 (read_part_info(p) or {}).get("exclusion_counts", np.zeros(256)), dtype=np.int64
             )
         run.exclusion = out.exclusion_summary()
+        rules = (read_part_info(first[0][0]) or {}).get("exclusion_rules")
+        if run.exclusion is not None and rules:
+            run.exclusion["rules"] = rules
         _tag_provenance(run, out)
     _remove_parts(parts)
     from mfaf_cli.pipeline.exclusion import warn_if_excluded
