@@ -15,8 +15,7 @@ import pytest
 import rasterio
 import torch
 from conftest import EXAMPLES, write_geotiff
-from tiny_net import tiny_meta
-from torch import nn
+from tiny_net import ContextNet, tiny_meta
 
 from mfaf_cli.coreg.cloudmask import OpticalMask, find_scl, optical_mask
 from mfaf_cli.errors import InputError, UsageError
@@ -30,22 +29,6 @@ BANDS = {"optical": [4, 3, 2, 8], "sar": [1]}
 HOLE = (slice(100, 300), slice(100, 300))  # the acceptance's 200 x 200 px square
 
 
-class CtxNet(nn.Module):
-    """Two zero-padded 5x5 convs over the concatenated inputs."""
-
-    divisor = 16
-
-    def __init__(self, in_channels: dict[str, int], num_classes: int) -> None:
-        super().__init__()
-        self.modalities = tuple(in_channels)
-        self.a = nn.Conv2d(sum(in_channels.values()), 8, 5, padding=2)
-        self.b = nn.Conv2d(8, num_classes, 5, padding=2)
-
-    def forward(self, *inputs: torch.Tensor, return_aux: bool = False):  # type: ignore[no-untyped-def]
-        logits = self.b(torch.tanh(self.a(torch.cat(inputs, dim=1))))
-        return (logits, {}) if return_aux else logits
-
-
 OPTICAL = ModalitySpec(
     "optical", ("red", "green", "blue", "nir"), Normalisation("fixed", (1500.0,) * 4, (1000.0,) * 4)
 )
@@ -56,12 +39,13 @@ SAR_OWN = replace(SAR, normalisation=Normalisation("fixed", (-12.0,), (4.0,)))  
 @pytest.fixture
 def models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     """(main checkpoint naming the SAR-only fallback, the fallback checkpoint)."""
-    monkeypatch.setattr(W, "build_model", lambda m: CtxNet(m.in_channels, m.num_classes))
+    monkeypatch.setattr(W, "build_model", lambda m: ContextNet(m.in_channels, m.num_classes))
     torch.manual_seed(0)
     sar_meta = replace(tiny_meta(tile=64), modalities=(SAR_OWN,))
-    sar = W.save_checkpoint(CtxNet(sar_meta.in_channels, 2), sar_meta, tmp_path / "sar.safetensors")
+    sar_net = ContextNet(sar_meta.in_channels, 2)
+    sar = W.save_checkpoint(sar_net, sar_meta, tmp_path / "sar.safetensors")
     meta = replace(tiny_meta(tile=64), modalities=(OPTICAL, SAR), fallbacks={"optical": str(sar)})
-    main = W.save_checkpoint(CtxNet(meta.in_channels, 2), meta, tmp_path / "main.safetensors")
+    main = W.save_checkpoint(ContextNet(meta.in_channels, 2), meta, tmp_path / "main.safetensors")
     return main, sar
 
 
@@ -256,7 +240,7 @@ def test_bad_masks_and_fallbacks_are_one_line(
     sar = models[1]
     water = tiny_meta().classes
     three = replace(W.read_meta(sar), classes=(*water, replace(water[0], id=2, name="cloud")))
-    W.save_checkpoint(CtxNet(three.in_channels, 3), three, sar)
+    W.save_checkpoint(ContextNet(three.in_channels, 3), three, sar)
     assert "classes" in _cli_bad(runner, models, tmp_path)
 
 
@@ -274,7 +258,7 @@ def test_fallbacks_travel_in_the_record_and_the_manifest(
     assert ModelMeta.from_json(meta.to_json()).fallbacks == meta.fallbacks
     assert "fallbacks" not in replace(meta, fallbacks={}).to_dict()  # old records unchanged
     plain = replace(meta, fallbacks={})
-    W.save_checkpoint(CtxNet(plain.in_channels, 2), plain, tmp_path / "plain.safetensors")
+    W.save_checkpoint(ContextNet(plain.in_channels, 2), plain, tmp_path / "plain.safetensors")
     root = tmp_path / "weights"
     monkeypatch.setenv("MFAF_WEIGHTS_DIR", str(root))
     W.register_weights(tmp_path / "plain.safetensors", "plain-water", root=root)
@@ -300,7 +284,7 @@ def test_fallback_runs_on_the_main_models_windows(
     P = importlib.import_module("mfaf_cli.pipeline.predict")  # the module, not the function
 
     main, sar = models
-    W.save_checkpoint(CtxNet({"sar": 1}, 2), replace(W.read_meta(sar), tile_size=32), sar)
+    W.save_checkpoint(ContextNet({"sar": 1}, 2), replace(W.read_meta(sar), tile_size=32), sar)
     seen: list[int | None] = []
     real = P.load_predictor
 

@@ -368,6 +368,24 @@ def test_no_shipped_model_lists_what_is_shipped(
     assert "add --sar PATH" in msg and "(--model unet-optical) to run UNTRAINED" in msg
 
 
+def test_a_model_shipped_by_name_only_is_never_the_default(
+    tmp_path: Path, weights_dir: Path, tiny_registry: None
+) -> None:
+    """A shipped model below its baseline runs when named, never when only modalities are."""
+    meta = tiny_meta()
+    ckpt = W.save_checkpoint(make_tiny(meta), meta, tmp_path / "a.safetensors")
+    entry = W.register_weights(ckpt, "weak-water", by_name_only="below Otsu on the test split")
+    assert entry["by_name_only"] == "below Otsu on the test split"
+    with pytest.raises(ModalityError) as e:
+        R.resolve_model(None, ["optical", "sar"])
+    msg = str(e.value)
+    assert msg.startswith("no shipped model is the default for optical + sar; shipped: weak-water")
+    assert "name it (--model weak-water; not picked by default: below Otsu on the test" in msg
+    assert R.resolve_model("weak-water", ["optical", "sar"]).name == "weak-water"
+    W.register_weights(ckpt, "good-water")  # a second model for the same modalities is picked
+    assert R.resolve_model(None, ["optical", "sar"]).name == "good-water"
+
+
 def test_a_named_architecture_is_untrained_and_says_so(
     weights_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

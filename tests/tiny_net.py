@@ -51,3 +51,20 @@ def use_tiny_builder(monkeypatch: pytest.MonkeyPatch) -> None:
             TinyFusion(meta.in_channels, meta.num_classes) if meta.arch == "tiny" else real(meta)
         ),
     )
+
+
+class ContextNet(nn.Module):
+    """Two zero-padded 5×5 convs: each output pixel sees 9×9 px, so window placement and the
+    context at a window's border change the result (a 1×1 net would hide both)."""
+
+    divisor = 16
+
+    def __init__(self, in_channels: dict[str, int], num_classes: int) -> None:
+        super().__init__()
+        self.modalities = tuple(in_channels)
+        self.a = nn.Conv2d(sum(in_channels.values()), 8, 5, padding=2)
+        self.b = nn.Conv2d(8, num_classes, 5, padding=2)
+
+    def forward(self, *inputs: torch.Tensor, return_aux: bool = False):  # type: ignore[no-untyped-def]
+        logits = self.b(torch.tanh(self.a(torch.cat(inputs, dim=1))))
+        return (logits, {}) if return_aux else logits

@@ -56,6 +56,10 @@ def main() -> None:
         "--eval", action="append", default=[], help="EVAL.json (eval_model.py) or FILE.json:KEY"
     )
     ap.add_argument("--description", default="")
+    ap.add_argument(
+        "--by-name-only", default="", metavar="WHY",
+        help="ship it, but never as the model for its modalities without --model NAME",
+    )  # fmt: skip
     ap.add_argument("--weights-dir", type=Path, default=PACKAGE_WEIGHTS)
     a = ap.parse_args()
 
@@ -78,8 +82,9 @@ def main() -> None:
     out = a.run / f"{a.name}.safetensors"
     save_checkpoint(model, meta, out)
     entry = register_weights(
-        out, a.name, default=a.default, description=a.description, root=a.weights_dir
-    )
+        out, a.name, default=a.default, description=a.description, root=a.weights_dir,
+        by_name_only=a.by_name_only,
+    )  # fmt: skip
     print(json.dumps({k: entry[k] for k in ("name", "file", "sha256", "size_bytes", "default")}))
 
 

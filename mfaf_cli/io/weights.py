@@ -397,11 +397,14 @@ def register_weights(
     default: bool = False,
     root: str | os.PathLike[str] | None = None,
     description: str = "",
+    by_name_only: str = "",
 ) -> dict[str, Any]:
     """Add or update a manifest entry for a checkpoint (copied into the weights folder).
 
     ``default=True`` makes it the model ``mfaf predict`` uses for its modality set and clears
-    the flag on other entries for the same set. Returns the entry written.
+    the flag on other entries for the same set. ``by_name_only``: why the model is shipped but
+    never picked without ``--model NAME`` (e.g. it scores below a plain baseline); a user who
+    gives only its modalities is told so instead. Returns the entry written.
     """
     from mfaf_cli.registry import list_models
 
@@ -430,6 +433,8 @@ def register_weights(
         "metrics": meta.metrics,
         "description": description,
     }
+    if by_name_only:
+        entry["by_name_only"] = by_name_only
     entries = [e for e in read_manifest(base) if e["name"] != name]
     if default:
         mods = set(meta.modality_names)

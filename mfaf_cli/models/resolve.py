@@ -89,9 +89,13 @@ def _looks_like_path(spec: str) -> bool:
 
 def shipped_for(modalities: Iterable[str], entries: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The manifest entry predict uses for exactly these modalities: the one marked default,
-    else the first listed for them; None when nothing shipped takes them."""
+    else the first listed for them; None when nothing shipped takes them. Entries shipped
+    ``by_name_only`` are never picked here: a model below its baseline is no default."""
     wanted = set(modalities)
-    fits = [e for e in entries if set(e.get("modalities", ())) == wanted]
+    fits = [
+        e for e in entries
+        if set(e.get("modalities", ())) == wanted and not e.get("by_name_only")
+    ]  # fmt: skip
     return next((e for e in fits if e.get("default")), fits[0] if fits else None)
 
 
@@ -104,7 +108,12 @@ def no_shipped_message(modalities: tuple[str, ...], entries: list[dict[str, Any]
         "; ".join(f"{e['name']} ({' + '.join(e.get('modalities', ()))})" for e in entries)
         or "none (the weights folder has no manifest.json)"
     )
-    fixes = []
+    by_name = [
+        e for e in entries
+        if e.get("by_name_only") and set(e.get("modalities", ())) == set(modalities)
+    ]  # fmt: skip
+    fixes = [f"name it (--model {e['name']}; not picked by default: {e['by_name_only']})"
+             for e in by_name]  # fmt: skip
     for e in entries:
         missing = [m for m in e.get("modalities", ()) if m not in modalities]
         if missing and set(modalities) < set(e.get("modalities", ())):
@@ -114,7 +123,8 @@ def no_shipped_message(modalities: tuple[str, ...], entries: list[dict[str, Any]
     archs = [a.name for a in list_models() if set(a.modalities) == set(modalities)]
     if archs:
         fixes.append(f"name an architecture (--model {archs[0]}) to run UNTRAINED random weights")
-    return f"no shipped model takes {given}; shipped: {shipped}; {', or '.join(fixes)}"
+    head = f"no shipped model {'is the default for' if by_name else 'takes'} {given}"
+    return f"{head}; shipped: {shipped}; {', or '.join(fixes)}"
 
 
 def resolve_model(
