@@ -22,9 +22,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 def _restore_sigterm() -> Iterator[None]:
     """The CLI installs its own SIGTERM handler; a test that runs it must not leave it behind
     (a later SIGTERM to pytest would become SystemExit(143) inside an unrelated test)."""
-    before = signal.getsignal(signal.SIGTERM)
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     yield
-    signal.signal(signal.SIGTERM, before)
+    signal.signal(signal.SIGTERM, before[0])
+    signal.signal(signal.SIGINT, before[1])
 
 
 @pytest.fixture(autouse=True)

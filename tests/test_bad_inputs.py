@@ -850,7 +850,13 @@ def _start_slow_predict(files: Files, folder: Path) -> subprocess.Popen[bytes]:
            "--probabilities", str(out / "probs.tif"), "--tile", "32", "--overlap", "0.5",
            "--batch-size", "1", "--device", "cpu", "--engine", "torch", "-q"]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    # A child inherits an ignored SIGINT across exec (and Python then never raises
+    # KeyboardInterrupt); a handled one becomes the default, as from a user's shell.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_sigint_and_sigterm_leave_no_partial_output(files: Files, tmp_path: Path) -> None:

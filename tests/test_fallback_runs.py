@@ -54,7 +54,7 @@ def test_cli_fallback_flag_names_the_fallback(
     nodata; a malformed value is one line."""
     from dataclasses import replace
 
-    from test_fallback import CtxNet
+    from tiny_net import ContextNet as CtxNet
 
     from mfaf_cli.io import weights as W
 
