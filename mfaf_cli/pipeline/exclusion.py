@@ -166,10 +166,9 @@ def excluded_note(summary: Mapping[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def with_excluder(
-    excluder: Excluder | None, make_outputs: Callable[[Excluder | None], Any]
-) -> Iterator[Any]:
-    """Open ``excluder`` (when there is one) around the outputs it feeds."""
+def with_excluder(excluder: Any, make_outputs: Callable[[Any], Any]) -> Iterator[Any]:
+    """Open ``excluder`` (when there is one) around the outputs it feeds; any optional
+    per-row context manager the outputs read from (the source mapper too) goes this way."""
     if excluder is None:
         with make_outputs(None) as out:
             yield out

@@ -491,7 +491,7 @@ def _predict(
         ex = None if checks is None else Excluder(
             ordered, grid, meta, checks, bands=bands, sar_units=read.sar_units)  # fmt: skip
         sm = _source_mapper(predictor, ordered, grid, bands, read.sar_units, write.source)
-        return _with_source(sm, lambda s: with_excluder(ex, lambda e: OutputSet(
+        return with_excluder(sm, lambda s: with_excluder(ex, lambda e: OutputSet(
             grid, meta, write.label, write.probabilities, write.confidence,
             tags={**weights, **provenance_tags(record)}, exclusion=write.exclusion, excluder=e,
             source=write.source, sourcer=s, **write.output_set_options(),
@@ -593,17 +593,6 @@ def _source_mapper(
             )
         return None
     return SourceMapper(inputs, grid, predictor.meta, coverage, bands=bands, sar_units=units)
-
-
-@contextlib.contextmanager
-def _with_source(mapper: Any, make_outputs: Callable[[Any], Any]) -> Iterator[Any]:
-    """Open the source mapper (when there is one) around the outputs it feeds."""
-    if mapper is None:
-        with make_outputs(None) as out:
-            yield out
-        return
-    with mapper, make_outputs(mapper) as out:
-        yield out
 
 
 def _source_summary(predictor: Any, outputs: Any) -> dict[str, Any]:
