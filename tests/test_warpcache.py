@@ -15,7 +15,7 @@ from rasterio.windows import Window
 from mfaf_cli.coreg import align
 from mfaf_cli.coreg.align import AlignedScene
 from mfaf_cli.coreg.grid import grid_from_reference
-from mfaf_cli.coreg.warpcache import WarpCache
+from mfaf_cli.coreg.warpcache import SCENE_BLOCK, WarpCache
 
 
 @pytest.fixture(scope="module")
@@ -90,34 +90,66 @@ def test_blocks_are_warped_once_and_the_cache_stays_within_its_budget(
     assert small.misses == 2 * 16 and len(small._blocks) <= 2  # SAR blocks are smaller
 
 
-def test_a_fully_valid_source_block_needs_no_mask_warp(
-    scene: tuple[dict[str, Path], Path], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("coarser", "kinds"),
+    [(1, None), (1, {"optical": "nearest"}), (3, None)],  # bilinear, nearest, SAR averaged
+)
+def test_a_fully_valid_source_block_is_warped_once_without_a_source_nodata(
+    scene: tuple[dict[str, Path], Path],
+    monkeypatch: pytest.MonkeyPatch,
+    coarser: int,
+    kinds: dict[str, str] | None,
 ) -> None:
-    """The one-warp path gives the valid mask the warped mask would have given: reads of
-    windows that run past the imagery (the label grid reaches beyond it) with and without."""
-    plain = _open(scene, None)
-    windows = [Window(c, r, 24, 24) for r in (0, 20, 40) for c in (0, 25, 40)]
-    fast = [plain.read(w) for w in windows]
+    """The one-warp path without a source nodata (GDAL's kernels skip their per-pixel
+    validity test; nothing pre-filled) gives, bit for bit, the values and valid mask of the
+    values warped with NaN nodata plus the validity mask warped nearest: reads of windows
+    that run past the imagery (the label grid reaches beyond it), for each resampling."""
+    inputs, label = scene
+    grid = grid_from_reference(label).scaled(coarser)
+    side = grid.height // 3 + 2
+    windows = [Window(c, r, side, side) for r in (0, side // 2, 2 * side - 2)
+               for c in (0, side, 2 * side - 2)]  # fmt: skip
+    fast = [AlignedScene(inputs, grid, kinds=kinds).read(w) for w in windows]
     calls: list[int] = []
-    values_only = align._reproject_values
 
-    def with_mask(vals, data, resampling, common):  # type: ignore[no-untyped-def]
-        """The values, then the all-valid mask warped nearest as before: NaN where it is 0."""
+    def both_warps(vals, data, resampling, common):  # type: ignore[no-untyped-def]
+        """The values with NaN nodata, then the all-valid mask warped nearest, as before."""
         calls.append(1)
-        values_only(vals, data, resampling, common)
+        align._reproject_values(vals, data, resampling, common)
         ok8 = np.zeros(data.shape[1:], dtype=np.uint8)
         reproject(np.ones(vals.shape[1:], np.uint8), ok8, src_nodata=0, dst_nodata=0,
                   resampling=Resampling.nearest, **common)  # fmt: skip
         data[:, ok8 == 0] = np.nan
 
-    monkeypatch.setattr(align, "_reproject_values", with_mask)
-    slow = [_open(scene, None).read(w) for w in windows]
-    assert calls
+    monkeypatch.setattr(align, "_reproject_valid", both_warps)
+    slow = [AlignedScene(inputs, grid, kinds=kinds).read(w) for w in windows]
+    assert len(calls) >= 2 * len(windows)  # both modalities of every window took that path
     assert any(not ok.all() for _, ok in fast)  # some windows do run past the imagery
+    assert any(ok.any() for _, ok in fast)
     for (a, ok_a), (b, ok_b) in zip(fast, slow, strict=True):
         assert np.array_equal(ok_a, ok_b)
         for m in a:
             assert np.array_equal(a[m], b[m], equal_nan=True)
+
+
+def test_a_scene_cache_cuts_windows_from_blocks_of_a_thousand_pixels(
+    scene: tuple[dict[str, Path], Path],
+) -> None:
+    """What a training sample holds: a window of a scene kept whole is cut from its
+    SCENE_BLOCK-pixel blocks — here one block, the whole 64-pixel grid warped at once (not
+    16- or 256-pixel blocks: fewer, larger warps are what makes the first epoch cheap)."""
+    inputs, label = scene
+    grid = grid_from_reference(label)
+    kept = AlignedScene(inputs, grid, warp_cache_bytes=2**30)
+    assert kept.warp_cache is not None and kept.warp_cache.block == SCENE_BLOCK == 1024
+    plain = AlignedScene(inputs, grid)
+    whole, whole_ok = plain.read(Window(0, 0, grid.width, grid.height))
+    for r, c, h, w in WINDOWS:
+        got, ok = kept.read(Window(c, r, w, h))
+        assert np.array_equal(ok, whole_ok[r : r + h, c : c + w])
+        for m in got:
+            assert np.array_equal(got[m], whole[m][:, r : r + h, c : c + w], equal_nan=True)
+    assert kept.warp_cache.misses == 2  # one warp per warped modality for the whole scene
 
 
 def test_the_cache_is_kept_only_for_a_scene_whose_warped_sources_fit_whole(
