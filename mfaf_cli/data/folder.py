@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -52,6 +53,23 @@ MODALITY_COLUMNS = ALL_MODALITIES
 #: (coreg/warpcache.py), for a scene whose warped sources fit whole: 2 SAR bands warped onto
 #: a 10 m label grid take 9 B a pixel (values and valid mask), so up to ~2700² pixels
 WARP_CACHE_BYTES = 64 * 2**20
+
+#: GDAL's block cache while this dataset reads (per process, unless GDAL_CACHEMAX is set).
+#: Its default, 5 % of RAM, kept every block a set-up pass decoded (the decimated reads of
+#: the statistics and of the SAR-units check decode whole files), so memory grew with the
+#: scene: 941 vs 321 MB after set-up at 8192² vs 2048² (benchmarks/train_bench.py). Training
+#: reads jittered windows in random order, so a larger cache would rarely be hit anyway.
+GDAL_CACHE_BYTES = 64 * 2**20
+
+
+def bounded_gdal_cache() -> contextlib.AbstractContextManager[Any]:
+    """GDAL's block cache capped at :data:`GDAL_CACHE_BYTES` inside (the process's own
+    setting restored after; nothing changed when the user set ``GDAL_CACHEMAX``)."""
+    if os.environ.get("GDAL_CACHEMAX"):
+        return contextlib.nullcontext()
+    import rasterio
+
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
 
 
 def read_scene_list(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -410,24 +428,29 @@ class FolderDataset(SegDataset):
         return d
 
     def _scene(self, i: int) -> Any:
-        from mfaf_cli.coreg.align import AlignedScene
-        from mfaf_cli.coreg.grid import grid_from_reference
-
         if self._pid != os.getpid():
             self._aligned, self._labels = {}, {}
             self._pid = os.getpid()
         if i not in self._aligned:
-            sc = self._scenes_all[i]
-            grid = grid_from_reference(sc["label"])
-            self._aligned[i] = AlignedScene(
+            self._aligned[i] = self._open_scene(i, warp_cache_bytes=WARP_CACHE_BYTES)
+        return self._aligned[i]
+
+    def _open_scene(self, i: int, *, warp_cache_bytes: int = 0, quiet: bool = False) -> Any:
+        """A new reader of scene ``i`` on its label grid (the caller closes it)."""
+        from mfaf_cli.coreg.align import AlignedScene
+        from mfaf_cli.coreg.grid import grid_from_reference
+
+        sc = self._scenes_all[i]
+        with bounded_gdal_cache():  # the SAR-units check reads the whole file decimated
+            return AlignedScene(
                 {m: sc["inputs"][m] for m in self.modalities},
-                grid,
+                grid_from_reference(sc["label"]),
                 {m: self.bands_opt[m] for m in self.modalities if m in self.bands_opt},
                 units=self.units.get("sar", "auto"),
                 band_flags=self.band_flags,
-                warp_cache_bytes=WARP_CACHE_BYTES,
+                warp_cache_bytes=warp_cache_bytes,
+                quiet=quiet,
             )
-        return self._aligned[i]
 
     def _check_scene_bands(self) -> None:
         """Every scene of the split holds the bands asked for (one line naming the scene and
@@ -504,7 +527,8 @@ class FolderDataset(SegDataset):
         full resolution) per scene of the split; computed once."""
         cached: list[tuple[str, np.ndarray, int]] | None = getattr(self, "_split_label_cache", None)
         if cached is None:
-            cached = [self._covered_labels(i) for i in sorted({w[0] for w in self.windows})]
+            with bounded_gdal_cache():  # decimated reads of whole label rasters
+                cached = [self._covered_labels(i) for i in sorted({w[0] for w in self.windows})]
             self._split_label_cache = cached
         return cached
 
@@ -533,7 +557,12 @@ class FolderDataset(SegDataset):
         out: dict[str, list[np.ndarray]] = {m: [] for m in self.modalities}
         used = sorted({w[0] for w in self.windows})[:max_items]
         for i in used:
-            arrays, valid, _ = self._scene(i).read_decimated()
+            # through handles closed right after: a decimated read decodes every block of
+            # the files, and GDAL keeps decoded blocks per handle up to its cache size (5 %
+            # of RAM by default), so the samples' long-lived handles kept the whole scene
+            # (measured: 941 vs 321 MB after set-up at 8192² vs 2048², train_bench.py)
+            with bounded_gdal_cache(), self._open_scene(i, quiet=True) as scene:
+                arrays, valid, _ = scene.read_decimated()
             for m in self.modalities:
                 a = arrays[m].copy()
                 a[:, ~valid] = np.nan
@@ -549,10 +578,11 @@ class FolderDataset(SegDataset):
         h, w = self.sizes[i]
         t = self.tile
         r, c = jitter_window(r, c, h, w, t, rng)
-        arrays, valid = self._scene(i).read(Window(r, c, t, t))
+        with bounded_gdal_cache():  # an epoch touches every block of the scene
+            arrays, valid = self._scene(i).read(Window(r, c, t, t))
+            ds = self._label_handle(i)  # opened once per process, like the scene's inputs
+            lab = ds.read(1, window=RioWindow(c, r, min(t, w - c), min(t, h - r)))
         arrays = {m: arrays[m] for m in self.modalities}
-        ds = self._label_handle(i)  # opened once per process, like the scene's inputs
-        lab = ds.read(1, window=RioWindow(c, r, min(t, w - c), min(t, h - r)))
         nodata = ds.nodata
         mask = self.map_label(lab, nodata, self._scenes_all[i].get("ignore"))
         mask = np.pad(
