@@ -424,8 +424,11 @@ class Checks:
     @property
     def extra_bands(self) -> list[str]:
         """Meanings that earlier alternatives read and the model does not take."""
-        return list(dict.fromkeys(
-            b for g in self.groups for r in g for b in r.bands if b not in self.locations))
+        return list(
+            dict.fromkeys(
+                b for g in self.groups for r in g for b in r.bands if b not in self.locations
+            )
+        )
 
     def with_bands(self, extra: Mapping[str, tuple[str, int]]) -> Checks:
         """These checks with more located bands (the input's own extra bands)."""
@@ -443,8 +446,15 @@ class Checks:
 
     def codes(self, raw: Mapping[str, np.ndarray], valid: np.ndarray) -> np.ndarray:
         """uint8 reason codes (h, w) of raw arrays (modality -> (C, h, w), sensor units)."""
-        out = np.full(valid.shape, OK, dtype=np.uint8)
-        flagged = np.zeros(valid.shape, dtype=bool)
+        out = self.pixel_codes(raw, valid.shape)
+        out[~valid] = NODATA
+        return out
+
+    def pixel_codes(self, raw: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+        """:meth:`codes` of every pixel as if valid: a pixel's code depends on its own raw
+        values alone, so readers compute it as they read, and the sink marks nodata later."""
+        out = np.full(shape, OK, dtype=np.uint8)
+        flagged = np.zeros(shape, dtype=bool)
         for name, (low, high, open_, floor) in self.ranges.items():
             flagged |= outside_range(raw[name], low, high, open_, floor)
         out[flagged] = OUT_OF_RANGE
@@ -452,7 +462,6 @@ class Checks:
         rules = self.rules
         for code in range(len(rules) + 1, 1, -1):  # the first matching rule wins
             out[evaluate(rules[code - 2].tree, bands)] = code
-        out[~valid] = NODATA
         return out
 
 

@@ -1,10 +1,16 @@
 """The exclusion check of a run: reason codes for rows of the output grid.
 
 The model sees normalised inputs; the checks of :mod:`mfaf_cli.applicability` need the raw
-values (sensor units), so the :class:`Excluder` reads the inputs a second time, on the run's
-own output grid, block by block as the sink receives finished rows (from the merge thread;
-it owns its file handles). A pixel's code depends only on its own raw values, so a crop of a
-scene gets exactly the codes of the whole scene there.
+values (sensor units). A pixel's code depends only on its own raw values, so a crop of a
+scene gets exactly the codes of the whole scene there, and the codes can be computed where
+the values are at hand:
+
+* :class:`StoredExcluder` (predict): the run's reader threads compute the codes from the raw
+  values they read anyway, before normalisation (:mod:`mfaf_cli.pipeline.planes`), and the
+  sink takes them for finished rows;
+* :class:`Excluder` (evaluate, split scenes, and rules whose alternatives read bands the
+  model does not take): reads the inputs a second time, on the run's own output grid, as the
+  sink receives finished rows (from the merge thread; it owns its file handles).
 """
 
 from __future__ import annotations
@@ -17,12 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from mfaf_cli.applicability import Checks
+from mfaf_cli.applicability import NODATA, Checks
 from mfaf_cli.coreg.align import AlignedScene, file_descriptions
 from mfaf_cli.coreg.grid import Grid
 from mfaf_cli.errors import UsageError
 from mfaf_cli.io.inputs import open_raster
 from mfaf_cli.metadata import MEANINGS, RESAMPLING_KIND, ModelMeta, identify_band
+from mfaf_cli.pipeline.planes import PlaneStore, PlaneTap
 from mfaf_cli.tiling.windows import Window
 
 log = logging.getLogger("mfaf")
@@ -114,6 +121,46 @@ class Excluder:
             raw |= {m: self._extra_scene.read_modality(m, win)[0]
                     for m in self._extra_scene.modalities}  # fmt: skip
         return self.checks.codes(raw, valid)
+
+
+class StoredExcluder:
+    """:class:`Excluder`'s codes without a second read: the readers compute each pixel's
+    code from the raw values they read (:meth:`tap`, below any fallback mask, like the
+    excluder's own read) and this takes them for finished rows. For checks that read only
+    the model's bands (:func:`reads_model_bands`); a context manager like :class:`Excluder`."""
+
+    def __init__(self, checks: Checks) -> None:
+        self.checks, self.store = checks, PlaneStore()
+
+    @property
+    def reasons(self) -> list[str]:
+        return self.checks.reasons
+
+    @property
+    def alternatives(self) -> dict[str, dict[str, Any]]:
+        return self.checks.alternatives()
+
+    def tap(self, scene: Any) -> PlaneTap:
+        """``scene`` read through, each read's reason codes kept for the sink."""
+        return PlaneTap(scene, self._pixel_codes, self.store)
+
+    def _pixel_codes(self, raw: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self.checks.pixel_codes(raw, next(iter(raw.values())).shape[1:])
+
+    def __enter__(self) -> StoredExcluder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __call__(self, row0: int, col0: int, valid: np.ndarray) -> np.ndarray:
+        return self.store.take(row0, col0, valid, NODATA)
+
+
+def reads_model_bands(checks: Checks) -> bool:
+    """Whether the checks read the model's bands only (no rule alternative reads a band of
+    the input the model does not take), so the run's own reads hold all they need."""
+    return not checks.extra_bands
 
 
 def extra_band_indexes(

@@ -1,0 +1,193 @@
+"""Issue 19 item 4: predict's exclusion check and source map come from the run's own reads.
+
+The reader threads compute each pixel's reason code (and, with fallbacks, its source code)
+from the raw values they read anyway (mfaf_cli/pipeline/planes.py); the second and third read
+of the inputs on the merge thread is gone. Pinned here: the codes equal the old path's
+(:class:`Excluder`, which still serves evaluate and split scenes; the source map as the old
+mapper computed it, from its own read of the inputs and the mask), and every input pixel is
+decoded once per run.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from conftest import EXAMPLES, write_geotiff
+from tiny_net import TinyFusion, tiny_meta, use_tiny_builder
+
+from mfaf_cli.coreg import align
+from mfaf_cli.coreg.align import AlignedScene
+from mfaf_cli.coreg.cloudmask import optical_mask
+from mfaf_cli.coreg.grid import grid_from_reference
+from mfaf_cli.io import weights as W
+from mfaf_cli.metadata import Normalisation
+from mfaf_cli.pipeline.fallback import NONE, SOURCE_KEY, Coverage, FallbackScene
+from mfaf_cli.pipeline.planes import PlaneStore, PlaneTap
+from mfaf_cli.pipeline.predict import predict
+from mfaf_cli.tiling.windows import Window
+
+CHIP = EXAMPLES / "sen1floods11"
+BANDS = {"optical": [4, 3, 2, 8], "sar": [1]}
+#: the module (``mfaf_cli.pipeline.predict`` the attribute is the function)
+predict_mod = importlib.import_module("mfaf_cli.pipeline.predict")
+
+
+# ---- the store ----------------------------------------------------------------------------------
+def test_store_assembles_pieces_fills_invalid_and_drops_taken_rows() -> None:
+    store = PlaneStore()
+    store.offset = (-2, -1)  # the read grid starts 2 rows and 1 column before the output grid
+    store.put(0, 0, np.full((4, 3), 1, np.uint8))  # read rows 0..4, columns 0..3
+    store.put(0, 3, np.full((4, 3), 2, np.uint8))
+    store.put(4, 0, np.full((4, 6), 3, np.uint8))
+    valid = np.ones((2, 5), bool)
+    valid[1, 4] = False
+    got = store.take(0, 0, valid, 255)  # output rows 0..2 = read rows 2..4, columns 1..6
+    np.testing.assert_array_equal(got, [[1, 1, 2, 2, 2], [1, 1, 2, 2, 255]])
+    assert len(store) == 1  # both pieces ending at read row 4 were taken to their end
+    np.testing.assert_array_equal(store.take(2, 0, np.ones((2, 5), bool), 255), np.full((2, 5), 3))
+
+
+def test_store_refuses_a_valid_pixel_nobody_read() -> None:
+    store = PlaneStore()
+    store.put(0, 0, np.zeros((2, 2), np.uint8))
+    assert store.take(0, 0, np.array([[True, True, False]]), 9).tolist() == [[0, 0, 9]]
+    with pytest.raises(RuntimeError, match="no plane was read"):
+        store.take(1, 0, np.ones((1, 3), bool), 9)
+
+
+def test_tap_keeps_the_part_inside_the_grid_of_a_padded_read() -> None:
+    class Scene:
+        class grid:  # an attribute holder, as Grid
+            height, width = 4, 4
+
+        def read(self, window: Window, out: object = None) -> tuple[dict, np.ndarray]:
+            vals = np.arange(window.height * window.width, dtype=np.float32)
+            return {"x": vals.reshape(1, window.height, window.width)}, np.ones(window.shape, bool)
+
+    store = PlaneStore()
+    tap = PlaneTap(Scene(), lambda a: a["x"][0].astype(np.uint8), store)
+    tap.read(Window(-1, 2, 3, 4))  # rows -1..2, columns 2..6: inside rows 0..2, columns 2..4
+    got = store.take(0, 2, np.ones((2, 2), bool), 255)
+    np.testing.assert_array_equal(got, [[4, 5], [8, 9]])
+    assert tap.grid.height == 4  # everything else is the scene's
+
+
+# ---- predict ------------------------------------------------------------------------------------
+@pytest.fixture
+def checked_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tiny checkpoint with a rule and an optical training range narrower than the chip
+    (both reasons occur on it), fixed normalisation (no statistics pre-pass)."""
+    use_tiny_builder(monkeypatch)
+    meta = tiny_meta(rules=(("bright", "red > 1500 and nir > 1500"),))
+    opt = replace(meta.modalities[0], range_low=(0.0,) * 4, range_high=(3000.0,) * 4,
+                  normalisation=Normalisation("fixed", (1500.0,) * 4, (1000.0,) * 4))  # fmt: skip
+    sar = replace(meta.modalities[1], normalisation=Normalisation("fixed", (-15.0,), (5.0,)))
+    meta = replace(meta, modalities=(opt, sar))
+    torch.manual_seed(0)
+    return W.save_checkpoint(TinyFusion(meta.in_channels, 2), meta, tmp_path / "m.safetensors")
+
+
+@pytest.fixture
+def mask(tmp_path: Path) -> Path:
+    """A 0/1 optical mask on the chip's grid over valid optical pixels."""
+    with rasterio.open(CHIP / "S2.tif") as ds:
+        crs, transform, shape = ds.crs, ds.transform, ds.shape
+    m = np.zeros(shape, np.uint8)
+    m[40:170, 200:330] = 1
+    return write_geotiff(tmp_path / "mask.tif", m, crs=str(crs), transform=transform)  # type: ignore[arg-type]
+
+
+def _run(model: Path, tmp_path: Path, name: str, optical: Path = CHIP / "S2.tif",
+         **kw: object) -> object:  # fmt: skip
+    return predict({"optical": optical, "sar": CHIP / "S1.tif"}, tmp_path / f"{name}.tif",
+                   str(model), bands=BANDS, engine="torch", device="cpu", progress=False,
+                   exclusion=tmp_path / f"{name}_ex.tif", tile=64, **kw)  # type: ignore[arg-type]  # fmt: skip
+
+
+def _read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+def _holed(tmp_path: Path) -> Path:
+    """The chip's optical with a nodata square (the file's nodata, 0)."""
+    with rasterio.open(CHIP / "S2.tif") as ds:
+        data, profile, desc = ds.read(), ds.profile, ds.descriptions
+    data[:, 150:250, 20:140] = 0
+    with rasterio.open(tmp_path / "S2hole.tif", "w", **profile) as dst:
+        dst.write(data)
+        dst.descriptions = desc
+    return tmp_path / "S2hole.tif"
+
+
+@pytest.mark.parametrize("case", ["mask", "crop", "hole"])
+def test_stored_exclusion_equals_the_second_read(
+    checked_model: Path, mask: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """Same reason codes, labels and summary as :class:`Excluder` (the old path, forced) on
+    the chip: with an optical mask and a fallback (the codes read the optical below the mask,
+    as the excluder's own read did), the same as a crop (an anchored read grid), and an
+    optical with a nodata hole and no fallback (nodata codes)."""
+    kw: dict[str, object] = {"optical_mask": mask, "fallbacks": {"optical": "self"}}
+    if case == "crop":
+        with rasterio.open(CHIP / "S2.tif") as ds:
+            (left, top), (right, bottom) = ds.transform @ (37, 101), ds.transform @ (300, 333)
+        kw["bounds"] = (left, bottom, right, top)
+    if case == "hole":
+        kw = {"optical": _holed(tmp_path), "fallbacks": {}}
+    new = _run(checked_model, tmp_path, "new", **kw)
+    monkeypatch.setattr(predict_mod, "_stored_excluder", lambda checks: None)
+    old = _run(checked_model, tmp_path, "old", **kw)
+    codes = _read(tmp_path / "new_ex.tif")
+    np.testing.assert_array_equal(codes, _read(tmp_path / "old_ex.tif"))
+    np.testing.assert_array_equal(_read(tmp_path / "new.tif"), _read(tmp_path / "old.tif"))
+    assert new.exclusion == old.exclusion  # type: ignore[attr-defined]
+    assert {0, 1, 2} <= set(np.unique(codes).tolist())
+    assert (255 in codes) == (case == "hole")
+
+
+def test_source_map_equals_the_fallback_scene_read_of_the_inputs(
+    checked_model: Path, mask: Path, tmp_path: Path
+) -> None:
+    """The source map as the old mapper made it: a fallback scene over its own read of the
+    inputs and the mask, on the output grid, nodata where the label is."""
+    _run(checked_model, tmp_path, "s", optical_mask=mask, fallbacks={"optical": "self"},
+         source=tmp_path / "src.tif")  # fmt: skip
+    inputs = {"optical": CHIP / "S2.tif", "sar": CHIP / "S1.tif"}
+    grid = grid_from_reference(CHIP / "S2.tif")
+    coverage = Coverage(("optical", "sar"), ("optical",), optical_mask(mask))
+    with AlignedScene(inputs, grid, bands=BANDS) as scene:
+        fb = FallbackScene(scene, coverage)
+        arrays, _ = fb.read(Window(0, 0, grid.height, grid.width))
+        fb.close()
+    want = arrays[SOURCE_KEY][0].astype(np.uint8)
+    labels = _read(tmp_path / "s.tif")
+    want[labels == 255] = NONE
+    got = _read(tmp_path / "src.tif")
+    np.testing.assert_array_equal(got, want)
+    assert {1, 2} <= set(np.unique(got).tolist())
+
+
+def test_each_input_pixel_is_decoded_once(
+    checked_model: Path, mask: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the exclusion check, an optical mask, fallbacks and a source map, each input
+    file's pixels are read once in the run (the old path read the inputs three times)."""
+    read: dict[str, int] = {}
+    inner = align._read_block
+
+    def counting(ds, src, win, out_shape=None, out=None):  # type: ignore[no-untyped-def]
+        read[Path(ds.name).name] = read.get(Path(ds.name).name, 0) + win.height * win.width
+        return inner(ds, src, win, out_shape, out)
+
+    monkeypatch.setattr(align, "_read_block", counting)
+    _run(checked_model, tmp_path, "c", optical_mask=mask, fallbacks={"optical": "self"},
+         source=tmp_path / "src.tif")  # fmt: skip
+    area = 384 * 384
+    assert read == {"S2.tif": area, "S1.tif": area, "mask.tif": area}
