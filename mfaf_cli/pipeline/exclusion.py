@@ -88,16 +88,12 @@ class Excluder:
         located: dict[str, tuple[str, int]] = {}
         inputs: dict[str, str | os.PathLike[str]] = {}
         indexes: dict[str, list[int | str]] = {}
-        for mod, meanings in self._extra.items():
-            if mod not in self._inputs:
-                continue
-            found = extra_band_indexes(self._inputs[mod], meanings, mod)
+        for mod, found in find_extra_bands(self._inputs, self.checks).items():
             key = f"{mod}+"
             for k, (meaning, index) in enumerate(found.items()):
                 located[meaning] = (key, k)
                 indexes.setdefault(key, []).append(index)
-            if found:
-                inputs[key] = self._inputs[mod]
+            inputs[key] = self._inputs[mod]
         if not inputs:
             return
         kinds = {k: RESAMPLING_KIND.get(k[:-1], "bilinear") for k in inputs}
@@ -157,10 +153,28 @@ class StoredExcluder:
         return self.store.take(row0, col0, valid, NODATA)
 
 
-def reads_model_bands(checks: Checks) -> bool:
-    """Whether the checks read the model's bands only (no rule alternative reads a band of
-    the input the model does not take), so the run's own reads hold all they need."""
-    return not checks.extra_bands
+def find_extra_bands(
+    inputs: Mapping[str, str | os.PathLike[str]], checks: Checks
+) -> dict[str, dict[str, int]]:
+    """modality -> {meaning: 1-based band} of the extra bands the rules' alternatives read
+    (:attr:`Checks.extra_bands`) that the inputs hold; modalities holding none are left out.
+    Reads the files' headers only."""
+    wanted: dict[str, list[str]] = {}
+    for b in checks.extra_bands:
+        wanted.setdefault(MEANINGS[b].modality, []).append(b)
+    out = {}
+    for mod, meanings in wanted.items():
+        if mod in inputs:
+            found = extra_band_indexes(inputs[mod], meanings, mod)
+            if found:
+                out[mod] = found
+    return out
+
+
+def reads_model_bands(inputs: Mapping[str, str | os.PathLike[str]], checks: Checks) -> bool:
+    """Whether the checks read only bands the model takes on these inputs (no rule's earlier
+    alternative finds its extra bands there), so the run's own reads hold all they need."""
+    return not checks.extra_bands or not find_extra_bands(inputs, checks)
 
 
 def extra_band_indexes(

@@ -493,7 +493,7 @@ def _predict(
     record: dict[str, Any] = {}  # made once the grid and inputs are open (their errors first)
     checks = checks_for(meta, model_name, wanted=write.exclusion is not None or write.mask_excluded)
     ordered = {m: inputs[m] for m in meta.modality_names}
-    stored = _stored_excluder(checks)
+    stored = _stored_excluder(checks, ordered)
     sm = _source_codes(predictor, write.source)
     taps = ReadTaps(raw=[stored.tap] if stored else [], mapped=[sm.tap] if sm else [])
 
@@ -585,12 +585,13 @@ def _mask_input(path: PathLike | None, threshold: float | None, inputs: Mapping[
     return optical_mask(path, threshold)
 
 
-def _stored_excluder(checks: Checks | None) -> StoredExcluder | None:
+def _stored_excluder(checks: Checks | None, inputs: Mapping[str, Any]) -> StoredExcluder | None:
     """The exclusion check computed by the run's readers (no second read), when the checks
-    read only the model's bands (see :func:`~mfaf_cli.pipeline.exclusion.reads_model_bands`)."""
+    read only the model's bands on these inputs (see
+    :func:`~mfaf_cli.pipeline.exclusion.reads_model_bands`)."""
     from mfaf_cli.pipeline.exclusion import StoredExcluder, reads_model_bands
 
-    if checks is None or not reads_model_bands(checks):
+    if checks is None or not reads_model_bands(inputs, checks):
         return None
     return StoredExcluder(checks)
 
