@@ -202,7 +202,7 @@ class Rule:
     def tree(self) -> Node:
         return _Parser(self.expr).parse()
 
-    @property
+    @cached_property
     def bands(self) -> tuple[str, ...]:
         """The band meanings the rule reads, in first-use order."""
         return tuple(dict.fromkeys(_bands(self.tree)))
@@ -415,9 +415,10 @@ class Checks:
     def empty(self) -> bool:
         return not self.ranges and not self.groups
 
-    @property
+    @cached_property
     def rules(self) -> list[Rule]:
-        """Per rule name, the alternative that runs: the first whose bands are all located."""
+        """Per rule name, the alternative that runs: the first whose bands are all located
+        (cached: the readers evaluate the checks block by block)."""
         return [next(r for r in g if all(b in self.locations for b in r.bands) or r is g[-1])
                 for g in self.groups]  # fmt: skip
 
@@ -433,6 +434,11 @@ class Checks:
     def with_bands(self, extra: Mapping[str, tuple[str, int]]) -> Checks:
         """These checks with more located bands (the input's own extra bands)."""
         return dataclasses.replace(self, locations={**extra, **self.locations})
+
+    @cached_property
+    def rule_bands(self) -> frozenset[str]:
+        """The band meanings the running alternatives read."""
+        return frozenset(b for r in self.rules for b in r.bands)
 
     def alternatives(self) -> dict[str, dict[str, Any]]:
         """Which alternative of each rule runs: ``{name: {"expr", "alternative", "of"}}``."""
@@ -458,8 +464,11 @@ class Checks:
         for name, (low, high, open_, floor) in self.ranges.items():
             flagged |= outside_range(raw[name], low, high, open_, floor)
         out[flagged] = OUT_OF_RANGE
-        bands = {k: raw[m][i] for k, (m, i) in self.locations.items() if m in raw}
         rules = self.rules
+        # each band in float64 once, not once per mention (evaluate computes in float64)
+        located = {k: mi for k, mi in self.locations.items() if k in self.rule_bands}
+        bands = {k: np.asarray(raw[m][i], dtype=np.float64)
+                 for k, (m, i) in located.items() if m in raw}  # fmt: skip
         for code in range(len(rules) + 1, 1, -1):  # the first matching rule wins
             out[evaluate(rules[code - 2].tree, bands)] = code
         return out

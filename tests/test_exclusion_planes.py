@@ -87,7 +87,8 @@ def checked_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     meta = tiny_meta(rules=(("bright", "red > 1500 and nir > 1500"),))
     opt = replace(meta.modalities[0], range_low=(0.0,) * 4, range_high=(3000.0,) * 4,
                   normalisation=Normalisation("fixed", (1500.0,) * 4, (1000.0,) * 4))  # fmt: skip
-    sar = replace(meta.modalities[1], normalisation=Normalisation("fixed", (-15.0,), (5.0,)))
+    sar = replace(meta.modalities[1], range_low=(-20.0,), range_high=(0.0,),
+                  normalisation=Normalisation("fixed", (-15.0,), (5.0,)))  # fmt: skip
     meta = replace(meta, modalities=(opt, sar))
     torch.manual_seed(0)
     return W.save_checkpoint(TinyFusion(meta.in_channels, 2), meta, tmp_path / "m.safetensors")
@@ -104,8 +105,8 @@ def mask(tmp_path: Path) -> Path:
 
 
 def _run(model: Path, tmp_path: Path, name: str, optical: Path = CHIP / "S2.tif",
-         **kw: object) -> object:  # fmt: skip
-    return predict({"optical": optical, "sar": CHIP / "S1.tif"}, tmp_path / f"{name}.tif",
+         sar: Path = CHIP / "S1.tif", **kw: object) -> object:  # fmt: skip
+    return predict({"optical": optical, "sar": sar}, tmp_path / f"{name}.tif",
                    str(model), bands=BANDS, engine="torch", device="cpu", progress=False,
                    exclusion=tmp_path / f"{name}_ex.tif", tile=64, **kw)  # type: ignore[arg-type]  # fmt: skip
 
@@ -126,21 +127,34 @@ def _holed(tmp_path: Path) -> Path:
     return tmp_path / "S2hole.tif"
 
 
-@pytest.mark.parametrize("case", ["mask", "crop", "hole"])
+def _coarse_sar(tmp_path: Path) -> Path:
+    """The chip's SAR on a 2x coarser grid (2 x 2 means), as Sentinel-1 at 20 m under
+    Sentinel-2 at 10 m: the run resamples it (bilinear) onto the optical grid."""
+    with rasterio.open(CHIP / "S1.tif") as ds:
+        a, crs, t = ds.read(1).astype(np.float64), ds.crs, ds.transform
+    coarse = a.reshape(192, 2, 192, 2).mean(axis=(1, 3)).astype(np.float32)
+    out = tmp_path / "S1coarse.tif"
+    return write_geotiff(out, coarse, crs=str(crs), transform=t @ rasterio.Affine.scale(2))
+
+
+@pytest.mark.parametrize("case", ["mask", "crop", "hole", "warped"])
 def test_stored_exclusion_equals_the_second_read(
     checked_model: Path, mask: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
     """Same reason codes, labels and summary as :class:`Excluder` (the old path, forced) on
     the chip: with an optical mask and a fallback (the codes read the optical below the mask,
     as the excluder's own read did), the same as a crop (an anchored read grid), and an
-    optical with a nodata hole and no fallback (nodata codes)."""
+    optical with a nodata hole and no fallback (nodata codes), and a crop with a SAR on a
+    coarser grid (resampled by the readers in row chunks, by the excluder in row bands)."""
     kw: dict[str, object] = {"optical_mask": mask, "fallbacks": {"optical": "self"}}
-    if case == "crop":
+    if case in ("crop", "warped"):
         with rasterio.open(CHIP / "S2.tif") as ds:
             (left, top), (right, bottom) = ds.transform @ (37, 101), ds.transform @ (300, 333)
         kw["bounds"] = (left, bottom, right, top)
     if case == "hole":
         kw = {"optical": _holed(tmp_path), "fallbacks": {}}
+    if case == "warped":
+        kw = {"sar": _coarse_sar(tmp_path), "bounds": kw["bounds"]}
     new = _run(checked_model, tmp_path, "new", **kw)
     monkeypatch.setattr(predict_mod, "_stored_excluder", lambda *a: None)
     old = _run(checked_model, tmp_path, "old", **kw)

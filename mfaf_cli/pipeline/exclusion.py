@@ -119,6 +119,11 @@ class Excluder:
         return self.checks.codes(raw, valid)
 
 
+#: Pixels of a read whose codes are computed at once (rows of it: 12 of a 2048-px panel,
+#: 192 KB per float64 temporary, below the CLI's 256 KB mmap threshold).
+CODE_PIXELS = 24_576
+
+
 class StoredExcluder:
     """:class:`Excluder`'s codes without a second read: the readers compute each pixel's
     code from the raw values they read (:meth:`tap`, below any fallback mask, like the
@@ -141,7 +146,16 @@ class StoredExcluder:
         return PlaneTap(scene, self._pixel_codes, self.store)
 
     def _pixel_codes(self, raw: Mapping[str, np.ndarray]) -> np.ndarray:
-        return self.checks.pixel_codes(raw, next(iter(raw.values())).shape[1:])
+        """The codes of a read, :data:`CODE_PIXELS` at a time (whole rows): the checks'
+        float64 temporaries then stay small (reused by the allocator, in cache) instead of
+        fresh pages per chunk (measured 2x the CPU on whole 2048-wide chunks)."""
+        h, w = next(iter(raw.values())).shape[1:]
+        rows = max(1, CODE_PIXELS // max(w, 1))
+        out = np.empty((h, w), dtype=np.uint8)
+        for r in range(0, h, rows):
+            part = {k: v[:, r : r + rows] for k, v in raw.items()}
+            out[r : r + rows] = self.checks.pixel_codes(part, out[r : r + rows].shape)
+        return out
 
     def __enter__(self) -> StoredExcluder:
         return self
