@@ -205,3 +205,28 @@ def test_each_input_pixel_is_decoded_once(
          source=tmp_path / "src.tif")  # fmt: skip
     area = 384 * 384
     assert read == {"S2.tif": area, "S1.tif": area, "mask.tif": area}
+
+
+# ---- the fixed start-up: each input's pixel probe once ------------------------------------
+def test_a_file_is_probed_once_until_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """open_raster probes the first and last block of a file once while it is unchanged
+    (a run opens each input several times); a file cut short in place is probed again and
+    fails as truncated."""
+    from mfaf_cli.errors import InputError
+    from mfaf_cli.io import inputs
+
+    data = np.random.default_rng(0).integers(0, 255, (1, 600, 600)).astype(np.uint8)
+    path = write_geotiff(tmp_path / "a.tif", data, transform=rasterio.Affine(10, 0, 0, 0, -10, 0))
+    probes: list[str] = []
+    inner = inputs._read_probe
+    monkeypatch.setattr(inputs, "_read_probe", lambda ds: (probes.append(ds.name), inner(ds)))
+    for _ in range(3):
+        inputs.open_raster(path).close()
+    assert len(probes) == 1
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InputError, match="truncated"):
+        inputs.open_raster(path).close()
+    assert len(probes) == 2
