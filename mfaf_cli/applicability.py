@@ -377,16 +377,64 @@ def outside_range(
     :data:`RANGE_MARGIN` of the band's span, on a side that is not open (NaN is not flagged:
     it is nodata). A band's values below its ``floor`` (sensor noise) count as the floor."""
     c = arr.shape[0]
-    floors = np.array([-np.inf if f is None else f for f in (list(floor) or [None] * c)])
-    if np.isfinite(floors).any():
-        arr = np.maximum(arr, floors.reshape(c, 1, 1))  # NaN stays NaN
-    lo, hi = (np.asarray(v, dtype=np.float64).reshape(c, 1, 1) for v in (low, high))
-    m = RANGE_MARGIN * np.maximum(hi - lo, 0.0)
+    floors = [None if f is None else float(f) for f in (list(floor) or [None] * c)]
     sides = list(open_) or [""] * c
-    lo = np.where(np.array([s in ("low", "both") for s in sides]).reshape(c, 1, 1), -np.inf, lo - m)
-    hi = np.where(np.array([s in ("high", "both") for s in sides]).reshape(c, 1, 1), np.inf, hi + m)
+    out = np.zeros(arr.shape[1:], dtype=bool)
+    for b, (lo, hi) in enumerate(_limits(low, high, sides)):
+        _flag_band(out, arr[b], lo, hi, floors[b])
+    return out
+
+
+def _limits(
+    low: Sequence[float], high: Sequence[float], sides: Sequence[str]
+) -> list[tuple[float, float]]:
+    """Per band, the float64 limits a value must stay within (the margin applied; an open
+    side infinite)."""
+    out = []
+    for lo, hi, side in zip(low, high, sides, strict=False):
+        m = RANGE_MARGIN * max(float(hi) - float(lo), 0.0)
+        out.append((-np.inf if side in ("low", "both") else float(lo) - m,
+                    np.inf if side in ("high", "both") else float(hi) + m))  # fmt: skip
+    return out
+
+
+def _flag_band(
+    out: np.ndarray, band: np.ndarray, lo: float, hi: float, floor: float | None
+) -> None:
+    """``out |= band leaves (lo, hi)``, with values below ``floor`` read as the floor.
+
+    A float32 band is compared in float32 against the limits rounded outwards to float32
+    (``v < lo`` exactly when ``v < `` the least float32 >= ``lo``): the float64 comparison's
+    result without a float64 copy of the band."""
+    if floor is not None:  # max(v, f) < lo: v < lo and f < lo; max(v, f) > hi: v > hi or f > hi
+        if not floor < lo:
+            lo = -np.inf
+        if floor > hi:
+            out |= ~np.isnan(band)
+            return
+    lo_t: np.floating[Any]
+    hi_t: np.floating[Any]
+    if band.dtype == np.float32:
+        lo_t, hi_t = _float32_above(lo), _float32_below(hi)
+    else:
+        lo_t, hi_t = np.float64(lo), np.float64(hi)
     with np.errstate(invalid="ignore"):
-        return np.asarray(((arr < lo) | (arr > hi)).any(axis=0))
+        out |= band < lo_t
+        out |= band > hi_t
+
+
+def _float32_above(x: float) -> np.float32:
+    """The least float32 >= ``x`` (inf above float32's range)."""
+    with np.errstate(over="ignore"):
+        f = np.float32(x)
+    return np.nextafter(f, np.float32(np.inf)) if float(f) < x else f
+
+
+def _float32_below(x: float) -> np.float32:
+    """The greatest float32 <= ``x`` (-inf below float32's range)."""
+    with np.errstate(over="ignore"):
+        f = np.float32(x)
+    return np.nextafter(f, np.float32(-np.inf)) if float(f) > x else f
 
 
 # ---- reason codes -----------------------------------------------------------------------
@@ -435,11 +483,6 @@ class Checks:
         """These checks with more located bands (the input's own extra bands)."""
         return dataclasses.replace(self, locations={**extra, **self.locations})
 
-    @cached_property
-    def rule_bands(self) -> frozenset[str]:
-        """The band meanings the running alternatives read."""
-        return frozenset(b for r in self.rules for b in r.bands)
-
     def alternatives(self) -> dict[str, dict[str, Any]]:
         """Which alternative of each rule runs: ``{name: {"expr", "alternative", "of"}}``."""
         return {r.name: {"expr": r.expr, "alternative": g.index(r) + 1, "of": len(g)}
@@ -465,10 +508,7 @@ class Checks:
             flagged |= outside_range(raw[name], low, high, open_, floor)
         out[flagged] = OUT_OF_RANGE
         rules = self.rules
-        # each band in float64 once, not once per mention (evaluate computes in float64)
-        located = {k: mi for k, mi in self.locations.items() if k in self.rule_bands}
-        bands = {k: np.asarray(raw[m][i], dtype=np.float64)
-                 for k, (m, i) in located.items() if m in raw}  # fmt: skip
+        bands = {k: raw[m][i] for k, (m, i) in self.locations.items() if m in raw}
         for code in range(len(rules) + 1, 1, -1):  # the first matching rule wins
             out[evaluate(rules[code - 2].tree, bands)] = code
         return out

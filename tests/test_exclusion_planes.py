@@ -230,3 +230,50 @@ def test_a_file_is_probed_once_until_it_changes(
     with pytest.raises(InputError, match="truncated"):
         inputs.open_raster(path).close()
     assert len(probes) == 2
+
+
+# ---- the range check in float32 -----------------------------------------------------------------
+def _outside_range_float64(arr, low, high, open_=(), floor=()):  # type: ignore[no-untyped-def]
+    """The range check as it was written first (float64 throughout): the reference."""
+    from mfaf_cli.applicability import RANGE_MARGIN
+
+    c = arr.shape[0]
+    floors = np.array([-np.inf if f is None else f for f in (list(floor) or [None] * c)])
+    if np.isfinite(floors).any():
+        arr = np.maximum(arr, floors.reshape(c, 1, 1))
+    lo, hi = (np.asarray(v, dtype=np.float64).reshape(c, 1, 1) for v in (low, high))
+    m = RANGE_MARGIN * np.maximum(hi - lo, 0.0)
+    sides = list(open_) or [""] * c
+    lo = np.where(np.array([s in ("low", "both") for s in sides]).reshape(c, 1, 1), -np.inf, lo - m)
+    hi = np.where(np.array([s in ("high", "both") for s in sides]).reshape(c, 1, 1), np.inf, hi + m)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(((arr < lo) | (arr > hi)).any(axis=0))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_float32_range_check_equals_the_float64_one(seed: int) -> None:
+    """Same flags as the float64 comparison, also for values on either side of each limit's
+    float32 rounding, NaN, infinities, open sides and floors below, inside and above the
+    range."""
+    from mfaf_cli.applicability import outside_range
+
+    rng = np.random.default_rng(seed)
+    c = 3
+    low = tuple(float(v) for v in rng.uniform(-50, 50, c) / 3)  # limits float32 cannot hold
+    high = tuple(lo + float(v) for lo, v in zip(low, rng.uniform(0.1, 40, c) / 7, strict=True))
+    open_ = tuple(rng.choice(["", "low", "high", "both"], c))
+    arr = rng.uniform(-120, 120, (c, 40, 50)).astype(np.float32)
+    for b in range(c):  # values straddling each limit (the margin applied) in float32
+        span = 0.1 * (high[b] - low[b])
+        for t in (low[b] - span, high[b] + span):
+            f = np.float32(t)
+            near = [np.nextafter(f, np.float32(-np.inf)), f, np.nextafter(f, np.float32(np.inf))]
+            arr[b, rng.integers(0, 40, 3), rng.integers(0, 50, 3)] = near
+    arr.reshape(c, -1)[:, :30] = [[np.nan] * 10 + [np.inf] * 10 + [-np.inf] * 10] * c
+    for floor in [(), (None,) * c, (low[0] - 100.0, None, high[2] + 100.0),
+                  tuple(float(v) for v in np.array(low) + 0.01)]:  # fmt: skip
+        want = _outside_range_float64(arr, low, high, open_, floor)
+        np.testing.assert_array_equal(outside_range(arr, low, high, open_, floor), want)
+        np.testing.assert_array_equal(
+            outside_range(arr.astype(np.float64), low, high, open_, floor), want
+        )
