@@ -80,10 +80,11 @@ class Pool:
         self.cms[key] = self.cms.get(key, 0) + cm
 
     def water_iou(self) -> dict[str, float]:
-        out = {}
-        for k, cm in self.cms.items():
-            out[k] = round(metrics_from_confusion(cm, ["land", "water"])["per_class"]["water"]["iou"], 4)
-        return out
+        names = ["not-water", "water"]
+        return {
+            k: round(metrics_from_confusion(cm, names)["per_class"]["water"]["iou"], 4)
+            for k, cm in self.cms.items()
+        }
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
