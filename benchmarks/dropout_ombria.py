@@ -61,7 +61,7 @@ def runner(model: str, tile: int) -> Callable[[Arrays], np.ndarray]:
 
     def run(arrays: Arrays) -> np.ndarray:
         own = {m: arrays[m] for m in meta.modality_names}
-        valid = np.isfinite(arrays["sar"]).all(axis=0)
+        valid = np.asarray(np.isfinite(arrays["sar"]).all(axis=0))
         labels, _ = predict_arrays(pred, own, valid, meta, tile=tile)
         return labels.astype(np.int64)
 
@@ -98,7 +98,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     n = min(len(ds), args.limit or len(ds))
     for i in range(n):
         arrays, truth, _ = ds.raw(i, None)
-        sq = square_mask(*truth.shape, args.square)
+        sq = square_mask(truth.shape[0], truth.shape[1], args.square)
         full = {k: run[k](arrays) for k in ("dropout", "fusion")}
         sar = run["sar"](arrays)
         drop_sq = run["dropout"](without_optical(arrays, sq))
