@@ -44,6 +44,13 @@ train-sar)  # issue 24: the SAR-only fallback (seed 0; add seed 1 where the CPU 
   done
   wait
   ;;
+train-dropout)  # issue 24 item 3: the modality-dropout alternative to a fallback model (not
+  # shipped; scored by benchmarks/fallback_chip.py and weights/eval_model.py beside the SAR model)
+  mkdir -p runs
+  nice -n 10 mfaf train --dataset ombria --data-root "$DATA" --model mfafnet-s --mmd rbf \
+    --mmd-lambda 0.1 --mmd-warmup 0.05 --modality-dropout 0.5 -o runs/mfafnet-s-drop-s0 --seed 0 \
+    "${COMMON[@]}" > runs/mfafnet-s-drop-s0.log 2>&1
+  ;;
 resume-sar)  # issue 24: finish the cut run (stopped after epoch 1 of 6 at the session deadline)
   nice -n 10 mfaf train --resume runs/unet-sar-r3-s0 --threads 1 >> runs/unet-sar-r3-s0.log 2>&1
   ;;
