@@ -22,6 +22,7 @@ explanation), the first matching rule over later ones.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -299,23 +300,35 @@ def band_locations(modalities: Sequence[ModalitySpec]) -> dict[str, tuple[str, i
 
 def evaluate(node: Node, bands: Mapping[str, np.ndarray]) -> np.ndarray:
     """A parsed expression on arrays of band values (NaN makes a test false)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _evaluate(node, _as_float64(node, bands))
+
+
+def _as_float64(node: Node, bands: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The bands ``node`` reads, each converted to float64 once (not once per use)."""
+    return {k: np.asarray(bands[k], dtype=np.float64) for k in dict.fromkeys(_bands(node))}
+
+
+def _evaluate(node: Node, bands: Mapping[str, np.ndarray]) -> np.ndarray:
+    """:func:`evaluate` on float64 bands, inside the caller's ``np.errstate``."""
     op = node[0]
     if op == "num":
         return np.asarray(node[1], dtype=np.float64)
     if op == "band":
-        return np.asarray(bands[str(node[1])], dtype=np.float64)
+        return bands[str(node[1])]
     if op == "neg":
-        return -evaluate(node[1], bands)
+        return -_evaluate(node[1], bands)
     if op == "not":
-        return ~evaluate(node[1], bands)
-    a, b = evaluate(node[1], bands), evaluate(node[2], bands)  # type: ignore[misc]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if op == "/":
-            return np.divide(a, b)
-        fns = {"+": np.add, "-": np.subtract, "*": np.multiply, "and": np.logical_and,
-               "or": np.logical_or, "<": np.less, "<=": np.less_equal, ">": np.greater,
-               ">=": np.greater_equal, "==": np.equal, "!=": np.not_equal}  # fmt: skip
-        return np.asarray(fns[op](a, b))
+        return ~_evaluate(node[1], bands)
+    a, b = _evaluate(node[1], bands), _evaluate(node[2], bands)  # type: ignore[misc]
+    if op == "/":
+        return np.divide(a, b)
+    return np.asarray(_BINARY[op](a, b))
+
+
+_BINARY = {"+": np.add, "-": np.subtract, "*": np.multiply, "and": np.logical_and,
+           "or": np.logical_or, "<": np.less, "<=": np.less_equal, ">": np.greater,
+           ">=": np.greater_equal, "==": np.equal, "!=": np.not_equal}  # fmt: skip
 
 
 # ---- training range ---------------------------------------------------------------------
@@ -401,26 +414,38 @@ def _limits(
 def _flag_band(
     out: np.ndarray, band: np.ndarray, lo: float, hi: float, floor: float | None
 ) -> None:
-    """``out |= band leaves (lo, hi)``, with values below ``floor`` read as the floor.
+    """``out |= band leaves (lo, hi)``, with values below ``floor`` read as the floor."""
+    bounds = _band_bounds(lo, hi, floor, band.dtype == np.float32)
+    if bounds is None:
+        out |= ~np.isnan(band)
+        return
+    lo_t, hi_t = bounds
+    with np.errstate(invalid="ignore"):
+        if lo_t > -np.inf:  # nothing is below -inf (NaN neither): an open side costs no pass
+            out |= band < lo_t
+        if hi_t < np.inf:
+            out |= band > hi_t
 
-    A float32 band is compared in float32 against the limits rounded outwards to float32
-    (``v < lo`` exactly when ``v < `` the least float32 >= ``lo``): the float64 comparison's
-    result without a float64 copy of the band."""
-    if floor is not None:  # max(v, f) < lo: v < lo and f < lo; max(v, f) > hi: v > hi or f > hi
+
+@functools.lru_cache(maxsize=256)
+def _band_bounds(
+    lo: float, hi: float, floor: float | None, float32: bool
+) -> tuple[np.floating[Any], np.floating[Any]] | None:
+    """The thresholds :func:`_flag_band` compares a band with (None: every value that is not
+    NaN is flagged); cached, as readers check block after block against the same limits.
+
+    Floors: ``max(v, f) < lo`` is ``v < lo and f < lo``; ``max(v, f) > hi`` is ``v > hi or
+    f > hi``. A float32 band is compared in float32 against the limits rounded outwards to
+    float32 (``v < lo`` exactly when ``v <`` the least float32 >= ``lo``): the float64
+    comparison's result without a float64 copy of the band."""
+    if floor is not None:
         if not floor < lo:
             lo = -np.inf
         if floor > hi:
-            out |= ~np.isnan(band)
-            return
-    lo_t: np.floating[Any]
-    hi_t: np.floating[Any]
-    if band.dtype == np.float32:
-        lo_t, hi_t = _float32_above(lo), _float32_below(hi)
-    else:
-        lo_t, hi_t = np.float64(lo), np.float64(hi)
-    with np.errstate(invalid="ignore"):
-        out |= band < lo_t
-        out |= band > hi_t
+            return None
+    if float32:
+        return _float32_above(lo), _float32_below(hi)
+    return np.float64(lo), np.float64(hi)
 
 
 def _float32_above(x: float) -> np.float32:
@@ -502,11 +527,10 @@ class Checks:
     def pixel_codes(self, raw: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
         """:meth:`codes` of every pixel as if valid: a pixel's code depends on its own raw
         values alone, so readers compute it as they read, and the sink marks nodata later."""
-        out = np.full(shape, OK, dtype=np.uint8)
         flagged = np.zeros(shape, dtype=bool)
         for name, (low, high, open_, floor) in self.ranges.items():
             flagged |= outside_range(raw[name], low, high, open_, floor)
-        out[flagged] = OUT_OF_RANGE
+        out = np.where(flagged, np.uint8(OUT_OF_RANGE), np.uint8(OK))
         rules = self.rules
         bands = {k: raw[m][i] for k, (m, i) in self.locations.items() if m in raw}
         for code in range(len(rules) + 1, 1, -1):  # the first matching rule wins
