@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -331,6 +332,94 @@ _BINARY = {"+": np.add, "-": np.subtract, "*": np.multiply, "and": np.logical_an
            ">=": np.greater_equal, "==": np.equal, "!=": np.not_equal}  # fmt: skip
 
 
+#: ops whose results :class:`_Pool` can hold: float64 arithmetic, tests giving bool
+_ARITH = frozenset({"+", "-", "*", "/", "neg"})
+_LOGIC = frozenset({"and", "or", "not"})
+
+
+class _Pool:
+    """Work arrays reused by :func:`rule_mask`, one pool per thread.
+
+    Why: the readers check a block's rules a few thousand pixels at a time, and every
+    operation of a rule makes a float64 temporary; under the CLI's fixed mmap threshold
+    (:func:`~mfaf_cli.malloc.limit_malloc_growth`) glibc gives the freed heap top back to the
+    kernel, so every chunk's temporaries were fresh pages again (page faults cost more than
+    the arithmetic)."""
+
+    def __init__(self) -> None:
+        self._free: dict[tuple[np.dtype[Any], tuple[int, ...]], list[np.ndarray]] = {}
+        self._owned: dict[int, np.ndarray] = {}  # by id, held so that no id is reused
+
+    def take(self, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray:
+        free = self._free.get((dtype, shape))
+        if free:
+            return free.pop()
+        a = np.empty(shape, dtype)
+        self._owned[id(a)] = a
+        return a
+
+    def give(self, a: np.ndarray) -> None:
+        """Take back ``a`` if it is one of the pool's (others: bands, numbers, left alone)."""
+        if self._owned.get(id(a)) is a:
+            self._free.setdefault((a.dtype, a.shape), []).append(a)
+
+    def reset(self, keep: int = 64) -> None:
+        """Every array free again (the last result is no longer used); all forgotten when
+        there are more than ``keep`` (shapes seen once are not held forever)."""
+        if len(self._owned) > keep:
+            self._owned.clear()
+        self._free = {}
+        for arr in self._owned.values():
+            self._free.setdefault((arr.dtype, arr.shape), []).append(arr)
+
+
+_POOLS = threading.local()
+
+
+def rule_mask(node: Node, bands: Mapping[str, np.ndarray]) -> np.ndarray:
+    """:func:`evaluate` of a rule with this thread's reused work arrays: the same values, each
+    operation written into an array of :class:`_Pool` (the result too: use it before the
+    thread's next call)."""
+    pool = getattr(_POOLS, "pool", None)
+    if pool is None:
+        pool = _POOLS.pool = _Pool()
+    pool.reset()
+    f64: dict[str, np.ndarray] = {}
+    for k in dict.fromkeys(_bands(node)):  # each band converted once, as np.asarray would
+        band = np.asarray(bands[k])
+        f64[k] = band if band.dtype == np.float64 else pool.take(np.dtype(np.float64), band.shape)
+        if f64[k] is not band:
+            np.copyto(f64[k], band, casting="unsafe")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _pooled(node, f64, pool)
+
+
+def _pooled(node: Node, bands: Mapping[str, np.ndarray], pool: _Pool) -> np.ndarray:
+    """:func:`_evaluate` with results in ``pool``'s arrays where the result's dtype is known
+    (float64 arithmetic on float64, tests and logic on bool); elsewhere as it computes."""
+    op = node[0]
+    if op in ("num", "band"):
+        return _evaluate(node, bands)
+    args = [_pooled(n, bands, pool) for n in node[1:]]  # type: ignore[arg-type]
+    fn = {"neg": np.negative, "not": np.invert, "/": np.divide}.get(op) or _BINARY[op]
+    dtypes = {a.dtype for a in args}
+    dtype: np.dtype[Any]
+    if op in _LOGIC and dtypes == {np.dtype(bool)}:
+        dtype = np.dtype(bool)
+    elif op not in _LOGIC and dtypes == {np.dtype(np.float64)}:
+        dtype = np.dtype(np.float64) if op in _ARITH else np.dtype(bool)
+    else:  # anything else (bool arithmetic, tests of tests): numpy picks the dtype
+        return np.asarray(fn(*args))
+    shape = np.broadcast_shapes(*(a.shape for a in args))
+    if not shape:
+        return np.asarray(fn(*args))
+    out = fn(*args, out=pool.take(dtype, shape))
+    for child, a in zip(node[1:], args, strict=True):
+        if child[0] != "band":  # the bands serve the whole rule
+            pool.give(a)
+    return out
+
+
 # ---- training range ---------------------------------------------------------------------
 def training_range(
     arrays: Sequence[np.ndarray], seed: int = 0, max_samples: int = 2_000_000
@@ -534,7 +623,7 @@ class Checks:
         rules = self.rules
         bands = {k: raw[m][i] for k, (m, i) in self.locations.items() if m in raw}
         for code in range(len(rules) + 1, 1, -1):  # the first matching rule wins
-            out[evaluate(rules[code - 2].tree, bands)] = code
+            out[rule_mask(rules[code - 2].tree, bands)] = code
         return out
 
 

@@ -78,6 +78,52 @@ def test_evaluate_reads_each_band_once_and_equals_float64_arithmetic() -> None:
     np.testing.assert_array_equal(got, want)
 
 
+RULE_TEXTS = [
+    f"snow={SNOW} and nir > 1500",
+    "a=red / swir >= 0.5 or not (nir - red * 2 < -swir)",
+    "b=-(red + swir) / 0 < 1 and (red == swir or nir != 0)",
+]
+
+
+@pytest.mark.parametrize("text", RULE_TEXTS)
+def test_rule_mask_reuses_its_arrays_and_equals_evaluate(text: str) -> None:
+    """Issue 19: :func:`rule_mask` writes every operation into reused arrays (no fresh pages
+    per block under the CLI's malloc tuning) and gives :func:`evaluate`'s booleans, block
+    after block, whatever the block's shape, in any thread."""
+    import threading
+
+    from mfaf_cli.applicability import _POOLS, rule_mask
+
+    rng = np.random.default_rng(7)
+    tree = Rule.parse(text).tree
+
+    def block(rows: int) -> dict[str, np.ndarray]:
+        bands = {
+            k: rng.uniform(-10, 3000, (rows, 64)).astype(np.float32) for k in ("red", "swir", "nir")
+        }
+        flat = [b.reshape(-1) for b in bands.values()]
+        for b in flat:  # NaN, infinities and zeros (0/0, x/0) somewhere in every band
+            b[rng.integers(0, b.size, 20)] = rng.choice([np.nan, np.inf, -np.inf, 0.0], 20)
+        return bands
+
+    def check(shapes: list[int], failures: list[str]) -> None:
+        for rows in shapes:
+            bands = block(rows)
+            got = rule_mask(tree, bands)
+            if not np.array_equal(got, evaluate(tree, bands)) or got.dtype != bool:
+                failures.append(f"{rows} rows")
+
+    failures: list[str] = []
+    check([12, 12, 5, 12], failures)
+    owned = len(_POOLS.pool._owned)
+    check([12, 5, 12], failures)
+    assert len(_POOLS.pool._owned) == owned  # the same arrays served the later blocks
+    other = threading.Thread(target=check, args=([12, 7, 12], failures))
+    other.start()
+    other.join()
+    assert failures == []
+
+
 def test_range_thresholds_are_computed_once_and_open_sides_skip_no_value() -> None:
     from mfaf_cli.applicability import _band_bounds
 
