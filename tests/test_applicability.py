@@ -82,6 +82,7 @@ RULE_TEXTS = [
     f"snow={SNOW} and nir > 1500",
     "a=red / swir >= 0.5 or not (nir - red * 2 < -swir)",
     "b=-(red + swir) / 0 < 1 and (red == swir or nir != 0)",
+    "c=(red - swir) / (red + swir) > nir / (swir - red) + (nir - swir) * red and swir < red",
 ]
 
 
