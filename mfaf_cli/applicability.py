@@ -22,7 +22,9 @@ explanation), the first matching rule over later ones.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -202,7 +204,7 @@ class Rule:
     def tree(self) -> Node:
         return _Parser(self.expr).parse()
 
-    @property
+    @cached_property
     def bands(self) -> tuple[str, ...]:
         """The band meanings the rule reads, in first-use order."""
         return tuple(dict.fromkeys(_bands(self.tree)))
@@ -299,23 +301,123 @@ def band_locations(modalities: Sequence[ModalitySpec]) -> dict[str, tuple[str, i
 
 def evaluate(node: Node, bands: Mapping[str, np.ndarray]) -> np.ndarray:
     """A parsed expression on arrays of band values (NaN makes a test false)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _evaluate(node, _as_float64(node, bands))
+
+
+def _as_float64(node: Node, bands: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The bands ``node`` reads, each converted to float64 once (not once per use)."""
+    return {k: np.asarray(bands[k], dtype=np.float64) for k in dict.fromkeys(_bands(node))}
+
+
+def _evaluate(node: Node, bands: Mapping[str, np.ndarray]) -> np.ndarray:
+    """:func:`evaluate` on float64 bands, inside the caller's ``np.errstate``."""
     op = node[0]
     if op == "num":
         return np.asarray(node[1], dtype=np.float64)
     if op == "band":
-        return np.asarray(bands[str(node[1])], dtype=np.float64)
+        return bands[str(node[1])]
     if op == "neg":
-        return -evaluate(node[1], bands)
+        return -_evaluate(node[1], bands)
     if op == "not":
-        return ~evaluate(node[1], bands)
-    a, b = evaluate(node[1], bands), evaluate(node[2], bands)  # type: ignore[misc]
+        return ~_evaluate(node[1], bands)
+    a, b = _evaluate(node[1], bands), _evaluate(node[2], bands)  # type: ignore[misc]
+    if op == "/":
+        return np.divide(a, b)
+    return np.asarray(_BINARY[op](a, b))
+
+
+_BINARY = {"+": np.add, "-": np.subtract, "*": np.multiply, "and": np.logical_and,
+           "or": np.logical_or, "<": np.less, "<=": np.less_equal, ">": np.greater,
+           ">=": np.greater_equal, "==": np.equal, "!=": np.not_equal}  # fmt: skip
+
+
+#: ops whose results :class:`_Pool` can hold: float64 arithmetic, tests giving bool
+_ARITH = frozenset({"+", "-", "*", "/", "neg"})
+_LOGIC = frozenset({"and", "or", "not"})
+
+
+class _Pool:
+    """Work arrays reused by :func:`rule_mask`, one pool per thread.
+
+    Why: the readers check a block's rules a few thousand pixels at a time, and every
+    operation of a rule makes a float64 temporary; under the CLI's fixed mmap threshold
+    (:func:`~mfaf_cli.malloc.limit_malloc_growth`) glibc gives the freed heap top back to the
+    kernel, so every chunk's temporaries were fresh pages again (page faults cost more than
+    the arithmetic)."""
+
+    def __init__(self) -> None:
+        self._free: dict[tuple[np.dtype[Any], tuple[int, ...]], list[np.ndarray]] = {}
+        self._owned: dict[int, np.ndarray] = {}  # by id, held so that no id is reused
+
+    def take(self, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray:
+        free = self._free.get((dtype, shape))
+        if free:
+            return free.pop()
+        a = np.empty(shape, dtype)
+        self._owned[id(a)] = a
+        return a
+
+    def give(self, a: np.ndarray) -> None:
+        """Take back ``a`` if it is one of the pool's (others: bands, numbers, left alone)."""
+        if self._owned.get(id(a)) is a:
+            self._free.setdefault((a.dtype, a.shape), []).append(a)
+
+    def reset(self, keep: int = 64) -> None:
+        """Every array free again (the last result is no longer used); all forgotten when
+        there are more than ``keep`` (shapes seen once are not held forever)."""
+        if len(self._owned) > keep:
+            self._owned.clear()
+        self._free = {}
+        for arr in self._owned.values():
+            self._free.setdefault((arr.dtype, arr.shape), []).append(arr)
+
+
+_POOLS = threading.local()
+
+
+def rule_mask(node: Node, bands: Mapping[str, np.ndarray]) -> np.ndarray:
+    """:func:`evaluate` of a rule with this thread's reused work arrays: the same values, each
+    operation written into an array of :class:`_Pool` (the result too: use it before the
+    thread's next call)."""
+    pool = getattr(_POOLS, "pool", None)
+    if pool is None:
+        pool = _POOLS.pool = _Pool()
+    pool.reset()
+    f64: dict[str, np.ndarray] = {}
+    for k in dict.fromkeys(_bands(node)):  # each band converted once, as np.asarray would
+        band = np.asarray(bands[k])
+        f64[k] = band if band.dtype == np.float64 else pool.take(np.dtype(np.float64), band.shape)
+        if f64[k] is not band:
+            np.copyto(f64[k], band, casting="unsafe")
     with np.errstate(divide="ignore", invalid="ignore"):
-        if op == "/":
-            return np.divide(a, b)
-        fns = {"+": np.add, "-": np.subtract, "*": np.multiply, "and": np.logical_and,
-               "or": np.logical_or, "<": np.less, "<=": np.less_equal, ">": np.greater,
-               ">=": np.greater_equal, "==": np.equal, "!=": np.not_equal}  # fmt: skip
-        return np.asarray(fns[op](a, b))
+        return _pooled(node, f64, pool)
+
+
+def _pooled(node: Node, bands: Mapping[str, np.ndarray], pool: _Pool) -> np.ndarray:
+    """:func:`_evaluate` with results in ``pool``'s arrays where the result's dtype is known
+    (float64 arithmetic on float64, tests and logic on bool); elsewhere as it computes."""
+    op = node[0]
+    if op in ("num", "band"):
+        return _evaluate(node, bands)
+    args = [_pooled(n, bands, pool) for n in node[1:]]  # type: ignore[arg-type]
+    fn = {"neg": np.negative, "not": np.invert, "/": np.divide}.get(op) or _BINARY[op]
+    dtypes = {a.dtype for a in args}
+    dtype: np.dtype[Any]
+    if op in _LOGIC and dtypes == {np.dtype(bool)}:
+        dtype = np.dtype(bool)
+    elif op not in _LOGIC and dtypes == {np.dtype(np.float64)}:
+        dtype = np.dtype(np.float64) if op in _ARITH else np.dtype(bool)
+    else:  # anything else (bool arithmetic, tests of tests): numpy picks the dtype
+        return np.asarray(fn(*args))
+    shape = np.broadcast_shapes(*(a.shape for a in args))
+    if not shape:
+        return np.asarray(fn(*args))
+    out = fn(*args, out=pool.take(dtype, shape))
+    for child, a in zip(node[1:], args, strict=True):
+        if child[0] != "band":  # the bands serve the whole rule
+            pool.give(a)
+    return out
 
 
 # ---- training range ---------------------------------------------------------------------
@@ -377,16 +479,76 @@ def outside_range(
     :data:`RANGE_MARGIN` of the band's span, on a side that is not open (NaN is not flagged:
     it is nodata). A band's values below its ``floor`` (sensor noise) count as the floor."""
     c = arr.shape[0]
-    floors = np.array([-np.inf if f is None else f for f in (list(floor) or [None] * c)])
-    if np.isfinite(floors).any():
-        arr = np.maximum(arr, floors.reshape(c, 1, 1))  # NaN stays NaN
-    lo, hi = (np.asarray(v, dtype=np.float64).reshape(c, 1, 1) for v in (low, high))
-    m = RANGE_MARGIN * np.maximum(hi - lo, 0.0)
+    floors = [None if f is None else float(f) for f in (list(floor) or [None] * c)]
     sides = list(open_) or [""] * c
-    lo = np.where(np.array([s in ("low", "both") for s in sides]).reshape(c, 1, 1), -np.inf, lo - m)
-    hi = np.where(np.array([s in ("high", "both") for s in sides]).reshape(c, 1, 1), np.inf, hi + m)
+    out = np.zeros(arr.shape[1:], dtype=bool)
+    for b, (lo, hi) in enumerate(_limits(low, high, sides)):
+        _flag_band(out, arr[b], lo, hi, floors[b])
+    return out
+
+
+def _limits(
+    low: Sequence[float], high: Sequence[float], sides: Sequence[str]
+) -> list[tuple[float, float]]:
+    """Per band, the float64 limits a value must stay within (the margin applied; an open
+    side infinite)."""
+    out = []
+    for lo, hi, side in zip(low, high, sides, strict=False):
+        m = RANGE_MARGIN * max(float(hi) - float(lo), 0.0)
+        out.append((-np.inf if side in ("low", "both") else float(lo) - m,
+                    np.inf if side in ("high", "both") else float(hi) + m))  # fmt: skip
+    return out
+
+
+def _flag_band(
+    out: np.ndarray, band: np.ndarray, lo: float, hi: float, floor: float | None
+) -> None:
+    """``out |= band leaves (lo, hi)``, with values below ``floor`` read as the floor."""
+    bounds = _band_bounds(lo, hi, floor, band.dtype == np.float32)
+    if bounds is None:
+        out |= ~np.isnan(band)
+        return
+    lo_t, hi_t = bounds
     with np.errstate(invalid="ignore"):
-        return np.asarray(((arr < lo) | (arr > hi)).any(axis=0))
+        if lo_t > -np.inf:  # nothing is below -inf (NaN neither): an open side costs no pass
+            out |= band < lo_t
+        if hi_t < np.inf:
+            out |= band > hi_t
+
+
+@functools.lru_cache(maxsize=256)
+def _band_bounds(
+    lo: float, hi: float, floor: float | None, float32: bool
+) -> tuple[np.floating[Any], np.floating[Any]] | None:
+    """The thresholds :func:`_flag_band` compares a band with (None: every value that is not
+    NaN is flagged); cached, as readers check block after block against the same limits.
+
+    Floors: ``max(v, f) < lo`` is ``v < lo and f < lo``; ``max(v, f) > hi`` is ``v > hi or
+    f > hi``. A float32 band is compared in float32 against the limits rounded outwards to
+    float32 (``v < lo`` exactly when ``v <`` the least float32 >= ``lo``): the float64
+    comparison's result without a float64 copy of the band."""
+    if floor is not None:
+        if not floor < lo:
+            lo = -np.inf
+        if floor > hi:
+            return None
+    if float32:
+        return _float32_above(lo), _float32_below(hi)
+    return np.float64(lo), np.float64(hi)
+
+
+def _float32_above(x: float) -> np.float32:
+    """The least float32 >= ``x`` (inf above float32's range)."""
+    with np.errstate(over="ignore"):
+        f = np.float32(x)
+    return np.nextafter(f, np.float32(np.inf)) if float(f) < x else f
+
+
+def _float32_below(x: float) -> np.float32:
+    """The greatest float32 <= ``x`` (-inf below float32's range)."""
+    with np.errstate(over="ignore"):
+        f = np.float32(x)
+    return np.nextafter(f, np.float32(-np.inf)) if float(f) > x else f
 
 
 # ---- reason codes -----------------------------------------------------------------------
@@ -415,17 +577,21 @@ class Checks:
     def empty(self) -> bool:
         return not self.ranges and not self.groups
 
-    @property
+    @cached_property
     def rules(self) -> list[Rule]:
-        """Per rule name, the alternative that runs: the first whose bands are all located."""
+        """Per rule name, the alternative that runs: the first whose bands are all located
+        (cached: the readers evaluate the checks block by block)."""
         return [next(r for r in g if all(b in self.locations for b in r.bands) or r is g[-1])
                 for g in self.groups]  # fmt: skip
 
     @property
     def extra_bands(self) -> list[str]:
         """Meanings that earlier alternatives read and the model does not take."""
-        return list(dict.fromkeys(
-            b for g in self.groups for r in g for b in r.bands if b not in self.locations))
+        return list(
+            dict.fromkeys(
+                b for g in self.groups for r in g for b in r.bands if b not in self.locations
+            )
+        )
 
     def with_bands(self, extra: Mapping[str, tuple[str, int]]) -> Checks:
         """These checks with more located bands (the input's own extra bands)."""
@@ -443,16 +609,21 @@ class Checks:
 
     def codes(self, raw: Mapping[str, np.ndarray], valid: np.ndarray) -> np.ndarray:
         """uint8 reason codes (h, w) of raw arrays (modality -> (C, h, w), sensor units)."""
-        out = np.full(valid.shape, OK, dtype=np.uint8)
-        flagged = np.zeros(valid.shape, dtype=bool)
+        out = self.pixel_codes(raw, valid.shape)
+        out[~valid] = NODATA
+        return out
+
+    def pixel_codes(self, raw: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+        """:meth:`codes` of every pixel as if valid: a pixel's code depends on its own raw
+        values alone, so readers compute it as they read, and the sink marks nodata later."""
+        flagged = np.zeros(shape, dtype=bool)
         for name, (low, high, open_, floor) in self.ranges.items():
             flagged |= outside_range(raw[name], low, high, open_, floor)
-        out[flagged] = OUT_OF_RANGE
-        bands = {k: raw[m][i] for k, (m, i) in self.locations.items() if m in raw}
+        out = np.where(flagged, np.uint8(OUT_OF_RANGE), np.uint8(OK))
         rules = self.rules
+        bands = {k: raw[m][i] for k, (m, i) in self.locations.items() if m in raw}
         for code in range(len(rules) + 1, 1, -1):  # the first matching rule wins
-            out[evaluate(rules[code - 2].tree, bands)] = code
-        out[~valid] = NODATA
+            out[rule_mask(rules[code - 2].tree, bands)] = code
         return out
 
 

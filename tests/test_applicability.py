@@ -46,6 +46,100 @@ def test_snow_rule_evaluates_exactly() -> None:
     np.testing.assert_array_equal(got, [True, False, False, False, False])
 
 
+class _CountingBands(dict):  # type: ignore[type-arg]
+    """Band arrays that count how often each is looked up."""
+
+    def __init__(self, **bands: np.ndarray) -> None:
+        super().__init__(bands)
+        self.reads: dict[str, int] = {}
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        self.reads[key] = self.reads.get(key, 0) + 1
+        return super().__getitem__(key)
+
+
+def test_evaluate_reads_each_band_once_and_equals_float64_arithmetic() -> None:
+    """Issue 19: the readers evaluate the rules block by block, so each band is converted to
+    float64 once per call however often the rule names it, with the float64 results."""
+    rng = np.random.default_rng(3)
+    n = 4000
+    red, swir, nir = (rng.uniform(0, 3000, n).astype(np.float32) for _ in range(3))
+    red[:40], swir[:20], swir[20:40] = 0, 0, np.nan  # 0/0, x/0 and NaN
+    red[40:60], nir[60:80] = np.inf, -np.inf
+    text = f"snow={SNOW} and nir > 1500 or not (-red < -2500.5 and nir != 7)"
+    bands = _CountingBands(red=red, swir=swir, nir=nir)
+    got = evaluate(Rule.parse(text).tree, bands)
+    assert bands.reads == {"red": 1, "swir": 1, "nir": 1}
+    r, s, i = (b.astype(np.float64) for b in (red, swir, nir))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snow = ((r - s) / (r + s) > 0.4) & (r > 1500) & (i > 1500)
+    want = snow | ~((-r < -2500.5) & (i != 7))
+    assert got.dtype == bool and 0 < want.sum() < n
+    np.testing.assert_array_equal(got, want)
+
+
+RULE_TEXTS = [
+    f"snow={SNOW} and nir > 1500",
+    "a=red / swir >= 0.5 or not (nir - red * 2 < -swir)",
+    "b=-(red + swir) / 0 < 1 and (red == swir or nir != 0)",
+    "c=(red - swir) / (red + swir) > nir / (swir - red) + (nir - swir) * red and swir < red",
+]
+
+
+@pytest.mark.parametrize("text", RULE_TEXTS)
+def test_rule_mask_reuses_its_arrays_and_equals_evaluate(text: str) -> None:
+    """Issue 19: :func:`rule_mask` writes every operation into reused arrays (no fresh pages
+    per block under the CLI's malloc tuning) and gives :func:`evaluate`'s booleans, block
+    after block, whatever the block's shape, in any thread."""
+    import threading
+
+    from mfaf_cli.applicability import _POOLS, rule_mask
+
+    rng = np.random.default_rng(7)
+    tree = Rule.parse(text).tree
+
+    def block(rows: int) -> dict[str, np.ndarray]:
+        bands = {
+            k: rng.uniform(-10, 3000, (rows, 64)).astype(np.float32) for k in ("red", "swir", "nir")
+        }
+        flat = [b.reshape(-1) for b in bands.values()]
+        for b in flat:  # NaN, infinities and zeros (0/0, x/0) somewhere in every band
+            b[rng.integers(0, b.size, 20)] = rng.choice([np.nan, np.inf, -np.inf, 0.0], 20)
+        return bands
+
+    def check(shapes: list[int], failures: list[str]) -> None:
+        for rows in shapes:
+            bands = block(rows)
+            got = rule_mask(tree, bands)
+            if not np.array_equal(got, evaluate(tree, bands)) or got.dtype != bool:
+                failures.append(f"{rows} rows")
+
+    failures: list[str] = []
+    check([12, 12, 5, 12], failures)
+    owned = len(_POOLS.pool._owned)
+    check([12, 5, 12], failures)
+    assert len(_POOLS.pool._owned) == owned  # the same arrays served the later blocks
+    other = threading.Thread(target=check, args=([12, 7, 12], failures))
+    other.start()
+    other.join()
+    assert failures == []
+
+
+def test_range_thresholds_are_computed_once_and_open_sides_skip_no_value() -> None:
+    from mfaf_cli.applicability import _band_bounds
+
+    vv = np.array([[-np.inf, -30.0, -25.0, 0.0, np.inf, np.nan]], np.float32)[:, None, :]
+    args = ([-21.96], [-5.26], ("high",), [-22.0])
+    first = outside_range(vv, *args)
+    misses = _band_bounds.cache_info().misses
+    np.testing.assert_array_equal(outside_range(vv, *args), first)
+    assert _band_bounds.cache_info().misses == misses  # the second block: no new thresholds
+    # the high side is open and the floor lifts everything below -22: nothing leaves the range
+    np.testing.assert_array_equal(first[0], [False] * 6)
+    low_open = outside_range(vv, [-21.96], [-5.26], ("low",))[0]
+    np.testing.assert_array_equal(low_open, [False, False, False, True, True, False])
+
+
 @pytest.mark.parametrize(
     ("text", "words"),
     [

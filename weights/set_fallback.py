@@ -3,7 +3,8 @@ its weights file (its sha256 stays): ``mfaf predict`` with that model maps pixel
 modality with the named model (mfaf_cli/pipeline/fallback.py). The record inside a checkpoint
 may name them too (``ModelMeta.fallbacks``); the manifest entry fills in only when it does not.
 
-    python weights/set_fallback.py mfafnet-s-ombria-water optical=unet-sar-ombria-water
+    python weights/set_fallback.py unet-ombria-water optical=unet-sar-ombria-water
+    python weights/set_fallback.py mfafnet-s-ombria-water optical=self   # maps them itself
     python weights/set_fallback.py mfafnet-s-ombria-water --clear
 """
 
@@ -31,7 +32,7 @@ def main() -> None:
         raise SystemExit(f"{a.name} is not in {path}")
     pairs = dict(item.split("=", 1) for item in a.fallbacks)
     for missing, model in pairs.items():
-        if missing not in entry["modalities"] or model not in names:
+        if missing not in entry["modalities"] or model not in names | {"self"}:
             raise SystemExit(f"{missing}={model}: not a modality of {a.name} or not shipped")
     if a.clear:
         entry.pop("fallbacks", None)

@@ -14,11 +14,9 @@
 # Round 4 (not shipped; weights/README.md): the same with --epochs 8 --photometric 0.5 and run
 # names *-r4-s$seed. All eight runs' metrics, logs and evaluations are in weights/logs/.
 # Issue 24 (per-pixel fallback): the SAR-only U-Net `unet-sar-ombria-water`, the same recipe
-# (COMMON, OMBRIA, round 3) with --model unet-sar; one seed (seed 0) on the shared 2-core CPU
-# (load ~17: ~45 s per step), niced, 1 thread (`train-sar`). The run was stopped after epoch 1
-# of 6 at the session deadline (`resume-sar` finishes it); that epoch-1 checkpoint is shipped,
-# scored by eval_model.py (SAR band only), and NOT named as the fusion models' fallback
-# (`wire-sar`, weights/set_fallback.py, once a finished run beats SAR-Otsu).
+# (COMMON, OMBRIA, round 3) with --model unet-sar; one seed (seed 0), niced, 1 thread
+# (`train-sar`, 2678 s), then `eval runs/unet-sar-r3-s0`, `ship-sar runs/unet-sar-r3-s0` with
+# BY_NAME_ONLY and DESCRIPTION as in weights/README.md's card, and `wire-sar`.
 set -euo pipefail
 DATA=../shared/data/ombria
 COMMON=(--epochs 6 --batch-size 8 --tile 128 --photometric 0.25 --normalisation fixed --lr 1e-3
@@ -44,23 +42,27 @@ train-sar)  # issue 24: the SAR-only fallback (seed 0; add seed 1 where the CPU 
   done
   wait
   ;;
-resume-sar)  # issue 24: finish the cut run (stopped after epoch 1 of 6 at the session deadline)
+train-dropout)  # issue 24 item 3: the modality-dropout alternative to a fallback model (not
+  # shipped; scored by benchmarks/fallback_chip.py and weights/eval_model.py beside the SAR model)
+  mkdir -p runs
+  nice -n 10 mfaf train --dataset ombria --data-root "$DATA" --model mfafnet-s --mmd rbf \
+    --mmd-lambda 0.1 --mmd-warmup 0.05 --modality-dropout 0.5 -o runs/mfafnet-s-drop-s0 --seed 0 \
+    "${COMMON[@]}" > runs/mfafnet-s-drop-s0.log 2>&1
+  ;;
+resume-sar)  # issue 24: finish a cut run from its saved state
   nice -n 10 mfaf train --resume runs/unet-sar-r3-s0 --threads 1 >> runs/unet-sar-r3-s0.log 2>&1
   ;;
-ship-sar)  # $2 = run dir (evaluated): ship it (not the default of anything)
-  # shipped in issue 24 from the epoch-1 checkpoint of runs/unet-sar-r3-s0 (copied to
-  # runs/unet-sar-e1 and scored there: weights/logs/unet-sar-r3-s0/eval.json) with
-  # --description "SAR-only U-Net (VV), OMBRIA (624 ids), fixed Sentinel normalisation, round 3
-  # recipe, seed 0, ONLY 1 of 6 epochs (run cut at the session deadline): the fallback for
-  # missing optical; below SAR-Otsu on OMBRIA test"
-  # by name only while it is below SAR-Otsu (BY_NAME_ONLY="" once a finished run beats it):
+ship-sar)  # $2 = run dir (evaluated): ship it (the fallback of unet-ombria-water after wire-sar)
+  # shipped from runs/unet-sar-r3-s0 (best val epoch 4) by name only: below per-patch SAR-Otsu
   python3 weights/make_shipped.py "$2" unet-sar-ombria-water --eval "$2/eval.json" \
-    --by-name-only "${BY_NAME_ONLY-trained 1 of 6 epochs; OMBRIA test water IoU 0.216 vs SAR-Otsu 0.468}" \
-    --description "${DESCRIPTION:-SAR-only U-Net (VV), OMBRIA (624 ids), fixed Sentinel normalisation, round 3 recipe, seed 0: the fallback for missing optical}"
+    --by-name-only "${BY_NAME_ONLY-OMBRIA test water IoU 0.411 vs SAR-Otsu 0.468 (one threshold per patch); chip 0.566 vs 0.567}" \
+    --description "${DESCRIPTION:-SAR-only U-Net (VV), OMBRIA (624 ids), fixed Sentinel normalisation, round 3 recipe, seed 0, best validation epoch (4 of 6): the fallback for missing optical; below per-patch SAR-Otsu on OMBRIA test}"
   ;;
-wire-sar)  # name it as the shipped fusion models' fallback for missing optical (a decision:
-  # do it once the SAR model beats SAR-Otsu on OMBRIA test and the chip; not done in issue 24)
-  python3 weights/set_fallback.py mfafnet-s-ombria-water optical=unet-sar-ombria-water
+wire-sar)  # the shipped fusion models' default fallback for missing optical, each the better of
+  # two ways on OMBRIA test and the chip (weights/README.md): MFAFNet-S maps the pixels itself
+  # (0.452 / 0.555-0.559 vs the SAR U-Net's 0.411 / 0.495); the U-Net uses the SAR U-Net
+  # (its own `self` gives 0.331 / 0.496)
+  python3 weights/set_fallback.py mfafnet-s-ombria-water optical=self
   python3 weights/set_fallback.py unet-ombria-water optical=unet-sar-ombria-water
   ;;
 eval)  # $2 = run dir: writes RUN/eval.json

@@ -12,8 +12,9 @@ depends only on the windows that cover it (anchored windows: independent of the 
 * :class:`FallbackPredictor` runs the main model on every window, and each fallback only on
   the windows holding pixels of its code, then takes the fallback's probabilities at those
   pixels: one set of probabilities per window, blended by the one streamed merger;
-* :class:`SourceMapper` gives the codes of finished output rows from a second read (like the
-  exclusion check), for ``--source`` and the fractions in ``--json``.
+* :class:`SourceCodes` gives the codes of finished output rows, as the scene computed them
+  while the readers read (kept by :mod:`~mfaf_cli.pipeline.planes`), for ``--source`` and
+  the fractions in ``--json``.
 
 Codes: 0 none (no model sees the pixel: nodata), 1 fusion (the main model), 2 + i: the
 fallback for a missing ``meta.modalities[i]`` (optical, sar: 2 SAR-only, 3 optical-only).
@@ -22,7 +23,6 @@ fallback for a missing ``meta.modalities[i]`` (optical, sar: 2 SAR-only, 3 optic
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +34,7 @@ from mfaf_cli.coreg.cloudmask import MASK_INPUT, OpticalMask
 from mfaf_cli.errors import UsageError
 from mfaf_cli.metadata import ModelMeta
 from mfaf_cli.normalize import apply_normalisation
-from mfaf_cli.tiling.windows import Window
+from mfaf_cli.pipeline.planes import PlaneStore, PlaneTap
 
 log = logging.getLogger("mfaf")
 
@@ -252,46 +252,33 @@ def check_fallback(main: ModelMeta, fb: ModelMeta, missing: str, name: str) -> N
             )
 
 
-class SourceMapper:
-    """``mapper(row0, col0, valid) -> uint8 codes`` of output rows: a context manager (opens
-    the inputs and the mask on the output grid). Codes depend only on each pixel's own
-    inputs, so a crop gets the whole scene's codes there."""
+class SourceCodes:
+    """``codes(row0, col0, valid) -> uint8 source codes`` of output rows, as the run's
+    :class:`FallbackScene` computed them while reading (:meth:`tap`, kept by grid position):
+    no second read of the inputs and the mask. A context manager (nothing to open), like the
+    exclusion check it sits beside."""
 
-    def __init__(
-        self,
-        inputs: Mapping[str, str | os.PathLike[str]],
-        grid: Any,
-        meta: ModelMeta,
-        coverage: Coverage,
-        *,
-        bands: Any = None,
-        sar_units: str = "auto",
-    ) -> None:
-        self._inputs = {m: inputs[m] for m in coverage.modalities}
-        self._grid, self._meta, self._bands, self._units = grid, meta, bands, sar_units
-        self.coverage = coverage
+    def __init__(self, meta: ModelMeta) -> None:
         self.names = source_names(meta)
-        self._scene: FallbackScene | None = None
+        self.store = PlaneStore()
 
-    def __enter__(self) -> SourceMapper:
-        base = AlignedScene(self._inputs, self._grid, bands=self._bands or None,
-                            units=self._units, meta=self._meta, quiet=True)  # fmt: skip
-        self._scene = FallbackScene(base, self.coverage)
+    def tap(self, scene: Any) -> PlaneTap:
+        """The fallback scene read through, each read's source codes kept for the sink."""
+        return PlaneTap(scene, source_plane, self.store)
+
+    def __enter__(self) -> SourceCodes:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._scene is not None:
-            self._scene.close()
-            self._scene.scene.close()
-            self._scene = None
+        return None
 
     def __call__(self, row0: int, col0: int, valid: np.ndarray) -> np.ndarray:
-        assert self._scene is not None, "SourceMapper used without 'with'"
-        h, w = valid.shape
-        arrays, _ = self._scene.read(Window(row0, col0, h, w))
-        codes = arrays[SOURCE_KEY][0].astype(np.uint8)
-        codes[~valid] = NONE
-        return codes
+        return self.store.take(row0, col0, valid, NONE)
+
+
+def source_plane(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(h, w) uint8 source codes of a :class:`FallbackScene` read's arrays."""
+    return arrays[SOURCE_KEY][0].astype(np.uint8)
 
 
 def source_fractions(counts: np.ndarray, names: list[str]) -> dict[str, float]:

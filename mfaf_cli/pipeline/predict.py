@@ -39,6 +39,7 @@ from mfaf_cli.pipeline.core import (  # noqa: F401 (PreparedBatch, ...: re-expor
     run_scene,
     scene_plan,
 )
+from mfaf_cli.pipeline.planes import ReadTaps, tapped
 from mfaf_cli.pipeline.provenance import provenance_tags
 from mfaf_cli.pipeline.read_spec import ReadSpec, expanded
 from mfaf_cli.pipeline.spec import InferenceSpec
@@ -47,7 +48,10 @@ from mfaf_cli.tiling.windows import Window, check_tile
 from mfaf_cli.types import Blend
 
 if TYPE_CHECKING:
+    from mfaf_cli.applicability import Checks
     from mfaf_cli.models.resolve import ModelSource
+    from mfaf_cli.pipeline.exclusion import Excluder, StoredExcluder
+    from mfaf_cli.pipeline.fallback import SourceCodes
 
 log = logging.getLogger("mfaf")
 
@@ -203,6 +207,7 @@ def run_on_scene(
     read_threads: int = 1,
     before_commit: Any = None,
     aoi: Any = None,
+    taps: ReadTaps | None = None,
 ) -> tuple[Grid, Any, Any]:
     """One pass of the inference core over one scene: ``(grid, RunStats, sink)``.
 
@@ -212,10 +217,12 @@ def run_on_scene(
     last row, so an error there still discards the sink's output. predict, batch mode and
     evaluate all come through here. ``aoi`` (:class:`~mfaf_cli.io.aoi.Aoi`, read from
     ``read.aoi``): the run covers the polygon's bounds and only its pixels are valid (see
-    :mod:`mfaf_cli.pipeline.aoi`).
+    :mod:`mfaf_cli.pipeline.aoi`). ``taps``: planes the sink takes from the run's reads
+    (:mod:`mfaf_cli.pipeline.planes`).
     """
     assert spec.tile is not None
     read = read or ReadSpec()
+    taps = taps or ReadTaps()
     bands, sar_units = read.band_lists(), read.sar_units
     ref_path = os.fspath(inputs[meta.reference_modality])
     if aoi is None:
@@ -227,8 +234,9 @@ def run_on_scene(
         AlignedScene(inputs, read_grid(grid, plan), bands=bands, units=sar_units, meta=meta)
         as scene,
         _bounded_gdal_cache(scene, spec.tile, core.PANEL_WIDTH + 2 * spec.tile),
-        _fallback_scene(predictor, scene) as base,
+        _fallback_scene(predictor, tapped(scene, taps.raw, plan.read_offset)) as mapped,
     ):  # fmt: skip
+        base = tapped(mapped, taps.mapped, plan.read_offset)
         # --aoi: pixels outside the polygon invalid; blocks no window touching it needs unread
         reader: Any = base if aoi is None else aoi_scene(base, polygon, plan)
         for m, c in scene.band_choices.items():
@@ -252,7 +260,7 @@ def run_on_scene(
 
 
 @contextlib.contextmanager
-def _fallback_scene(predictor: Any, scene: AlignedScene) -> Iterator[Any]:
+def _fallback_scene(predictor: Any, scene: Any) -> Iterator[Any]:
     """The scene as the predictor reads it: with source codes and the optical mask for a
     :class:`~mfaf_cli.pipeline.fallback.FallbackPredictor`, else as it is."""
     wrap = getattr(predictor, "wrap", None)
@@ -461,7 +469,7 @@ def _predict(
 ) -> PredictResult:  # fmt: skip
     """:func:`predict` once ``read.inputs`` are plain files."""
     from mfaf_cli.io.raster import OutputSet
-    from mfaf_cli.pipeline.exclusion import Excluder, checks_for, warn_if_excluded, with_excluder
+    from mfaf_cli.pipeline.exclusion import checks_for, warn_if_excluded, with_excluder
 
     t_start = time.perf_counter()
     inputs, bands = dict(read.inputs), read.band_lists()
@@ -485,12 +493,13 @@ def _predict(
     record: dict[str, Any] = {}  # made once the grid and inputs are open (their errors first)
     checks = checks_for(meta, model_name, wanted=write.exclusion is not None or write.mask_excluded)
     ordered = {m: inputs[m] for m in meta.modality_names}
+    stored = _stored_excluder(checks, ordered)
+    sm = _source_codes(predictor, write.source)
+    taps = ReadTaps(raw=[stored.tap] if stored else [], mapped=[sm.tap] if sm else [])
 
     def _outputs(grid: Grid) -> Any:
         record.update(run_provenance(inputs, meta, bands, predictor, weights, trained, spec))
-        ex = None if checks is None else Excluder(
-            ordered, grid, meta, checks, bands=bands, sar_units=read.sar_units)  # fmt: skip
-        sm = _source_mapper(predictor, ordered, grid, bands, read.sar_units, write.source)
+        ex = stored or _excluder(ordered, grid, meta, checks, bands, read.sar_units)
         return with_excluder(sm, lambda s: with_excluder(ex, lambda e: OutputSet(
             grid, meta, write.label, write.probabilities, write.confidence,
             tags={**weights, **provenance_tags(record)}, exclusion=write.exclusion, excluder=e,
@@ -503,7 +512,7 @@ def _predict(
     grid, stats, outputs = run_on_scene(
         ordered, meta, predictor, _outputs, spec, read, progress=progress,
         read_threads=read_threads, before_commit=_tagged(_require_valid_pixels(inputs), record),
-        aoi=area,
+        aoi=area, taps=taps,
     )  # fmt: skip
     seconds_scene = time.perf_counter() - t_scene
 
@@ -576,23 +585,43 @@ def _mask_input(path: PathLike | None, threshold: float | None, inputs: Mapping[
     return optical_mask(path, threshold)
 
 
-def _source_mapper(
-    predictor: Any, inputs: Mapping[str, Any], grid: Grid, bands: Any, units: str,
-    source: PathLike | None,
-) -> Any:  # fmt: skip
+def _stored_excluder(checks: Checks | None, inputs: Mapping[str, Any]) -> StoredExcluder | None:
+    """The exclusion check computed by the run's readers (no second read), when the checks
+    read only the model's bands on these inputs (see
+    :func:`~mfaf_cli.pipeline.exclusion.reads_model_bands`)."""
+    from mfaf_cli.pipeline.exclusion import StoredExcluder, reads_model_bands
+
+    if checks is None or not reads_model_bands(inputs, checks):
+        return None
+    return StoredExcluder(checks)
+
+
+def _excluder(
+    inputs: Mapping[str, Any], grid: Grid, meta: ModelMeta, checks: Checks | None, bands: Any,
+    units: str,
+) -> Excluder | None:  # fmt: skip
+    """The exclusion check that reads the inputs again (rules whose alternatives read bands
+    the model does not take, found in the input files), or None without checks."""
+    from mfaf_cli.pipeline.exclusion import Excluder
+
+    if checks is None:
+        return None
+    return Excluder(inputs, grid, meta, checks, bands=bands, sar_units=units)
+
+
+def _source_codes(predictor: Any, source: PathLike | None) -> SourceCodes | None:
     """The source codes of output rows for a fallback run (None otherwise; ``--source``
     without fallbacks or mask is one line)."""
-    from mfaf_cli.pipeline.fallback import SourceMapper
+    from mfaf_cli.pipeline.fallback import SourceCodes
 
-    coverage = getattr(predictor, "coverage", None)
-    if coverage is None:
+    if getattr(predictor, "coverage", None) is None:
         if source is not None:
             raise UsageError(
                 "--source maps which model made each pixel, but this run has no fallback "
                 "models and no --optical-mask: every pixel is the model's"
             )
         return None
-    return SourceMapper(inputs, grid, predictor.meta, coverage, bands=bands, sar_units=units)
+    return SourceCodes(predictor.meta)
 
 
 def _source_summary(predictor: Any, outputs: Any) -> dict[str, Any]:
