@@ -36,7 +36,7 @@ def test_untagged_fill_strips_are_nodata_not_water(filled, runner, tmp_path, cap
     s2, s1 = filled
     out = tmp_path / "map.tif"
     code, _, err = runner("predict", "--optical", s2, "--sar", s1, "-o", out, "--engine", "torch",
-                          "--quiet", *flags)  # fmt: skip
+                          "--quiet", "--no-fallback", *flags)  # fmt: skip
     assert code == 0, err
     with rasterio.open(out) as ds:
         labels = ds.read(1)
@@ -51,6 +51,22 @@ def test_untagged_fill_strips_are_nodata_not_water(filled, runner, tmp_path, cap
             f"optical S2.tif: {N * STRIP:,} pixels" in warnings[0] and "Sentinel-2" in warnings[0]
         )
         assert f"sar S1.tif: {N * STRIP:,} pixels" in warnings[1] and "-60..40" in warnings[1]
+
+
+def test_optical_fill_is_mapped_by_the_default_models_fallback(filled, runner, tmp_path) -> None:
+    """The shipped default falls back for missing optical (manifest ``fallbacks``): the optical
+    fill strip is mapped from the SAR and marked SAR-only; the SAR fill strip, seen by no
+    model that maps it, stays nodata."""
+    s2, s1 = filled
+    out, src = tmp_path / "map.tif", tmp_path / "source.tif"
+    code, _, err = runner("predict", "--optical", s2, "--sar", s1, "-o", out, "--engine", "torch",
+                          "--quiet", "--source", src)  # fmt: skip
+    assert code == 0, err
+    with rasterio.open(out) as ds, rasterio.open(src) as ss:
+        labels, source = ds.read(1), ss.read(1)
+    assert (labels[:, :STRIP] != 255).all() and (source[:, :STRIP] == 2).all()  # SAR-only
+    assert (labels[:, N - STRIP :] == 255).all() and (source[:, N - STRIP :] == 0).all()
+    assert (source[:, STRIP : N - STRIP] == 1).all()  # fused
 
 
 def test_limits_count_each_source_pixel_once() -> None:

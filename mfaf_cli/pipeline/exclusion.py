@@ -35,7 +35,23 @@ from mfaf_cli.tiling.windows import Window
 log = logging.getLogger("mfaf")
 
 
-class Excluder:
+class _ChecksView:
+    """What the output set asks of either excluder: the reasons and which rule alternative
+    runs (both from ``self.checks``)."""
+
+    checks: Checks
+
+    @property
+    def reasons(self) -> list[str]:
+        return self.checks.reasons
+
+    @property
+    def alternatives(self) -> dict[str, dict[str, Any]]:
+        """Which alternative of each rule runs on these inputs (see :meth:`Checks.alternatives`)."""
+        return self.checks.alternatives()
+
+
+class Excluder(_ChecksView):
     """``excluder(row0, col0, valid) -> uint8 codes``: a context manager (opens the inputs)."""
 
     def __init__(
@@ -58,15 +74,6 @@ class Excluder:
         self._grid, self._meta, self._bands, self._units = grid, meta, bands, sar_units
         self._scene: AlignedScene | None = None
         self._extra_scene: AlignedScene | None = None
-
-    @property
-    def reasons(self) -> list[str]:
-        return self.checks.reasons
-
-    @property
-    def alternatives(self) -> dict[str, dict[str, Any]]:
-        """Which alternative of each rule runs on these inputs (see :meth:`Checks.alternatives`)."""
-        return self.checks.alternatives()
 
     def __enter__(self) -> Excluder:
         bands = {m: v for m, v in (self._bands or {}).items() if m in self._inputs}
@@ -124,7 +131,7 @@ class Excluder:
 CODE_PIXELS = 24_576
 
 
-class StoredExcluder:
+class StoredExcluder(_ChecksView):
     """:class:`Excluder`'s codes without a second read: the readers compute each pixel's
     code from the raw values they read (:meth:`tap`, below any fallback mask, like the
     excluder's own read) and this takes them for finished rows. For checks that read only
@@ -132,14 +139,6 @@ class StoredExcluder:
 
     def __init__(self, checks: Checks) -> None:
         self.checks, self.store = checks, PlaneStore()
-
-    @property
-    def reasons(self) -> list[str]:
-        return self.checks.reasons
-
-    @property
-    def alternatives(self) -> dict[str, dict[str, Any]]:
-        return self.checks.alternatives()
 
     def tap(self, scene: Any) -> PlaneTap:
         """``scene`` read through, each read's reason codes kept for the sink."""
