@@ -332,6 +332,9 @@ _BINARY = {"+": np.add, "-": np.subtract, "*": np.multiply, "and": np.logical_an
            ">=": np.greater_equal, "==": np.equal, "!=": np.not_equal}  # fmt: skip
 
 
+#: :func:`_pooled`'s functions beside :data:`_BINARY` (each takes ``out=``)
+_POOLED_FN = {"neg": np.negative, "not": np.invert, "/": np.divide}
+
 #: ops whose results :class:`_Pool` can hold: float64 arithmetic, tests giving bool
 _ARITH = frozenset({"+", "-", "*", "/", "neg"})
 _LOGIC = frozenset({"and", "or", "not"})
@@ -401,7 +404,7 @@ def _pooled(node: Node, bands: Mapping[str, np.ndarray], pool: _Pool) -> np.ndar
     if op in ("num", "band"):
         return _evaluate(node, bands)
     args = [_pooled(n, bands, pool) for n in node[1:]]  # type: ignore[arg-type]
-    fn = {"neg": np.negative, "not": np.invert, "/": np.divide}.get(op) or _BINARY[op]
+    fn = _POOLED_FN.get(op) or _BINARY[op]
     dtypes = {a.dtype for a in args}
     dtype: np.dtype[Any]
     if op in _LOGIC and dtypes == {np.dtype(bool)}:

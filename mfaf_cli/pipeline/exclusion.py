@@ -66,11 +66,8 @@ class Excluder(_ChecksView):
     ) -> None:
         self.checks = checks
         need = set(checks.ranges) | {checks.locations[b][0] for r in checks.rules for b in r.bands}
-        #: modality -> the band meanings beyond the model's that a rule's alternative reads
-        self._extra: dict[str, list[str]] = {}
-        for b in checks.extra_bands:
-            self._extra.setdefault(MEANINGS[b].modality, []).append(b)
-        self._inputs = {m: p for m, p in inputs.items() if m in need | set(self._extra)}
+        need |= {MEANINGS[b].modality for b in checks.extra_bands}  # rules' other alternatives
+        self._inputs = {m: p for m, p in inputs.items() if m in need}
         self._grid, self._meta, self._bands, self._units = grid, meta, bands, sar_units
         self._scene: AlignedScene | None = None
         self._extra_scene: AlignedScene | None = None
