@@ -403,6 +403,15 @@ def read_columns(plan: WindowPlan, read_width: int) -> tuple[int, int]:
     return max(lo, 0), min(max(hi, 1), read_width)
 
 
+def panel_read_spans(plan: WindowPlan, read_width: int) -> list[tuple[int, int]]:
+    """The read-grid columns each column panel of ``plan`` reads (as :func:`run_scene` cuts
+    it): what GDAL's block cache must span at a time."""
+    panels = column_panels(plan.width, PANEL_WIDTH)
+    if len(panels) == 1:
+        return [read_columns(plan, read_width)]
+    return [read_columns(plan.columns(c0, c1), read_width) for c0, c1 in panels]
+
+
 def run_scene(
     scene: AlignedScene,
     plan: WindowPlan,
