@@ -22,7 +22,7 @@ from mfaf_cli.engine.onnx_predictor import (
     runtime_errors,
     softmax,
 )
-from mfaf_cli.engine.streams import Streams, stream_count
+from mfaf_cli.engine.streams import Streams, stream_layout
 from mfaf_cli.engine.torch_predictor import TorchPredictor, resolve_device, resolve_precision
 from mfaf_cli.errors import (
     BandMismatchError,
@@ -265,9 +265,12 @@ def test_onnx_cpu_threads_run_tiles_on_one_thread_streams(
     assert np.abs(out - reference(model, meta, batch)).max() <= 1e-5
 
 
-def test_onnx_engine_streams_by_device_and_threads() -> None:
-    assert [stream_count(t, "cpu") for t in (None, 1, 2, 8)] == [1, 1, 2, 8]
-    assert stream_count(8, "cuda:0") == 1
+def test_onnx_engine_streams_by_device_threads_and_batch() -> None:
+    """One stream per core up to a batch's tiles; spare cores join the shared pool."""
+    layout = [stream_layout(t, "cpu", 4) for t in (None, 1, 2, 4, 16)]
+    assert layout == [(1, None), (1, 1), (2, 1), (4, 1), (4, 13)]
+    assert stream_layout(16, "cpu", None) == (16, 1) and stream_layout(8, "cpu", 1) == (1, 8)
+    assert stream_layout(8, "cuda:0", 4) == (1, 8)
 
 
 def test_streams_run_every_job_once_and_raise_the_first_error() -> None:

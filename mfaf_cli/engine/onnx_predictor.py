@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mfaf_cli.engine.base import check_batch
-from mfaf_cli.engine.streams import Streams, stream_count
+from mfaf_cli.engine.streams import Streams, stream_layout
 from mfaf_cli.errors import EngineError, UsageError
 from mfaf_cli.metadata import ModelMeta
 from mfaf_cli.tiling.pad import bottom_right_pad
@@ -142,8 +142,9 @@ class OnnxPredictor:
         self.batch_size = batch_size
         self.threads = threads  # CPU cores: one-thread streams (None: ORT's default pool)
         providers, self.device = choose_providers(str(device), ort.get_available_providers())
-        self.streams = Streams(stream_count(threads, self.device))
-        self.session = self._open(ort, path, providers, 1 if self.streams.n > 1 else threads)
+        streams, intra = stream_layout(threads, self.device, batch_size)
+        self.streams = Streams(streams)
+        self.session = self._open(ort, path, providers, intra)
         if self.device != "cpu" and self.session.get_providers()[0] != "CUDAExecutionProvider":
             if str(device).lower() != "auto":
                 raise EngineError(

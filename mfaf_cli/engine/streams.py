@@ -19,12 +19,23 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def stream_count(threads: int | None, device: str) -> int:
-    """Streams for an engine given ``threads`` CPU cores: one per core on CPU, one on a GPU
-    (the device does the parallel work) or when the engine keeps its own default (None)."""
+def stream_layout(
+    threads: int | None, device: str, tiles: int | None
+) -> tuple[int, int | None]:
+    """``(streams, intra-op threads of the session)`` for ``threads`` CPU cores and batches of
+    ``tiles`` tiles (None: unknown).
+
+    One stream per core up to the tiles of a batch (a stream takes whole tiles); cores left
+    over join the session's intra-op pool, which the streams share (each ``run`` uses the
+    pool's threads besides its caller), so streams + pool threads = cores. On a GPU, or when
+    the engine keeps its own default (``threads`` None), one stream and the given threads.
+    """
     if device != "cpu" or not threads or threads < 2:
-        return 1
-    return int(threads)
+        return 1, threads
+    streams = max(1, min(int(threads), int(tiles or threads)))
+    if streams == 1:
+        return 1, threads
+    return streams, int(threads) - streams + 1
 
 
 class Streams:
