@@ -164,16 +164,21 @@ class StripReader:
         for fut in futs:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 for name, arr in fut.result()[0].items():
-                    if self._last_of_height.get(arr.shape[1], -1) < self._next:
-                        continue  # no chunk still to be read has this height
                     if arr.dtype == np.float32 and arr.flags.c_contiguous:
                         self._free.setdefault((name, arr.shape), []).append(arr)
+        for key in [k for k in self._free if not self._needed(k[1][1])]:
+            del self._free[key]  # no chunk still to read has this height
+
+    def _needed(self, height: int) -> bool:
+        """Whether a chunk not yet submitted has ``height`` rows."""
+        return self._last_of_height.get(height, -1) >= self._next
 
     def _chunk(self, j: int) -> Chunk:
         if not self._pools and j not in self._chunks:  # no reader threads: read here
             done: Future[Part] = Future()
             done.set_result(self._read_part(j, 0))
             self._chunks[j] = [done]
+            self._next = max(self._next, j + 1)  # chunks from here on are still to read
         with self._lock:
             while (
                 self._pools and self._next < len(self.edges) - 1 and self._next <= j + self._ahead
