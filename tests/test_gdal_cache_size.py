@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import rasterio
 from rasterio.transform import from_origin
 
@@ -64,3 +65,26 @@ def test_small_scene_cache_is_the_floor(tmp_path: Path) -> None:
     plan = plan_windows(512, 512, 256, 0.25)
     with AlignedScene({"optical": opt}, grid) as scene:
         assert scene.cache_bytes(256, spans=core.panel_read_spans(plan, 512)) == CACHE_FLOOR
+
+
+def test_panel_width_narrow_only_where_a_cpu_network_bounds_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Net:
+        device = "cpu"
+
+    class Gpu:
+        device = "cuda:0"
+
+    class Null:
+        device = "cpu"
+        reader_bound = True
+
+    assert core.panel_width(Net()) == core.ENGINE_PANEL_WIDTH == 1024
+    assert core.panel_width(Gpu()) == core.panel_width(Null()) == core.PANEL_WIDTH == 2048
+    monkeypatch.setattr(core, "PANEL_WIDTH", 100)  # never wider than the panel width
+    assert core.panel_width(Net()) == 100
+    plan = plan_windows(4096, 4096, 256, 0.25)
+    assert core.panel_read_spans(plan, 4096, 1024) == [
+        (0, 1216), (960, 2176), (1920, 3136), (2880, 4096)
+    ]  # fmt: skip

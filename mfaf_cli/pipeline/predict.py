@@ -234,7 +234,8 @@ def run_on_scene(
         AlignedScene(inputs, read_grid(grid, plan), bands=bands, units=sar_units, meta=meta)
         as scene,
         _bounded_gdal_cache(
-            scene, spec.tile, spans=core.panel_read_spans(plan, scene.grid.width)
+            scene, spec.tile,
+            spans=core.panel_read_spans(plan, scene.grid.width, core.panel_width(predictor)),
         ),
         _fallback_scene(predictor, tapped(scene, taps.raw, plan.read_offset)) as mapped,
     ):  # fmt: skip
