@@ -334,7 +334,8 @@ class AlignedScene:
         GDAL's default cache (5 % of RAM) keeps every decoded block of a scene read window by
         window, so memory would grow with the scene; a cache larger than the reading order
         needs only holds blocks that are never read again (it fills to its cap). Raster-order
-        reads need two block rows plus a window's height per input (all bands of
+        reads need the block rows a window's height can touch (two for a window shorter than
+        a block) per input, less one for the input whose rows are smallest (all bands of
         pixel-interleaved files, the mask of a masked one), over the columns read at a time:
         ``spans``, the grid column ranges read at a time (a run's column panels with their
         windows' reach), whose blocks are counted exactly for inputs on the grid; else any
@@ -342,7 +343,7 @@ class AlignedScene:
         :data:`CACHE_SLACK`, clamped to [:data:`CACHE_FLOOR`, 2 GiB].
         """
         cols = columns if columns is not None else self.grid.width
-        total = 0
+        total, spare = 0, []
         for name, src in self.sources.items():
             ds = self._handles()[name]
             per_pixel = _cached_bytes_per_pixel(ds, src)
@@ -354,7 +355,12 @@ class AlignedScene:
             else:
                 across = cols * self.grid.res[0] / max(src.res_in_grid[0], 1e-12)
                 blocks = _blocks_in_any(across, block_w)
-            total += rows * min(ds.width, blocks * block_w) * per_pixel
+            row_bytes = block_h * min(ds.width, blocks * block_w) * per_pixel
+            total += rows // block_h * row_bytes
+            spare.append((rows // block_h - 1) * row_bytes)
+        # between two reads of a block the next chunk needs, LRU sees the rest of its input's
+        # last block row and every other input's rows: one input gets by with a row less
+        total -= min(spare, default=0)
         return int(min(max(total + CACHE_SLACK, CACHE_FLOOR), 2 << 30))
 
     def _blocks_across(self, src: _Source, ds: Any, a: int, b: int) -> int:

@@ -437,6 +437,25 @@ def panel_read_spans(
     return [read_columns(plan.columns(c0, c1), read_width) for c0, c1 in panels]
 
 
+class _NoBar:
+    """A progress bar that shows nothing (tqdm imported only when a bar is shown: ~1.4 MB)."""
+
+    def update(self, n: int = 1) -> None:
+        """Nothing to show."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def progress_bar(total: int, desc: str, show: bool) -> Any:
+    """A tqdm bar of ``total`` windows on stderr, or one that shows nothing."""
+    if not show:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="win", desc=desc, file=sys.stderr, dynamic_ncols=True)
+
+
 def run_scene(
     scene: AlignedScene,
     plan: WindowPlan,
@@ -459,14 +478,11 @@ def run_scene(
     each panel's in order, ``(row0, probs (K, r, w), valid (r, w), col0=...)``, or as
     ``sink.write_finished(rows)`` from the device merger (``device_merger``: see
     :func:`use_device_merger`)."""
-    from tqdm import tqdm
-
     panels = column_panels(plan.width, panel_width(predictor))
     subplans = [plan if len(panels) == 1 else plan.columns(c0, c1) for c0, c1 in panels]
     on_device = use_device_merger(predictor, sink, meta.num_classes, device_merger)
     clock = ModelClock(predictor)
-    bar = tqdm(total=sum(len(p.windows) for p in subplans), unit="win", desc=desc,
-               disable=not progress, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+    bar = progress_bar(sum(len(p.windows) for p in subplans), desc, progress)
     skipped, carry = set(), EdgeCarry()
     # readers yield to a CPU engine's threads; not when they are the bottleneck (a GPU
     # engine, or a predictor that says reading bounds it)
