@@ -39,6 +39,7 @@ from mfaf_cli.coreg.warpcache import SCENE_BLOCK, WarpCache
 from mfaf_cli.errors import UsageError
 from mfaf_cli.io.inputs import open_raster, read_error
 from mfaf_cli.metadata import RESAMPLING_KIND, ModelMeta
+from mfaf_cli.scratch import scratch
 
 log = logging.getLogger("mfaf")
 
@@ -477,7 +478,7 @@ class AlignedScene:
                 len(src.indexes),
             )
         else:
-            data, ok = _read_warped(ds, src, grid, row, col, h, w, stats=stats)
+            data, ok = _read_warped(ds, src, grid, row, col, h, w, stats=stats, out=out)
         if out is not None and data is not out:
             out[...] = data
             data = out
@@ -633,9 +634,19 @@ def _read_direct(
 
 
 def _read_warped(
-    ds: Any, src: _Source, grid: Grid, row: int, col: int, h: int, w: int, *, stats: bool
+    ds: Any,
+    src: _Source,
+    grid: Grid,
+    row: int,
+    col: int,
+    h: int,
+    w: int,
+    *,
+    stats: bool,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Warp just the source pixels under a grid block onto it.
+    """Warp just the source pixels under a grid block onto it (into ``out``, (C, h, w)
+    float32, where the warp can write there; the values returned are then ``out``).
 
     The source window is the block's bounds transformed into the file's CRS, padded by a few
     pixels for the resampling kernel. For SAR, dB values are converted to linear power before
@@ -671,7 +682,9 @@ def _read_warped(
                 (c1 - c0) / out_shape[1], (r1 - r0) / out_shape[0]
             )
             src_place = (src_transform, 0, 0)
-    vals, vok = _read_block(ds, src, win, out_shape)
+    # the source block lives only inside this call: a reused array (see mfaf_cli/scratch.py)
+    into = scratch("align.source", (c, r1 - r0, c1 - c0)) if out_shape is None else None
+    vals, vok = _read_block(ds, src, win, out_shape, out=into)
     if src.kind == "sar":
         vals = convert_units(vals, src.units, "linear", in_place=True)
     vals[:, ~vok] = np.nan
@@ -685,7 +698,7 @@ def _read_warped(
     if src.ground is not None:
         sy, sx = ((r1 - r0) / out_shape[0], (c1 - c0) / out_shape[1]) if out_shape else (1, 1)
         geometry = replace(geometry, ground=src.ground.warp_kwargs(r0, c0, sy, sx))
-    data, ok = _warp(vals, vok, ds, src, grid, geometry, (c, h, w), resampling)
+    data, ok = _warp(vals, vok, ds, src, grid, geometry, (c, h, w), resampling, out)
     if src.kind == "sar":
         data = convert_units(data, "linear", src.out_units, in_place=True)
     return data, ok
@@ -712,17 +725,18 @@ def _warp(
     geo: _Geometry,
     shape: tuple[int, int, int],
     resampling: Resampling,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Resample a source block onto the grid block (``shape`` (C, h, w)): in numpy between
-    north-up grids of one CRS, with GDAL otherwise (and on ties). Returns fresh (values,
-    valid)."""
+    north-up grids of one CRS, with GDAL otherwise (and on ties). Returns (values, valid):
+    values in ``out`` where the numpy path could write there, fresh otherwise."""
     if (
         src.same_crs
         and resampling in _NUMPY_RESAMPLING
         and axis_aligned(geo.src_transform, geo.dst_transform)
     ):
         method = _NUMPY_RESAMPLING[resampling]
-        fast = resample_block(vals, vok, geo.src_place, geo.dst_place, shape[1:], method)
+        fast = resample_block(vals, vok, geo.src_place, geo.dst_place, shape[1:], method, out)
         if fast is not None:
             return fast
     data = np.full(shape, np.nan, dtype=np.float32)
