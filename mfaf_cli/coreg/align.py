@@ -575,10 +575,15 @@ def _invalid_mask(
 ) -> np.ndarray:
     """Pixels that are nodata in any band, or non-finite in a floating-point file."""
     floating = data.dtype.kind == "f" if floating is None else floating
-    bad = ~np.isfinite(data).all(axis=0) if floating else np.zeros(data.shape[1:], dtype=bool)
+    if floating:  # the per-band tests in reused arrays: only the (h, w) result is fresh
+        finite = np.isfinite(data, out=scratch("align.finite", data.shape, bool))
+        bad = finite.all(axis=0)
+        np.logical_not(bad, out=bad)
+    else:
+        bad = np.zeros(data.shape[1:], dtype=bool)
     for i, nd in enumerate(nodata):
         if nd is not None and not (isinstance(nd, float) and math.isnan(nd)):
-            bad |= data[i] == nd
+            bad |= np.equal(data[i], nd, out=scratch("align.nodata", bad.shape, bool))
     return bad
 
 
@@ -602,10 +607,13 @@ def _read_block(
             raw = ds.read(src.indexes, out=out, **kw)
         else:
             raw = ds.read(src.indexes, out_dtype=np.float32 if exact else None, **kw)
-        ok = ~_invalid_mask(raw, src.nodata, np.dtype(src.dtype).kind == "f")
+        ok = _invalid_mask(raw, src.nodata, np.dtype(src.dtype).kind == "f")
+        np.logical_not(ok, out=ok)
         if src.limits is not None:  # counted once per source pixel, not in decimated reads
             place = (int(win.row_off), int(win.col_off)) if out_shape is None else None
-            ok &= ~src.limits.invalid(raw, place, ok)
+            bad = src.limits.invalid(raw, place, ok)
+            if bad.any():  # mostly none: no second mask then
+                ok &= ~bad
         if src.use_mask:
             mkw = dict(kw)
             if out_shape is not None:
