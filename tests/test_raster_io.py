@@ -78,6 +78,21 @@ def test_argmax_max_matches_numpy_and_breaks_ties_like_it(rng):
     assert (idx[0] == 0).all() and (idx[1] == 1).all()
 
 
+def test_reused_argmax_and_labels_equal_fresh_ones(rng):
+    """The merge thread's reused arrays give the values of fresh ones, and the fresh results
+    are not the reused arrays (callers may keep them)."""
+    probs = rng.random((3, 40, 50)).astype(np.float32)
+    valid = rng.random((40, 50)) > 0.2
+    idx, best = argmax_max(probs)
+    ridx, rbest = argmax_max(probs, reuse=True)
+    assert np.array_equal(idx, ridx) and best.tobytes() == rbest.tobytes()
+    again, _ = argmax_max(probs[::-1].copy(), reuse=True)
+    assert np.shares_memory(again, ridx) and not np.shares_memory(idx, ridx)
+    out = np.empty((40, 50), np.uint8)
+    assert ids_to_labels(idx, valid, out=out) is out
+    np.testing.assert_array_equal(out, ids_to_labels(idx, valid))
+
+
 def test_creation_options():
     opts = gtiff_options("zstd", {"blockxsize": 256, "ZSTD_LEVEL": "9"})
     assert opts["COMPRESS"] == "ZSTD" and opts["BLOCKXSIZE"] == "256"

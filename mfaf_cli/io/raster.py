@@ -30,6 +30,7 @@ import numpy as np
 
 from mfaf_cli.errors import OutputExistsError, OutputPathError, OutputWriteError, UsageError
 from mfaf_cli.metadata import NODATA_LABEL, ClassInfo, ModelMeta
+from mfaf_cli.scratch import scratch
 from mfaf_cli.stitch.rows import PROB_NODATA_U8 as PROB_NODATA_U8
 from mfaf_cli.stitch.rows import PROB_SCALE as PROB_SCALE
 from mfaf_cli.stitch.rows import FinishedRows, RowNeeds
@@ -126,15 +127,24 @@ def cog_options(gtiff: Mapping[str, str], resampling: str) -> dict[str, str]:
 
 
 # ---- pixel conversions (pure) ------------------------------------------------------------
-def argmax_max(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def argmax_max(probs: np.ndarray, reuse: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per pixel: index of the most probable class (first on ties) and its probability.
 
     One pass over the planes gives both the label and the confidence, and is faster than
-    ``np.argmax(axis=0)``, which reduces along the slowest axis.
+    ``np.argmax(axis=0)``, which reduces along the slowest axis. ``reuse``: both results are
+    the calling thread's reused arrays (:mod:`mfaf_cli.scratch`), valid until its next call.
     """
-    best = probs[0].astype(np.float32, copy=True)
-    idx = np.zeros(best.shape, dtype=np.uint8 if len(probs) <= 256 else np.int64)
-    better = np.empty(best.shape, dtype=bool)  # one mask for every plane
+    shape = probs.shape[1:]
+    idx_dtype = np.uint8 if len(probs) <= 256 else np.int64
+    if reuse:
+        best = scratch("argmax.best", shape, np.float32)
+        np.copyto(best, probs[0])
+        idx = scratch("argmax.idx", shape, idx_dtype)
+        idx.fill(0)
+    else:
+        best = probs[0].astype(np.float32, copy=True)
+        idx = np.zeros(shape, dtype=idx_dtype)
+    better = scratch("argmax.better", shape, bool)  # one mask for every plane
     for k in range(1, len(probs)):
         np.greater(probs[k], best, out=better)
         np.copyto(idx, k, where=better, casting="unsafe")
@@ -169,10 +179,18 @@ def count_values(values: np.ndarray, minlength: int, where: np.ndarray | None = 
 
 
 def ids_to_labels(
-    idx: np.ndarray, valid: np.ndarray, class_ids: np.ndarray | None = None
+    idx: np.ndarray,
+    valid: np.ndarray,
+    class_ids: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Class-plane indexes -> uint8 class ids, :data:`NODATA_LABEL` where not valid (where
-    ``idx`` may hold anything, e.g. the nodata value of a finished-rows index)."""
+    ``idx`` may hold anything, e.g. the nodata value of a finished-rows index); into ``out``
+    ((r, w) uint8) where given and the class ids are the indexes."""
+    if class_ids is None and out is not None:
+        out.fill(NODATA_LABEL)
+        np.copyto(out, idx, where=valid, casting="unsafe")  # as astype(uint8) converts
+        return out
     if class_ids is None:
         return np.where(valid, idx, NODATA_LABEL).astype(np.uint8, copy=False)
     labels = class_ids[np.where(valid, idx, 0)].astype(np.uint8)
@@ -556,7 +574,8 @@ class LabelWriter(GeoTiffWriter):
 
     def write_index(self, row0: int, idx: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
         """Write rows given the arg-max class-plane index (r, w)."""
-        labels = ids_to_labels(idx, valid, self._ids)
+        reused = scratch("labels", idx.shape, np.uint8)  # copied into the stripe below
+        labels = ids_to_labels(idx, valid, self._ids, out=reused)
         self.counts += count_values(labels, 256)
         self.write_rows(row0, labels[None], col0)
 
@@ -713,6 +732,10 @@ class OutputSet:
     exception nothing is left behind.
     """
 
+    #: Rows handed to :meth:`__call__` are copied into the writers' stripes, nothing of them
+    #: kept: a merger may lend its reused row arrays (``StreamingMerger(lend_rows=...)``).
+    copies_rows = True
+
     def __init__(
         self,
         grid: Any,
@@ -829,7 +852,9 @@ class OutputSet:
         """Merger sink: write finished rows ``probs`` (K, r, w), ``valid`` (r, w) of columns
         ``col0 .. col0 + w`` (the whole width, or one column panel) everywhere."""
         valid = self._exclude(row0, col0, valid)
-        idx, best = argmax_max(probs)  # one pass, shared by the counts, label and confidence
+        # one pass, shared by the counts, label and confidence, into this thread's reused
+        # arrays (the writers copy what they keep)
+        idx, best = argmax_max(probs, reuse=True)
         self.pixels += valid.size
         self.class_counts += count_values(idx, len(self.class_counts), where=valid)
         for key, w in self.writers.items():
