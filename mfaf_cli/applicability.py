@@ -447,6 +447,7 @@ def _compile(node: Node, steps: list[_Step]) -> tuple[str, Any] | None:
     if all(kind == "const" for kind, _ in refs):  # as _pooled: a 0-d result, folded once
         return ("const", np.asarray(fn(*(v for _, v in refs))))
     dtypes = {_arg_dtype(r, steps) for r in refs}
+    dtype: np.dtype[Any]
     if op in _LOGIC and dtypes == {np.dtype(bool)}:
         dtype = np.dtype(bool)
     elif op not in _LOGIC and dtypes == {np.dtype(np.float64)}:
