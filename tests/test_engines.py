@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from mfaf_cli.engine.onnx_predictor import (
     runtime_errors,
     softmax,
 )
+from mfaf_cli.engine.streams import Streams, stream_layout
 from mfaf_cli.engine.torch_predictor import TorchPredictor, resolve_device, resolve_precision
 from mfaf_cli.errors import (
     BandMismatchError,
@@ -222,6 +224,72 @@ def test_onnx_cpu_runs_a_batch_tile_by_tile(
     np.testing.assert_allclose(out2, out5, atol=1e-6)
     assert np.abs(out2 - reference(model, meta, batch)).max() <= 1e-5
     assert onnx_predictor.CPU_RUN_TILES == 2 and not whole.fixed_batch
+
+
+class _MeetingSession:
+    """A session whose first two runs wait for each other: they only meet when two
+    streams run tiles side by side (serial runs break the barrier after its timeout)."""
+
+    def __init__(self, session: Any) -> None:
+        self.session, self.calls = session, 0
+        self.lock, self.barrier = threading.Lock(), threading.Barrier(2, timeout=5)
+        self.threads: set[int] = set()
+
+    def run(self, names: Any, feeds: dict[str, np.ndarray]) -> Any:
+        with self.lock:
+            self.calls += 1
+            first_two = self.calls <= 2
+            self.threads.add(threading.get_ident())
+        if first_two:
+            self.barrier.wait()
+        return self.session.run(names, feeds)
+
+
+def test_onnx_cpu_threads_run_tiles_on_one_thread_streams(
+    tiny: tuple[TinyFusion, ModelMeta], tiny_onnx: Path
+) -> None:
+    """With N CPU threads a batch's tiles run on N one-thread streams of one session
+    (issue 19: a 2-thread pool per tile idled the cores at its barriers): the tiles run
+    side by side and the probabilities equal a one-thread run's, bit for bit."""
+    model, meta = tiny
+    batch = make_batch(meta, n=5)
+    one = OnnxPredictor(tiny_onnx, device="cpu", threads=1)
+    two = OnnxPredictor(tiny_onnx, device="cpu", threads=2)
+    assert (one.streams.n, two.streams.n) == (1, 2)
+    assert two.session.get_session_options().intra_op_num_threads == 1
+    meeting = _MeetingSession(two.session)
+    two.session = meeting
+    out = two(batch)
+    assert meeting.calls == 5 and len(meeting.threads) == 2
+    np.testing.assert_array_equal(out, one(batch))
+    assert np.abs(out - reference(model, meta, batch)).max() <= 1e-5
+
+
+def test_onnx_engine_streams_by_device_threads_and_batch() -> None:
+    """One stream per core up to a batch's tiles; spare cores join the shared pool."""
+    layout = [stream_layout(t, "cpu", 4) for t in (None, 1, 2, 4, 16)]
+    assert layout == [(1, None), (1, 1), (2, 1), (4, 1), (4, 13)]
+    assert stream_layout(16, "cpu", None) == (16, 1) and stream_layout(8, "cpu", 1) == (1, 8)
+    assert stream_layout(8, "cuda:0", 4) == (1, 8)
+
+
+def test_streams_run_every_job_once_and_raise_the_first_error() -> None:
+    done: list[int] = []
+    lock = threading.Lock()
+
+    def work(i: int) -> None:
+        if i == 3:
+            raise ValueError("job 3")
+        with lock:
+            done.append(i)
+
+    streams = Streams(3)
+    streams.run(list(range(3)), work)
+    assert sorted(done) == [0, 1, 2]
+    done.clear()
+    with pytest.raises(ValueError, match="job 3"):
+        streams.run(list(range(10)), work)
+    assert len(done) == len(set(done)) and 3 not in done  # no job twice
 
 
 def test_onnx_predictor_pads_small_tiles_and_rejects_large(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mfaf_cli.engine.base import check_batch
+from mfaf_cli.engine.streams import Streams, stream_layout
 from mfaf_cli.errors import EngineError, UsageError
 from mfaf_cli.metadata import ModelMeta
 from mfaf_cli.tiling.pad import bottom_right_pad
@@ -139,21 +140,11 @@ class OnnxPredictor:
         path = Path(path)
         self.meta = meta if meta is not None else read_meta(path)
         self.batch_size = batch_size
-        self.threads = threads  # intra-op threads (None: ONNX Runtime's default)
+        self.threads = threads  # CPU cores: one-thread streams (None: ORT's default pool)
         providers, self.device = choose_providers(str(device), ort.get_available_providers())
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        configure_threads(opts, threads)
-        # The memory-pattern planner keeps one arena block per input shape it has seen (the
-        # full batches and the last, partial one): measured on the shipped MFAFNet-S, batch
-        # 4 at 256², peak RSS 349 MB with it and 231 MB without, at the same speed.
-        opts.enable_mem_pattern = False
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-        except runtime_errors(ort) as err:
-            first = (str(err).strip().splitlines() or [""])[0][:300]
-            raise EngineError(f"onnxruntime could not load {path}: {first}") from None
+        streams, intra = stream_layout(threads, self.device, batch_size)
+        self.streams = Streams(streams)
+        self.session = self._open(ort, path, providers, intra)
         if self.device != "cpu" and self.session.get_providers()[0] != "CUDAExecutionProvider":
             if str(device).lower() != "auto":
                 raise EngineError(
@@ -164,6 +155,26 @@ class OnnxPredictor:
             self.device = "cpu"
         self._errors = runtime_errors(ort)
         self._check_io(path)
+        if self.fixed_batch and self.streams.n > 1:  # one run per batch: threads inside it
+            self.streams = Streams(1)
+            self.session = self._open(ort, path, providers, threads)
+
+    @staticmethod
+    def _open(ort: Any, path: Path, providers: list[Any], threads: int | None) -> Any:
+        """An inference session on ``providers`` with ``threads`` intra-op threads."""
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        configure_threads(opts, threads)
+        # The memory-pattern planner keeps one arena block per input shape it has seen (the
+        # full batches and the last, partial one): measured on the shipped MFAFNet-S, batch
+        # 4 at 256², peak RSS 349 MB with it and 231 MB without, at the same speed.
+        opts.enable_mem_pattern = False
+        try:
+            return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except runtime_errors(ort) as err:
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            raise EngineError(f"onnxruntime could not load {path}: {first}") from None
 
     def _check_io(self, path: Path) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
@@ -250,7 +261,8 @@ class OnnxPredictor:
         if self.device == "cpu" and not self.fixed_batch:
             step = min(step, CPU_RUN_TILES)
         out = np.empty((n, k, h, w), dtype=np.float32)
-        for i in range(0, n, step):
+
+        def run(i: int) -> None:
             feeds = {
                 m: _pad_hw(np.ascontiguousarray(batch[m][i : i + step], dtype=np.float32), th, tw)
                 for m in self.meta.modality_names
@@ -262,6 +274,8 @@ class OnnxPredictor:
                     "from the metadata's class table"
                 )
             out[i : i + step] = probs[:, :, :h, :w]
+
+        self.streams.run(range(0, n, step), run)
         if not np.isfinite(out).all():
             raise EngineError("the ONNX model produced non-finite probabilities")
         return out

@@ -181,48 +181,18 @@ def read_meta(path: str | os.PathLike[str]) -> ModelMeta:
     return _meta_from_header(path, read_safetensors_header(path))
 
 
-def ort_errors() -> tuple[type[Exception], ...]:
-    """The exception types ONNX Runtime raises (its pybind module's Fail, InvalidProtobuf,
-    NoSuchFile, ...; none derives from a common base but Exception), plus RuntimeError."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as C
-
-    found = [v for v in vars(C).values() if isinstance(v, type) and issubclass(v, Exception)]
-    return (RuntimeError, *found)
-
-
 def read_onnx_meta(path: str | os.PathLike[str]) -> ModelMeta:
     """Metadata record from an ONNX model's ``metadata_props`` (key ``mfaf_meta``)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"ONNX model not found: {path}")
-    props: dict[str, str]
+    from mfaf_cli.io.onnx_props import ProtoError, read_metadata_props
+
     try:
-        import onnx
-        from google.protobuf.message import DecodeError
-
-        try:
-            model = onnx.load(str(path), load_external_data=False)
-        except (OSError, ValueError, DecodeError) as err:
-            raise WeightsError(
-                f"{path} is not a readable ONNX model ({type(err).__name__})"
-            ) from None
-        props = {p.key: p.value for p in model.metadata_props}
-    except ImportError:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            from mfaf_cli.errors import EngineError
-
-            raise EngineError(
-                "reading .onnx models needs onnx or onnxruntime: pip install mfaf[onnx]"
-            ) from None
-        try:
-            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except ort_errors() as err:
-            raise WeightsError(
-                f"{path} is not a readable ONNX model ({type(err).__name__})"
-            ) from None
-        props = dict(sess.get_modelmeta().custom_metadata_map)
+        with open(path, "rb") as f:
+            props = read_metadata_props(f, path.stat().st_size)
+    except (OSError, ProtoError) as err:
+        raise WeightsError(f"{path} is not a readable ONNX model ({type(err).__name__})") from None
     return _meta_from_record(
         path,
         props,

@@ -34,11 +34,12 @@ def split_threads(
     On CPU the network gets every core of the budget and ``threads // 4`` readers (at least
     one) run beside it: a compute-bound run's readers are idle most of the time, so cutting
     the engine to make room for them idled half of a 2-core machine (issue 19: 0.67× MONAI's
-    speed). Sharing cores is safe because the engines do not spin-wait at their barriers
-    (ONNX Runtime: ``session.intra_op.allow_spinning`` off) and readers run at a lower
-    priority (:func:`lower_reader_priority`). On a GPU, or when reading is the bottleneck
-    (``reader_bound``: the null engine, a network cheaper than decoding), the engine gets one
-    thread and the rest read. With one thread, reading happens in the caller.
+    speed). Sharing cores is safe because the engines do not spin-wait (ONNX Runtime runs one
+    single-threaded stream per core, :mod:`mfaf_cli.engine.streams`, and its pools, where it
+    has any, do not spin) and readers run at a lower priority (:func:`lower_reader_priority`).
+    On a GPU, or when reading is the bottleneck (``reader_bound``: the null engine, a network
+    cheaper than decoding), the engine gets one thread and the rest read. With one thread,
+    reading happens in the caller.
     """
     if threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
