@@ -111,13 +111,18 @@ class PlaneTap:
         self, window: Any, out: Mapping[str, np.ndarray] | None = None
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         arrays, valid = self.scene.read(window, out=out)
+        self.keep(window, arrays)
+        return arrays, valid
+
+    def keep(self, window: Any, arrays: Mapping[str, np.ndarray]) -> None:
+        """Put the plane of ``arrays``, a read of ``window`` from :attr:`scene` not changed
+        since (a strip reader may compute it in another thread than the read's)."""
         part = inside(window, self.scene.grid.height, self.scene.grid.width)
         if part is not None:
             dr, dc = part.row_off - int(window.row_off), part.col_off - int(window.col_off)
             cut = np.s_[dr : dr + part.height, dc : dc + part.width]
             plane = self._plane_of({k: v[:, cut[0], cut[1]] for k, v in arrays.items()})
             self.store.put(part.row_off, part.col_off, plane)
-        return arrays, valid
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.scene, name)
