@@ -170,9 +170,9 @@ def test_readers_handles_close_with_the_reader(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_reader_bound_parts_are_finished_by_the_taking_thread(tmp_path: Path, threads: int) -> None:
-    """Readers that do not yield (a reader-bound run) only read; the outermost tap's plane and
-    the transform run in the thread that takes the chunk. The windows and the planes are
-    those of readers that do it all, and no plane is computed in a reader thread."""
+    """One reader that does not yield (a reader-bound run on 2 cores) only reads; the
+    outermost tap's plane and the transform run in the thread that takes the chunk (with more
+    readers they stay in the readers). The windows and the planes are the same either way."""
     import threading
 
     from mfaf_cli.pipeline.planes import PlaneStore, PlaneTap
@@ -212,4 +212,5 @@ def test_reader_bound_parts_are_finished_by_the_taking_thread(tmp_path: Path, th
     for (arr_a, va), (arr_b, vb) in zip(a, b, strict=True):
         np.testing.assert_array_equal(va, vb)
         np.testing.assert_array_equal(arr_a["optical"], arr_b["optical"])
-    assert planes_in == {threading.current_thread().name}  # the reader-bound pass, last
+    main = threading.current_thread().name  # the reader-bound pass ran last
+    assert planes_in == {main} if threads == 1 else main not in planes_in

@@ -76,10 +76,10 @@ class StripReader:
     chunks in turn instead. They run ahead by up to ``ahead`` chunks; ``threads=0`` reads in
     the caller. ``transform``
     (per-pixel) is applied to every part as it is read, so each pixel is transformed once, in
-    a reader thread, however many windows overlap it. Readers that do not yield (a
-    reader-bound run) leave that transform and the outermost plane tap to the thread taking
-    the chunk, which waits on them anyway (measured at 4096², null engine: the reader thread
-    0.90-0.93 -> 0.77-0.80 CPU s, the main thread +0.14).
+    a reader thread, however many windows overlap it. One reader that does not yield (a
+    reader-bound run on 2 cores) leaves that transform and the outermost plane tap to the
+    thread taking the chunk, which waits on it anyway (measured at 4096², null engine: the
+    reader thread 0.90-0.93 -> 0.77-0.80 CPU s, the main thread +0.14).
     """
 
     def __init__(
@@ -125,11 +125,12 @@ class StripReader:
         self._next = 0  # next chunk index to submit
         self._ahead = max(ahead, 1)
         self._lock = threading.Lock()
-        #: Reader-bound runs (readers that do not yield: the engine waits on them) leave each
-        #: part's per-pixel work after the read, the outermost tap's plane and ``transform``,
-        #: to the thread that takes the chunk (the core's main thread, idle while it waits):
-        #: the readers, the run's critical path, then only decode and warp.
-        self._finish_here = not yield_to_engine and bool(self._pools)
+        #: A reader-bound run with one reader (a 2-core machine: the engine waits on it) leaves
+        #: each part's per-pixel work after the read, the outermost tap's plane and
+        #: ``transform``, to the thread that takes the chunk (the core's main thread, idle while
+        #: it waits): the reader, the run's critical path, then only decodes and warps. With
+        #: more readers that work is already spread; one taking thread would serialise it.
+        self._finish_here = not yield_to_engine and threads == 1
         self._source: Any = scene
         self._keep: Callable[[Window, dict[str, np.ndarray]], None] | None = None
         if self._finish_here and isinstance(scene, PlaneTap):
