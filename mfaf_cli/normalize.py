@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from mfaf_cli.metadata import Normalisation
+from mfaf_cli.scratch import scratch
 
 #: Cap on the number of valid samples used per band to estimate scene percentiles.
 MAX_STAT_SAMPLES = 2_000_000
@@ -83,7 +84,8 @@ def apply_normalisation(
         np.clip(x, lo_, hi_, out=x)
     x -= mean
     x /= std
-    np.copyto(x, np.float32(0.0), where=~np.isfinite(x))
+    bad = np.isfinite(x, out=scratch("normalise.bad", x.shape, bool))  # reused: no fresh pages
+    np.copyto(x, np.float32(0.0), where=np.logical_not(bad, out=bad))
     return x
 
 

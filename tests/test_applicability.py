@@ -598,3 +598,31 @@ def test_device_merger_masks_like_the_host_merger(
     assert got["0"][4] == got["1"][4]
     excluded = (got["1"][3][0] != 0) & (got["1"][3][0] != 255)
     assert excluded.any() and (got["1"][0][0][excluded] == 255).all()
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "(red - swir) / (red + swir) > 0.4 and red > 1500 and nir > 1500",
+        "not (red > 2 * 750) or -nir < -1500",
+        "red / (nir - nir) > 1",  # division by zero: inf and NaN, as evaluate gives
+        "(2 + 3) * red >= nir * 1 or red != red",
+    ],
+)
+def test_compiled_rules_give_evaluate_s_masks(expr):
+    """Readers run a rule as a compiled list of pooled operations: the masks of
+    :func:`evaluate` (and of the tree walk it replaces), block after block."""
+    from mfaf_cli.applicability import Rule, _Pool, _pooled, _program, evaluate, rule_mask
+
+    rng = np.random.default_rng(7)
+    node = Rule.checked("r", expr).tree
+    assert _program(node) is not None
+    for shape in ((11, 40), (5, 40), (11, 40)):
+        bands = {k: rng.uniform(0, 4000, shape).astype(np.float32) for k in ("red", "nir", "swir")}
+        bands["red"][0, :3] = np.nan
+        want = evaluate(node, bands)
+        f64 = {k: v.astype(np.float64) for k, v in bands.items()}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            walked = _pooled(node, f64, _Pool())
+        got = rule_mask(node, bands)
+        assert got.dtype == bool and np.array_equal(got, want) and np.array_equal(walked, want)

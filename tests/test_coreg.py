@@ -93,6 +93,46 @@ def test_detect_sar_units():
     assert detect_sar_units(np.array([-5.0]), "int16") == "linear"  # DN, not dB
 
 
+def test_sar_units_are_told_from_a_few_blocks(tmp_path, monkeypatch):
+    """The units of a SAR file come from a few whole blocks spread over it (a fixed cost), not
+    a decimated read of every block; a file whose sampled blocks are all nodata falls back
+    to the decimated read of the whole file."""
+    import rasterio
+
+    from mfaf_cli.coreg import align
+    from mfaf_cli.coreg.align import _units_sample
+
+    monkeypatch.setattr(align, "UNITS_DECODE_PIXELS", 4 * 128 * 128)  # 4 of the 64 blocks
+    path = tmp_path / "s1.tif"
+    prof = dict(
+        driver="GTiff",
+        width=1024,
+        height=1024,
+        count=1,
+        dtype="float32",
+        nodata=-9999.0,
+        crs="EPSG:32630",
+        transform=utm(20.0),
+        tiled=True,
+        blockxsize=128,
+        blockysize=128,
+    )
+    data = np.full((1, 1024, 1024), -12.0, np.float32)
+    with rasterio.open(path, "w", **prof) as ds:
+        ds.write(data)
+    with rasterio.open(path) as ds:
+        values = _units_sample(ds, [1])
+    assert values.size == 4 * 128 * 128 and detect_sar_units(values, "float32") == "db"
+    data[:] = -9999.0
+    data[0, 1000:, 1000:] = -14.0  # one corner holds data
+    with rasterio.open(path, "w", **prof) as ds:
+        ds.write(data)
+    with rasterio.open(path) as ds:
+        values = _units_sample(ds, [1])
+    assert values.size == 256 * 256  # the decimated whole file
+    assert detect_sar_units(values, "float32") == "db"
+
+
 def test_select_bands_by_number_and_name():
     desc = ["B1", "B2", "Red", "NIR"]
     assert select_bands([4, 3], 4, desc, path="a.tif", modality="optical") == [4, 3]

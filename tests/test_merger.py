@@ -250,3 +250,34 @@ def test_plan_errors():
         m.finish()
     with pytest.raises(ValueError, match="twice"):
         StreamingMerger(20, 20, 2, [wins[0], wins[0]], None, lambda *a: None)
+
+
+class Copying(Collect):
+    """A sink that copies the rows it gets (as the GeoTIFF writers do) and says so."""
+
+    copies_rows = True
+
+    def __init__(self, k: int, height: int, width: int) -> None:
+        super().__init__(k, height, width)
+        self.buffers: set[int] = set()
+
+    def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
+        super().__call__(row0, probs, valid)
+        self.buffers.add(probs.__array_interface__["data"][0])
+
+
+def test_lent_rows_are_the_same_rows_in_reused_arrays():
+    """A sink that copies what it keeps gets every band in the merge thread's reused arrays
+    (no fresh pages per band), with the same values as fresh rows."""
+    rng = np.random.default_rng(5)
+    arr = rng.random((3, 200, 150)).astype(np.float32)
+    wins = tile_windows(200, 150, 64, 0.25)
+    sinks = [Collect(3, 200, 150), Copying(3, 200, 150)]
+    for sink, lend in zip(sinks, (False, True), strict=True):
+        m = StreamingMerger(200, 150, 3, wins, make_weight_fn(wins, "gaussian"), sink, lend)
+        for win in wins:
+            m.add(win, read_window_reflect(arr, win))
+        m.finish()
+    assert sinks[0].probs.tobytes() == sinks[1].probs.tobytes()
+    assert np.array_equal(sinks[0].valid, sinks[1].valid)
+    assert sinks[1].calls > 2 and len(sinks[1].buffers) < sinks[1].calls

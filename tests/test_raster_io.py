@@ -78,6 +78,21 @@ def test_argmax_max_matches_numpy_and_breaks_ties_like_it(rng):
     assert (idx[0] == 0).all() and (idx[1] == 1).all()
 
 
+def test_reused_argmax_and_labels_equal_fresh_ones(rng):
+    """The merge thread's reused arrays give the values of fresh ones, and the fresh results
+    are not the reused arrays (callers may keep them)."""
+    probs = rng.random((3, 40, 50)).astype(np.float32)
+    valid = rng.random((40, 50)) > 0.2
+    idx, best = argmax_max(probs)
+    ridx, rbest = argmax_max(probs, reuse=True)
+    assert np.array_equal(idx, ridx) and best.tobytes() == rbest.tobytes()
+    again, _ = argmax_max(probs[::-1].copy(), reuse=True)
+    assert np.shares_memory(again, ridx) and not np.shares_memory(idx, ridx)
+    out = np.empty((40, 50), np.uint8)
+    assert ids_to_labels(idx, valid, out=out) is out
+    np.testing.assert_array_equal(out, ids_to_labels(idx, valid))
+
+
 def test_creation_options():
     opts = gtiff_options("zstd", {"blockxsize": 256, "ZSTD_LEVEL": "9"})
     assert opts["COMPRESS"] == "ZSTD" and opts["BLOCKXSIZE"] == "256"
@@ -488,3 +503,44 @@ def test_count_values_equals_bincount(rng):
     # values past minlength lengthen the counts, as np.bincount's do
     np.testing.assert_array_equal(count_values(x, 3), np.bincount(x.ravel(), minlength=3))
     assert count_values(np.zeros((0, 4), np.uint8), 5).tolist() == [0] * 5
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0, 1],
+        [0, 1, 2, 3, 255],
+        [7, 255],
+        [0],
+        [3],
+        [0, 1, 200, 255],
+        list(range(20)),
+        [15, 16],
+        [0, 1, 255, 255, 255, 255, 255, 255, 255, 255],
+    ],  # mostly nodata: masked, only 0 and 1
+)
+def test_counting_few_values_equals_bincount(rng, values):
+    """uint8 rows of a few values (indexes; labels or codes with nodata 255) are counted value
+    by value, the rest by bincount: the same counts either way, with or without a mask."""
+    from mfaf_cli.io.raster import count_values
+
+    a = rng.choice(np.array(values, np.uint8), size=(37, 41))
+    where = rng.random((37, 41)) > 0.3
+    for mask in (None, where):
+        picked = a.ravel() if mask is None else a[mask]
+        for minlength in (2, 256):
+            want = np.bincount(picked, minlength=minlength)
+            got = count_values(a, minlength, where=mask)
+            assert got.dtype == np.int64 and np.array_equal(got, want)
+
+
+def test_counts_are_as_long_as_the_values_counted(rng):
+    """A value outside the mask (a finished-rows index's nodata) does not lengthen the counts:
+    the caller adds them to its K classes' totals."""
+    from mfaf_cli.io.raster import count_values
+
+    where = rng.random((30, 30)) > 0.5
+    idx = (rng.random((30, 30)) > 0.5).astype(np.uint8)
+    idx[~where] = 255
+    got = count_values(idx, 2, where=where)
+    assert np.array_equal(got, np.bincount(idx[where], minlength=2))

@@ -13,7 +13,15 @@ from rasterio.warp import reproject
 from mfaf_cli.coreg import align
 from mfaf_cli.coreg.align import AlignedScene
 from mfaf_cli.coreg.grid import Grid
-from mfaf_cli.coreg.resample import axis_aligned, resample_block
+from mfaf_cli.coreg.resample import (
+    _gathered_pass,
+    _pass,
+    axis_aligned,
+    bilinear_taps,
+    periodic_run,
+    resample_block,
+    source_coords,
+)
 
 CRS = "EPSG:32630"
 
@@ -91,6 +99,47 @@ def test_blocks_are_bit_identical_to_one_read(holes):
         assert part is not None
         np.testing.assert_array_equal(part[1], whole[1][r0 : r0 + h, c0 : c0 + w])
         np.testing.assert_array_equal(part[0], whole[0][:, r0 : r0 + h, c0 : c0 + w])
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+@pytest.mark.parametrize("first", [0, 1, 37])
+def test_periodic_pass_gives_the_gathered_bits(scale, first):
+    """An integer scale's taps repeat, so the pass takes strided slices instead of gathering;
+    the block's edges (a neighbour past it renormalised away) break the period and are
+    gathered. Either way the same float32 operations on the same pixels: the same bits."""
+    rng = np.random.default_rng(scale + first)
+    src_res, n_src = 10.0 * scale, 30
+    vals = rng.gamma(2.0, 0.05, (2, n_src, n_src)).astype(np.float32)
+    u = source_coords(0.0, 10.0, first, 70, 0.0, src_res)
+    taps = bilinear_taps(u, int(np.floor(u[0])) - 2 if first else 0, n_src)
+    run = periodic_run(taps)
+    assert run is not None and run.period == scale and run.stop - run.start > 40
+    for axis in (1, 2):
+        shape = list(vals.shape)
+        shape[axis] = len(taps.i0)
+        gathered = np.empty(shape, np.float32)
+        _gathered_pass(vals, taps, axis, gathered)
+        assert _pass(vals, taps, axis).tobytes() == gathered.tobytes()
+
+
+def test_no_period_is_gathered_whole():
+    u = source_coords(0.0, 7.7, 0, 50, 0.0, 17.3)  # a scale of 2.25: no short period
+    assert periodic_run(bilinear_taps(u, 0, 30)) is None
+
+
+def test_results_are_not_reused_work_arrays():
+    """The warp's work arrays are reused call after call; what it returns is not one."""
+    rng = np.random.default_rng(3)
+    file_t, grid_t = from_origin(0, 0, 20.0, 20.0), from_origin(3.0, -7.0, 10.0, 10.0)
+    vals = rng.gamma(2.0, 0.05, (1, 40, 40)).astype(np.float32)
+    vok = np.ones((40, 40), bool)
+    first = resample_block(vals, vok, (file_t, 0, 0), (grid_t, 0, 0), (60, 60), "bilinear")
+    kept = first[0].copy()
+    resample_block(vals * 2, vok, (file_t, 0, 0), (grid_t, 0, 0), (60, 60), "bilinear")
+    assert np.array_equal(first[0], kept)
+    out = np.empty((1, 60, 60), np.float32)
+    into = resample_block(vals, vok, (file_t, 0, 0), (grid_t, 0, 0), (60, 60), "bilinear", out)
+    assert into[0] is out and np.array_equal(out, kept)
 
 
 def test_ties_and_bilinear_downsampling_are_left_to_gdal():

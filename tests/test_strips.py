@@ -199,3 +199,51 @@ def test_dropped_chunks_arrays_serve_the_chunks_read_ahead(tmp_path: Path) -> No
     # took fresh arrays, and the first chunk's stayed to the end)
     assert max(held) <= 5
     assert not any(pooled_first)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_reader_bound_parts_are_finished_by_the_taking_thread(tmp_path: Path, threads: int) -> None:
+    """One reader that does not yield (a reader-bound run on 2 cores) only reads; the
+    outermost tap's plane and the transform run in the thread that takes the chunk (with more
+    readers they stay in the readers). The windows and the planes are the same either way."""
+    import threading
+
+    from mfaf_cli.pipeline.planes import PlaneStore, PlaneTap
+
+    rng = np.random.default_rng(2)
+    opt = rng.integers(1, 3000, (3, 150, 130)).astype("uint16")
+    opt[:, 10:20, 30:50] = 0
+    t = from_origin(500_000.0, 4_500_000.0, 10.0, 10.0)
+    o = write_geotiff(tmp_path / "o.tif", opt, transform=t, nodata=0)
+    grid = grid_from_reference(o)
+    windows = tile_windows(grid.height, grid.width, 64, 0.25)
+    planes_in: set[str] = set()
+
+    def plane_of(arrays: dict) -> np.ndarray:
+        planes_in.add(threading.current_thread().name)
+        return (arrays["optical"][0] > 1500).astype(np.uint8)
+
+    def scaled(arrays: dict) -> dict:
+        return {k: v * np.float32(0.5) for k, v in arrays.items()}
+
+    got = {}
+    with AlignedScene({"optical": o}, grid) as scene:
+        for yield_ in (True, False):
+            planes_in.clear()
+            store = PlaneStore()
+            reader = StripReader(PlaneTap(scene, plane_of, store), [w.row_off for w in windows],
+                                 64, threads=threads, transform=scaled,
+                                 yield_to_engine=yield_)  # fmt: skip
+            try:
+                reads = [reader.read(w) for w in windows]
+            finally:
+                reader.close()
+            valid = np.ones((grid.height, grid.width), bool)
+            got[yield_] = (reads, store.take(0, 0, valid, 255))
+    (a, pa), (b, pb) = got[True], got[False]
+    np.testing.assert_array_equal(pa, pb)
+    for (arr_a, va), (arr_b, vb) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(va, vb)
+        np.testing.assert_array_equal(arr_a["optical"], arr_b["optical"])
+    main = threading.current_thread().name  # the reader-bound pass ran last
+    assert planes_in == {main} if threads == 1 else main not in planes_in

@@ -39,6 +39,7 @@ from mfaf_cli.coreg.warpcache import SCENE_BLOCK, WarpCache
 from mfaf_cli.errors import UsageError
 from mfaf_cli.io.inputs import open_raster, read_error
 from mfaf_cli.metadata import RESAMPLING_KIND, ModelMeta
+from mfaf_cli.scratch import scratch
 
 log = logging.getLogger("mfaf")
 
@@ -250,7 +251,7 @@ class AlignedScene:
             in_units = (
                 units
                 if units != "auto"
-                else detect_sar_units(_decimated_sample(ds, indexes[:1]), ds.dtypes[indexes[0] - 1])
+                else detect_sar_units(_units_sample(ds, indexes[:1]), ds.dtypes[indexes[0] - 1])
             )
             out_units = in_units
             if self.meta is not None and name in self.meta.modality_names:
@@ -507,7 +508,7 @@ class AlignedScene:
                 len(src.indexes),
             )
         else:
-            data, ok = _read_warped(ds, src, grid, row, col, h, w, stats=stats)
+            data, ok = _read_warped(ds, src, grid, row, col, h, w, stats=stats, out=out)
         if out is not None and data is not out:
             out[...] = data
             data = out
@@ -604,10 +605,15 @@ def _invalid_mask(
 ) -> np.ndarray:
     """Pixels that are nodata in any band, or non-finite in a floating-point file."""
     floating = data.dtype.kind == "f" if floating is None else floating
-    bad = ~np.isfinite(data).all(axis=0) if floating else np.zeros(data.shape[1:], dtype=bool)
+    if floating:  # the per-band tests in reused arrays: only the (h, w) result is fresh
+        finite = np.isfinite(data, out=scratch("align.finite", data.shape, bool))
+        bad = finite.all(axis=0)
+        np.logical_not(bad, out=bad)
+    else:
+        bad = np.zeros(data.shape[1:], dtype=bool)
     for i, nd in enumerate(nodata):
         if nd is not None and not (isinstance(nd, float) and math.isnan(nd)):
-            bad |= data[i] == nd
+            bad |= np.equal(data[i], nd, out=scratch("align.nodata", bad.shape, bool))
     return bad
 
 
@@ -631,10 +637,13 @@ def _read_block(
             raw = ds.read(src.indexes, out=out, **kw)
         else:
             raw = ds.read(src.indexes, out_dtype=np.float32 if exact else None, **kw)
-        ok = ~_invalid_mask(raw, src.nodata, np.dtype(src.dtype).kind == "f")
+        ok = _invalid_mask(raw, src.nodata, np.dtype(src.dtype).kind == "f")
+        np.logical_not(ok, out=ok)
         if src.limits is not None:  # counted once per source pixel, not in decimated reads
             place = (int(win.row_off), int(win.col_off)) if out_shape is None else None
-            ok &= ~src.limits.invalid(raw, place, ok)
+            bad = src.limits.invalid(raw, place, ok)
+            if bad.any():  # mostly none: no second mask then
+                ok &= ~bad
         if src.use_mask:
             mkw = dict(kw)
             if out_shape is not None:
@@ -663,9 +672,19 @@ def _read_direct(
 
 
 def _read_warped(
-    ds: Any, src: _Source, grid: Grid, row: int, col: int, h: int, w: int, *, stats: bool
+    ds: Any,
+    src: _Source,
+    grid: Grid,
+    row: int,
+    col: int,
+    h: int,
+    w: int,
+    *,
+    stats: bool,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Warp just the source pixels under a grid block onto it.
+    """Warp just the source pixels under a grid block onto it (into ``out``, (C, h, w)
+    float32, where the warp can write there; the values returned are then ``out``).
 
     The source window is the block's bounds transformed into the file's CRS, padded by a few
     pixels for the resampling kernel. For SAR, dB values are converted to linear power before
@@ -701,7 +720,9 @@ def _read_warped(
                 (c1 - c0) / out_shape[1], (r1 - r0) / out_shape[0]
             )
             src_place = (src_transform, 0, 0)
-    vals, vok = _read_block(ds, src, win, out_shape)
+    # the source block lives only inside this call: a reused array (see mfaf_cli/scratch.py)
+    into = scratch("align.source", (c, r1 - r0, c1 - c0)) if out_shape is None else None
+    vals, vok = _read_block(ds, src, win, out_shape, out=into)
     if src.kind == "sar":
         vals = convert_units(vals, src.units, "linear", in_place=True)
     vals[:, ~vok] = np.nan
@@ -715,7 +736,7 @@ def _read_warped(
     if src.ground is not None:
         sy, sx = ((r1 - r0) / out_shape[0], (c1 - c0) / out_shape[1]) if out_shape else (1, 1)
         geometry = replace(geometry, ground=src.ground.warp_kwargs(r0, c0, sy, sx))
-    data, ok = _warp(vals, vok, ds, src, grid, geometry, (c, h, w), resampling)
+    data, ok = _warp(vals, vok, ds, src, grid, geometry, (c, h, w), resampling, out)
     if src.kind == "sar":
         data = convert_units(data, "linear", src.out_units, in_place=True)
     return data, ok
@@ -742,17 +763,18 @@ def _warp(
     geo: _Geometry,
     shape: tuple[int, int, int],
     resampling: Resampling,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Resample a source block onto the grid block (``shape`` (C, h, w)): in numpy between
-    north-up grids of one CRS, with GDAL otherwise (and on ties). Returns fresh (values,
-    valid)."""
+    north-up grids of one CRS, with GDAL otherwise (and on ties). Returns (values, valid):
+    values in ``out`` where the numpy path could write there, fresh otherwise."""
     if (
         src.same_crs
         and resampling in _NUMPY_RESAMPLING
         and axis_aligned(geo.src_transform, geo.dst_transform)
     ):
         method = _NUMPY_RESAMPLING[resampling]
-        fast = resample_block(vals, vok, geo.src_place, geo.dst_place, shape[1:], method)
+        fast = resample_block(vals, vok, geo.src_place, geo.dst_place, shape[1:], method, out)
         if fast is not None:
             return fast
     data = np.full(shape, np.nan, dtype=np.float32)
@@ -864,11 +886,37 @@ def _cached_bytes_per_pixel(ds: Any, src: _Source) -> int:
     return bands * itemsize + (1 if src.use_mask else 0)
 
 
-def _decimated_sample(ds: Any, indexes: list[int], long_side: int = 256) -> np.ndarray:
-    f = max(1.0, max(ds.width, ds.height) / long_side)
-    shape = (len(indexes), max(1, int(ds.height / f)), max(1, int(ds.width / f)))
-    raw = ds.read(indexes, out_shape=shape, resampling=Resampling.nearest).astype(np.float64)
+#: Pixels decoded to tell a SAR file's units: a few whole blocks spread over the file. A
+#: decimated read of the whole file decodes every block (0.04 s of a 4096² null-engine run's
+#: critical path for its 2048² SAR, growing with the scene).
+UNITS_DECODE_PIXELS = 4 * 512 * 512
+
+
+def _units_sample(ds: Any, indexes: list[int]) -> np.ndarray:
+    """Values (NaN at nodata) of whole blocks on :func:`sample_windows`' lattice, about
+    :data:`UNITS_DECODE_PIXELS` of them; the decimated whole file (:func:`_decimated_sample`)
+    where those blocks hold no finite value (a mostly empty file)."""
+    from mfaf_cli.coreg.sampling import sample_windows
+
+    bh, bw = (max(int(v), 1) for v in ds.block_shapes[0])
+    sample = sample_windows(ds.height, ds.width, (bh, bw, 0), decode_pixels=UNITS_DECODE_PIXELS)
+    parts = []
+    for r0, c0, h, w in sample.windows:
+        raw = ds.read(indexes, window=RioWindow(c0, r0, w, h)).astype(np.float64)
+        parts.append(_nodata_to_nan(raw, ds, indexes).reshape(len(indexes), -1))
+    values = np.concatenate(parts, axis=1)
+    return values if np.isfinite(values).any() else _decimated_sample(ds, indexes)
+
+
+def _nodata_to_nan(raw: np.ndarray, ds: Any, indexes: list[int]) -> np.ndarray:
     for i, nd in enumerate(ds.nodatavals[j - 1] for j in indexes):
         if nd is not None:
             raw[i][raw[i] == nd] = np.nan
     return raw
+
+
+def _decimated_sample(ds: Any, indexes: list[int], long_side: int = 256) -> np.ndarray:
+    f = max(1.0, max(ds.width, ds.height) / long_side)
+    shape = (len(indexes), max(1, int(ds.height / f)), max(1, int(ds.width / f)))
+    raw = ds.read(indexes, out_shape=shape, resampling=Resampling.nearest).astype(np.float64)
+    return _nodata_to_nan(raw, ds, indexes)

@@ -21,6 +21,8 @@ from typing import NamedTuple
 import numpy as np
 from rasterio.transform import Affine
 
+from mfaf_cli.scratch import scratch
+
 #: A pixel whose valid bilinear weight is below this is nodata (as GDAL's warper).
 MIN_WEIGHT = 1e-5
 #: A centre this close (in source pixels) to a source pixel edge is a tie, which GDAL breaks by
@@ -91,23 +93,110 @@ def bilinear_taps(u: np.ndarray, start: int, n_src: int) -> Taps:
     return Taps(np.clip(i0, 0, n_src - 1), np.clip(i1, 0, n_src - 1), w0, w1, inside)
 
 
-def _pass(a: np.ndarray, taps: Taps, axis: int) -> np.ndarray:
-    """Weighted sum of the two taps along ``axis`` (the weights broadcast along it).
+def _pass(a: np.ndarray, taps: Taps, axis: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Weighted sum of the two taps along ``axis`` (the weights broadcast along it), into
+    ``out`` (a fresh array if None).
+
+    Where the taps repeat with a short period (an integer scale: 2x from 20 m SAR to a 10 m
+    grid) each phase of the period is two strided slices of ``a``, no gather
+    (:func:`_periodic_pass`); elsewhere the taps are gathered (:func:`_gathered_pass`). Both do
+    the same float32 operations on the same elements, so they give the same bits.
+    """
+    shape = list(a.shape)
+    shape[axis] = len(taps.i0)
+    if out is None:
+        out = np.empty(shape, dtype=a.dtype)
+    run = periodic_run(taps)
+    lo, hi = (0, 0) if run is None else (run.start, run.stop)
+    if run is not None:
+        _periodic_pass(a, taps, axis, run, out)
+    for a0, a1 in ((0, lo), (hi, len(taps.i0))):  # the ends, or everything without a period
+        if a1 > a0:
+            _gathered_pass(a, _cut(taps, a0, a1), axis, _along(out, axis, slice(a0, a1)))
+    return out
+
+
+class Run(NamedTuple):
+    """Outputs ``start .. stop - 1`` whose taps repeat every ``period`` outputs, each tap
+    ``step`` source pixels further on."""
+
+    start: int
+    stop: int
+    period: int
+    step: int
+
+
+#: Longest period looked for (scale factors up to 8 between source and grid).
+MAX_PERIOD = 8
+
+
+def periodic_run(taps: Taps) -> Run | None:
+    """The longest run of outputs whose taps repeat with a short period (equal weights, both
+    indexes ``step`` further on), or None (a non-integer scale, or a run too short to pay)."""
+    n = len(taps.i0)
+    for p in range(1, min(MAX_PERIOD, n // 4) + 1):
+        d0, d1 = taps.i0[p:] - taps.i0[:-p], taps.i1[p:] - taps.i1[:-p]
+        mid = (n - p) // 2
+        q = int(d0[mid])
+        if q < 1:
+            continue
+        same = (d0 == q) & (d1 == q) & (taps.w0[p:] == taps.w0[:-p])
+        same &= taps.w1[p:] == taps.w1[:-p]
+        if not same[mid]:
+            continue
+        breaks = np.flatnonzero(~same)
+        s = int(breaks[breaks < mid].max()) + 1 if (breaks < mid).any() else 0
+        e = int(breaks[breaks > mid].min()) if (breaks > mid).any() else len(same)
+        if e - s >= 2 * p:  # outputs s .. e - 1 + p chain up period by period
+            return Run(s, e + p, p, q)
+    return None
+
+
+def _periodic_pass(a: np.ndarray, taps: Taps, axis: int, run: Run, out: np.ndarray) -> None:
+    """:func:`_gathered_pass` over ``run``: per phase, ``out = a[i0...] * w0 + a[i1...] * w1``
+    with strided slices for the gathers."""
+    for r in range(run.period):
+        j = run.start + r
+        m = (run.stop - 1 - j) // run.period + 1
+        dst = _along(out, axis, slice(j, j + run.period * (m - 1) + 1, run.period))
+        s0, s1 = int(taps.i0[j]), int(taps.i1[j])
+        span = run.step * (m - 1) + 1
+        np.multiply(_along(a, axis, slice(s0, s0 + span, run.step)), taps.w0[j], out=dst)
+        other = scratch("resample.other", dst.shape, out.dtype)
+        np.multiply(_along(a, axis, slice(s1, s1 + span, run.step)), taps.w1[j], out=other)
+        dst += other
+
+
+def _gathered_pass(a: np.ndarray, taps: Taps, axis: int, out: np.ndarray) -> None:
+    """Gather both taps along ``axis`` and sum them weighted, into ``out``.
 
     Along the last axis the taps are gathered from the transposed block: taking whole rows
     is a copy per row, taking single elements a copy per element (4x slower, measured).
     """
     if axis == a.ndim - 1 and a.ndim > 1:
         flipped = np.ascontiguousarray(np.swapaxes(a, -1, -2))
-        return np.ascontiguousarray(np.swapaxes(_pass(flipped, taps, axis - 1), -1, -2))
+        out[...] = np.swapaxes(_pass(flipped, taps, axis - 1), -1, -2)
+        return
     shape = [1] * a.ndim
     shape[axis] = -1
-    out = np.take(a, taps.i0, axis=axis)
+    np.take(a, taps.i0, axis=axis, out=out, mode="clip")  # indexes are in range already
     out *= taps.w0.reshape(shape)
-    other = np.take(a, taps.i1, axis=axis)  # the same sums as out + other, two arrays fewer
+    other = scratch("resample.other", out.shape, out.dtype)
+    np.take(a, taps.i1, axis=axis, out=other, mode="clip")
     other *= taps.w1.reshape(shape)
     out += other
-    return out
+
+
+def _along(a: np.ndarray, axis: int, part: slice) -> np.ndarray:
+    """``a[..., part, ...]`` with ``part`` on ``axis``."""
+    index: list[slice] = [slice(None)] * a.ndim
+    index[axis] = part
+    return a[tuple(index)]
+
+
+def _cut(taps: Taps, a0: int, a1: int) -> Taps:
+    """The taps of outputs ``a0 .. a1 - 1``."""
+    return Taps(*(t[a0:a1] for t in taps))
 
 
 def _touches(bad: np.ndarray, taps: Taps, axis: int) -> np.ndarray:
@@ -120,19 +209,26 @@ def _touches(bad: np.ndarray, taps: Taps, axis: int) -> np.ndarray:
 
 
 def bilinear(
-    vals: np.ndarray, valid: np.ndarray, rows: Taps, cols: Taps
+    vals: np.ndarray, valid: np.ndarray, rows: Taps, cols: Taps, out: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear over valid source pixels only: (C,h,w) values, NaN where no weight is valid.
+    """Bilinear over valid source pixels only: (C,h,w) values, NaN where no weight is valid
+    (into ``out`` if given, an array of ``vals``'s dtype).
 
     The weights are separable: a column pass, then a row pass. A pixel whose four taps are
     valid is just that weighted sum; one that touches an invalid pixel is divided by the
     weight of its valid taps (GDAL's renormalisation). The choice is per pixel, so a pixel's
     value never depends on the block it was read in.
     """
-    zeroed = vals if valid.all() else np.where(valid, vals, np.float32(0))
-    num = _pass(_pass(zeroed, cols, 2), rows, 1)
+    all_valid = bool(valid.all())
+    zeroed = vals
+    if not all_valid:  # np.where(valid, vals, 0), in a reused array
+        zeroed = scratch("resample.zeroed", vals.shape, vals.dtype)
+        zeroed.fill(0)
+        np.copyto(zeroed, vals, where=valid)
+    mid = scratch("resample.cols", (vals.shape[0], vals.shape[1], len(cols.i0)), vals.dtype)
+    num = _pass(_pass(zeroed, cols, 2, mid), rows, 1, out)
     ok = rows.inside[:, None] & cols.inside[None, :]
-    if not valid.all():
+    if not all_valid:
         touched = _touches(_touches(~valid, cols, 1), rows, 0)
         den = _pass(_pass(valid.astype(np.float32)[None], cols, 2), rows, 1)[0]
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -153,8 +249,10 @@ def resample_block(
     dst: tuple[Affine, int, int],
     shape: tuple[int, int],
     method: str,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Resample a source block (C,hs,ws) with its valid mask onto ``shape`` output pixels.
+    """Resample a source block (C,hs,ws) with its valid mask onto ``shape`` output pixels
+    (bilinear: into ``out``, (C, h, w) of ``vals``'s dtype, where given).
 
     ``src = (file transform, block's first row, first col)`` and ``dst = (grid transform,
     first row, first col)`` place both blocks in their whole rasters. ``method`` is
@@ -173,19 +271,24 @@ def resample_block(
         return None
     hs, ws = valid.shape
     valid = valid & np.isfinite(vals).all(axis=0)
+    all_valid = bool(valid.all())
     ri, r_in = nearest_taps(v, sr, hs)
     ci, c_in = nearest_taps(u, sc, ws)
-    near_ok = r_in[:, None] & c_in[None, :]
-    if not valid.all():
-        near_ok &= nearest_mask(valid, ri, ci)
     if method == "nearest":
+        near_ok = r_in[:, None] & c_in[None, :]
+        if not all_valid:
+            near_ok &= nearest_mask(valid, ri, ci)
         data = vals[:, ri[:, None], ci[None, :]].astype(np.float32, copy=True)
         data[:, ~near_ok] = np.nan
         return data, near_ok
     if method != "bilinear":
         raise ValueError(f"numpy resampling does {method!r}? only bilinear and nearest")
-    data, ok = bilinear(vals, valid, bilinear_taps(v, sr, hs), bilinear_taps(u, sc, ws))
-    ok &= near_ok
+    if out is not None and (out.shape != (vals.shape[0], h, w) or out.dtype != vals.dtype):
+        out = None
+    data, ok = bilinear(vals, valid, bilinear_taps(v, sr, hs), bilinear_taps(u, sc, ws), out)
+    if not all_valid:  # all valid: bilinear's ok (centres inside the block) is the nearest's
+        ok &= r_in[:, None] & c_in[None, :]
+        ok &= nearest_mask(valid, ri, ci)
     if not ok.all():
         data[:, ~ok] = np.nan
     return data, ok

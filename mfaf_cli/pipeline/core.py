@@ -396,7 +396,7 @@ def make_merger(
     weight_fn = plan.weight_fn(blend)
     if not device:
         merger = StreamingMerger(plan.height, plan.width, meta.num_classes, plan.windows,
-                                 weight_fn, sink)  # fmt: skip
+                                 weight_fn, sink, getattr(sink, "copies_rows", False))  # fmt: skip
         return merger, predictor
     from mfaf_cli.stitch.torch_merger import DeviceMerger
 
@@ -552,6 +552,11 @@ class PanelSink:
 
     def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray, col0: int = 0) -> None:
         self.sink(row0, probs, valid, col0=self.col0 + col0)
+
+    @property
+    def copies_rows(self) -> bool:
+        """Whether the sink copies what it keeps of the rows (see ``StreamingMerger``)."""
+        return bool(getattr(self.sink, "copies_rows", False))
 
     def row_needs(self) -> Any:
         return self.sink.row_needs()

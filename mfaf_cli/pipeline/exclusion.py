@@ -30,6 +30,7 @@ from mfaf_cli.errors import UsageError
 from mfaf_cli.io.inputs import open_raster
 from mfaf_cli.metadata import MEANINGS, RESAMPLING_KIND, ModelMeta, identify_band
 from mfaf_cli.pipeline.planes import PlaneStore, PlaneTap
+from mfaf_cli.scratch import scratch
 from mfaf_cli.tiling.windows import Window
 
 log = logging.getLogger("mfaf")
@@ -160,7 +161,10 @@ class StoredExcluder(_ChecksView):
         return None
 
     def __call__(self, row0: int, col0: int, valid: np.ndarray) -> np.ndarray:
-        return self.store.take(row0, col0, valid, NODATA)
+        """The rows' codes, in the calling thread's reused array (the sink counts and copies
+        them before it asks for the next rows)."""
+        codes = scratch("exclusion.codes", valid.shape, np.uint8)
+        return self.store.take(row0, col0, valid, NODATA, out=codes)
 
 
 def find_extra_bands(

@@ -35,6 +35,7 @@ from mfaf_cli.errors import UsageError
 from mfaf_cli.metadata import ModelMeta
 from mfaf_cli.normalize import apply_normalisation
 from mfaf_cli.pipeline.planes import PlaneStore, PlaneTap
+from mfaf_cli.scratch import scratch
 
 log = logging.getLogger("mfaf")
 
@@ -273,7 +274,10 @@ class SourceCodes:
         return None
 
     def __call__(self, row0: int, col0: int, valid: np.ndarray) -> np.ndarray:
-        return self.store.take(row0, col0, valid, NONE)
+        """The rows' codes, in the calling thread's reused array (the sink counts and copies
+        them before it asks for the next rows)."""
+        codes = scratch("source.codes", valid.shape, np.uint8)
+        return self.store.take(row0, col0, valid, NONE, out=codes)
 
 
 def source_plane(arrays: Mapping[str, np.ndarray]) -> np.ndarray:

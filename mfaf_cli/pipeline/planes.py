@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from mfaf_cli.scratch import scratch
 from mfaf_cli.tiling.windows import Window
 
 #: ``plane_of(arrays) -> (h, w) uint8``: the plane of a read's arrays (modality -> (C, h, w)).
@@ -48,14 +49,18 @@ class PlaneStore:
         with self._lock:
             self._pieces.append((row0, col0, plane))
 
-    def take(self, row0: int, col0: int, valid: np.ndarray, fill: int) -> np.ndarray:
+    def take(
+        self, row0: int, col0: int, valid: np.ndarray, fill: int, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """The plane at output-grid rows ``row0..`` and columns ``col0..`` (``valid``'s
-        shape), ``fill`` where ``valid`` is False. Every valid pixel must have been put:
-        it was read for a window that covers it."""
+        shape), ``fill`` where ``valid`` is False (into ``out``, (h, w) uint8, if given).
+        Every valid pixel must have been put: it was read for a window that covers it."""
         h, w = valid.shape
         r0, c0 = row0 - self.offset[0], col0 - self.offset[1]
-        out = np.full((h, w), fill, dtype=np.uint8)
-        seen = np.zeros((h, w), dtype=bool)
+        out = np.empty((h, w), dtype=np.uint8) if out is None else out
+        out.fill(fill)
+        seen = scratch("planes.seen", (h, w), bool)  # the merge thread's, reused row to row
+        seen.fill(False)
         with self._lock:
             kept = []
             for piece in self._pieces:
@@ -70,12 +75,13 @@ class PlaneStore:
                 if not done:
                     kept.append(piece)
             self._pieces = kept
-        if not seen[valid].all():
+        unseen = np.logical_not(seen, out=seen)
+        if np.logical_and(unseen, valid, out=unseen).any():
             raise RuntimeError(
                 f"no plane was read for valid pixels of rows {row0}..{row0 + h}, columns "
                 f"{col0}..{col0 + w} (a read that bypassed the tap)"
             )
-        out[~valid] = fill
+        np.copyto(out, np.uint8(fill), where=np.logical_not(valid, out=seen))
         return out
 
     def __len__(self) -> int:
@@ -105,13 +111,18 @@ class PlaneTap:
         self, window: Any, out: Mapping[str, np.ndarray] | None = None
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         arrays, valid = self.scene.read(window, out=out)
+        self.keep(window, arrays)
+        return arrays, valid
+
+    def keep(self, window: Any, arrays: Mapping[str, np.ndarray]) -> None:
+        """Put the plane of ``arrays``, a read of ``window`` from :attr:`scene` not changed
+        since (a strip reader may compute it in another thread than the read's)."""
         part = inside(window, self.scene.grid.height, self.scene.grid.width)
         if part is not None:
             dr, dc = part.row_off - int(window.row_off), part.col_off - int(window.col_off)
             cut = np.s_[dr : dr + part.height, dc : dc + part.width]
             plane = self._plane_of({k: v[:, cut[0], cut[1]] for k, v in arrays.items()})
             self.store.put(part.row_off, part.col_off, plane)
-        return arrays, valid
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.scene, name)

@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from mfaf_cli.scratch import scratch
 from mfaf_cli.tiling.windows import Window
 
 #: ``sink(row0, probs (K, r, W) float32, valid (r, W) bool)``; called for finished rows, in order.
@@ -217,7 +218,9 @@ class StreamingMerger(RowBandMerger[np.ndarray]):
     """Blend window probabilities in a rolling band of rows (numpy) and emit finished rows.
 
     Arguments as :class:`RowBandMerger`, plus ``sink``: receives finished rows (fresh arrays
-    it may keep). Invalid pixels have probability 0 and ``valid=False``.
+    it may keep). Invalid pixels have probability 0 and ``valid=False``. ``lend_rows``: the
+    sink copies whatever it keeps (a file writer), so the rows it gets are lent, reused from
+    band to band (fresh arrays of a band's size cost page faults on every band).
     """
 
     def __init__(
@@ -228,8 +231,10 @@ class StreamingMerger(RowBandMerger[np.ndarray]):
         windows: Sequence[Window],
         weight_fn: WeightFn | None,
         sink: Sink,
+        lend_rows: bool = False,
     ) -> None:
         self._sink = sink
+        self._lend = lend_rows
         self._scratch = np.empty(0, dtype=np.float32)
         self._bool_scratch = np.empty((0, width), dtype=bool)
         self._acc = np.empty((0, 0, 0), dtype=np.float32)  # allocated by the base's __init__
@@ -274,12 +279,16 @@ class StreamingMerger(RowBandMerger[np.ndarray]):
 
     def _emit_band(self, row0: int, n: int) -> None:
         wsum = self._wsum[:n]
-        valid = np.greater(wsum, 0)
+        valid = probs = None
+        if self._lend:  # the merge thread's own arrays, valid until its next band
+            valid = scratch("merger.valid", wsum.shape, bool)
+            probs = scratch("merger.probs", (self.num_classes, n, self.width), np.float32)
+        valid = np.greater(wsum, 0, out=valid)
         valid &= np.logical_not(self._invalid[:n], out=self._invalid_scratch(n))
         inv = self._scratch_for(wsum.shape)
         inv[...] = 0
         np.divide(np.float32(1), wsum, out=inv, where=valid)
-        probs = self._acc[:, :n] * inv  # invalid pixels: 0 * 0
+        probs = np.multiply(self._acc[:, :n], inv, out=probs)  # invalid pixels: 0 * 0
         self._sink(row0, probs, valid)
 
     def _invalid_scratch(self, n: int) -> np.ndarray:
