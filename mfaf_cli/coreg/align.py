@@ -854,9 +854,10 @@ def _grid_offset(ds: Any, grid: Grid) -> tuple[int, int] | None:
     return (round(row), round(col))
 
 
-#: GDAL block cache for what the inputs' block rows leave out (the outputs' blocks being
-#: written, GDAL's own small allocations); see :meth:`AlignedScene.cache_bytes`.
-CACHE_SLACK = 4 << 20
+#: GDAL block cache for what the inputs' block rows leave out: the outputs' blocks being
+#: written (whole 512-row stripes, so a block pushed out early is written once, not read
+#: back); see :meth:`AlignedScene.cache_bytes`.
+CACHE_SLACK = 1 << 20
 #: The least block cache a run gets.
 CACHE_FLOOR = 16 << 20
 #: Source columns a warp may read past a window's own (the resampling kernel's reach).
