@@ -409,10 +409,7 @@ class AlignedScene:
 
     # -- reading ---------------------------------------------------------------------------
     def read(
-        self,
-        window: Any,
-        out: Mapping[str, np.ndarray] | None = None,
-        only: Iterable[str] | None = None,
+        self, window: Any, out: Mapping[str, np.ndarray] | None = None
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Read one window (grid pixel coordinates; may extend past the grid).
 
@@ -423,10 +420,7 @@ class AlignedScene:
 
         ``out``: modality → (C, h, w) float32 arrays to fill and return, for a window inside
         the grid (a reader reusing its buffers: fresh arrays cost page faults per read).
-        ``only``: read just these modalities (``valid`` over them), e.g. a strip reader that
-        reads the warped ones in another thread.
         """
-        sources = self.sources if only is None else {k: self.sources[k] for k in only}
         r0w, c0w = int(window.row_off), int(window.col_off)
         hw, ww = int(window.height), int(window.width)
         r0, c0 = max(0, r0w), max(0, c0w)
@@ -435,13 +429,13 @@ class AlignedScene:
         arrays: dict[str, np.ndarray] = {}
         if r1 <= r0 or c1 <= c0:
             valid = np.zeros((hw, ww), dtype=bool)
-            for name, src in sources.items():
+            for name, src in self.sources.items():
                 arrays[name] = np.zeros((len(src.indexes), hw, ww), dtype=np.float32)
             return arrays, valid
         valid_in = np.ones((r1 - r0, c1 - c0), dtype=bool)
         pads = ((r0 - r0w, r0w + hw - r1), (c0 - c0w, c0w + ww - c1))
         padded = any(p for pair in pads for p in pair)
-        for name, src in sources.items():
+        for name, src in self.sources.items():
             into = None if out is None or padded else out.get(name)
             arr, ok = self._read_inner(
                 handles[name], src, self.grid, r0, c0, r1 - r0, c1 - c0, out=into

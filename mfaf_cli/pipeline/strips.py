@@ -77,10 +77,9 @@ class StripReader:
     the caller. ``transform``
     (per-pixel) is applied to every part as it is read, so each pixel is transformed once, in
     a reader thread, however many windows overlap it. One reader that does not yield (a
-    reader-bound run on 2 cores) leaves the warped inputs (resampling), the outermost plane
-    tap and that transform to the thread taking the chunk, which waits on it anyway
-    (measured at 4096², null engine: the reader thread 0.90-0.93 -> 0.57 CPU s, the main
-    thread +0.32).
+    reader-bound run on 2 cores) leaves that transform and the outermost plane tap to the
+    thread taking the chunk, which waits on it anyway (measured at 4096², null engine: the
+    reader thread 0.90-0.93 -> 0.77-0.80 CPU s, the main thread +0.14).
     """
 
     def __init__(
@@ -136,13 +135,6 @@ class StripReader:
         self._keep: Callable[[Window, dict[str, np.ndarray]], None] | None = None
         if self._finish_here and isinstance(scene, PlaneTap):
             self._source, self._keep = scene.scene, scene.keep
-        #: ... and, where the scene itself is read, its warped inputs (the SAR resample) too,
-        #: in the taking thread's own handles: the reader keeps the inputs read as they are
-        self._later: tuple[str, ...] = ()
-        if self._finish_here and isinstance(self._source, AlignedScene):
-            warped = tuple(k for k, v in self._source.sources.items() if v.offset is None)
-            if len(warped) < len(self._source.sources):
-                self._later = warped
         self._finished: dict[int, Chunk] = {}  # chunks whose parts the taking thread finished
 
     def _start_reader(self) -> None:
@@ -156,10 +148,7 @@ class StripReader:
         a, b = self.parts[p]
         window = Window(r0, a, r1 - r0, b - a)
         with charge("read"):
-            if self._later:  # the inputs on the grid: :meth:`_finish` does the rest
-                now = [k for k in self._source.sources if k not in self._later]
-                arrays, valid = self._source.read(window, self._buffers(window, now), only=now)
-            elif self._finish_here:  # the raw read: :meth:`_finish` does the rest
+            if self._finish_here:  # the raw read: :meth:`_finish` does the rest
                 arrays, valid = self._source.read(window, out=self._buffers(window))
             else:
                 arrays, valid = self._read_scene(window, self._buffers(window))
@@ -170,13 +159,6 @@ class StripReader:
         arrays, valid, a, b = part
         r0, r1 = self.edges[j], self.edges[j + 1]
         with charge("read"):
-            if self._later:
-                window = Window(r0, a, r1 - r0, b - a)
-                more, ok = self._source.read(
-                    window, self._buffers(window, self._later), only=self._later
-                )
-                valid &= ok
-                arrays = {k: arrays[k] if k in arrays else more[k] for k in self._source.sources}
             if self._keep is not None:
                 self._keep(Window(r0, a, r1 - r0, b - a), arrays)
             if self._transform is not None:
@@ -191,30 +173,24 @@ class StripReader:
             arrays = self._transform(arrays)
         return arrays, valid
 
-    def _buffers(self, window: Window, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Arrays for a chunk part (of ``names``, default all): recycled where one of its
-        shape is free."""
+    def _buffers(self, window: Window) -> dict[str, np.ndarray]:
+        """Arrays for a chunk part: recycled where one of its shape is free."""
         out = {}
         with self._lock:
             for name, bands in self.scene.band_counts.items():
-                if names is not None and name not in names:
-                    continue
                 shape = (bands, window.height, window.width)
                 free = self._free.get((name, shape))
                 out[name] = free.pop() if free else np.empty(shape, np.float32)
         return out
 
-    def _recycle(self, futs: list[Future[Part]], finished: Chunk | None = None) -> None:
+    def _recycle(self, futs: list[Future[Part]]) -> None:
         """Keep a dropped chunk's arrays for later chunks (nothing else holds them: windows
-        are copied out of the chunks), from its finished parts where the taking thread
-        finished it (they hold every input). Called with the lock held."""
-        parts = finished or [
-            f.result() for f in futs if f.done() and not f.cancelled() and f.exception() is None
-        ]
-        for arrays, *_ in parts:
-            for name, arr in arrays.items():
-                if arr.dtype == np.float32 and arr.flags.c_contiguous:
-                    self._free.setdefault((name, arr.shape), []).append(arr)
+        are copied out of the chunks). Called with the lock held."""
+        for fut in futs:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                for name, arr in fut.result()[0].items():
+                    if arr.dtype == np.float32 and arr.flags.c_contiguous:
+                        self._free.setdefault((name, arr.shape), []).append(arr)
 
     def _chunk(self, j: int) -> Chunk:
         if not self._pools and j not in self._chunks:  # no reader threads: read here
@@ -243,7 +219,8 @@ class StripReader:
         """Drop chunks that end at or above ``row`` (no later window row needs them)."""
         with self._lock:
             for j in [j for j in self._chunks if self.edges[j + 1] <= row]:
-                self._recycle(self._chunks.pop(j), self._finished.pop(j, None))
+                self._recycle(self._chunks.pop(j))
+                self._finished.pop(j, None)
 
     def read(self, window: Window) -> tuple[dict[str, np.ndarray], np.ndarray]:
         r0w, c0w, hw, ww = window.row_off, window.col_off, window.height, window.width
