@@ -168,6 +168,39 @@ def test_readers_handles_close_with_the_reader(tmp_path: Path) -> None:
         assert scene.read(Window(0, 0, 8, 8))[1].all()  # the caller's handles still work
 
 
+def test_dropped_chunks_arrays_serve_the_chunks_read_ahead(tmp_path: Path) -> None:
+    """Chunks are dropped before the next window's chunks are fetched, so the reads ahead
+    take the dropped arrays; an array whose height no chunk still to read has is let go,
+    not pooled. Together: at most the chunks a window row spans plus those read ahead."""
+    rng = np.random.default_rng(3)
+    opt = rng.integers(1, 3000, (2, 392, 60)).astype("uint16")
+    o = write_geotiff(tmp_path / "o.tif", opt, nodata=0)
+    grid = grid_from_reference(o)
+    windows = tile_windows(grid.height, grid.width, 64, 0.25)  # chunks of 48, 16, 32, 16 ...
+    with AlignedScene({"optical": o}, grid) as scene:
+        reader = StripReader(scene, [w.row_off for w in windows], 64, threads=1, ahead=2)
+        heights = np.diff(reader.edges)
+        assert list(heights[:4]) == [48, 16, 32, 16] and 48 not in heights[1:]
+        held, pooled_first = [], []
+        try:
+            for w in windows:
+                reader.read(w)
+                for futures in list(reader._chunks.values()):  # the reads ahead done
+                    [f.result() for f in futures]
+                pooled = [a.shape[1] for v in reader._free.values() for a in v]
+                held.append(len(reader._chunks) + len(pooled))
+                to_read = set(heights[reader._next :].tolist())
+                assert set(pooled) <= to_read  # nothing kept that no later chunk takes
+                pooled_first.append(48 in pooled)
+        finally:
+            reader.close()
+    # a window row spans 3 chunks (16 + 32 + 16 rows), read ahead besides: no pooled
+    # arrays on top (before: the dropped ones waited in the pool while the chunks ahead
+    # took fresh arrays, and the first chunk's stayed to the end)
+    assert max(held) <= 5
+    assert not any(pooled_first)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_reader_bound_parts_are_finished_by_the_taking_thread(tmp_path: Path, threads: int) -> None:
     """One reader that does not yield (a reader-bound run on 2 cores) only reads; the

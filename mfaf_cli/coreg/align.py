@@ -324,30 +324,60 @@ class AlignedScene:
         """SAR units of the values returned by :meth:`read` (per SAR modality)."""
         return {k: s.out_units for k, s in self.sources.items() if s.kind == "sar"}
 
-    def cache_bytes(self, tile: int, columns: int | None = None) -> int:
+    def cache_bytes(
+        self,
+        tile: int,
+        columns: int | None = None,
+        spans: Sequence[tuple[int, int]] | None = None,
+    ) -> int:
         """A GDAL block-cache size that holds the source blocks a row of windows touches.
 
         GDAL's default cache (5 % of RAM) keeps every decoded block of a scene read window by
-        window, so memory would grow with the scene; this is enough for raster-order reads
-        (two block rows plus a window's height per input, all bands of pixel-interleaved
-        files) over ``columns`` grid columns at a time (a column panel and its windows'
-        reach; default the whole grid) and no more, clamped to [32 MiB, 2 GiB].
+        window, so memory would grow with the scene; a cache larger than the reading order
+        needs only holds blocks that are never read again (it fills to its cap). Raster-order
+        reads need the block rows a window's height can touch (two for a window shorter than
+        a block) per input, less one for the input whose rows are smallest (all bands of
+        pixel-interleaved files, the mask of a masked one), over the columns read at a time:
+        ``spans``, the grid column ranges read at a time (a run's column panels with their
+        windows' reach), whose blocks are counted exactly for inputs on the grid; else any
+        ``columns`` consecutive grid columns (default the whole grid). Plus
+        :data:`CACHE_SLACK`, clamped to [:data:`CACHE_FLOOR`, 2 GiB].
         """
-        from rasterio.enums import Interleaving
-
-        total = 0
+        cols = columns if columns is not None else self.grid.width
+        total, spare = 0, []
         for name, src in self.sources.items():
             ds = self._handles()[name]
-            bands = ds.count if ds.interleaving == Interleaving.pixel else len(src.indexes)
-            itemsize = np.dtype(ds.dtypes[src.indexes[0] - 1]).itemsize
+            per_pixel = _cached_bytes_per_pixel(ds, src)
             block_h, block_w = (int(v) for v in ds.block_shapes[0])
             span = math.ceil(tile * self.grid.res[1] / max(src.res_in_grid[1], 1e-12))
             rows = ((span - 1) // block_h + 2) * block_h  # block rows a window row can touch
-            cols = columns if columns is not None else self.grid.width
-            across = math.ceil(cols * self.grid.res[0] / max(src.res_in_grid[0], 1e-12))
-            width = min(ds.width, ((across - 1) // block_w + 2) * block_w)
-            total += rows * width * bands * itemsize
-        return int(min(max(total + (16 << 20), 32 << 20), 2 << 30))
+            if spans:
+                blocks = max(self._blocks_across(src, ds, a, b) for a, b in spans)
+            else:
+                across = cols * self.grid.res[0] / max(src.res_in_grid[0], 1e-12)
+                blocks = _blocks_in_any(across, block_w)
+            row_bytes = block_h * min(ds.width, blocks * block_w) * per_pixel
+            total += rows // block_h * row_bytes
+            spare.append((rows // block_h - 1) * row_bytes)
+        # between two reads of a block the next chunk needs, LRU sees the rest of its input's
+        # last block row and every other input's rows: one input gets by with a row less
+        total -= min(spare, default=0)
+        return int(min(max(total + CACHE_SLACK, CACHE_FLOOR), 2 << 30))
+
+    def _blocks_across(self, src: _Source, ds: Any, a: int, b: int) -> int:
+        """Blocks of ``ds`` (across) that grid columns ``[a, b)`` read: exact on the grid or
+        on an axis-aligned grid of the same CRS (with the resampling kernel's margin), at
+        the worst placement otherwise."""
+        block_w = max(int(ds.block_shapes[0][1]), 1)
+        if src.offset is not None:
+            return blocks_across(a + src.offset[1], b + src.offset[1], block_w, ds.width)
+        t, g = ds.transform, self.grid.transform
+        if src.same_crs and t.b == 0 and g.b == 0 and t.a > 0 and g.a > 0:
+            x0 = (g.c + a * g.a - t.c) / t.a - WARP_MARGIN
+            x1 = (g.c + b * g.a - t.c) / t.a + WARP_MARGIN
+            return blocks_across(x0, x1, block_w, ds.width)
+        across = (b - a) * self.grid.res[0] / max(src.res_in_grid[0], 1e-12)
+        return _blocks_in_any(across + 2 * WARP_MARGIN, block_w)
 
     def read_blocks(self) -> tuple[int, int, int]:
         """``(block height, block width, a grid column where a block starts)`` of the input
@@ -822,6 +852,39 @@ def _grid_offset(ds: Any, grid: Grid) -> tuple[int, int] | None:
     if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
         return None
     return (round(row), round(col))
+
+
+#: GDAL block cache for what the inputs' block rows leave out: the outputs' blocks being
+#: written (whole 512-row stripes, so a block pushed out early is written once, not read
+#: back); see :meth:`AlignedScene.cache_bytes`.
+CACHE_SLACK = 1 << 20
+#: The least block cache a run gets.
+CACHE_FLOOR = 16 << 20
+#: Source columns a warp may read past a window's own (the resampling kernel's reach).
+WARP_MARGIN = 4
+
+
+def blocks_across(x0: float, x1: float, block: int, size: int) -> int:
+    """How many blocks of ``block`` columns hold source columns ``[x0, x1)`` of a
+    ``size``-column raster (clipped to the raster; at least one)."""
+    a = min(max(math.floor(x0), 0), size - 1)
+    b = min(max(math.ceil(x1), a + 1), size)
+    return (b - 1) // block - a // block + 1
+
+
+def _blocks_in_any(across: float, block: int) -> int:
+    """Blocks that ``across`` consecutive columns can touch wherever they start."""
+    return (max(math.ceil(across), 1) - 1) // block + 2
+
+
+def _cached_bytes_per_pixel(ds: Any, src: _Source) -> int:
+    """Block-cache bytes per source pixel: every band of a pixel-interleaved file (GDAL
+    decodes them together), the read bands of others, and a per-dataset mask's byte."""
+    from rasterio.enums import Interleaving
+
+    bands = ds.count if ds.interleaving == Interleaving.pixel else len(src.indexes)
+    itemsize = np.dtype(ds.dtypes[src.indexes[0] - 1]).itemsize
+    return bands * itemsize + (1 if src.use_mask else 0)
 
 
 #: Pixels decoded to tell a SAR file's units: a few whole blocks spread over the file. A

@@ -20,13 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
 from mfaf_cli.coreg.stack import _GDAL_TYPES, FileInfo, _num
 from mfaf_cli.errors import CRSError, InputError
 from mfaf_cli.io.remote import is_remote, url_of
+from mfaf_cli.io.xmltext import escape, quoteattr
 
 
 @dataclass(frozen=True)

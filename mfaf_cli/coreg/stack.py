@@ -22,12 +22,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
 from mfaf_cli.errors import CRSError, InputError, UsageError
 from mfaf_cli.io.remote import shown_path
+from mfaf_cli.io.xmltext import escape, quoteattr
 from mfaf_cli.metadata import MEANINGS
 
 R = TypeVar("R")

@@ -19,9 +19,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def stream_layout(
-    threads: int | None, device: str, tiles: int | None
-) -> tuple[int, int | None]:
+def stream_layout(threads: int | None, device: str, tiles: int | None) -> tuple[int, int | None]:
     """``(streams, intra-op threads of the session)`` for ``threads`` CPU cores and batches of
     ``tiles`` tiles (None: unknown).
 

@@ -15,11 +15,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
 
 from mfaf_cli.errors import InputError
 from mfaf_cli.io.atomic import atomic_path
 from mfaf_cli.io.inputs import open_raster
+from mfaf_cli.io.xmltext import escape
 
 #: How far (in pixels) two origins may be from a whole number of pixels apart.
 LATTICE_TOL = 1e-6

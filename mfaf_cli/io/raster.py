@@ -409,7 +409,7 @@ def category_sidecar_xml(meta: ModelMeta) -> str:
     ``SetCategoryNames`` writes), and ``gdalinfo`` / QGIS read them from it, so a legend shows
     "water" rather than 1. Category names are indexed by pixel value; gaps are empty.
     """
-    from xml.sax.saxutils import escape
+    from mfaf_cli.io.xmltext import escape
 
     by_id = {c.id: c for c in meta.classes}
     top = max(by_id) if by_id else -1
@@ -714,7 +714,7 @@ class ExclusionWriter(GeoTiffWriter):
 
     def sidecar_xml(self) -> str:
         """Category names of the codes (``gdalinfo`` / QGIS legends)."""
-        from xml.sax.saxutils import escape
+        from mfaf_cli.io.xmltext import escape
 
         cats = "".join(f"<Category>{escape(n)}</Category>" for n in self.reasons)
         return (
@@ -738,7 +738,7 @@ class SourceWriter(GeoTiffWriter):
         self.dataset.update_tags(1, **tags)
 
     def sidecar_xml(self) -> str:
-        from xml.sax.saxutils import escape
+        from mfaf_cli.io.xmltext import escape
 
         cats = "".join(f"<Category>{escape(n)}</Category>" for n in self.names)
         return (

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -121,6 +119,9 @@ def diagnose(path: str) -> str:
     url = url_of(path)
     if not is_http(url):
         return ""
+    import urllib.error  # here: urllib.request loads ssl, ~3 MB that a local run never uses
+    import urllib.request
+
     req = urllib.request.Request(url, headers={"Range": "bytes=0-1023"})
     try:
         with urllib.request.urlopen(req, timeout=timeout_s()) as resp:
@@ -152,6 +153,9 @@ def fetch_text(path: str, what: str) -> str:
         if not p.is_file():
             raise InputError(f"{what} {path} does not exist; check the path")
         return p.read_text(encoding="utf-8")
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(path, timeout=timeout_s()) as resp:
             data: bytes = resp.read()

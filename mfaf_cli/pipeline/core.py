@@ -56,6 +56,28 @@ MERGE_QUEUE = 2
 #: not the scene, so memory does not grow with the width. Windows that straddle a panel edge
 #: are predicted once (:class:`EdgeCarry` keeps their part past the edge for the next panel).
 PANEL_WIDTH = 2048
+#: The panel width of a run that a CPU network bounds (see :func:`panel_width`).
+ENGINE_PANEL_WIDTH = 1024
+
+
+def engine_bound(predictor: Any) -> bool:
+    """Whether a network on the CPU bounds the run: not a GPU engine, nor a predictor that
+    says reading bounds it (the benchmarks' null engine)."""
+    on_gpu = str(getattr(predictor, "device", "cpu")).startswith("cuda")
+    return not on_gpu and not getattr(predictor, "reader_bound", False)
+
+
+def panel_width(predictor: Any) -> int:
+    """Column panels of :data:`ENGINE_PANEL_WIDTH` when a CPU network bounds the run, else
+    :data:`PANEL_WIDTH` (never wider than that).
+
+    Why: every panel-wide buffer (read chunks, GDAL's block cache, the merger's band) halves
+    with the panel, while the cost, a block column that two panels' reads share decoded twice
+    per panel edge, hides behind the network's time. Measured at 4096² with the shipped
+    MFAFNet-S on ONNX (2 cores): peak RSS -23 MB, reading +0.3 CPU-s of a 44 CPU-s run. Where
+    reading bounds the run that decode would be the run's own time: wide panels.
+    """
+    return min(PANEL_WIDTH, ENGINE_PANEL_WIDTH) if engine_bound(predictor) else PANEL_WIDTH
 
 
 class Sink(Protocol):
@@ -403,6 +425,37 @@ def read_columns(plan: WindowPlan, read_width: int) -> tuple[int, int]:
     return max(lo, 0), min(max(hi, 1), read_width)
 
 
+def panel_read_spans(
+    plan: WindowPlan, read_width: int, panel: int | None = None
+) -> list[tuple[int, int]]:
+    """The read-grid columns each column panel of ``plan`` reads (as :func:`run_scene` cuts
+    it, ``panel`` columns wide, default :data:`PANEL_WIDTH`): what GDAL's block cache must
+    span at a time."""
+    panels = column_panels(plan.width, panel or PANEL_WIDTH)
+    if len(panels) == 1:
+        return [read_columns(plan, read_width)]
+    return [read_columns(plan.columns(c0, c1), read_width) for c0, c1 in panels]
+
+
+class _NoBar:
+    """A progress bar that shows nothing (tqdm imported only when a bar is shown: ~1.4 MB)."""
+
+    def update(self, n: int = 1) -> None:
+        """Nothing to show."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def progress_bar(total: int, desc: str, show: bool) -> Any:
+    """A tqdm bar of ``total`` windows on stderr, or one that shows nothing."""
+    if not show:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="win", desc=desc, file=sys.stderr, dynamic_ncols=True)
+
+
 def run_scene(
     scene: AlignedScene,
     plan: WindowPlan,
@@ -419,20 +472,17 @@ def run_scene(
     device_merger: bool | None = None,
 ) -> RunStats:
     """Stream every window of ``plan`` through ``predictor`` into ``sink``, column panel by
-    column panel (:data:`PANEL_WIDTH`; one panel for most scenes).
+    column panel (:func:`panel_width`; one panel for most scenes).
 
     ``scene`` reads the plan's read grid; the sink receives finished rows of the output grid,
     each panel's in order, ``(row0, probs (K, r, w), valid (r, w), col0=...)``, or as
     ``sink.write_finished(rows)`` from the device merger (``device_merger``: see
     :func:`use_device_merger`)."""
-    from tqdm import tqdm
-
-    panels = column_panels(plan.width, PANEL_WIDTH)
+    panels = column_panels(plan.width, panel_width(predictor))
     subplans = [plan if len(panels) == 1 else plan.columns(c0, c1) for c0, c1 in panels]
     on_device = use_device_merger(predictor, sink, meta.num_classes, device_merger)
     clock = ModelClock(predictor)
-    bar = tqdm(total=sum(len(p.windows) for p in subplans), unit="win", desc=desc,
-               disable=not progress, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+    bar = progress_bar(sum(len(p.windows) for p in subplans), desc, progress)
     skipped, carry = set(), EdgeCarry()
     # readers yield to a CPU engine's threads; not when they are the bottleneck (a GPU
     # engine, or a predictor that says reading bounds it)

@@ -233,7 +233,10 @@ def run_on_scene(
     with (
         AlignedScene(inputs, read_grid(grid, plan), bands=bands, units=sar_units, meta=meta)
         as scene,
-        _bounded_gdal_cache(scene, spec.tile, core.PANEL_WIDTH + 2 * spec.tile),
+        _bounded_gdal_cache(
+            scene, spec.tile,
+            spans=core.panel_read_spans(plan, scene.grid.width, core.panel_width(predictor)),
+        ),
         _fallback_scene(predictor, tapped(scene, taps.raw, plan.read_offset)) as mapped,
     ):  # fmt: skip
         base = tapped(mapped, taps.mapped, plan.read_offset)
@@ -334,7 +337,12 @@ def _extent_percentiles(
         return crop.percentiles(meta), dict(crop.stats_sampling)
 
 
-def _bounded_gdal_cache(scene: AlignedScene, tile: int, columns: int | None = None) -> Any:
+def _bounded_gdal_cache(
+    scene: AlignedScene,
+    tile: int,
+    columns: int | None = None,
+    spans: Sequence[tuple[int, int]] | None = None,
+) -> Any:
     """Cap GDAL's block cache for this run (unless the user set GDAL_CACHEMAX), so peak
     memory does not grow with the scene; see :meth:`AlignedScene.cache_bytes`."""
     import contextlib
@@ -343,7 +351,7 @@ def _bounded_gdal_cache(scene: AlignedScene, tile: int, columns: int | None = No
 
     if os.environ.get("GDAL_CACHEMAX"):
         return contextlib.nullcontext()
-    return rasterio.Env(GDAL_CACHEMAX=scene.cache_bytes(tile, columns))
+    return rasterio.Env(GDAL_CACHEMAX=scene.cache_bytes(tile, columns, spans))
 
 
 def vectorize_finished_map(

@@ -46,7 +46,13 @@ from mfaf_cli.coreg.grid import Grid, grid_from_reference
 from mfaf_cli.errors import InputError, MfafError, ModalityError, UsageError
 from mfaf_cli.io.inputs import check_readable
 from mfaf_cli.metadata import ModelMeta
-from mfaf_cli.pipeline.core import PANEL_WIDTH, read_grid, reference_anchor, run_scene
+from mfaf_cli.pipeline.core import (
+    panel_read_spans,
+    panel_width,
+    read_grid,
+    reference_anchor,
+    run_scene,
+)
 from mfaf_cli.pipeline.predict import (
     _bounded_gdal_cache,
     check_modalities,
@@ -369,7 +375,11 @@ def _predict_part(
             units=run.sar_units,
             meta=run.meta,
         ) as scene,
-        _bounded_gdal_cache(scene, plan.tile, PANEL_WIDTH + 2 * plan.tile),
+        _bounded_gdal_cache(
+            scene,
+            plan.tile,
+            spans=panel_read_spans(plan, scene.grid.width, panel_width(run.predictor)),
+        ),
         _part_outputs(run, strip_grid(run.grid, rows), paths) as out,
     ):
         stats = run_scene(
