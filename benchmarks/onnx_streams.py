@@ -27,14 +27,6 @@ import time
 WAYS = ("streams", "pool", "pool-spin", "one-thread")
 
 
-def _rss_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def predictor(way: str, onnx: str, threads: int):  # type: ignore[no-untyped-def]
     from mfaf_cli.engine.onnx_predictor import OnnxPredictor, import_onnxruntime
     from mfaf_cli.engine.streams import Streams
@@ -55,6 +47,7 @@ def predictor(way: str, onnx: str, threads: int):  # type: ignore[no-untyped-def
 
 def one(way: str, onnx: str, batches: int, batch: int, threads: int) -> dict:
     import numpy as np
+    from predict_bench import peak_rss_bytes  # this folder is on sys.path: run as a script
 
     pred = predictor(way, onnx, threads)
     h, w = pred.input_hw or (256, 256)
@@ -66,7 +59,7 @@ def one(way: str, onnx: str, batches: int, batch: int, threads: int) -> dict:
     for _ in range(batches):
         pred(feeds)
     done = batches * batch
-    return {"way": way, "peak_rss_mb": round(_rss_mb("VmHWM"), 1),
+    return {"way": way, "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
             "wall_ms_per_tile": round((time.perf_counter() - t0) / done * 1e3, 1),
             "cpu_ms_per_tile": round((time.process_time() - c0) / done * 1e3, 1)}  # fmt: skip
 

@@ -4,8 +4,9 @@ The same exported ONNX network (``mfaf export`` of the shipped MFAFNet-S), the s
 N×N optical (4 × uint16, 10 m) + SAR (float32 dB, 20 m) scene, the same 256² tiles, overlap
 0.25, batch 4 and mfaf's gaussian window weights. mfaf runs as a user runs it
 (``mfaf predict --model model.onnx``, default threads); MONAI runs the way its users do:
-the whole scene read into memory (read, warped and normalised by mfaf's own reader, so
-the inputs are identical), ``monai.inferers.sliding_window_inference`` over an ONNX Runtime
+the whole scene read into memory (read, warped and normalised by mfaf's own reader in
+512-row stripes, so the inputs are identical), ``monai.inferers.sliding_window_inference``
+over an ONNX Runtime
 session with ORT's defaults (every core), labels written as a GeoTIFF. Each run is its own
 process; wall time and peak RSS (``wait4``'s ``ru_maxrss`` of that process) are taken from
 outside. Label agreement is over the whole scene.
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 MODEL = "mfafnet-s-ombria-water"
 TILE, OVERLAP, BATCH = 256, 0.25, 4
+STRIPE = 512  # rows a whole-scene read for MONAI takes at a time
 
 
 def _env() -> dict[str, str]:
@@ -93,6 +96,26 @@ def interior_weights() -> np.ndarray:
     return np.ascontiguousarray(blend_weights(TILE, "gaussian", (taper,) * 4))
 
 
+def read_whole(scene: Any, height: int, width: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The whole scene in memory, read in stripes of :data:`STRIPE` rows into scene-sized
+    arrays: mfaf's readers keep per-thread work arrays as large as their largest read, which
+    one whole-scene read would make scene-sized too (+400 MB at 4096²), memory a MONAI user
+    reading with rasterio would not hold. A stripe's pixels equal the whole read's."""
+    from mfaf_cli.tiling.windows import Window
+
+    arrays: dict[str, np.ndarray] = {}
+    valid = np.empty((height, width), bool)
+    for r in range(0, height, STRIPE):
+        h = min(STRIPE, height - r)
+        part, ok = scene.read(Window(r, 0, h, width))
+        for m, a in part.items():
+            if m not in arrays:
+                arrays[m] = np.empty((a.shape[0], height, width), a.dtype)
+            arrays[m][:, r : r + h] = a
+        valid[r : r + h] = ok
+    return arrays, valid
+
+
 def monai_worker(args: argparse.Namespace) -> dict:
     """The whole scene in memory, MONAI's sliding window over a default ORT session."""
     import rasterio
@@ -102,7 +125,6 @@ def monai_worker(args: argparse.Namespace) -> dict:
     from mfaf_cli.coreg import AlignedScene, grid_from_reference
     from mfaf_cli.engine.onnx_predictor import OnnxPredictor
     from mfaf_cli.pipeline.core import normaliser
-    from mfaf_cli.tiling.windows import Window
 
     folder = Path(args.workdir)
     opt = folder / f"optical_{args.size}.tif"
@@ -118,7 +140,7 @@ def monai_worker(args: argparse.Namespace) -> dict:
             if any(s.normalisation.mode == "scene-percentile" for s in meta.modalities)
             else {}
         )
-        arrays, valid = scene.read(Window(0, 0, grid.height, grid.width))
+        arrays, valid = read_whole(scene, grid.height, grid.width)
     arrays = normaliser(meta, pct, in_place=True)(arrays)
     names = meta.modality_names
     bounds = np.cumsum([0] + [arrays[m].shape[0] for m in names])

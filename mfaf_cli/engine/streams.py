@@ -2,10 +2,10 @@
 
 Why: ONNX Runtime spreads one tile over its intra-op pool, and a small network's operators
 are too short for that to pay: measured on the shipped MFAFNet-S at 256² on 2 cores, one
-tile a run takes 58–72 ms with a 2-thread pool that does not spin (the pool must not spin
-beside mfaf's readers) and 84–94 ms on one thread, while two one-thread runs side by side
-take 43–53 ms a tile. The streams share one session (its weights and its arena); ORT's
-``run`` is thread-safe and releases the GIL.
+tile a run takes 57–61 ms with a 2-thread pool that does not spin (the pool must not spin
+beside mfaf's readers) and 80 ms on one thread, while two one-thread runs side by side take
+43–56 ms a tile (``benchmarks/onnx_streams.py``). The streams share one session (its weights
+and its arena); ORT's ``run`` is thread-safe and releases the GIL.
 """
 
 from __future__ import annotations
