@@ -60,8 +60,16 @@ def test_skipped_fields_are_not_read() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"\x8a", b"\x0a\x05ab", b"\x0f\x00", b"\xff" * 11, b"\x00\x01"],
-    ids=["truncated-varint", "length-past-end", "group-wire-type", "long-varint", "field-0"],
+    [b"\x8a", b"\x0a\x05ab", b"\x0f\x00", b"\xff" * 11, b"\x00\x01", b"\x08", b"\x0a"],
+    ids=[
+        "truncated-varint",
+        "length-past-end",
+        "group-wire-type",
+        "long-varint",
+        "field-0",
+        "varint-missing",
+        "length-missing",
+    ],
 )
 def test_malformed_bytes_are_proto_errors(data: bytes) -> None:
     with pytest.raises(ProtoError):

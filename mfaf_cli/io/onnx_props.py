@@ -47,12 +47,14 @@ def iter_fields(stream: BinaryIO, end: int, keep: frozenset[int]) -> list[tuple[
         number, wire = tag >> 3, tag & 7
         if number == 0:
             raise ProtoError("field number 0")
-        if wire == VARINT:
-            _varint(stream)
-            continue
-        if wire not in (I64, LEN, I32):
+        if wire not in (VARINT, I64, LEN, I32):
             raise ProtoError(f"unsupported wire type {wire}")
-        length = {I64: 8, I32: 4}.get(wire) or _varint(stream) or 0
+        value = _varint(stream) if wire in (VARINT, LEN) else {I64: 8, I32: 4}[wire]
+        if value is None:
+            raise ProtoError("a field ends after its tag")
+        if wire == VARINT:
+            continue
+        length = value
         start = stream.tell()
         if start + length > end:
             raise ProtoError("field runs past the end of its message")
