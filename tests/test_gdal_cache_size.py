@@ -40,14 +40,14 @@ def test_blocks_across() -> None:
 def test_cache_holds_two_block_rows_of_each_panels_blocks(tmp_path: Path) -> None:
     """4096² optical (4 bands uint16, pixel-interleaved, 512² blocks) + SAR at 20 m (warped,
     float32), 256² tiles at 25 %: two 2048-wide panels that read columns 0..2176 and
-    1920..4096, so 5 optical blocks and 3 SAR blocks (columns 0..1088 + the warp's margin;
-    960..2048) across."""
+    2048..4096 (the second reads nothing left of its edge), so 5 optical blocks and 3 SAR
+    blocks (columns 0..1088 + the warp's margin) across."""
     opt = _tiled(tmp_path / "o.tif", 4, 4096, 10.0, "uint16", pixel=True)
     sar = _tiled(tmp_path / "s.tif", 1, 2048, 20.0, "float32", pixel=False)
     grid = grid_from_reference(opt)
     plan = plan_windows(4096, 4096, 256, 0.25)
     spans = core.panel_read_spans(plan, grid.width)
-    assert spans == [(0, 2176), (1920, 4096)]
+    assert spans == [(0, 2176), (2048, 4096)]
     inputs = {"optical": opt, "sar": sar}
     with AlignedScene(inputs, grid, bands={"optical": [1, 2, 3], "sar": [1]}) as scene:
         got = scene.cache_bytes(256, spans=spans)
@@ -87,5 +87,5 @@ def test_panel_width_narrow_only_where_a_cpu_network_bounds_the_run(
     assert core.panel_width(Net()) == 100
     plan = plan_windows(4096, 4096, 256, 0.25)
     assert core.panel_read_spans(plan, 4096, 1024) == [
-        (0, 1216), (960, 2176), (1920, 3136), (2880, 4096)
+        (0, 1216), (1024, 2176), (2048, 3136), (3072, 4096)
     ]  # fmt: skip

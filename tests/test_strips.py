@@ -247,3 +247,77 @@ def test_reader_bound_parts_are_finished_by_the_taking_thread(tmp_path: Path, th
         np.testing.assert_array_equal(arr_a["optical"], arr_b["optical"])
     main = threading.current_thread().name  # the reader-bound pass ran last
     assert planes_in == {main} if threads == 1 else main not in planes_in
+
+
+class _Spy:
+    """A scene read through as it is, each read's columns recorded."""
+
+    def __init__(self, scene: AlignedScene) -> None:
+        self.scene, self.cols = scene, []
+
+    def read(self, window: Window, out: object = None) -> tuple[dict, np.ndarray]:
+        self.cols.append((window.col_off, window.col_off + window.width))
+        return self.scene.read(window, out=out)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.scene, name)
+
+
+def test_a_panel_after_an_edge_reads_nothing_left_of_it(tmp_path: Path) -> None:
+    """The second of two column panels takes the masks of windows carried over the edge
+    from the first panel's reads (exactly the masks of a whole read, holes included) and
+    reads no column left of the edge: before, it decoded those columns a second time."""
+    from mfaf_cli.pipeline.strips import EdgeMasks
+
+    rng = np.random.default_rng(5)
+    opt = rng.integers(1, 3000, (2, 200, 180)).astype("uint16")
+    opt[:, 40:90, 50:75] = 0  # nodata left of the edge (75) only, under carried windows
+    opt[:, 120:200, 60:110] = 0  # across the edge
+    o = write_geotiff(tmp_path / "o.tif", opt, nodata=0)
+    grid = grid_from_reference(o)
+    edge = 75
+    windows = tile_windows(grid.height, grid.width, 64, 0.25)
+    left = [w for w in windows if w.col_off < edge]
+    right = [w for w in windows if w.col_off + w.width > edge]
+    carried = [w for w in right if w.col_off < edge]
+    assert carried and all(w in left for w in carried)
+    with AlignedScene({"optical": o}, grid) as scene:
+        first = EdgeMasks(None, edge)
+        a = StripReader(scene, [w.row_off for w in left], 64, threads=0, edge=first,
+                        cols=(0, max(w.col_off + w.width for w in left)))  # fmt: skip
+        spy = _Spy(scene)
+        second = EdgeMasks(edge, None, first._out)
+        b = StripReader(spy, [w.row_off for w in right], 64, threads=0, edge=second,
+                        cols=(min(w.col_off for w in right), grid.width))  # fmt: skip
+        try:
+            for reader, ws in ((a, left), (b, right)):
+                for w in ws:
+                    arrays = {"optical": np.empty((2, 64, 64), np.float32)}
+                    valid = np.empty((64, 64), bool)
+                    reader.read_into(w, arrays, valid)
+                    want, want_valid = scene.read(w)
+                    np.testing.assert_array_equal(valid, want_valid)
+                    cut = max(0, edge - w.col_off) if reader is b else 0
+                    np.testing.assert_array_equal(
+                        arrays["optical"][:, :, cut:], want["optical"][:, :, cut:]
+                    )
+                    assert np.isnan(arrays["optical"][:, :, :cut]).all()
+        finally:
+            a.close()
+            b.close()
+    assert spy.cols and min(c0 for c0, _ in spy.cols) == edge
+    assert not second._in  # every carried mask taken
+
+
+def test_take_windows_views_a_run_of_windows() -> None:
+    """Fresh windows that are one run of the batch are handed over as views (no copy of
+    megabytes a batch); others as a copy; the values are the same either way."""
+    from mfaf_cli.pipeline.core import take_windows
+
+    a = {"optical": np.arange(4 * 2 * 3 * 3, dtype=np.float32).reshape(4, 2, 3, 3)}
+    run = take_windows(a, [1, 2, 3])["optical"]
+    assert np.shares_memory(run, a["optical"]) and run.flags.c_contiguous
+    np.testing.assert_array_equal(run, a["optical"][[1, 2, 3]])
+    gap = take_windows(a, [0, 2])["optical"]
+    assert not np.shares_memory(gap, a["optical"])
+    np.testing.assert_array_equal(gap, a["optical"][[0, 2]])
