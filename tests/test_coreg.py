@@ -403,3 +403,18 @@ def test_threads_get_their_own_handles(make_geotiff, rng):
         np.testing.assert_array_equal(a["sar"], b["sar"])
     scene.close()
     assert Path(opt).exists()
+
+
+def test_sar_units_by_counting_agree_with_the_median() -> None:
+    """The sign of the median by counting (no sort) agrees with np.median, ties included:
+    odd and even counts, exactly half negative with the middle pair summing either way."""
+    rng = np.random.default_rng(7)
+    cases = [np.array(c, dtype=np.float64) for c in (
+        [-3.0, 1.0], [-1.0, 3.0], [-2.0, 2.0], [-1.0, -1.0, 5.0, 0.5], [-0.5, -9.0, 0.2, 7.0],
+        [0.0, -0.0], [-1.0, np.nan, 2.0, 0.0], [1e-45, -1e-45],
+    )]  # fmt: skip
+    cases += [rng.normal(m, 3, n) for m in (-0.5, 0.0, 0.5) for n in (1, 2, 7, 100, 1001)]
+    for v in cases:
+        finite = v[np.isfinite(v)]
+        want = "db" if float(np.median(finite)) < 0 else "linear"
+        assert detect_sar_units(v, "float32") == want, v

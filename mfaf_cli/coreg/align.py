@@ -101,13 +101,24 @@ def convert_units(x: np.ndarray, src: str, dst: str, *, in_place: bool = False) 
 
 
 def detect_sar_units(sample: np.ndarray, dtype: str) -> str:
-    """``db`` if a float raster's median valid value is negative, else ``linear``."""
+    """``db`` if a float raster's median valid value is negative, else ``linear``.
+
+    The median's sign by counting, not sorting: negative exactly when more than half the
+    values are, or, with exactly half (an even count), when the two middle values (the
+    largest negative, the smallest other) sum below zero. Why: the partition of the 1 M
+    sampled values was ~11 ms of the set-up every run waits for before its first read
+    (a 2048² null-engine run's whole read is ~130 ms)."""
     if not np.issubdtype(np.dtype(dtype), np.floating):
         return "linear"
     v = sample[np.isfinite(sample)]
     if v.size == 0:
         return "linear"
-    return "db" if float(np.median(v)) < 0 else "linear"
+    negative = v < 0
+    twice = 2 * int(np.count_nonzero(negative))
+    if twice != v.size:
+        return "db" if twice > v.size else "linear"
+    middle = float(v[negative].max()) + float(v[~negative].min())
+    return "db" if middle < 0 else "linear"
 
 
 def reflect_pad(arr: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
