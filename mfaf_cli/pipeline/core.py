@@ -7,7 +7,9 @@ Stages, each on its own thread(s) so that none waits for another:
    (:class:`~mfaf_cli.pipeline.strips.StripReader`: each grid row read and normalised once;
    GDAL and numpy release the GIL); windows are copied from them in order into reused
    :class:`BatchSlots`;
-2. **predictor** (the calling thread): the network on one batch;
+2. **predictor**: the network on one batch, in the calling thread, or (a predictor with
+   ``submit``, e.g. the ONNX engine's streams) in the background while the calling thread
+   fills the next batch;
 3. **merge worker** (one thread): blends each window into the
    :class:`~mfaf_cli.stitch.StreamingMerger`'s row band and hands finished rows to the
    **sink** — label/probability/confidence GeoTIFFs (:class:`~mfaf_cli.io.raster.OutputSet`),
