@@ -122,3 +122,14 @@ def test_outputs_that_alias_the_inputs_are_copied() -> None:
     for p, b in zip(probs, before, strict=True):
         assert not np.shares_memory(p, x)
         np.testing.assert_array_equal(p, b)
+
+
+def test_model_clock_adds_overlapping_background_intervals_once() -> None:
+    """Batches run in the background overlap (the next is submitted while one runs): the
+    model's seconds are the union of their intervals, not the sum."""
+    from mfaf_cli.pipeline.clock import ModelClock
+
+    clock = ModelClock(None)
+    for start, end in [(0.0, 2.0), (1.0, 3.0), (2.5, 3.5), (5.0, 6.0)]:
+        clock.add(start, end)
+    assert clock.seconds() == 4.5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -290,6 +291,37 @@ def test_streams_run_every_job_once_and_raise_the_first_error() -> None:
     with pytest.raises(ValueError, match="job 3"):
         streams.run(list(range(10)), work)
     assert len(done) == len(set(done)) and 3 not in done  # no job twice
+
+
+def test_streams_submit_returns_before_the_jobs_ran_and_keep_order_across_batches() -> None:
+    """``submit`` queues and returns (the core fills the next batch meanwhile); the streams
+    take the next batch's jobs as they free up, so none waits for the others at a batch's
+    end; ``wait`` raises a batch's error and drops its remaining jobs, not the next batch's."""
+    gate, ran, lock = threading.Event(), [], threading.Lock()
+
+    def work(job: tuple[str, int]) -> None:
+        if job == ("a", 0):
+            assert gate.wait(5)
+        if job == ("b", 1):
+            raise ValueError("b1")
+        with lock:
+            ran.append(job)
+
+    streams = Streams(2)
+    first = streams.submit([("a", i) for i in range(3)], work)
+    assert not ran or ("a", 0) not in ran  # submit did not wait for job a0
+    failing = streams.submit([("b", i) for i in range(2)], work)
+    # one stream is held by a0: the other runs a1, a2 and b0 meanwhile, across the batches
+    deadline = time.monotonic() + 5
+    while len(ran) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(ran) == [("a", 1), ("a", 2), ("b", 0)]
+    gate.set()
+    first.wait()
+    with pytest.raises(ValueError, match="b1"):
+        failing.wait()
+    streams.run([("c", 0), ("c", 1)], work)
+    assert sorted(ran) == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("c", 0), ("c", 1)]
 
 
 def test_onnx_predictor_pads_small_tiles_and_rejects_large(

@@ -125,6 +125,54 @@ def test_per_pixel_model_stitched_equals_whole_image(make_geotiff, rng, tmp_path
     assert res.windows == pp.windows_seen and res.skipped_windows == 0
 
 
+class LazyPredictor(PixelPredictor):
+    """An asynchronous predictor (``submit``) that reads its batch only when its result is
+    asked for, as the ONNX engine's streams may: the core must leave a submitted batch's
+    inputs alone until then, while it fills the next batch."""
+
+    asynchronous = True
+
+    def __init__(self, meta: ModelMeta) -> None:
+        super().__init__(meta)
+        self.events: list[str] = []
+
+    def submit(self, batch):
+        k = self.calls
+        self.calls += 1
+        self.events.append(f"submit {k}")
+        outer = self
+
+        class Handle:
+            finished_at = 0.0
+
+            def result(self):
+                outer.events.append(f"result {k}")
+                x = np.concatenate([batch[m] for m in outer.meta.modality_names], axis=1)
+                return outer.apply(x)
+
+        return Handle()
+
+
+def test_an_asynchronous_predictor_gets_the_next_batch_before_its_results_are_taken(
+    make_geotiff, rng, tmp_path
+):
+    """The core submits batch k + 1 before it takes batch k's results (so the engine's
+    streams never wait for the next batch), and the results are those of a synchronous run:
+    batch k's inputs are not overwritten by batch k + 1's while k is in flight."""
+    opt, sar = make_pair(make_geotiff, rng, 70, 93)
+    meta = pixel_meta()
+    outs = {}
+    for name, pp in (("sync", PixelPredictor(meta)), ("async", LazyPredictor(meta))):
+        outs[name] = tmp_path / f"probs_{name}.tif"
+        predict({"optical": opt, "sar": sar}, tmp_path / f"{name}.tif", predictor=pp, tile=32,
+                overlap=0.25, batch_size=3, probabilities=outs[name],
+                probabilities_dtype="float32", progress=False)  # fmt: skip
+    assert pp.calls > 3
+    assert pp.events[:4] == ["submit 0", "submit 1", "result 0", "submit 2"]
+    assert pp.events[-1] == f"result {pp.calls - 1}"
+    np.testing.assert_array_equal(read(outs["async"])[0], read(outs["sync"])[0])
+
+
 def _reference_blend(model_fn, x_full, tile, overlap, weight_fn_for):
     """In-memory blend: full K×H×W accumulator over tile×tile windows with reflect padding."""
     _, _, h, w = x_full[0].shape

@@ -308,6 +308,7 @@ def test_folder_dataset_trains_hsi_lidar_unet(tmp_path: Path, runner) -> None:
     assert code == 0, err
     meta = read_meta(out / "last.safetensors")
     assert meta.in_channels == {"hsi": 5, "lidar": 1} and meta.num_classes == 3
+    assert err == "", err  # -q: nothing on stderr (the calibration line was printed)
 
 
 def test_ddp_two_cpu_processes(ombria: Path, tmp_path: Path) -> None:

@@ -28,7 +28,11 @@ log = logging.getLogger("mfaf")
 
 @runtime_checkable
 class Predictor(Protocol):
-    """Tiles in, probabilities out."""
+    """Tiles in, probabilities out.
+
+    Optionally asynchronous: ``asynchronous`` True and ``submit(batch)`` returning at once
+    with ``result()`` (the probabilities) and ``finished_at`` (``time.perf_counter()`` of its
+    end), the batch left unchanged until then (see ``pipeline.core._submit_batch``)."""
 
     meta: ModelMeta
     device: str

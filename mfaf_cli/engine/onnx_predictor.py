@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mfaf_cli.engine.base import check_batch
-from mfaf_cli.engine.streams import Streams, stream_layout
+from mfaf_cli.engine.streams import Pending, Streams, stream_layout
 from mfaf_cli.errors import EngineError, UsageError
 from mfaf_cli.metadata import ModelMeta
 from mfaf_cli.tiling.pad import bottom_right_pad
@@ -159,6 +159,11 @@ class OnnxPredictor:
             self.streams = Streams(1)
             self.session = self._open(ort, path, providers, threads)
 
+    @property
+    def asynchronous(self) -> bool:
+        """Whether :meth:`submit` returns before the tiles ran (more than one stream)."""
+        return self.streams.n > 1
+
     @staticmethod
     def _open(ort: Any, path: Path, providers: list[Any], threads: int | None) -> Any:
         """An inference session on ``providers`` with ``threads`` intra-op threads."""
@@ -249,6 +254,11 @@ class OnnxPredictor:
         return out  # our exports divide by the temperature inside the graph
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self.submit(batch).result()
+
+    def submit(self, batch: Mapping[str, np.ndarray]) -> PendingProbs:
+        """Queue a batch's tiles on the streams and return at once (see
+        :mod:`mfaf_cli.engine.streams`); ``batch`` must stay unchanged until ``result()``."""
         n, h, w = check_batch(batch, self.meta)
         th, tw = self.input_hw or (h, w)
         if h > th or w > tw:
@@ -275,7 +285,23 @@ class OnnxPredictor:
                 )
             out[i : i + step] = probs[:, :, :h, :w]
 
-        self.streams.run(range(0, n, step), run)
-        if not np.isfinite(out).all():
+        return PendingProbs(self.streams.submit(range(0, n, step), run), out)
+
+
+class PendingProbs:
+    """A submitted batch's probabilities, once its tiles have run."""
+
+    def __init__(self, pending: Pending, out: np.ndarray) -> None:
+        self.pending, self._out = pending, out
+
+    @property
+    def finished_at(self) -> float:
+        """When the last tile ended (``time.perf_counter()``), once :meth:`result` returned."""
+        return self.pending.finished_at
+
+    def result(self) -> np.ndarray:
+        """The probabilities (N, K, H, W): waits for the tiles, raises their first error."""
+        self.pending.wait()
+        if not np.isfinite(self._out).all():
             raise EngineError("the ONNX model produced non-finite probabilities")
-        return out
+        return self._out

@@ -1,4 +1,4 @@
-"""Tiles of a batch run side by side on single-threaded engine streams (CPU).
+"""Tiles run side by side on single-threaded engine streams (CPU), batch after batch.
 
 Why: ONNX Runtime spreads one tile over its intra-op pool, and a small network's operators
 are too short for that to pay: measured on the shipped MFAFNet-S at 256² on 2 cores, one
@@ -6,15 +6,21 @@ tile a run takes 57–61 ms with a 2-thread pool that does not spin (the pool mu
 beside mfaf's readers) and 80 ms on one thread, while two one-thread runs side by side take
 43–56 ms a tile (``benchmarks/onnx_streams.py``). The streams share one session (its weights
 and its arena); ORT's ``run`` is thread-safe and releases the GIL.
+
+The streams are long-lived threads fed from one queue, and :meth:`Streams.submit` does not
+wait: the pipeline queues the next batch's tiles while this batch's run, so no stream waits
+at the end of a batch for the others (a barrier per batch idled ~13 % of the cores at 4096²,
+issue 19) or while the caller slices the next batch.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -36,50 +42,94 @@ def stream_layout(threads: int | None, device: str, tiles: int | None) -> tuple[
     return streams, int(threads) - streams + 1
 
 
+class Pending:
+    """The jobs of one :meth:`Streams.submit`: :meth:`wait` returns once all have run (or
+    were dropped after one of them failed) and raises the first error."""
+
+    def __init__(self, jobs: int) -> None:
+        self._left = jobs
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self.error: BaseException | None = None
+        #: ``time.perf_counter()`` when the last job ended (the model clock's interval end)
+        self.finished_at = time.perf_counter()
+        if jobs <= 0:
+            self._done.set()
+
+    def ended(self, error: BaseException | None = None) -> None:
+        """One job ended (``error``: it raised)."""
+        with self._lock:
+            self.error = self.error or error
+            self._left -= 1
+            if self._left == 0:
+                self.finished_at = time.perf_counter()
+                self._done.set()
+
+    def wait(self) -> None:
+        self._done.wait()
+        if self.error is not None:
+            raise self.error
+
+
+def _serve(jobs: queue.SimpleQueue[Any]) -> None:
+    """A stream: run queued jobs until told to stop (None); a job of a submit that has
+    failed is dropped, so no job runs after its batch's first error."""
+    while True:
+        item = jobs.get()
+        if item is None:
+            return
+        job, work, pending = item
+        if pending.error is not None:
+            pending.ended()
+            continue
+        try:
+            work(job)
+        except BaseException as err:  # handed to the submitter's wait()
+            pending.ended(err)
+        else:
+            pending.ended()
+
+
+def _stop(jobs: queue.SimpleQueue[Any], n: int) -> None:
+    for _ in range(n):
+        jobs.put(None)
+
+
 class Streams:
-    """Run jobs on ``n`` threads: the caller's and ``n - 1`` pool threads, each taking the
-    next job as it finishes one (tiles can differ in cost, e.g. a short last batch)."""
+    """``n`` long-lived threads that each take the next queued job as they finish one
+    (tiles can differ in cost, e.g. a short last batch); ``n == 1`` runs jobs inline."""
 
     def __init__(self, n: int) -> None:
         self.n = max(int(n), 1)
-        self._pool: ThreadPoolExecutor | None = None
+        self._jobs: queue.SimpleQueue[Any] | None = None
 
-    def _executor(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.n - 1, thread_name_prefix="mfaf-engine")
-            weakref.finalize(self, self._pool.shutdown, wait=False)
-        return self._pool
+    def _queue(self) -> queue.SimpleQueue[Any]:
+        if self._jobs is None:
+            self._jobs = queue.SimpleQueue()
+            for i in range(self.n):
+                name = f"mfaf-engine-{i}"
+                threading.Thread(target=_serve, args=(self._jobs,), name=name, daemon=True).start()
+            weakref.finalize(self, _stop, self._jobs, self.n)
+        return self._jobs
+
+    def submit(self, jobs: Sequence[T], work: Callable[[T], None]) -> Pending:
+        """Queue ``work(job)`` for every job and return at once (inline with one stream)."""
+        pending = Pending(len(jobs))
+        if self.n == 1:
+            for job in jobs:
+                if pending.error is None:
+                    try:
+                        work(job)
+                    except BaseException as err:
+                        pending.ended(err)
+                        continue
+                pending.ended()
+            return pending
+        q = self._queue()
+        for job in jobs:
+            q.put((job, work, pending))
+        return pending
 
     def run(self, jobs: Sequence[T], work: Callable[[T], None]) -> None:
-        """Call ``work(job)`` for every job, on up to ``n`` threads; the first error raised
-        by any of them is raised here once all have stopped."""
-        helpers = min(self.n, len(jobs)) - 1
-        if helpers < 1:
-            for job in jobs:
-                work(job)
-            return
-        taken = iter(range(len(jobs)))
-        lock = threading.Lock()
-        failed = threading.Event()
-
-        def drain() -> None:
-            while not failed.is_set():
-                with lock:
-                    i = next(taken, -1)
-                if i < 0:
-                    return
-                try:
-                    work(jobs[i])
-                except BaseException:
-                    failed.set()
-                    raise
-
-        pool = self._executor()
-        futures: list[Future[None]] = [pool.submit(drain) for _ in range(helpers)]
-        try:
-            drain()
-        finally:
-            errors = [f.exception() for f in futures]  # waits for every helper
-        for err in errors:
-            if err is not None:
-                raise err
+        """Call ``work(job)`` for every job and wait; the first error is raised here."""
+        self.submit(jobs, work).wait()

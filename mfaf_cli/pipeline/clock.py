@@ -39,6 +39,7 @@ class ModelClock:
             predictor, "device_event", None
         )
         self._seconds = 0.0
+        self._last_end = float("-inf")
         self._pending: deque[tuple[DeviceEvent, DeviceEvent]] = deque()
 
     def time(self, predict: Callable[[Any], Any], arrays: Any) -> Any:
@@ -53,6 +54,13 @@ class ModelClock:
             self._pending.append((start, end))
             self._collect(wait=False)
         return out
+
+    def add(self, start: float, end: float) -> None:
+        """Add a background call's interval (``time.perf_counter()`` at its submission and at
+        its last tile's end): only the part after the last interval added, since the next
+        batch is submitted while this one runs (intervals come in submission order)."""
+        self._seconds += max(end - max(start, self._last_end), 0.0)
+        self._last_end = max(self._last_end, end)
 
     def _collect(self, wait: bool) -> None:
         """Add the intervals whose end has passed (all of them, waiting, if ``wait``)."""

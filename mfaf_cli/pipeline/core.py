@@ -7,7 +7,9 @@ Stages, each on its own thread(s) so that none waits for another:
    (:class:`~mfaf_cli.pipeline.strips.StripReader`: each grid row read and normalised once;
    GDAL and numpy release the GIL); windows are copied from them in order into reused
    :class:`BatchSlots`;
-2. **predictor** (the calling thread): the network on one batch;
+2. **predictor**: the network on one batch, in the calling thread, or (a predictor with
+   ``submit``, e.g. the ONNX engine's streams) in the background while the calling thread
+   fills the next batch;
 3. **merge worker** (one thread): blends each window into the
    :class:`~mfaf_cli.stitch.StreamingMerger`'s row band and hands finished rows to the
    **sink** — label/probability/confidence GeoTIFFs (:class:`~mfaf_cli.io.raster.OutputSet`),
@@ -23,12 +25,14 @@ raster's pixel grid, so a crop computes exactly the windows of the whole run.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -213,11 +217,12 @@ class BatchSlots:
 
     Why: a fresh batch is megabytes that the allocator maps and the kernel zeroes page by
     page, then unmaps: on the null engine at 4096² those page faults cost as much as all the
-    reading. The model inputs are needed only until the predictor returns (the core calls
-    it before filling the next batch), so one set serves every batch; the valid masks go on
-    to the merge worker, so they rotate through ``masks`` sets, handed back with
+    reading. The model inputs are needed only until the predictor returns, so ``inputs``
+    sets serve every batch: one when the core waits for each batch's results before filling
+    the next, two when the predictor runs one batch while the next is filled; the valid
+    masks go on to the merge worker, so they rotate through ``masks`` sets, handed back with
     :meth:`release` once merged. (Outputs that alias an input are copied: see
-    :func:`_predict_batch`.)
+    :func:`_finish_batch`.)
     """
 
     def __init__(
@@ -227,23 +232,32 @@ class BatchSlots:
         shape: tuple[int, int],
         masks: int = 1,
         extra: Mapping[str, int] | None = None,
+        inputs: int = 1,
     ) -> None:
         h, w = shape
         self.shape = (batch_size, h, w)
         # ``extra``: planes a wrapped scene hands the predictor besides the model inputs
         # (name -> bands, e.g. the source codes of pipeline/fallback.py)
         bands = {m.name: m.n_bands for m in meta.modalities} | dict(extra or {})
-        self.arrays = {k: np.empty((batch_size, c, h, w), np.float32) for k, c in bands.items()}
+        # ``inputs`` sets taken in turn: two while the predictor runs one batch as the
+        # next is filled (:func:`_submit_batch`)
+        self._inputs = [
+            {k: np.empty((batch_size, c, h, w), np.float32) for k, c in bands.items()}
+            for _ in range(max(inputs, 1))
+        ]
+        self._turn = 0
         self._free: queue.Queue[np.ndarray] = queue.Queue()
         for _ in range(max(masks, 1)):
             self._free.put(np.empty(self.shape, dtype=bool))
 
     def take(self, n: int, shape: tuple[int, int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Arrays for ``n`` windows of ``shape``: the input slots and a free mask set (waits
-        for one while all are with the merge worker)."""
+        """Arrays for ``n`` windows of ``shape``: the next input set and a free mask set
+        (waits for one while all are with the merge worker)."""
         if n > self.shape[0] or shape != self.shape[1:]:
             raise ValueError(f"{n} windows of {shape} do not fit slots of {self.shape}")
-        return {m: a[:n] for m, a in self.arrays.items()}, self._free.get()[:n]
+        arrays = self._inputs[self._turn]
+        self._turn = (self._turn + 1) % len(self._inputs)
+        return {m: a[:n] for m, a in arrays.items()}, self._free.get()[:n]
 
     def release(self, valid: np.ndarray) -> None:
         """Hand back a mask set from :meth:`take` (its base array) once nothing reads it."""
@@ -619,26 +633,37 @@ def _run_panel(
     the model."""
     reads = [plan.read_window(w) for w in plan.windows]
     to_out = dict(zip(reads, plan.windows, strict=True))
-    # masks: one per batch the worker may hold (queued, merging) plus the one being filled
+    ahead = 1 if asynchronous(predict) else 0  # batches submitted before the oldest is done
+    # masks: one per batch the worker may hold (queued, merging), in flight and being filled
     shape = reads[0].shape if reads else (plan.tile, plan.tile)
     extra = {k: c for k, c in scene.band_counts.items() if k.startswith("_")}
-    slots = BatchSlots(meta, batch_size, shape, masks=MERGE_QUEUE + 2, extra=extra)
+    slots = BatchSlots(meta, batch_size, shape, masks=MERGE_QUEUE + 2 + ahead, extra=extra,
+                       inputs=1 + ahead)  # fmt: skip
     worker = MergeWorker(merger, done=slots.release)
     normalise = normaliser(meta, percentiles, in_place=True)
     reader = panel_reader(scene, plan, reads, carry, threads=read_threads,
                           ahead=max(2, read_threads), transform=normalise,
                           yield_to_engine=yield_to_engine)  # fmt: skip
-    ok, skipped = False, []
+    ok, skipped, flying = False, list[Window](), collections.deque[InFlight]()
+
+    def finish_oldest() -> None:
+        job = flying.popleft()
+        probs = _finish_batch(job, carry, clock)
+        skipped.extend(w for w, p in zip(job.windows, probs, strict=True) if p is None)
+        worker.submit(job.windows, probs, job.batch.valid)
+        bar.update(len(job.windows))
+
     try:
         # windows are sliced from row chunks that reader threads read and normalise ahead;
         # slicing a batch is cheap, so it runs here, in window order
         for batch in batched(reads, batch_size):
             pb = prepare_batch(reader, batch, meta, percentiles, normalised=True, slots=slots)
             windows = [to_out[w] for w in pb.windows]
-            probs = _predict_batch(pb, windows, predict, carry, clock)
-            skipped += [w for w, p in zip(windows, probs, strict=True) if p is None]
-            worker.submit(windows, probs, pb.valid)
-            bar.update(len(pb.windows))
+            flying.append(_submit_batch(pb, windows, predict, carry, clock))
+            if len(flying) > ahead:
+                finish_oldest()
+        while flying:
+            finish_oldest()
         worker.close()
         ok = True
         merger.finish()
@@ -661,6 +686,76 @@ def take_windows(arrays: Mapping[str, np.ndarray], keep: list[int]) -> dict[str,
     return {m: a[keep] for m, a in arrays.items()}
 
 
+def asynchronous(predict: Any) -> bool:
+    """Whether ``predict`` runs a batch in the background (``predict.submit``, e.g. the ONNX
+    engine's streams), so that the core fills the next batch meanwhile."""
+    return callable(getattr(predict, "submit", None)) and bool(
+        getattr(predict, "asynchronous", False)
+    )
+
+
+@dataclass
+class InFlight:
+    """A batch handed to the predictor (:func:`_submit_batch`), not yet collected."""
+
+    batch: PreparedBatch
+    windows: list[Window]
+    probs: list[Any]  # per window: carried in, or None until collected
+    fresh: list[int]  # positions in ``batch.run`` that went to the model
+    arrays: dict[str, np.ndarray]  # what went to the model
+    result: Any  # the probabilities, or (``waiting``) what ``predict.submit`` returned
+    waiting: bool
+    started: float
+
+
+def _submit_batch(
+    pb: PreparedBatch,
+    windows: list[Window],
+    predict: Any,
+    carry: EdgeCarry,
+    clock: ModelClock | None = None,
+) -> InFlight:
+    """Hand a batch's windows to the predictor: those carried in from the last panel are not
+    run again; an asynchronous predictor (:func:`asynchronous`) returns before they ran, a
+    synchronous one is timed by ``clock`` here."""
+    probs: list[Any] = [None] * len(pb.windows)
+    for i in pb.run:
+        probs[i] = carry.cached(windows[i])
+    fresh = [k for k, i in enumerate(pb.run) if probs[i] is None]
+    arrays = pb.arrays
+    if fresh and len(fresh) < len(pb.run):
+        arrays = take_windows(arrays, fresh)
+    t0, waiting = time.perf_counter(), bool(fresh) and asynchronous(predict)
+    result: Any = None
+    if waiting:
+        result = predict.submit(arrays)
+    elif fresh:
+        result = (clock or ModelClock(None)).time(predict, arrays)
+    return InFlight(pb, windows, probs, fresh, arrays, result, waiting, t0)
+
+
+def _finish_batch(job: InFlight, carry: EdgeCarry, clock: ModelClock | None = None) -> list[Any]:
+    """Probabilities per window of a submitted batch (None: skipped as all nodata); an
+    asynchronous batch's interval is added to ``clock``."""
+    probs, run = job.probs, job.batch.run
+    if job.fresh:
+        out = job.result
+        if job.waiting:
+            out = job.result.result()
+            if clock is not None:
+                clock.add(job.started, job.result.finished_at)
+        aliased = isinstance(out, np.ndarray) and any(
+            np.may_share_memory(out, a) for a in job.arrays.values()
+        )
+        if aliased:
+            out = out.copy()  # a view of the inputs, whose slots a later batch refills
+        for j, k in enumerate(job.fresh):
+            probs[run[k]] = out[j]
+    for i in run:
+        carry.keep(job.windows[i], probs[i])
+    return probs
+
+
 def _predict_batch(
     pb: PreparedBatch,
     windows: list[Window],
@@ -668,24 +763,5 @@ def _predict_batch(
     carry: EdgeCarry,
     clock: ModelClock | None = None,
 ) -> list[Any]:
-    """Probabilities per window of a batch (None: skipped as all nodata), the model timed
-    by ``clock``: windows carried in from the last panel are not run again."""
-    probs: list[Any] = [None] * len(pb.windows)
-    for i in pb.run:
-        probs[i] = carry.cached(windows[i])
-    fresh = [k for k, i in enumerate(pb.run) if probs[i] is None]
-    if fresh:
-        arrays = pb.arrays
-        if len(fresh) < len(pb.run):
-            arrays = take_windows(arrays, fresh)
-        out = (clock or ModelClock(None)).time(predict, arrays)
-        aliased = isinstance(out, np.ndarray) and any(
-            np.may_share_memory(out, a) for a in arrays.values()
-        )
-        if aliased:
-            out = out.copy()  # a view of the inputs, whose slots the next batch refills
-        for j, k in enumerate(fresh):
-            probs[pb.run[k]] = out[j]
-    for i in pb.run:
-        carry.keep(windows[i], probs[i])
-    return probs
+    """:func:`_submit_batch` and :func:`_finish_batch` in one call."""
+    return _finish_batch(_submit_batch(pb, windows, predict, carry, clock), carry, clock)

@@ -402,6 +402,8 @@ class Trainer:
         report = fit_report(z, y, f"val split ({len(self.val_ds)} items, best epoch)")
         save_checkpoint(model, with_temperature(meta, report), best)
         b, a = report["before"], report["after"]
+        if not cfg.progress:  # -q; the fit is in the checkpoint's record (`mfaf info`)
+            return report
         print(f"calibrated {best.name}: temperature {report['temperature']:.3f} (val NLL "
               f"{b['nll']:.4f} -> {a['nll']:.4f}, ECE {b['ece']:.4f} -> {a['ece']:.4f})",
               file=sys.stderr, flush=True)  # fmt: skip
