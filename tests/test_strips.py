@@ -321,3 +321,24 @@ def test_take_windows_views_a_run_of_windows() -> None:
     gap = take_windows(a, [0, 2])["optical"]
     assert not np.shares_memory(gap, a["optical"])
     np.testing.assert_array_equal(gap, a["optical"][[0, 2]])
+
+
+def test_a_lone_reader_bound_reader_reads_further_ahead(tmp_path: Path) -> None:
+    """The one reader of a reader-bound run (the run's critical path) reads
+    LONE_READER_AHEAD chunks ahead; readers that yield to an engine keep the core's 2."""
+    from mfaf_cli.pipeline import core
+    from mfaf_cli.tiling.plan import plan_windows
+
+    o = write_geotiff(tmp_path / "o.tif", np.ones((1, 100, 100), "uint16"), nodata=0)
+    grid = grid_from_reference(o)
+    plan = plan_windows(100, 100, 32, 0.25)
+    reads = [plan.read_window(w) for w in plan.windows]
+    with AlignedScene({"optical": o}, grid) as scene:
+        for yield_, want in ((False, core.LONE_READER_AHEAD), (True, 2)):
+            reader = core.panel_reader(scene, plan, reads, core.EdgeCarry(), threads=1,
+                                       ahead=2, yield_to_engine=yield_)  # fmt: skip
+            try:
+                assert reader._ahead == want
+            finally:
+                reader.close()
+    assert core.LONE_READER_AHEAD > 2

@@ -60,6 +60,12 @@ MERGE_QUEUE = 2
 #: not the scene, so memory does not grow with the width. Windows that straddle a panel edge
 #: are predicted once (:class:`EdgeCarry` keeps their part past the edge for the next panel).
 PANEL_WIDTH = 2048
+#: Row chunks a lone reader of a reader-bound run reads ahead (see :func:`panel_reader`).
+#: Why: that reader is the run's critical path, and with 2 chunks ahead it waited on the
+#: main thread ~0.10-0.16 s of a 4096² null-engine run's ~1.3 s (4: 0.03-0.06 s; wall
+#: ratio to the bare read 2.56-2.76 -> 2.35-2.48, interleaved on the shared machine).
+#: Costs about two chunks of memory (a chunk: 64 or 128 rows of a panel, every band).
+LONE_READER_AHEAD = 4
 #: The panel width of a run that a CPU network bounds (see :func:`panel_width`).
 ENGINE_PANEL_WIDTH = 1024
 
@@ -475,6 +481,8 @@ def panel_reader(
         carry.masks_in, carry.masks_out,
     )  # fmt: skip
     cols = read_columns(plan, scene.grid.width)
+    if kw.get("threads") == 1 and not kw.get("yield_to_engine", True):
+        kw["ahead"] = max(kw.get("ahead", 1), LONE_READER_AHEAD)
     return StripReader(scene, [w.row_off for w in reads], plan.tile, cols=cols, edge=edge, **kw)
 
 
