@@ -342,3 +342,39 @@ def test_a_lone_reader_bound_reader_reads_further_ahead(tmp_path: Path) -> None:
             finally:
                 reader.close()
     assert core.LONE_READER_AHEAD > 2
+
+
+def test_a_lone_reader_reads_its_inputs_side_by_side(tmp_path: Path) -> None:
+    """A reader-bound run's one reader (the run's critical path) reads the input on the grid
+    and the warped one in two threads, each opening only its own file: the windows equal
+    the scene's own reads, masks included (the AND of the two reads' masks)."""
+    rng = np.random.default_rng(11)
+    opt = rng.integers(1, 3000, (3, 150, 130)).astype("uint16")
+    opt[:, 10:20, 30:50] = 0
+    t = from_origin(500_000.0, 4_500_000.0, 10.0, 10.0)
+    o = write_geotiff(tmp_path / "o.tif", opt, transform=t, nodata=0)
+    sar = rng.normal(-12, 3, (1, 80, 70)).astype("float32")
+    sar[0, 30:40, 20:30] = np.nan  # a hole of the SAR alone
+    s = write_geotiff(
+        tmp_path / "s.tif", sar, transform=from_origin(500_005.0, 4_500_005.0, 20.0, 20.0)
+    )
+    grid = grid_from_reference(o)
+    windows = tile_windows(grid.height, grid.width, 64, 0.25)
+    with AlignedScene({"optical": o, "sar": s}, grid) as scene:
+        reader = StripReader(scene, [w.row_off for w in windows], 64, threads=1, ahead=1,
+                             yield_to_engine=False)  # fmt: skip
+        assert reader._groups == [("optical",), ("sar",)]
+        try:
+            holes = 0
+            for w in windows:
+                a, va = reader.read(w)
+                b, vb = scene.read(w)
+                np.testing.assert_array_equal(va, vb)
+                holes += int((~vb).sum())
+                for m in b:
+                    np.testing.assert_array_equal(a[m], b[m])
+            assert holes > 0
+            opened = sorted(len(v) for v in scene._by_thread.values())
+            assert opened == [1, 1]  # each reader thread: its own input's handle only
+        finally:
+            reader.close()

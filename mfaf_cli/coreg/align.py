@@ -406,17 +406,20 @@ class AlignedScene:
                 best, found = size, (height, width, -src.offset[1] % width)
         return found
 
-    def _handles(self) -> dict[str, Any]:
-        """This thread's open datasets (GDAL handles are not thread-safe; open once per thread)."""
-        h = getattr(self._local, "handles", None)
+    def _handles(self, names: Iterable[str] | None = None) -> dict[str, Any]:
+        """This thread's open datasets, those of ``names`` (default all) at least (GDAL
+        handles are not thread-safe; each opened once per thread, when first needed: a
+        reader of some modalities only holds no other's decoder state, ~7 MB a handle)."""
+        h: dict[str, Any] | None = getattr(self._local, "handles", None)
         if h is None:
-            h = {}
-            for name, src in self.sources.items():
-                h[name] = open_raster(src.uri, name)
+            h = self._local.handles = {}
+        missing = [n for n in (self.sources if names is None else names) if n not in h]
+        if missing:
+            opened = {name: open_raster(self.sources[name].uri, name) for name in missing}
+            h.update(opened)
             with self._lock:
-                self._all_handles.extend(h.values())
-                self._by_thread[threading.get_ident()] = list(h.values())
-            self._local.handles = h
+                self._all_handles.extend(opened.values())
+                self._by_thread.setdefault(threading.get_ident(), []).extend(opened.values())
         return h
 
     def close_thread_handles(self, idents: Iterable[int]) -> None:
@@ -450,7 +453,10 @@ class AlignedScene:
 
     # -- reading ---------------------------------------------------------------------------
     def read(
-        self, window: Any, out: Mapping[str, np.ndarray] | None = None
+        self,
+        window: Any,
+        out: Mapping[str, np.ndarray] | None = None,
+        modalities: Sequence[str] | None = None,
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Read one window (grid pixel coordinates; may extend past the grid).
 
@@ -461,22 +467,27 @@ class AlignedScene:
 
         ``out``: modality → (C, h, w) float32 arrays to fill and return, for a window inside
         the grid (a reader reusing its buffers: fresh arrays cost page faults per read).
+        ``modalities``: read only these (``valid`` then over them alone; the AND of the
+        reads of a partition of the modalities is the whole read's mask).
         """
         r0w, c0w = int(window.row_off), int(window.col_off)
         hw, ww = int(window.height), int(window.width)
         r0, c0 = max(0, r0w), max(0, c0w)
         r1, c1 = min(self.grid.height, r0w + hw), min(self.grid.width, c0w + ww)
-        handles = self._handles()
         arrays: dict[str, np.ndarray] = {}
+        sources = self.sources
+        if modalities is not None:
+            sources = {name: sources[name] for name in modalities}
+        handles = self._handles(sources)
         if r1 <= r0 or c1 <= c0:
             valid = np.zeros((hw, ww), dtype=bool)
-            for name, src in self.sources.items():
+            for name, src in sources.items():
                 arrays[name] = np.zeros((len(src.indexes), hw, ww), dtype=np.float32)
             return arrays, valid
         valid_in = np.ones((r1 - r0, c1 - c0), dtype=bool)
         pads = ((r0 - r0w, r0w + hw - r1), (c0 - c0w, c0w + ww - c1))
         padded = any(p for pair in pads for p in pair)
-        for name, src in self.sources.items():
+        for name, src in sources.items():
             into = None if out is None or padded else out.get(name)
             arr, ok = self._read_inner(
                 handles[name], src, self.grid, r0, c0, r1 - r0, c1 - c0, out=into

@@ -66,6 +66,33 @@ def column_parts(
     return list(zip(cuts, [*cuts[1:], b], strict=True))
 
 
+def modality_groups(scene: Any) -> list[tuple[str, ...] | None]:
+    """The modalities a lone reader's raw reads split between two threads: those read
+    straight off the grid, and those warped onto it (``[None]``: no split, one read).
+
+    Why: a reader-bound run on two cores has one reader, the run's critical path, decoding
+    one input after the other while the other threads wait on it; the inputs are separate
+    files (each thread its own GDAL handle), so reading them side by side decodes nothing
+    twice. Only for a plain :class:`AlignedScene` (a wrapper's read takes every modality).
+    """
+    if not isinstance(scene, AlignedScene):
+        return [None]
+    direct = tuple(n for n, s in scene.sources.items() if s.offset is not None)
+    warped = tuple(n for n, s in scene.sources.items() if s.offset is None)
+    return [direct, warped] if direct and warped else [None]
+
+
+def joined(parts: Sequence[Part]) -> Part:
+    """One part from the reads of its modality groups: their arrays, the AND of their masks
+    (as one read of every modality makes it)."""
+    arrays, valid, a, b = parts[0]
+    arrays = dict(arrays)
+    for more, ok, _, _ in parts[1:]:
+        arrays.update(more)
+        valid &= ok
+    return arrays, valid, a, b
+
+
 class EdgeMasks:
     """Valid masks, left of a column panel's edge, of the windows that straddle it: kept by
     the panel that reads them for the next one, which then reads no column left of its edge.
@@ -191,6 +218,15 @@ class StripReader:
         if self._finish_here and isinstance(scene, PlaneTap):
             self._source, self._keep = scene.scene, scene.keep
         self._finished: dict[int, Chunk] = {}  # chunks whose parts the taking thread finished
+        #: modality groups read by threads of their own (None: all modalities, one read)
+        self._groups: list[tuple[str, ...] | None] = [None]
+        if self._finish_here and self._pools:
+            self._groups = modality_groups(self._source)
+        if len(self._groups) > 1:
+            self._pools += [
+                ThreadPoolExecutor(1, f"mfaf-strip-m{g}", self._start_reader)
+                for g in range(1, len(self._groups))
+            ]
 
     def _start_reader(self) -> None:
         if self._yield:
@@ -198,12 +234,15 @@ class StripReader:
         with self._lock:
             self._readers.add(threading.get_ident())
 
-    def _read_part(self, j: int, p: int) -> Part:
+    def _read_part(self, j: int, p: int, group: tuple[str, ...] | None = None) -> Part:
         r0, r1 = self.edges[j], self.edges[j + 1]
         a, b = self.parts[p]
         window = Window(r0, a, r1 - r0, b - a)
         with charge("read"):
-            if self._finish_here:  # the raw read: :meth:`_finish` does the rest
+            if group is not None:  # one modality group of the raw read (see modality_groups)
+                out = self._buffers(window, group)
+                arrays, valid = self._source.read(window, out=out, modalities=group)
+            elif self._finish_here:  # the raw read: :meth:`_finish` does the rest
                 arrays, valid = self._source.read(window, out=self._buffers(window))
             else:
                 arrays, valid = self._read_scene(window, self._buffers(window))
@@ -228,11 +267,16 @@ class StripReader:
             arrays = self._transform(arrays)
         return arrays, valid
 
-    def _buffers(self, window: Window) -> dict[str, np.ndarray]:
-        """Arrays for a chunk part: recycled where one of its shape is free."""
+    def _buffers(
+        self, window: Window, names: tuple[str, ...] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Arrays for a chunk part (of modalities ``names``, default all): recycled where one
+        of its shape is free."""
         out = {}
         with self._lock:
             for name, bands in self.scene.band_counts.items():
+                if names is not None and name not in names:
+                    continue
                 shape = (bands, window.height, window.width)
                 free = self._free.get((name, shape))
                 out[name] = free.pop() if free else np.empty(shape, np.float32)
@@ -263,10 +307,16 @@ class StripReader:
             while (
                 self._pools and self._next < len(self.edges) - 1 and self._next <= j + self._ahead
             ):
-                self._chunks[self._next] = [
-                    pool.submit(self._read_part, self._next, p)
-                    for p, pool in enumerate(self._pools)
-                ]
+                if len(self._groups) > 1:  # one part, its modality groups on their own threads
+                    self._chunks[self._next] = [
+                        pool.submit(self._read_part, self._next, 0, group)
+                        for pool, group in zip(self._pools, self._groups, strict=True)
+                    ]
+                else:
+                    self._chunks[self._next] = [
+                        pool.submit(self._read_part, self._next, p)
+                        for p, pool in enumerate(self._pools)
+                    ]
                 self._next += 1
             futs = self._chunks[j]
         # no stealing a part its reader has not started: this thread's own GDAL handle would
@@ -274,7 +324,10 @@ class StripReader:
         if not self._finish_here:
             return [f.result() for f in futs]
         if j not in self._finished:
-            self._finished[j] = [self._finish(j, f.result()) for f in futs]
+            parts = [f.result() for f in futs]
+            if len(self._groups) > 1:
+                parts = [joined(parts)]
+            self._finished[j] = [self._finish(j, part) for part in parts]
         return self._finished[j]
 
     def _release_before(self, row: int) -> None:
