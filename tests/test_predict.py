@@ -184,8 +184,9 @@ def test_an_asynchronous_batch_that_fails_leaves_no_output(make_geotiff, rng, tm
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     with pytest.raises(EngineError, match="tile failed"):
-        predict({"optical": opt, "sar": sar}, out_dir / "m.tif", predictor=LazyPredictor(pixel_meta(), 2),
-                tile=32, batch_size=1, probabilities=out_dir / "p.tif", progress=False)  # fmt: skip
+        predict({"optical": opt, "sar": sar}, out_dir / "m.tif",
+                predictor=LazyPredictor(pixel_meta(), fail_at=2), tile=32, batch_size=1,
+                probabilities=out_dir / "p.tif", progress=False)  # fmt: skip
     assert list(out_dir.iterdir()) == []
 
 
