@@ -14,6 +14,7 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform_bounds
 
 from mfaf_cli.coreg import AlignedScene, grid_from_reference
+from mfaf_cli.errors import EngineError
 from mfaf_cli.metadata import ModalitySpec, ModelMeta, Normalisation, default_classes
 from mfaf_cli.normalize import apply_normalisation, band_percentiles
 from mfaf_cli.pipeline.predict import predict
@@ -132,9 +133,10 @@ class LazyPredictor(PixelPredictor):
 
     asynchronous = True
 
-    def __init__(self, meta: ModelMeta) -> None:
+    def __init__(self, meta: ModelMeta, fail_at: int | None = None) -> None:
         super().__init__(meta)
         self.events: list[str] = []
+        self.fail_at = fail_at  # this batch's result raises, as a failed stream's tile would
 
     def submit(self, batch):
         k = self.calls
@@ -147,6 +149,8 @@ class LazyPredictor(PixelPredictor):
 
             def result(self):
                 outer.events.append(f"result {k}")
+                if k == outer.fail_at:
+                    raise EngineError("tile failed")
                 x = np.concatenate([batch[m] for m in outer.meta.modality_names], axis=1)
                 return outer.apply(x)
 
@@ -171,6 +175,19 @@ def test_an_asynchronous_predictor_gets_the_next_batch_before_its_results_are_ta
     assert pp.events[:4] == ["submit 0", "submit 1", "result 0", "submit 2"]
     assert pp.events[-1] == f"result {pp.calls - 1}"
     np.testing.assert_array_equal(read(outs["async"])[0], read(outs["sync"])[0])
+
+
+def test_an_asynchronous_batch_that_fails_leaves_no_output(make_geotiff, rng, tmp_path):
+    """An error raised when a background batch's results are taken (a stream's tile failed)
+    ends the run like a synchronous one: raised, and nothing left on disk."""
+    opt, sar = make_pair(make_geotiff, rng, 80, 80)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(EngineError, match="tile failed"):
+        predict({"optical": opt, "sar": sar}, out_dir / "m.tif",
+                predictor=LazyPredictor(pixel_meta(), fail_at=2), tile=32, batch_size=1,
+                probabilities=out_dir / "p.tif", progress=False)  # fmt: skip
+    assert list(out_dir.iterdir()) == []
 
 
 def _reference_blend(model_fn, x_full, tile, overlap, weight_fn_for):
