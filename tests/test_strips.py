@@ -378,3 +378,25 @@ def test_a_lone_reader_reads_its_inputs_side_by_side(tmp_path: Path) -> None:
             assert opened == [1, 1]  # each reader thread: its own input's handle only
         finally:
             reader.close()
+
+
+def test_the_costlier_modality_group_reads_on_the_main_reader(tmp_path: Path) -> None:
+    """The group that costs more per grid pixel (bands x source pixels, warps weighted) comes
+    first: it keeps the reader's priority, the cheaper one yields (a 2-band 10 m warped input
+    outweighs a 1-band input on the grid; a 1-band 20 m one does not)."""
+    from mfaf_cli.pipeline.strips import modality_groups, read_cost
+
+    rng = np.random.default_rng(2)
+    t = from_origin(500_000.0, 4_500_000.0, 10.0, 10.0)
+    o = write_geotiff(tmp_path / "o.tif", rng.integers(1, 99, (1, 60, 60)).astype("uint16"),
+                      transform=t, nodata=0)  # fmt: skip
+    heavy = write_geotiff(tmp_path / "h.tif", rng.normal(-9, 1, (2, 60, 60)).astype("float32"),
+                          transform=from_origin(500_005.0, 4_500_005.0, 10.0, 10.0))  # fmt: skip
+    light = write_geotiff(tmp_path / "l.tif", rng.normal(-9, 1, (1, 30, 30)).astype("float32"),
+                          transform=from_origin(500_005.0, 4_500_005.0, 20.0, 20.0))  # fmt: skip
+    grid = grid_from_reference(o)
+    with AlignedScene({"optical": o, "sar": heavy}, grid) as scene:
+        assert read_cost(scene, ["sar"]) > read_cost(scene, ["optical"])
+        assert modality_groups(scene) == [("sar",), ("optical",)]
+    with AlignedScene({"optical": o, "sar": light}, grid) as scene:
+        assert modality_groups(scene) == [("optical",), ("sar",)]

@@ -68,7 +68,8 @@ def column_parts(
 
 def modality_groups(scene: Any) -> list[tuple[str, ...] | None]:
     """The modalities a lone reader's raw reads split between two threads: those read
-    straight off the grid, and those warped onto it (``[None]``: no split, one read).
+    straight off the grid, and those warped onto it, the costlier group first (its thread
+    keeps the reader's priority; :func:`read_cost`); ``[None]``: no split, one read.
 
     Why: a reader-bound run on two cores has one reader, the run's critical path, decoding
     one input after the other while the other threads wait on it; the inputs are separate
@@ -79,7 +80,29 @@ def modality_groups(scene: Any) -> list[tuple[str, ...] | None]:
         return [None]
     direct = tuple(n for n, s in scene.sources.items() if s.offset is not None)
     warped = tuple(n for n, s in scene.sources.items() if s.offset is None)
-    return [direct, warped] if direct and warped else [None]
+    if not direct or not warped:
+        return [None]
+    if read_cost(scene, warped) > read_cost(scene, direct):
+        return [warped, direct]  # the costlier one first
+    return [direct, warped]
+
+
+#: A warped value's cost in decoded values: measured at 8192², null engine, 20 m float32 SAR
+#: onto a 10 m grid: decode 0.51 CPU s, decode + unit conversions + resampling 1.29.
+WARP_COST = 2.5
+
+
+def read_cost(scene: AlignedScene, names: Sequence[str]) -> float:
+    """A rough cost of reading ``names`` per grid pixel: source values decoded (bands times
+    source pixels per grid pixel), warped ones weighted by :data:`WARP_COST`."""
+    gx, gy = scene.grid.res
+    cost = 0.0
+    for name in names:
+        src = scene.sources[name]
+        rx, ry = (max(v, 1e-12) for v in src.res_in_grid)
+        weight = 1.0 if src.offset is not None else WARP_COST
+        cost += len(src.indexes) * (gx / rx) * (gy / ry) * weight
+    return cost
 
 
 def joined(parts: Sequence[Part]) -> Part:
@@ -224,13 +247,22 @@ class StripReader:
             self._groups = modality_groups(self._source)
         if len(self._groups) > 1:
             self._pools += [
-                ThreadPoolExecutor(1, f"mfaf-strip-m{g}", self._start_reader)
+                ThreadPoolExecutor(1, f"mfaf-strip-m{g}", self._start_side_reader)
                 for g in range(1, len(self._groups))
             ]
 
     def _start_reader(self) -> None:
         if self._yield:
             lower_reader_priority()
+        with self._lock:
+            self._readers.add(threading.get_ident())
+
+    def _start_side_reader(self) -> None:
+        """A thread reading a cheaper modality group (see :func:`modality_groups`): it yields
+        to the costliest group's reader, the run's critical path, on a shared core (measured,
+        interleaved 3x on 2 cores, wall ratio to the bare read 2048² 2.27 -> 2.11, 4096² 1.93
+        -> 1.92, 8192² 2.02 -> 1.90)."""
+        lower_reader_priority()
         with self._lock:
             self._readers.add(threading.get_ident())
 
