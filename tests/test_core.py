@@ -111,12 +111,13 @@ def test_outputs_that_alias_the_inputs_are_copied() -> None:
     """Input slots are refilled by the next batch while the merge worker may still hold this
     batch's probabilities: a predictor returning a view of its inputs must not see them
     change under it."""
-    from mfaf_cli.pipeline.core import EdgeCarry, PreparedBatch, _predict_batch
+    from mfaf_cli.pipeline.core import EdgeCarry, PreparedBatch, _finish_batch, _submit_batch
 
     x = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
     windows = [Window(0, 0, 4, 4), Window(0, 4, 4, 4)]
     pb = PreparedBatch(windows, [0, 1], {"optical": x}, np.ones((2, 4, 4), bool))
-    probs = _predict_batch(pb, windows, lambda a: a["optical"][:, :2], EdgeCarry())
+    carry = EdgeCarry()
+    probs = _finish_batch(_submit_batch(pb, windows, lambda a: a["optical"][:, :2], carry), carry)
     before = [p.copy() for p in probs]
     x[...] = -1.0  # the next batch
     for p, b in zip(probs, before, strict=True):

@@ -762,14 +762,3 @@ def _finish_batch(job: InFlight, carry: EdgeCarry, clock: ModelClock | None = No
     for i in run:
         carry.keep(job.windows[i], probs[i])
     return probs
-
-
-def _predict_batch(
-    pb: PreparedBatch,
-    windows: list[Window],
-    predict: Callable[[Any], Any],
-    carry: EdgeCarry,
-    clock: ModelClock | None = None,
-) -> list[Any]:
-    """:func:`_submit_batch` and :func:`_finish_batch` in one call."""
-    return _finish_batch(_submit_batch(pb, windows, predict, carry, clock), carry, clock)
