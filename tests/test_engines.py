@@ -285,11 +285,11 @@ def test_streams_run_every_job_once_and_raise_the_first_error() -> None:
             done.append(i)
 
     streams = Streams(3)
-    streams.run(list(range(3)), work)
+    streams.submit(list(range(3)), work).wait()
     assert sorted(done) == [0, 1, 2]
     done.clear()
     with pytest.raises(ValueError, match="job 3"):
-        streams.run(list(range(10)), work)
+        streams.submit(list(range(10)), work).wait()
     assert len(done) == len(set(done)) and 3 not in done  # no job twice
 
 
@@ -320,7 +320,7 @@ def test_streams_submit_returns_before_the_jobs_ran_and_keep_order_across_batche
     first.wait()
     with pytest.raises(ValueError, match="b1"):
         failing.wait()
-    streams.run([("c", 0), ("c", 1)], work)
+    streams.submit([("c", 0), ("c", 1)], work).wait()
     assert sorted(ran) == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("c", 0), ("c", 1)]
 
 

@@ -71,23 +71,27 @@ class Pending:
             raise self.error
 
 
+def _run_job(job: Any, work: Callable[[Any], None], pending: Pending) -> None:
+    """Run one job of ``pending``, or drop it if another of its jobs failed (so no job runs
+    after its batch's first error); its error is handed to the submitter's ``wait()``."""
+    if pending.error is not None:
+        pending.ended()
+        return
+    try:
+        work(job)
+    except BaseException as err:
+        pending.ended(err)
+    else:
+        pending.ended()
+
+
 def _serve(jobs: queue.SimpleQueue[Any]) -> None:
-    """A stream: run queued jobs until told to stop (None); a job of a submit that has
-    failed is dropped, so no job runs after its batch's first error."""
+    """A stream: run queued jobs until told to stop (None)."""
     while True:
         item = jobs.get()
         if item is None:
             return
-        job, work, pending = item
-        if pending.error is not None:
-            pending.ended()
-            continue
-        try:
-            work(job)
-        except BaseException as err:  # handed to the submitter's wait()
-            pending.ended(err)
-        else:
-            pending.ended()
+        _run_job(*item)
 
 
 def _stop(jobs: queue.SimpleQueue[Any], n: int) -> None:
@@ -117,19 +121,9 @@ class Streams:
         pending = Pending(len(jobs))
         if self.n == 1:
             for job in jobs:
-                if pending.error is None:
-                    try:
-                        work(job)
-                    except BaseException as err:
-                        pending.ended(err)
-                        continue
-                pending.ended()
+                _run_job(job, work, pending)
             return pending
         q = self._queue()
         for job in jobs:
             q.put((job, work, pending))
         return pending
-
-    def run(self, jobs: Sequence[T], work: Callable[[T], None]) -> None:
-        """Call ``work(job)`` for every job and wait; the first error is raised here."""
-        self.submit(jobs, work).wait()
