@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -45,7 +46,7 @@ from mfaf_cli.metadata import ModelMeta
 from mfaf_cli.normalize import apply_normalisation
 from mfaf_cli.pipeline.clock import ModelClock
 from mfaf_cli.pipeline.cputime import CpuClock, charge
-from mfaf_cli.pipeline.strips import EdgeMasks, StripReader
+from mfaf_cli.pipeline.strips import EdgeMasks, ReaderThreads, StripReader
 from mfaf_cli.tiling.plan import WindowPlan, plan_windows
 from mfaf_cli.tiling.windows import Window, batched
 from mfaf_cli.types import Blend
@@ -532,24 +533,29 @@ def run_scene(
     on_device = use_device_merger(predictor, sink, meta.num_classes, device_merger)
     clock = ModelClock(predictor)
     bar = progress_bar(sum(len(p.windows) for p in subplans), desc, progress)
-    skipped, carry = set(), EdgeCarry()
+    skipped: set[tuple[int, int]] = set()
     # readers yield to a CPU engine's threads; not when they are the bottleneck (a GPU
     # engine, or a predictor that says reading bounds it)
     yield_ = not on_device and not getattr(predictor, "reader_bound", False)
     yield_ = yield_ and not str(getattr(predictor, "device", "cpu")).startswith("cuda")
     cpu_clock = CpuClock()
+    normalise = normaliser(meta, percentiles, in_place=True)
+    pools = ReaderThreads(scene, lower=yield_)
+    make = partial(panel_reader, scene, threads=read_threads, ahead=max(2, read_threads),
+                   transform=normalise, yield_to_engine=yield_, pools=pools)  # fmt: skip
+    readers = PanelReaders([c0 for c0, _ in panels], subplans, make, pools)
     try:
-        for (c0, _), sub in zip(panels, subplans, strict=True):
+        for k, ((c0, _), sub) in enumerate(zip(panels, subplans, strict=True)):
             panel_sink = sink if len(panels) == 1 else PanelSink(sink, c0)
             merger, predict = make_merger(sub, meta, predictor, panel_sink, blend, on_device)
-            carry = carry.next_panel(c0, sub.width, last=c0 == panels[-1][0])
+            reader, carry = readers.take(k)
             skip = _run_panel(
-                scene, sub, meta, merger, predict, percentiles, batch_size=batch_size,
-                read_threads=read_threads, bar=bar, carry=carry, clock=clock,
-                yield_to_engine=yield_,
+                reader, sub, meta, merger, predict, percentiles, batch_size=batch_size,
+                bar=bar, carry=carry, clock=clock, read_all=partial(readers.start, k + 1),
             )  # fmt: skip
             skipped |= {(w.row_off, w.col_off + c0) for w in skip}
     finally:
+        readers.close()
         bar.close()
     cpu = cpu_clock.split().to_dict()
     return RunStats(len(plan.windows), len(skipped), clock.seconds(), cpu_seconds=cpu)
@@ -601,6 +607,51 @@ class EdgeCarry:
             self._next[self.key(w)] = (cut, part.clone() if hasattr(part, "clone") else part.copy())
 
 
+class PanelReaders:
+    """The strip reader (and edge carry) of each column panel, in order, made by ``make(plan,
+    reads, carry)``: :meth:`start` makes the next one early, so that its first chunks are
+    read while this panel's last windows run and merge (the readers share
+    :class:`~mfaf_cli.pipeline.strips.ReaderThreads`: its chunks queue behind this panel's).
+    """
+
+    def __init__(
+        self,
+        starts: Sequence[int],
+        plans: Sequence[WindowPlan],
+        make: Callable[[WindowPlan, list[Window], EdgeCarry], StripReader],
+        pools: ReaderThreads,
+    ) -> None:
+        self._starts, self._plans, self._make = list(starts), list(plans), make
+        self.pools = pools
+        self._carry = EdgeCarry()  # the last panel's made so far
+        self._made: dict[int, tuple[StripReader, EdgeCarry]] = {}
+        self._next = 0  # the next panel to make
+
+    def start(self, k: int) -> None:
+        """Make panel ``k``'s reader (and those before it) and queue its first chunks; a
+        panel past the last is none."""
+        while self._next <= k and self._next < len(self._plans):
+            i, plan = self._next, self._plans[self._next]
+            last = i == len(self._plans) - 1
+            self._carry = self._carry.next_panel(self._starts[i], plan.width, last=last)
+            reader = self._make(plan, [plan.read_window(w) for w in plan.windows], self._carry)
+            reader.start()
+            self._made[i] = (reader, self._carry)
+            self._next += 1
+
+    def take(self, k: int) -> tuple[StripReader, EdgeCarry]:
+        """Panel ``k``'s reader and carry (made now if :meth:`start` has not)."""
+        self.start(k)
+        return self._made.pop(k)
+
+    def close(self) -> None:
+        """Close readers made and not taken (a run that failed), then the reader threads."""
+        for reader, _ in self._made.values():
+            reader.close()
+        self._made.clear()
+        self.pools.close()
+
+
 class PanelSink:
     """A sink seen through one column panel: rows come with the panel's first column."""
 
@@ -623,7 +674,7 @@ class PanelSink:
 
 
 def _run_panel(
-    scene: AlignedScene,
+    reader: StripReader,
     plan: WindowPlan,
     meta: ModelMeta,
     merger: Any,
@@ -631,27 +682,23 @@ def _run_panel(
     percentiles: Percentiles,
     *,
     batch_size: int,
-    read_threads: int,
     bar: Any,
     carry: EdgeCarry,
     clock: ModelClock,
-    yield_to_engine: bool = True,
+    read_all: Callable[[], None] | None = None,
 ) -> list[Window]:
-    """One panel (or the whole scene): the windows skipped as all nodata; ``clock`` times
-    the model."""
+    """One panel (or the whole scene) read by ``reader``: the windows skipped as all nodata;
+    ``clock`` times the model. ``read_all`` is called once the reader has every chunk
+    queued (the next panel's reader then starts: :class:`PanelReaders`)."""
     reads = [plan.read_window(w) for w in plan.windows]
     to_out = dict(zip(reads, plan.windows, strict=True))
     ahead = 1 if asynchronous(predict) else 0  # batches submitted before the oldest is done
     # masks: one per batch the worker may hold (queued, merging), in flight and being filled
     shape = reads[0].shape if reads else (plan.tile, plan.tile)
-    extra = {k: c for k, c in scene.band_counts.items() if k.startswith("_")}
+    extra = {k: c for k, c in reader.band_counts.items() if k.startswith("_")}
     slots = BatchSlots(meta, batch_size, shape, masks=MERGE_QUEUE + 2 + ahead, extra=extra,
                        inputs=1 + ahead)  # fmt: skip
     worker = MergeWorker(merger, done=slots.release)
-    normalise = normaliser(meta, percentiles, in_place=True)
-    reader = panel_reader(scene, plan, reads, carry, threads=read_threads,
-                          ahead=max(2, read_threads), transform=normalise,
-                          yield_to_engine=yield_to_engine)  # fmt: skip
     ok, skipped, flying = False, list[Window](), collections.deque[InFlight]()
 
     def finish_oldest() -> None:
@@ -666,6 +713,9 @@ def _run_panel(
         # slicing a batch is cheap, so it runs here, in window order
         for batch in batched(reads, batch_size):
             pb = prepare_batch(reader, batch, meta, percentiles, normalised=True, slots=slots)
+            if read_all is not None and reader.submitted_all:
+                read_all()
+                read_all = None
             windows = [to_out[w] for w in pb.windows]
             flying.append(_submit_batch(pb, windows, predict, carry, clock))
             if len(flying) > ahead:

@@ -162,6 +162,54 @@ class EdgeMasks:
         return mask.reshape(window.height, cut)
 
 
+class ReaderThreads:
+    """Reader threads that the strip readers of one run's column panels share, each pool
+    made on first use and kept, with its threads' GDAL handles, until :meth:`close`.
+
+    Why: a reader per panel started threads of its own, whose GDAL handles each parsed the
+    file's CRS again (~10-25 ms a handle: GDAL makes a PROJ context per thread), and nothing
+    was read while a panel's last windows were merged and the next panel's threads started
+    (measured at 8192², null engine: ~0.1 s per panel edge of a 3.6-4 s run). Kept threads
+    let the next panel's reader queue its first chunks behind this panel's last ones
+    (:meth:`StripReader.start`). ``lower``: threads yield to a CPU engine's by default.
+    """
+
+    def __init__(self, scene: Any, lower: bool = True) -> None:
+        self.scene = scene
+        self._lower = lower
+        self._pools: dict[tuple[str, int, bool], ThreadPoolExecutor] = {}
+        self._idents: set[int] = set()  # reader thread idents (their handles close with us)
+        self._lock = threading.Lock()
+
+    def pool(self, name: str, workers: int, lower: bool | None = None) -> ThreadPoolExecutor:
+        """The pool ``name`` of ``workers`` threads, made on first use (``lower``: its
+        threads' priority, default the reader's)."""
+        key = (name, workers, self._lower if lower is None else lower)
+        if key not in self._pools:
+            self._pools[key] = ThreadPoolExecutor(
+                workers, f"mfaf-{name}", initializer=partial(self._start, key[2])
+            )
+        return self._pools[key]
+
+    def _start(self, lower: bool) -> None:
+        """A reader thread's start: at a lower priority if ``lower``, its ident kept so
+        that its GDAL handles close with the threads."""
+        if lower:
+            lower_reader_priority()
+        with self._lock:
+            self._idents.add(threading.get_ident())
+
+    def close(self) -> None:
+        """Stop the threads (reads not started are dropped) and close their handles."""
+        for pool in self._pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+        self._pools.clear()
+        close_handles = getattr(self.scene, "close_thread_handles", None)
+        if close_handles is not None:  # the readers are gone: so are their GDAL handles
+            close_handles(self._idents)
+        self._idents.clear()
+
+
 class StripReader:
     """``read(window)`` like :meth:`AlignedScene.read`, from row chunks read ahead in threads.
 
@@ -189,6 +237,7 @@ class StripReader:
         cols: tuple[int, int] | None = None,
         yield_to_engine: bool = True,
         edge: EdgeMasks | None = None,
+        pools: ReaderThreads | None = None,
     ) -> None:
         self.scene = scene
         #: masks of windows that straddle the panel's edges (see :class:`EdgeMasks`); the
@@ -196,8 +245,6 @@ class StripReader:
         self.edge = edge
         if edge is not None and edge.left is not None and cols is not None:
             cols = (max(cols[0], edge.left), cols[1])
-        #: reader threads run at a lower priority than a CPU engine sharing their cores
-        self._yield = yield_to_engine
         self._transform = transform
         self.height, self.width = scene.grid.height, scene.grid.width
         #: The grid columns the chunks span (a column panel's windows need no more).
@@ -213,14 +260,11 @@ class StripReader:
             sizes = [threads]
         else:
             sizes = [1] * (len(self.parts) if threads > 0 else 0)
-        self._pools = [
-            ThreadPoolExecutor(
-                max_workers=n, thread_name_prefix=f"mfaf-strip{i}", initializer=self._start_reader
-            )
-            for i, n in enumerate(sizes)
-        ]
+        #: reader threads (shared by a run's panels, or this reader's own): see ReaderThreads
+        self._threads = pools if pools is not None else ReaderThreads(scene, yield_to_engine)
+        self._own_threads = pools is None
+        self._pools = [self._threads.pool(f"strip{i}", n) for i, n in enumerate(sizes)]
         self._chunks: dict[int, list[Future[Part]]] = {}
-        self._readers: set[int] = set()  # reader thread idents (their handles close with us)
         #: Arrays of dropped chunks, by (modality, shape), for later chunks to read into: a
         #: fresh array per chunk costs page faults (measured ~30 % of reading the optical).
         self._free: dict[tuple[str, tuple[int, ...]], list[np.ndarray]] = {}
@@ -252,17 +296,9 @@ class StripReader:
                 # the run's critical path, on a shared core (interleaved 3x on 2 cores, wall
                 # ratio to the bare read 2048² 2.27 -> 2.11, 4096² 1.93 -> 1.92, 8192² 2.02
                 # -> 1.90)
-                ThreadPoolExecutor(1, f"mfaf-strip-m{g}", partial(self._start_reader, True))
+                self._threads.pool(f"strip-m{g}", 1, lower=True)
                 for g in range(1, len(self._groups))
             ]
-
-    def _start_reader(self, lower: bool | None = None) -> None:
-        """A reader thread's start: at a lower priority if ``lower`` (default: when readers
-        yield to a CPU engine), its ident kept so its GDAL handles close with the reader."""
-        if self._yield if lower is None else lower:
-            lower_reader_priority()
-        with self._lock:
-            self._readers.add(threading.get_ident())
 
     def _read_part(self, j: int, p: int, group: tuple[str, ...] | None = None) -> Part:
         r0, r1 = self.edges[j], self.edges[j + 1]
@@ -334,20 +370,7 @@ class StripReader:
             self._chunks[j] = [done]
             self._next = max(self._next, j + 1)  # chunks from here on are still to read
         with self._lock:
-            while (
-                self._pools and self._next < len(self.edges) - 1 and self._next <= j + self._ahead
-            ):
-                if len(self._groups) > 1:  # one part, its modality groups on their own threads
-                    self._chunks[self._next] = [
-                        pool.submit(self._read_part, self._next, 0, group)
-                        for pool, group in zip(self._pools, self._groups, strict=True)
-                    ]
-                else:
-                    self._chunks[self._next] = [
-                        pool.submit(self._read_part, self._next, p)
-                        for p, pool in enumerate(self._pools)
-                    ]
-                self._next += 1
+            self._submit_upto(j + self._ahead)
             futs = self._chunks[j]
         # no stealing a part its reader has not started: this thread's own GDAL handle would
         # decode that reader's blocks a second time (measured: more CPU, less throughput)
@@ -359,6 +382,34 @@ class StripReader:
                 parts = [joined(parts)]
             self._finished[j] = [self._finish(j, part) for part in parts]
         return self._finished[j]
+
+    def _submit_upto(self, last: int) -> None:
+        """Hand the reader threads every chunk up to index ``last`` not yet submitted (lock
+        held)."""
+        while self._pools and self._next < len(self.edges) - 1 and self._next <= last:
+            if len(self._groups) > 1:  # one part, its modality groups on their own threads
+                self._chunks[self._next] = [
+                    pool.submit(self._read_part, self._next, 0, group)
+                    for pool, group in zip(self._pools, self._groups, strict=True)
+                ]
+            else:
+                self._chunks[self._next] = [
+                    pool.submit(self._read_part, self._next, p)
+                    for p, pool in enumerate(self._pools)
+                ]
+            self._next += 1
+
+    def start(self) -> None:
+        """Submit the first chunks now, before a window asks for them: a panel's reader is
+        started while the last panel's tail runs (see :class:`ReaderThreads`)."""
+        with self._lock:
+            self._submit_upto(self._ahead)
+
+    @property
+    def submitted_all(self) -> bool:
+        """Whether every chunk has gone to the reader threads (their queue then runs dry
+        once those are read)."""
+        return self._next >= len(self.edges) - 1
 
     def _release_before(self, row: int) -> None:
         """Drop chunks that end at or above ``row`` (no later window row needs them).
@@ -450,11 +501,12 @@ class StripReader:
         return parts
 
     def close(self) -> None:
-        for pool in self._pools:
-            pool.shutdown(wait=True, cancel_futures=True)
-        close_handles = getattr(self.scene, "close_thread_handles", None)
-        if close_handles is not None:  # the readers are gone: so are their GDAL handles
-            close_handles(self._readers)
+        with self._lock:
+            for futs in self._chunks.values():
+                for fut in futs:
+                    fut.cancel()  # not started: no thread reads it (one reading finishes)
+        if self._own_threads:
+            self._threads.close()
         self._chunks.clear()
         self._finished.clear()
         self._free.clear()
