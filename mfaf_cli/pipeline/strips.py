@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import queue
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -181,23 +182,37 @@ class ReaderThreads:
         self._idents: set[int] = set()  # reader thread idents (their handles close with us)
         self._lock = threading.Lock()
 
-    def pool(self, name: str, workers: int, lower: bool | None = None) -> ThreadPoolExecutor:
+    def pool(
+        self,
+        name: str,
+        workers: int,
+        lower: bool | None = None,
+        modalities: Sequence[str] | None = None,
+    ) -> ThreadPoolExecutor:
         """The pool ``name`` of ``workers`` threads, made on first use (``lower``: its
-        threads' priority, default the reader's)."""
+        threads' priority, default the reader's), each thread given handles of
+        ``modalities`` (default all) opened here (``AlignedScene.thread_handles``)."""
         key = (name, workers, self._lower if lower is None else lower)
         if key not in self._pools:
+            handles: queue.SimpleQueue[Any] = queue.SimpleQueue()
+            opener = getattr(self.scene, "thread_handles", None)
+            if opener is not None:
+                for _ in range(workers):
+                    handles.put(opener(modalities))
             self._pools[key] = ThreadPoolExecutor(
-                workers, f"mfaf-{name}", initializer=partial(self._start, key[2])
+                workers, f"mfaf-{name}", initializer=partial(self._start, key[2], handles)
             )
         return self._pools[key]
 
-    def _start(self, lower: bool) -> None:
-        """A reader thread's start: at a lower priority if ``lower``, its ident kept so
-        that its GDAL handles close with the threads."""
+    def _start(self, lower: bool, handles: queue.SimpleQueue[Any]) -> None:
+        """A reader thread's start: at a lower priority if ``lower``, with handles opened
+        for it, its ident kept so that its GDAL handles close with the threads."""
         if lower:
             lower_reader_priority()
         with self._lock:
             self._idents.add(threading.get_ident())
+        if not handles.empty():
+            self.scene.adopt_handles(handles.get())
 
     def close(self) -> None:
         """Stop the threads (reads not started are dropped) and close their handles."""
@@ -260,10 +275,6 @@ class StripReader:
             sizes = [threads]
         else:
             sizes = [1] * (len(self.parts) if threads > 0 else 0)
-        #: reader threads (shared by a run's panels, or this reader's own): see ReaderThreads
-        self._threads = pools if pools is not None else ReaderThreads(scene, yield_to_engine)
-        self._own_threads = pools is None
-        self._pools = [self._threads.pool(f"strip{i}", n) for i, n in enumerate(sizes)]
         self._chunks: dict[int, list[Future[Part]]] = {}
         #: Arrays of dropped chunks, by (modality, shape), for later chunks to read into: a
         #: fresh array per chunk costs page faults (measured ~30 % of reading the optical).
@@ -288,17 +299,22 @@ class StripReader:
         self._finished: dict[int, Chunk] = {}  # chunks whose parts the taking thread finished
         #: modality groups read by threads of their own (None: all modalities, one read)
         self._groups: list[tuple[str, ...] | None] = [None]
-        if self._finish_here and self._pools:
+        if self._finish_here and sizes:
             self._groups = modality_groups(self._source)
-        if len(self._groups) > 1:
-            self._pools += [
-                # a cheaper modality group's thread yields to the costliest group's reader,
-                # the run's critical path, on a shared core (interleaved 3x on 2 cores, wall
-                # ratio to the bare read 2048² 2.27 -> 2.11, 4096² 1.93 -> 1.92, 8192² 2.02
-                # -> 1.90)
-                self._threads.pool(f"strip-m{g}", 1, lower=True)
-                for g in range(1, len(self._groups))
-            ]
+        #: reader threads (shared by a run's panels, or this reader's own): see ReaderThreads
+        self._threads = pools if pools is not None else ReaderThreads(scene, yield_to_engine)
+        self._own_threads = pools is None
+        self._pools = [
+            self._threads.pool(f"strip{i}", n, modalities=self._groups[0])
+            for i, n in enumerate(sizes)
+        ]
+        self._pools += [
+            # a cheaper modality group's thread yields to the costliest group's reader, the
+            # run's critical path, on a shared core (interleaved 3x on 2 cores, wall ratio to
+            # the bare read 2048² 2.27 -> 2.11, 4096² 1.93 -> 1.92, 8192² 2.02 -> 1.90)
+            self._threads.pool(f"strip-m{g}", 1, lower=True, modalities=self._groups[g])
+            for g in range(1, len(self._groups))
+        ]
 
     def _read_part(self, j: int, p: int, group: tuple[str, ...] | None = None) -> Part:
         r0, r1 = self.edges[j], self.edges[j + 1]
