@@ -3,6 +3,8 @@ whatever the scene's size, and figures that match the full scene's."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,25 @@ def test_striped_files_take_whole_stripes() -> None:
     s = sample_windows(4096, 4096, (1, 4096, 0))
     assert all(w == 4096 and c == 0 for _, c, _, w in s.windows)
     assert s.pixels_read <= STATS_DECODE_PIXELS
+
+
+def test_draws_are_the_seeded_generators_and_a_whole_sample_draws_nothing() -> None:
+    """The lazily made generator gives what numpy's seeded one gives for the same ranges
+    (one-value ranges draw nothing there either), so samples are as before; a sample of
+    every unit (a small file's SAR units sample) never imports numpy.random (~10 ms)."""
+    from mfaf_cli.coreg.sampling import SEED, _Draws
+
+    ranges = [(0, 1), (3, 9), (5, 6), (0, 40), (7, 8), (2, 5)]
+    ours, theirs = _Draws(), np.random.default_rng(SEED)
+    assert [ours.integers(a, b) for a, b in ranges] == [
+        int(theirs.integers(a, b)) for a, b in ranges
+    ]
+    code = (
+        "import sys; from mfaf_cli.coreg.sampling import sample_windows; "
+        "s = sample_windows(1024, 1024, (512, 512, 0), 4 * 512 * 512); "
+        "assert s.pixels_read == 1024 * 1024, s; assert 'numpy.random' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def _tiled(path: Path, data: np.ndarray, res: float) -> Path:
