@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 from conftest import write_geotiff
 from rasterio.transform import from_origin
 
 from mfaf_cli.coreg import AlignedScene, grid_from_reference
-from mfaf_cli.pipeline.strips import StripReader, chunk_edges, column_parts
+from mfaf_cli.pipeline.strips import StripReader, chunk_edges, chunks_spanning, column_parts
 from mfaf_cli.tiling.windows import Window, tile_windows
 
 
@@ -342,6 +343,42 @@ def test_a_lone_reader_bound_reader_reads_further_ahead(tmp_path: Path) -> None:
             finally:
                 reader.close()
     assert core.LONE_READER_AHEAD > 2
+
+
+def test_chunks_spanning_counts_the_chunks_that_reach_the_rows() -> None:
+    assert chunks_spanning([0, 100, 200, 300], 100) == 1  # [100, 200) reaches 200
+    assert chunks_spanning([0, 100, 200, 300], 101) == 2
+    assert chunks_spanning([0, 100, 200, 300], 1000) == 2  # no more chunks than there are
+    assert chunks_spanning([0, 10], 512) == 1
+    # a run's 256² windows at 25 % overlap: chunks of 192, 64, 128, 64, 128 ... rows
+    edges = chunk_edges([*range(0, 1793, 192), 1792], 256, 2048)
+    assert edges[:6] == [0, 192, 256, 384, 448, 576]
+    assert chunks_spanning(edges, 512) == 6  # from row 192: 256, 384, 448, 576, 640, 768
+
+
+def test_a_lone_reader_queues_a_block_row_of_its_input(tmp_path: Path) -> None:
+    """The lone reader decodes a block row at the chunk that enters it: its queue reaches a
+    block row past the chunk taken (more than LONE_READER_AHEAD chunks with tall blocks)."""
+    from mfaf_cli.pipeline import core
+    from mfaf_cli.tiling.plan import plan_windows
+
+    o = tmp_path / "o.tif"
+    profile = {"driver": "GTiff", "width": 256, "height": 256, "count": 1, "dtype": "uint16",
+               "crs": "EPSG:32630", "transform": from_origin(500_000.0, 4_500_000.0, 10.0, 10.0),
+               "tiled": True, "blockxsize": 128, "blockysize": 128}  # fmt: skip
+    with rasterio.open(o, "w", **profile) as dst:
+        dst.write(np.ones((1, 256, 256), "uint16"))
+    grid = grid_from_reference(o)
+    plan = plan_windows(256, 256, 32, 0.25)  # chunks of 8 and 16 rows: 128 rows is ~11
+    reads = [plan.read_window(w) for w in plan.windows]
+    with AlignedScene({"optical": o}, grid) as scene:
+        reader = core.panel_reader(scene, plan, reads, core.EdgeCarry(), threads=1, ahead=2,
+                                   yield_to_engine=False)  # fmt: skip
+        try:
+            want = chunks_spanning(reader.edges, 128)
+            assert reader._ahead == want > core.LONE_READER_AHEAD
+        finally:
+            reader.close()
 
 
 def test_a_lone_reader_reads_its_inputs_side_by_side(tmp_path: Path) -> None:

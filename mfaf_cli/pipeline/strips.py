@@ -53,6 +53,17 @@ def chunk_edges(row_offsets: Sequence[int], tile: int, height: int) -> list[int]
     return sorted(edges)
 
 
+def chunks_spanning(edges: Sequence[int], rows: int) -> int:
+    """The most chunks (cut at ``edges``) a reader must have queued beyond the one being
+    taken for its queue to reach ``rows`` rows below that chunk's end: those starting
+    within the rows (the last one crossing their end; at least 1)."""
+    most = 1
+    for j in range(len(edges) - 1):
+        k = bisect.bisect_left(edges, edges[j + 1] + rows, lo=j + 1)  # first edge past them
+        most = max(most, min(k, len(edges) - 1) - (j + 1))
+    return most
+
+
 def column_parts(
     cols: tuple[int, int], n: int, block: int = 1, phase: int = 0
 ) -> list[tuple[int, int]]:
