@@ -36,7 +36,7 @@ from mfaf_cli.errors import UsageError
 from mfaf_cli.metadata import DEFAULT_UNITS, MEANINGS, ModalitySpec, ModelMeta, meaning_of_name
 
 #: Reason code of valid pixels that pass every check, and of pixels outside the range.
-OK, OUT_OF_RANGE, NODATA = 0, 1, 255
+OK, OUT_OF_RANGE, NODATA = 0, 1, 255  # Checks.pixel_codes relies on OK, OUT_OF_RANGE = 0, 1
 #: Name of code 1 (codes 2... are the rules' names).
 RANGE_REASON = "outside-training-range"
 #: Training-range quantiles (percent) recorded at train time.
@@ -382,22 +382,25 @@ _POOLS = threading.local()
 def rule_mask(node: Node, bands: Mapping[str, np.ndarray]) -> np.ndarray:
     """:func:`evaluate` of a rule with this thread's reused work arrays: the same values, each
     operation written into an array of :class:`_Pool` (the result too: use it before the
-    thread's next call)."""
+    thread's next call). A float32 band that the rule only compares with constants is
+    compared as it is (:func:`_narrow_test`), never copied to float64."""
     pool = getattr(_POOLS, "pool", None)
     if pool is None:
         pool = _POOLS.pool = _Pool()
     pool.reset()
+    raw = {k: np.asarray(bands[k]) for k in _band_keys(node)}
+    narrow = tuple(k for k, v in raw.items() if v.dtype == np.float32)
+    steps = _program(node, narrow)
     f64: dict[str, np.ndarray] = {}
-    for k in _band_keys(node):  # each band converted once, as np.asarray would
-        band = np.asarray(bands[k])
+    for k in _wide_keys(node, narrow) if steps else raw:  # each converted once, as asarray
+        band = raw[k]
         f64[k] = band if band.dtype == np.float64 else pool.take(np.dtype(np.float64), band.shape)
         if f64[k] is not band:
             np.copyto(f64[k], band, casting="unsafe")
-    steps = _program(node)
-    shapes = {a.shape for a in f64.values()}
+    shapes = {a.shape for a in raw.values()}
     with np.errstate(divide="ignore", invalid="ignore"):
         if steps and len(shapes) == 1:
-            return _run(steps, f64, pool, shapes.pop())
+            return _run(steps, f64, pool, shapes.pop(), raw)
         return _pooled(node, f64, pool)
 
 
@@ -410,8 +413,9 @@ def _band_keys(node: Node) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class _Step:
     """One operation of a compiled rule: ``fn(*args, out=...)`` into a ``dtype`` pool array.
-    An arg is ``("band", key)``, ``("const", 0-d array)`` or ``("step", index)``; ``frees``:
-    the steps whose results this one used last (given back to the pool after it)."""
+    An arg is ``("band", key)`` (float64), ``("raw", key)`` (the float32 band as given),
+    ``("const", 0-d array)`` or ``("step", index)``; ``frees``: the steps whose results this
+    one used last (given back to the pool after it)."""
 
     fn: Any
     args: tuple[tuple[str, Any], ...]
@@ -420,32 +424,44 @@ class _Step:
 
 
 @functools.lru_cache(maxsize=256)
-def _program(node: Node) -> tuple[_Step, ...] | None:
+def _program(node: Node, narrow: tuple[str, ...] = ()) -> tuple[_Step, ...] | None:
     """``node`` flattened into :func:`_pooled`'s operations, in its order, with each
     result's dtype decided once: the same arithmetic without walking the tree, testing
     dtypes and broadcasting shapes per block (that bookkeeping was half of a 24k-pixel
-    block's cost). None where :func:`_pooled` lets numpy pick a dtype, or nothing is computed
-    per pixel: :func:`_pooled` runs then."""
+    block's cost). ``narrow``: the bands given as float32 (their tests against constants
+    run in float32). None where :func:`_pooled` lets numpy pick a dtype, or nothing is
+    computed per pixel: :func:`_pooled` runs then."""
     steps: list[_Step] = []
     with np.errstate(divide="ignore", invalid="ignore"):
-        root = _compile(node, steps)
+        root = _compile(node, steps, frozenset(narrow))
     return tuple(steps) if root is not None and root[0] == "step" else None
 
 
-def _compile(node: Node, steps: list[_Step]) -> tuple[str, Any] | None:
+@functools.lru_cache(maxsize=256)
+def _wide_keys(node: Node, narrow: tuple[str, ...]) -> tuple[str, ...]:
+    """The bands ``_program(node, narrow)`` reads as float64, each once."""
+    steps = _program(node, narrow) or ()
+    return tuple(dict.fromkeys(v for s in steps for kind, v in s.args if kind == "band"))
+
+
+def _compile(node: Node, steps: list[_Step], narrow: frozenset[str]) -> tuple[str, Any] | None:
     """Append ``node``'s steps; its result as an arg (None: not compilable)."""
     op = node[0]
     if op == "num":
         return ("const", np.asarray(node[1], dtype=np.float64))
     if op == "band":
         return ("band", str(node[1]))
-    args = [_compile(n, steps) for n in node[1:]]  # type: ignore[arg-type]
+    args = [_compile(n, steps, narrow) for n in node[1:]]  # type: ignore[arg-type]
     if any(a is None for a in args):
         return None
     refs = [a for a in args if a is not None]
     fn = _POOLED_FN.get(op) or _BINARY[op]
     if all(kind == "const" for kind, _ in refs):  # as _pooled: a 0-d result, folded once
         return ("const", np.asarray(fn(*(v for _, v in refs))))
+    test = _narrow_test(op, refs, narrow) if op in _COMPARE else None
+    if test is not None:
+        steps.append(test)
+        return ("step", len(steps) - 1)
     dtypes = {_arg_dtype(r, steps) for r in refs}
     dtype: np.dtype[Any]
     if op in _LOGIC and dtypes == {np.dtype(bool)}:
@@ -459,6 +475,38 @@ def _compile(node: Node, steps: list[_Step]) -> tuple[str, Any] | None:
     return ("step", len(steps) - 1)
 
 
+#: a test with its sides swapped: ``c < band`` is ``band > c``
+_SWAPPED = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
+
+
+def _narrow_test(
+    op: str, refs: list[tuple[str, Any]], narrow: frozenset[str]
+) -> _Step | None:
+    """A test of a float32 band against a float64 constant as a float32 test against a
+    float32 threshold with the same outcome for every float32 value (NaN and infinities
+    included), or None. ``v > c`` is ``v >`` the greatest float32 <= c (no float32 lies
+    between them), ``v >= c`` is ``v >=`` the least float32 >= c, ``<`` and ``<=`` alike;
+    ``v == c`` is ``v == float32(c)`` where c is a float32, never true otherwise (a NaN
+    threshold: ``!=`` then always true). Why: the band's float64 copy and a float64 pass
+    over it cost more than the rest of the test."""
+    (ka, va), (kb, vb) = refs
+    if ka == "const" and kb == "band":
+        op, (ka, va), (kb, vb) = _SWAPPED[op], (kb, vb), (ka, va)
+    if not (ka == "band" and va in narrow and kb == "const" and vb.dtype == np.float64):
+        return None
+    c = float(vb)
+    if op in (">", "<="):
+        threshold = _float32_below(c)
+    elif op in (">=", "<"):
+        threshold = _float32_above(c)
+    else:
+        with np.errstate(over="ignore"):
+            f = np.float32(c)
+        threshold = f if float(f) == c else np.float32(np.nan)
+    const = np.asarray(threshold, dtype=np.float32)
+    return _Step(_BINARY[op], (("raw", va), ("const", const)), np.dtype(bool), ())
+
+
 def _arg_dtype(ref: tuple[str, Any], steps: Sequence[_Step]) -> np.dtype[Any]:
     kind, v = ref
     if kind == "band":
@@ -467,12 +515,20 @@ def _arg_dtype(ref: tuple[str, Any], steps: Sequence[_Step]) -> np.dtype[Any]:
 
 
 def _run(
-    steps: Sequence[_Step], bands: Mapping[str, np.ndarray], pool: _Pool, shape: tuple[int, ...]
+    steps: Sequence[_Step],
+    bands: Mapping[str, np.ndarray],
+    pool: _Pool,
+    shape: tuple[int, ...],
+    raw: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """A compiled rule on float64 bands of one ``shape``, in ``pool``'s arrays."""
+    """A compiled rule on float64 ``bands`` (and the ``raw`` bands its float32 tests read)
+    of one ``shape``, in ``pool``'s arrays."""
+    given = {("band", k): v for k, v in bands.items()}
+    given.update({("raw", k): v for k, v in (raw or {}).items()})
     done: list[Any] = [None] * len(steps)
     for i, step in enumerate(steps):
-        args = [bands[v] if k == "band" else v if k == "const" else done[v] for k, v in step.args]
+        args = [v if k == "const" else done[v] if k == "step" else given[(k, v)]
+                for k, v in step.args]  # fmt: skip
         done[i] = step.fn(*args, out=pool.take(step.dtype, shape))
         for j in step.frees:
             pool.give(done[j])
@@ -705,11 +761,11 @@ class Checks:
         flagged = np.zeros(shape, dtype=bool)
         for name, (low, high, open_, floor) in self.ranges.items():
             flagged |= outside_range(raw[name], low, high, open_, floor)
-        out = np.where(flagged, np.uint8(OUT_OF_RANGE), np.uint8(OK))
+        out = flagged.view(np.uint8)  # False/True are the bytes 0/1: OK/OUT_OF_RANGE
         rules = self.rules
         bands = {k: raw[m][i] for k, (m, i) in self.locations.items() if m in raw}
         for code in range(len(rules) + 1, 1, -1):  # the first matching rule wins
-            out[rule_mask(rules[code - 2].tree, bands)] = code
+            np.copyto(out, np.uint8(code), where=rule_mask(rules[code - 2].tree, bands))
         return out
 
 

@@ -626,3 +626,27 @@ def test_compiled_rules_give_evaluate_s_masks(expr):
             walked = _pooled(node, f64, _Pool())
         got = rule_mask(node, bands)
         assert got.dtype == bool and np.array_equal(got, want) and np.array_equal(walked, want)
+
+
+@pytest.mark.parametrize("op", ["<", "<=", ">", ">=", "==", "!="])
+def test_float32_band_tests_equal_float64_tests(op: str) -> None:
+    """A float32 band tested against a constant in float32 (no float64 copy of the band)
+    gives evaluate's float64 answer for every value next to the threshold, either side of
+    the test, constants float32 cannot hold (0.1, 2**24 + 1, beyond its range) included."""
+    from mfaf_cli.applicability import _program, rule_mask
+
+    for c in (1500.0, 1500.3, 0.1, -0.0, float(2**24 + 1), 1e39, -1e39, 3.4028234663852886e38):
+        with np.errstate(over="ignore"):
+            f = np.float32(c)
+        near = [f, np.nextafter(f, np.float32(np.inf)), np.nextafter(f, np.float32(-np.inf))]
+        values = np.array([*near, np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0], dtype=np.float32)
+        bands = {"red": values.reshape(3, 3), "nir": values[::-1].reshape(3, 3).copy()}
+        test = (op, ("band", "red"), ("num", c))
+        both = ("and", test, ("<", ("band", "nir"), ("num", 5.0)))
+        for node in (test, (op, ("num", c), ("band", "red")), both):
+            steps = _program(node, ("nir", "red"))
+            assert steps is not None and all(k != "band" for s in steps for k, _ in s.args)
+            got = rule_mask(node, bands)
+            with np.errstate(invalid="ignore"):
+                want = evaluate(node, bands)
+            assert got.dtype == bool and np.array_equal(got, want), (node, values, got, want)
