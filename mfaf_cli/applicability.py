@@ -382,8 +382,8 @@ _POOLS = threading.local()
 def rule_mask(node: Node, bands: Mapping[str, np.ndarray]) -> np.ndarray:
     """:func:`evaluate` of a rule with this thread's reused work arrays: the same values, each
     operation written into an array of :class:`_Pool` (the result too: use it before the
-    thread's next call). A float32 band that the rule only compares with constants is
-    compared as it is (:func:`_narrow_test`), never copied to float64."""
+    thread's next call). A float32 band's tests against constants run in float32
+    (:func:`_narrow_test`): a band that no arithmetic reads is never copied to float64."""
     pool = getattr(_POOLS, "pool", None)
     if pool is None:
         pool = _POOLS.pool = _Pool()

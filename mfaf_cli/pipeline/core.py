@@ -75,8 +75,8 @@ PANEL_WIDTH = 2048
 #: row at the chunk that enters it (a 512-row block row of a 2048-wide panel: ~35 ms), so a
 #: queue shorter than a block row left it idle until the main thread, then waiting on that
 #: decode, took a chunk (2048², 6 interleaved pairs, 8 chunks against 4: median ratio to
-#: the bare read 2.34 -> 2.06). Costs about two chunks of memory each (a chunk: 64 or 128
-#: rows of a panel, every band).
+#: the bare read 2.34 -> 2.06; a 512-row block row is 6 chunks of a run's 256² windows at
+#: 25 % overlap). Each chunk costs its memory (64 or 128 rows of a panel, every band).
 LONE_READER_AHEAD = 4
 #: The panel width of a run that a CPU network bounds (see :func:`panel_width`).
 ENGINE_PANEL_WIDTH = 1024

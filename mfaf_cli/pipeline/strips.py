@@ -244,12 +244,13 @@ class StripReader:
     input's block edges: a reader's own GDAL handle then decodes each of its blocks once);
     where the blocks cannot be cut (a striped file) but are short, the readers take whole
     chunks in turn instead. They run ahead by up to ``ahead`` chunks; ``threads=0`` reads in
-    the caller. ``transform``
-    (per-pixel) is applied to every part as it is read, so each pixel is transformed once, in
-    a reader thread, however many windows overlap it. One reader that does not yield (a
-    reader-bound run on 2 cores) leaves that transform and the outermost plane tap to the
-    thread taking the chunk, which waits on it anyway (measured at 4096², null engine: the
-    reader thread 0.90-0.93 -> 0.77-0.80 CPU s, the main thread +0.14).
+    the caller; ``pools``: threads shared with other readers (a run's column panels, see
+    :class:`ReaderThreads`), else the reader's own. ``transform`` (per-pixel) is applied to
+    every part as it is read, so each pixel is transformed once, in a reader thread, however
+    many windows overlap it. One reader that does not yield (a reader-bound run on 2 cores)
+    leaves that transform and the outermost plane tap to the thread taking the chunk, which
+    waits on it anyway (measured at 4096², null engine: the reader thread 0.90-0.93 ->
+    0.77-0.80 CPU s, the main thread +0.14).
     """
 
     def __init__(
