@@ -19,6 +19,7 @@ class Collect:
         self.valid = np.zeros((height, width), bool)
         self.next = 0
         self.calls = 0
+        self.rows: list[int] = []
 
     def __call__(self, row0: int, probs: np.ndarray, valid: np.ndarray) -> None:
         assert row0 == self.next, "rows must come in order, each once"
@@ -29,6 +30,7 @@ class Collect:
         self.valid[row0 : row0 + r] = valid
         self.next += r
         self.calls += 1
+        self.rows.append(r)
 
 
 def read_window(arr: np.ndarray, win: Window, fill: float = np.nan) -> np.ndarray:
@@ -281,3 +283,25 @@ def test_lent_rows_are_the_same_rows_in_reused_arrays():
     assert sinks[0].probs.tobytes() == sinks[1].probs.tobytes()
     assert np.array_equal(sinks[0].valid, sinks[1].valid)
     assert sinks[1].calls > 2 and len(sinks[1].buffers) < sinks[1].calls
+
+
+def test_lent_rows_come_in_pieces_of_at_most_emit_rows():
+    """A band taller than EMIT_ROWS reaches a copying sink in pieces (kept in the cache
+    through the sink's passes), with the values and rows of whole bands."""
+    from mfaf_cli.stitch.merger import EMIT_ROWS
+
+    rng = np.random.default_rng(6)
+    h, w = 2 * EMIT_ROWS + 150, 90
+    arr = rng.random((2, h, w)).astype(np.float32)
+    wins = tile_windows(h, w, 2 * EMIT_ROWS + 32, 0.25)  # bands of ~1.5 EMIT_ROWS rows
+    sinks = [Collect(2, h, w), Copying(2, h, w)]
+    rows: list[int] = []
+    for sink, lend in zip(sinks, (False, True), strict=True):
+        m = StreamingMerger(h, w, 2, wins, make_weight_fn(wins, "gaussian"), sink, lend)
+        for win in wins:
+            m.add(win, read_window_reflect(arr, win))
+        m.finish()
+        rows.append(max(sink.rows))
+    assert sinks[0].probs.tobytes() == sinks[1].probs.tobytes()
+    assert np.array_equal(sinks[0].valid, sinks[1].valid)
+    assert rows[0] > EMIT_ROWS >= rows[1]

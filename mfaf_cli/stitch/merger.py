@@ -214,6 +214,15 @@ class RowBandMerger(Generic[A]):
         self._band_end = max(self._band_end, stop)
 
 
+#: Rows a streaming merger hands a sink that copies what it keeps at a time: the rows'
+#: planes (probabilities, mask, labels, codes) then stay in the core's cache through the
+#: sink's passes, where a whole band (a window row, ~192 rows of 2048 columns) went out to
+#: memory between them. Measured with the null engine (alternating pairs): 8192² on one core,
+#: merge thread 0.80-0.95 -> 0.72-0.78 CPU s, the whole run 4.84-5.64 -> 4.60-4.91; 2048² on
+#: two, ratio to the bare read 2.04-2.15 -> 1.73-2.00 (5 pairs), peak RSS -6 to -12 MB.
+EMIT_ROWS = 64
+
+
 class StreamingMerger(RowBandMerger[np.ndarray]):
     """Blend window probabilities in a rolling band of rows (numpy) and emit finished rows.
 
@@ -278,18 +287,25 @@ class StreamingMerger(RowBandMerger[np.ndarray]):
         self._wsum[b, cols] += w
 
     def _emit_band(self, row0: int, n: int) -> None:
-        wsum = self._wsum[:n]
+        step = EMIT_ROWS if self._lend else n
+        for first in range(0, n, step):
+            self._emit_rows(row0, first, min(step, n - first))
+
+    def _emit_rows(self, row0: int, first: int, n: int) -> None:
+        """Rows ``first .. first + n`` of the band (grid rows from ``row0 + first``)."""
+        rows = slice(first, first + n)
+        wsum = self._wsum[rows]
         valid = probs = None
-        if self._lend:  # the merge thread's own arrays, valid until its next band
+        if self._lend:  # the merge thread's own arrays, valid until its next rows
             valid = scratch("merger.valid", wsum.shape, bool)
             probs = scratch("merger.probs", (self.num_classes, n, self.width), np.float32)
         valid = np.greater(wsum, 0, out=valid)
-        valid &= np.logical_not(self._invalid[:n], out=self._invalid_scratch(n))
+        valid &= np.logical_not(self._invalid[rows], out=self._invalid_scratch(n))
         inv = self._scratch_for(wsum.shape)
         inv[...] = 0
         np.divide(np.float32(1), wsum, out=inv, where=valid)
-        probs = np.multiply(self._acc[:, :n], inv, out=probs)  # invalid pixels: 0 * 0
-        self._sink(row0, probs, valid)
+        probs = np.multiply(self._acc[:, rows], inv, out=probs)  # invalid pixels: 0 * 0
+        self._sink(row0 + first, probs, valid)
 
     def _invalid_scratch(self, n: int) -> np.ndarray:
         """A reused (n, W) bool work array (see :meth:`_scratch_for`)."""
