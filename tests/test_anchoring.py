@@ -3,6 +3,7 @@ reading real pixels past the crop, so four quadrant runs mosaic to the whole-sce
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from pathlib import Path
 
@@ -202,3 +203,67 @@ def test_panels_run_each_window_once(context_model: Path, monkeypatch: pytest.Mo
     whole = windows_run()
     monkeypatch.setattr(core, "PANEL_WIDTH", 100)
     assert whole == len(tile_windows(384, 384, 64, 0.25)) and windows_run() == whole
+
+
+def test_the_next_panel_is_read_while_this_one_finishes(
+    context_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Column panels share the run's reader threads: each panel's reader starts (queues its
+    first chunks) before the panel before it has finished, and the threads are gone after."""
+    import threading
+
+    from mfaf_cli.pipeline import strips
+
+    events: list[tuple[str, int]] = []
+    made: list[object] = []  # keeps every reader alive: ids stay unique
+    run_panel, start = core._run_panel, strips.StripReader.start
+
+    def panel(reader: object, *a: object, **k: object) -> object:
+        events.append(("begin", id(reader)))
+        try:
+            return run_panel(reader, *a, **k)  # type: ignore[arg-type]
+        finally:
+            events.append(("end", id(reader)))
+
+    def started(self: strips.StripReader) -> None:
+        made.append(self)
+        events.append(("start", id(self)))
+        start(self)
+
+    monkeypatch.setattr(core, "_run_panel", panel)
+    monkeypatch.setattr(strips.StripReader, "start", started)
+    monkeypatch.setattr(core, "PANEL_WIDTH", 100)  # 384 px: four panels
+    _run(context_model, tmp_path / "panels.tif")
+    begins = [r for e, r in events if e == "begin"]
+    assert len(begins) == 4
+    for before, after in itertools.pairwise(begins):
+        assert events.index(("start", after)) < events.index(("end", before))
+    assert not [t for t in threading.enumerate() if t.name.startswith("mfaf-strip")]
+
+
+def test_a_failing_panel_stops_the_next_panels_reader_and_writes_nothing(
+    context_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that fails after the next panel's reader has started closes that reader and the
+    run's reader threads, and leaves no output."""
+    import threading
+
+    run_panel = core._run_panel
+    calls = {"n": 0}
+
+    def panel(*a: object, read_all: object = None, **k: object) -> object:
+        calls["n"] += 1
+
+        def boom() -> None:
+            read_all()  # type: ignore[operator]  # the next panel's reader starts...
+            raise RuntimeError("boom")  # ...and this panel fails
+
+        return run_panel(*a, read_all=boom if calls["n"] == 2 else read_all, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(core, "_run_panel", panel)
+    monkeypatch.setattr(core, "PANEL_WIDTH", 100)
+    out = tmp_path / "panels.tif"
+    with pytest.raises(RuntimeError, match="boom"):
+        _run(context_model, out)
+    assert calls["n"] == 2 and not out.exists()
+    assert not [t for t in threading.enumerate() if t.name.startswith("mfaf-strip")]
