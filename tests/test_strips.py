@@ -353,7 +353,7 @@ def test_chunks_spanning_counts_the_chunks_that_reach_the_rows() -> None:
     # a run's 256² windows at 25 % overlap: chunks of 192, 64, 128, 64, 128 ... rows
     edges = chunk_edges([*range(0, 1793, 192), 1792], 256, 2048)
     assert edges[:6] == [0, 192, 256, 384, 448, 576]
-    assert chunks_spanning(edges, 512) == 6  # from row 192: 256, 384, 448, 576, 640, 768
+    assert chunks_spanning(edges, 512) == 6  # after [0, 192): those at 192 ... 640 (to 768)
 
 
 def test_a_lone_reader_queues_a_block_row_of_its_input(tmp_path: Path) -> None:
