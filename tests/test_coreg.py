@@ -93,6 +93,41 @@ def test_detect_sar_units():
     assert detect_sar_units(np.array([-5.0]), "int16") == "linear"  # DN, not dB
 
 
+def test_integer_sar_is_linear_without_decoding_and_float_sar_is_sampled(tmp_path, monkeypatch):
+    """A SAR file of integers is linear (DN) whatever its values: its scene opens without
+    decoding a sample of it; a float file's units come from its sample, read as float32
+    with nodata compared in float64 (-9999 is nodata, not a negative dB value)."""
+    import rasterio
+
+    from mfaf_cli.coreg import align
+
+    sampled: list[str] = []
+    real = align._units_sample
+
+    def spy(ds, indexes):
+        sampled.append(ds.dtypes[indexes[0] - 1])
+        values = real(ds, indexes)
+        assert values.dtype == np.float32
+        return values
+
+    monkeypatch.setattr(align, "_units_sample", spy)
+    prof = dict(driver="GTiff", width=64, height=64, count=1, crs="EPSG:32630",
+                transform=utm(20.0))  # fmt: skip
+    ints = tmp_path / "ints.tif"
+    with rasterio.open(ints, "w", dtype="int16", **prof) as ds:
+        ds.write(np.full((1, 64, 64), -12, np.int16))
+    floats = tmp_path / "floats.tif"
+    data = np.full((1, 64, 64), -9999.0, np.float32)
+    data[0, :10] = 0.05  # linear power; the rest nodata
+    with rasterio.open(floats, "w", dtype="float32", nodata=-9999.0, **prof) as ds:
+        ds.write(data)
+    grid = grid_from_reference(ints)
+    with AlignedScene({"sar": ints}, grid, kinds={"sar": "sar"}) as scene:
+        assert scene.units["sar"] == "linear" and sampled == []
+    with AlignedScene({"sar": floats}, grid, kinds={"sar": "sar"}) as scene:
+        assert scene.units["sar"] == "linear" and sampled == ["float32"]
+
+
 def test_sar_units_are_told_from_a_few_blocks(tmp_path, monkeypatch):
     """The units of a SAR file come from a few whole blocks spread over it (a fixed cost), not
     a decimated read of every block; a file whose sampled blocks are all nodata falls back
