@@ -327,7 +327,7 @@ def test_take_windows_views_a_run_of_windows() -> None:
 def test_a_lone_reader_bound_reader_reads_further_ahead(tmp_path: Path) -> None:
     """The one reader of a reader-bound run (the run's critical path) reads
     LONE_READER_AHEAD chunks ahead; readers that yield to an engine keep the core's 2."""
-    from mfaf_cli.pipeline import core
+    from mfaf_cli.pipeline import core, strips
     from mfaf_cli.tiling.plan import plan_windows
 
     o = write_geotiff(tmp_path / "o.tif", np.ones((1, 100, 100), "uint16"), nodata=0)
@@ -335,14 +335,14 @@ def test_a_lone_reader_bound_reader_reads_further_ahead(tmp_path: Path) -> None:
     plan = plan_windows(100, 100, 32, 0.25)
     reads = [plan.read_window(w) for w in plan.windows]
     with AlignedScene({"optical": o}, grid) as scene:
-        for yield_, want in ((False, core.LONE_READER_AHEAD), (True, 2)):
+        for yield_, want in ((False, strips.LONE_READER_AHEAD), (True, 2)):
             reader = core.panel_reader(scene, plan, reads, core.EdgeCarry(), threads=1,
                                        ahead=2, yield_to_engine=yield_)  # fmt: skip
             try:
                 assert reader._ahead == want
             finally:
                 reader.close()
-    assert core.LONE_READER_AHEAD > 2
+    assert strips.LONE_READER_AHEAD > 2
 
 
 def test_chunks_spanning_counts_the_chunks_that_reach_the_rows() -> None:
@@ -359,7 +359,7 @@ def test_chunks_spanning_counts_the_chunks_that_reach_the_rows() -> None:
 def test_a_lone_reader_queues_a_block_row_of_its_input(tmp_path: Path) -> None:
     """The lone reader decodes a block row at the chunk that enters it: its queue reaches a
     block row past the chunk taken (more than LONE_READER_AHEAD chunks with tall blocks)."""
-    from mfaf_cli.pipeline import core
+    from mfaf_cli.pipeline import core, strips
     from mfaf_cli.tiling.plan import plan_windows
 
     o = tmp_path / "o.tif"
@@ -376,7 +376,7 @@ def test_a_lone_reader_queues_a_block_row_of_its_input(tmp_path: Path) -> None:
                                    yield_to_engine=False)  # fmt: skip
         try:
             want = chunks_spanning(reader.edges, 128)
-            assert reader._ahead == want > core.LONE_READER_AHEAD
+            assert reader._ahead == want > strips.LONE_READER_AHEAD
         finally:
             reader.close()
 

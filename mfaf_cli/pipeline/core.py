@@ -46,13 +46,7 @@ from mfaf_cli.metadata import ModelMeta
 from mfaf_cli.normalize import apply_normalisation
 from mfaf_cli.pipeline.clock import ModelClock
 from mfaf_cli.pipeline.cputime import CpuClock, charge
-from mfaf_cli.pipeline.strips import (
-    EdgeMasks,
-    ReaderThreads,
-    StripReader,
-    chunk_edges,
-    chunks_spanning,
-)
+from mfaf_cli.pipeline.strips import EdgeMasks, ReaderThreads, StripReader
 from mfaf_cli.tiling.plan import WindowPlan, plan_windows
 from mfaf_cli.tiling.windows import Window, batched
 from mfaf_cli.types import Blend
@@ -67,17 +61,6 @@ MERGE_QUEUE = 2
 #: not the scene, so memory does not grow with the width. Windows that straddle a panel edge
 #: are predicted once (:class:`EdgeCarry` keeps their part past the edge for the next panel).
 PANEL_WIDTH = 2048
-#: Row chunks a lone reader of a reader-bound run reads ahead at least (see
-#: :func:`panel_reader`; at least one block row of its costliest input too). Why: that
-#: reader is the run's critical path, and with 2 chunks ahead it waited on the main thread
-#: ~0.10-0.16 s of a 4096² null-engine run's ~1.3 s (4: 0.03-0.06 s; wall ratio to the bare
-#: read 2.56-2.76 -> 2.35-2.48, interleaved on the shared machine). It decodes a whole block
-#: row at the chunk that enters it (a 512-row block row of a 2048-wide panel: ~35 ms), so a
-#: queue shorter than a block row left it idle until the main thread, then waiting on that
-#: decode, took a chunk (2048², 6 interleaved pairs, 8 chunks against 4: median ratio to
-#: the bare read 2.34 -> 2.06; a 512-row block row is 6 chunks of a run's 256² windows at
-#: 25 % overlap). Each chunk costs its memory (64 or 128 rows of a panel, every band).
-LONE_READER_AHEAD = 4
 #: The panel width of a run that a CPU network bounds (see :func:`panel_width`).
 ENGINE_PANEL_WIDTH = 1024
 
@@ -493,12 +476,7 @@ def panel_reader(
         carry.masks_in, carry.masks_out,
     )  # fmt: skip
     cols = read_columns(plan, scene.grid.width)
-    rows = [w.row_off for w in reads]
-    if kw.get("threads") == 1 and not kw.get("yield_to_engine", True):
-        edges = chunk_edges(rows, plan.tile, scene.grid.height)
-        block_rows = scene.read_blocks()[0]
-        kw["ahead"] = max(kw.get("ahead", 1), LONE_READER_AHEAD, chunks_spanning(edges, block_rows))
-    return StripReader(scene, rows, plan.tile, cols=cols, edge=edge, **kw)
+    return StripReader(scene, [w.row_off for w in reads], plan.tile, cols=cols, edge=edge, **kw)
 
 
 class _NoBar:

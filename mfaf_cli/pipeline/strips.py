@@ -64,6 +64,19 @@ def chunks_spanning(edges: Sequence[int], rows: int) -> int:
     return most
 
 
+#: Row chunks a lone reader of a reader-bound run reads ahead at least, and at least one
+#: block row of its costliest input (:func:`chunks_spanning`). Why: that reader is the
+#: run's critical path, and with 2 chunks ahead it waited on the main thread
+#: ~0.10-0.16 s of a 4096² null-engine run's ~1.3 s (4: 0.03-0.06 s; wall ratio to the bare
+#: read 2.56-2.76 -> 2.35-2.48, interleaved on the shared machine). It decodes a whole block
+#: row at the chunk that enters it (a 512-row block row of a 2048-wide panel: ~35 ms), so a
+#: queue shorter than a block row left it idle until the main thread, then waiting on that
+#: decode, took a chunk (2048², 6 interleaved pairs, 8 chunks against 4: median ratio to
+#: the bare read 2.34 -> 2.06; a 512-row block row is 6 chunks of a run's 256² windows at
+#: 25 % overlap). Each chunk costs its memory (64 or 128 rows of a panel, every band).
+LONE_READER_AHEAD = 4
+
+
 def column_parts(
     cols: tuple[int, int], n: int, block: int = 1, phase: int = 0
 ) -> list[tuple[int, int]]:
@@ -278,7 +291,14 @@ class StripReader:
         self.cols = cols or (0, self.width)
         self.tile = tile
         self.edges = chunk_edges(row_offsets, tile, self.height)
-        block_h, block_w, phase = scene.read_blocks() if threads > 1 else (1, 1, 0)
+        #: A reader-bound run with one reader (a 2-core machine: the engine waits on it) leaves
+        #: each part's per-pixel work after the read, the outermost tap's plane and
+        #: ``transform``, to the thread that takes the chunk (the core's main thread, idle while
+        #: it waits): the reader, the run's critical path, then only decodes and warps. With
+        #: more readers that work is already spread; one taking thread would serialise it.
+        self._finish_here = not yield_to_engine and threads == 1
+        blocks = threads > 1 or self._finish_here
+        block_h, block_w, phase = scene.read_blocks() if blocks else (1, 1, 0)
         self.parts = column_parts(self.cols, threads, block_w, phase)
         shortest = min((b - a for a, b in itertools.pairwise(self.edges)), default=1)
         if len(self.parts) == 1 and threads > 1 and 4 * block_h <= shortest:
@@ -297,13 +317,9 @@ class StripReader:
         self._last_of_height = {b - a: j for j, (a, b) in enumerate(itertools.pairwise(self.edges))}
         self._next = 0  # next chunk index to submit
         self._ahead = max(ahead, 1)
+        if self._finish_here:  # the run's critical path reads further ahead
+            self._ahead = max(self._ahead, LONE_READER_AHEAD, chunks_spanning(self.edges, block_h))
         self._lock = threading.Lock()
-        #: A reader-bound run with one reader (a 2-core machine: the engine waits on it) leaves
-        #: each part's per-pixel work after the read, the outermost tap's plane and
-        #: ``transform``, to the thread that takes the chunk (the core's main thread, idle while
-        #: it waits): the reader, the run's critical path, then only decodes and warps. With
-        #: more readers that work is already spread; one taking thread would serialise it.
-        self._finish_here = not yield_to_engine and threads == 1
         self._source: Any = scene
         self._keep: Callable[[Window, dict[str, np.ndarray]], None] | None = None
         if self._finish_here and isinstance(scene, PlaneTap):
